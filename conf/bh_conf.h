@@ -1,0 +1,149 @@
+/* The configuration: one YAML file -> one frozen, validated, immutable snapshot (bh_conf_t).
+ *
+ * A snapshot is built by bh_conf_load(), never modified afterwards, and shared read-only by every
+ * worker (a reload builds a new one). Durations are milliseconds, sizes are bytes. Every key that
+ * the file does not give takes its default from the one defaults table in bh_conf.c. */
+#ifndef BH_CONF_H
+#define BH_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include "bh_error.h"
+#include "bh_log.h"
+
+/* "host:port" or "[v6]:port", resolved numerically at load time (listeners only). */
+typedef struct bh_conf_addr {
+    char *text;                       /* as written, e.g. "0.0.0.0:8080" */
+    char *host;                       /* "0.0.0.0", "::1", "api.internal" (no brackets) */
+    uint16_t port;
+    struct sockaddr_storage sa;       /* filled when host is a numeric address */
+    socklen_t salen;                  /* 0 when host is a name (endpoints: resolved later) */
+} bh_conf_addr_t;
+
+typedef struct bh_conf_listener {
+    char *name;                       /* default "listener<N>" */
+    bh_conf_addr_t addr;
+} bh_conf_listener_t;
+
+typedef struct bh_conf_limits {
+    uint32_t max_connections;         /* client connections per process; 10000 */
+    uint64_t max_header_bytes;        /* request line + headers; 16 KiB; 431 beyond */
+    uint32_t max_headers;             /* 100; 431 beyond */
+    uint64_t max_body_bytes;          /* 10 MiB; 413 beyond */
+    uint64_t header_timeout_ms;       /* 10s; whole request head; 408 */
+    uint64_t body_timeout_ms;         /* 30s; gap between body reads; 408 */
+    uint64_t keepalive_timeout_ms;    /* 60s; idle client connection closed */
+} bh_conf_limits_t;
+
+typedef struct bh_conf_admin {
+    bh_conf_addr_t addr;              /* 127.0.0.1:9901 */
+    char *token;                      /* NULL or "" = no token */
+} bh_conf_admin_t;
+
+typedef struct bh_conf_log {
+    enum bh_log_level level;          /* info */
+    char *access;                     /* "stdout", "off" or a file path; default "stdout" */
+} bh_conf_log_t;
+
+typedef struct bh_conf_pool {
+    uint32_t max_connections;         /* 64: the semaphore */
+    uint32_t max_pending;             /* 256: waiters beyond -> 503 */
+    uint32_t max_idle;                /* default: max_connections */
+    uint32_t min_idle;                /* 0 (databases) */
+    uint64_t acquire_timeout_ms;      /* 1s */
+    uint64_t idle_timeout_ms;         /* 4s */
+    uint64_t max_lifetime_ms;         /* 10m; 0 = unlimited */
+} bh_conf_pool_t;
+
+typedef struct bh_conf_timeouts {
+    uint64_t connect_ms;              /* 1s */
+    uint64_t first_byte_ms;           /* 15s: request sent -> response head */
+    uint64_t idle_ms;                 /* 60s: between two reads or writes of one attempt */
+    uint64_t total_ms;                /* 30s: the whole request; 504 */
+} bh_conf_timeouts_t;
+
+typedef struct bh_conf_upstream {
+    char *name;
+    bh_conf_addr_t *endpoints;        /* at least one */
+    size_t n_endpoints;
+    bh_conf_pool_t pool;
+    bh_conf_timeouts_t timeouts;
+} bh_conf_upstream_t;
+
+/* HTTP method bits for route matching (bit = 1 << llhttp method number is NOT used: own enum). */
+enum bh_method_bit {
+    BH_M_GET = 1u << 0,
+    BH_M_HEAD = 1u << 1,
+    BH_M_POST = 1u << 2,
+    BH_M_PUT = 1u << 3,
+    BH_M_DELETE = 1u << 4,
+    BH_M_CONNECT = 1u << 5,
+    BH_M_OPTIONS = 1u << 6,
+    BH_M_TRACE = 1u << 7,
+    BH_M_PATCH = 1u << 8,
+    BH_M_OTHER = 1u << 9,
+    BH_M_ALL = (1u << 10) - 1,
+};
+/* The bit for a method name ("GET"), or 0 when the name is not a token we know. */
+uint32_t bh_method_bit(const char *name, size_t len);
+
+typedef struct bh_conf_route {
+    char *host;                       /* NULL = any host; exact, case-insensitive, port ignored;
+                                         "*.example.com" matches any subdomain */
+    char *path_prefix;                /* default "/" */
+    uint32_t methods;                 /* BH_M_* bits; default BH_M_ALL */
+    char *upstream;                   /* name of the target upstream */
+    size_t upstream_index;            /* index into bh_conf_t.upstreams, resolved at load */
+    bool strip_prefix;                /* remove path_prefix before forwarding (keep a leading '/') */
+    bh_conf_timeouts_t timeouts;      /* the upstream's timeouts with this route's overrides */
+} bh_conf_route_t;
+
+typedef struct bh_conf_shutdown {
+    uint64_t drain_timeout_ms;        /* 30s */
+} bh_conf_shutdown_t;
+
+typedef struct bh_conf {
+    char *path;                       /* file it was loaded from */
+    uint32_t workers;                 /* resolved: "auto" -> number of online CPUs */
+    bh_conf_listener_t *listeners;
+    size_t n_listeners;
+    bh_conf_limits_t limits;
+    bh_conf_admin_t admin;
+    bh_conf_log_t log;
+    bh_conf_upstream_t *upstreams;
+    size_t n_upstreams;
+    bh_conf_route_t *routes;
+    size_t n_routes;
+    bh_conf_shutdown_t shutdown;
+} bh_conf_t;
+
+/* Why a load failed: "FILE:LINE:COL: what is wrong, what was expected". */
+typedef struct bh_conf_error {
+    char msg[512];
+} bh_conf_error_t;
+
+/* Parses and validates the file. On success returns 0 and a new snapshot in *out (free it with
+ * bh_conf_free). On failure returns BH_ECONFIG (or BH_ENOMEM) and fills err; *out is NULL.
+ * Environment variables are substituted in scalars: ${VAR}, ${VAR:-default}; an unset ${VAR}
+ * without a default is an error. */
+BH_MUST_CHECK int bh_conf_load(const char *path, bh_conf_t **out, bh_conf_error_t *err);
+
+/* Same, from a string in memory; name is used in error messages in place of the file name. */
+BH_MUST_CHECK int bh_conf_load_string(const char *name, const char *yaml, size_t len,
+                                      bh_conf_t **out, bh_conf_error_t *err);
+
+void bh_conf_free(bh_conf_t *conf);
+
+/* Value parsers, exposed for tests and for reuse. Each returns 0 or -1 on malformed input.
+ * Durations: "250ms", "5s", "2m", "1h", "1d", or a bare "0"; bare numbers other than 0 are
+ * rejected (unit required). Sizes: "512", "16KiB", "10MiB", "1GiB", also "KB/MB/GB" (powers of
+ * 1000) and "k/K" (1024). Percentages: "50%" or "0.5" -> 0.5. */
+int bh_parse_duration_ms(const char *s, uint64_t *out_ms);
+int bh_parse_size(const char *s, uint64_t *out_bytes);
+int bh_parse_percent(const char *s, double *out_fraction);
+/* "host:port" / "[v6]:port" -> addr (resolves numeric hosts into sa). */
+int bh_parse_addr(const char *s, bh_conf_addr_t *addr);
+
+#endif
