@@ -1,0 +1,2 @@
+/* placeholder */
+typedef int bh_placeholder_t;
