@@ -62,6 +62,7 @@ struct bh_pool_waiter {
     uint64_t queued_ms;      /* set by the pool when queued */
     uint64_t deadline_ms;    /* min(queued + acquire_timeout, deadline given to acquire) */
     void *data;              /* for the owner */
+    bh_pool_t *pool;         /* set by the pool while queued, NULL otherwise (for bh_pool_cancel) */
 };
 
 typedef struct bh_pool_ops {
@@ -122,7 +123,8 @@ void bh_pool_conn_init(bh_pool_conn_t *c, bh_pool_t *p, uint64_t now_ms);
 BH_MUST_CHECK int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms,
                                   uint64_t deadline_ms, bh_pool_conn_t **out);
 
-/* Removes a queued waiter (its owner went away); no callback follows. No-op when not queued. */
+/* Removes a queued waiter (its owner went away); no callback follows. No-op when not queued
+ * (after its callback, or when acquire did not queue it; a never-used w must be zeroed). */
 void bh_pool_cancel(bh_pool_waiter_t *w);
 
 /* The user is done with a BUSY connection. reusable: the last exchange completed cleanly and both
@@ -143,7 +145,9 @@ void bh_pool_idle_lost(bh_pool_conn_t *c, uint64_t now_ms);
 void bh_pool_conn_closed(bh_pool_conn_t *c);
 
 /* Runs timeouts due at now: waiters past their deadline get BH_EPOOL_TIMEOUT, idle connections
- * past idle_timeout or expires_ms are closed. Re-arms through ops->arm. */
+ * past idle_timeout or expires_ms are closed. Re-arms through ops->arm. It then serves waiters and
+ * opens what they and min_idle need: call it once after bh_pool_init() to pre-warm, and when a
+ * permit of a shared semaphore was freed by another pool. */
 void bh_pool_expire(bh_pool_t *p, uint64_t now_ms);
 
 /* Earliest time bh_pool_expire() has something to do, or BH_TIME_NEVER. */
