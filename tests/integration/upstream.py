@@ -1,0 +1,542 @@
+#!/usr/bin/python3
+"""Fault-injecting HTTP/1.1 test upstream for the bulkhead integration suite (standard library only).
+
+Two listening ports: --port (the data port bulkhead forwards to) and --control-port (for the tests
+themselves: /stats and /release without being counted). Connection and request counters only count the
+data port.
+
+Endpoints (any method; query parameters allowed):
+  /echo              200, body = request body; request line/headers as JSON in X-Echo-Request
+  /echo-head         200, JSON {method, target, path, query, version, headers, body_len, body_sha256}
+  /delay?ms=N        waits N ms, then 200 "delayed"
+  /hold?id=X         waits until /release?id=X arrives (data or control port), then 200 "released"
+  /release?id=X      releases the holders of X (or "*")
+  /status/N          status N (no body for HEAD, 1xx, 204, 304)
+  /bytes?n=N         N bytes with Content-Length, streamed in 64 KiB pieces with backpressure
+  /chunked?n=N       N bytes with Transfer-Encoding: chunked (&size=K piece size, &trailer=1)
+  /truncate?n=N      announces Content-Length N, sends N/2 bytes, then closes
+  /sink              streams the request body: JSON {len, sha256}, never holds it all
+  /close-early       closes the connection without a response
+  /reset             closes with RST (SO_LINGER 0) without a response
+  /stats             JSON counters (see Stats.snapshot)
+  /ws                WebSocket echo (RFC 6455): text, binary, ping->pong, close echo
+  /100               reports the Expect header seen and the body length (sends 100 Continue first)
+  anything else      like /echo-head (handy for routing tests: the path the upstream saw)
+?close=1 on any endpoint answers with "Connection: close" and closes afterwards.
+Every response carries X-Upstream (--name), X-Upstream-Conn (connection serial) and X-Upstream-Req
+(request number on that connection).
+"""
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import socket
+import struct
+import sys
+import urllib.parse
+
+MAX_HEAD = 256 * 1024
+PIECE = 64 * 1024
+PATTERN = bytes(range(256)) * (PIECE // 256)
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class BadRequest(Exception):
+    pass
+
+
+class Stats:
+    def __init__(self):
+        self.connections_accepted = 0
+        self.open_connections = 0
+        self.max_open_connections = 0
+        self.requests_served = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.closed_idle = 0
+        self.closed_by_peer = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.paths = {}
+        self.ws_sessions = 0
+        self.expect_seen = 0
+        self.holding = 0
+
+    def snapshot(self):
+        return {
+            "connections_accepted": self.connections_accepted,
+            "open_connections": self.open_connections,
+            "max_open_connections": self.max_open_connections,
+            "requests_served": self.requests_served,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "closed_idle": self.closed_idle,
+            "closed_by_peer": self.closed_by_peer,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "paths": self.paths,
+            "ws_sessions": self.ws_sessions,
+            "expect_seen": self.expect_seen,
+            "holding": self.holding,
+        }
+
+
+STATS = Stats()
+HOLDS = {}  # id -> asyncio.Event
+ARGS = None
+CONN_SERIAL = 0
+
+
+class Request:
+    def __init__(self, method, target, version, headers):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers  # list of (name, value) as received
+        parts = urllib.parse.urlsplit(target)
+        self.path = parts.path
+        self.query_string = parts.query
+        self.query = dict(urllib.parse.parse_qsl(parts.query))
+
+    def header(self, name):
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def header_all(self, name):
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def tokens(self, name):
+        out = []
+        for v in self.header_all(name):
+            out += [t.strip().lower() for t in v.split(",") if t.strip()]
+        return out
+
+
+async def read_head(reader):
+    try:
+        data = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        raise BadRequest("head too large")
+    except asyncio.IncompleteReadError as e:
+        if e.partial.strip():
+            raise BadRequest("truncated head")
+        return None
+    lines = data[:-4].split(b"\r\n")
+    while lines and lines[0] == b"":  # tolerate stray CRLF between requests (RFC 9112 2.2)
+        lines.pop(0)
+    if not lines:
+        raise BadRequest("empty head")
+    try:
+        method, target, version = lines[0].decode("latin-1").split(" ")
+    except ValueError:
+        raise BadRequest("bad request line")
+    if not version.startswith("HTTP/1."):
+        raise BadRequest("bad version")
+    headers = []
+    for line in lines[1:]:
+        if b":" not in line:
+            raise BadRequest("bad header line")
+        k, v = line.split(b":", 1)
+        if not k or k != k.strip():
+            raise BadRequest("bad header name")
+        headers.append((k.decode("latin-1"), v.strip().decode("latin-1")))
+    return Request(method, target, version, headers)
+
+
+class Body:
+    """Streaming request body reader (Content-Length or chunked)."""
+
+    def __init__(self, reader, req):
+        self.reader = reader
+        self.chunked = "chunked" in req.tokens("transfer-encoding")
+        cl = req.header("content-length")
+        if self.chunked and cl is not None:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        if not self.chunked and req.header("transfer-encoding") is not None:
+            raise BadRequest("unsupported transfer-encoding")
+        try:
+            self.remaining = int(cl) if cl is not None else 0
+        except ValueError:
+            raise BadRequest("bad content-length")
+        self.chunk_left = 0
+        self.done = (not self.chunked) and self.remaining == 0
+        self.trailers = []
+
+    async def read(self, n=PIECE):
+        """Returns up to n bytes, b"" at the end of the body."""
+        if self.done:
+            return b""
+        if not self.chunked:
+            data = await self.reader.read(min(n, self.remaining))
+            if not data:
+                raise BadRequest("body truncated")
+            self.remaining -= len(data)
+            if self.remaining == 0:
+                self.done = True
+            STATS.bytes_received += len(data)
+            return data
+        if self.chunk_left == 0:
+            line = await self.reader.readuntil(b"\r\n")
+            size = line[:-2].split(b";", 1)[0].strip()
+            try:
+                self.chunk_left = int(size, 16)
+            except ValueError:
+                raise BadRequest("bad chunk size")
+            if self.chunk_left == 0:
+                while True:
+                    t = await self.reader.readuntil(b"\r\n")
+                    if t == b"\r\n":
+                        break
+                    self.trailers.append(t[:-2].decode("latin-1"))
+                self.done = True
+                return b""
+        data = await self.reader.read(min(n, self.chunk_left))
+        if not data:
+            raise BadRequest("body truncated")
+        self.chunk_left -= len(data)
+        if self.chunk_left == 0:
+            if await self.reader.readexactly(2) != b"\r\n":
+                raise BadRequest("bad chunk end")
+        STATS.bytes_received += len(data)
+        return data
+
+    async def read_all(self, limit=256 * 1024 * 1024):
+        parts = []
+        total = 0
+        while True:
+            d = await self.read()
+            if not d:
+                return b"".join(parts)
+            total += len(d)
+            if total > limit:
+                raise BadRequest("body too large for this endpoint")
+            parts.append(d)
+
+
+class Conn:
+    def __init__(self, reader, writer):
+        global CONN_SERIAL
+        CONN_SERIAL += 1
+        self.serial = CONN_SERIAL
+        self.reader = reader
+        self.writer = writer
+        self.nreq = 0
+
+    async def send(self, data):
+        self.writer.write(data)
+        STATS.bytes_sent += len(data)
+        await self.writer.drain()
+
+    def head(self, status, headers, req, close, reason=None):
+        reason = reason or REASONS.get(status, "Unknown")
+        lines = ["HTTP/1.1 %d %s" % (status, reason)]
+        lines.append("X-Upstream: %s" % ARGS.name)
+        lines.append("X-Upstream-Conn: %d" % self.serial)
+        lines.append("X-Upstream-Req: %d" % self.nreq)
+        for k, v in headers:
+            lines.append("%s: %s" % (k, v))
+        if close:
+            lines.append("Connection: close")
+        elif req is not None and req.version == "HTTP/1.0":
+            lines.append("Connection: keep-alive")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    async def respond(self, req, status, body=b"", headers=(), close=False, reason=None):
+        headers = list(headers)
+        no_body = req is not None and (req.method == "HEAD" or status in (204, 304) or status < 200)
+        if status not in (204, 304) and status >= 200:
+            headers.append(("Content-Length", str(len(body))))
+        data = self.head(status, headers, req, close, reason)
+        if not no_body:
+            data += body
+        await self.send(data)
+
+
+REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 204: "No Content",
+           304: "Not Modified", 400: "Bad Request", 404: "Not Found", 413: "Content Too Large",
+           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+def echo_info(req, body):
+    return {
+        "method": req.method,
+        "target": req.target,
+        "path": req.path,
+        "query": req.query_string,
+        "version": req.version,
+        "headers": [[k, v] for k, v in req.headers],
+        "body_len": len(body),
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "trailers": [],
+    }
+
+
+async def handle_request(conn, req, control):
+    """Handles one request. Returns True to keep the connection open."""
+    body = Body(conn.reader, req)
+    q = req.query
+    close = q.get("close") == "1" or "close" in req.tokens("connection") or (
+        req.version == "HTTP/1.0" and "keep-alive" not in req.tokens("connection"))
+    path = req.path
+    if not control:
+        STATS.paths[path] = STATS.paths.get(path, 0) + 1
+
+    expect = (req.header("expect") or "").lower()
+    if expect == "100-continue":
+        STATS.expect_seen += 1
+        if path != "/expect-reject":
+            await conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    if path == "/stats":
+        await body.read_all()
+        data = json.dumps(STATS.snapshot()).encode()
+        await conn.respond(req, 200, data, [("Content-Type", "application/json")], close)
+    elif path == "/release":
+        await body.read_all()
+        key = q.get("id", "*")
+        n = 0
+        for k, ev in list(HOLDS.items()):
+            if key in ("*", k):
+                ev.set()
+                n += 1
+        await conn.respond(req, 200, b"released %d" % n, close=close)
+    elif path == "/hold":
+        await body.read_all()
+        key = q.get("id", "default")
+        ev = HOLDS.setdefault(key, asyncio.Event())
+        STATS.holding += 1
+        try:
+            await asyncio.wait_for(ev.wait(), float(q.get("max", "120")))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            STATS.holding -= 1
+        await conn.respond(req, 200, b"released", close=close)
+    elif path == "/echo":
+        data = await body.read_all()
+        info = echo_info(req, data)
+        info["trailers"] = body.trailers
+        hdrs = [("X-Echo-Request", json.dumps(info, ensure_ascii=True))]
+        ct = req.header("content-type")
+        if ct:
+            hdrs.append(("Content-Type", ct))
+        await conn.respond(req, 200, data, hdrs, close)
+    elif path == "/delay":
+        await body.read_all()
+        await asyncio.sleep(int(q.get("ms", "0")) / 1000.0)
+        await conn.respond(req, 200, b"delayed", close=close)
+    elif path.startswith("/status/"):
+        await body.read_all()
+        status = int(path[len("/status/"):])
+        text = b"" if status in (204, 304) or status < 200 else b"status %d" % status
+        hdrs = [("ETag", '"v1"')] if status == 304 else []
+        await conn.respond(req, status, text, hdrs, close)
+    elif path == "/bytes":
+        await body.read_all()
+        n = int(q.get("n", "0"))
+        await conn.send(conn.head(200, [("Content-Length", str(n)),
+                                        ("Content-Type", "application/octet-stream")], req, close))
+        if req.method != "HEAD":
+            left = n
+            while left > 0:
+                piece = PATTERN if left >= PIECE else PATTERN[:left]
+                await conn.send(piece)
+                left -= len(piece)
+    elif path == "/chunked":
+        await body.read_all()
+        n = int(q.get("n", "0"))
+        size = max(1, int(q.get("size", str(PIECE))))
+        hdrs = [("Transfer-Encoding", "chunked"), ("Content-Type", "application/octet-stream")]
+        if q.get("trailer") == "1":
+            hdrs.append(("Trailer", "X-Checksum"))
+        await conn.send(conn.head(200, hdrs, req, close))
+        if req.method != "HEAD":
+            left = n
+            h = hashlib.sha256()
+            while left > 0:
+                k = min(size, left)
+                piece = (PATTERN * (k // len(PATTERN) + 1))[:k] if k > len(PATTERN) else PATTERN[:k]
+                h.update(piece)
+                await conn.send(b"%x\r\n" % k + piece + b"\r\n")
+                left -= k
+            if q.get("trailer") == "1":
+                await conn.send(b"0\r\nX-Checksum: " + h.hexdigest().encode() + b"\r\n\r\n")
+            else:
+                await conn.send(b"0\r\n\r\n")
+    elif path == "/truncate":
+        await body.read_all()
+        n = int(q.get("n", "1000"))
+        await conn.send(conn.head(200, [("Content-Length", str(n))], req, False))
+        await conn.send((PATTERN * (n // len(PATTERN) + 1))[: n // 2])
+        return False
+    elif path == "/sink":
+        h = hashlib.sha256()
+        total = 0
+        while True:
+            d = await body.read()
+            if not d:
+                break
+            h.update(d)
+            total += len(d)
+        data = json.dumps({"len": total, "sha256": h.hexdigest()}).encode()
+        await conn.respond(req, 200, data, [("Content-Type", "application/json")], close)
+    elif path == "/close-early":
+        await body.read_all()
+        return False
+    elif path == "/reset":
+        await body.read_all()
+        sock = conn.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.writer.transport.abort()
+        return False
+    elif path == "/100":
+        data = await body.read_all()
+        info = {"expect": req.header("expect"), "body_len": len(data),
+                "body_sha256": hashlib.sha256(data).hexdigest()}
+        await conn.respond(req, 200, json.dumps(info).encode(),
+                           [("Content-Type", "application/json")], close)
+    elif path == "/expect-reject":
+        await conn.respond(req, 417, b"expectation failed", close=True)
+        return False
+    elif path == "/ws":
+        await websocket(conn, req)
+        return False
+    else:  # /echo-head and anything else
+        data = await body.read_all()
+        info = echo_info(req, data)
+        info["trailers"] = body.trailers
+        await conn.respond(req, 200, json.dumps(info).encode(),
+                           [("Content-Type", "application/json")], close)
+    return not close
+
+
+async def websocket(conn, req):
+    key = req.header("sec-websocket-key")
+    if "websocket" not in req.tokens("upgrade") or "upgrade" not in req.tokens("connection") or not key:
+        await conn.respond(req, 400, b"not a websocket upgrade", close=True)
+        return
+    accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+    STATS.ws_sessions += 1
+    await conn.send(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Accept: %s\r\nX-Upstream: %s\r\n\r\n" % (accept, ARGS.name)).encode())
+    r = conn.reader
+    while True:
+        try:
+            b0, b1 = await r.readexactly(2)
+        except asyncio.IncompleteReadError:
+            return
+        opcode = b0 & 0x0F
+        masked = b1 & 0x80
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", await r.readexactly(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", await r.readexactly(8))[0]
+        mask = await r.readexactly(4) if masked else None
+        payload = await r.readexactly(n)
+        if mask:
+            payload = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+        if opcode == 0x9:  # ping
+            await conn.send(ws_frame(0xA, payload))
+        elif opcode == 0xA:  # pong
+            pass
+        elif opcode == 0x8:  # close: echo the status code and close
+            await conn.send(ws_frame(0x8, payload[:2]))
+            return
+        else:  # text, binary, continuation: echo with the same FIN bit and opcode
+            await conn.send(ws_frame(opcode, payload, fin=bool(b0 & 0x80)))
+
+
+def ws_frame(opcode, payload, fin=True):
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", b0, n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, 127, n)
+    return head + payload
+
+
+async def serve(reader, writer, control):
+    conn = Conn(reader, writer)
+    if not control:
+        STATS.connections_accepted += 1
+        STATS.open_connections += 1
+        STATS.max_open_connections = max(STATS.max_open_connections, STATS.open_connections)
+    try:
+        while True:
+            timeout = ARGS.keepalive_timeout if (conn.nreq > 0 and not control) else None
+            try:
+                req = await asyncio.wait_for(read_head(reader), timeout)
+            except asyncio.TimeoutError:
+                if not control:
+                    STATS.closed_idle += 1
+                return
+            if req is None:
+                if not control:
+                    STATS.closed_by_peer += 1
+                return
+            conn.nreq += 1
+            if not control:
+                STATS.in_flight += 1
+                STATS.max_in_flight = max(STATS.max_in_flight, STATS.in_flight)
+            try:
+                keep = await handle_request(conn, req, control)
+            finally:
+                if not control:
+                    STATS.in_flight -= 1
+                    if req.path != "/stats":
+                        STATS.requests_served += 1
+            if not keep:
+                return
+    except BadRequest as e:
+        try:
+            msg = str(e).encode()
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(msg), msg))
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+    except (ConnectionError, OSError, asyncio.IncompleteReadError):
+        if not control:
+            STATS.closed_by_peer += 1
+    finally:
+        if not control:
+            STATS.open_connections -= 1
+        try:
+            writer.close()
+        except Exception:
+            pass
+
+
+async def main():
+    global ARGS
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--control-port", type=int, default=0)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--name", default="up")
+    p.add_argument("--keepalive-timeout", type=float, default=None,
+                   help="close idle keep-alive connections after this many seconds")
+    ARGS = p.parse_args()
+    servers = [await asyncio.start_server(lambda r, w: serve(r, w, False), ARGS.host, ARGS.port,
+                                          limit=MAX_HEAD, backlog=4096, reuse_address=True)]
+    if ARGS.control_port:
+        servers.append(await asyncio.start_server(lambda r, w: serve(r, w, True), ARGS.host,
+                                                  ARGS.control_port, limit=MAX_HEAD, reuse_address=True))
+    print("listening %d %d" % (ARGS.port, ARGS.control_port), flush=True)
+    await asyncio.gather(*(s.serve_forever() for s in servers))
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)
