@@ -78,7 +78,8 @@ static void set_state(bh_pool_conn_t *c, enum bh_pool_conn_state to)
         bh_sem_release(p->sem);
 }
 
-/* A connection is not handed out at or after this time. */
+/* A connection is not handed out at or after this time. max_lifetime is also checked here in
+ * case the concrete layer overwrote expires_ms with a later limit. */
 static uint64_t conn_expiry(const bh_pool_t *p, const bh_pool_conn_t *c)
 {
     uint64_t t = c->expires_ms;
@@ -123,9 +124,11 @@ static bh_pool_waiter_t *head_waiter(bh_pool_t *p)
     return bh_container_of(bh_list_first(&p->waiters), bh_pool_waiter_t, link);
 }
 
+/* c is IDLE, CONNECTING, or BUSY when a user hands it straight over. */
 static void serve_head(bh_pool_t *p, bh_pool_conn_t *c)
 {
-    set_state(c, BH_PCONN_BUSY);
+    if (c->state != BH_PCONN_BUSY)
+        set_state(c, BH_PCONN_BUSY);
     c->uses++;
     notify(p, head_waiter(p), c, 0);
 }
@@ -166,6 +169,13 @@ static int open_one(bh_pool_t *p)
     set_state(c, BH_PCONN_CONNECTING);
     p->opened++;
     return 1;
+}
+
+/* For acquire, which may not run callbacks: a failed pre-warm is retried on a later event. */
+static void prewarm(bh_pool_t *p)
+{
+    while (wants_conn(p) && open_one(p) > 0)
+        ;
 }
 
 static void dispatch(bh_pool_t *p, uint64_t now_ms)
@@ -228,8 +238,10 @@ void bh_pool_init(bh_pool_t *p, const bh_pool_ops_t *ops, bh_sem_t *sem,
 
 void bh_pool_conn_init(bh_pool_conn_t *c, bh_pool_t *p, uint64_t now_ms)
 {
+    uint64_t lifetime = p->limits.max_lifetime_ms;
     *c = (bh_pool_conn_t){.pool = p, .state = BH_PCONN_NONE, .created_ms = now_ms,
-                          .idle_since_ms = now_ms, .expires_ms = BH_TIME_NEVER};
+                          .idle_since_ms = now_ms,
+                          .expires_ms = lifetime ? add_ms(now_ms, lifetime) : BH_TIME_NEVER};
     bh_list_init(&c->link);
 }
 
@@ -249,6 +261,7 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
         c->uses++;
         p->reused++;
         *out = c;
+        prewarm(p);
         rearm(p);
         return 0;
     }
@@ -274,8 +287,7 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
             return r;
         }
     }
-    while (wants_conn(p) && open_one(p) > 0)
-        ;
+    prewarm(p);
     rearm(p);
     return BH_POOL_QUEUED;
 }
