@@ -1,0 +1,176 @@
+"""Bodies stream through bulkhead in both directions with bounded memory, and with backpressure.
+
+Memory is read from /proc/<pid>/status: VmRSS before, VmHWM (peak) after. These are memory bounds,
+not timing ones. Under AddressSanitizer the quarantine of freed memory would count as growth, so these
+bulkhead instances run with a small quarantine."""
+import hashlib
+import os
+import time
+
+import pytest
+import requests
+
+from conftest import wait_until
+
+MiB = 1 << 20
+BIG = 100 * MiB
+GROWTH_BOUND = 32 * MiB
+PATTERN = bytes(range(256)) * (4 * 4096 + 1)  # 4 MiB + 256: any slice of a chunk up to 4 MiB
+
+
+def small_quarantine_env():
+    opts = os.environ.get("ASAN_OPTIONS", "")
+    return {"ASAN_OPTIONS": (opts + ":" if opts else "") + "quarantine_size_mb=4"}
+
+
+@pytest.fixture
+def bh(bulkhead, upstream):
+    return bulkhead(upstream, limits={"max_body_bytes": "1GiB", "body_timeout": "60s"},
+                    timeouts={"total": "10m", "idle": "60s", "first_byte": "60s"},
+                    env=small_quarantine_env())
+
+
+def warm_up(bh):
+    """Exercise both directions once so that lazily created buffers and pools exist before measuring."""
+    assert requests.get(bh.url + "/bytes?n=%d" % (4 * MiB), timeout=60).content == PATTERN[:4 * MiB]
+    r = requests.post(bh.url + "/sink", data=iter([b"w" * MiB] * 4), timeout=60)
+    assert r.status_code == 200 and r.json()["len"] == 4 * MiB
+
+
+def test_upload_100mib_streamed(bh, upstream):
+    warm_up(bh)
+    before = bh.rss()
+    digest = hashlib.sha256()
+
+    def gen():
+        block = bytes((i * 7) % 251 for i in range(MiB))
+        for i in range(BIG // MiB):
+            piece = block[i:] + block[:i]
+            digest.update(piece)
+            yield piece
+
+    r = requests.post(bh.url + "/sink", data=gen(), timeout=600)
+    assert r.status_code == 200, r.content[:300]
+    assert r.json() == {"len": BIG, "sha256": digest.hexdigest()}
+    growth = bh.hwm() - before
+    assert growth < GROWTH_BOUND, "bulkhead peak RSS grew by %d MiB for a %d MiB upload" % (
+        growth // MiB, BIG // MiB)
+
+
+def test_upload_100mib_content_length(bh, upstream):
+    """Same with a Content-Length body (not chunked)."""
+    warm_up(bh)
+    before = bh.rss()
+    block = bytes(range(256)) * 4096
+
+    def gen():
+        for _ in range(BIG // MiB):
+            yield block
+
+    r = requests.post(bh.url + "/sink", data=gen(), headers={"Content-Length": str(BIG)}, timeout=600)
+    assert r.status_code == 200, r.content[:300]
+    expect = hashlib.sha256()
+    for _ in range(BIG // MiB):
+        expect.update(block)
+    assert r.json() == {"len": BIG, "sha256": expect.hexdigest()}
+    assert bh.hwm() - before < GROWTH_BOUND
+
+
+def read_counted(resp, chunk=MiB):
+    n = 0
+    for piece in resp.iter_content(chunk):
+        off = n % 256
+        assert piece == PATTERN[off:off + len(piece)], "corrupt body at offset %d" % n
+        n += len(piece)
+    return n
+
+
+def test_download_100mib_streamed(bh, upstream):
+    warm_up(bh)
+    before = bh.rss()
+    with requests.get(bh.url + "/bytes?n=%d" % BIG, stream=True, timeout=600) as r:
+        assert r.status_code == 200
+        assert r.headers["Content-Length"] == str(BIG)
+        assert read_counted(r) == BIG
+    growth = bh.hwm() - before
+    assert growth < GROWTH_BOUND, "bulkhead peak RSS grew by %d MiB for a %d MiB download" % (
+        growth // MiB, BIG // MiB)
+
+
+def test_download_100mib_chunked(bh, upstream):
+    warm_up(bh)
+    before = bh.rss()
+    with requests.get(bh.url + "/chunked?n=%d" % BIG, stream=True, timeout=600) as r:
+        assert r.status_code == 200
+        assert read_counted(r) == BIG
+    assert bh.hwm() - before < GROWTH_BOUND
+
+
+def test_slow_reader_backpressure(bh, upstream, raw):
+    """A client that stops reading a 128 MiB response: bulkhead must stop reading from the upstream
+    (the upstream's writes stall after kernel buffers fill) instead of buffering the body itself.
+
+    The check observes for a bounded window: whatever bulkhead does, the window ends."""
+    warm_up(bh)
+    before = bh.rss()
+    sent_before = upstream.stats()["bytes_sent"]
+    n = 128 * MiB
+    c = raw(bh.port)
+    c.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 64 * 1024)
+    c.request("GET", "/bytes?n=%d" % n)
+    # wait until the response is flowing: the upstream has written something
+    wait_until(lambda: upstream.stats()["bytes_sent"] - sent_before > MiB, what="response to start")
+    deadline = time.monotonic() + 3.0
+    sent = 0
+    while time.monotonic() < deadline:
+        sent = upstream.stats()["bytes_sent"] - sent_before
+        growth = bh.rss() - before
+        assert growth < GROWTH_BOUND, "bulkhead RSS grew %d MiB with a stalled client" % (growth // MiB)
+        assert sent < 64 * MiB, "upstream wrote %d MiB to a stalled client: no backpressure" % (
+            sent // MiB)
+        time.sleep(0.05)
+    # now read everything: the response is complete and correct
+    version, status, reason, headers, raw_head = c.read_head()
+    assert status == 200
+    got = len(c.buf)
+    c.buf = b""
+    while got < n:
+        data = c.sock.recv(1 << 20)
+        assert data, "connection closed after %d of %d bytes" % (got, n)
+        got += len(data)
+    assert got == n
+    assert bh.hwm() - before < GROWTH_BOUND
+
+
+def test_client_abort_mid_response_closes_upstream(bh, upstream, raw):
+    """A client that goes away in the middle of a response body: the upstream connection, with the
+    rest of a body on it, is closed rather than pooled; later requests work."""
+    c = raw(bh.port)
+    c.request("GET", "/bytes?n=%d" % (256 * MiB))
+    c.read_head()
+    c.close()
+    wait_until(lambda: upstream.stats()["open_connections"] == 0,
+               what="bulkhead to close the upstream connection of the aborted response")
+    r = requests.get(bh.url + "/echo-head", timeout=30)
+    assert r.status_code == 200
+    assert upstream.stats()["bytes_sent"] < 256 * MiB
+
+
+def test_upstream_truncated_response_closes_client(bh, upstream, raw):
+    """The upstream announces Content-Length 100000, sends half and closes: the head is already on
+    its way to the client, so bulkhead can only close the client connection (never pad or reuse it)."""
+    c = raw(bh.port)
+    c.request("GET", "/truncate?n=100000")
+    version, status, reason, headers, raw_head = c.read_head()
+    assert status == 200
+    got = len(c.buf)
+    c.buf = b""
+    while True:
+        try:
+            data = c.sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        got += len(data)
+    assert got == 50000, "client got %d bytes of a truncated 100000-byte body" % got
