@@ -171,8 +171,8 @@ static int open_one(bh_pool_t *p)
     return 1;
 }
 
-/* For acquire, which may not run callbacks: a failed pre-warm is retried on a later event. */
-static void prewarm(bh_pool_t *p)
+/* dispatch() without callbacks, for acquire: a failed open is retried on a later event. */
+static void open_wanted(bh_pool_t *p)
 {
     while (wants_conn(p) && open_one(p) > 0)
         ;
@@ -185,6 +185,8 @@ static void dispatch(bh_pool_t *p, uint64_t now_ms)
     p->dispatching = true;
     for (;;) {
         bh_pool_conn_t *c;
+        /* release() and connected() serve waiters directly, so no idle connection normally
+         * sits beside a waiter; should a future path leave one, it is served here. */
         if (p->n_waiters > 0 && (c = take_idle(p, now_ms)) != NULL) {
             p->reused++;
             serve_head(p, c);
@@ -261,7 +263,7 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
         c->uses++;
         p->reused++;
         *out = c;
-        prewarm(p);
+        open_wanted(p);
         rearm(p);
         return 0;
     }
@@ -287,7 +289,7 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
             return r;
         }
     }
-    prewarm(p);
+    open_wanted(p);
     rearm(p);
     return BH_POOL_QUEUED;
 }

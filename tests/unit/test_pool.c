@@ -376,10 +376,20 @@ static bh_pool_conn_t *pick_conn(struct stress *s, struct fake *f, enum bh_pool_
     return NULL;
 }
 
-static void test_stress_shared_semaphore(void **state)
+static struct stress s;
+
+/* Some users give their connection back from inside the callback. */
+static void then_maybe_release(struct rec *r)
 {
-    static struct stress s;
-    s = (struct stress){.rng = 12345};
+    if (r->status == 0 && rnd(&s, 3) == 0) {
+        bh_pool_release(r->conn, rnd(&s, 4) != 0, now);
+        r->conn = NULL;
+    }
+}
+
+static void stress_run(uint32_t seed)
+{
+    s = (struct stress){.rng = seed};
     bh_sem_init(&s.sem, 4);
     bh_pool_limits_t lim = {.max_pending = 5, .max_idle = 2, .min_idle = 1,
                             .acquire_timeout_ms = 30, .idle_timeout_ms = 50,
@@ -395,7 +405,7 @@ static void test_stress_shared_semaphore(void **state)
         switch (rnd(&s, 7)) {
         case 0: /* acquire, with a free record */
             if (r->w.pool == NULL && (r->conn == NULL || r->status != 0)) {
-                *r = (struct rec){0};
+                *r = (struct rec){.then = then_maybe_release};
                 int rc = acquire(f, r, rnd(&s, 2) ? NEVER : now + rnd(&s, 40));
                 assert_true(rc == 0 || rc == BH_POOL_QUEUED || rc == BH_EPOOL_FULL);
             }
@@ -454,6 +464,12 @@ static void test_stress_shared_semaphore(void **state)
             assert_null(s.r[i][j].w.pool);
     }
     assert_int_equal(bh_sem_in_use(&s.sem), 0);
+}
+
+static void test_stress_shared_semaphore(void **state)
+{
+    for (uint32_t seed = 1; seed <= 20; seed++)
+        stress_run(seed);
 }
 
 static void test_max_pending_overflow(void **state)
@@ -818,58 +834,43 @@ static void test_shutdown(void **state)
     bh_pool_limits_t lim = default_limits();
     fake_init(&f, &sem, &lim);
     f.async_close = true;
-    struct rec r[2] = {0}, a = {0}, b = {0}, late = {0};
+    struct rec r[2] = {0}, b = {0}, c = {0}, after = {0};
 
-    get_conns(&f, r, 2);
-    bh_pool_release(r[1].conn, true, now);                 /* conn 1 idle, conn 0 busy */
-    assert_int_equal(acquire(&f, &a, NEVER), 0);           /* takes conn 1 */
-    bh_pool_release(a.conn, true, now);
-    assert_int_equal(acquire(&f, &a, NEVER), 0);
+    get_conns(&f, r, 2);                                      /* conns 0 and 1 busy */
     assert_int_equal(acquire(&f, &b, NEVER), BH_POOL_QUEUED); /* conn 2 connecting */
-    struct rec c = {0};
-    bh_pool_release(a.conn, true, now); /* goes to b */
-    assert_int_equal(acquire(&f, &c, NEVER), BH_POOL_QUEUED);
-    assert_int_equal(f.pool.n_connecting, 1);
-    bh_pool_release(b.conn, true, now); /* to c */
-    bh_pool_release(c.conn, true, now); /* idle */
-    struct rec d = {0}, e = {0};
-    assert_int_equal(acquire(&f, &d, NEVER), 0);
-    assert_int_equal(acquire(&f, &e, NEVER), BH_POOL_QUEUED);
-    /* Now: conn 0 busy (r[0]), conn 1 busy (d), conn 2 connecting, e queued. */
-    assert_int_equal(held(&f), 3);
-    bh_pool_release(d.conn, true, now);
-    assert_int_equal(e.status, 0);
-    bh_pool_release(e.conn, true, now); /* conn 1 idle */
-    assert_int_equal(f.pool.n_idle, 1);
-
-    assert_int_equal(acquire(&f, &a, NEVER), 0);
-    assert_int_equal(acquire(&f, &b, NEVER), BH_POOL_QUEUED);
-    a.calls = b.calls = 0;
-    bh_pool_release(a.conn, true, now); /* to b */
-    assert_int_equal(acquire(&f, &c, NEVER), BH_POOL_QUEUED);
-    assert_int_equal(acquire(&f, &late, NEVER), BH_POOL_QUEUED);
-    /* conn 0 busy (r[0]), conn 1 busy (b), conn 2 connecting, c and late queued */
-
+    assert_int_equal(acquire(&f, &c, NEVER), BH_POOL_QUEUED); /* no permit left */
     bh_pool_shutdown(&f.pool, now);
+    assert_int_equal(b.status, BH_EPOOL_CLOSED);
     assert_int_equal(c.status, BH_EPOOL_CLOSED);
-    assert_int_equal(late.status, BH_EPOOL_CLOSED);
     assert_int_equal(f.pool.n_waiters, 0);
-    struct rec after = {0};
+    assert_int_equal(f.last_arm, NEVER);
     assert_int_equal(acquire(&f, &after, NEVER), BH_EPOOL_CLOSED);
-    bh_pool_connected(C(&f, 2), now);
-    assert_true(f.conns[2]->close_called);
-    bh_pool_release(r[0].conn, true, now);
-    bh_pool_release(b.conn, true, now);
+
+    bh_pool_connected(C(&f, 2), now); /* closed when it reports */
+    bh_pool_release(r[0].conn, true, now); /* closed when released */
+    bh_pool_release(r[1].conn, true, now);
     assert_int_equal(held(&f), 0);
     assert_int_equal(bh_sem_in_use(&sem), 0);
-    assert_false(bh_pool_empty(&f.pool)); /* still closing */
-    assert_int_equal(f.pool.n_closing, 3);
+    assert_int_equal(f.open_calls, 3);
+    assert_false(bh_pool_empty(&f.pool)); /* until the concrete closes finish */
     for (int i = 0; i < 3; i++)
         bh_pool_conn_closed(C(&f, i));
     assert_true(bh_pool_empty(&f.pool));
-    assert_int_equal(f.open_calls, 3);
     check(&f);
     fake_finish(&f);
+
+    /* Idle connections are closed at once. */
+    struct fake g;
+    struct rec q[2] = {0};
+    fake_init(&g, &sem, &lim);
+    get_conns(&g, q, 2);
+    bh_pool_release(q[0].conn, true, now);
+    bh_pool_release(q[1].conn, true, now);
+    bh_pool_shutdown(&g.pool, now);
+    assert_int_equal(g.close_calls, 2);
+    assert_true(bh_pool_empty(&g.pool));
+    fake_finish(&g);
+    assert_int_equal(bh_sem_in_use(&sem), 0);
 }
 
 /* Callbacks that call back into the pool. */
@@ -940,6 +941,46 @@ static void test_reentrant_callbacks(void **state)
     assert_int_equal(f.pool.n_busy, 1);
     bh_pool_release(x.conn, true, now);
     assert_int_equal(f.pool.n_busy + f.pool.n_idle, 0);
+    fake_finish(&f);
+    assert_int_equal(bh_sem_in_use(&sem), 0);
+}
+
+/* A callback run by the dispatch loop itself (an open failing at once) that re-enters. */
+static struct rec *rd_x, *rd_d;
+
+static void then_release_and_acquire(struct rec *r)
+{
+    bh_pool_release(rd_x->conn, false, now); /* frees a permit while the loop runs */
+    rd_x->conn = NULL;
+    re_f->fail_open = 0;
+    assert_int_equal(acquire(re_f, rd_d, NEVER), BH_POOL_QUEUED);
+}
+
+static void test_reentry_during_dispatch(void **state)
+{
+    bh_sem_t sem;
+    bh_sem_init(&sem, 2);
+    struct fake f;
+    bh_pool_limits_t lim = default_limits();
+    fake_init(&f, &sem, &lim);
+    struct rec x = {0}, b = {0}, c = {.then = then_release_and_acquire}, d = {0};
+    rd_x = &x;
+    rd_d = &d;
+    re_f = &f;
+
+    get_conns(&f, &x, 1);
+    assert_int_equal(acquire(&f, &b, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(acquire(&f, &c, NEVER), BH_POOL_QUEUED); /* no permit left */
+    f.fail_open = BH_ECONNECT_FAILED;
+    bh_pool_connect_failed(C(&f, 1), BH_ECONNECT_REFUSED, now);
+    assert_int_equal(b.status, BH_ECONNECT_REFUSED);
+    assert_int_equal(c.status, BH_ECONNECT_FAILED); /* the retry for c failed at once */
+    assert_int_equal(f.open_calls, 4);              /* x, b, c's retry, d */
+    assert_int_equal(f.pool.n_connecting, 1);
+    assert_int_equal(f.pool.n_waiters, 1);
+    check(&f);
+    bh_pool_connected(C(&f, 2), now);
+    assert_ptr_equal(d.conn, C(&f, 2));
     fake_finish(&f);
     assert_int_equal(bh_sem_in_use(&sem), 0);
 }
@@ -1028,6 +1069,7 @@ int main(void)
         cmocka_unit_test_setup(test_min_idle_prewarms, setup),
         cmocka_unit_test_setup(test_shutdown, setup),
         cmocka_unit_test_setup(test_reentrant_callbacks, setup),
+        cmocka_unit_test_setup(test_reentry_during_dispatch, setup),
         cmocka_unit_test_setup(test_counters_and_arm, setup),
         cmocka_unit_test_setup(test_sem_over_release_aborts, setup),
     };
