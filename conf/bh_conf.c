@@ -1,2 +1,1173 @@
-/* placeholder */
-typedef int bh_placeholder_t;
+/* Loads the YAML config into one frozen bh_conf_t, driven by one schema table that holds every key and default.
+ *
+ * How it works: SPECS[] lists, per section, each key with its type (a converter plus the phrase
+ * used in "expected ..." messages), the field it fills and its default written as a user would
+ * write it. parse_section() walks one YAML mapping against the rows of its section: it rejects
+ * unknown, duplicate and not-yet-supported keys, converts the given ones, then converts the
+ * defaults of the missing ones with the same converters, then runs the section's check hook
+ * (cross-field rules). Every scalar passes through ${VAR} substitution before conversion.
+ * Converters return 0, BH_ECONFIG (err filled) or BH_ENOMEM; on any failure the half-built
+ * snapshot is freed by bh_conf_free, which copes with every partially filled state. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <yaml.h>
+#include "bh_alloc.h"
+#include "bh_conf.h"
+
+#define DUR_MAX (365ull * 86400 * 1000) /* longest duration accepted anywhere: 365d */
+#define INHERIT UINT64_MAX              /* a route timeout not given: the upstream's applies */
+#define MAX_FILE (16u << 20)            /* largest config file read */
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Sections of the file; each is one mapping parsed against the SPECS rows that name it. */
+enum sec { S_ROOT, S_LISTENER, S_LIMITS, S_ADMIN, S_LOG, S_UPSTREAM, S_POOL, S_TIMEOUTS,
+           S_ROUTE, S_MATCH, S_SHUTDOWN, S_COUNT };
+
+typedef struct ctx {
+    const char *name;       /* file name used in messages */
+    yaml_document_t *doc;
+    bh_conf_error_t *err;
+    char path[256];         /* dotted path of the node being read: "upstreams.api.pool" */
+} ctx_t;
+
+typedef struct spec spec_t;
+/* Converts node n (or, for scalar types, its substituted text) into the field k->off of base.
+ * n is NULL when the key is absent and its default applies (text is then the default). */
+typedef int (*conv_fn)(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
+
+enum { T_NODE = 1, T_EMPTY_OK = 2 };
+typedef struct type {
+    conv_fn conv;
+    const char *expect;     /* what a valid value looks like, for messages */
+    unsigned flags;         /* T_NODE: conv reads the node itself (mappings, lists) */
+} type_t;
+
+enum { F_REQUIRED = 1 };
+struct spec {
+    enum sec sec;
+    const char *key;
+    const type_t *type;     /* NULL: recognised but not supported by this version yet */
+    size_t off;             /* field offset in the section's struct */
+    const char *def;        /* default, in config syntax; NULL: none (or derived, see hooks) */
+    uint64_t min, max;      /* bounds for numbers, sizes and durations */
+    unsigned flags;
+    enum sec sub;           /* nested section for T_SECTION */
+};
+
+static int parse_section(ctx_t *c, enum sec sec, yaml_node_t *map, void *base, int defaults);
+
+/* ---- messages and paths ---------------------------------------------------------------- */
+
+__attribute__((format(printf, 3, 4))) static int fail(ctx_t *c, const yaml_node_t *n,
+                                                      const char *fmt, ...)
+{
+    size_t line = n ? n->start_mark.line + 1 : 1, col = n ? n->start_mark.column + 1 : 1;
+    int len = snprintf(c->err->msg, sizeof c->err->msg, "%s:%zu:%zu: ", c->name, line, col);
+    va_list ap;
+
+    va_start(ap, fmt);
+    if (len > 0 && (size_t)len < sizeof c->err->msg)
+        vsnprintf(c->err->msg + len, sizeof c->err->msg - (size_t)len, fmt, ap);
+    va_end(ap);
+    return BH_ECONFIG;
+}
+
+static int oom(ctx_t *c)
+{
+    snprintf(c->err->msg, sizeof c->err->msg, "%s: out of memory", c->name);
+    return BH_ENOMEM;
+}
+
+/* Appends ".key" (or "key" at the top) to the path; returns the old length for path_pop. */
+static size_t path_key(ctx_t *c, const char *key)
+{
+    size_t old = strlen(c->path);
+    snprintf(c->path + old, sizeof c->path - old, "%s%s", old ? "." : "", key);
+    return old;
+}
+
+static size_t path_index(ctx_t *c, size_t i)
+{
+    size_t old = strlen(c->path);
+    snprintf(c->path + old, sizeof c->path - old, "[%zu]", i);
+    return old;
+}
+
+static void path_pop(ctx_t *c, size_t old)
+{
+    c->path[old] = '\0';
+}
+
+/* "in limits" or "at top level". */
+static const char *where(const ctx_t *c, char *buf, size_t n)
+{
+    if (c->path[0] == '\0')
+        return "at top level";
+    snprintf(buf, n, "in %s", c->path);
+    return buf;
+}
+
+/* ---- YAML node helpers ----------------------------------------------------------------- */
+
+static yaml_node_t *node_at(ctx_t *c, int index)
+{
+    return yaml_document_get_node(c->doc, index);
+}
+
+/* An empty value ("key:" with nothing after it, "~", "null"). */
+static int is_null(const yaml_node_t *n)
+{
+    const char *s;
+
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return 0;
+    s = (const char *)n->data.scalar.value;
+    return s[0] == '\0' || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 ||
+           strcmp(s, "Null") == 0 || strcmp(s, "NULL") == 0;
+}
+
+static const char *kind_name(const yaml_node_t *n)
+{
+    return n->type == YAML_MAPPING_NODE ? "a mapping"
+           : n->type == YAML_SEQUENCE_NODE ? "a list"
+                                            : "a single value";
+}
+
+static int type_fail(ctx_t *c, const yaml_node_t *n, const char *expect)
+{
+    return fail(c, n, "%s is %s, expected %s", c->path, kind_name(n), expect);
+}
+
+/* The value of key in a mapping node, or NULL (also when map is NULL or not a mapping). */
+static yaml_node_t *lookup(ctx_t *c, yaml_node_t *map, const char *key)
+{
+    if (map == NULL || map->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        yaml_node_t *kn = node_at(c, p->key);
+        if (kn->type == YAML_SCALAR_NODE && strcmp((const char *)kn->data.scalar.value, key) == 0)
+            return node_at(c, p->value);
+    }
+    return NULL;
+}
+
+static size_t seq_len(const yaml_node_t *n)
+{
+    return n->type == YAML_SEQUENCE_NODE
+               ? (size_t)(n->data.sequence.items.top - n->data.sequence.items.start)
+               : 0;
+}
+
+/* Fails when the key of pair p was already given earlier in the mapping. */
+static int check_dup_key(ctx_t *c, yaml_node_t *map, yaml_node_pair_t *p)
+{
+    yaml_node_t *kn = node_at(c, p->key);
+    char buf[300];
+
+    for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++) {
+        yaml_node_t *prev = node_at(c, q->key);
+        if (prev->type == YAML_SCALAR_NODE &&
+            strcmp((const char *)prev->data.scalar.value, (const char *)kn->data.scalar.value) == 0)
+            return fail(c, kn, "duplicate key '%s' %s (first given at %zu:%zu), expected each key once",
+                        (const char *)kn->data.scalar.value, where(c, buf, sizeof buf),
+                        prev->start_mark.line + 1, prev->start_mark.column + 1);
+    }
+    return 0;
+}
+
+/* ---- did you mean ---------------------------------------------------------------------- */
+
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), row[64];
+
+    if (la >= COUNT(row) || lb >= COUNT(row))
+        return SIZE_MAX;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+typedef struct best {
+    const char *word;
+    const char *match;
+    size_t dist;
+} best_t;
+
+/* Keeps cand when it is the closest so far and close enough to be a likely typo. */
+static void consider(best_t *b, const char *cand)
+{
+    size_t d = edit_distance(b->word, cand), limit = strlen(b->word) <= 4 ? 1 : 2;
+    if (d <= limit && d < b->dist) {
+        b->dist = d;
+        b->match = cand;
+    }
+}
+
+/* ---- ${VAR} substitution --------------------------------------------------------------- */
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} sbuf_t;
+
+static void sb_put(sbuf_t *b, const char *s, size_t n)
+{
+    if (b->oom || n == 0)
+        return;
+    if (b->len + n > b->cap) {
+        size_t cap = (b->len + n) * 2;
+        char *p = bh_realloc(b->p, cap);
+        if (p == NULL) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static int valid_env_name(const char *s, size_t n)
+{
+    if (n == 0 || (s[0] >= '0' && s[0] <= '9'))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(s[i] == '_' || (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9')))
+            return 0;
+    return 1;
+}
+
+/* Expands ${VAR}, ${VAR:-default} (default when unset or empty) and $$ in s[0..len) into a new
+ * string; any other '$' stays as it is. n gives the position for errors (NULL for defaults). */
+static int subst(ctx_t *c, const yaml_node_t *n, const char *s, size_t len, char **out)
+{
+    sbuf_t b = {0};
+    size_t i = 0;
+    int rc = 0;
+
+    while (i < len && rc == 0) {
+        if (s[i] != '$' || i + 1 == len || (s[i + 1] != '$' && s[i + 1] != '{')) {
+            const char *next = memchr(s + i + 1, '$', len - i - 1);
+            size_t j = next ? (size_t)(next - s) : len;
+            sb_put(&b, s + i, j - i);
+            i = j;
+        } else if (s[i + 1] == '$') {
+            sb_put(&b, "$", 1);
+            i += 2;
+        } else {
+            const char *name = s + i + 2;
+            const char *close = memchr(name, '}', len - i - 2), *dash, *val;
+            char var[128];
+            size_t nlen;
+
+            if (close == NULL) {
+                rc = fail(c, n, "unterminated '${' in the value of %s, expected ${NAME} or "
+                                "${NAME:-default}", c->path);
+                break;
+            }
+            dash = memmem(name, (size_t)(close - name), ":-", 2);
+            nlen = (size_t)((dash ? dash : close) - name);
+            if (!valid_env_name(name, nlen) || nlen >= sizeof var) {
+                rc = fail(c, n, "invalid variable name '%.*s' in the value of %s, expected "
+                                "letters, digits and '_' as in ${NAME} or ${NAME:-default}",
+                          (int)(nlen < 64 ? nlen : 64), name, c->path);
+                break;
+            }
+            memcpy(var, name, nlen);
+            var[nlen] = '\0';
+            val = getenv(var);
+            if (val != NULL && (val[0] != '\0' || dash == NULL)) {
+                sb_put(&b, val, strlen(val));
+            } else if (dash != NULL) {
+                sb_put(&b, dash + 2, (size_t)(close - dash - 2));
+            } else {
+                rc = fail(c, n, "environment variable '%s' is not set (used by %s), expected it "
+                                "to be set or a default as in ${%s:-default}", var, c->path, var);
+                break;
+            }
+            i = (size_t)(close - s) + 1;
+        }
+    }
+    sb_put(&b, "", 1);
+    if (rc == 0 && b.oom)
+        rc = oom(c);
+    if (rc != 0) {
+        bh_free(b.p);
+        return rc;
+    }
+    *out = b.p;
+    return 0;
+}
+
+/* The substituted text of a scalar node, never empty unless empty_ok. */
+static int scalar_text(ctx_t *c, yaml_node_t *n, const char *expect, int empty_ok, char **out)
+{
+    size_t len = n->data.scalar.length;
+    int rc;
+
+    if (n->type != YAML_SCALAR_NODE)
+        return type_fail(c, n, expect);
+    if (memchr(n->data.scalar.value, '\0', len) != NULL)
+        return fail(c, n, "value of %s contains a NUL character, expected %s", c->path, expect);
+    rc = subst(c, n, (const char *)n->data.scalar.value, len, out);
+    if (rc == 0 && (*out)[0] == '\0' && !empty_ok) {
+        bh_free(*out);
+        return fail(c, n, "empty value for %s, expected %s", c->path, expect);
+    }
+    return rc;
+}
+
+/* ---- scalar converters ----------------------------------------------------------------- */
+
+#define FIELD(base, k, T) ((T *)((char *)(base) + (k)->off))
+
+static void show_plain(uint64_t v, char *buf, size_t n)
+{
+    snprintf(buf, n, "%" PRIu64, v);
+}
+
+static void show_duration(uint64_t v, char *buf, size_t n)
+{
+    static const struct { const char *unit; uint64_t ms; } units[] = {
+        {"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}};
+    for (size_t i = 0; i < COUNT(units); i++)
+        if (v != 0 && v % units[i].ms == 0) {
+            snprintf(buf, n, "%" PRIu64 "%s", v / units[i].ms, units[i].unit);
+            return;
+        }
+    snprintf(buf, n, v ? "%" PRIu64 "ms" : "%" PRIu64, v);
+}
+
+static void show_size(uint64_t v, char *buf, size_t n)
+{
+    static const struct { const char *unit; uint64_t b; } units[] = {
+        {"GiB", 1u << 30}, {"MiB", 1u << 20}, {"KiB", 1u << 10}};
+    for (size_t i = 0; i < COUNT(units); i++)
+        if (v != 0 && v % units[i].b == 0) {
+            snprintf(buf, n, "%" PRIu64 "%s", v / units[i].b, units[i].unit);
+            return;
+        }
+    snprintf(buf, n, "%" PRIu64, v);
+}
+
+static int range_check(ctx_t *c, const spec_t *k, const yaml_node_t *n, const char *text,
+                       uint64_t v, void (*show)(uint64_t, char *, size_t))
+{
+    char lo[32], hi[32];
+
+    if (v >= k->min && v <= k->max)
+        return 0;
+    show(k->min, lo, sizeof lo);
+    show(k->max, hi, sizeof hi);
+    return fail(c, n, "%.64s for %s is out of range, expected %s to %s", text, c->path, lo, hi);
+}
+
+static int conv_u32(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    size_t digits = strspn(text, "0123456789");
+    uint64_t v = 0;
+    char lo[32], hi[32];
+
+    if (digits == 0 || text[digits] != '\0') {
+        show_plain(k->min, lo, sizeof lo);
+        show_plain(k->max, hi, sizeof hi);
+        return fail(c, n, "invalid number '%.64s' for %s, expected a whole number from %s to %s",
+                    text, c->path, lo, hi);
+    }
+    for (size_t i = 0; i < digits && v <= UINT32_MAX; i++) /* stops early: no overflow */
+        v = v * 10 + (uint64_t)(text[i] - '0');
+    if (range_check(c, k, n, text, v, show_plain) != 0)
+        return BH_ECONFIG;
+    *FIELD(base, k, uint32_t) = (uint32_t)v;
+    return 0;
+}
+
+static int conv_workers(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    if (strcmp(text, "auto") == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        *FIELD(base, k, uint32_t) = (uint32_t)(cpus < 1 ? 1 : cpus > (long)k->max ? (long)k->max : cpus);
+        return 0;
+    }
+    if (strspn(text, "0123456789") != strlen(text))
+        return fail(c, n, "invalid worker count '%.64s' for %s, expected %s", text, c->path,
+                    k->type->expect);
+    return conv_u32(c, k, n, text, base);
+}
+
+static int conv_duration(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    uint64_t v;
+
+    if (bh_parse_duration_ms(text, &v) != 0)
+        return fail(c, n, "invalid duration '%.64s' for %s, expected %s", text, c->path,
+                    k->type->expect);
+    if (range_check(c, k, n, text, v, show_duration) != 0)
+        return BH_ECONFIG;
+    *FIELD(base, k, uint64_t) = v;
+    return 0;
+}
+
+static int conv_size(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    uint64_t v;
+
+    if (bh_parse_size(text, &v) != 0)
+        return fail(c, n, "invalid size '%.64s' for %s, expected %s", text, c->path,
+                    k->type->expect);
+    if (range_check(c, k, n, text, v, show_size) != 0)
+        return BH_ECONFIG;
+    *FIELD(base, k, uint64_t) = v;
+    return 0;
+}
+
+static int conv_bool(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    if (strcmp(text, "true") != 0 && strcmp(text, "false") != 0)
+        return fail(c, n, "invalid boolean '%.64s' for %s, expected true or false", text, c->path);
+    *FIELD(base, k, bool) = text[0] == 't';
+    return 0;
+}
+
+static int conv_level(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    static const char *const names[] = {
+        [BH_LOG_ERROR] = "error", [BH_LOG_WARN] = "warn", [BH_LOG_INFO] = "info",
+        [BH_LOG_DEBUG] = "debug"};
+    for (size_t i = 0; i < COUNT(names); i++)
+        if (strcmp(text, names[i]) == 0) {
+            *FIELD(base, k, enum bh_log_level) = (enum bh_log_level)i;
+            return 0;
+        }
+    return fail(c, n, "invalid log level '%.64s' for %s, expected %s", text, c->path,
+                k->type->expect);
+}
+
+/* Strings; an empty optional string is stored as NULL. */
+static int conv_str(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    char **field = FIELD(base, k, char *);
+
+    bh_free(*field);
+    *field = NULL;
+    if (text[0] != '\0' && (*field = bh_strdup(text)) == NULL)
+        return oom(c);
+    return 0;
+}
+
+static int conv_prefix(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    if (text[0] != '/')
+        return fail(c, n, "invalid path prefix '%.64s' for %s, expected %s", text, c->path,
+                    k->type->expect);
+    return conv_str(c, k, n, text, base);
+}
+
+static int conv_host(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    char **field;
+
+    if (strpbrk(text, " \t\r\n/") != NULL)
+        return fail(c, n, "invalid host '%.64s' for %s, expected %s", text, c->path,
+                    k->type->expect);
+    if (conv_str(c, k, n, text, base) != 0)
+        return BH_ENOMEM;
+    field = FIELD(base, k, char *);
+    for (char *p = *field; *p != '\0'; p++) /* matched case-insensitively: store lower case */
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    return 0;
+}
+
+static void addr_clear(bh_conf_addr_t *a)
+{
+    bh_free(a->text);
+    bh_free(a->host);
+    memset(a, 0, sizeof *a);
+}
+
+/* Addresses bulkhead listens on: the host must be a numeric IP. */
+static int conv_addr(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_addr_t *a = FIELD(base, k, bh_conf_addr_t), tmp;
+    int rc = bh_parse_addr(text, &tmp);
+
+    if (rc == BH_ENOMEM)
+        return oom(c);
+    if (rc != 0)
+        return fail(c, n, "invalid address '%.64s' for %s, expected %s", text, c->path,
+                    k->type->expect);
+    if (tmp.salen == 0) {
+        addr_clear(&tmp);
+        return fail(c, n, "address '%.64s' for %s is not a numeric IP address, expected %s", text,
+                    c->path, k->type->expect);
+    }
+    addr_clear(a);
+    *a = tmp;
+    return 0;
+}
+
+/* ---- node converters: sections and lists ----------------------------------------------- */
+
+static int conv_section(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    if (n != NULL && n->type != YAML_MAPPING_NODE && !is_null(n))
+        return type_fail(c, n, k->type->expect);
+    return parse_section(c, k->sub, n, (char *)base + k->off, 1);
+}
+
+/* A route's timeouts: only the keys given; the rest stay INHERIT until check_root. */
+static int conv_override(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_timeouts_t *t = FIELD(base, k, bh_conf_timeouts_t);
+
+    t->connect_ms = t->first_byte_ms = t->idle_ms = t->total_ms = INHERIT;
+    if (n != NULL && n->type != YAML_MAPPING_NODE && !is_null(n))
+        return type_fail(c, n, k->type->expect);
+    return n == NULL ? 0 : parse_section(c, S_TIMEOUTS, n, t, 0);
+}
+
+typedef int (*item_check_fn)(ctx_t *c, yaml_node_t *item, void *array, size_t i);
+
+/* A list of mappings of one section -> a zeroed array of structs, parsed item by item. */
+static int parse_list(ctx_t *c, yaml_node_t *n, enum sec sec, size_t size, void *array,
+                      item_check_fn check)
+{
+    size_t len = seq_len(n);
+
+    for (size_t i = 0; i < len; i++) {
+        yaml_node_t *item = node_at(c, n->data.sequence.items.start[i]);
+        size_t old = path_index(c, i);
+        void *elem = (char *)array + i * size;
+        int rc = item->type != YAML_MAPPING_NODE ? type_fail(c, item, "a mapping")
+                 : parse_section(c, sec, item, elem, 1);
+        if (rc == 0 && check != NULL)
+            rc = check(c, item, array, i);
+        path_pop(c, old);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Names a listener without one and rejects a name or address used twice. */
+static int check_listener(ctx_t *c, yaml_node_t *item, void *array, size_t i)
+{
+    bh_conf_listener_t *all = array, *l = &all[i];
+    char buf[32];
+
+    if (l->name == NULL) {
+        snprintf(buf, sizeof buf, "listener%zu", i);
+        if ((l->name = bh_strdup(buf)) == NULL)
+            return oom(c);
+    }
+    for (size_t j = 0; j < i; j++) {
+        if (strcmp(all[j].name, l->name) == 0) {
+            yaml_node_t *vn = lookup(c, item, "name");
+            return fail(c, vn ? vn : item, "duplicate listener name '%s' in %s (also listeners[%zu]), "
+                                           "expected a unique name", l->name, c->path, j);
+        }
+        if (all[j].addr.salen == l->addr.salen &&
+            memcmp(&all[j].addr.sa, &l->addr.sa, l->addr.salen) == 0)
+            return fail(c, lookup(c, item, "address"), "duplicate listener address '%s' in %s "
+                        "(also listeners[%zu]), expected each address once", l->addr.text, c->path, j);
+    }
+    return 0;
+}
+
+static int conv_listeners(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_t *conf = base;
+    size_t len = seq_len(n);
+
+    if (n->type != YAML_SEQUENCE_NODE && !is_null(n))
+        return type_fail(c, n, k->type->expect);
+    if (len == 0)
+        return fail(c, n, "no listeners given in %s, expected at least one {name, address}", c->path);
+    if ((conf->listeners = bh_calloc(len, sizeof *conf->listeners)) == NULL)
+        return oom(c);
+    conf->n_listeners = len;
+    return parse_list(c, n, S_LISTENER, sizeof *conf->listeners, conf->listeners, check_listener);
+}
+
+static int conv_routes(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_t *conf = base;
+    size_t len;
+
+    if (n == NULL || is_null(n))
+        return 0;
+    if (n->type != YAML_SEQUENCE_NODE)
+        return type_fail(c, n, k->type->expect);
+    if ((len = seq_len(n)) == 0)
+        return 0;
+    if ((conf->routes = bh_calloc(len, sizeof *conf->routes)) == NULL)
+        return oom(c);
+    conf->n_routes = len;
+    return parse_list(c, n, S_ROUTE, sizeof *conf->routes, conf->routes, NULL);
+}
+
+static int conv_endpoints(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_upstream_t *u = base;
+    size_t len = seq_len(n);
+
+    if (n->type != YAML_SEQUENCE_NODE && !is_null(n))
+        return type_fail(c, n, k->type->expect);
+    if (len == 0)
+        return fail(c, n, "no endpoints given in %s, expected at least one host:port", c->path);
+    if ((u->endpoints = bh_calloc(len, sizeof *u->endpoints)) == NULL)
+        return oom(c);
+    u->n_endpoints = len;
+    for (size_t i = 0; i < len; i++) {
+        yaml_node_t *item = node_at(c, n->data.sequence.items.start[i]);
+        size_t old = path_index(c, i);
+        char *s;
+        int rc = scalar_text(c, item, "host:port", 0, &s);
+
+        if (rc == 0) {
+            rc = bh_parse_addr(s, &u->endpoints[i]);
+            if (rc == BH_ENOMEM)
+                rc = oom(c);
+            else if (rc != 0)
+                rc = fail(c, item, "invalid endpoint '%.64s' for %s, expected host:port or "
+                                   "[v6]:port, e.g. 10.0.0.5:8080 or api.internal:8080", s, c->path);
+            bh_free(s);
+        }
+        path_pop(c, old);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* upstreams: a mapping from upstream name to its settings. */
+static int conv_upstreams(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_t *conf = base;
+    size_t len;
+
+    if (n == NULL || is_null(n))
+        return 0;
+    if (n->type != YAML_MAPPING_NODE)
+        return type_fail(c, n, k->type->expect);
+    len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    if ((conf->upstreams = bh_calloc(len, sizeof *conf->upstreams)) == NULL)
+        return oom(c);
+    conf->n_upstreams = len;
+    for (size_t i = 0; i < len; i++) {
+        yaml_node_pair_t *p = &n->data.mapping.pairs.start[i];
+        yaml_node_t *kn = node_at(c, p->key), *vn = node_at(c, p->value);
+        bh_conf_upstream_t *u = &conf->upstreams[i];
+        const char *name = kn->type == YAML_SCALAR_NODE ? (const char *)kn->data.scalar.value : "";
+        size_t old;
+        int rc;
+
+        if (name[0] == '\0')
+            return fail(c, kn, "invalid upstream name in %s, expected a plain name", c->path);
+        if ((rc = check_dup_key(c, n, p)) != 0)
+            return rc;
+        if ((u->name = bh_strdup(name)) == NULL)
+            return oom(c);
+        old = path_key(c, name);
+        rc = vn->type != YAML_MAPPING_NODE && !is_null(vn)
+                 ? type_fail(c, vn, "a mapping with endpoints, pool and timeouts")
+                 : parse_section(c, S_UPSTREAM, vn, u, 1);
+        path_pop(c, old);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int method_item(ctx_t *c, yaml_node_t *n, const char *text, uint32_t *bits)
+{
+    uint32_t bit = strcmp(text, "*") == 0 ? BH_M_ALL : bh_method_bit(text, strlen(text));
+    char upper[16];
+    size_t i;
+
+    if (bit != 0 && bit != BH_M_OTHER) {
+        *bits |= bit;
+        return 0;
+    }
+    for (i = 0; text[i] != '\0' && i + 1 < sizeof upper; i++)
+        upper[i] = (text[i] >= 'a' && text[i] <= 'z') ? (char)(text[i] - 'a' + 'A') : text[i];
+    upper[i] = '\0';
+    bit = bh_method_bit(upper, i);
+    if (text[i] == '\0' && bit != 0 && bit != BH_M_OTHER)
+        return fail(c, n, "unknown method '%s' in %s, did you mean '%s'? (methods are case-sensitive)",
+                    text, c->path, upper);
+    return fail(c, n, "unknown method '%.64s' in %s, expected GET, HEAD, POST, PUT, DELETE, CONNECT, "
+                      "OPTIONS, TRACE, PATCH or * (any)", text, c->path);
+}
+
+/* methods: a list of method names, or one name; "*" = any method (the default). */
+static int conv_methods(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    uint32_t *bits = FIELD(base, k, uint32_t);
+    size_t len;
+
+    *bits = 0;
+    if (n == NULL)
+        return method_item(c, NULL, k->def, bits);
+    if (n->type != YAML_SEQUENCE_NODE) {
+        char *s;
+        int rc = scalar_text(c, n, k->type->expect, 0, &s);
+        if (rc == 0) {
+            rc = method_item(c, n, s, bits);
+            bh_free(s);
+        }
+        return rc;
+    }
+    if ((len = seq_len(n)) == 0)
+        return fail(c, n, "no methods given in %s, expected %s", c->path, k->type->expect);
+    for (size_t i = 0; i < len; i++) {
+        yaml_node_t *item = node_at(c, n->data.sequence.items.start[i]);
+        char *s;
+        int rc = scalar_text(c, item, "a method name", 0, &s);
+        if (rc == 0) {
+            rc = method_item(c, item, s, bits);
+            bh_free(s);
+        }
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- the schema: every key, its type and its default ----------------------------------- */
+
+static const type_t T_WORKERS = {conv_workers, "auto or a whole number from 1 to 1024", 0};
+static const type_t T_U32 = {conv_u32, "a whole number", 0};
+static const type_t T_SIZE = {conv_size, "a size in bytes or with a unit (KiB, MiB, GiB, KB, MB, "
+                                         "GB), e.g. 16KiB or 10MiB", 0};
+static const type_t T_DURATION = {conv_duration, "a number with a unit (ms, s, m, h, d), "
+                                                 "e.g. 250ms or 5s", 0};
+static const type_t T_BOOL = {conv_bool, "true or false", 0};
+static const type_t T_STR = {conv_str, "a non-empty string", 0};
+static const type_t T_OPT_STR = {conv_str, "a string", T_EMPTY_OK};
+static const type_t T_LEVEL = {conv_level, "error, warn, info or debug", 0};
+static const type_t T_ADDR = {conv_addr, "a numeric address as host:port or [v6]:port, "
+                                         "e.g. 0.0.0.0:8080 or [::1]:8080", 0};
+static const type_t T_PREFIX = {conv_prefix, "a path starting with '/', e.g. /api/", 0};
+static const type_t T_HOST = {conv_host, "a host name such as api.example.com or *.example.com", 0};
+static const type_t T_SECTION = {conv_section, "a mapping", T_NODE};
+static const type_t T_OVERRIDE = {conv_override, "a mapping of connect, first_byte, idle, total",
+                                  T_NODE};
+static const type_t T_LISTENERS = {conv_listeners, "a list of {name, address}", T_NODE};
+static const type_t T_UPSTREAMS = {conv_upstreams, "a mapping from upstream name to "
+                                                    "{endpoints, pool, timeouts}", T_NODE};
+static const type_t T_ENDPOINTS = {conv_endpoints, "a list of host:port", T_NODE};
+static const type_t T_ROUTES = {conv_routes, "a list of {match, upstream, strip_prefix, timeouts}",
+                                T_NODE};
+static const type_t T_METHODS = {conv_methods, "a list of methods, e.g. [GET, POST]", T_NODE};
+
+#define KEY(sec, key, type, T, field, def, lo, hi, flags)                                           \
+    {sec, key, &type, offsetof(T, field), def, lo, hi, flags, S_COUNT}
+#define SECTION(sec, key, T, field, sub) {sec, key, &T_SECTION, offsetof(T, field), NULL, 0, 0, 0, sub}
+#define LATER(sec, key) {sec, key, NULL, 0, NULL, 0, 0, 0, S_COUNT}
+#define U32MAX UINT32_MAX
+#define DUR DUR_MAX
+
+/* The one table of keys and defaults (defaults are those of docs/configuration.md). */
+static const spec_t SPECS[] = {
+    KEY(S_ROOT, "workers", T_WORKERS, bh_conf_t, workers, "auto", 1, 1024, 0),
+    KEY(S_ROOT, "listeners", T_LISTENERS, bh_conf_t, listeners, NULL, 0, 0, F_REQUIRED),
+    SECTION(S_ROOT, "limits", bh_conf_t, limits, S_LIMITS),
+    SECTION(S_ROOT, "admin", bh_conf_t, admin, S_ADMIN),
+    SECTION(S_ROOT, "log", bh_conf_t, log, S_LOG),
+    KEY(S_ROOT, "upstreams", T_UPSTREAMS, bh_conf_t, upstreams, NULL, 0, 0, 0),
+    KEY(S_ROOT, "routes", T_ROUTES, bh_conf_t, routes, NULL, 0, 0, 0),
+    SECTION(S_ROOT, "shutdown", bh_conf_t, shutdown, S_SHUTDOWN),
+    LATER(S_ROOT, "databases"),
+
+    KEY(S_LISTENER, "name", T_STR, bh_conf_listener_t, name, NULL, 0, 0, 0), /* "listener<N>" */
+    KEY(S_LISTENER, "address", T_ADDR, bh_conf_listener_t, addr, NULL, 0, 0, F_REQUIRED),
+    LATER(S_LISTENER, "tls"),
+
+    KEY(S_LIMITS, "max_connections", T_U32, bh_conf_limits_t, max_connections, "10000", 1, U32MAX, 0),
+    KEY(S_LIMITS, "max_header_bytes", T_SIZE, bh_conf_limits_t, max_header_bytes, "16KiB", 1, 1u << 20, 0),
+    KEY(S_LIMITS, "max_headers", T_U32, bh_conf_limits_t, max_headers, "100", 1, 10000, 0),
+    KEY(S_LIMITS, "max_body_bytes", T_SIZE, bh_conf_limits_t, max_body_bytes, "10MiB", 0, UINT64_MAX, 0),
+    KEY(S_LIMITS, "header_timeout", T_DURATION, bh_conf_limits_t, header_timeout_ms, "10s", 1, DUR, 0),
+    KEY(S_LIMITS, "body_timeout", T_DURATION, bh_conf_limits_t, body_timeout_ms, "30s", 1, DUR, 0),
+    KEY(S_LIMITS, "keepalive_timeout", T_DURATION, bh_conf_limits_t, keepalive_timeout_ms, "60s", 1, DUR, 0),
+
+    KEY(S_ADMIN, "address", T_ADDR, bh_conf_admin_t, addr, "127.0.0.1:9901", 0, 0, 0),
+    KEY(S_ADMIN, "token", T_OPT_STR, bh_conf_admin_t, token, "${BULKHEAD_ADMIN_TOKEN:-}", 0, 0, 0),
+
+    KEY(S_LOG, "level", T_LEVEL, bh_conf_log_t, level, "info", 0, 0, 0),
+    KEY(S_LOG, "access", T_STR, bh_conf_log_t, access, "stdout", 0, 0, 0),
+
+    KEY(S_UPSTREAM, "endpoints", T_ENDPOINTS, bh_conf_upstream_t, endpoints, NULL, 0, 0, F_REQUIRED),
+    SECTION(S_UPSTREAM, "pool", bh_conf_upstream_t, pool, S_POOL),
+    SECTION(S_UPSTREAM, "timeouts", bh_conf_upstream_t, timeouts, S_TIMEOUTS),
+    LATER(S_UPSTREAM, "dns_refresh"),
+    LATER(S_UPSTREAM, "balance"),
+    LATER(S_UPSTREAM, "retry"),
+    LATER(S_UPSTREAM, "breaker"),
+    LATER(S_UPSTREAM, "outlier"),
+    LATER(S_UPSTREAM, "health_check"),
+
+    KEY(S_POOL, "max_connections", T_U32, bh_conf_pool_t, max_connections, "64", 1, 1000000, 0),
+    KEY(S_POOL, "max_pending", T_U32, bh_conf_pool_t, max_pending, "256", 0, U32MAX, 0),
+    KEY(S_POOL, "max_idle", T_U32, bh_conf_pool_t, max_idle, NULL, 0, 1000000, 0), /* check_pool */
+    KEY(S_POOL, "min_idle", T_U32, bh_conf_pool_t, min_idle, "0", 0, 1000000, 0),
+    KEY(S_POOL, "acquire_timeout", T_DURATION, bh_conf_pool_t, acquire_timeout_ms, "1s", 0, DUR, 0),
+    KEY(S_POOL, "idle_timeout", T_DURATION, bh_conf_pool_t, idle_timeout_ms, "4s", 1, DUR, 0),
+    KEY(S_POOL, "max_lifetime", T_DURATION, bh_conf_pool_t, max_lifetime_ms, "10m", 0, DUR, 0),
+
+    KEY(S_TIMEOUTS, "connect", T_DURATION, bh_conf_timeouts_t, connect_ms, "1s", 1, DUR, 0),
+    KEY(S_TIMEOUTS, "first_byte", T_DURATION, bh_conf_timeouts_t, first_byte_ms, "15s", 1, DUR, 0),
+    KEY(S_TIMEOUTS, "idle", T_DURATION, bh_conf_timeouts_t, idle_ms, "60s", 1, DUR, 0),
+    KEY(S_TIMEOUTS, "total", T_DURATION, bh_conf_timeouts_t, total_ms, "30s", 1, DUR, 0),
+
+    {S_ROUTE, "match", &T_SECTION, 0, NULL, 0, 0, 0, S_MATCH}, /* its fields live in the route */
+    KEY(S_ROUTE, "upstream", T_STR, bh_conf_route_t, upstream, NULL, 0, 0, F_REQUIRED),
+    KEY(S_ROUTE, "strip_prefix", T_BOOL, bh_conf_route_t, strip_prefix, "false", 0, 0, 0),
+    KEY(S_ROUTE, "timeouts", T_OVERRIDE, bh_conf_route_t, timeouts, NULL, 0, 0, 0), /* inherit */
+    LATER(S_ROUTE, "database"),
+
+    KEY(S_MATCH, "host", T_HOST, bh_conf_route_t, host, NULL, 0, 0, 0), /* NULL: any host */
+    KEY(S_MATCH, "path_prefix", T_PREFIX, bh_conf_route_t, path_prefix, "/", 0, 0, 0),
+    KEY(S_MATCH, "methods", T_METHODS, bh_conf_route_t, methods, "*", 0, 0, 0),
+
+    KEY(S_SHUTDOWN, "drain_timeout", T_DURATION, bh_conf_shutdown_t, drain_timeout_ms, "30s", 0, DUR, 0),
+};
+
+/* ---- cross-field checks, run after a section's keys are all set ------------------------ */
+
+typedef int (*hook_fn)(ctx_t *c, yaml_node_t *map, void *base);
+
+static int check_pool(ctx_t *c, yaml_node_t *map, void *base)
+{
+    bh_conf_pool_t *p = base;
+    yaml_node_t *max_idle = lookup(c, map, "max_idle");
+    char buf[300];
+
+    if (max_idle == NULL)
+        p->max_idle = p->max_connections;
+    else if (p->max_idle > p->max_connections)
+        return fail(c, max_idle, "max_idle %" PRIu32 " %s is larger than max_connections %" PRIu32
+                                 ", expected at most max_connections",
+                    p->max_idle, where(c, buf, sizeof buf), p->max_connections);
+    if (p->min_idle > p->max_idle)
+        return fail(c, lookup(c, map, "min_idle"), "min_idle %" PRIu32 " %s is larger than "
+                    "max_idle %" PRIu32 ", expected at most max_idle", p->min_idle,
+                    where(c, buf, sizeof buf), p->max_idle);
+    return 0;
+}
+
+/* Resolves each route's upstream and fills its timeouts not given from the upstream's. */
+static int check_root(ctx_t *c, yaml_node_t *map, void *base)
+{
+    bh_conf_t *conf = base;
+    yaml_node_t *routes = lookup(c, map, "routes");
+
+    for (size_t i = 0; i < conf->n_routes; i++) {
+        bh_conf_route_t *r = &conf->routes[i];
+        best_t best = {r->upstream, NULL, SIZE_MAX};
+        size_t u;
+
+        for (u = 0; u < conf->n_upstreams; u++) {
+            if (strcmp(conf->upstreams[u].name, r->upstream) == 0)
+                break;
+            consider(&best, conf->upstreams[u].name);
+        }
+        if (u == conf->n_upstreams) {
+            yaml_node_t *vn = lookup(c, node_at(c, routes->data.sequence.items.start[i]), "upstream");
+            snprintf(c->path, sizeof c->path, "routes[%zu].upstream", i);
+            if (best.match != NULL)
+                return fail(c, vn, "unknown upstream '%s' for %s, did you mean '%s'?", r->upstream,
+                            c->path, best.match);
+            return fail(c, vn, "unknown upstream '%s' for %s, expected a name defined under upstreams",
+                        r->upstream, c->path);
+        }
+        r->upstream_index = u;
+        for (const spec_t *k = SPECS; k < SPECS + COUNT(SPECS); k++) {
+            uint64_t *mine = FIELD(&r->timeouts, k, uint64_t);
+            if (k->sec == S_TIMEOUTS && *mine == INHERIT)
+                *mine = *FIELD(&conf->upstreams[u].timeouts, k, uint64_t);
+        }
+    }
+    return 0;
+}
+
+static const hook_fn HOOKS[S_COUNT] = {[S_ROOT] = check_root, [S_POOL] = check_pool};
+
+/* ---- the section walker ---------------------------------------------------------------- */
+
+static int unknown_key(ctx_t *c, enum sec sec, yaml_node_t *kn, const char *key)
+{
+    best_t best = {key, NULL, SIZE_MAX};
+    char list[300] = "", buf[300];
+    size_t len = 0;
+
+    for (const spec_t *k = SPECS; k < SPECS + COUNT(SPECS); k++) {
+        if (k->sec != sec)
+            continue;
+        consider(&best, k->key);
+        if (k->type != NULL && len < sizeof list)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", len ? ", " : "", k->key);
+    }
+    if (best.match != NULL)
+        return fail(c, kn, "unknown key '%.64s' %s, did you mean '%s'?", key,
+                    where(c, buf, sizeof buf), best.match);
+    return fail(c, kn, "unknown key '%.64s' %s, expected one of: %s", key, where(c, buf, sizeof buf),
+                list);
+}
+
+/* Converts one key: scalar types get their substituted text (or their default's). */
+static int convert(ctx_t *c, const spec_t *k, yaml_node_t *n, void *base)
+{
+    const type_t *t = k->type;
+    char *text;
+    int rc;
+
+    if (t->flags & T_NODE)
+        return t->conv(c, k, n, NULL, base);
+    rc = n != NULL ? scalar_text(c, n, t->expect, t->flags & T_EMPTY_OK, &text)
+                   : subst(c, NULL, k->def, strlen(k->def), &text);
+    if (rc != 0)
+        return rc;
+    rc = t->conv(c, k, n, text, base);
+    bh_free(text);
+    return rc;
+}
+
+/* Parses a mapping (or NULL / an empty value: nothing given) against the rows of sec into base;
+ * with defaults, missing keys take their default. c->path names the mapping. */
+static int parse_section(ctx_t *c, enum sec sec, yaml_node_t *map, void *base, int defaults)
+{
+    bool given[COUNT(SPECS)] = {0};
+    char buf[300];
+    int rc;
+
+    if (map != NULL && map->type == YAML_MAPPING_NODE) {
+        for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+            yaml_node_t *kn = node_at(c, p->key);
+            const char *key;
+            const spec_t *k;
+            size_t old;
+
+            if (kn->type != YAML_SCALAR_NODE)
+                return fail(c, kn, "a key %s is %s, expected a plain name", where(c, buf, sizeof buf),
+                            kind_name(kn));
+            key = (const char *)kn->data.scalar.value;
+            if ((rc = check_dup_key(c, map, p)) != 0)
+                return rc;
+            for (k = SPECS; k < SPECS + COUNT(SPECS); k++)
+                if (k->sec == sec && strcmp(k->key, key) == 0)
+                    break;
+            if (k == SPECS + COUNT(SPECS))
+                return unknown_key(c, sec, kn, key);
+            if (k->type == NULL)
+                return fail(c, kn, "key '%s' %s is recognised but not supported yet by this version "
+                                   "(bulkhead %s), expected it removed", key, where(c, buf, sizeof buf),
+                            BH_VERSION);
+            given[k - SPECS] = true;
+            old = path_key(c, key);
+            rc = convert(c, k, node_at(c, p->value), base);
+            path_pop(c, old);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    for (const spec_t *k = SPECS; k < SPECS + COUNT(SPECS); k++) {
+        size_t old;
+
+        if (k->sec != sec || given[k - SPECS] || k->type == NULL)
+            continue;
+        if (k->flags & F_REQUIRED)
+            return fail(c, map, "missing required key '%s' %s, expected %s", k->key,
+                        where(c, buf, sizeof buf), k->type->expect);
+        if (!defaults || (k->def == NULL && !(k->type->flags & T_NODE)))
+            continue;
+        old = path_key(c, k->key);
+        rc = convert(c, k, NULL, base);
+        path_pop(c, old);
+        if (rc != 0)
+            return rc;
+    }
+    return HOOKS[sec] != NULL ? HOOKS[sec](c, map, base) : 0;
+}
+
+/* ---- loading --------------------------------------------------------------------------- */
+
+static int syntax_error(ctx_t *c, const yaml_parser_t *p)
+{
+    if (p->error == YAML_MEMORY_ERROR)
+        return oom(c);
+    if (p->error == YAML_READER_ERROR) {
+        snprintf(c->err->msg, sizeof c->err->msg, "%s: invalid text at byte %zu: %s, expected UTF-8",
+                 c->name, p->problem_offset, p->problem ? p->problem : "unreadable");
+        return BH_ECONFIG;
+    }
+    if (p->context != NULL)
+        snprintf(c->err->msg, sizeof c->err->msg, "%s:%zu:%zu: invalid YAML: %s (%s at %zu:%zu)",
+                 c->name, p->problem_mark.line + 1, p->problem_mark.column + 1,
+                 p->problem ? p->problem : "syntax error", p->context, p->context_mark.line + 1,
+                 p->context_mark.column + 1);
+    else
+        snprintf(c->err->msg, sizeof c->err->msg, "%s:%zu:%zu: invalid YAML: %s", c->name,
+                 p->problem_mark.line + 1, p->problem_mark.column + 1,
+                 p->problem ? p->problem : "syntax error");
+    return BH_ECONFIG;
+}
+
+/* Builds the snapshot from the parsed document. */
+static int build(ctx_t *c, bh_conf_t *conf)
+{
+    yaml_node_t *root = yaml_document_get_root_node(c->doc);
+
+    if (root != NULL && root->type != YAML_MAPPING_NODE && !is_null(root))
+        return fail(c, root, "the top level is %s, expected a mapping of settings (listeners, "
+                             "upstreams, routes, ...)", kind_name(root));
+    return parse_section(c, S_ROOT, root, conf, 1);
+}
+
+int bh_conf_load_string(const char *name, const char *yaml, size_t len, bh_conf_t **out,
+                        bh_conf_error_t *err)
+{
+    yaml_parser_t parser;
+    yaml_document_t doc, extra;
+    ctx_t c = {.name = name, .doc = &doc, .err = err};
+    bh_conf_t *conf = NULL;
+    int rc;
+
+    *out = NULL;
+    err->msg[0] = '\0';
+    if (!yaml_parser_initialize(&parser))
+        return oom(&c);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        rc = syntax_error(&c, &parser);
+        yaml_parser_delete(&parser);
+        return rc;
+    }
+    if (!yaml_parser_load(&parser, &extra)) {
+        rc = syntax_error(&c, &parser);
+    } else {
+        yaml_node_t *second = yaml_document_get_root_node(&extra);
+        rc = second != NULL ? fail(&c, second, "a second YAML document, expected one document per file")
+                            : 0;
+        yaml_document_delete(&extra);
+    }
+    if (rc == 0) {
+        conf = bh_calloc(1, sizeof *conf);
+        if (conf == NULL || (conf->path = bh_strdup(name)) == NULL)
+            rc = oom(&c);
+        else
+            rc = build(&c, conf);
+    }
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    if (rc != 0) {
+        bh_conf_free(conf);
+        return rc;
+    }
+    *out = conf;
+    return 0;
+}
+
+int bh_conf_load(const char *path, bh_conf_t **out, bh_conf_error_t *err)
+{
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int fd, rc;
+
+    *out = NULL;
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        snprintf(err->msg, sizeof err->msg, "%s: cannot open: %s", path, strerror(errno));
+        return BH_ECONFIG;
+    }
+    for (;;) {
+        ssize_t n;
+        if (len == cap) {
+            char *p;
+            if (cap >= MAX_FILE) {
+                snprintf(err->msg, sizeof err->msg, "%s: file too large, expected at most 16MiB", path);
+                rc = BH_ECONFIG;
+                break;
+            }
+            cap = cap ? cap * 2 : 4096;
+            if ((p = bh_realloc(buf, cap)) == NULL) {
+                snprintf(err->msg, sizeof err->msg, "%s: out of memory", path);
+                rc = BH_ENOMEM;
+                break;
+            }
+            buf = p;
+        }
+        n = read(fd, buf + len, cap - len);
+        if (n == 0) {
+            rc = 0;
+            break;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            snprintf(err->msg, sizeof err->msg, "%s: cannot read: %s", path, strerror(errno));
+            rc = BH_ECONFIG;
+            break;
+        }
+        len += (size_t)n;
+    }
+    close(fd);
+    if (rc == 0)
+        rc = bh_conf_load_string(path, buf, len, out, err);
+    bh_free(buf);
+    return rc;
+}
+
+void bh_conf_free(bh_conf_t *conf)
+{
+    if (conf == NULL)
+        return;
+    for (size_t i = 0; i < conf->n_listeners; i++) {
+        bh_free(conf->listeners[i].name);
+        addr_clear(&conf->listeners[i].addr);
+    }
+    bh_free(conf->listeners);
+    addr_clear(&conf->admin.addr);
+    bh_free(conf->admin.token);
+    bh_free(conf->log.access);
+    for (size_t i = 0; i < conf->n_upstreams; i++) {
+        bh_conf_upstream_t *u = &conf->upstreams[i];
+        bh_free(u->name);
+        for (size_t j = 0; j < u->n_endpoints; j++)
+            addr_clear(&u->endpoints[j]);
+        bh_free(u->endpoints);
+    }
+    bh_free(conf->upstreams);
+    for (size_t i = 0; i < conf->n_routes; i++) {
+        bh_free(conf->routes[i].host);
+        bh_free(conf->routes[i].path_prefix);
+        bh_free(conf->routes[i].upstream);
+    }
+    bh_free(conf->routes);
+    bh_free(conf->path);
+    bh_free(conf);
+}
