@@ -485,6 +485,9 @@ async def serve(reader, writer, control):
                 return
             conn.nreq += 1
             if not control:
+                # counted when the head arrives, so a client that has read a response sees it counted
+                if req.path != "/stats":
+                    STATS.requests_served += 1
                 STATS.in_flight += 1
                 STATS.max_in_flight = max(STATS.max_in_flight, STATS.in_flight)
             try:
@@ -492,8 +495,6 @@ async def serve(reader, writer, control):
             finally:
                 if not control:
                     STATS.in_flight -= 1
-                    if req.path != "/stats":
-                        STATS.requests_served += 1
             if not keep:
                 return
     except BadRequest as e:
