@@ -54,7 +54,7 @@ void bh_json_escape(char *out, size_t cap, size_t *len, const char *s, size_t n)
 
 void bh_log(enum bh_log_level level, const char *fmt, ...)
 {
-    if ((int)level > bh_log_get_level())
+    if ((int)level > (int)bh_log_get_level())
         return;
     char msg[1024], line[2300];
     va_list ap;

@@ -1,2 +1,344 @@
-/* placeholder */
-typedef int bh_placeholder_t;
+/* Upstream HTTP connections on libuv, pooled by bh_pool. */
+#include <assert.h>
+#include <errno.h>
+#include <netdb.h>
+#include <string.h>
+#include <sys/socket.h>
+#include "bh_alloc.h"
+#include "bh_log.h"
+#include "bh_upstream.h"
+
+static uint64_t now_ms(const bh_endpoint_t *ep)
+{
+    return uv_now(ep->up->env->loop);
+}
+
+/* ---- closing ------------------------------------------------------------------------------ */
+
+static void close_ep_timer_if_done(bh_endpoint_t *ep);
+
+static void on_conn_handle_closed(uv_handle_t *h)
+{
+    bh_upconn_t *uc = h->data;
+    if (--uc->open_handles > 0)
+        return;
+    bh_buf_unref(uc->rbuf);
+    bh_endpoint_t *ep = uc->ep;
+    bh_pool_conn_closed(&uc->pc);
+    bh_free(uc);
+    if (ep->up->closing)
+        close_ep_timer_if_done(ep);
+}
+
+/* A connection the pool never saw (its connect failed at once). */
+static void on_orphan_closed(uv_handle_t *h)
+{
+    bh_upconn_t *uc = h->data;
+    if (--uc->open_handles == 0)
+        bh_free(uc);
+}
+
+static void pool_close(bh_pool_conn_t *pc)
+{
+    bh_upconn_t *uc = bh_upconn_of(pc);
+    bh_outq_discard(&uc->out);
+    uv_close((uv_handle_t *)&uc->tcp, on_conn_handle_closed);
+    uv_close((uv_handle_t *)&uc->timer, on_conn_handle_closed);
+}
+
+/* ---- connecting --------------------------------------------------------------------------- */
+
+static int map_connect_error(int status)
+{
+    switch (status) {
+    case UV_ECONNREFUSED:
+        return BH_ECONNECT_REFUSED;
+    case UV_ETIMEDOUT:
+        return BH_ECONNECT_TIMEOUT;
+    default:
+        return BH_ECONNECT_FAILED;
+    }
+}
+
+static void on_connect_timeout(uv_timer_t *t)
+{
+    bh_upconn_t *uc = t->data;
+    if (uc->pc.state == BH_PCONN_CONNECTING)
+        bh_pool_connect_failed(&uc->pc, BH_ECONNECT_TIMEOUT, now_ms(uc->ep));
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    bh_upconn_t *uc = req->data;
+    if (uc->pc.state != BH_PCONN_CONNECTING)
+        return; /* timed out or pool shut: already closing (status is UV_ECANCELED) */
+    uv_timer_stop(&uc->timer);
+    if (status < 0) {
+        bh_log_debug("connect to %s failed: %s", uc->ep->addr->text, uv_strerror(status));
+        bh_pool_connect_failed(&uc->pc, map_connect_error(status), now_ms(uc->ep));
+        return;
+    }
+    uv_tcp_nodelay(&uc->tcp, 1);
+    bh_pool_connected(&uc->pc, now_ms(uc->ep));
+}
+
+static bh_pool_conn_t *pool_open(bh_pool_t *pool, int *err)
+{
+    bh_endpoint_t *ep = pool->data;
+    const bh_conf_upstream_t *conf = ep->up->conf;
+    uv_loop_t *loop = ep->up->env->loop;
+    if (ep->salen == 0) {
+        *err = BH_ECONNECT_FAILED;
+        return NULL;
+    }
+    bh_upconn_t *uc = bh_calloc(1, sizeof(*uc));
+    if (uc == NULL) {
+        *err = BH_ENOMEM;
+        return NULL;
+    }
+    uint64_t now = uv_now(loop);
+    bh_pool_conn_init(&uc->pc, pool, now);
+    uc->ep = ep;
+    uc->lifetime_end_ms = conf->pool.max_lifetime_ms ? now + conf->pool.max_lifetime_ms
+                                                     : BH_TIME_NEVER;
+    uc->pc.expires_ms = uc->lifetime_end_ms;
+    uv_tcp_init(loop, &uc->tcp);
+    uv_timer_init(loop, &uc->timer);
+    uc->tcp.data = uc->timer.data = uc->connect_req.data = uc;
+    uc->open_handles = 2;
+    bh_outq_init(&uc->out, (uv_stream_t *)&uc->tcp, ep->up->env->wreqs, ep->up->env->bufs, NULL);
+    int rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (struct sockaddr *)&ep->sa, on_connect);
+    if (rc < 0) {
+        *err = map_connect_error(rc);
+        uv_close((uv_handle_t *)&uc->tcp, on_orphan_closed);
+        uv_close((uv_handle_t *)&uc->timer, on_orphan_closed);
+        return NULL;
+    }
+    uv_timer_start(&uc->timer, on_connect_timeout, conf->timeouts.connect_ms, 0);
+    return &uc->pc;
+}
+
+/* ---- idle connections --------------------------------------------------------------------- */
+
+static void on_idle_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    bh_upconn_t *uc = h->data;
+    *buf = uv_buf_init(uc->idle_scratch, sizeof(uc->idle_scratch));
+}
+
+/* Any byte or EOF on an idle connection makes it unusable: the peer closed it or broke HTTP. */
+static void on_idle_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    bh_upconn_t *uc = s->data;
+    if (nread == 0)
+        return;
+    uv_read_stop(s);
+    if (uc->pc.state == BH_PCONN_IDLE)
+        bh_pool_idle_lost(&uc->pc, now_ms(uc->ep));
+}
+
+static bool pool_alive(bh_pool_conn_t *pc)
+{
+    bh_upconn_t *uc = bh_upconn_of(pc);
+    uv_os_fd_t fd;
+    char c;
+    if (uv_fileno((uv_handle_t *)&uc->tcp, &fd) < 0)
+        return false;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+static void on_pool_timer(uv_timer_t *t)
+{
+    bh_endpoint_t *ep = t->data;
+    bh_pool_expire(&ep->pool, now_ms(ep));
+}
+
+static void pool_arm(bh_pool_t *pool, uint64_t at_ms)
+{
+    bh_endpoint_t *ep = pool->data;
+    if (uv_is_closing((uv_handle_t *)&ep->timer))
+        return;
+    if (at_ms == BH_TIME_NEVER) {
+        uv_timer_stop(&ep->timer);
+        return;
+    }
+    uint64_t now = now_ms(ep);
+    uv_timer_start(&ep->timer, on_pool_timer, at_ms > now ? at_ms - now : 0, 0);
+}
+
+static const bh_pool_ops_t pool_ops = {
+    .open = pool_open,
+    .alive = pool_alive,
+    .close = pool_close,
+    .arm = pool_arm,
+};
+
+/* ---- busy connections --------------------------------------------------------------------- */
+
+static void on_busy_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    bh_upconn_t *uc = h->data;
+    if (uc->rbuf != NULL && uc->rlen == uc->rbuf->cap && uc->rpos == uc->rlen) {
+        /* Full and consumed: queued writes keep their own references. */
+        bh_buf_unref(uc->rbuf);
+        uc->rbuf = NULL;
+    }
+    if (uc->rbuf == NULL) {
+        uc->rbuf = bh_buf_get(uc->ep->up->env->bufs);
+        uc->rlen = uc->rpos = 0;
+        if (uc->rbuf == NULL) {
+            *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+            return;
+        }
+    }
+    *buf = uv_buf_init(uc->rbuf->data + uc->rlen, uc->rbuf->cap - uc->rlen);
+}
+
+static void on_busy_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    bh_upconn_t *uc = s->data;
+    if (nread == 0)
+        return;
+    if (nread > 0)
+        uc->rlen += (uint32_t)nread;
+    uc->read_cb(uc, nread);
+}
+
+int bh_upconn_read_start(bh_upconn_t *uc, bh_upconn_read_cb cb, void *owner)
+{
+    uc->read_cb = cb;
+    uc->owner = owner;
+    uv_read_stop((uv_stream_t *)&uc->tcp); /* from the idle watcher's callbacks to ours */
+    return uv_read_start((uv_stream_t *)&uc->tcp, on_busy_alloc, on_busy_read);
+}
+
+void bh_upconn_read_stop(bh_upconn_t *uc)
+{
+    uv_read_stop((uv_stream_t *)&uc->tcp);
+}
+
+void bh_upconn_release(bh_upconn_t *uc, bool reusable)
+{
+    bh_endpoint_t *ep = uc->ep;
+    uint64_t now = now_ms(ep);
+    uv_read_stop((uv_stream_t *)&uc->tcp);
+    uv_timer_stop(&uc->timer);
+    bh_buf_unref(uc->rbuf);
+    uc->rbuf = NULL;
+    uc->rlen = uc->rpos = 0;
+    uc->owner = NULL;
+    uc->read_cb = NULL;
+    uc->out.cb = NULL;
+    if (uc->out.error < 0 || bh_outq_pending(&uc->out) > 0)
+        reusable = false;
+    if (reusable) {
+        /* Retire the connection before the upstream's own keep-alive timer would close it. */
+        uc->pc.expires_ms = uc->lifetime_end_ms;
+        if (uc->keepalive_ms > 0) {
+            uint64_t margin = uc->keepalive_ms > 2000 ? 1000 : uc->keepalive_ms / 2;
+            uint64_t ka_end = now + uc->keepalive_ms - margin;
+            if (ka_end < uc->pc.expires_ms)
+                uc->pc.expires_ms = ka_end;
+        }
+        if (uv_read_start((uv_stream_t *)&uc->tcp, on_idle_alloc, on_idle_read) < 0)
+            reusable = false;
+    }
+    bh_pool_release(&uc->pc, reusable, now);
+}
+
+/* ---- upstreams ---------------------------------------------------------------------------- */
+
+static void resolve(bh_endpoint_t *ep)
+{
+    const bh_conf_addr_t *a = ep->addr;
+    if (a->salen > 0) {
+        memcpy(&ep->sa, &a->sa, a->salen);
+        ep->salen = a->salen;
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", a->port);
+    int rc = getaddrinfo(a->host, port, &hints, &res);
+    if (rc != 0 || res == NULL) {
+        bh_log_warn("upstream %s: cannot resolve %s: %s", ep->up->conf->name, a->text,
+                    gai_strerror(rc));
+        ep->salen = 0;
+        return;
+    }
+    memcpy(&ep->sa, res->ai_addr, res->ai_addrlen);
+    ep->salen = res->ai_addrlen;
+    freeaddrinfo(res);
+}
+
+int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
+                     const bh_upstream_env_t *env, bh_sem_t *sem)
+{
+    memset(up, 0, sizeof(*up));
+    up->conf = conf;
+    up->env = env;
+    up->eps = bh_calloc(conf->n_endpoints, sizeof(*up->eps));
+    if (up->eps == NULL)
+        return BH_ENOMEM;
+    up->n_eps = conf->n_endpoints;
+    bh_pool_limits_t limits = {
+        .max_pending = conf->pool.max_pending,
+        .max_idle = conf->pool.max_idle,
+        .min_idle = 0,
+        .acquire_timeout_ms = conf->pool.acquire_timeout_ms,
+        .idle_timeout_ms = conf->pool.idle_timeout_ms,
+        .max_lifetime_ms = conf->pool.max_lifetime_ms,
+    };
+    for (size_t i = 0; i < up->n_eps; i++) {
+        bh_endpoint_t *ep = &up->eps[i];
+        ep->up = up;
+        ep->addr = &conf->endpoints[i];
+        resolve(ep);
+        bh_pool_init(&ep->pool, &pool_ops, sem, &limits, ep);
+        uv_timer_init(env->loop, &ep->timer);
+        ep->timer.data = ep;
+        up->open_timers++;
+    }
+    return 0;
+}
+
+int bh_upstream_acquire(bh_upstream_t *up, bh_pool_waiter_t *w, uint64_t deadline_ms,
+                        bh_upconn_t **out)
+{
+    bh_endpoint_t *ep = &up->eps[up->next_ep];
+    up->next_ep = (up->next_ep + 1) % up->n_eps;
+    bh_pool_conn_t *pc = NULL;
+    int rc = bh_pool_acquire(&ep->pool, w, uv_now(up->env->loop), deadline_ms, &pc);
+    *out = bh_upconn_of(pc);
+    return rc;
+}
+
+static void on_ep_timer_closed(uv_handle_t *h)
+{
+    bh_endpoint_t *ep = h->data;
+    bh_upstream_t *up = ep->up;
+    if (--up->open_timers == 0) {
+        bh_free(up->eps);
+        up->eps = NULL;
+        if (up->closed_cb != NULL)
+            up->closed_cb(up);
+    }
+}
+
+static void close_ep_timer_if_done(bh_endpoint_t *ep)
+{
+    if (bh_pool_empty(&ep->pool) && !uv_is_closing((uv_handle_t *)&ep->timer))
+        uv_close((uv_handle_t *)&ep->timer, on_ep_timer_closed);
+}
+
+void bh_upstream_close(bh_upstream_t *up, void (*cb)(bh_upstream_t *up))
+{
+    up->closing = true;
+    up->closed_cb = cb;
+    for (size_t i = 0; i < up->n_eps; i++) {
+        bh_endpoint_t *ep = &up->eps[i];
+        bh_pool_shutdown(&ep->pool, now_ms(ep));
+        close_ep_timer_if_done(ep);
+    }
+}

@@ -1,2 +1,673 @@
-/* placeholder */
-typedef int bh_placeholder_t;
+/* The exchange: one request forwarded to an upstream and its response streamed back.
+ *
+ * Phases: route and rewrite the head -> acquire a pooled connection (maybe waiting in the pool's
+ * FIFO) -> send the head, then the body as the client parser yields it -> parse the response
+ * head, rewrite it, stream the body -> give the connection back (reusable only after a complete
+ * response on a connection both sides keep alive). Bodies are re-framed per hop: Content-Length
+ * bytes pass through, chunked or close-delimited bodies become chunks (or a close-delimited body
+ * for an HTTP/1.0 client). Errors before any response byte reached the client become bulkhead's
+ * own reply with Proxy-Status; after that, the client connection is closed. */
+#include <string.h>
+#include "bh_alloc.h"
+#include "bh_deadline.h"
+#include "bh_log.h"
+#include "bh_proxy.h"
+#include "bh_reply.h"
+#include "bh_router.h"
+
+enum { RP_PAUSE_NONE, RP_PAUSE_HEAD, RP_PAUSE_MESSAGE };
+
+static bh_exchange_t *rp_exchange(llhttp_t *p)
+{
+    return bh_container_of(p, bh_exchange_t, rp);
+}
+
+static bh_client_t *ex_client(bh_exchange_t *ex)
+{
+    return bh_container_of(ex, bh_client_t, ex);
+}
+
+static uint64_t now_of(bh_client_t *c)
+{
+    return uv_now(&c->w->loop);
+}
+
+/* ---- ending ------------------------------------------------------------------------------- */
+
+static void detach(bh_exchange_t *ex, bool reusable)
+{
+    if (ex->waiting) {
+        bh_pool_cancel(&ex->waiter);
+        ex->waiting = false;
+    }
+    if (ex->uc != NULL) {
+        bh_upconn_release(ex->uc, reusable);
+        ex->uc = NULL;
+    }
+    bh_buf_unref(ex->head);
+    ex->head = NULL;
+}
+
+static void finish(bh_client_t *c, bool reusable)
+{
+    bh_exchange_t *ex = &c->ex;
+    detach(ex, reusable);
+    ex->active = false;
+    ex->phase = BH_UP_NONE;
+    bh__client_exchange_done(c);
+}
+
+void bh__forward_abort(bh_client_t *c, int err)
+{
+    bh_exchange_t *ex = &c->ex;
+    detach(ex, false);
+    ex->active = false;
+    ex->phase = BH_UP_NONE;
+}
+
+/* bulkhead answers the request itself. The rest of the request body is read and dropped (so the
+ * connection can carry the next request) unless close is set. */
+static void local_reply(bh_client_t *c, int err, bool close)
+{
+    bh_exchange_t *ex = &c->ex;
+    detach(ex, false);
+    int status = bh_reply_status(err);
+    /* Protocol-level errors leave the request stream in an unknown state: close. */
+    if (status == 400 || status == 408 || status == 413 || status == 431)
+        close = true;
+    if (close)
+        c->close_after = true;
+    ex->local = true;
+    ex->resp_started = ex->resp_done = true;
+    ex->status = status;
+    if (bh_reply_write(&c->out, status, err, c->close_after || c->w->draining, 1) < 0) {
+        bh__client_close(c);
+        return;
+    }
+    if (ex->req_done || c->close_after) {
+        finish(c, false);
+        return;
+    }
+    bh__client_rearm_timer(c);
+    bh__client_resume(c); /* discard the body; bh__forward_request_done finishes */
+}
+
+/* The upstream side failed with err. */
+static void up_fail(bh_client_t *c, int err)
+{
+    bh_exchange_t *ex = &c->ex;
+    bh_log_debug("client %s: upstream %s: %s", c->ip, ex->up != NULL ? ex->up->conf->name : "-",
+                 bh_strerror(err));
+    if (ex->resp_started) {
+        bh__client_close(c); /* the client already has part of a response */
+        return;
+    }
+    local_reply(c, err, !ex->req_done);
+}
+
+/* ---- body framing ------------------------------------------------------------------------- */
+
+static int emit_body(bh_outq_t *q, enum bh_framing f, bh_buf_t *b, const char *at, size_t len)
+{
+    if (f != BH_FRAME_CHUNKED)
+        return bh_outq_slice(q, b, at, len);
+    char hex[24];
+    bh_wbuf_t w = {hex, 0, sizeof(hex), false};
+    bh_wbuf_hex(&w, len);
+    bh_wbuf_put(&w, "\r\n", 2);
+    int rc = bh_outq_copy(q, hex, w.n);
+    if (rc == 0)
+        rc = bh_outq_slice(q, b, at, len);
+    if (rc == 0)
+        rc = bh_outq_copy(q, "\r\n", 2);
+    return rc;
+}
+
+static int emit_end(bh_outq_t *q, enum bh_framing f)
+{
+    return f == BH_FRAME_CHUNKED ? bh_outq_copy(q, "0\r\n\r\n", 5) : 0;
+}
+
+/* ---- response parsing --------------------------------------------------------------------- */
+
+static int rp_on_headers_complete(llhttp_t *p)
+{
+    bh_exchange_t *ex = rp_exchange(p);
+    if (ex->is_head)
+        p->flags |= F_SKIPBODY; /* what returning 1 would do; we pause instead */
+    p->data = (void *)(uintptr_t)RP_PAUSE_HEAD;
+    return HPE_PAUSED;
+}
+
+static int rp_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    bh_exchange_t *ex = rp_exchange(p);
+    bh_client_t *c = ex_client(ex);
+    return emit_body(&c->out, ex->resp_framing, ex->uc->rbuf, at, len) < 0 ? HPE_USER : 0;
+}
+
+static int rp_on_message_complete(llhttp_t *p)
+{
+    p->data = (void *)(uintptr_t)RP_PAUSE_MESSAGE;
+    return HPE_PAUSED;
+}
+
+void bh__forward_settings(llhttp_settings_t *s)
+{
+    llhttp_settings_init(s);
+    s->on_headers_complete = rp_on_headers_complete;
+    s->on_body = rp_on_body;
+    s->on_message_complete = rp_on_message_complete;
+}
+
+static bool client_is_http11(bh_client_t *c)
+{
+    return llhttp_get_http_major(&c->parser) == 1 && llhttp_get_http_minor(&c->parser) >= 1;
+}
+
+static int write_response_head(bh_client_t *c, bh_fwd_resp_t *resp, const bh_hdr_t *hdrs,
+                               size_t n)
+{
+    bh_buf_t *b = bh_buf_get(&c->w->bufs);
+    if (b == NULL)
+        return BH_ENOMEM;
+    bh_wbuf_t w = {b->data, 0, b->cap, false};
+    int rc = bh_http_write_response(&w, resp, hdrs, n) ? bh_outq_slice(&c->out, b, b->data, w.n)
+                                                        : BH_EUPSTREAM_HEAD_SIZE;
+    bh_buf_unref(b);
+    return rc;
+}
+
+static void start_tunnel(bh_client_t *c);
+
+/* The response head is complete at uc->rpos. Returns < 0 when the exchange failed. */
+static int handle_response_head(bh_client_t *c)
+{
+    bh_exchange_t *ex = &c->ex;
+    bh_upconn_t *uc = ex->uc;
+    int status = llhttp_get_status_code(&ex->rp);
+    bh_span_t start;
+    bh_hdr_t *hdrs = c->w->hdrs;
+    int n = bh_http_split(uc->rbuf->data + ex->resp_head_start, uc->rpos - ex->resp_head_start,
+                          &start, hdrs, c->w->max_hdrs);
+    if (n < 0)
+        return n == -2 ? BH_EUPSTREAM_HEAD_SIZE : BH_EUPSTREAM_PROTOCOL;
+    /* "HTTP/1.1 200 OK": the reason phrase starts after the second space */
+    bh_span_t reason = {"", 0};
+    const char *sp = memchr(start.p, ' ', start.n);
+    if (sp != NULL) {
+        const char *sp2 = memchr(sp + 1, ' ', start.n - (size_t)(sp + 1 - start.p));
+        if (sp2 != NULL)
+            reason = (bh_span_t){sp2 + 1, start.n - (size_t)(sp2 + 1 - start.p)};
+    }
+    for (int i = 0; i < n; i++) {
+        if (bh_span_ieq(hdrs[i].name, "keep-alive")) {
+            long t = bh_http_keepalive_timeout(hdrs[i].value);
+            if (t > 0)
+                uc->keepalive_ms = (uint64_t)t * 1000;
+        }
+    }
+    bh_fwd_resp_t resp = {.status = status, .reason = reason};
+    if (status < 200 && status != 101) {
+        /* interim response: relayed to HTTP/1.1 clients, then the final one follows */
+        if (client_is_http11(c))
+            return write_response_head(c, &resp, hdrs, (size_t)n);
+        return 0;
+    }
+    if (status == 101) {
+        if (!ex->upgrade)
+            return BH_EUPSTREAM_PROTOCOL;
+        resp.upgrade = true;
+        int rc = write_response_head(c, &resp, hdrs, (size_t)n);
+        if (rc == 0) {
+            ex->resp_started = true;
+            ex->status = status;
+            start_tunnel(c);
+        }
+        return rc;
+    }
+    bool http11 = client_is_http11(c);
+    if (ex->is_head || status == 204 || status == 304)
+        ex->resp_framing = BH_FRAME_NONE;
+    else if (ex->rp.flags & F_CHUNKED)
+        ex->resp_framing = http11 ? BH_FRAME_CHUNKED : BH_FRAME_CLOSE;
+    else if (ex->rp.flags & F_CONTENT_LENGTH)
+        ex->resp_framing = BH_FRAME_LENGTH;
+    else
+        ex->resp_framing = http11 ? BH_FRAME_CHUNKED : BH_FRAME_CLOSE;
+    bool keepalive = llhttp_should_keep_alive(&c->parser) && !c->w->draining &&
+                     ex->resp_framing != BH_FRAME_CLOSE && !ex->upgrade;
+    if (!keepalive)
+        c->close_after = true;
+    resp.close = c->close_after;
+    resp.keepalive_10 = !http11 && keepalive;
+    resp.chunked = ex->resp_framing == BH_FRAME_CHUNKED;
+    int rc = write_response_head(c, &resp, hdrs, (size_t)n);
+    if (rc < 0)
+        return rc;
+    ex->resp_started = true;
+    ex->status = status;
+    ex->phase = BH_UP_RECEIVING;
+    return 0;
+}
+
+static void response_done(bh_client_t *c)
+{
+    bh_exchange_t *ex = &c->ex;
+    bh_upconn_t *uc = ex->uc;
+    ex->resp_done = true;
+    if (emit_end(&c->out, ex->resp_framing) < 0 || bh_outq_flush(&c->out) < 0) {
+        bh__client_close(c);
+        return;
+    }
+    bool reusable = ex->req_done && llhttp_should_keep_alive(&ex->rp) && uc->rpos == uc->rlen;
+    if (!ex->req_done)
+        c->close_after = true; /* answered before the request ended: the rest is not read */
+    finish(c, reusable);
+}
+
+/* Parses what the upstream sent. */
+static void up_parse(bh_client_t *c)
+{
+    bh_exchange_t *ex = &c->ex;
+    bh_upconn_t *uc = ex->uc;
+    while (uc->rbuf != NULL && uc->rpos < uc->rlen && ex->phase != BH_UP_TUNNEL) {
+        const char *base = uc->rbuf->data + uc->rpos;
+        ex->rp.data = (void *)(uintptr_t)RP_PAUSE_NONE;
+        llhttp_errno_t e = llhttp_execute(&ex->rp, base, uc->rlen - uc->rpos);
+        if (e == HPE_OK) {
+            uc->rpos = uc->rlen;
+            break;
+        }
+        if (e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE) {
+            bh_log_debug("upstream %s: bad response: %s (%s)", uc->ep->addr->text,
+                         llhttp_errno_name(e), llhttp_get_error_reason(&ex->rp));
+            up_fail(c, BH_EUPSTREAM_PROTOCOL);
+            return;
+        }
+        uc->rpos += (uint32_t)(llhttp_get_error_pos(&ex->rp) - base);
+        uintptr_t reason = (uintptr_t)ex->rp.data;
+        if (e == HPE_PAUSED)
+            llhttp_resume(&ex->rp);
+        if (reason == RP_PAUSE_HEAD) {
+            int rc = handle_response_head(c);
+            if (rc < 0) {
+                up_fail(c, rc);
+                return;
+            }
+        } else if (reason == RP_PAUSE_MESSAGE) {
+            if (ex->resp_started) {
+                response_done(c);
+                return;
+            }
+            ex->resp_head_start = uc->rpos; /* after an interim 1xx: the next head starts here */
+        }
+    }
+    if (ex->phase == BH_UP_TUNNEL)
+        return;
+    if (!ex->resp_started && uc->rbuf != NULL && uc->rlen == uc->rbuf->cap) {
+        up_fail(c, BH_EUPSTREAM_HEAD_SIZE);
+        return;
+    }
+    if (bh_outq_flush(&c->out) < 0) {
+        bh__client_close(c);
+        return;
+    }
+    if (ex->resp_started && uc->rbuf != NULL && uc->rpos == uc->rlen) {
+        bh_buf_unref(uc->rbuf); /* nothing pending: queued writes hold what they need */
+        uc->rbuf = NULL;
+        uc->rlen = uc->rpos = 0;
+        ex->resp_head_start = 0;
+    }
+    if (bh_outq_pending(&c->out) > BH_WRITE_HIGH_WATER)
+        bh_upconn_read_stop(uc); /* resumed by bh__forward_client_drained */
+}
+
+static void on_up_read(bh_upconn_t *uc, ssize_t nread)
+{
+    bh_client_t *c = uc->owner;
+    bh_exchange_t *ex = &c->ex;
+    ex->up_activity_ms = now_of(c);
+    if (nread > 0) {
+        if (ex->phase == BH_UP_TUNNEL) {
+            int rc = bh_outq_slice(&c->out, uc->rbuf, uc->rbuf->data + uc->rpos,
+                                   uc->rlen - uc->rpos);
+            uc->rpos = uc->rlen;
+            if (rc < 0 || bh_outq_flush(&c->out) < 0) {
+                bh__client_close(c);
+                return;
+            }
+            if (bh_outq_pending(&c->out) > BH_WRITE_HIGH_WATER)
+                bh_upconn_read_stop(uc);
+            return;
+        }
+        up_parse(c);
+        return;
+    }
+    if (ex->phase == BH_UP_TUNNEL) {
+        c->close_after = true;
+        finish(c, false);
+        return;
+    }
+    if (nread == UV_EOF && ex->resp_started && ex->resp_framing == BH_FRAME_CLOSE) {
+        ex->rp.data = (void *)(uintptr_t)RP_PAUSE_NONE;
+        if (llhttp_finish(&ex->rp) == HPE_OK || (uintptr_t)ex->rp.data == RP_PAUSE_MESSAGE) {
+            response_done(c);
+            return;
+        }
+    }
+    up_fail(c, ex->resp_started || uc->rlen == 0 ? BH_EUPSTREAM_RESET : BH_EUPSTREAM_PROTOCOL);
+}
+
+static void on_up_out(bh_outq_t *q, int status)
+{
+    bh_upconn_t *uc = bh_container_of(q, bh_upconn_t, out);
+    bh_client_t *c = uc->owner;
+    if (c == NULL)
+        return;
+    if (status < 0) {
+        up_fail(c, BH_EUPSTREAM_WRITE);
+        return;
+    }
+    c->ex.up_activity_ms = now_of(c);
+    bh__client_update_reading(c); /* backpressure released */
+}
+
+/* ---- tunnel ------------------------------------------------------------------------------- */
+
+static void start_tunnel(bh_client_t *c)
+{
+    bh_exchange_t *ex = &c->ex;
+    ex->phase = BH_UP_TUNNEL;
+    c->state = BH_CS_TUNNEL;
+    c->close_after = true;
+    bh_upconn_t *uc = ex->uc;
+    if (uc->rbuf != NULL && uc->rpos < uc->rlen) {
+        if (bh_outq_slice(&c->out, uc->rbuf, uc->rbuf->data + uc->rpos, uc->rlen - uc->rpos) < 0) {
+            bh__client_close(c);
+            return;
+        }
+        uc->rpos = uc->rlen;
+    }
+    if (bh_outq_flush(&c->out) < 0) {
+        bh__client_close(c);
+        return;
+    }
+    bh__client_rearm_timer(c);
+    bh__forward_tunnel_data(c);
+}
+
+void bh__forward_tunnel_data(bh_client_t *c)
+{
+    bh_upconn_t *uc = c->ex.uc;
+    if (uc == NULL || c->rbuf == NULL || c->rpos == c->rlen)
+        return;
+    int rc = bh_outq_slice(&uc->out, c->rbuf, c->rbuf->data + c->rpos, c->rlen - c->rpos);
+    c->rpos = c->rlen;
+    if (rc < 0 || bh_outq_flush(&uc->out) < 0)
+        bh__client_close(c);
+    else
+        c->ex.up_activity_ms = now_of(c);
+}
+
+/* ---- request ------------------------------------------------------------------------------ */
+
+static void attach(bh_client_t *c, bh_upconn_t *uc)
+{
+    bh_exchange_t *ex = &c->ex;
+    ex->uc = uc;
+    ex->waiting = false;
+    uc->out.cb = on_up_out;
+    llhttp_init(&ex->rp, HTTP_RESPONSE, &c->w->resp_settings);
+    ex->resp_head_start = 0;
+    if (bh_upconn_read_start(uc, on_up_read, c) < 0) {
+        up_fail(c, BH_EUPSTREAM_RESET);
+        return;
+    }
+    int rc = bh_outq_slice(&uc->out, ex->head, ex->head->data, ex->head_len);
+    bh_buf_unref(ex->head);
+    ex->head = NULL;
+    if (rc == 0)
+        rc = bh_outq_flush(&uc->out);
+    if (rc < 0) {
+        up_fail(c, BH_EUPSTREAM_WRITE);
+        return;
+    }
+    if (ex->expect_continue && !ex->req_done) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (bh_outq_copy(&c->out, cont, sizeof(cont) - 1) < 0 || bh_outq_flush(&c->out) < 0) {
+            bh__client_close(c);
+            return;
+        }
+    }
+    ex->phase = BH_UP_SENDING;
+    ex->up_activity_ms = now_of(c);
+    bh__client_rearm_timer(c);
+    bh__client_resume(c);
+}
+
+static void on_acquired(bh_pool_waiter_t *w, bh_pool_conn_t *pc, int status)
+{
+    bh_client_t *c = w->data;
+    bh_exchange_t *ex = &c->ex;
+    ex->waiting = false;
+    if (status < 0) {
+        if (status == BH_EPOOL_TIMEOUT && now_of(c) >= ex->deadline_ms)
+            status = BH_ETOTAL_TIMEOUT;
+        up_fail(c, status);
+        return;
+    }
+    attach(c, bh_upconn_of(pc));
+}
+
+/* The request target's path, skipping scheme and authority of an absolute-form target. */
+static bh_span_t target_path(bh_span_t target)
+{
+    if (target.n > 0 && target.p[0] != '/') {
+        const char *s = memchr(target.p, ':', target.n);
+        if (s != NULL && (size_t)(target.p + target.n - s) > 3 && s[1] == '/' && s[2] == '/') {
+            const char *auth = s + 3, *end = target.p + target.n;
+            const char *slash = memchr(auth, '/', (size_t)(end - auth));
+            if (slash == NULL)
+                return (bh_span_t){"/", 1};
+            return (bh_span_t){slash, (size_t)(end - slash)};
+        }
+    }
+    return target;
+}
+
+void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
+{
+    bh_worker_t *w = c->w;
+    bh_exchange_t *ex = &c->ex;
+    uint64_t now = now_of(c);
+    memset(ex, 0, sizeof(*ex));
+    bh_list_init(&ex->waiter.link);
+    ex->waiter.cb = on_acquired;
+    ex->waiter.data = c;
+    ex->active = true;
+    ex->start_ms = now;
+    ex->deadline_ms = BH_DEADLINE_NONE;
+
+    bh_span_t start;
+    int n = bh_http_split(head, head_len, &start, w->hdrs, w->max_hdrs);
+    if (n < 0) {
+        local_reply(c, n == -2 ? BH_EHEAD_TOO_LARGE : BH_EBAD_REQUEST, true);
+        return;
+    }
+    /* start line "METHOD target HTTP/1.x", already validated by llhttp */
+    const char *sp1 = memchr(start.p, ' ', start.n);
+    const char *sp2 = start.p + start.n;
+    while (sp2 > sp1 && *--sp2 != ' ')
+        ;
+    bh_span_t method = {start.p, (size_t)(sp1 - start.p)};
+    bh_span_t target = {sp1 + 1, (size_t)(sp2 - sp1 - 1)};
+    bh_span_t host = {"", 0};
+    int nhost = 0;
+    for (int i = 0; i < n; i++) {
+        if (bh_span_ieq(w->hdrs[i].name, "host")) {
+            host = w->hdrs[i].value;
+            nhost++;
+        } else if (bh_span_ieq(w->hdrs[i].name, "expect") &&
+                   bh_span_ieq(w->hdrs[i].value, "100-continue")) {
+            ex->expect_continue = client_is_http11(c);
+        }
+    }
+    uint8_t m = llhttp_get_method(&c->parser);
+    if (nhost > 1 || (nhost == 0 && client_is_http11(c)) || m == HTTP_CONNECT) {
+        local_reply(c, BH_EBAD_REQUEST, true); /* RFC 9112 3.2: exactly one Host in HTTP/1.1 */
+        return;
+    }
+    ex->is_head = m == HTTP_HEAD;
+    ex->upgrade = llhttp_get_upgrade(&c->parser) != 0;
+    if (c->parser.flags & F_CHUNKED)
+        ex->req_framing = BH_FRAME_CHUNKED;
+    else if ((c->parser.flags & F_CONTENT_LENGTH) && c->parser.content_length > 0)
+        ex->req_framing = BH_FRAME_LENGTH;
+    else
+        ex->req_framing = BH_FRAME_NONE;
+    if (ex->req_framing == BH_FRAME_LENGTH &&
+        c->parser.content_length > w->conf->limits.max_body_bytes) {
+        local_reply(c, BH_EBODY_TOO_LARGE, true);
+        return;
+    }
+
+    bh_span_t path = target_path(target);
+    uint32_t mbit = bh_method_bit(method.p, method.n);
+    const bh_conf_route_t *route = bh_route_match(w->conf, host, path, mbit ? mbit : BH_M_OTHER);
+    if (route == NULL) {
+        local_reply(c, BH_ENO_ROUTE, false);
+        return;
+    }
+    ex->route = route;
+    ex->up = &w->upstreams[route->upstream_index];
+
+    bh_fwd_req_t req = {
+        .method = method,
+        .target = path,
+        .client_ip = c->ip,
+        .proto = "http",
+        .chunked = ex->req_framing == BH_FRAME_CHUNKED,
+        .upgrade = ex->upgrade,
+        .drop_expect = ex->expect_continue,
+    };
+    if (route->strip_prefix) {
+        size_t plen = strlen(route->path_prefix);
+        req.target = (bh_span_t){path.p + plen, path.n - plen};
+        req.target_slash = req.target.n == 0 || req.target.p[0] != '/';
+    }
+    ex->head = bh_buf_get(&w->bufs);
+    if (ex->head == NULL) {
+        local_reply(c, BH_ENOMEM, true);
+        return;
+    }
+    bh_wbuf_t wb = {ex->head->data, 0, ex->head->cap, false};
+    if (!bh_http_write_request(&wb, &req, w->hdrs, (size_t)n)) {
+        local_reply(c, BH_EHEAD_TOO_LARGE, true);
+        return;
+    }
+    ex->head_len = (uint32_t)wb.n;
+    ex->deadline_ms = bh_deadline_after(now, route->timeouts.total_ms);
+
+    bh_upconn_t *uc = NULL;
+    int rc = bh_upstream_acquire(ex->up, &ex->waiter, ex->deadline_ms, &uc);
+    if (rc == BH_POOL_QUEUED) {
+        ex->waiting = true;
+        bh__client_rearm_timer(c);
+        return;
+    }
+    if (rc < 0) {
+        up_fail(c, rc);
+        return;
+    }
+    attach(c, uc);
+}
+
+int bh__forward_body(bh_client_t *c, const char *at, size_t len)
+{
+    bh_exchange_t *ex = &c->ex;
+    if (ex->uc == NULL)
+        return 0; /* the exchange failed meanwhile: the body is dropped */
+    return emit_body(&ex->uc->out, ex->req_framing, c->rbuf, at, len);
+}
+
+int bh__forward_request_done(bh_client_t *c)
+{
+    bh_exchange_t *ex = &c->ex;
+    ex->req_done = true;
+    if (ex->uc != NULL) {
+        if (emit_end(&ex->uc->out, ex->req_framing) < 0)
+            return BH_ENOMEM;
+        if (ex->phase == BH_UP_SENDING) {
+            ex->phase = BH_UP_FIRST_BYTE;
+            ex->up_activity_ms = now_of(c);
+        }
+    }
+    if (ex->active && ex->resp_done && ex->uc == NULL) {
+        finish(c, false); /* a local reply whose request body has now been read */
+        return 0;
+    }
+    bh__client_rearm_timer(c);
+    return 0;
+}
+
+void bh__forward_flush(bh_client_t *c)
+{
+    bh_upconn_t *uc = c->ex.uc;
+    if (uc != NULL && bh_outq_flush(&uc->out) < 0)
+        up_fail(c, BH_EUPSTREAM_WRITE);
+}
+
+void bh__forward_client_drained(bh_client_t *c)
+{
+    bh_exchange_t *ex = &c->ex;
+    if (ex->uc == NULL || !ex->active || uv_is_active((uv_handle_t *)&ex->uc->tcp))
+        return;
+    if (bh_upconn_read_start(ex->uc, on_up_read, c) < 0) {
+        up_fail(c, BH_EUPSTREAM_RESET);
+        return;
+    }
+    if (ex->phase != BH_UP_TUNNEL)
+        up_parse(c);
+}
+
+uint64_t bh__forward_next_timeout(bh_client_t *c)
+{
+    bh_exchange_t *ex = &c->ex;
+    if (!ex->active || ex->local)
+        return BH_TIME_NEVER;
+    uint64_t due = ex->phase == BH_UP_TUNNEL ? BH_TIME_NEVER : ex->deadline_ms;
+    const bh_conf_timeouts_t *t = &ex->route->timeouts;
+    uint64_t phase_due = BH_TIME_NEVER;
+    switch (ex->phase) {
+    case BH_UP_FIRST_BYTE:
+        phase_due = ex->up_activity_ms + t->first_byte_ms;
+        break;
+    case BH_UP_SENDING:
+    case BH_UP_RECEIVING:
+    case BH_UP_TUNNEL:
+        phase_due = ex->up_activity_ms + t->idle_ms;
+        break;
+    default:
+        break;
+    }
+    return phase_due < due ? phase_due : due;
+}
+
+void bh__forward_deadline(bh_client_t *c, uint64_t now)
+{
+    bh_exchange_t *ex = &c->ex;
+    if (!ex->active || ex->local)
+        return;
+    if (ex->phase != BH_UP_TUNNEL && now >= ex->deadline_ms) {
+        up_fail(c, BH_ETOTAL_TIMEOUT);
+        return;
+    }
+    const bh_conf_timeouts_t *t = &ex->route->timeouts;
+    if (ex->phase == BH_UP_FIRST_BYTE && now >= ex->up_activity_ms + t->first_byte_ms)
+        up_fail(c, BH_EFIRST_BYTE_TIMEOUT);
+    else if ((ex->phase == BH_UP_SENDING || ex->phase == BH_UP_RECEIVING ||
+              ex->phase == BH_UP_TUNNEL) &&
+             now >= ex->up_activity_ms + t->idle_ms)
+        up_fail(c, BH_EIDLE_TIMEOUT);
+}

@@ -1,2 +1,300 @@
-/* placeholder */
-typedef int bh_placeholder_t;
+/* Head splitting and rewriting for forwarded HTTP/1.1 messages. */
+#include <string.h>
+#include <strings.h>
+#include "bh_http.h"
+
+void bh_wbuf_put(bh_wbuf_t *w, const void *p, size_t n)
+{
+    if (w->overflow || n > w->cap - w->n) {
+        w->overflow = true;
+        return;
+    }
+    memcpy(w->p + w->n, p, n);
+    w->n += n;
+}
+
+void bh_wbuf_str(bh_wbuf_t *w, const char *s)
+{
+    bh_wbuf_put(w, s, strlen(s));
+}
+
+void bh_wbuf_u64(bh_wbuf_t *w, uint64_t v)
+{
+    char tmp[20];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    bh_wbuf_put(w, tmp + i, sizeof(tmp) - i);
+}
+
+void bh_wbuf_hex(bh_wbuf_t *w, uint64_t v)
+{
+    static const char digits[] = "0123456789abcdef";
+    char tmp[16];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = digits[v & 15];
+        v >>= 4;
+    } while (v != 0);
+    bh_wbuf_put(w, tmp + i, sizeof(tmp) - i);
+}
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+static bh_span_t trim(const char *p, size_t n)
+{
+    while (n > 0 && is_ows(*p))
+        p++, n--;
+    while (n > 0 && (is_ows(p[n - 1]) || p[n - 1] == '\r'))
+        n--;
+    return (bh_span_t){p, n};
+}
+
+int bh_http_split(const char *head, size_t len, bh_span_t *start_line, bh_hdr_t *hdrs, size_t max)
+{
+    const char *p = head, *end = head + len;
+    int count = -1; /* the first line is the start line */
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *eol = nl != NULL ? nl : end;
+        size_t n = (size_t)(eol - p);
+        if (n > 0 && p[n - 1] == '\r')
+            n--;
+        if (count < 0 && n == 0) {
+            /* empty lines before a request are allowed (RFC 9112 2.2) */
+        } else if (count < 0) {
+            *start_line = (bh_span_t){p, n};
+            count = 0;
+        } else if (n == 0) {
+            break; /* the empty line ends the head */
+        } else {
+            const char *colon = memchr(p, ':', n);
+            if (colon == NULL || colon == p || is_ows(p[0]))
+                return -1;
+            if ((size_t)count >= max)
+                return -2;
+            hdrs[count].name = (bh_span_t){p, (size_t)(colon - p)};
+            hdrs[count].value = trim(colon + 1, n - (size_t)(colon + 1 - p));
+            count++;
+        }
+        p = eol + 1;
+    }
+    return count < 0 ? 0 : count;
+}
+
+bool bh_span_ieq(bh_span_t s, const char *lit)
+{
+    size_t n = strlen(lit);
+    return s.n == n && strncasecmp(s.p, lit, n) == 0;
+}
+
+bool bh_http_has_token(bh_span_t value, const char *token)
+{
+    const char *p = value.p, *end = value.p + value.n;
+    while (p < end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *e = comma != NULL ? comma : end;
+        if (bh_span_ieq(trim(p, (size_t)(e - p)), token))
+            return true;
+        p = e + 1;
+    }
+    return false;
+}
+
+/* RFC 9110 7.6.1: fields that apply to one connection only and are never forwarded as-is. */
+static bool is_hop_by_hop(bh_span_t name)
+{
+    static const char *const names[] = {"connection", "keep-alive",        "proxy-connection",
+                                        "te",         "transfer-encoding", "upgrade"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (bh_span_ieq(name, names[i]))
+            return true;
+    return false;
+}
+
+/* True when some Connection header lists name as a connection option (hop-by-hop too). */
+static bool named_by_connection(bh_span_t name, const bh_hdr_t *hdrs, size_t nhdrs)
+{
+    for (size_t i = 0; i < nhdrs; i++) {
+        if (!bh_span_ieq(hdrs[i].name, "connection"))
+            continue;
+        const char *p = hdrs[i].value.p, *end = p + hdrs[i].value.n;
+        while (p < end) {
+            const char *comma = memchr(p, ',', (size_t)(end - p));
+            const char *e = comma != NULL ? comma : end;
+            bh_span_t tok = trim(p, (size_t)(e - p));
+            if (tok.n == name.n && strncasecmp(tok.p, name.p, tok.n) == 0)
+                return true;
+            p = e + 1;
+        }
+    }
+    return false;
+}
+
+static bool skip_field(bh_span_t name, const bh_hdr_t *hdrs, size_t nhdrs, bool has_connection)
+{
+    return is_hop_by_hop(name) || (has_connection && named_by_connection(name, hdrs, nhdrs));
+}
+
+static void put_header(bh_wbuf_t *w, bh_span_t name, bh_span_t value)
+{
+    bh_wbuf_span(w, name);
+    bh_wbuf_put(w, ": ", 2);
+    bh_wbuf_span(w, value);
+    bh_wbuf_put(w, "\r\n", 2);
+}
+
+/* Writes "Name: v1, v2, extra\r\n" joining every instance of a list field with one more value. */
+static void put_joined(bh_wbuf_t *w, const char *name, const bh_hdr_t *hdrs, size_t nhdrs,
+                       const char *extra)
+{
+    bh_wbuf_str(w, name);
+    bh_wbuf_put(w, ": ", 2);
+    for (size_t i = 0; i < nhdrs; i++) {
+        if (bh_span_ieq(hdrs[i].name, name) && hdrs[i].value.n > 0) {
+            bh_wbuf_span(w, hdrs[i].value);
+            bh_wbuf_put(w, ", ", 2);
+        }
+    }
+    bh_wbuf_str(w, extra);
+    bh_wbuf_put(w, "\r\n", 2);
+}
+
+static bool has_connection_header(const bh_hdr_t *hdrs, size_t nhdrs)
+{
+    for (size_t i = 0; i < nhdrs; i++)
+        if (bh_span_ieq(hdrs[i].name, "connection"))
+            return true;
+    return false;
+}
+
+bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t *hdrs,
+                           size_t nhdrs)
+{
+    bool has_conn = has_connection_header(hdrs, nhdrs);
+    const bh_hdr_t *host = NULL, *upgrade = NULL;
+
+    bh_wbuf_span(w, req->method);
+    bh_wbuf_put(w, req->target_slash ? " /" : " ", req->target_slash ? 2 : 1);
+    bh_wbuf_span(w, req->target);
+    bh_wbuf_str(w, " HTTP/1.1\r\n");
+    for (size_t i = 0; i < nhdrs; i++) {
+        bh_span_t name = hdrs[i].name;
+        if (bh_span_ieq(name, "host"))
+            host = &hdrs[i];
+        if (bh_span_ieq(name, "upgrade"))
+            upgrade = &hdrs[i];
+        if (skip_field(name, hdrs, nhdrs, has_conn) || bh_span_ieq(name, "x-forwarded-for") ||
+            bh_span_ieq(name, "x-forwarded-proto") || bh_span_ieq(name, "x-forwarded-host") ||
+            bh_span_ieq(name, "via") || (req->drop_expect && bh_span_ieq(name, "expect")) ||
+            (req->chunked && bh_span_ieq(name, "content-length")))
+            continue;
+        put_header(w, name, hdrs[i].value);
+    }
+    put_joined(w, "X-Forwarded-For", hdrs, nhdrs, req->client_ip);
+    bh_wbuf_str(w, "X-Forwarded-Proto: ");
+    bh_wbuf_str(w, req->proto);
+    bh_wbuf_put(w, "\r\n", 2);
+    if (host != NULL)
+        put_header(w, (bh_span_t){"X-Forwarded-Host", 16}, host->value);
+    put_joined(w, "Via", hdrs, nhdrs, "1.1 bulkhead");
+    if (req->chunked)
+        bh_wbuf_str(w, "Transfer-Encoding: chunked\r\n");
+    if (req->upgrade && upgrade != NULL) {
+        put_header(w, upgrade->name, upgrade->value);
+        bh_wbuf_str(w, "Connection: upgrade\r\n");
+    }
+    bh_wbuf_put(w, "\r\n", 2);
+    return !w->overflow;
+}
+
+bool bh_http_write_response(bh_wbuf_t *w, const bh_fwd_resp_t *resp, const bh_hdr_t *hdrs,
+                            size_t nhdrs)
+{
+    bool has_conn = has_connection_header(hdrs, nhdrs);
+    const bh_hdr_t *upgrade = NULL;
+
+    bh_wbuf_str(w, "HTTP/1.1 ");
+    bh_wbuf_u64(w, (uint64_t)resp->status);
+    bh_wbuf_put(w, " ", 1);
+    if (resp->reason.n > 0)
+        bh_wbuf_span(w, resp->reason);
+    else
+        bh_wbuf_str(w, bh_http_reason(resp->status));
+    bh_wbuf_put(w, "\r\n", 2);
+    for (size_t i = 0; i < nhdrs; i++) {
+        bh_span_t name = hdrs[i].name;
+        if (bh_span_ieq(name, "upgrade"))
+            upgrade = &hdrs[i];
+        if (skip_field(name, hdrs, nhdrs, has_conn) || bh_span_ieq(name, "via") ||
+            (resp->chunked && bh_span_ieq(name, "content-length")))
+            continue;
+        put_header(w, name, hdrs[i].value);
+    }
+    put_joined(w, "Via", hdrs, nhdrs, "1.1 bulkhead");
+    if (resp->chunked)
+        bh_wbuf_str(w, "Transfer-Encoding: chunked\r\n");
+    if (resp->upgrade && upgrade != NULL) {
+        put_header(w, upgrade->name, upgrade->value);
+        bh_wbuf_str(w, "Connection: upgrade\r\n");
+    } else if (resp->close) {
+        bh_wbuf_str(w, "Connection: close\r\n");
+    } else if (resp->keepalive_10) {
+        bh_wbuf_str(w, "Connection: keep-alive\r\n");
+    }
+    bh_wbuf_put(w, "\r\n", 2);
+    return !w->overflow;
+}
+
+const char *bh_http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "";
+    }
+}
+
+long bh_http_keepalive_timeout(bh_span_t value)
+{
+    const char *p = value.p, *end = value.p + value.n;
+    while (p < end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *e = comma != NULL ? comma : end;
+        bh_span_t tok = trim(p, (size_t)(e - p));
+        if (tok.n > 8 && strncasecmp(tok.p, "timeout=", 8) == 0) {
+            long v = 0;
+            for (size_t i = 8; i < tok.n; i++) {
+                if (tok.p[i] < '0' || tok.p[i] > '9' || v > 100000000)
+                    return -1;
+                v = v * 10 + (tok.p[i] - '0');
+            }
+            return v;
+        }
+        p = e + 1;
+    }
+    return -1;
+}

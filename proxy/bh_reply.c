@@ -1,2 +1,64 @@
-/* placeholder */
-typedef int bh_placeholder_t;
+/* Local error responses with Proxy-Status (RFC 9209). */
+#include <stdio.h>
+#include "bh_error.h"
+#include "bh_http.h"
+#include "bh_reply.h"
+
+int bh_reply_status(int err)
+{
+    switch (err) {
+    case BH_EBAD_REQUEST:
+        return 400;
+    case BH_ENO_ROUTE:
+        return 404;
+    case BH_ECLIENT_TIMEOUT:
+        return 408;
+    case BH_EBODY_TOO_LARGE:
+        return 413;
+    case BH_EHEAD_TOO_LARGE:
+        return 431;
+    case BH_EPOOL_FULL:
+    case BH_EPOOL_TIMEOUT:
+    case BH_EPOOL_CLOSED:
+    case BH_ETOO_MANY_CONNS:
+    case BH_ESHUTDOWN:
+        return 503;
+    case BH_ECONNECT_TIMEOUT:
+    case BH_EFIRST_BYTE_TIMEOUT:
+    case BH_EIDLE_TIMEOUT:
+    case BH_ETOTAL_TIMEOUT:
+        return 504;
+    case BH_ENOMEM:
+        return 500;
+    default:
+        return 502;
+    }
+}
+
+int bh_reply_write(bh_outq_t *q, int status, int err, bool close, uint64_t retry_after_s)
+{
+    char buf[768];
+    if (status == 0)
+        status = bh_reply_status(err);
+    const char *type = bh_err_proxy_status(err);
+    const char *msg = bh_strerror(err);
+    char body[256];
+    int blen = snprintf(body, sizeof(body), "%d %s: %s\n", status, bh_http_reason(status), msg);
+    char retry[48] = "";
+    if (status == 503)
+        snprintf(retry, sizeof(retry), "Retry-After: %llu\r\n",
+                 (unsigned long long)(retry_after_s > 0 ? retry_after_s : 1));
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\n"
+                     "Content-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Length: %d\r\n"
+                     "Proxy-Status: bulkhead; error=%s; details=\"%s\"\r\n"
+                     "%s%s\r\n%s",
+                     status, bh_http_reason(status), blen,
+                     type != NULL ? type : "proxy_internal_error", msg, retry,
+                     close ? "Connection: close\r\n" : "", body);
+    if (n < 0 || (size_t)n >= sizeof(buf))
+        return BH_ENOMEM;
+    int rc = bh_outq_copy(q, buf, (size_t)n);
+    return rc < 0 ? rc : bh_outq_flush(q);
+}

@@ -1,2 +1,255 @@
-/* placeholder */
-typedef int bh_placeholder_t;
+/* The process and its workers: one thread and one loop per worker, each with its own
+ * SO_REUSEPORT listening sockets, client connections and upstream pools. Workers share only the
+ * frozen config and the atomic counters of bh_server_t (connection caps). */
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "bh_alloc.h"
+#include "bh_log.h"
+#include "bh_proxy.h"
+
+/* ---- listeners ---------------------------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    bh_worker_t *w = listener->data;
+    if (status < 0) {
+        bh_log_warn("accept failed: %s", uv_strerror(status));
+        return;
+    }
+    bh__client_accept(w, listener);
+}
+
+/* A listening socket of our own with SO_REUSEPORT, so each worker accepts on its own queue. */
+static int open_listener(bh_worker_t *w, uv_tcp_t *h, const bh_conf_addr_t *a)
+{
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (a->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    uv_tcp_init(&w->loop, h);
+    h->data = w;
+    int rc = uv_tcp_open(h, fd);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)h, 4096, on_connection);
+    return rc;
+}
+
+/* ---- stopping ----------------------------------------------------------------------------- */
+
+static void on_upstream_closed(bh_upstream_t *up)
+{
+    bh_worker_t *w = up->data;
+    if (--w->upstreams_open == 0) {
+        uv_close((uv_handle_t *)&w->wakeup, NULL);
+        uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    }
+}
+
+static void close_upstreams(bh_worker_t *w)
+{
+    if (w->upstreams_open == 0) {
+        uv_close((uv_handle_t *)&w->wakeup, NULL);
+        uv_close((uv_handle_t *)&w->drain_timer, NULL);
+        return;
+    }
+    for (size_t i = 0; i < w->n_upstreams; i++)
+        bh_upstream_close(&w->upstreams[i], on_upstream_closed);
+}
+
+void bh__worker_client_closed(bh_worker_t *w, bh_client_t *c)
+{
+    w->n_clients--;
+    if (w->draining && w->n_clients == 0 && !uv_is_closing((uv_handle_t *)&w->wakeup))
+        close_upstreams(w);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    bh_worker_t *w = t->data;
+    bh_list_t *n, *tmp;
+    bh_log_warn("worker %u: drain timeout, closing %u connections", w->id, w->n_clients);
+    bh_list_foreach_safe(n, tmp, &w->clients)
+    {
+        bh__client_close(bh_container_of(n, bh_client_t, link));
+    }
+}
+
+static void begin_drain(bh_worker_t *w)
+{
+    if (w->draining)
+        return;
+    w->draining = true;
+    for (size_t i = 0; i < w->n_listeners; i++)
+        uv_close((uv_handle_t *)&w->listeners[i], NULL);
+    bh_list_t *n, *tmp;
+    bh_list_foreach_safe(n, tmp, &w->clients)
+    {
+        bh__client_drain(bh_container_of(n, bh_client_t, link));
+    }
+    if (w->n_clients == 0) {
+        close_upstreams(w);
+        return;
+    }
+    uv_timer_start(&w->drain_timer, on_drain_timeout, w->conf->shutdown.drain_timeout_ms, 0);
+    uv_unref((uv_handle_t *)&w->drain_timer);
+}
+
+static void on_wakeup(uv_async_t *a)
+{
+    bh_worker_t *w = a->data;
+    if (atomic_load(&w->stop_requested))
+        begin_drain(w);
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+
+static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
+{
+    const bh_conf_t *conf = srv->conf;
+    w->srv = srv;
+    w->conf = conf;
+    w->id = id;
+    bh_list_init(&w->clients);
+    int rc = uv_loop_init(&w->loop);
+    if (rc < 0)
+        return rc;
+    uint64_t cap = conf->limits.max_header_bytes + 4096;
+    if (cap < 16384)
+        cap = 16384;
+    bh_bufpool_init(&w->bufs, (uint32_t)cap, 1024);
+    bh_wreq_cache_init(&w->wreqs, 1024);
+    w->env = (bh_upstream_env_t){.loop = &w->loop, .bufs = &w->bufs, .wreqs = &w->wreqs};
+    bh__client_settings(&w->req_settings);
+    bh__forward_settings(&w->resp_settings);
+    w->max_hdrs = conf->limits.max_headers + 1;
+    w->hdrs = bh_calloc(w->max_hdrs, sizeof(*w->hdrs));
+    w->listeners = bh_calloc(conf->n_listeners, sizeof(*w->listeners));
+    w->upstreams = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1, sizeof(*w->upstreams));
+    if (w->hdrs == NULL || w->listeners == NULL || w->upstreams == NULL)
+        return BH_ENOMEM;
+    uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+    w->wakeup.data = w;
+    uv_timer_init(&w->loop, &w->drain_timer);
+    w->drain_timer.data = w;
+    for (size_t i = 0; i < conf->n_upstreams; i++) {
+        rc = bh_upstream_init(&w->upstreams[i], &conf->upstreams[i], &w->env,
+                              &srv->upstream_sems[i]);
+        if (rc < 0)
+            return rc;
+        w->upstreams[i].data = w;
+        w->n_upstreams++;
+        w->upstreams_open++;
+    }
+    for (size_t i = 0; i < conf->n_listeners; i++) {
+        rc = open_listener(w, &w->listeners[i], &conf->listeners[i].addr);
+        if (rc < 0) {
+            bh_log_error("listener %s (%s): %s", conf->listeners[i].name,
+                         conf->listeners[i].addr.text, uv_strerror(rc));
+            return rc;
+        }
+        w->n_listeners++;
+    }
+    return 0;
+}
+
+static void worker_main(void *arg)
+{
+    bh_worker_t *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (w->srv->on_worker_exit != NULL)
+        w->srv->on_worker_exit(w->srv);
+}
+
+static void on_walk_close(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void worker_destroy(bh_worker_t *w)
+{
+    if (w->srv == NULL)
+        return;
+    /* After a normal drain every handle is closed already; after a failed init, close here. */
+    uv_walk(&w->loop, on_walk_close, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(&w->loop);
+    if (rc != 0)
+        bh_log_error("worker %u: loop closed with handles still open: %s", w->id, uv_strerror(rc));
+    bh_wreq_cache_destroy(&w->wreqs);
+    bh_bufpool_destroy(&w->bufs);
+    bh_free(w->hdrs);
+    bh_free(w->listeners);
+    bh_free(w->upstreams);
+}
+
+int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
+{
+    memset(srv, 0, sizeof(*srv));
+    srv->conf = conf;
+    atomic_init(&srv->clients, 0);
+    srv->upstream_sems = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1, sizeof(bh_sem_t));
+    srv->workers = bh_calloc(conf->workers, sizeof(bh_worker_t));
+    if (srv->upstream_sems == NULL || srv->workers == NULL)
+        return BH_ENOMEM;
+    for (size_t i = 0; i < conf->n_upstreams; i++)
+        bh_sem_init(&srv->upstream_sems[i], conf->upstreams[i].pool.max_connections);
+    for (uint32_t i = 0; i < conf->workers; i++) {
+        srv->n_workers++;
+        int rc = worker_init(&srv->workers[i], srv, i);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int bh_server_start(bh_server_t *srv)
+{
+    for (uint32_t i = 0; i < srv->n_workers; i++) {
+        int rc = uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
+        if (rc < 0) {
+            bh_server_stop(srv);
+            bh_server_join(srv);
+            return rc;
+        }
+        srv->workers[i].started = true;
+    }
+    return 0;
+}
+
+void bh_server_join(bh_server_t *srv)
+{
+    for (uint32_t i = 0; i < srv->n_workers; i++) {
+        if (srv->workers[i].started)
+            uv_thread_join(&srv->workers[i].thread);
+        srv->workers[i].started = false;
+    }
+}
+
+void bh_server_stop(bh_server_t *srv)
+{
+    for (uint32_t i = 0; i < srv->n_workers; i++) {
+        atomic_store(&srv->workers[i].stop_requested, 1);
+        uv_async_send(&srv->workers[i].wakeup);
+    }
+}
+
+void bh_server_destroy(bh_server_t *srv)
+{
+    for (uint32_t i = 0; i < srv->n_workers; i++)
+        worker_destroy(&srv->workers[i]);
+    bh_free(srv->workers);
+    bh_free(srv->upstream_sems);
+}

@@ -1,1 +1,164 @@
-int main(void) { return 0; }
+/* bulkhead: command line, config loading, and the main thread's signal loop. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+#include "bh_conf.h"
+#include "bh_log.h"
+#include "bh_proxy.h"
+
+typedef struct main_ctx {
+    uv_loop_t loop;
+    uv_signal_t sigterm, sigint, sighup;
+    uv_async_t worker_exit;
+    bh_server_t srv;
+    _Atomic uint32_t exited;
+    int signals;
+} main_ctx_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: bulkhead -c FILE       run with the config file\n"
+               "       bulkhead --check FILE  validate the config file and exit (0 ok, 2 invalid)\n"
+               "       bulkhead --version\n"
+               "       bulkhead --help\n"
+               "Signals: SIGTERM/SIGINT drain in-flight requests and exit 0 (a second one exits "
+               "at once).\n");
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    main_ctx_t *m = s->data;
+    if (signum == SIGHUP) {
+        bh_log_warn("SIGHUP: configuration reload is not implemented yet; ignoring");
+        return;
+    }
+    if (++m->signals > 1) {
+        bh_log_warn("second signal: exiting at once");
+        _exit(1);
+    }
+    bh_log_info("signal %d: draining", signum);
+    bh_server_stop(&m->srv);
+}
+
+static void on_worker_exit_async(uv_async_t *a)
+{
+    main_ctx_t *m = a->data;
+    if (atomic_load(&m->exited) < m->srv.n_workers)
+        return;
+    uv_close((uv_handle_t *)&m->sigterm, NULL);
+    uv_close((uv_handle_t *)&m->sigint, NULL);
+    uv_close((uv_handle_t *)&m->sighup, NULL);
+    uv_close((uv_handle_t *)&m->worker_exit, NULL);
+}
+
+static void on_worker_exit(bh_server_t *srv)
+{
+    main_ctx_t *m = srv->data;
+    atomic_fetch_add(&m->exited, 1);
+    uv_async_send(&m->worker_exit);
+}
+
+static int run(const char *path)
+{
+    bh_conf_t *conf = NULL;
+    bh_conf_error_t err;
+    if (bh_conf_load(path, &conf, &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 2;
+    }
+    bh_log_set_level(conf->log.level);
+    static main_ctx_t m; /* main thread only; static to keep it off the stack */
+    uv_loop_init(&m.loop);
+    int rc = bh_server_init(&m.srv, conf);
+    if (rc < 0) {
+        bh_log_error("startup failed: %s", rc < -1000 ? bh_strerror(rc) : uv_strerror(rc));
+        bh_server_destroy(&m.srv);
+        bh_conf_free(conf);
+        uv_loop_close(&m.loop);
+        return 1;
+    }
+    m.srv.data = &m;
+    m.srv.on_worker_exit = on_worker_exit;
+    uv_async_init(&m.loop, &m.worker_exit, on_worker_exit_async);
+    m.worker_exit.data = &m;
+    uv_signal_t *sigs[] = {&m.sigterm, &m.sigint, &m.sighup};
+    int nums[] = {SIGTERM, SIGINT, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        uv_signal_init(&m.loop, sigs[i]);
+        sigs[i]->data = &m;
+        uv_signal_start(sigs[i], on_signal, nums[i]);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    rc = bh_server_start(&m.srv);
+    if (rc < 0) {
+        bh_log_error("cannot start workers: %s", uv_strerror(rc));
+    } else {
+        for (size_t i = 0; i < conf->n_listeners; i++)
+            bh_log_info("listening on %s (%s), %u worker(s)", conf->listeners[i].addr.text,
+                        conf->listeners[i].name, conf->workers);
+        uv_run(&m.loop, UV_RUN_DEFAULT);
+    }
+    bh_server_join(&m.srv);
+    bh_server_destroy(&m.srv);
+    uv_run(&m.loop, UV_RUN_DEFAULT);
+    int lc = uv_loop_close(&m.loop);
+    bh_conf_free(conf);
+    if (lc != 0)
+        bh_log_error("main loop closed with handles open");
+    bh_log_info("stopped");
+    return rc < 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"check", required_argument, NULL, 'k'},
+        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config = NULL, *check = NULL;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            config = optarg;
+            break;
+        case 'k':
+            check = optarg;
+            break;
+        case 'V':
+            printf("bulkhead %s (libuv %s, llhttp %d.%d.%d)\n", BH_VERSION, uv_version_string(),
+                   LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "bulkhead: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (check != NULL) {
+        bh_conf_t *conf = NULL;
+        bh_conf_error_t err;
+        if (bh_conf_load(check, &conf, &err) < 0) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 2;
+        }
+        printf("%s: ok\n", check);
+        bh_conf_free(conf);
+        return 0;
+    }
+    if (config == NULL) {
+        usage(stderr);
+        return 2;
+    }
+    return run(config);
+}

@@ -1,0 +1,100 @@
+/* Upstream HTTP connections: one bounded keep-alive pool per endpoint of an upstream, on one
+ * worker's loop. The upstream's semaphore (max_connections) is shared by its endpoints and by the
+ * same upstream on every worker, so the cap is global and exact.
+ *
+ * An upstream connection (bh_upconn_t) is CONNECTING, IDLE, BUSY or CLOSING as its pool says.
+ * While BUSY it belongs to one user (the forwarding code), which reads and writes it directly and
+ * gives it back with bh_upconn_release(). While IDLE the pool keeps reading it to notice a peer
+ * that closed it, and checks it again (MSG_PEEK) before handing it out. */
+#ifndef BH_UPSTREAM_H
+#define BH_UPSTREAM_H
+
+#include <uv.h>
+#include "bh_buf.h"
+#include "bh_conf.h"
+#include "bh_outq.h"
+#include "bh_pool.h"
+
+typedef struct bh_upstream bh_upstream_t;
+
+typedef struct bh_endpoint {
+    bh_upstream_t *up;
+    const bh_conf_addr_t *addr;
+    struct sockaddr_storage sa;
+    socklen_t salen;              /* 0: the name did not resolve; connects fail */
+    bh_pool_t pool;
+    uv_timer_t timer;             /* runs bh_pool_expire */
+} bh_endpoint_t;
+
+/* What a worker shares with its upstreams. */
+typedef struct bh_upstream_env {
+    uv_loop_t *loop;
+    bh_bufpool_t *bufs;
+    bh_wreq_cache_t *wreqs;
+} bh_upstream_env_t;
+
+struct bh_upstream {
+    const bh_conf_upstream_t *conf;
+    const bh_upstream_env_t *env;
+    bh_endpoint_t *eps;
+    size_t n_eps;
+    size_t next_ep;               /* round robin cursor */
+    unsigned open_timers;
+    bool closing;
+    void (*closed_cb)(bh_upstream_t *up);
+    void *data;
+};
+
+typedef struct bh_upconn bh_upconn_t;
+
+/* The user's read callback while BUSY: nread > 0 bytes arrived at uc->rbuf->data + uc->rlen
+ * - nread (already counted in rlen); nread < 0 is an error or UV_EOF. */
+typedef void (*bh_upconn_read_cb)(bh_upconn_t *uc, ssize_t nread);
+
+struct bh_upconn {
+    bh_pool_conn_t pc;
+    uv_tcp_t tcp;
+    uv_timer_t timer;             /* connect timeout, then the user's phase timeouts */
+    uv_connect_t connect_req;
+    bh_endpoint_t *ep;
+    bh_outq_t out;
+    unsigned open_handles;
+    uint64_t lifetime_end_ms;     /* from max_lifetime; BH_TIME_NEVER when unlimited */
+    uint64_t keepalive_ms;        /* the upstream's own idle timeout (Keep-Alive: timeout=N); 0 */
+    /* while BUSY */
+    void *owner;
+    bh_upconn_read_cb read_cb;
+    bh_buf_t *rbuf;
+    uint32_t rlen;                /* bytes in rbuf */
+    uint32_t rpos;                /* parsed up to (maintained by the user) */
+    char idle_scratch[8];         /* read target while IDLE: any byte means the conn is unusable */
+};
+
+/* Sets up the per-worker state of one configured upstream (resolving endpoint names now). */
+BH_MUST_CHECK int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
+                                   const bh_upstream_env_t *env, bh_sem_t *sem);
+
+/* Gets a connection (see bh_pool_acquire): picks an endpoint round robin. On 0, *out is BUSY. */
+BH_MUST_CHECK int bh_upstream_acquire(bh_upstream_t *up, bh_pool_waiter_t *w,
+                                      uint64_t deadline_ms, bh_upconn_t **out);
+
+/* The waiter callback's conn -> the upstream connection. */
+static inline bh_upconn_t *bh_upconn_of(bh_pool_conn_t *pc)
+{
+    return pc != NULL ? bh_container_of(pc, bh_upconn_t, pc) : NULL;
+}
+
+/* Starts delivering reads of a BUSY connection to cb (into uc->rbuf, taken from the worker's
+ * buffer pool as needed). */
+BH_MUST_CHECK int bh_upconn_read_start(bh_upconn_t *uc, bh_upconn_read_cb cb, void *owner);
+void bh_upconn_read_stop(bh_upconn_t *uc);
+
+/* Gives a BUSY connection back. reusable: a complete response on a connection both sides keep
+ * alive, and nothing unread. Any unread buffer is dropped. */
+void bh_upconn_release(bh_upconn_t *uc, bool reusable);
+
+/* Begins closing every pool; cb runs once every connection and timer is closed. Connections
+ * still BUSY are closed when released. */
+void bh_upstream_close(bh_upstream_t *up, void (*cb)(bh_upstream_t *up));
+
+#endif

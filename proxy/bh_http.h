@@ -1,0 +1,80 @@
+/* HTTP/1.1 head utilities: splitting a validated head into headers, and writing the heads that
+ * bulkhead forwards (RFC 9110 section 7.6: hop-by-hop fields removed, X-Forwarded-*, Via). Pure:
+ * no I/O, no allocation; unit-tested in tests/unit/test_http.c. */
+#ifndef BH_HTTP_H
+#define BH_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct bh_span {
+    const char *p;
+    size_t n;
+} bh_span_t;
+
+typedef struct bh_hdr {
+    bh_span_t name, value;   /* value without surrounding whitespace */
+} bh_hdr_t;
+
+/* An appender over a fixed buffer: writes past cap set overflow and are dropped. */
+typedef struct bh_wbuf {
+    char *p;
+    size_t n, cap;
+    bool overflow;
+} bh_wbuf_t;
+
+void bh_wbuf_put(bh_wbuf_t *w, const void *p, size_t n);
+static inline void bh_wbuf_span(bh_wbuf_t *w, bh_span_t s)
+{
+    bh_wbuf_put(w, s.p, s.n);
+}
+void bh_wbuf_str(bh_wbuf_t *w, const char *s);
+void bh_wbuf_u64(bh_wbuf_t *w, uint64_t v);
+void bh_wbuf_hex(bh_wbuf_t *w, uint64_t v);
+
+/* Splits a head that llhttp already accepted (start line, header lines, empty line) into the
+ * start line and up to max headers. Returns the number of headers, or -1 when a line is not
+ * "name: value" (e.g. obsolete line folding), or -2 when there are more than max. */
+int bh_http_split(const char *head, size_t len, bh_span_t *start_line, bh_hdr_t *hdrs, size_t max);
+
+bool bh_span_ieq(bh_span_t s, const char *lit);
+/* True when the comma-separated list in value contains token (case-insensitive). */
+bool bh_http_has_token(bh_span_t value, const char *token);
+
+/* What the forwarded request head needs besides the client's headers. */
+typedef struct bh_fwd_req {
+    bh_span_t method;
+    bh_span_t target;        /* origin-form path?query, already prefix-stripped */
+    bool target_slash;       /* write a '/' before target (stripping left it without one) */
+    const char *client_ip;   /* appended to X-Forwarded-For */
+    const char *proto;       /* "http" or "https" */
+    bool chunked;            /* body forwarded with chunked framing */
+    bool upgrade;            /* forward Upgrade + Connection: upgrade */
+    bool drop_expect;        /* bulkhead answers Expect: 100-continue itself */
+} bh_fwd_req_t;
+
+/* Writes the request head sent upstream. Returns false when it did not fit in w. */
+bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t *hdrs,
+                           size_t nhdrs);
+
+typedef struct bh_fwd_resp {
+    int status;
+    bh_span_t reason;
+    bool chunked;            /* body sent to the client with chunked framing */
+    bool close;              /* bulkhead closes the client connection after this response */
+    bool keepalive_10;       /* an HTTP/1.0 client asked for keep-alive and gets it */
+    bool upgrade;            /* 101: keep Upgrade and send Connection: upgrade */
+} bh_fwd_resp_t;
+
+/* Writes the response head sent to the client. Returns false when it did not fit in w. */
+bool bh_http_write_response(bh_wbuf_t *w, const bh_fwd_resp_t *resp, const bh_hdr_t *hdrs,
+                            size_t nhdrs);
+
+/* Reason phrase for a status code ("Service Unavailable"); "" when unknown. */
+const char *bh_http_reason(int status);
+
+/* Parses "timeout=N" from a Keep-Alive header value; returns N seconds or -1. */
+long bh_http_keepalive_timeout(bh_span_t value);
+
+#endif

@@ -1,0 +1,163 @@
+/* The server's internal types: the process (bh_server_t), its workers, client connections and
+ * the exchange (one request/response) a client connection runs at a time.
+ *
+ * Ownership: a worker owns its loop, listeners, client connections and upstream pools. A client
+ * connection embeds its current exchange (no allocation per request) and is freed from the close
+ * callback of its last handle. The exchange borrows one upstream connection from a pool while it
+ * forwards, and gives it back (reusable or not) before it ends. */
+#ifndef BH_PROXY_H
+#define BH_PROXY_H
+
+#include <stdatomic.h>
+#include <uv.h>
+#include <llhttp.h>
+#include "bh_buf.h"
+#include "bh_conf.h"
+#include "bh_http.h"
+#include "bh_list.h"
+#include "bh_outq.h"
+#include "bh_upstream.h"
+
+/* Backpressure: stop reading one side while the other side has more than this queued. */
+#define BH_WRITE_HIGH_WATER (256 * 1024)
+
+typedef struct bh_worker bh_worker_t;
+typedef struct bh_client bh_client_t;
+
+typedef struct bh_server {
+    bh_conf_t *conf;
+    bh_sem_t *upstream_sems;        /* one per configured upstream: the global connection cap */
+    bh_worker_t *workers;
+    uint32_t n_workers;
+    _Atomic int64_t clients;        /* open client connections, all workers (limits.max_connections) */
+    void (*on_worker_exit)(struct bh_server *srv); /* called on the worker's thread */
+    void *data;
+} bh_server_t;
+
+struct bh_worker {
+    bh_server_t *srv;
+    const bh_conf_t *conf;
+    uint32_t id;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wakeup;              /* the main thread asks for a drain */
+    _Atomic int stop_requested;
+    uv_timer_t drain_timer;
+    uv_tcp_t *listeners;
+    size_t n_listeners;
+    bh_upstream_t *upstreams;       /* parallel to conf->upstreams */
+    size_t n_upstreams;
+    size_t upstreams_open;
+    bh_bufpool_t bufs;
+    bh_wreq_cache_t wreqs;
+    bh_upstream_env_t env;
+    bh_list_t clients;
+    uint32_t n_clients;
+    bool draining;
+    llhttp_settings_t req_settings, resp_settings;
+    bh_hdr_t *hdrs;                 /* scratch for splitting one head: max_headers + 1 */
+    size_t max_hdrs;
+    bool started;                   /* its thread is running */
+};
+
+enum bh_framing {
+    BH_FRAME_NONE,      /* no body */
+    BH_FRAME_LENGTH,    /* Content-Length: bytes pass through */
+    BH_FRAME_CHUNKED,   /* re-framed: each piece becomes a chunk */
+    BH_FRAME_CLOSE,     /* body ends when the connection closes */
+};
+
+enum bh_up_phase { BH_UP_NONE, BH_UP_SENDING, BH_UP_FIRST_BYTE, BH_UP_RECEIVING, BH_UP_TUNNEL };
+
+typedef struct bh_exchange {
+    const bh_conf_route_t *route;
+    bh_upstream_t *up;
+    bh_pool_waiter_t waiter;
+    bool waiting;                   /* waiter is queued in a pool */
+    bh_upconn_t *uc;
+    bh_buf_t *head;                 /* forwarded request head until queued upstream */
+    uint32_t head_len;
+    llhttp_t rp;                    /* response parser */
+    uint64_t start_ms, deadline_ms, up_activity_ms;
+    uint64_t req_body_bytes;
+    uint32_t resp_head_start;       /* offset in uc->rbuf */
+    enum bh_framing req_framing, resp_framing;
+    enum bh_up_phase phase;
+    int status;
+    bool active;                    /* between head received and exchange end */
+    bool is_head, expect_continue, upgrade;
+    bool req_done;                  /* the whole request was received (parser message complete) */
+    bool resp_started;              /* response bytes went to the client */
+    bool resp_done;
+    bool local;                     /* bulkhead answered itself; the request body is discarded */
+} bh_exchange_t;
+
+enum bh_client_state {
+    BH_CS_IDLE,         /* between requests: keepalive_timeout */
+    BH_CS_HEAD,         /* receiving a request head: header_timeout */
+    BH_CS_EXCHANGE,     /* forwarding a request and its response */
+    BH_CS_TUNNEL,       /* after a 101: bytes piped both ways */
+    BH_CS_CLOSING,
+};
+
+struct bh_client {
+    uv_tcp_t tcp;
+    uv_timer_t timer;               /* keepalive, header, body gap and the exchange deadline */
+    bh_worker_t *w;
+    bh_list_t link;                 /* on the worker's client list */
+    llhttp_t parser;
+    bh_outq_t out;
+    bh_buf_t *rbuf;
+    uint32_t rlen, rpos;            /* bytes in rbuf; parsed up to */
+    uint32_t head_start;            /* offset of the current request head in rbuf */
+    uint32_t nheaders;
+    enum bh_client_state state;
+    int parse_error;                /* BH_E* set by a parser callback that stopped it */
+    bool reading;
+    bool in_parse;                  /* bh__client_parse is on the stack */
+    bool kick;                      /* run the parser once more even without new bytes */
+    bool eof;                       /* the client sent FIN or the read failed */
+    bool paused;                    /* parser paused: at a head end or a message end */
+    bool close_after;               /* close once the current response is written */
+    bool counted;                   /* counted in srv->clients */
+    uint8_t open_handles;
+    uint64_t phase_start_ms;        /* start of the keepalive/header phase; last body read */
+    char ip[46];
+    bh_exchange_t ex;
+};
+
+/* bh_worker.c */
+BH_MUST_CHECK int bh_server_init(bh_server_t *srv, bh_conf_t *conf);
+/* Starts every worker thread. */
+BH_MUST_CHECK int bh_server_start(bh_server_t *srv);
+/* From any thread: every worker drains (stops accepting, finishes in-flight work) and exits. */
+void bh_server_stop(bh_server_t *srv);
+/* Waits for every worker thread to exit. */
+void bh_server_join(bh_server_t *srv);
+void bh_server_destroy(bh_server_t *srv);
+void bh__worker_client_closed(bh_worker_t *w, bh_client_t *c);
+
+/* bh_client.c */
+void bh__client_accept(bh_worker_t *w, uv_stream_t *listener);
+void bh__client_settings(llhttp_settings_t *s);
+void bh__client_close(bh_client_t *c);
+void bh__client_drain(bh_client_t *c);
+void bh__client_update_reading(bh_client_t *c);
+void bh__client_parse(bh_client_t *c);
+void bh__client_resume(bh_client_t *c);
+void bh__client_exchange_done(bh_client_t *c);
+void bh__client_rearm_timer(bh_client_t *c);
+
+/* bh_forward.c */
+void bh__forward_settings(llhttp_settings_t *s);
+void bh__forward_start(bh_client_t *c, const char *head, size_t head_len);
+int bh__forward_body(bh_client_t *c, const char *at, size_t len);
+int bh__forward_request_done(bh_client_t *c);
+void bh__forward_flush(bh_client_t *c);
+void bh__forward_abort(bh_client_t *c, int err);
+void bh__forward_deadline(bh_client_t *c, uint64_t now);
+void bh__forward_tunnel_data(bh_client_t *c);
+void bh__forward_client_drained(bh_client_t *c);
+uint64_t bh__forward_next_timeout(bh_client_t *c);
+
+#endif

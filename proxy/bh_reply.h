@@ -1,0 +1,17 @@
+/* Responses bulkhead makes itself: status, RFC 9209 Proxy-Status naming the cause, short body. */
+#ifndef BH_REPLY_H
+#define BH_REPLY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "bh_outq.h"
+
+/* The status bulkhead answers with for a failure cause (BH_E*). */
+int bh_reply_status(int err);
+
+/* Queues a complete response for cause err (status from bh_reply_status unless status != 0).
+ * close: adds "Connection: close". 503s carry Retry-After: retry_after_s (at least 1). */
+BH_MUST_CHECK int bh_reply_write(bh_outq_t *q, int status, int err, bool close,
+                                 uint64_t retry_after_s);
+
+#endif
