@@ -16,6 +16,9 @@ Endpoints (any method; query parameters allowed):
   /chunked?n=N       N bytes with Transfer-Encoding: chunked (&size=K piece size, &trailer=1)
   /truncate?n=N      announces Content-Length N, sends N/2 bytes, then closes
   /sink              streams the request body: JSON {len, sha256}, never holds it all
+  /stall?n=N&id=X    announces Content-Length N, sends N/2 bytes, waits for /release?id=X, sends the rest
+  /garbage           answers bytes that are not HTTP, then closes
+  /bad-length        answers two different Content-Length headers, then closes
   /close-early       closes the connection without a response
   /reset             closes with RST (SO_LINGER 0) without a response
   /stats             JSON counters (see Stats.snapshot)
@@ -373,6 +376,28 @@ async def handle_request(conn, req, control):
         n = int(q.get("n", "1000"))
         await conn.send(conn.head(200, [("Content-Length", str(n))], req, False))
         await conn.send((PATTERN * (n // len(PATTERN) + 1))[: n // 2])
+        return False
+    elif path == "/stall":
+        await body.read_all()
+        n = int(q.get("n", "1000"))
+        await conn.send(conn.head(200, [("Content-Length", str(n))], req, False))
+        await conn.send((PATTERN * (n // len(PATTERN) + 1))[: n // 2])
+        ev = HOLDS.setdefault(q.get("id", "stall"), asyncio.Event())
+        STATS.holding += 1
+        try:
+            await asyncio.wait_for(ev.wait(), float(q.get("max", "120")))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            STATS.holding -= 1
+        await conn.send((PATTERN * (n // len(PATTERN) + 1))[n // 2:n])
+    elif path == "/garbage":
+        await body.read_all()
+        await conn.send(b"THIS IS NOT HTTP\r\n\r\n")
+        return False
+    elif path == "/bad-length":
+        await body.read_all()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello")
         return False
     elif path == "/sink":
         h = hashlib.sha256()

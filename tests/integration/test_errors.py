@@ -1,0 +1,193 @@
+"""Upstream failures: each cause becomes bulkhead's own response with its status and Proxy-Status error
+type (RFC 9209); failures after the response head is sent close the client connection."""
+import socket
+
+import pytest
+import requests
+
+from conftest import RawClient, free_port, proxy_status_error, wait_until
+
+
+def assert_bulkhead_error(r, status, errors):
+    errors = (errors,) if isinstance(errors, str) else tuple(errors)
+    got_status = r.status if hasattr(r, "status") else r.status_code
+    assert got_status == status, (got_status, getattr(r, "headers", None))
+    err = proxy_status_error(r)
+    assert err in errors, "Proxy-Status error %r, expected one of %r" % (err, errors)
+
+
+def get(bh, path, **kw):
+    with RawClient(bh.port) as c:
+        c.request(kw.pop("method", "GET"), path, **kw)
+        return c.read_response()
+
+
+def test_connection_refused_502(bulkhead):
+    closed = "127.0.0.1:%d" % free_port()  # nothing listens there
+    bh = bulkhead(closed, timeouts={"connect": "5s"})
+    r = get(bh, "/echo-head")
+    assert_bulkhead_error(r, 502, "connection_refused")
+    # and again: bulkhead keeps answering (nothing cached in a broken state)
+    assert_bulkhead_error(get(bh, "/echo-head"), 502, "connection_refused")
+
+
+def test_first_byte_timeout_504(bulkhead, upstream):
+    bh = bulkhead(upstream, timeouts={"first_byte": "500ms", "total": "60s"})
+    r = get(bh, "/hold?id=fb")
+    assert_bulkhead_error(r, 504, "http_response_timeout")
+    upstream.release("fb")
+    # the timed-out upstream connection is closed, never handed to the next request
+    wait_until(lambda: upstream.stats()["open_connections"] == 0,
+               what="bulkhead to close the timed-out upstream connection")
+    r = requests.get(bh.url + "/echo-head", timeout=30)
+    assert r.status_code == 200
+    assert r.headers["X-Upstream-Conn"] == "2"
+
+
+def test_first_byte_timeout_with_delay_504(bulkhead, upstream):
+    bh = bulkhead(upstream, timeouts={"first_byte": "500ms", "total": "60s"})
+    assert_bulkhead_error(get(bh, "/delay?ms=5000"), 504, "http_response_timeout")
+
+
+@pytest.fixture
+def black_hole():
+    """A loopback port whose connects hang: a listener with backlog 0 that never accepts, whose accept
+    queue is already full (Linux then drops further SYNs, so the connecting side waits)."""
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    port = lsock.getsockname()[1]
+    fillers = []
+
+    def connect_completes(timeout):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        fillers.append(s)
+        try:
+            s.connect(("127.0.0.1", port))
+            return True
+        except (socket.timeout, BlockingIOError):
+            return False
+
+    # fill the accept queue; a connect that does not complete shows that it is full
+    for _ in range(8):
+        if not connect_completes(1.0):
+            break
+    else:
+        pytest.skip("could not fill a loopback accept queue: cannot make a deterministic connect timeout")
+    yield "127.0.0.1:%d" % port
+    for s in fillers:
+        s.close()
+    lsock.close()
+
+
+def test_connect_timeout_504(bulkhead, black_hole):
+    bh = bulkhead(black_hole, timeouts={"connect": "300ms", "first_byte": "30s", "total": "60s"})
+    r = get(bh, "/echo-head")
+    assert_bulkhead_error(r, 504, "connection_timeout")
+
+
+@pytest.mark.parametrize("path", ["/close-early", "/reset"])
+def test_upstream_closes_without_response_502(bulkhead, upstream, path):
+    bh = bulkhead(upstream)
+    r = get(bh, path)
+    assert_bulkhead_error(r, 502, ("connection_terminated", "http_protocol_error"))
+    assert requests.get(bh.url + "/echo-head", timeout=30).status_code == 200
+
+
+def test_upstream_closes_without_response_post_502(bulkhead, upstream):
+    bh = bulkhead(upstream)
+    r = get(bh, "/close-early", method="POST", body=b"some body")
+    assert_bulkhead_error(r, 502, ("connection_terminated", "http_protocol_error"))
+
+
+@pytest.mark.parametrize("path", ["/garbage", "/bad-length"])
+def test_upstream_invalid_response_502(bulkhead, upstream, path):
+    bh = bulkhead(upstream)
+    r = get(bh, path)
+    assert_bulkhead_error(r, 502, "http_protocol_error")
+
+
+def test_total_timeout_504(bulkhead, upstream):
+    bh = bulkhead(upstream, timeouts={"first_byte": "60s", "total": "500ms"})
+    r = get(bh, "/hold?id=total")
+    assert_bulkhead_error(r, 504, "http_response_timeout")
+    upstream.release("total")
+
+
+def test_route_total_timeout_override(bulkhead, upstream):
+    """A route's timeouts override the upstream's: only the /short/ route times out."""
+    bh = bulkhead(upstreams={"u": {"endpoints": [upstream.addr], "timeouts": {"total": "60s"}}},
+                  routes=[{"match": {"path_prefix": "/short/"}, "upstream": "u", "strip_prefix": True,
+                           "timeouts": {"total": "300ms"}},
+                          {"match": {"path_prefix": "/"}, "upstream": "u"}])
+    assert_bulkhead_error(get(bh, "/short/hold?id=r1"), 504, "http_response_timeout")
+    upstream.release("r1")
+    wait_until(lambda: upstream.stats()["holding"] == 0, what="the first hold to end")
+    with RawClient(bh.port) as c:
+        c.request("GET", "/hold?id=r2")
+        wait_until(lambda: upstream.stats()["holding"] == 1, what="the long-route request to be held")
+        upstream.release("r2")
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"released"
+
+
+def test_idle_timeout_mid_body_closes_client(bulkhead, upstream):
+    """The upstream sends a head and half the body, then stalls: the idle timeout fires after the head
+    was forwarded, so bulkhead can only cut the client connection short."""
+    bh = bulkhead(upstream, timeouts={"idle": "500ms", "first_byte": "30s", "total": "60s"})
+    with RawClient(bh.port) as c:
+        c.request("GET", "/stall?n=20000&id=st")
+        _, status, _, headers, _ = c.read_head()
+        assert status == 200
+        got = len(c.buf)
+        c.buf = b""
+        while True:
+            try:
+                data = c.sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            got += len(data)
+        assert got == 10000, "expected the 10000 bytes sent before the stall, got %d" % got
+    upstream.release("st")
+    wait_until(lambda: upstream.stats()["open_connections"] == 0,
+               what="bulkhead to close the stalled upstream connection")
+
+
+def test_upstream_dies_mid_body_closes_client(bulkhead, upstream):
+    bh = bulkhead(upstream)
+    with RawClient(bh.port) as c:
+        c.request("GET", "/truncate?n=100000")
+        _, status, _, _, _ = c.read_head()
+        assert status == 200
+        got = len(c.buf)
+        c.buf = b""
+        while True:
+            try:
+                data = c.sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            got += len(data)
+        assert got == 50000
+
+
+def test_every_bulkhead_response_has_proxy_status(bulkhead, upstream):
+    """A mix of local failures on one proxy: each response that bulkhead made itself names its cause."""
+    bh = bulkhead(upstreams={"u": {"endpoints": [upstream.addr], "timeouts": {"first_byte": "300ms"}},
+                             "dead": {"endpoints": ["127.0.0.1:%d" % free_port()]}},
+                  routes=[{"match": {"path_prefix": "/dead/"}, "upstream": "dead"},
+                          {"match": {"path_prefix": "/u/"}, "upstream": "u", "strip_prefix": True}])
+    cases = [("/dead/x", 502), ("/u/close-early", 502), ("/u/hold?id=e", 504), ("/nowhere", 404)]
+    for path, status in cases:
+        r = get(bh, path)
+        assert r.status == status, (path, r)
+        assert r.header("Proxy-Status") and r.header("Proxy-Status").startswith("bulkhead"), (path, r)
+        assert proxy_status_error(r), (path, r.header("Proxy-Status"))
+        assert r.header("X-Upstream") is None
+    upstream.release("e")
+    r = get(bh, "/u/status/502")
+    assert r.status == 502 and r.header("Proxy-Status") is None, "the upstream's own 502 is not bulkhead's"
