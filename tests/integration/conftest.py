@@ -161,8 +161,10 @@ class Upstream:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
         try:
-            wait_until(lambda: self._check_alive() and can_connect(self.port) and can_connect(
-                self.control_port), what="upstream %s to listen" % name)
+            # the data port is bound before the control port, and probing the data port would count
+            # as a connection in the statistics: probe the control port only
+            wait_until(lambda: self._check_alive() and can_connect(self.control_port),
+                       what="upstream %s to listen" % name)
         except BaseException:
             self.stop()
             raise
