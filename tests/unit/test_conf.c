@@ -1,7 +1,889 @@
+/* Unit tests for conf/: YAML -> bh_conf_t, value parsers, error messages, env substitution, OOM. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
-static void t(void **s) { (void)s; }
-int main(void) { const struct CMUnitTest tests[] = { cmocka_unit_test(t) }; return cmocka_run_group_tests(tests, NULL, NULL); }
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "bh_alloc.h"
+#include "bh_conf.h"
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+#define MIN_HEAD "listeners:\n  - address: 127.0.0.1:8080\n"
+
+static bh_conf_t *load_ok(const char *yaml)
+{
+    bh_conf_t *conf = NULL;
+    bh_conf_error_t err;
+    int rc = bh_conf_load_string("t.yaml", yaml, strlen(yaml), &conf, &err);
+
+    if (rc != 0)
+        fail_msg("unexpected error %d: %s", rc, err.msg);
+    assert_non_null(conf);
+    return conf;
+}
+
+/* Loading yaml fails with BH_ECONFIG and exactly msg; label names the case when it does not. */
+static void expect_error_at(const char *label, const char *yaml, const char *msg)
+{
+    bh_conf_t *conf = (bh_conf_t *)1;
+    bh_conf_error_t err;
+    int rc = bh_conf_load_string("t.yaml", yaml, strlen(yaml), &conf, &err);
+
+    if (rc == 0) {
+        bh_conf_free(conf);
+        fail_msg("%s: loaded, expected \"%s\"", label, msg);
+    }
+    assert_null(conf);
+    if (rc != BH_ECONFIG || strcmp(err.msg, msg) != 0)
+        fail_msg("%s: got %d \"%s\", expected \"%s\"", label, rc, err.msg, msg);
+}
+
+#define expect_error(yaml, msg) expect_error_at("line " BH_STR(__LINE__), yaml, msg)
+#define BH_STR(x) BH_STR2(x)
+#define BH_STR2(x) #x
+
+static const char FULL[] =
+    "workers: 4\n"
+    "listeners:\n"
+    "  - name: public\n"
+    "    address: 0.0.0.0:8080\n"
+    "  - address: \"[::1]:8443\"\n"
+    "limits:\n"
+    "  max_connections: 5000\n"
+    "  max_header_bytes: 32KiB\n"
+    "  max_headers: 50\n"
+    "  max_body_bytes: 1MB\n"
+    "  header_timeout: 5s\n"
+    "  body_timeout: 15s\n"
+    "  keepalive_timeout: 2m\n"
+    "admin:\n"
+    "  address: 127.0.0.1:9902\n"
+    "  token: s3cret\n"
+    "log:\n"
+    "  level: debug\n"
+    "  access: /var/log/bulkhead/access.log\n"
+    "upstreams:\n"
+    "  api:\n"
+    "    endpoints: [ \"127.0.0.1:9000\", \"api-2.internal:9001\", \"[::1]:9002\" ]\n"
+    "    pool:\n"
+    "      max_connections: 32\n"
+    "      max_pending: 100\n"
+    "      max_idle: 8\n"
+    "      min_idle: 2\n"
+    "      acquire_timeout: 500ms\n"
+    "      idle_timeout: 3s\n"
+    "      max_lifetime: 1h\n"
+    "    timeouts:\n"
+    "      connect: 2s\n"
+    "      first_byte: 10s\n"
+    "      idle: 20s\n"
+    "      total: 40s\n"
+    "  static:\n"
+    "    endpoints: [ \"10.0.0.7:80\" ]\n"
+    "routes:\n"
+    "  - match: { host: API.Example.com, path_prefix: /v1/, methods: [ GET, POST ] }\n"
+    "    upstream: api\n"
+    "    strip_prefix: true\n"
+    "    timeouts: { total: 10s, connect: 500ms }\n"
+    "  - match: { path_prefix: /static/, methods: GET }\n"
+    "    upstream: static\n"
+    "  - upstream: api\n"
+    "shutdown:\n"
+    "  drain_timeout: 1m\n";
+
+static void test_full_config(void **state)
+{
+    bh_conf_t *c = load_ok(FULL);
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)&c->listeners[0].addr.sa;
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&c->listeners[1].addr.sa;
+    const bh_conf_upstream_t *api, *st;
+    const bh_conf_route_t *r;
+
+    assert_string_equal(c->path, "t.yaml");
+    assert_int_equal(c->workers, 4);
+
+    assert_int_equal(c->n_listeners, 2);
+    assert_string_equal(c->listeners[0].name, "public");
+    assert_string_equal(c->listeners[0].addr.text, "0.0.0.0:8080");
+    assert_string_equal(c->listeners[0].addr.host, "0.0.0.0");
+    assert_int_equal(c->listeners[0].addr.port, 8080);
+    assert_int_equal(sin->sin_family, AF_INET);
+    assert_int_equal(ntohs(sin->sin_port), 8080);
+    assert_int_equal(c->listeners[0].addr.salen, sizeof(struct sockaddr_in));
+    assert_string_equal(c->listeners[1].name, "listener1");
+    assert_string_equal(c->listeners[1].addr.host, "::1");
+    assert_int_equal(sin6->sin6_family, AF_INET6);
+    assert_int_equal(ntohs(sin6->sin6_port), 8443);
+    assert_int_equal(c->listeners[1].addr.salen, sizeof(struct sockaddr_in6));
+
+    assert_int_equal(c->limits.max_connections, 5000);
+    assert_int_equal(c->limits.max_header_bytes, 32 * 1024);
+    assert_int_equal(c->limits.max_headers, 50);
+    assert_int_equal(c->limits.max_body_bytes, 1000000);
+    assert_int_equal(c->limits.header_timeout_ms, 5000);
+    assert_int_equal(c->limits.body_timeout_ms, 15000);
+    assert_int_equal(c->limits.keepalive_timeout_ms, 120000);
+
+    assert_string_equal(c->admin.addr.text, "127.0.0.1:9902");
+    assert_int_equal(c->admin.addr.port, 9902);
+    assert_string_equal(c->admin.token, "s3cret");
+    assert_int_equal(c->log.level, BH_LOG_DEBUG);
+    assert_string_equal(c->log.access, "/var/log/bulkhead/access.log");
+
+    assert_int_equal(c->n_upstreams, 2);
+    api = &c->upstreams[0];
+    assert_string_equal(api->name, "api");
+    assert_int_equal(api->n_endpoints, 3);
+    assert_string_equal(api->endpoints[0].host, "127.0.0.1");
+    assert_int_equal(api->endpoints[0].salen, sizeof(struct sockaddr_in));
+    assert_string_equal(api->endpoints[1].host, "api-2.internal");
+    assert_int_equal(api->endpoints[1].port, 9001);
+    assert_int_equal(api->endpoints[1].salen, 0);
+    assert_string_equal(api->endpoints[2].host, "::1");
+    assert_int_equal(api->endpoints[2].salen, sizeof(struct sockaddr_in6));
+    assert_int_equal(api->pool.max_connections, 32);
+    assert_int_equal(api->pool.max_pending, 100);
+    assert_int_equal(api->pool.max_idle, 8);
+    assert_int_equal(api->pool.min_idle, 2);
+    assert_int_equal(api->pool.acquire_timeout_ms, 500);
+    assert_int_equal(api->pool.idle_timeout_ms, 3000);
+    assert_int_equal(api->pool.max_lifetime_ms, 3600000);
+    assert_int_equal(api->timeouts.connect_ms, 2000);
+    assert_int_equal(api->timeouts.first_byte_ms, 10000);
+    assert_int_equal(api->timeouts.idle_ms, 20000);
+    assert_int_equal(api->timeouts.total_ms, 40000);
+    st = &c->upstreams[1];
+    assert_string_equal(st->name, "static");
+    assert_int_equal(st->pool.max_connections, 64);
+    assert_int_equal(st->pool.max_idle, 64);
+
+    assert_int_equal(c->n_routes, 3);
+    r = &c->routes[0];
+    assert_string_equal(r->host, "api.example.com");
+    assert_string_equal(r->path_prefix, "/v1/");
+    assert_int_equal(r->methods, BH_M_GET | BH_M_POST);
+    assert_string_equal(r->upstream, "api");
+    assert_int_equal(r->upstream_index, 0);
+    assert_true(r->strip_prefix);
+    r = &c->routes[1];
+    assert_null(r->host);
+    assert_string_equal(r->path_prefix, "/static/");
+    assert_int_equal(r->methods, BH_M_GET);
+    assert_int_equal(r->upstream_index, 1);
+    assert_false(r->strip_prefix);
+    r = &c->routes[2];
+    assert_string_equal(r->path_prefix, "/");
+    assert_int_equal(r->methods, BH_M_ALL);
+    assert_int_equal(r->upstream_index, 0);
+
+    assert_int_equal(c->shutdown.drain_timeout_ms, 60000);
+    bh_conf_free(c);
+}
+
+static void test_route_timeouts_inherit(void **state)
+{
+    bh_conf_t *c = load_ok(FULL);
+    const bh_conf_timeouts_t *t = &c->routes[0].timeouts, *s = &c->routes[1].timeouts;
+
+    /* route 0 overrides total and connect, inherits first_byte and idle from upstream api */
+    assert_int_equal(t->connect_ms, 500);
+    assert_int_equal(t->first_byte_ms, 10000);
+    assert_int_equal(t->idle_ms, 20000);
+    assert_int_equal(t->total_ms, 10000);
+    /* route 1 overrides nothing: upstream static's timeouts are the defaults */
+    assert_int_equal(s->connect_ms, 1000);
+    assert_int_equal(s->first_byte_ms, 15000);
+    assert_int_equal(s->idle_ms, 60000);
+    assert_int_equal(s->total_ms, 30000);
+    /* route 2 inherits every timeout of upstream api */
+    assert_memory_equal(&c->routes[2].timeouts, &c->upstreams[0].timeouts, sizeof *t);
+    bh_conf_free(c);
+
+    /* the upstream may be defined after the routes that use it */
+    c = load_ok(MIN_HEAD "routes:\n  - upstream: b\n    timeouts: { idle: 1s }\n"
+                         "upstreams:\n  a:\n    endpoints: [a:1]\n"
+                         "  b:\n    endpoints: [b:1]\n    timeouts: { total: 7s }\n");
+    assert_int_equal(c->routes[0].upstream_index, 1);
+    assert_int_equal(c->routes[0].timeouts.idle_ms, 1000);
+    assert_int_equal(c->routes[0].timeouts.total_ms, 7000);
+    assert_int_equal(c->routes[0].timeouts.connect_ms, 1000);
+    bh_conf_free(c);
+}
+
+static void test_defaults(void **state)
+{
+    bh_conf_t *c;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+    unsetenv("BULKHEAD_ADMIN_TOKEN");
+    c = load_ok(MIN_HEAD);
+    assert_int_equal(c->workers, cpus < 1 ? 1 : cpus > 1024 ? 1024 : cpus);
+    assert_int_equal(c->n_listeners, 1);
+    assert_string_equal(c->listeners[0].name, "listener0");
+    assert_int_equal(c->limits.max_connections, 10000);
+    assert_int_equal(c->limits.max_header_bytes, 16 * 1024);
+    assert_int_equal(c->limits.max_headers, 100);
+    assert_int_equal(c->limits.max_body_bytes, 10 * 1024 * 1024);
+    assert_int_equal(c->limits.header_timeout_ms, 10000);
+    assert_int_equal(c->limits.body_timeout_ms, 30000);
+    assert_int_equal(c->limits.keepalive_timeout_ms, 60000);
+    assert_string_equal(c->admin.addr.text, "127.0.0.1:9901");
+    assert_int_equal(c->admin.addr.port, 9901);
+    assert_int_equal(c->admin.addr.salen, sizeof(struct sockaddr_in));
+    assert_null(c->admin.token);
+    assert_int_equal(c->log.level, BH_LOG_INFO);
+    assert_string_equal(c->log.access, "stdout");
+    assert_int_equal(c->n_upstreams, 0);
+    assert_null(c->upstreams);
+    assert_int_equal(c->n_routes, 0);
+    assert_null(c->routes);
+    assert_int_equal(c->shutdown.drain_timeout_ms, 30000);
+    bh_conf_free(c);
+
+    /* the admin token's default comes from the environment */
+    setenv("BULKHEAD_ADMIN_TOKEN", "from-env", 1);
+    c = load_ok(MIN_HEAD);
+    assert_string_equal(c->admin.token, "from-env");
+    bh_conf_free(c);
+    unsetenv("BULKHEAD_ADMIN_TOKEN");
+
+    /* empty sections take every default */
+    c = load_ok(MIN_HEAD "limits:\nadmin: {}\nupstreams:\n  a:\n    endpoints: [a:1]\n    pool:\n"
+                         "routes:\n  - upstream: a\n    match:\n");
+    assert_int_equal(c->limits.max_headers, 100);
+    assert_int_equal(c->upstreams[0].pool.max_connections, 64);
+    assert_int_equal(c->upstreams[0].pool.max_pending, 256);
+    assert_int_equal(c->upstreams[0].pool.max_idle, 64);
+    assert_int_equal(c->upstreams[0].pool.min_idle, 0);
+    assert_int_equal(c->upstreams[0].pool.acquire_timeout_ms, 1000);
+    assert_int_equal(c->upstreams[0].pool.idle_timeout_ms, 4000);
+    assert_int_equal(c->upstreams[0].pool.max_lifetime_ms, 600000);
+    assert_int_equal(c->upstreams[0].timeouts.connect_ms, 1000);
+    assert_int_equal(c->upstreams[0].timeouts.first_byte_ms, 15000);
+    assert_int_equal(c->upstreams[0].timeouts.idle_ms, 60000);
+    assert_int_equal(c->upstreams[0].timeouts.total_ms, 30000);
+    assert_string_equal(c->routes[0].path_prefix, "/");
+    assert_int_equal(c->routes[0].methods, BH_M_ALL);
+    assert_false(c->routes[0].strip_prefix);
+    bh_conf_free(c);
+
+    /* max_idle follows max_connections when not given */
+    c = load_ok(MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    pool: { max_connections: 5 }\n");
+    assert_int_equal(c->upstreams[0].pool.max_idle, 5);
+    bh_conf_free(c);
+
+    c = load_ok(MIN_HEAD "workers: auto\n");
+    assert_true(c->workers >= 1 && c->workers <= 1024);
+    bh_conf_free(c);
+}
+
+static void test_durations(void **state)
+{
+    static const struct { const char *s; uint64_t ms; } good[] = {
+        {"0", 0}, {"0s", 0}, {"250ms", 250}, {"5s", 5000}, {"2m", 120000}, {"1h", 3600000},
+        {"1d", 86400000}, {"007s", 7000}, {"18446744073709551615ms", UINT64_MAX},
+        {"213503982334d", 213503982334ull * 86400000},
+    };
+    static const char *const bad[] = {
+        "", "5", "10", "s", "-1s", "1.5s", "5 s", "5sec", "5S", " 5s", "5s ", "1w",
+        "213503982335d", "18446744073709551616ms", "99999999999999999999h", "0x10s", "+5s",
+    };
+    uint64_t v;
+
+    for (size_t i = 0; i < COUNT(good); i++) {
+        v = 1;
+        assert_int_equal(bh_parse_duration_ms(good[i].s, &v), 0);
+        assert_true(v == good[i].ms);
+    }
+    for (size_t i = 0; i < COUNT(bad); i++)
+        if (bh_parse_duration_ms(bad[i], &v) != -1)
+            fail_msg("duration '%s' was accepted", bad[i]);
+}
+
+static void test_sizes(void **state)
+{
+    static const struct { const char *s; uint64_t b; } good[] = {
+        {"0", 0}, {"512", 512}, {"512B", 512}, {"16KiB", 16384}, {"16k", 16384}, {"2K", 2048},
+        {"10MiB", 10485760}, {"1GiB", 1073741824}, {"2TiB", 2ull << 40}, {"1KB", 1000},
+        {"3MB", 3000000}, {"1GB", 1000000000}, {"1TB", 1000000000000ull},
+        {"18446744073709551615", UINT64_MAX}, {"17179869183GiB", 17179869183ull << 30},
+    };
+    static const char *const bad[] = {
+        "", "KiB", "-1", "1.5MiB", "16 KiB", "16kib", "16mb", "16Kb", "1EiB", "17179869184GiB",
+        "18446744073709551616", "1x", " 1",
+    };
+    uint64_t v;
+
+    for (size_t i = 0; i < COUNT(good); i++) {
+        v = 1;
+        assert_int_equal(bh_parse_size(good[i].s, &v), 0);
+        assert_true(v == good[i].b);
+    }
+    for (size_t i = 0; i < COUNT(bad); i++)
+        if (bh_parse_size(bad[i], &v) != -1)
+            fail_msg("size '%s' was accepted", bad[i]);
+}
+
+static void test_percent(void **state)
+{
+    static const struct { const char *s; double f; } good[] = {
+        {"50%", 0.5}, {"0.5", 0.5}, {"0", 0}, {"0%", 0}, {"100%", 1}, {"1", 1}, {"1.0", 1},
+        {"12.5%", 0.125}, {"0.05", 0.05},
+    };
+    static const char *const bad[] = {
+        "", "%", "101%", "1.01", "2", "-5%", ".5", "5.%", "50 %", "50%%", "nan", "inf", "1e-1",
+        "0x1", "99999999999999999999%",
+    };
+    double v;
+
+    for (size_t i = 0; i < COUNT(good); i++) {
+        v = -1;
+        assert_int_equal(bh_parse_percent(good[i].s, &v), 0);
+        assert_float_equal(v, good[i].f, 1e-12);
+    }
+    for (size_t i = 0; i < COUNT(bad); i++)
+        if (bh_parse_percent(bad[i], &v) != -1)
+            fail_msg("percentage '%s' was accepted", bad[i]);
+}
+
+static void test_addr(void **state)
+{
+    static const struct { const char *s, *host; uint16_t port; int family; } good[] = {
+        {"0.0.0.0:8080", "0.0.0.0", 8080, AF_INET},
+        {"127.0.0.1:1", "127.0.0.1", 1, AF_INET},
+        {"[::1]:8080", "::1", 8080, AF_INET6},
+        {"[2001:db8::7]:65535", "2001:db8::7", 65535, AF_INET6},
+        {"api.internal:9000", "api.internal", 9000, 0},
+        {"upstream:8081", "upstream", 8081, 0},
+        {"my_host-1.example.com:443", "my_host-1.example.com", 443, 0},
+    };
+    static const char *const bad[] = {
+        "", "127.0.0.1", "127.0.0.1:", ":8080", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:80x",
+        "::1:8080", "[::1]8080", "[::1]", "[nothost]:80", "[]:80", "a b:80", "-host:80",
+        "127.0.0.1:-1", "host:99999999999999999999",
+    };
+
+    for (size_t i = 0; i < COUNT(good); i++) {
+        bh_conf_addr_t a;
+        assert_int_equal(bh_parse_addr(good[i].s, &a), 0);
+        assert_string_equal(a.text, good[i].s);
+        assert_string_equal(a.host, good[i].host);
+        assert_int_equal(a.port, good[i].port);
+        assert_int_equal(a.sa.ss_family, good[i].family);
+        assert_int_equal(a.salen, good[i].family == AF_INET    ? sizeof(struct sockaddr_in)
+                                  : good[i].family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                               : 0);
+        if (good[i].family == AF_INET)
+            assert_int_equal(ntohs(((struct sockaddr_in *)&a.sa)->sin_port), good[i].port);
+        if (good[i].family == AF_INET6)
+            assert_int_equal(ntohs(((struct sockaddr_in6 *)&a.sa)->sin6_port), good[i].port);
+        bh_free(a.text);
+        bh_free(a.host);
+    }
+    for (size_t i = 0; i < COUNT(bad); i++) {
+        bh_conf_addr_t a;
+        if (bh_parse_addr(bad[i], &a) != -1)
+            fail_msg("address '%s' was accepted", bad[i]);
+        assert_null(a.text);
+        assert_null(a.host);
+    }
+}
+
+static void test_method_bit(void **state)
+{
+    assert_int_equal(bh_method_bit("GET", 3), BH_M_GET);
+    assert_int_equal(bh_method_bit("GETX", 3), BH_M_GET);
+    assert_int_equal(bh_method_bit("HEAD", 4), BH_M_HEAD);
+    assert_int_equal(bh_method_bit("POST", 4), BH_M_POST);
+    assert_int_equal(bh_method_bit("PUT", 3), BH_M_PUT);
+    assert_int_equal(bh_method_bit("DELETE", 6), BH_M_DELETE);
+    assert_int_equal(bh_method_bit("CONNECT", 7), BH_M_CONNECT);
+    assert_int_equal(bh_method_bit("OPTIONS", 7), BH_M_OPTIONS);
+    assert_int_equal(bh_method_bit("TRACE", 5), BH_M_TRACE);
+    assert_int_equal(bh_method_bit("PATCH", 5), BH_M_PATCH);
+    assert_int_equal(bh_method_bit("PROPFIND", 8), BH_M_OTHER);
+    assert_int_equal(bh_method_bit("get", 3), BH_M_OTHER);
+    assert_int_equal(bh_method_bit("GE T", 4), 0);
+    assert_int_equal(bh_method_bit("", 0), 0);
+}
+
+static void test_env(void **state)
+{
+    bh_conf_t *c;
+
+    setenv("BH_T_HOST", "10.1.2.3", 1);
+    setenv("BH_T_PORT", "9100", 1);
+    setenv("BH_T_EMPTY", "", 1);
+    unsetenv("BH_T_UNSET");
+    c = load_ok("workers: ${BH_T_UNSET:-3}\n"
+                "listeners:\n  - address: ${BH_T_HOST}:${BH_T_PORT}\n"
+                "    name: ${BH_T_UNSET:-l-${}x}\n"
+                "admin:\n  token: \"$$ab$c$${BH_T_HOST}${BH_T_EMPTY:-dflt}${BH_T_EMPTY}$\"\n"
+                "log:\n  access: ${BH_T_UNSET:-}/tmp/a.log\n");
+    assert_int_equal(c->workers, 3);
+    assert_string_equal(c->listeners[0].addr.text, "10.1.2.3:9100");
+    assert_string_equal(c->listeners[0].name, "l-${x}");
+    assert_string_equal(c->admin.token, "$ab$c${BH_T_HOST}dflt$");
+    assert_string_equal(c->log.access, "/tmp/a.log");
+    bh_conf_free(c);
+
+    /* in list items too, and the default is only used when unset or empty */
+    setenv("BH_T_EP", "ep.internal:7000", 1);
+    c = load_ok(MIN_HEAD "upstreams:\n  a:\n    endpoints: [ \"${BH_T_EP:-x:1}\", "
+                         "\"${BH_T_UNSET:-y:2}\" ]\n");
+    assert_string_equal(c->upstreams[0].endpoints[0].text, "ep.internal:7000");
+    assert_string_equal(c->upstreams[0].endpoints[1].text, "y:2");
+    bh_conf_free(c);
+
+    expect_error(MIN_HEAD "admin:\n  token: ${BH_T_UNSET}\n",
+                 "t.yaml:4:10: environment variable 'BH_T_UNSET' is not set (used by admin.token), "
+                 "expected it to be set or a default as in ${BH_T_UNSET:-default}");
+    expect_error(MIN_HEAD "log:\n  access: /x/${BH_T_HOST\n",
+                 "t.yaml:4:11: unterminated '${' in the value of log.access, expected ${NAME} or "
+                 "${NAME:-default}");
+    expect_error(MIN_HEAD "log:\n  access: ${1X}\n",
+                 "t.yaml:4:11: invalid variable name '1X' in the value of log.access, expected "
+                 "letters, digits and '_' as in ${NAME} or ${NAME:-default}");
+    expect_error(MIN_HEAD "log:\n  access: ${}\n",
+                 "t.yaml:4:11: invalid variable name '' in the value of log.access, expected "
+                 "letters, digits and '_' as in ${NAME} or ${NAME:-default}");
+    /* substitution happens before conversion, so the result is validated */
+    expect_error(MIN_HEAD "workers: ${BH_T_PORT}\n",
+                 "t.yaml:3:10: 9100 for workers is out of range, expected 1 to 1024");
+    expect_error(MIN_HEAD "admin:\n  address: ${BH_T_EMPTY}\n",
+                 "t.yaml:4:12: empty value for admin.address, expected a numeric address as "
+                 "host:port or [v6]:port, e.g. 0.0.0.0:8080 or [::1]:8080");
+    unsetenv("BH_T_HOST");
+    unsetenv("BH_T_PORT");
+    unsetenv("BH_T_EMPTY");
+    unsetenv("BH_T_EP");
+}
+
+typedef struct err_case {
+    const char *yaml, *msg;
+} err_case_t;
+
+static void run_cases(const err_case_t *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char label[32];
+        snprintf(label, sizeof label, "case %zu", i);
+        expect_error_at(label, cases[i].yaml, cases[i].msg);
+    }
+}
+
+static void test_did_you_mean(void **state)
+{
+    static const err_case_t cases[] = {
+        {MIN_HEAD "upstreams:\n  api:\n    endpoints: [a:1]\n    pool:\n      max_conections: 3\n",
+         "t.yaml:7:7: unknown key 'max_conections' in upstreams.api.pool, did you mean "
+         "'max_connections'?"},
+        {MIN_HEAD "wrokers: 2\n", "t.yaml:3:1: unknown key 'wrokers' at top level, did you mean 'workers'?"},
+        {MIN_HEAD "limits:\n  header_timout: 1s\n",
+         "t.yaml:4:3: unknown key 'header_timout' in limits, did you mean 'header_timeout'?"},
+        {"listeners:\n  - adress: 127.0.0.1:80\n",
+         "t.yaml:2:5: unknown key 'adress' in listeners[0], did you mean 'address'?"},
+        {MIN_HEAD "routes:\n  - upstream: a\n    match: { path: / }\n",
+         "t.yaml:5:14: unknown key 'path' in routes[0].match, expected one of: host, path_prefix, "
+         "methods"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    balanse: random\n",
+         "t.yaml:6:5: unknown key 'balanse' in upstreams.a, did you mean 'balance'?"},
+        {MIN_HEAD "colour: red\n",
+         "t.yaml:3:1: unknown key 'colour' at top level, expected one of: workers, listeners, "
+         "limits, admin, log, upstreams, routes, shutdown"},
+        {MIN_HEAD "upstreams:\n  api:\n    endpoints: [a:1]\nroutes:\n  - upstream: apx\n",
+         "t.yaml:7:15: unknown upstream 'apx' for routes[0].upstream, did you mean 'api'?"},
+        {MIN_HEAD "upstreams:\n  api:\n    endpoints: [a:1]\nroutes:\n  - upstream: web\n",
+         "t.yaml:7:15: unknown upstream 'web' for routes[0].upstream, expected a name defined "
+         "under upstreams"},
+        {MIN_HEAD "routes:\n  - upstream: web\n",
+         "t.yaml:4:15: unknown upstream 'web' for routes[0].upstream, expected a name defined "
+         "under upstreams"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n"
+                  "    match: { methods: [GET, post] }\n",
+         "t.yaml:8:29: unknown method 'post' in routes[0].match.methods, did you mean 'POST'? "
+         "(methods are case-sensitive)"},
+    };
+    run_cases(cases, COUNT(cases));
+}
+
+static void test_unsupported_keys(void **state)
+{
+#define LATER_MSG "is recognised but not supported yet by this version (bulkhead " BH_VERSION \
+                  "), expected it removed"
+    static const err_case_t cases[] = {
+        {MIN_HEAD "databases:\n  main: {}\n", "t.yaml:3:1: key 'databases' at top level " LATER_MSG},
+        {"listeners:\n  - address: 0.0.0.0:443\n    tls: { cert: a, key: b }\n",
+         "t.yaml:3:5: key 'tls' in listeners[0] " LATER_MSG},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    dns_refresh: 30s\n",
+         "t.yaml:6:5: key 'dns_refresh' in upstreams.a " LATER_MSG},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    balance: random\n",
+         "t.yaml:6:5: key 'balance' in upstreams.a " LATER_MSG},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    retry: { attempts: 3 }\n",
+         "t.yaml:6:5: key 'retry' in upstreams.a " LATER_MSG},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    breaker: {}\n",
+         "t.yaml:6:5: key 'breaker' in upstreams.a " LATER_MSG},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    outlier: {}\n",
+         "t.yaml:6:5: key 'outlier' in upstreams.a " LATER_MSG},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    health_check: { path: / }\n",
+         "t.yaml:6:5: key 'health_check' in upstreams.a " LATER_MSG},
+        {MIN_HEAD "routes:\n  - match: { path_prefix: /sql }\n    database: main\n",
+         "t.yaml:5:5: key 'database' in routes[0] " LATER_MSG},
+    };
+    run_cases(cases, COUNT(cases));
+}
+
+static void test_errors(void **state)
+{
+    static const err_case_t cases[] = {
+        /* structure */
+        {"", "t.yaml:1:1: missing required key 'listeners' at top level, expected a list of "
+             "{name, address}"},
+        {"- a\n- b\n", "t.yaml:1:1: the top level is a list, expected a mapping of settings "
+                       "(listeners, upstreams, routes, ...)"},
+        {"listeners: []\n", "t.yaml:1:12: no listeners given in listeners, expected at least one "
+                            "{name, address}"},
+        {"listeners:\n", "t.yaml:1:11: no listeners given in listeners, expected at least one "
+                         "{name, address}"},
+        {"listeners: 0.0.0.0:80\n", "t.yaml:1:12: listeners is a single value, expected a list "
+                                    "of {name, address}"},
+        {"listeners:\n  - 0.0.0.0:80\n", "t.yaml:2:5: listeners[0] is a single value, expected a "
+                                         "mapping"},
+        {"listeners:\n  - name: a\n", "t.yaml:2:5: missing required key 'address' in listeners[0], "
+                                      "expected a numeric address as host:port or [v6]:port, e.g. "
+                                      "0.0.0.0:8080 or [::1]:8080"},
+        {MIN_HEAD "limits: [1]\n", "t.yaml:3:9: limits is a list, expected a mapping"},
+        {MIN_HEAD "limits:\n  max_headers: [1]\n", "t.yaml:4:16: limits.max_headers is a list, "
+                                                   "expected a whole number"},
+        {MIN_HEAD "limits:\n  max_headers: 10\n  max_body_bytes: 1\n  max_headers: 20\n",
+         "t.yaml:6:3: duplicate key 'max_headers' in limits (first given at 4:3), expected each "
+         "key once"},
+        {MIN_HEAD "workers: 1\nworkers: 2\n", "t.yaml:4:1: duplicate key 'workers' at top level "
+                                              "(first given at 3:1), expected each key once"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n  a:\n    endpoints: [b:1]\n",
+         "t.yaml:6:3: duplicate key 'a' in upstreams (first given at 4:3), expected each key once"},
+        {MIN_HEAD "? [a]\n: 1\n", "t.yaml:3:3: a key at top level is a list, expected a plain name"},
+        {MIN_HEAD "---\nworkers: 1\n", "t.yaml:4:1: a second YAML document, expected one document "
+                                       "per file"},
+        /* YAML syntax (libyaml's problem mark) */
+        {"listeners:\n  - address: 0.0.0.0:8080\n  foo: [\n",
+         "t.yaml:3:3: invalid YAML: did not find expected '-' indicator (while parsing a block "
+         "collection at 2:3)"},
+        {"a: b: c\n", "t.yaml:1:5: invalid YAML: mapping values are not allowed in this context"},
+        {"a: \"x\n", "t.yaml:2:1: invalid YAML: found unexpected end of stream (while scanning a "
+                     "quoted scalar at 1:4)"},
+        /* numbers */
+        {MIN_HEAD "workers: 0\n", "t.yaml:3:10: 0 for workers is out of range, expected 1 to 1024"},
+        {MIN_HEAD "workers: 1025\n", "t.yaml:3:10: 1025 for workers is out of range, expected 1 to 1024"},
+        {MIN_HEAD "workers: many\n", "t.yaml:3:10: invalid worker count 'many' for workers, "
+                                     "expected auto or a whole number from 1 to 1024"},
+        {MIN_HEAD "workers: -1\n", "t.yaml:3:10: invalid worker count '-1' for workers, "
+                                   "expected auto or a whole number from 1 to 1024"},
+        {MIN_HEAD "workers:\n", "t.yaml:3:9: empty value for workers, expected auto or a whole "
+                                "number from 1 to 1024"},
+        {MIN_HEAD "limits:\n  max_headers: 1e3\n", "t.yaml:4:16: invalid number '1e3' for "
+                                                   "limits.max_headers, expected a whole number "
+                                                   "from 1 to 10000"},
+        {MIN_HEAD "limits:\n  max_connections: 99999999999999999999999\n",
+         "t.yaml:4:20: 99999999999999999999999 for limits.max_connections is out of range, "
+         "expected 1 to 4294967295"},
+        {MIN_HEAD "limits:\n  max_connections: 4294967296\n",
+         "t.yaml:4:20: 4294967296 for limits.max_connections is out of range, expected 1 to "
+         "4294967295"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    pool: { max_connections: 0 }\n",
+         "t.yaml:6:30: 0 for upstreams.a.pool.max_connections is out of range, expected 1 to "
+         "1000000"},
+        /* durations and sizes */
+        {MIN_HEAD "limits:\n  header_timeout: 5 seconds\n",
+         "t.yaml:4:19: invalid duration '5 seconds' for limits.header_timeout, expected a number "
+         "with a unit (ms, s, m, h, d), e.g. 250ms or 5s"},
+        {MIN_HEAD "limits:\n  header_timeout: 5\n",
+         "t.yaml:4:19: invalid duration '5' for limits.header_timeout, expected a number with a "
+         "unit (ms, s, m, h, d), e.g. 250ms or 5s"},
+        {MIN_HEAD "limits:\n  header_timeout: 0\n",
+         "t.yaml:4:19: 0 for limits.header_timeout is out of range, expected 1ms to 365d"},
+        {MIN_HEAD "shutdown:\n  drain_timeout: 366d\n",
+         "t.yaml:4:18: 366d for shutdown.drain_timeout is out of range, expected 0 to 365d"},
+        {MIN_HEAD "limits:\n  max_header_bytes: 16 KiB\n",
+         "t.yaml:4:21: invalid size '16 KiB' for limits.max_header_bytes, expected a size in bytes "
+         "or with a unit (KiB, MiB, GiB, KB, MB, GB), e.g. 16KiB or 10MiB"},
+        {MIN_HEAD "limits:\n  max_header_bytes: 2MiB\n",
+         "t.yaml:4:21: 2MiB for limits.max_header_bytes is out of range, expected 1 to 1MiB"},
+        /* booleans, enums, strings */
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n"
+                  "    strip_prefix: yes\n",
+         "t.yaml:8:19: invalid boolean 'yes' for routes[0].strip_prefix, expected true or false"},
+        {MIN_HEAD "log:\n  level: verbose\n",
+         "t.yaml:4:10: invalid log level 'verbose' for log.level, expected error, warn, info or "
+         "debug"},
+        {MIN_HEAD "log:\n  access: \"\"\n",
+         "t.yaml:4:11: empty value for log.access, expected a non-empty string"},
+        {MIN_HEAD "log:\n  access: \"a\\0b\"\n",
+         "t.yaml:4:11: value of log.access contains a NUL character, expected a non-empty string"},
+        {"listeners:\n  - name:\n    address: 0.0.0.0:80\n",
+         "t.yaml:2:10: empty value for listeners[0].name, expected a non-empty string"},
+        /* addresses */
+        {"listeners:\n  - address: localhost:8080\n",
+         "t.yaml:2:14: address 'localhost:8080' for listeners[0].address is not a numeric IP "
+         "address, expected a numeric address as host:port or [v6]:port, e.g. 0.0.0.0:8080 or "
+         "[::1]:8080"},
+        {"listeners:\n  - address: 0.0.0.0:99999\n",
+         "t.yaml:2:14: invalid address '0.0.0.0:99999' for listeners[0].address, expected a "
+         "numeric address as host:port or [v6]:port, e.g. 0.0.0.0:8080 or [::1]:8080"},
+        {"listeners:\n  - address: 0.0.0.0\n",
+         "t.yaml:2:14: invalid address '0.0.0.0' for listeners[0].address, expected a numeric "
+         "address as host:port or [v6]:port, e.g. 0.0.0.0:8080 or [::1]:8080"},
+        {MIN_HEAD "admin:\n  address: ::1:9901\n",
+         "t.yaml:4:12: invalid address '::1:9901' for admin.address, expected a numeric address "
+         "as host:port or [v6]:port, e.g. 0.0.0.0:8080 or [::1]:8080"},
+        {"listeners:\n  - address: 0.0.0.0:80\n  - address: 0.0.0.0:80\n",
+         "t.yaml:3:14: duplicate listener address '0.0.0.0:80' in listeners[1] (also "
+         "listeners[0]), expected each address once"},
+        {"listeners:\n  - { name: a, address: 0.0.0.0:80 }\n  - { name: a, address: 0.0.0.0:81 }\n",
+         "t.yaml:3:13: duplicate listener name 'a' in listeners[1] (also listeners[0]), expected "
+         "a unique name"},
+        /* upstreams */
+        {MIN_HEAD "upstreams: [a]\n", "t.yaml:3:12: upstreams is a list, expected a mapping from "
+                                      "upstream name to {endpoints, pool, timeouts}"},
+        {MIN_HEAD "upstreams:\n  a:\n", "t.yaml:4:5: missing required key 'endpoints' in "
+                                        "upstreams.a, expected a list of host:port"},
+        {MIN_HEAD "upstreams:\n  a: 1\n", "t.yaml:4:6: upstreams.a is a single value, expected a "
+                                          "mapping with endpoints, pool and timeouts"},
+        {MIN_HEAD "upstreams:\n  a:\n    pool: {}\n",
+         "t.yaml:5:5: missing required key 'endpoints' in upstreams.a, expected a list of "
+         "host:port"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: []\n",
+         "t.yaml:5:16: no endpoints given in upstreams.a.endpoints, expected at least one "
+         "host:port"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: a:1\n",
+         "t.yaml:5:16: upstreams.a.endpoints is a single value, expected a list of host:port"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1, \"b\"]\n",
+         "t.yaml:5:22: invalid endpoint 'b' for upstreams.a.endpoints[1], expected host:port or "
+         "[v6]:port, e.g. 10.0.0.5:8080 or api.internal:8080"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1, [b]]\n",
+         "t.yaml:5:22: upstreams.a.endpoints[1] is a list, expected host:port"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    pool:\n      max_connections: 4\n"
+                  "      max_idle: 5\n",
+         "t.yaml:8:17: max_idle 5 in upstreams.a.pool is larger than max_connections 4, expected "
+         "at most max_connections"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    pool:\n      max_idle: 2\n"
+                  "      min_idle: 3\n",
+         "t.yaml:8:17: min_idle 3 in upstreams.a.pool is larger than max_idle 2, expected at most "
+         "max_idle"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    timeouts: { connect: 1 }\n",
+         "t.yaml:6:26: invalid duration '1' for upstreams.a.timeouts.connect, expected a number "
+         "with a unit (ms, s, m, h, d), e.g. 250ms or 5s"},
+        /* routes */
+        {MIN_HEAD "routes:\n  - match: { path_prefix: / }\n",
+         "t.yaml:4:5: missing required key 'upstream' in routes[0], expected a non-empty string"},
+        {MIN_HEAD "routes: { a: 1 }\n", "t.yaml:3:9: routes is a mapping, expected a list of "
+                                        "{match, upstream, strip_prefix, timeouts}"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n"
+                  "    match: { path_prefix: api/ }\n",
+         "t.yaml:8:27: invalid path prefix 'api/' for routes[0].match.path_prefix, expected a "
+         "path starting with '/', e.g. /api/"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n"
+                  "    match: { host: a b }\n",
+         "t.yaml:8:20: invalid host 'a b' for routes[0].match.host, expected a host name such as "
+         "api.example.com or *.example.com"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n"
+                  "    match: { methods: [] }\n",
+         "t.yaml:8:23: no methods given in routes[0].match.methods, expected a list of methods, "
+         "e.g. [GET, POST]"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n"
+                  "    match: { methods: [GET, FETCH] }\n",
+         "t.yaml:8:29: unknown method 'FETCH' in routes[0].match.methods, expected GET, HEAD, "
+         "POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH or * (any)"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n"
+                  "    timeouts: { total: 1s, retries: 3 }\n",
+         "t.yaml:8:28: unknown key 'retries' in routes[0].timeouts, expected one of: connect, "
+         "first_byte, idle, total"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n"
+                  "    timeouts: 5s\n",
+         "t.yaml:8:15: routes[0].timeouts is a single value, expected a mapping of connect, "
+         "first_byte, idle, total"},
+    };
+    run_cases(cases, COUNT(cases));
+}
+
+static void test_methods_forms(void **state)
+{
+    bh_conf_t *c = load_ok(MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n"
+                                    "  - upstream: a\n    match: { methods: \"*\" }\n"
+                                    "  - upstream: a\n    match: { methods: DELETE }\n"
+                                    "  - upstream: a\n    match: { methods: [ PUT, PATCH, \"*\" ] }\n");
+    assert_int_equal(c->routes[0].methods, BH_M_ALL);
+    assert_int_equal(c->routes[1].methods, BH_M_DELETE);
+    assert_int_equal(c->routes[2].methods, BH_M_ALL);
+    bh_conf_free(c);
+}
+
+static char *write_temp(const char *text)
+{
+    char tmpl[] = "/tmp/test_conf_XXXXXX";
+    int fd = mkstemp(tmpl);
+    size_t len = strlen(text);
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
+    close(fd);
+    return strdup(tmpl);
+}
+
+static void test_load_file(void **state)
+{
+    bh_conf_t *c = (bh_conf_t *)1;
+    bh_conf_error_t err;
+    char *path = write_temp(FULL), *bad = write_temp(MIN_HEAD "workers: 0\n"), expect[600];
+
+    assert_int_equal(bh_conf_load(path, &c, &err), 0);
+    assert_string_equal(c->path, path);
+    assert_int_equal(c->n_routes, 3);
+    bh_conf_free(c);
+
+    assert_int_equal(bh_conf_load(bad, &c, &err), BH_ECONFIG);
+    assert_null(c);
+    snprintf(expect, sizeof expect, "%s:3:10: 0 for workers is out of range, expected 1 to 1024", bad);
+    assert_string_equal(err.msg, expect);
+
+    assert_int_equal(bh_conf_load("/nonexistent/bulkhead.yaml", &c, &err), BH_ECONFIG);
+    assert_null(c);
+    assert_string_equal(err.msg, "/nonexistent/bulkhead.yaml: cannot open: No such file or directory");
+
+    unlink(path);
+    unlink(bad);
+    free(path);
+    free(bad);
+}
+
+/* Every example config loads, with and without its environment variables set. */
+static void test_examples(void **state)
+{
+    const char *dir = getenv("BH_CONF_EXAMPLES");
+    struct dirent *de;
+    DIR *d;
+    int n = 0;
+
+    if (dir == NULL)
+        dir = "conf/examples"; /* run from the source root */
+    d = opendir(dir);
+    if (d == NULL)
+        fail_msg("cannot open %s: set BH_CONF_EXAMPLES or run from the source root", dir);
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        char path[1024];
+        bh_conf_t *c;
+        bh_conf_error_t err;
+
+        if (len < 6 || strcmp(de->d_name + len - 5, ".yaml") != 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        for (int env = 0; env < 2; env++) {
+            if (env)
+                setenv("UPSTREAM", "10.9.8.7:8081", 1);
+            else
+                unsetenv("UPSTREAM");
+            if (bh_conf_load(path, &c, &err) != 0)
+                fail_msg("%s", err.msg);
+            assert_true(c->n_listeners >= 1);
+            bh_conf_free(c);
+        }
+        unsetenv("UPSTREAM");
+        n++;
+    }
+    closedir(d);
+    assert_true(n >= 2);
+}
+
+static void test_example_contents(void **state)
+{
+    const char *dir = getenv("BH_CONF_EXAMPLES");
+    char path[1024];
+    bh_conf_t *c;
+    bh_conf_error_t err;
+
+    snprintf(path, sizeof path, "%s/demo.yaml", dir ? dir : "conf/examples");
+    assert_int_equal(bh_conf_load(path, &c, &err), 0);
+    assert_int_equal(c->workers, 1);
+    assert_string_equal(c->listeners[0].addr.text, "127.0.0.1:8080");
+    assert_string_equal(c->admin.addr.text, "127.0.0.1:9901");
+    assert_string_equal(c->upstreams[0].name, "demo");
+    assert_string_equal(c->upstreams[0].endpoints[0].text, "127.0.0.1:8081");
+    assert_string_equal(c->routes[0].path_prefix, "/");
+    assert_int_equal(c->routes[0].upstream_index, 0);
+    bh_conf_free(c);
+
+    snprintf(path, sizeof path, "%s/docker.yaml", dir ? dir : "conf/examples");
+    unsetenv("UPSTREAM");
+    assert_int_equal(bh_conf_load(path, &c, &err), 0);
+    assert_string_equal(c->listeners[0].addr.text, "0.0.0.0:8080");
+    assert_string_equal(c->upstreams[0].endpoints[0].host, "upstream");
+    assert_int_equal(c->upstreams[0].endpoints[0].port, 8081);
+    bh_conf_free(c);
+}
+
+/* Failing the nth allocation, for every n, gives BH_ENOMEM and leaks nothing (ASan checks). */
+static void check_enomem(const char *yaml)
+{
+    unsigned long nth;
+
+    for (nth = 1;; nth++) {
+        bh_conf_t *c = (bh_conf_t *)1;
+        bh_conf_error_t err;
+        int rc;
+
+        bh_alloc_fail_after(nth);
+        rc = bh_conf_load_string("t.yaml", yaml, strlen(yaml), &c, &err);
+        bh_alloc_fail_after(0);
+        if (rc == 0) {
+            bh_conf_free(c);
+            break;
+        }
+        if (rc != BH_ENOMEM)
+            fail_msg("allocation %lu: %d %s", nth, rc, err.msg);
+        assert_null(c);
+        assert_string_equal(err.msg, "t.yaml: out of memory");
+        assert_true(nth < 100000);
+    }
+    assert_true(nth > 10);
+}
+
+static void test_enomem(void **state)
+{
+    setenv("BH_T_TOKEN", "a-fairly-long-token-value-to-force-buffer-growth-0123456789", 1);
+    check_enomem(FULL);
+    check_enomem(MIN_HEAD "admin:\n  token: \"x${BH_T_TOKEN}y${BH_T_TOKEN}z\"\n"
+                          "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n");
+    unsetenv("BH_T_TOKEN");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_full_config),
+        cmocka_unit_test(test_route_timeouts_inherit),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_percent),
+        cmocka_unit_test(test_addr),
+        cmocka_unit_test(test_method_bit),
+        cmocka_unit_test(test_env),
+        cmocka_unit_test(test_did_you_mean),
+        cmocka_unit_test(test_unsupported_keys),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_methods_forms),
+        cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_examples),
+        cmocka_unit_test(test_example_contents),
+        cmocka_unit_test(test_enomem),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
