@@ -271,7 +271,9 @@ static void up_parse(bh_client_t *c)
 {
     bh_exchange_t *ex = &c->ex;
     bh_upconn_t *uc = ex->uc;
-    while (uc->rbuf != NULL && uc->rpos < uc->rlen && ex->phase != BH_UP_TUNNEL) {
+    bool kick = false; /* after a head, a bodyless message completes without another byte */
+    while (uc->rbuf != NULL && (uc->rpos < uc->rlen || kick) && ex->phase != BH_UP_TUNNEL) {
+        kick = false;
         const char *base = uc->rbuf->data + uc->rpos;
         ex->rp.data = (void *)(uintptr_t)RP_PAUSE_NONE;
         llhttp_errno_t e = llhttp_execute(&ex->rp, base, uc->rlen - uc->rpos);
@@ -295,6 +297,7 @@ static void up_parse(bh_client_t *c)
                 up_fail(c, rc);
                 return;
             }
+            kick = true;
         } else if (reason == RP_PAUSE_MESSAGE) {
             if (ex->resp_started) {
                 response_done(c);
