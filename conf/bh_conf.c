@@ -1,4 +1,4 @@
-/* Loads the YAML config into one frozen bh_conf_t, driven by one schema table that holds every key and default.
+/* Loads the YAML config into one frozen bh_conf_t, driven by one table of every key and default.
  *
  * How it works: SPECS[] lists, per section, each key with its type (a converter plus the phrase
  * used in "expected ..." messages), the field it fills and its default written as a user would
@@ -23,17 +23,30 @@
 #define DUR_MAX (365ull * 86400 * 1000) /* longest duration accepted anywhere: 365d */
 #define INHERIT UINT64_MAX              /* a route timeout not given: the upstream's applies */
 #define MAX_FILE (16u << 20)            /* largest config file read */
+#define NAME_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Sections of the file; each is one mapping parsed against the SPECS rows that name it. */
-enum sec { S_ROOT, S_LISTENER, S_LIMITS, S_ADMIN, S_LOG, S_UPSTREAM, S_POOL, S_TIMEOUTS,
-           S_ROUTE, S_MATCH, S_SHUTDOWN, S_COUNT };
+enum sec {
+    S_ROOT,
+    S_LISTENER,
+    S_LIMITS,
+    S_ADMIN,
+    S_LOG,
+    S_UPSTREAM,
+    S_POOL,
+    S_TIMEOUTS,
+    S_ROUTE,
+    S_MATCH,
+    S_SHUTDOWN,
+    S_COUNT
+};
 
 typedef struct ctx {
-    const char *name;       /* file name used in messages */
+    const char *name; /* file name used in messages */
     yaml_document_t *doc;
     bh_conf_error_t *err;
-    char path[256];         /* dotted path of the node being read: "upstreams.api.pool" */
+    char path[256]; /* dotted path of the node being read: "upstreams.api.pool" */
 } ctx_t;
 
 typedef struct spec spec_t;
@@ -44,20 +57,20 @@ typedef int (*conv_fn)(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *te
 enum { T_NODE = 1, T_EMPTY_OK = 2 };
 typedef struct type {
     conv_fn conv;
-    const char *expect;     /* what a valid value looks like, for messages */
-    unsigned flags;         /* T_NODE: conv reads the node itself (mappings, lists) */
+    const char *expect; /* what a valid value looks like, for messages */
+    unsigned flags;     /* T_NODE: conv reads the node itself (mappings, lists) */
 } type_t;
 
 enum { F_REQUIRED = 1 };
 struct spec {
     enum sec sec;
     const char *key;
-    const type_t *type;     /* NULL: recognised but not supported by this version yet */
-    size_t off;             /* field offset in the section's struct */
-    const char *def;        /* default, in config syntax; NULL: none (or derived, see hooks) */
-    uint64_t min, max;      /* bounds for numbers, sizes and durations */
+    const type_t *type; /* NULL: recognised but not supported by this version yet */
+    size_t off;         /* field offset in the section's struct */
+    const char *def;    /* default, in config syntax; NULL: none (or derived, see hooks) */
+    uint64_t min, max;  /* bounds for numbers, sizes and durations */
     unsigned flags;
-    enum sec sub;           /* nested section for T_SECTION */
+    enum sec sub; /* nested section for T_SECTION */
 };
 
 static int parse_section(ctx_t *c, enum sec sec, yaml_node_t *map, void *base, int defaults);
@@ -134,9 +147,9 @@ static int is_null(const yaml_node_t *n)
 
 static const char *kind_name(const yaml_node_t *n)
 {
-    return n->type == YAML_MAPPING_NODE ? "a mapping"
+    return n->type == YAML_MAPPING_NODE    ? "a mapping"
            : n->type == YAML_SEQUENCE_NODE ? "a list"
-                                            : "a single value";
+                                           : "a single value";
 }
 
 static int type_fail(ctx_t *c, const yaml_node_t *n, const char *expect)
@@ -149,7 +162,8 @@ static yaml_node_t *lookup(ctx_t *c, yaml_node_t *map, const char *key)
 {
     if (map == NULL || map->type != YAML_MAPPING_NODE)
         return NULL;
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
         yaml_node_t *kn = node_at(c, p->key);
         if (kn->type == YAML_SCALAR_NODE && strcmp((const char *)kn->data.scalar.value, key) == 0)
             return node_at(c, p->value);
@@ -174,7 +188,8 @@ static int check_dup_key(ctx_t *c, yaml_node_t *map, yaml_node_pair_t *p)
         yaml_node_t *prev = node_at(c, q->key);
         if (prev->type == YAML_SCALAR_NODE &&
             strcmp((const char *)prev->data.scalar.value, (const char *)kn->data.scalar.value) == 0)
-            return fail(c, kn, "duplicate key '%s' %s (first given at %zu:%zu), expected each key once",
+            return fail(c, kn,
+                        "duplicate key '%s' %s (first given at %zu:%zu), expected each key once",
                         (const char *)kn->data.scalar.value, where(c, buf, sizeof buf),
                         prev->start_mark.line + 1, prev->start_mark.column + 1);
     }
@@ -284,15 +299,18 @@ static int subst(ctx_t *c, const yaml_node_t *n, const char *s, size_t len, char
             size_t nlen;
 
             if (close == NULL) {
-                rc = fail(c, n, "unterminated '${' in the value of %s, expected ${NAME} or "
-                                "${NAME:-default}", c->path);
+                rc = fail(c, n,
+                          "unterminated '${' in the value of %s, expected ${NAME} or "
+                          "${NAME:-default}",
+                          c->path);
                 break;
             }
             dash = memmem(name, (size_t)(close - name), ":-", 2);
             nlen = (size_t)((dash ? dash : close) - name);
             if (!valid_env_name(name, nlen) || nlen >= sizeof var) {
-                rc = fail(c, n, "invalid variable name '%.*s' in the value of %s, expected "
-                                "letters, digits and '_' as in ${NAME} or ${NAME:-default}",
+                rc = fail(c, n,
+                          "invalid variable name '%.*s' in the value of %s, expected "
+                          "letters, digits and '_' as in ${NAME} or ${NAME:-default}",
                           (int)(nlen < 64 ? nlen : 64), name, c->path);
                 break;
             }
@@ -304,8 +322,10 @@ static int subst(ctx_t *c, const yaml_node_t *n, const char *s, size_t len, char
             } else if (dash != NULL) {
                 sb_put(&b, dash + 2, (size_t)(close - dash - 2));
             } else {
-                rc = fail(c, n, "environment variable '%s' is not set (used by %s), expected it "
-                                "to be set or a default as in ${%s:-default}", var, c->path, var);
+                rc = fail(c, n,
+                          "environment variable '%s' is not set (used by %s), expected it "
+                          "to be set or a default as in ${%s:-default}",
+                          var, c->path, var);
                 break;
             }
             i = (size_t)(close - s) + 1;
@@ -325,11 +345,12 @@ static int subst(ctx_t *c, const yaml_node_t *n, const char *s, size_t len, char
 /* The substituted text of a scalar node, never empty unless empty_ok. */
 static int scalar_text(ctx_t *c, yaml_node_t *n, const char *expect, int empty_ok, char **out)
 {
-    size_t len = n->data.scalar.length;
+    size_t len;
     int rc;
 
     if (n->type != YAML_SCALAR_NODE)
         return type_fail(c, n, expect);
+    len = n->data.scalar.length;
     if (memchr(n->data.scalar.value, '\0', len) != NULL)
         return fail(c, n, "value of %s contains a NUL character, expected %s", c->path, expect);
     rc = subst(c, n, (const char *)n->data.scalar.value, len, out);
@@ -351,8 +372,10 @@ static void show_plain(uint64_t v, char *buf, size_t n)
 
 static void show_duration(uint64_t v, char *buf, size_t n)
 {
-    static const struct { const char *unit; uint64_t ms; } units[] = {
-        {"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}};
+    static const struct {
+        const char *unit;
+        uint64_t ms;
+    } units[] = {{"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}};
     for (size_t i = 0; i < COUNT(units); i++)
         if (v != 0 && v % units[i].ms == 0) {
             snprintf(buf, n, "%" PRIu64 "%s", v / units[i].ms, units[i].unit);
@@ -363,8 +386,10 @@ static void show_duration(uint64_t v, char *buf, size_t n)
 
 static void show_size(uint64_t v, char *buf, size_t n)
 {
-    static const struct { const char *unit; uint64_t b; } units[] = {
-        {"GiB", 1u << 30}, {"MiB", 1u << 20}, {"KiB", 1u << 10}};
+    static const struct {
+        const char *unit;
+        uint64_t b;
+    } units[] = {{"GiB", 1u << 30}, {"MiB", 1u << 20}, {"KiB", 1u << 10}};
     for (size_t i = 0; i < COUNT(units); i++)
         if (v != 0 && v % units[i].b == 0) {
             snprintf(buf, n, "%" PRIu64 "%s", v / units[i].b, units[i].unit);
@@ -409,7 +434,9 @@ static int conv_workers(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *t
 {
     if (strcmp(text, "auto") == 0) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        *FIELD(base, k, uint32_t) = (uint32_t)(cpus < 1 ? 1 : cpus > (long)k->max ? (long)k->max : cpus);
+        *FIELD(base, k, uint32_t) = (uint32_t)(cpus < 1              ? 1
+                                               : cpus > (long)k->max ? (long)k->max
+                                                                     : cpus);
         return 0;
     }
     if (strspn(text, "0123456789") != strlen(text))
@@ -454,9 +481,10 @@ static int conv_bool(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text
 
 static int conv_level(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
 {
-    static const char *const names[] = {
-        [BH_LOG_ERROR] = "error", [BH_LOG_WARN] = "warn", [BH_LOG_INFO] = "info",
-        [BH_LOG_DEBUG] = "debug"};
+    static const char *const names[] = {[BH_LOG_ERROR] = "error",
+                                        [BH_LOG_WARN] = "warn",
+                                        [BH_LOG_INFO] = "info",
+                                        [BH_LOG_DEBUG] = "debug"};
     for (size_t i = 0; i < COUNT(names); i++)
         if (strcmp(text, names[i]) == 0) {
             *FIELD(base, k, enum bh_log_level) = (enum bh_log_level)i;
@@ -563,7 +591,7 @@ static int parse_list(ctx_t *c, yaml_node_t *n, enum sec sec, size_t size, void 
         size_t old = path_index(c, i);
         void *elem = (char *)array + i * size;
         int rc = item->type != YAML_MAPPING_NODE ? type_fail(c, item, "a mapping")
-                 : parse_section(c, sec, item, elem, 1);
+                                                 : parse_section(c, sec, item, elem, 1);
         if (rc == 0 && check != NULL)
             rc = check(c, item, array, i);
         path_pop(c, old);
@@ -587,13 +615,17 @@ static int check_listener(ctx_t *c, yaml_node_t *item, void *array, size_t i)
     for (size_t j = 0; j < i; j++) {
         if (strcmp(all[j].name, l->name) == 0) {
             yaml_node_t *vn = lookup(c, item, "name");
-            return fail(c, vn ? vn : item, "duplicate listener name '%s' in %s (also listeners[%zu]), "
-                                           "expected a unique name", l->name, c->path, j);
+            return fail(c, vn ? vn : item,
+                        "duplicate listener name '%s' in %s (also listeners[%zu]), "
+                        "expected a unique name",
+                        l->name, c->path, j);
         }
         if (all[j].addr.salen == l->addr.salen &&
             memcmp(&all[j].addr.sa, &l->addr.sa, l->addr.salen) == 0)
-            return fail(c, lookup(c, item, "address"), "duplicate listener address '%s' in %s "
-                        "(also listeners[%zu]), expected each address once", l->addr.text, c->path, j);
+            return fail(c, lookup(c, item, "address"),
+                        "duplicate listener address '%s' in %s "
+                        "(also listeners[%zu]), expected each address once",
+                        l->addr.text, c->path, j);
     }
     return 0;
 }
@@ -606,7 +638,8 @@ static int conv_listeners(ctx_t *c, const spec_t *k, yaml_node_t *n, const char 
     if (n->type != YAML_SEQUENCE_NODE && !is_null(n))
         return type_fail(c, n, k->type->expect);
     if (len == 0)
-        return fail(c, n, "no listeners given in %s, expected at least one {name, address}", c->path);
+        return fail(c, n, "no listeners given in %s, expected at least one {name, address}",
+                    c->path);
     if ((conf->listeners = bh_calloc(len, sizeof *conf->listeners)) == NULL)
         return oom(c);
     conf->n_listeners = len;
@@ -653,8 +686,10 @@ static int conv_endpoints(ctx_t *c, const spec_t *k, yaml_node_t *n, const char 
             if (rc == BH_ENOMEM)
                 rc = oom(c);
             else if (rc != 0)
-                rc = fail(c, item, "invalid endpoint '%.64s' for %s, expected host:port or "
-                                   "[v6]:port, e.g. 10.0.0.5:8080 or api.internal:8080", s, c->path);
+                rc = fail(c, item,
+                          "invalid endpoint '%.64s' for %s, expected host:port or "
+                          "[v6]:port, e.g. 10.0.0.5:8080 or api.internal:8080",
+                          s, c->path);
             bh_free(s);
         }
         path_pop(c, old);
@@ -686,8 +721,11 @@ static int conv_upstreams(ctx_t *c, const spec_t *k, yaml_node_t *n, const char 
         size_t old;
         int rc;
 
-        if (name[0] == '\0')
-            return fail(c, kn, "invalid upstream name in %s, expected a plain name", c->path);
+        if (name[0] == '\0' || strspn(name, NAME_CHARS) != strlen(name))
+            return fail(c, kn,
+                        "invalid upstream name '%.64s' in %s, expected letters, digits, "
+                        "'-', '_' or '.'",
+                        name, c->path);
         if ((rc = check_dup_key(c, n, p)) != 0)
             return rc;
         if ((u->name = bh_strdup(name)) == NULL)
@@ -718,10 +756,13 @@ static int method_item(ctx_t *c, yaml_node_t *n, const char *text, uint32_t *bit
     upper[i] = '\0';
     bit = bh_method_bit(upper, i);
     if (text[i] == '\0' && bit != 0 && bit != BH_M_OTHER)
-        return fail(c, n, "unknown method '%s' in %s, did you mean '%s'? (methods are case-sensitive)",
+        return fail(c, n,
+                    "unknown method '%s' in %s, did you mean '%s'? (methods are case-sensitive)",
                     text, c->path, upper);
-    return fail(c, n, "unknown method '%.64s' in %s, expected GET, HEAD, POST, PUT, DELETE, CONNECT, "
-                      "OPTIONS, TRACE, PATCH or * (any)", text, c->path);
+    return fail(c, n,
+                "unknown method '%.64s' in %s, expected GET, HEAD, POST, PUT, DELETE, CONNECT, "
+                "OPTIONS, TRACE, PATCH or * (any)",
+                text, c->path);
 }
 
 /* methods: a list of method names, or one name; "*" = any method (the default). */
@@ -760,11 +801,12 @@ static int conv_methods(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *t
 
 /* ---- the schema: every key, its type and its default ----------------------------------- */
 
+/* clang-format off */
 static const type_t T_WORKERS = {conv_workers, "auto or a whole number from 1 to 1024", 0};
 static const type_t T_U32 = {conv_u32, "a whole number", 0};
 static const type_t T_SIZE = {conv_size, "a size in bytes or with a unit (KiB, MiB, GiB, KB, MB, "
                                          "GB), e.g. 16KiB or 10MiB", 0};
-static const type_t T_DURATION = {conv_duration, "a number with a unit (ms, s, m, h, d), "
+static const type_t T_DUR = {conv_duration, "a number with a unit (ms, s, m, h, d), "
                                                  "e.g. 250ms or 5s", 0};
 static const type_t T_BOOL = {conv_bool, "true or false", 0};
 static const type_t T_STR = {conv_str, "a non-empty string", 0};
@@ -785,44 +827,51 @@ static const type_t T_ROUTES = {conv_routes, "a list of {match, upstream, strip_
                                 T_NODE};
 static const type_t T_METHODS = {conv_methods, "a list of methods, e.g. [GET, POST]", T_NODE};
 
-#define KEY(sec, key, type, T, field, def, lo, hi, flags)                                           \
-    {sec, key, &type, offsetof(T, field), def, lo, hi, flags, S_COUNT}
-#define SECTION(sec, key, T, field, sub) {sec, key, &T_SECTION, offsetof(T, field), NULL, 0, 0, 0, sub}
+/* KEY(section, key, type, struct, field, default, min, max); REQ: a required key, no default. */
+#define KEY(sec, key, type, T, field, def, lo, hi)                                                 \
+    {sec, key, &type, offsetof(T, field), def, lo, hi, 0, S_COUNT}
+#define REQ(sec, key, type, T, field)                                                             \
+    {sec, key, &type, offsetof(T, field), NULL, 0, 0, F_REQUIRED, S_COUNT}
+#define SECTION(sec, key, T, field, sub)                                                          \
+    {sec, key, &T_SECTION, offsetof(T, field), NULL, 0, 0, 0, sub}
 #define LATER(sec, key) {sec, key, NULL, 0, NULL, 0, 0, 0, S_COUNT}
 #define U32MAX UINT32_MAX
+#define U64MAX UINT64_MAX
+#define MiB (1u << 20)
 #define DUR DUR_MAX
 
 /* The one table of keys and defaults (defaults are those of docs/configuration.md). */
 static const spec_t SPECS[] = {
-    KEY(S_ROOT, "workers", T_WORKERS, bh_conf_t, workers, "auto", 1, 1024, 0),
-    KEY(S_ROOT, "listeners", T_LISTENERS, bh_conf_t, listeners, NULL, 0, 0, F_REQUIRED),
+    KEY(S_ROOT, "workers", T_WORKERS, bh_conf_t, workers, "auto", 1, 1024),
+    REQ(S_ROOT, "listeners", T_LISTENERS, bh_conf_t, listeners),
     SECTION(S_ROOT, "limits", bh_conf_t, limits, S_LIMITS),
     SECTION(S_ROOT, "admin", bh_conf_t, admin, S_ADMIN),
     SECTION(S_ROOT, "log", bh_conf_t, log, S_LOG),
-    KEY(S_ROOT, "upstreams", T_UPSTREAMS, bh_conf_t, upstreams, NULL, 0, 0, 0),
-    KEY(S_ROOT, "routes", T_ROUTES, bh_conf_t, routes, NULL, 0, 0, 0),
+    KEY(S_ROOT, "upstreams", T_UPSTREAMS, bh_conf_t, upstreams, NULL, 0, 0),
+    KEY(S_ROOT, "routes", T_ROUTES, bh_conf_t, routes, NULL, 0, 0),
     SECTION(S_ROOT, "shutdown", bh_conf_t, shutdown, S_SHUTDOWN),
     LATER(S_ROOT, "databases"),
 
-    KEY(S_LISTENER, "name", T_STR, bh_conf_listener_t, name, NULL, 0, 0, 0), /* "listener<N>" */
-    KEY(S_LISTENER, "address", T_ADDR, bh_conf_listener_t, addr, NULL, 0, 0, F_REQUIRED),
+    KEY(S_LISTENER, "name", T_STR, bh_conf_listener_t, name, NULL, 0, 0), /* "listener<N>" */
+    REQ(S_LISTENER, "address", T_ADDR, bh_conf_listener_t, addr),
     LATER(S_LISTENER, "tls"),
 
-    KEY(S_LIMITS, "max_connections", T_U32, bh_conf_limits_t, max_connections, "10000", 1, U32MAX, 0),
-    KEY(S_LIMITS, "max_header_bytes", T_SIZE, bh_conf_limits_t, max_header_bytes, "16KiB", 1, 1u << 20, 0),
-    KEY(S_LIMITS, "max_headers", T_U32, bh_conf_limits_t, max_headers, "100", 1, 10000, 0),
-    KEY(S_LIMITS, "max_body_bytes", T_SIZE, bh_conf_limits_t, max_body_bytes, "10MiB", 0, UINT64_MAX, 0),
-    KEY(S_LIMITS, "header_timeout", T_DURATION, bh_conf_limits_t, header_timeout_ms, "10s", 1, DUR, 0),
-    KEY(S_LIMITS, "body_timeout", T_DURATION, bh_conf_limits_t, body_timeout_ms, "30s", 1, DUR, 0),
-    KEY(S_LIMITS, "keepalive_timeout", T_DURATION, bh_conf_limits_t, keepalive_timeout_ms, "60s", 1, DUR, 0),
+    KEY(S_LIMITS, "max_connections", T_U32, bh_conf_limits_t, max_connections, "10000", 1, U32MAX),
+    KEY(S_LIMITS, "max_header_bytes", T_SIZE, bh_conf_limits_t, max_header_bytes, "16KiB", 1, MiB),
+    KEY(S_LIMITS, "max_headers", T_U32, bh_conf_limits_t, max_headers, "100", 1, 10000),
+    KEY(S_LIMITS, "max_body_bytes", T_SIZE, bh_conf_limits_t, max_body_bytes, "10MiB", 0, U64MAX),
+    KEY(S_LIMITS, "header_timeout", T_DUR, bh_conf_limits_t, header_timeout_ms, "10s", 1, DUR),
+    KEY(S_LIMITS, "body_timeout", T_DUR, bh_conf_limits_t, body_timeout_ms, "30s", 1, DUR),
+    KEY(S_LIMITS, "keepalive_timeout", T_DUR, bh_conf_limits_t, keepalive_timeout_ms,
+        "60s", 1, DUR),
 
-    KEY(S_ADMIN, "address", T_ADDR, bh_conf_admin_t, addr, "127.0.0.1:9901", 0, 0, 0),
-    KEY(S_ADMIN, "token", T_OPT_STR, bh_conf_admin_t, token, "${BULKHEAD_ADMIN_TOKEN:-}", 0, 0, 0),
+    KEY(S_ADMIN, "address", T_ADDR, bh_conf_admin_t, addr, "127.0.0.1:9901", 0, 0),
+    KEY(S_ADMIN, "token", T_OPT_STR, bh_conf_admin_t, token, "${BULKHEAD_ADMIN_TOKEN:-}", 0, 0),
 
-    KEY(S_LOG, "level", T_LEVEL, bh_conf_log_t, level, "info", 0, 0, 0),
-    KEY(S_LOG, "access", T_STR, bh_conf_log_t, access, "stdout", 0, 0, 0),
+    KEY(S_LOG, "level", T_LEVEL, bh_conf_log_t, level, "info", 0, 0),
+    KEY(S_LOG, "access", T_STR, bh_conf_log_t, access, "stdout", 0, 0),
 
-    KEY(S_UPSTREAM, "endpoints", T_ENDPOINTS, bh_conf_upstream_t, endpoints, NULL, 0, 0, F_REQUIRED),
+    REQ(S_UPSTREAM, "endpoints", T_ENDPOINTS, bh_conf_upstream_t, endpoints),
     SECTION(S_UPSTREAM, "pool", bh_conf_upstream_t, pool, S_POOL),
     SECTION(S_UPSTREAM, "timeouts", bh_conf_upstream_t, timeouts, S_TIMEOUTS),
     LATER(S_UPSTREAM, "dns_refresh"),
@@ -832,31 +881,32 @@ static const spec_t SPECS[] = {
     LATER(S_UPSTREAM, "outlier"),
     LATER(S_UPSTREAM, "health_check"),
 
-    KEY(S_POOL, "max_connections", T_U32, bh_conf_pool_t, max_connections, "64", 1, 1000000, 0),
-    KEY(S_POOL, "max_pending", T_U32, bh_conf_pool_t, max_pending, "256", 0, U32MAX, 0),
-    KEY(S_POOL, "max_idle", T_U32, bh_conf_pool_t, max_idle, NULL, 0, 1000000, 0), /* check_pool */
-    KEY(S_POOL, "min_idle", T_U32, bh_conf_pool_t, min_idle, "0", 0, 1000000, 0),
-    KEY(S_POOL, "acquire_timeout", T_DURATION, bh_conf_pool_t, acquire_timeout_ms, "1s", 0, DUR, 0),
-    KEY(S_POOL, "idle_timeout", T_DURATION, bh_conf_pool_t, idle_timeout_ms, "4s", 1, DUR, 0),
-    KEY(S_POOL, "max_lifetime", T_DURATION, bh_conf_pool_t, max_lifetime_ms, "10m", 0, DUR, 0),
+    KEY(S_POOL, "max_connections", T_U32, bh_conf_pool_t, max_connections, "64", 1, 1000000),
+    KEY(S_POOL, "max_pending", T_U32, bh_conf_pool_t, max_pending, "256", 0, U32MAX),
+    KEY(S_POOL, "max_idle", T_U32, bh_conf_pool_t, max_idle, NULL, 0, 1000000), /* check_pool */
+    KEY(S_POOL, "min_idle", T_U32, bh_conf_pool_t, min_idle, "0", 0, 1000000),
+    KEY(S_POOL, "acquire_timeout", T_DUR, bh_conf_pool_t, acquire_timeout_ms, "1s", 0, DUR),
+    KEY(S_POOL, "idle_timeout", T_DUR, bh_conf_pool_t, idle_timeout_ms, "4s", 1, DUR),
+    KEY(S_POOL, "max_lifetime", T_DUR, bh_conf_pool_t, max_lifetime_ms, "10m", 0, DUR),
 
-    KEY(S_TIMEOUTS, "connect", T_DURATION, bh_conf_timeouts_t, connect_ms, "1s", 1, DUR, 0),
-    KEY(S_TIMEOUTS, "first_byte", T_DURATION, bh_conf_timeouts_t, first_byte_ms, "15s", 1, DUR, 0),
-    KEY(S_TIMEOUTS, "idle", T_DURATION, bh_conf_timeouts_t, idle_ms, "60s", 1, DUR, 0),
-    KEY(S_TIMEOUTS, "total", T_DURATION, bh_conf_timeouts_t, total_ms, "30s", 1, DUR, 0),
+    KEY(S_TIMEOUTS, "connect", T_DUR, bh_conf_timeouts_t, connect_ms, "1s", 1, DUR),
+    KEY(S_TIMEOUTS, "first_byte", T_DUR, bh_conf_timeouts_t, first_byte_ms, "15s", 1, DUR),
+    KEY(S_TIMEOUTS, "idle", T_DUR, bh_conf_timeouts_t, idle_ms, "60s", 1, DUR),
+    KEY(S_TIMEOUTS, "total", T_DUR, bh_conf_timeouts_t, total_ms, "30s", 1, DUR),
 
     {S_ROUTE, "match", &T_SECTION, 0, NULL, 0, 0, 0, S_MATCH}, /* its fields live in the route */
-    KEY(S_ROUTE, "upstream", T_STR, bh_conf_route_t, upstream, NULL, 0, 0, F_REQUIRED),
-    KEY(S_ROUTE, "strip_prefix", T_BOOL, bh_conf_route_t, strip_prefix, "false", 0, 0, 0),
-    KEY(S_ROUTE, "timeouts", T_OVERRIDE, bh_conf_route_t, timeouts, NULL, 0, 0, 0), /* inherit */
+    REQ(S_ROUTE, "upstream", T_STR, bh_conf_route_t, upstream),
+    KEY(S_ROUTE, "strip_prefix", T_BOOL, bh_conf_route_t, strip_prefix, "false", 0, 0),
+    KEY(S_ROUTE, "timeouts", T_OVERRIDE, bh_conf_route_t, timeouts, NULL, 0, 0), /* inherit */
     LATER(S_ROUTE, "database"),
 
-    KEY(S_MATCH, "host", T_HOST, bh_conf_route_t, host, NULL, 0, 0, 0), /* NULL: any host */
-    KEY(S_MATCH, "path_prefix", T_PREFIX, bh_conf_route_t, path_prefix, "/", 0, 0, 0),
-    KEY(S_MATCH, "methods", T_METHODS, bh_conf_route_t, methods, "*", 0, 0, 0),
+    KEY(S_MATCH, "host", T_HOST, bh_conf_route_t, host, NULL, 0, 0), /* NULL: any host */
+    KEY(S_MATCH, "path_prefix", T_PREFIX, bh_conf_route_t, path_prefix, "/", 0, 0),
+    KEY(S_MATCH, "methods", T_METHODS, bh_conf_route_t, methods, "*", 0, 0),
 
-    KEY(S_SHUTDOWN, "drain_timeout", T_DURATION, bh_conf_shutdown_t, drain_timeout_ms, "30s", 0, DUR, 0),
+    KEY(S_SHUTDOWN, "drain_timeout", T_DUR, bh_conf_shutdown_t, drain_timeout_ms, "30s", 0, DUR),
 };
+/* clang-format on */
 
 /* ---- cross-field checks, run after a section's keys are all set ------------------------ */
 
@@ -871,13 +921,15 @@ static int check_pool(ctx_t *c, yaml_node_t *map, void *base)
     if (max_idle == NULL)
         p->max_idle = p->max_connections;
     else if (p->max_idle > p->max_connections)
-        return fail(c, max_idle, "max_idle %" PRIu32 " %s is larger than max_connections %" PRIu32
-                                 ", expected at most max_connections",
+        return fail(c, max_idle,
+                    "max_idle %" PRIu32 " %s is larger than max_connections %" PRIu32
+                    ", expected at most max_connections",
                     p->max_idle, where(c, buf, sizeof buf), p->max_connections);
     if (p->min_idle > p->max_idle)
-        return fail(c, lookup(c, map, "min_idle"), "min_idle %" PRIu32 " %s is larger than "
-                    "max_idle %" PRIu32 ", expected at most max_idle", p->min_idle,
-                    where(c, buf, sizeof buf), p->max_idle);
+        return fail(c, lookup(c, map, "min_idle"),
+                    "min_idle %" PRIu32 " %s is larger than "
+                    "max_idle %" PRIu32 ", expected at most max_idle",
+                    p->min_idle, where(c, buf, sizeof buf), p->max_idle);
     return 0;
 }
 
@@ -898,12 +950,14 @@ static int check_root(ctx_t *c, yaml_node_t *map, void *base)
             consider(&best, conf->upstreams[u].name);
         }
         if (u == conf->n_upstreams) {
-            yaml_node_t *vn = lookup(c, node_at(c, routes->data.sequence.items.start[i]), "upstream");
+            yaml_node_t *vn =
+                lookup(c, node_at(c, routes->data.sequence.items.start[i]), "upstream");
             snprintf(c->path, sizeof c->path, "routes[%zu].upstream", i);
             if (best.match != NULL)
                 return fail(c, vn, "unknown upstream '%s' for %s, did you mean '%s'?", r->upstream,
                             c->path, best.match);
-            return fail(c, vn, "unknown upstream '%s' for %s, expected a name defined under upstreams",
+            return fail(c, vn,
+                        "unknown upstream '%s' for %s, expected a name defined under upstreams",
                         r->upstream, c->path);
         }
         r->upstream_index = u;
@@ -936,8 +990,8 @@ static int unknown_key(ctx_t *c, enum sec sec, yaml_node_t *kn, const char *key)
     if (best.match != NULL)
         return fail(c, kn, "unknown key '%.64s' %s, did you mean '%s'?", key,
                     where(c, buf, sizeof buf), best.match);
-    return fail(c, kn, "unknown key '%.64s' %s, expected one of: %s", key, where(c, buf, sizeof buf),
-                list);
+    return fail(c, kn, "unknown key '%.64s' %s, expected one of: %s", key,
+                where(c, buf, sizeof buf), list);
 }
 
 /* Converts one key: scalar types get their substituted text (or their default's). */
@@ -967,15 +1021,16 @@ static int parse_section(ctx_t *c, enum sec sec, yaml_node_t *map, void *base, i
     int rc;
 
     if (map != NULL && map->type == YAML_MAPPING_NODE) {
-        for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+             p++) {
             yaml_node_t *kn = node_at(c, p->key);
             const char *key;
             const spec_t *k;
             size_t old;
 
             if (kn->type != YAML_SCALAR_NODE)
-                return fail(c, kn, "a key %s is %s, expected a plain name", where(c, buf, sizeof buf),
-                            kind_name(kn));
+                return fail(c, kn, "a key %s is %s, expected a plain name",
+                            where(c, buf, sizeof buf), kind_name(kn));
             key = (const char *)kn->data.scalar.value;
             if ((rc = check_dup_key(c, map, p)) != 0)
                 return rc;
@@ -985,9 +1040,10 @@ static int parse_section(ctx_t *c, enum sec sec, yaml_node_t *map, void *base, i
             if (k == SPECS + COUNT(SPECS))
                 return unknown_key(c, sec, kn, key);
             if (k->type == NULL)
-                return fail(c, kn, "key '%s' %s is recognised but not supported yet by this version "
-                                   "(bulkhead %s), expected it removed", key, where(c, buf, sizeof buf),
-                            BH_VERSION);
+                return fail(c, kn,
+                            "key '%s' %s is recognised but not supported yet by this version "
+                            "(bulkhead %s), expected it removed",
+                            key, where(c, buf, sizeof buf), BH_VERSION);
             given[k - SPECS] = true;
             old = path_key(c, key);
             rc = convert(c, k, node_at(c, p->value), base);
@@ -1017,13 +1073,20 @@ static int parse_section(ctx_t *c, enum sec sec, yaml_node_t *map, void *base, i
 
 /* ---- loading --------------------------------------------------------------------------- */
 
-static int syntax_error(ctx_t *c, const yaml_parser_t *p)
+/* yaml[0..len) is the input: reader errors (bad encoding) only give a byte offset. */
+static int syntax_error(ctx_t *c, const yaml_parser_t *p, const char *yaml, size_t len)
 {
     if (p->error == YAML_MEMORY_ERROR)
         return oom(c);
     if (p->error == YAML_READER_ERROR) {
-        snprintf(c->err->msg, sizeof c->err->msg, "%s: invalid text at byte %zu: %s, expected UTF-8",
-                 c->name, p->problem_offset, p->problem ? p->problem : "unreadable");
+        size_t line = 1, col = 1;
+        for (size_t i = 0; i < p->problem_offset && i < len; i++, col++)
+            if (yaml[i] == '\n') {
+                line++;
+                col = 0;
+            }
+        snprintf(c->err->msg, sizeof c->err->msg, "%s:%zu:%zu: invalid text (%s), expected UTF-8",
+                 c->name, line, col, p->problem ? p->problem : "unreadable");
         return BH_ECONFIG;
     }
     if (p->context != NULL)
@@ -1044,8 +1107,10 @@ static int build(ctx_t *c, bh_conf_t *conf)
     yaml_node_t *root = yaml_document_get_root_node(c->doc);
 
     if (root != NULL && root->type != YAML_MAPPING_NODE && !is_null(root))
-        return fail(c, root, "the top level is %s, expected a mapping of settings (listeners, "
-                             "upstreams, routes, ...)", kind_name(root));
+        return fail(c, root,
+                    "the top level is %s, expected a mapping of settings (listeners, "
+                    "upstreams, routes, ...)",
+                    kind_name(root));
     return parse_section(c, S_ROOT, root, conf, 1);
 }
 
@@ -1064,16 +1129,17 @@ int bh_conf_load_string(const char *name, const char *yaml, size_t len, bh_conf_
         return oom(&c);
     yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, len);
     if (!yaml_parser_load(&parser, &doc)) {
-        rc = syntax_error(&c, &parser);
+        rc = syntax_error(&c, &parser, yaml, len);
         yaml_parser_delete(&parser);
         return rc;
     }
     if (!yaml_parser_load(&parser, &extra)) {
-        rc = syntax_error(&c, &parser);
+        rc = syntax_error(&c, &parser, yaml, len);
     } else {
         yaml_node_t *second = yaml_document_get_root_node(&extra);
-        rc = second != NULL ? fail(&c, second, "a second YAML document, expected one document per file")
-                            : 0;
+        rc = second != NULL
+                 ? fail(&c, second, "a second YAML document, expected one document per file")
+                 : 0;
         yaml_document_delete(&extra);
     }
     if (rc == 0) {
@@ -1109,7 +1175,8 @@ int bh_conf_load(const char *path, bh_conf_t **out, bh_conf_error_t *err)
         if (len == cap) {
             char *p;
             if (cap >= MAX_FILE) {
-                snprintf(err->msg, sizeof err->msg, "%s: file too large, expected at most 16MiB", path);
+                snprintf(err->msg, sizeof err->msg, "%s: file too large, expected at most 16MiB",
+                         path);
                 rc = BH_ECONFIG;
                 break;
             }

@@ -86,7 +86,8 @@ enum bh_method_bit {
     BH_M_OTHER = 1u << 9,
     BH_M_ALL = (1u << 10) - 1,
 };
-/* The bit for a method name ("GET"), or 0 when the name is not a token we know. */
+/* The bit for a method name ("GET", case-sensitive); BH_M_OTHER for any other valid RFC 9110
+ * token ("PROPFIND"), so routes with BH_M_ALL match it; 0 when the name is not a token at all. */
 uint32_t bh_method_bit(const char *name, size_t len);
 
 typedef struct bh_conf_route {
@@ -130,7 +131,8 @@ typedef struct bh_conf_error {
  * without a default is an error. */
 BH_MUST_CHECK int bh_conf_load(const char *path, bh_conf_t **out, bh_conf_error_t *err);
 
-/* Same, from a string in memory; name is used in error messages in place of the file name. */
+/* Same, from a string in memory; name is used in error messages in place of the file name and
+ * becomes conf->path. */
 BH_MUST_CHECK int bh_conf_load_string(const char *name, const char *yaml, size_t len,
                                       bh_conf_t **out, bh_conf_error_t *err);
 
@@ -143,7 +145,10 @@ void bh_conf_free(bh_conf_t *conf);
 int bh_parse_duration_ms(const char *s, uint64_t *out_ms);
 int bh_parse_size(const char *s, uint64_t *out_bytes);
 int bh_parse_percent(const char *s, double *out_fraction);
-/* "host:port" / "[v6]:port" -> addr (resolves numeric hosts into sa). */
+/* "host:port" / "[v6]:port" -> addr (resolves numeric hosts into sa; a name leaves salen 0).
+ * addr is overwritten, not freed first. On success addr->text and addr->host are bh_malloc'd
+ * (free them with bh_free); returns -1 when malformed, BH_ENOMEM when out of memory, and on
+ * any failure addr is zeroed. */
 int bh_parse_addr(const char *s, bh_conf_addr_t *addr);
 
 #endif

@@ -184,9 +184,9 @@ static const struct {
     const char *name;
     uint32_t bit;
 } METHODS[] = {
-    {"GET", BH_M_GET},         {"HEAD", BH_M_HEAD},   {"POST", BH_M_POST},
+    {"GET", BH_M_GET},         {"HEAD", BH_M_HEAD},     {"POST", BH_M_POST},
     {"PUT", BH_M_PUT},         {"DELETE", BH_M_DELETE}, {"CONNECT", BH_M_CONNECT},
-    {"OPTIONS", BH_M_OPTIONS}, {"TRACE", BH_M_TRACE}, {"PATCH", BH_M_PATCH},
+    {"OPTIONS", BH_M_OPTIONS}, {"TRACE", BH_M_TRACE},   {"PATCH", BH_M_PATCH},
 };
 
 /* RFC 9110 tchar. */

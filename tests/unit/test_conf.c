@@ -275,7 +275,8 @@ static void test_defaults(void **state)
     bh_conf_free(c);
 
     /* max_idle follows max_connections when not given */
-    c = load_ok(MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    pool: { max_connections: 5 }\n");
+    c = load_ok(MIN_HEAD
+                "upstreams:\n  a:\n    endpoints: [a:1]\n    pool: { max_connections: 5 }\n");
     assert_int_equal(c->upstreams[0].pool.max_idle, 5);
     bh_conf_free(c);
 
@@ -286,14 +287,39 @@ static void test_defaults(void **state)
 
 static void test_durations(void **state)
 {
-    static const struct { const char *s; uint64_t ms; } good[] = {
-        {"0", 0}, {"0s", 0}, {"250ms", 250}, {"5s", 5000}, {"2m", 120000}, {"1h", 3600000},
-        {"1d", 86400000}, {"007s", 7000}, {"18446744073709551615ms", UINT64_MAX},
+    static const struct {
+        const char *s;
+        uint64_t ms;
+    } good[] = {
+        {"0", 0},
+        {"0s", 0},
+        {"250ms", 250},
+        {"5s", 5000},
+        {"2m", 120000},
+        {"1h", 3600000},
+        {"1d", 86400000},
+        {"007s", 7000},
+        {"18446744073709551615ms", UINT64_MAX},
         {"213503982334d", 213503982334ull * 86400000},
     };
     static const char *const bad[] = {
-        "", "5", "10", "s", "-1s", "1.5s", "5 s", "5sec", "5S", " 5s", "5s ", "1w",
-        "213503982335d", "18446744073709551616ms", "99999999999999999999h", "0x10s", "+5s",
+        "",
+        "5",
+        "10",
+        "s",
+        "-1s",
+        "1.5s",
+        "5 s",
+        "5sec",
+        "5S",
+        " 5s",
+        "5s ",
+        "1w",
+        "213503982335d",
+        "18446744073709551616ms",
+        "99999999999999999999h",
+        "0x10s",
+        "+5s",
     };
     uint64_t v;
 
@@ -309,15 +335,40 @@ static void test_durations(void **state)
 
 static void test_sizes(void **state)
 {
-    static const struct { const char *s; uint64_t b; } good[] = {
-        {"0", 0}, {"512", 512}, {"512B", 512}, {"16KiB", 16384}, {"16k", 16384}, {"2K", 2048},
-        {"10MiB", 10485760}, {"1GiB", 1073741824}, {"2TiB", 2ull << 40}, {"1KB", 1000},
-        {"3MB", 3000000}, {"1GB", 1000000000}, {"1TB", 1000000000000ull},
-        {"18446744073709551615", UINT64_MAX}, {"17179869183GiB", 17179869183ull << 30},
+    static const struct {
+        const char *s;
+        uint64_t b;
+    } good[] = {
+        {"0", 0},
+        {"512", 512},
+        {"512B", 512},
+        {"16KiB", 16384},
+        {"16k", 16384},
+        {"2K", 2048},
+        {"10MiB", 10485760},
+        {"1GiB", 1073741824},
+        {"2TiB", 2ull << 40},
+        {"1KB", 1000},
+        {"3MB", 3000000},
+        {"1GB", 1000000000},
+        {"1TB", 1000000000000ull},
+        {"18446744073709551615", UINT64_MAX},
+        {"17179869183GiB", 17179869183ull << 30},
     };
     static const char *const bad[] = {
-        "", "KiB", "-1", "1.5MiB", "16 KiB", "16kib", "16mb", "16Kb", "1EiB", "17179869184GiB",
-        "18446744073709551616", "1x", " 1",
+        "",
+        "KiB",
+        "-1",
+        "1.5MiB",
+        "16 KiB",
+        "16kib",
+        "16mb",
+        "16Kb",
+        "1EiB",
+        "17179869184GiB",
+        "18446744073709551616",
+        "1x",
+        " 1",
     };
     uint64_t v;
 
@@ -333,13 +384,17 @@ static void test_sizes(void **state)
 
 static void test_percent(void **state)
 {
-    static const struct { const char *s; double f; } good[] = {
-        {"50%", 0.5}, {"0.5", 0.5}, {"0", 0}, {"0%", 0}, {"100%", 1}, {"1", 1}, {"1.0", 1},
-        {"12.5%", 0.125}, {"0.05", 0.05},
+    static const struct {
+        const char *s;
+        double f;
+    } good[] = {
+        {"50%", 0.5}, {"0.5", 0.5}, {"0", 0},         {"0%", 0},      {"100%", 1},
+        {"1", 1},     {"1.0", 1},   {"12.5%", 0.125}, {"0.05", 0.05},
     };
     static const char *const bad[] = {
-        "", "%", "101%", "1.01", "2", "-5%", ".5", "5.%", "50 %", "50%%", "nan", "inf", "1e-1",
-        "0x1", "99999999999999999999%",
+        "",    "%",   "101%", "1.01", "2",
+        "-5%", ".5",  "5.%",  "50 %", "50%%",
+        "nan", "inf", "1e-1", "0x1",  "99999999999999999999%",
     };
     double v;
 
@@ -355,7 +410,11 @@ static void test_percent(void **state)
 
 static void test_addr(void **state)
 {
-    static const struct { const char *s, *host; uint16_t port; int family; } good[] = {
+    static const struct {
+        const char *s, *host;
+        uint16_t port;
+        int family;
+    } good[] = {
         {"0.0.0.0:8080", "0.0.0.0", 8080, AF_INET},
         {"127.0.0.1:1", "127.0.0.1", 1, AF_INET},
         {"[::1]:8080", "::1", 8080, AF_INET6},
@@ -365,9 +424,22 @@ static void test_addr(void **state)
         {"my_host-1.example.com:443", "my_host-1.example.com", 443, 0},
     };
     static const char *const bad[] = {
-        "", "127.0.0.1", "127.0.0.1:", ":8080", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:80x",
-        "::1:8080", "[::1]8080", "[::1]", "[nothost]:80", "[]:80", "a b:80", "-host:80",
-        "127.0.0.1:-1", "host:99999999999999999999",
+        "",
+        "127.0.0.1",
+        "127.0.0.1:",
+        ":8080",
+        "127.0.0.1:0",
+        "127.0.0.1:65536",
+        "127.0.0.1:80x",
+        "::1:8080",
+        "[::1]8080",
+        "[::1]",
+        "[nothost]:80",
+        "[]:80",
+        "a b:80",
+        "-host:80",
+        "127.0.0.1:-1",
+        "host:99999999999999999999",
     };
 
     for (size_t i = 0; i < COUNT(good); i++) {
@@ -485,7 +557,8 @@ static void test_did_you_mean(void **state)
         {MIN_HEAD "upstreams:\n  api:\n    endpoints: [a:1]\n    pool:\n      max_conections: 3\n",
          "t.yaml:7:7: unknown key 'max_conections' in upstreams.api.pool, did you mean "
          "'max_connections'?"},
-        {MIN_HEAD "wrokers: 2\n", "t.yaml:3:1: unknown key 'wrokers' at top level, did you mean 'workers'?"},
+        {MIN_HEAD "wrokers: 2\n",
+         "t.yaml:3:1: unknown key 'wrokers' at top level, did you mean 'workers'?"},
         {MIN_HEAD "limits:\n  header_timout: 1s\n",
          "t.yaml:4:3: unknown key 'header_timout' in limits, did you mean 'header_timeout'?"},
         {"listeners:\n  - adress: 127.0.0.1:80\n",
@@ -516,10 +589,12 @@ static void test_did_you_mean(void **state)
 
 static void test_unsupported_keys(void **state)
 {
-#define LATER_MSG "is recognised but not supported yet by this version (bulkhead " BH_VERSION \
-                  "), expected it removed"
+#define LATER_MSG                                                                                  \
+    "is recognised but not supported yet by this version (bulkhead " BH_VERSION                    \
+    "), expected it removed"
     static const err_case_t cases[] = {
-        {MIN_HEAD "databases:\n  main: {}\n", "t.yaml:3:1: key 'databases' at top level " LATER_MSG},
+        {MIN_HEAD "databases:\n  main: {}\n",
+         "t.yaml:3:1: key 'databases' at top level " LATER_MSG},
         {"listeners:\n  - address: 0.0.0.0:443\n    tls: { cert: a, key: b }\n",
          "t.yaml:3:5: key 'tls' in listeners[0] " LATER_MSG},
         {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    dns_refresh: 30s\n",
@@ -569,10 +644,13 @@ static void test_errors(void **state)
                                               "(first given at 3:1), expected each key once"},
         {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n  a:\n    endpoints: [b:1]\n",
          "t.yaml:6:3: duplicate key 'a' in upstreams (first given at 4:3), expected each key once"},
-        {MIN_HEAD "? [a]\n: 1\n", "t.yaml:3:3: a key at top level is a list, expected a plain name"},
+        {MIN_HEAD "? [a]\n: 1\n",
+         "t.yaml:3:3: a key at top level is a list, expected a plain name"},
         {MIN_HEAD "---\nworkers: 1\n", "t.yaml:4:1: a second YAML document, expected one document "
                                        "per file"},
         /* YAML syntax (libyaml's problem mark) */
+        {MIN_HEAD "log:\n  access: caf\xff\n",
+         "t.yaml:4:14: invalid text (invalid leading UTF-8 octet), expected UTF-8"},
         {"listeners:\n  - address: 0.0.0.0:8080\n  foo: [\n",
          "t.yaml:3:3: invalid YAML: did not find expected '-' indicator (while parsing a block "
          "collection at 2:3)"},
@@ -581,7 +659,8 @@ static void test_errors(void **state)
                      "quoted scalar at 1:4)"},
         /* numbers */
         {MIN_HEAD "workers: 0\n", "t.yaml:3:10: 0 for workers is out of range, expected 1 to 1024"},
-        {MIN_HEAD "workers: 1025\n", "t.yaml:3:10: 1025 for workers is out of range, expected 1 to 1024"},
+        {MIN_HEAD "workers: 1025\n",
+         "t.yaml:3:10: 1025 for workers is out of range, expected 1 to 1024"},
         {MIN_HEAD "workers: many\n", "t.yaml:3:10: invalid worker count 'many' for workers, "
                                      "expected auto or a whole number from 1 to 1024"},
         {MIN_HEAD "workers: -1\n", "t.yaml:3:10: invalid worker count '-1' for workers, "
@@ -652,6 +731,9 @@ static void test_errors(void **state)
         /* upstreams */
         {MIN_HEAD "upstreams: [a]\n", "t.yaml:3:12: upstreams is a list, expected a mapping from "
                                       "upstream name to {endpoints, pool, timeouts}"},
+        {MIN_HEAD "upstreams:\n  my api:\n    endpoints: [a:1]\n",
+         "t.yaml:4:3: invalid upstream name 'my api' in upstreams, expected letters, digits, '-', "
+         "'_' or '.'"},
         {MIN_HEAD "upstreams:\n  a:\n", "t.yaml:4:5: missing required key 'endpoints' in "
                                         "upstreams.a, expected a list of host:port"},
         {MIN_HEAD "upstreams:\n  a: 1\n", "t.yaml:4:6: upstreams.a is a single value, expected a "
@@ -715,10 +797,11 @@ static void test_errors(void **state)
 
 static void test_methods_forms(void **state)
 {
-    bh_conf_t *c = load_ok(MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n"
-                                    "  - upstream: a\n    match: { methods: \"*\" }\n"
-                                    "  - upstream: a\n    match: { methods: DELETE }\n"
-                                    "  - upstream: a\n    match: { methods: [ PUT, PATCH, \"*\" ] }\n");
+    bh_conf_t *c =
+        load_ok(MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n"
+                         "  - upstream: a\n    match: { methods: \"*\" }\n"
+                         "  - upstream: a\n    match: { methods: DELETE }\n"
+                         "  - upstream: a\n    match: { methods: [ PUT, PATCH, \"*\" ] }\n");
     assert_int_equal(c->routes[0].methods, BH_M_ALL);
     assert_int_equal(c->routes[1].methods, BH_M_DELETE);
     assert_int_equal(c->routes[2].methods, BH_M_ALL);
@@ -750,12 +833,14 @@ static void test_load_file(void **state)
 
     assert_int_equal(bh_conf_load(bad, &c, &err), BH_ECONFIG);
     assert_null(c);
-    snprintf(expect, sizeof expect, "%s:3:10: 0 for workers is out of range, expected 1 to 1024", bad);
+    snprintf(expect, sizeof expect, "%s:3:10: 0 for workers is out of range, expected 1 to 1024",
+             bad);
     assert_string_equal(err.msg, expect);
 
     assert_int_equal(bh_conf_load("/nonexistent/bulkhead.yaml", &c, &err), BH_ECONFIG);
     assert_null(c);
-    assert_string_equal(err.msg, "/nonexistent/bulkhead.yaml: cannot open: No such file or directory");
+    assert_string_equal(err.msg,
+                        "/nonexistent/bulkhead.yaml: cannot open: No such file or directory");
 
     unlink(path);
     unlink(bad);
