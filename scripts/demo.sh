@@ -92,8 +92,8 @@ cat <<EOF
 Try, in another terminal:
   curl -i $P/                               # proxied to the upstream over a pooled keep-alive connection
   curl -s $P/headers                        # what the upstream saw: X-Forwarded-For, X-Forwarded-Proto, Via
-  curl -i $P/slow?ms=500                    # a slow answer that fits in the timeouts
-  curl -i $P/slow?ms=60000                  # longer than the route's timeout: 504 with a Proxy-Status header
+  curl -i "$P/slow?ms=500"                  # a slow answer that fits in the timeouts
+  curl -i "$P/slow?ms=20000"                # longer than timeouts.first_byte (15s in demo.yaml): 504 + Proxy-Status
   curl -i $P/status/503                     # upstream errors: retried, counted by the breaker
   curl -i $P/nope                           # the upstream's 404, passed through
   curl -i --http1.1 -H \$'Bad\\x01: x' $P/    # invalid header byte: 400 + Proxy-Status, never forwarded
