@@ -22,14 +22,14 @@ say() { printf '\033[1mdemo:\033[0m %s\n' "$*"; }
 die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
 
 port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-wait_port() { # wait_port PORT PID WHAT: poll until PORT accepts, fail early if PID died; 15 s at most
+wait_port() { # wait_port PORT PID WHAT [SECONDS]: poll until PORT accepts; dies if PID exits; 1 on time-out
   local i
-  for ((i = 0; i < 300; i++)); do
+  for ((i = 0; i < ${4:-15} * 20; i++)); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     kill -0 "$2" 2>/dev/null || die "$3 exited before listening on :$1"
     sleep 0.05
   done
-  die "$3 did not listen on :$1 within 15 s"
+  return 1
 }
 
 # --- everything started here is stopped here, by PID ------------------------------------------------------
@@ -66,7 +66,8 @@ mkdir -p "$LOG_DIR"
 # --- 2. the demo upstream ----------------------------------------------------------------------------------
 /usr/bin/python3 "$root/examples/demo-upstream.py" --port "$UPSTREAM_PORT" >"$LOG_DIR/upstream.log" 2>&1 &
 started $! demo-upstream
-wait_port "$UPSTREAM_PORT" "${pids[-1]}" "demo-upstream (log: $LOG_DIR/upstream.log)"
+wait_port "$UPSTREAM_PORT" "${pids[-1]}" "demo-upstream (log: $LOG_DIR/upstream.log)" \
+  || die "demo-upstream did not listen on :$UPSTREAM_PORT within 15 s"
 
 # --- 3. (later) a throwaway Postgres for SQL over HTTP -------------------------------------------------------
 # start_postgres: initdb into $LOG_DIR/pg as the OS user "postgres" (setpriv), start postgres on
@@ -78,8 +79,9 @@ wait_port "$UPSTREAM_PORT" "${pids[-1]}" "demo-upstream (log: $LOG_DIR/upstream.
 say "starting $BIN -c $CONFIG"
 "$BIN" -c "$CONFIG" &
 started $! bulkhead
-wait_port "$PROXY_PORT" "${pids[-1]}" bulkhead
-wait_port "$ADMIN_PORT" "${pids[-1]}" "bulkhead admin"
+wait_port "$PROXY_PORT" "${pids[-1]}" bulkhead || die "bulkhead did not listen on :$PROXY_PORT within 15 s"
+admin_note=""
+wait_port "$ADMIN_PORT" "${pids[-1]}" "bulkhead admin" 5 || admin_note="   (not listening yet: the admin lines below will fail)"
 
 # --- 5. what to try ----------------------------------------------------------------------------------------
 P=http://127.0.0.1:$PROXY_PORT
@@ -87,7 +89,7 @@ cat <<EOF
 
   bulkhead     $P   (config $CONFIG)
   upstream     http://127.0.0.1:$UPSTREAM_PORT   (examples/demo-upstream.py, log $LOG_DIR/upstream.log)
-  admin        http://127.0.0.1:$ADMIN_PORT
+  admin        http://127.0.0.1:$ADMIN_PORT$admin_note
 
 Try, in another terminal:
   curl -i $P/                               # proxied to the upstream over a pooled keep-alive connection
