@@ -27,8 +27,6 @@ static void on_handle_closed(uv_handle_t *h)
         return;
     bh_buf_unref(c->rbuf);
     bh_worker_t *w = c->w;
-    if (c->counted)
-        atomic_fetch_sub(&w->srv->clients, 1);
     bh_list_remove(&c->link);
     bh_free(c);
     bh__worker_client_closed(w, NULL);
@@ -38,6 +36,10 @@ void bh__client_close(bh_client_t *c)
 {
     if (c->state == BH_CS_CLOSING && uv_is_closing((uv_handle_t *)&c->tcp))
         return;
+    if (c->counted) {
+        atomic_fetch_sub(&c->w->srv->clients, 1); /* the slot is free as soon as we close */
+        c->counted = false;
+    }
     if (c->ex.active)
         bh__forward_abort(c, 0);
     c->state = BH_CS_CLOSING;
@@ -255,7 +257,7 @@ static int on_header_field_complete(llhttp_t *p)
 static int on_headers_complete(llhttp_t *p)
 {
     bh_client_t *c = parser_client(p);
-    c->parse_error = PAUSE_HEAD; /* reused as the pause reason until the caller reads it */
+    c->pause = PAUSE_HEAD;
     return HPE_PAUSED;
 }
 
@@ -276,7 +278,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 static int on_message_complete(llhttp_t *p)
 {
     bh_client_t *c = parser_client(p);
-    c->parse_error = PAUSE_MESSAGE;
+    c->pause = PAUSE_MESSAGE;
     return HPE_PAUSED;
 }
 
@@ -301,6 +303,10 @@ static void release_consumed_buffer(bh_client_t *c)
 
 static void handle_pause(bh_client_t *c, int reason)
 {
+    if (reason == PAUSE_MESSAGE && !c->ex.active) {
+        fail_request(c, BH_EBAD_REQUEST); /* a message without a head: HTTP/0.9 */
+        return;
+    }
     if (reason == PAUSE_HEAD) {
         const char *head = c->rbuf->data + c->head_start;
         size_t len = c->rpos - c->head_start;
@@ -336,6 +342,7 @@ void bh__client_parse(bh_client_t *c)
             bh__client_rearm_timer(c);
         }
         c->parse_error = 0;
+        c->pause = PAUSE_NONE;
         c->kick = false;
         const char *base = c->rbuf != NULL ? c->rbuf->data + c->rpos : "";
         llhttp_errno_t e = llhttp_execute(&c->parser, base, c->rlen - c->rpos);
@@ -347,13 +354,19 @@ void bh__client_parse(bh_client_t *c)
             }
         } else if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
             c->rpos += (uint32_t)(llhttp_get_error_pos(&c->parser) - base);
+            if (c->pause == PAUSE_NONE) {
+                /* llhttp stops after an Upgrade request; the upstream declined to switch
+                 * protocols (we are not tunneling), so the next bytes are HTTP again. */
+                llhttp_resume_after_upgrade(&c->parser);
+                continue;
+            }
             c->paused = true;
-            handle_pause(c, c->parse_error);
+            handle_pause(c, c->pause);
         } else {
             int err = c->parse_error < 0 ? c->parse_error : BH_EBAD_REQUEST;
             bh_log_debug("client %s: bad request: %s (%s)", c->ip, llhttp_errno_name(e),
                          llhttp_get_error_reason(&c->parser));
-            if (c->ex.resp_started && !c->ex.local)
+            if (c->ex.active && c->ex.resp_started && !c->ex.local)
                 bh__client_close(c);
             else
                 fail_request(c, err);
@@ -376,6 +389,7 @@ void bh__client_resume(bh_client_t *c)
 {
     if (c->paused) {
         c->kick = true; /* a bodyless request completes without another byte */
+        bh__client_rearm_timer(c); /* the body timeout applies from now */
         if (llhttp_get_errno(&c->parser) == HPE_PAUSED_UPGRADE)
             llhttp_resume_after_upgrade(&c->parser);
         else

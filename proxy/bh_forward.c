@@ -236,7 +236,7 @@ static int handle_response_head(bh_client_t *c)
     else
         ex->resp_framing = http11 ? BH_FRAME_CHUNKED : BH_FRAME_CLOSE;
     bool keepalive = llhttp_should_keep_alive(&c->parser) && !c->w->draining &&
-                     ex->resp_framing != BH_FRAME_CLOSE && !ex->upgrade;
+                     ex->resp_framing != BH_FRAME_CLOSE;
     if (!keepalive)
         c->close_after = true;
     resp.close = c->close_after;
@@ -383,6 +383,7 @@ static void start_tunnel(bh_client_t *c)
     bh_exchange_t *ex = &c->ex;
     ex->phase = BH_UP_TUNNEL;
     c->state = BH_CS_TUNNEL;
+    c->paused = false; /* no more HTTP on this connection: bytes flow raw */
     c->close_after = true;
     bh_upconn_t *uc = ex->uc;
     if (uc->rbuf != NULL && uc->rpos < uc->rlen) {
@@ -517,7 +518,7 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
         }
     }
     uint8_t m = llhttp_get_method(&c->parser);
-    if (nhost > 1 || (nhost == 0 && client_is_http11(c)) || m == HTTP_CONNECT) {
+    if (llhttp_get_http_major(&c->parser) != 1 || nhost > 1 || (nhost == 0 && client_is_http11(c)) || m == HTTP_CONNECT) {
         local_reply(c, BH_EBAD_REQUEST, true); /* RFC 9112 3.2: exactly one Host in HTTP/1.1 */
         return;
     }

@@ -113,6 +113,7 @@ struct bh_client {
     uint32_t nheaders;
     enum bh_client_state state;
     int parse_error;                /* BH_E* set by a parser callback that stopped it */
+    uint8_t pause;                  /* why a parser callback paused it */
     bool reading;
     bool in_parse;                  /* bh__client_parse is on the stack */
     bool kick;                      /* run the parser once more even without new bytes */
