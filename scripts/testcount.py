@@ -74,8 +74,9 @@ def count_junit(paths, rc=None):
             tags = {c.tag for c in tc}
             if "failure" in tags or "error" in tags:
                 f += 1
-                if len(notes) < 5:
-                    notes.append("%s::%s" % (tc.get("classname", ""), tc.get("name", "")))
+                if len(notes) < 3:
+                    name = "%s::%s" % (tc.get("classname", ""), tc.get("name", ""))
+                    notes.append(name.replace("tests.integration.", "").replace("tests.compat.", ""))
             elif "skipped" in tags:
                 s += 1
             else:
@@ -84,6 +85,8 @@ def count_junit(paths, rc=None):
         for ts in root.iter("testsuite"):
             if ts.find("testcase") is None and int(ts.get("errors", 0) or 0) > 0:
                 f += int(ts.get("errors"))
+    if f > 3:
+        notes.append("(+%d more)" % (f - 3))
     if rc not in (None, 0, 5) and f == 0:
         f += 1
         notes.append("runner-rc=%s" % rc)
