@@ -105,8 +105,12 @@ fi
 restore_policy() { ((own_policy)) && "${SUDO[@]}" rm -f "$policy"; own_policy=0; }
 trap restore_policy EXIT
 
-apt_opts=(-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold -o Dpkg::Use-Pty=0)
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+# DPkg::Lock::Timeout: wait for a concurrent apt/dpkg (e.g. unattended-upgrades on a fresh machine) to finish
+apt_opts=(-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold
+  -o Dpkg::Use-Pty=0)
+# A failing extra repository must not stop the install from Debian's own lists.
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=300 \
+  || echo "deps.sh: warning: apt-get update reported errors; trying the install anyway" >&2
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install "${apt_opts[@]}" --no-install-recommends "${missing[@]}"
 restore_policy
 if [[ $mode == runtime ]]; then
