@@ -15,7 +15,9 @@ LIMITS = {
 
 @pytest.fixture
 def bh(bulkhead, upstream):
-    return bulkhead(upstream, limits=LIMITS)
+    # upstream deadlines far above the client timeouts, so that only the client timeouts can answer
+    return bulkhead(upstream, limits=LIMITS, timeouts={"total": "300s", "first_byte": "300s",
+                                                       "idle": "300s"})
 
 
 def expect_error(c, statuses, error="http_request_error"):
@@ -253,11 +255,23 @@ def test_error_does_not_disturb_other_connections(bh, raw):
 
 def test_client_max_connections(bulkhead, upstream):
     bh = bulkhead(upstream, limits={"max_connections": 2})
-    a, b = RawClient(bh.port), RawClient(bh.port)
+    a = b = None
+
+    def open_served():
+        # a connection closed just before (the fixture's readiness probe, a refused attempt) may still
+        # hold its slot until bulkhead sees the close: retry until this one is served
+        c = RawClient(bh.port)
+        c.request("GET", "/echo-head")
+        r = c.read_response()
+        if r.status == 200:
+            return c
+        c.close()
+        return None
+
     try:
-        for c in (a, b):
-            c.request("GET", "/echo-head")
-            ok(c)
+        a = wait_until(open_served, what="a first client connection to be served")
+        b = wait_until(open_served, what="a second client connection to be served")
+        # now at least two slots are taken (more only while closed ones are not yet noticed)
         c3 = RawClient(bh.port)
         try:
             r = c3.read_response()
@@ -278,5 +292,6 @@ def test_client_max_connections(bulkhead, upstream):
         b.request("GET", "/echo-head")
         ok(b)
     finally:
-        a.close()
-        b.close()
+        for c in (a, b):
+            if c is not None:
+                c.close()

@@ -23,6 +23,7 @@ def test_echo_and_stats(upstream):
         assert c.read_response().json()["path"] == "/anything/else"
     st = upstream.stats()
     assert st["connections_accepted"] == 1 and st["requests_served"] == 2
+    assert r.header("X-Upstream-Conn") == "1"
     wait_until(lambda: upstream.stats()["open_connections"] == 0, what="close to be seen")
 
 
@@ -34,7 +35,7 @@ def test_framing_endpoints(upstream):
         assert c.read_response("HEAD").body == b""
         assert c.read_response().status == 204
         assert c.read_response().status == 304
-        assert len(c.read_response().body) == 1000
+        assert c.read_response().body == (bytes(range(256)) * 4)[:1000]
         assert c.read_response().body == (bytes(range(256)) * 300)[:70000]
 
 

@@ -13,7 +13,7 @@ Endpoints (any method; query parameters allowed):
   /release?id=X      releases the holders of X (or "*")
   /status/N          status N (no body for HEAD, 1xx, 204, 304)
   /bytes?n=N         N bytes with Content-Length, streamed in 64 KiB pieces with backpressure
-  /chunked?n=N       N bytes with Transfer-Encoding: chunked (&size=K piece size, &trailer=1)
+  /chunked?n=N       the same N bytes as /bytes, Transfer-Encoding: chunked (&size=K, &trailer=1)
   /truncate?n=N      announces Content-Length N, sends N/2 bytes, then closes
   /sink              streams the request body: JSON {len, sha256}, never holds it all
   /stall?n=N&id=X    announces Content-Length N, sends N/2 bytes, waits for /release?id=X, sends the rest
@@ -222,10 +222,11 @@ class Body:
 
 
 class Conn:
-    def __init__(self, reader, writer):
+    def __init__(self, reader, writer, control=False):
         global CONN_SERIAL
-        CONN_SERIAL += 1
-        self.serial = CONN_SERIAL
+        if not control:  # serials number data-port connections only: 1, 2, 3 ...
+            CONN_SERIAL += 1
+        self.serial = 0 if control else CONN_SERIAL
         self.reader = reader
         self.writer = writer
         self.nreq = 0
@@ -361,9 +362,12 @@ async def handle_request(conn, req, control):
         if req.method != "HEAD":
             left = n
             h = hashlib.sha256()
+            double = PATTERN * 2
+            off = 0
             while left > 0:
-                k = min(size, left)
-                piece = (PATTERN * (k // len(PATTERN) + 1))[:k] if k > len(PATTERN) else PATTERN[:k]
+                k = min(size, left, PIECE)
+                piece = double[off % 256:off % 256 + k]
+                off += k
                 h.update(piece)
                 await conn.send(b"%x\r\n" % k + piece + b"\r\n")
                 left -= k
@@ -490,7 +494,7 @@ def ws_frame(opcode, payload, fin=True):
 
 
 async def serve(reader, writer, control):
-    conn = Conn(reader, writer)
+    conn = Conn(reader, writer, control)
     if not control:
         STATS.connections_accepted += 1
         STATS.open_connections += 1
