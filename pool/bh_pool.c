@@ -110,6 +110,21 @@ static void dequeue(bh_pool_t *p, bh_pool_waiter_t *w)
     bh_list_remove(&w->link);
     w->pool = NULL;
     p->n_waiters--;
+    atomic_fetch_sub_explicit(&p->sem->waiting, 1, memory_order_relaxed);
+}
+
+/* Other pools sharing the semaphore may be able to act (shed idle, or use a freed permit). */
+static void kick_sharers(bh_pool_t *p)
+{
+    if (p->sem->sharers > 1 && p->sem->kick != NULL)
+        p->sem->kick(p->sem);
+}
+
+/* Waiters of other pools need a permit this pool's idle connections hold. */
+static bool others_waiting(bh_pool_t *p)
+{
+    return p->n_waiters == 0 && p->sem->sharers > 1 && bh_sem_waiting(p->sem) > 0 &&
+           bh_sem_in_use(p->sem) >= p->sem->max;
 }
 
 /* Detach first: the callback may free w or call back into the pool. */
@@ -228,6 +243,7 @@ static void settle(bh_pool_t *p, uint64_t now_ms)
 void bh_pool_init(bh_pool_t *p, const bh_pool_ops_t *ops, bh_sem_t *sem,
                   const bh_pool_limits_t *limits, void *data)
 {
+    sem->sharers++;
     assert(ops->open && ops->alive && ops->close && ops->arm);
     *p = (bh_pool_t){.ops = ops, .sem = sem, .limits = *limits, .data = data,
                      .armed_ms = BH_TIME_NEVER};
@@ -278,6 +294,7 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
     w->deadline_ms = min_ms(add_ms(now_ms, p->limits.acquire_timeout_ms), deadline_ms);
     bh_list_push_back(&p->waiters, &w->link);
     p->n_waiters++;
+    atomic_fetch_add_explicit(&p->sem->waiting, 1, memory_order_relaxed);
 
     /* No dispatch() here: it could run callbacks, and none may run inside acquire. */
     if (p->n_waiters > p->n_connecting) {
@@ -290,6 +307,8 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
         }
     }
     open_wanted(p);
+    if (p->n_waiters > p->n_connecting)
+        kick_sharers(p); /* no permit here: another pool may be sitting on idle ones */
     rearm(p);
     return BH_POOL_QUEUED;
 }
@@ -314,6 +333,9 @@ void bh_pool_release(bh_pool_conn_t *c, bool reusable, uint64_t now_ms)
         serve_head(p, c); /* straight to the next user: it was just in use, no need to check */
     } else if (p->n_idle >= p->limits.max_idle) {
         close_conn(c);
+    } else if (others_waiting(p)) {
+        close_conn(c); /* its permit serves a waiter of another pool sooner than idling here */
+        kick_sharers(p);
     } else {
         c->idle_since_ms = now_ms;
         set_state(c, BH_PCONN_IDLE);
@@ -413,6 +435,17 @@ void bh_pool_shutdown(bh_pool_t *p, uint64_t now_ms)
     while ((n = bh_list_first(&p->idle)) != NULL)
         close_conn(bh_container_of(n, bh_pool_conn_t, link));
     settle(p, now_ms);
+}
+
+void bh_pool_kick(bh_pool_t *p, uint64_t now_ms)
+{
+    bh_list_t *n;
+    int64_t shed = bh_sem_waiting(p->sem);
+    while (shed-- > 0 && p->n_waiters == 0 && (n = bh_list_last(&p->idle)) != NULL) {
+        close_conn(bh_container_of(n, bh_pool_conn_t, link)); /* the coldest first */
+        kick_sharers(p);
+    }
+    settle(p, now_ms); /* and use a permit another pool freed */
 }
 
 bool bh_pool_empty(const bh_pool_t *p)

@@ -157,6 +157,11 @@ uint64_t bh_pool_next_deadline(const bh_pool_t *p);
  * when released, no new connection is opened. The pool may be destroyed once it is empty. */
 void bh_pool_shutdown(bh_pool_t *p, uint64_t now_ms);
 
+/* Runs on the pool's own thread after the semaphore's kick: when waiters of other pools need a
+ * permit, idle connections are closed (coldest first) to free theirs; then waiters here are
+ * served with any permit another pool freed. */
+void bh_pool_kick(bh_pool_t *p, uint64_t now_ms);
+
 /* True when no connection (in any state) and no waiter remains. */
 bool bh_pool_empty(const bh_pool_t *p);
 

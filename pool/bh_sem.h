@@ -7,15 +7,32 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* Several pools may share one semaphore (the endpoints of an upstream, on every worker). A pool
+ * whose waiters find no free permit must not starve while another pool keeps idle connections:
+ * waiting counts the waiters of all sharing pools, and kick (set by the owner, callable from any
+ * thread) makes every sharing pool run bh_pool_kick() on its own thread soon. */
 typedef struct bh_sem {
     _Atomic int64_t used;
     int64_t max;
+    _Atomic int64_t waiting;
+    uint32_t sharers;                 /* pools sharing it (set while pools are created) */
+    void (*kick)(struct bh_sem *s);
+    void *data;
 } bh_sem_t;
 
 static inline void bh_sem_init(bh_sem_t *s, int64_t max)
 {
     atomic_init(&s->used, 0);
+    atomic_init(&s->waiting, 0);
     s->max = max;
+    s->sharers = 0;
+    s->kick = NULL;
+    s->data = NULL;
+}
+
+static inline int64_t bh_sem_waiting(bh_sem_t *s)
+{
+    return atomic_load_explicit(&s->waiting, memory_order_relaxed);
 }
 
 /* Takes one permit if one is free. */

@@ -314,6 +314,14 @@ int bh_upstream_acquire(bh_upstream_t *up, bh_pool_waiter_t *w, uint64_t deadlin
     return rc;
 }
 
+void bh_upstream_kick(bh_upstream_t *up)
+{
+    if (up->closing)
+        return;
+    for (size_t i = 0; i < up->n_eps; i++)
+        bh_pool_kick(&up->eps[i].pool, now_ms(&up->eps[i]));
+}
+
 static void on_ep_timer_closed(uv_handle_t *h)
 {
     bh_endpoint_t *ep = h->data;

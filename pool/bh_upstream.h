@@ -93,6 +93,10 @@ void bh_upconn_read_stop(bh_upconn_t *uc);
  * alive, and nothing unread. Any unread buffer is dropped. */
 void bh_upconn_release(bh_upconn_t *uc, bool reusable);
 
+/* After the shared semaphore's kick: lets each endpoint pool shed idle connections for waiters
+ * elsewhere, or use a permit freed elsewhere. */
+void bh_upstream_kick(bh_upstream_t *up);
+
 /* Begins closing every pool; cb runs once every connection and timer is closed. Connections
  * still BUSY are closed when released. */
 void bh_upstream_close(bh_upstream_t *up, void (*cb)(bh_upstream_t *up));

@@ -117,6 +117,7 @@ static uint64_t client_due(bh_client_t *c)
 static void on_timer(uv_timer_t *t)
 {
     bh_client_t *c = t->data;
+    c->timer_due = BH_TIME_NEVER;
     uint64_t now = uv_now(&c->w->loop);
     const bh_conf_limits_t *lim = &c->w->conf->limits;
     switch (c->state) {
@@ -152,15 +153,18 @@ static void on_timer(uv_timer_t *t)
     bh__client_rearm_timer(c);
 }
 
+/* Lazy: a timer already due no later than needed stays; when it fires early, on_timer finds
+ * nothing expired and re-arms. Most requests then touch the timer heap once, not per phase. */
 void bh__client_rearm_timer(bh_client_t *c)
 {
     if (c->state == BH_CS_CLOSING)
         return;
     uint64_t due = client_due(c), now = uv_now(&c->w->loop);
-    if (due == BH_TIME_NEVER)
-        uv_timer_stop(&c->timer);
-    else
-        uv_timer_start(&c->timer, on_timer, due > now ? due - now : 0, 0);
+    bool active = uv_is_active((uv_handle_t *)&c->timer);
+    if (due == BH_TIME_NEVER || (active && c->timer_due <= due))
+        return;
+    c->timer_due = due;
+    uv_timer_start(&c->timer, on_timer, due > now ? due - now : 0, 0);
 }
 
 /* ---- reading ------------------------------------------------------------------------------ */

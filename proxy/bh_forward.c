@@ -248,6 +248,7 @@ static int handle_response_head(bh_client_t *c)
     ex->resp_started = true;
     ex->status = status;
     ex->phase = BH_UP_RECEIVING;
+    bh__client_rearm_timer(c); /* the idle timeout applies from now */
     return 0;
 }
 

@@ -54,6 +54,7 @@ struct bh_worker {
     bh_list_t clients;
     uint32_t n_clients;
     bool draining;
+    bool upstreams_closing;
     llhttp_settings_t req_settings, resp_settings;
     bh_hdr_t *hdrs;                 /* scratch for splitting one head: max_headers + 1 */
     size_t max_hdrs;
@@ -123,6 +124,7 @@ struct bh_client {
     bool counted;                   /* counted in srv->clients */
     uint8_t open_handles;
     uint64_t phase_start_ms;        /* start of the keepalive/header phase; last body read */
+    uint64_t timer_due;             /* when the timer fires (valid while it is active) */
     char ip[46];
     bh_exchange_t ex;
 };

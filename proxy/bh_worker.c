@@ -48,20 +48,25 @@ static int open_listener(bh_worker_t *w, uv_tcp_t *h, const bh_conf_addr_t *a)
 
 /* ---- stopping ----------------------------------------------------------------------------- */
 
+/* The loop ends once nothing but the wakeup handle is left. That handle stays open until every
+ * worker has stopped (worker_destroy): other workers may still signal it. */
+static void release_loop(bh_worker_t *w)
+{
+    uv_timer_stop(&w->drain_timer);
+    uv_unref((uv_handle_t *)&w->wakeup);
+}
+
 static void on_upstream_closed(bh_upstream_t *up)
 {
     bh_worker_t *w = up->data;
-    if (--w->upstreams_open == 0) {
-        uv_close((uv_handle_t *)&w->wakeup, NULL);
-        uv_close((uv_handle_t *)&w->drain_timer, NULL);
-    }
+    if (--w->upstreams_open == 0)
+        release_loop(w);
 }
 
 static void close_upstreams(bh_worker_t *w)
 {
     if (w->upstreams_open == 0) {
-        uv_close((uv_handle_t *)&w->wakeup, NULL);
-        uv_close((uv_handle_t *)&w->drain_timer, NULL);
+        release_loop(w);
         return;
     }
     for (size_t i = 0; i < w->n_upstreams; i++)
@@ -71,8 +76,10 @@ static void close_upstreams(bh_worker_t *w)
 void bh__worker_client_closed(bh_worker_t *w, bh_client_t *c)
 {
     w->n_clients--;
-    if (w->draining && w->n_clients == 0 && !uv_is_closing((uv_handle_t *)&w->wakeup))
+    if (w->draining && w->n_clients == 0 && !w->upstreams_closing) {
+        w->upstreams_closing = true;
         close_upstreams(w);
+    }
 }
 
 static void on_drain_timeout(uv_timer_t *t)
@@ -99,6 +106,7 @@ static void begin_drain(bh_worker_t *w)
         bh__client_drain(bh_container_of(n, bh_client_t, link));
     }
     if (w->n_clients == 0) {
+        w->upstreams_closing = true;
         close_upstreams(w);
         return;
     }
@@ -109,8 +117,20 @@ static void begin_drain(bh_worker_t *w)
 static void on_wakeup(uv_async_t *a)
 {
     bh_worker_t *w = a->data;
-    if (atomic_load(&w->stop_requested))
+    if (atomic_load(&w->stop_requested)) {
         begin_drain(w);
+        return;
+    }
+    for (size_t i = 0; i < w->n_upstreams; i++)
+        bh_upstream_kick(&w->upstreams[i]);
+}
+
+/* An upstream's semaphore asks every worker to rebalance its pools (any thread). */
+static void on_sem_kick(bh_sem_t *sem)
+{
+    bh_server_t *srv = sem->data;
+    for (uint32_t i = 0; i < srv->n_workers; i++)
+        uv_async_send(&srv->workers[i].wakeup);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
@@ -204,8 +224,11 @@ int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
     srv->workers = bh_calloc(conf->workers, sizeof(bh_worker_t));
     if (srv->upstream_sems == NULL || srv->workers == NULL)
         return BH_ENOMEM;
-    for (size_t i = 0; i < conf->n_upstreams; i++)
+    for (size_t i = 0; i < conf->n_upstreams; i++) {
         bh_sem_init(&srv->upstream_sems[i], conf->upstreams[i].pool.max_connections);
+        srv->upstream_sems[i].kick = on_sem_kick;
+        srv->upstream_sems[i].data = srv;
+    }
     for (uint32_t i = 0; i < conf->workers; i++) {
         srv->n_workers++;
         int rc = worker_init(&srv->workers[i], srv, i);
