@@ -41,8 +41,10 @@ def test_concurrent_requests_bounded_connections(bulkhead, upstream, workers):
     assert st["max_open_connections"] <= 4, st
     if workers == 1:
         assert st["connections_accepted"] <= 4, st
-    else:  # idle connections may move between workers, but the pool still keeps them
-        assert st["connections_accepted"] <= 40, st
+    else:
+        # Idle connections may be closed on one worker so that another can open one (the global cap
+        # is shared), so some churn is by design; connections must still be reused on average.
+        assert st["connections_accepted"] <= 100, st
 
 
 def test_client_keepalive_many_requests_one_connection(bulkhead, upstream, raw):

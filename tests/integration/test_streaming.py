@@ -57,21 +57,19 @@ def test_upload_100mib_streamed(bh, upstream):
         growth // MiB, BIG // MiB)
 
 
-def test_upload_100mib_content_length(bh, upstream):
-    """Same with a Content-Length body (not chunked)."""
+def test_upload_100mib_content_length(bh, upstream, raw):
+    """Same with a Content-Length body (not chunked), written on a raw socket."""
     warm_up(bh)
     before = bh.rss()
     block = bytes(range(256)) * 4096
-
-    def gen():
-        for _ in range(BIG // MiB):
-            yield block
-
-    r = requests.post(bh.url + "/sink", data=gen(), headers={"Content-Length": str(BIG)}, timeout=600)
-    assert r.status_code == 200, r.content[:300]
     expect = hashlib.sha256()
+    c = raw(bh.port)
+    c.send(b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % BIG)
     for _ in range(BIG // MiB):
+        c.send(block)
         expect.update(block)
+    r = c.read_response()
+    assert r.status == 200, r
     assert r.json() == {"len": BIG, "sha256": expect.hexdigest()}
     assert bh.hwm() - before < GROWTH_BOUND
 
