@@ -38,10 +38,14 @@ def test_concurrent_requests_bounded_connections(bulkhead, upstream, workers):
     assert codes == [200] * 400
     st = upstream.stats()
     assert st["requests_served"] == 400
-    assert st["max_open_connections"] <= 4, st
+    assert st["max_in_flight"] <= 4, st
     if workers == 1:
+        assert st["max_open_connections"] <= 4, st
         assert st["connections_accepted"] <= 4, st
     else:
+        # bulkhead never holds more than 4 sockets, but a connection one worker sheds for another
+        # is still open in the upstream's eyes until its FIN is read: allow one per other worker.
+        assert st["max_open_connections"] <= 4 + workers - 1, st
         # Idle connections may be closed on one worker so that another can open one (the global cap
         # is shared), so some churn is by design; connections must still be reused on average.
         assert st["connections_accepted"] <= 100, st
