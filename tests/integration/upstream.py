@@ -493,12 +493,34 @@ def ws_frame(opcode, payload, fin=True):
     return head + payload
 
 
+OPEN_SOCKS = set()
+
+
+def peer_closed(sock):
+    """True when the peer has closed (EOF or RST pending on the socket), without consuming data."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
 async def serve(reader, writer, control):
     conn = Conn(reader, writer, control)
+    sock = None
     if not control:
         STATS.connections_accepted += 1
         STATS.open_connections += 1
-        STATS.max_open_connections = max(STATS.max_open_connections, STATS.open_connections)
+        ts = writer.get_extra_info("socket")
+        sock = getattr(ts, "_sock", None)
+        # The high-water mark counts the connections whose peer has not closed them. A connection
+        # the peer closed just before opening this one may not have been noticed yet by its reader
+        # (both events can come in one poll): ask the kernel instead of trusting the counter.
+        open_now = 1 + sum(1 for other in OPEN_SOCKS if not peer_closed(other))
+        STATS.max_open_connections = max(STATS.max_open_connections, open_now)
+        if sock is not None:
+            OPEN_SOCKS.add(sock)
     try:
         while True:
             timeout = ARGS.keepalive_timeout if (conn.nreq > 0 and not control) else None
@@ -540,6 +562,7 @@ async def serve(reader, writer, control):
     finally:
         if not control:
             STATS.open_connections -= 1
+            OPEN_SOCKS.discard(sock)
         try:
             writer.close()
         except Exception:
