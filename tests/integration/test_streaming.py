@@ -5,12 +5,13 @@ not timing ones. Under AddressSanitizer the quarantine of freed memory would cou
 bulkhead instances run with a small quarantine."""
 import hashlib
 import os
+import socket
 import time
 
 import pytest
 import requests
 
-from conftest import wait_until
+from conftest import RawClient, wait_until
 
 MiB = 1 << 20
 BIG = 100 * MiB
@@ -114,7 +115,7 @@ def test_slow_reader_backpressure(bh, upstream, raw):
     sent_before = upstream.stats()["bytes_sent"]
     n = 128 * MiB
     c = raw(bh.port)
-    c.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 64 * 1024)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     c.request("GET", "/bytes?n=%d" % n)
     # wait until the response is flowing: the upstream has written something
     wait_until(lambda: upstream.stats()["bytes_sent"] - sent_before > MiB, what="response to start")
@@ -137,6 +138,49 @@ def test_slow_reader_backpressure(bh, upstream, raw):
         assert data, "connection closed after %d of %d bytes" % (got, n)
         got += len(data)
     assert got == n
+    assert bh.hwm() - before < GROWTH_BOUND
+
+
+def test_slow_upstream_reader_backpressure(bh, upstream):
+    """The upstream does not read a 128 MiB request body (yet): bulkhead must stop reading from the
+    client instead of buffering the body. Bounded observation window, as in the test above."""
+    import threading
+    warm_up(bh)
+    before = bh.rss()
+    n = 128 * MiB
+    sent = [0]
+    result = {}
+    block = bytes(range(256)) * 4096
+
+    def client():
+        try:
+            c = RawClient(bh.port, timeout=600)
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            c.send(b"POST /sink?hold=up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % n)
+            for _ in range(n // MiB):
+                c.send(block)
+                sent[0] += MiB
+            result["resp"] = c.read_response()
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            result["error"] = e
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    wait_until(lambda: upstream.stats()["holding"] == 1, what="the upload to reach the upstream")
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        growth = bh.rss() - before
+        assert growth < GROWTH_BOUND, "bulkhead RSS grew %d MiB with a stalled upstream" % (growth // MiB)
+        assert sent[0] < 64 * MiB, "client wrote %d MiB while the upstream read nothing" % (sent[0] // MiB)
+        time.sleep(0.05)
+    upstream.release("up")
+    t.join(600)
+    assert not t.is_alive()
+    assert "error" not in result, result.get("error")
+    r = result["resp"]
+    assert r.status == 200, r
+    assert r.json()["len"] == n
     assert bh.hwm() - before < GROWTH_BOUND
 
 

@@ -16,6 +16,7 @@ Endpoints (any method; query parameters allowed):
   /chunked?n=N       the same N bytes as /bytes, Transfer-Encoding: chunked (&size=K, &trailer=1)
   /truncate?n=N      announces Content-Length N, sends N/2 bytes, then closes
   /sink              streams the request body: JSON {len, sha256}, never holds it all
+                     (&hold=X: reads nothing until /release?id=X)
   /stall?n=N&id=X    announces Content-Length N, sends N/2 bytes, waits for /release?id=X, sends the rest
   /garbage           answers bytes that are not HTTP, then closes
   /bad-length        answers two different Content-Length headers, then closes
@@ -404,6 +405,15 @@ async def handle_request(conn, req, control):
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello")
         return False
     elif path == "/sink":
+        if "hold" in q:  # do not read the body until /release?id=<hold>
+            ev = HOLDS.setdefault(q["hold"], asyncio.Event())
+            STATS.holding += 1
+            try:
+                await asyncio.wait_for(ev.wait(), float(q.get("max", "120")))
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                STATS.holding -= 1
         h = hashlib.sha256()
         total = 0
         while True:
