@@ -29,7 +29,10 @@
     X(CLIENT_TIMEOUT, -1044, "http_request_error", "client too slow")                             \
     X(TOO_MANY_CONNS, -1045, "connection_limit_reached", "too many client connections")           \
     X(SHUTDOWN, -1046, "proxy_internal_response", "server is shutting down")                      \
-    X(UPGRADE_FAILED, -1047, "http_upgrade_failed", "upstream refused the upgrade")
+    X(UPGRADE_FAILED, -1047, "http_upgrade_failed", "upstream refused the upgrade")                \
+    X(BREAKER_OPEN, -1050, "destination_unavailable", "circuit breaker is open")                   \
+    X(RETRY_BUDGET, -1051, NULL, "retry budget exhausted")                                         \
+    X(RETRY_NO_TIME, -1052, NULL, "retry backoff does not fit in the deadline")
 
 enum {
 #define BH_ERR_ENUM(name, val, ps, msg) BH_E##name = (val),

@@ -64,12 +64,94 @@ typedef struct bh_conf_timeouts {
     uint64_t total_ms;                /* 30s: the whole request; 504 */
 } bh_conf_timeouts_t;
 
+/* How an endpoint is picked among the eligible ones. */
+enum bh_balance_policy {
+    BH_BALANCE_ROUND_ROBIN,
+    BH_BALANCE_LEAST_REQUEST, /* default: power of two random choices on in-flight counts */
+    BH_BALANCE_RANDOM,
+};
+
+/* retry.on: which failed attempts may be retried (bits). */
+enum bh_retry_on {
+    BH_RETRY_ON_CONNECT_FAILURE = 1u << 0,       /* connect refused, failed or timed out */
+    BH_RETRY_ON_RESET_BEFORE_RESPONSE = 1u << 1, /* connection closed/reset before a response */
+    BH_RETRY_ON_FIRST_BYTE_TIMEOUT = 1u << 2,    /* no response head within first_byte */
+    BH_RETRY_ON_GATEWAY_ERROR = 1u << 3,         /* response 502, 503 or 504 */
+    BH_RETRY_ON_5XX = 1u << 4,                   /* any response 500..599 */
+    BH_RETRY_ON_RETRIABLE_STATUS = 1u << 5,      /* a status listed in retriable_status */
+};
+
+/* breaker.count: which outcomes count as failures for the circuit breaker (bits). */
+enum bh_breaker_count {
+    BH_COUNT_CONNECT_FAILURE = 1u << 0, /* connect refused, failed or timed out */
+    BH_COUNT_TIMEOUT = 1u << 1,         /* connect, first-byte or idle timeout */
+    BH_COUNT_5XX = 1u << 2,             /* a response 500..599 */
+    BH_COUNT_RESET = 1u << 3,           /* connection reset/closed before a complete response */
+};
+
+#define BH_CONF_MAX_STATUSES 16
+
+typedef struct bh_conf_backoff {
+    uint64_t base_ms;                 /* 25ms */
+    uint64_t max_ms;                  /* 250ms; at least base */
+} bh_conf_backoff_t;
+
+typedef struct bh_conf_budget {
+    double ratio;                     /* 0.2: retries may add this fraction of the request rate */
+    uint32_t min_per_second;          /* 10: ... plus this many retries per second */
+} bh_conf_budget_t;
+
+typedef struct bh_conf_retry {
+    uint32_t attempts;                /* 3: total tries including the first (1 = no retry) */
+    uint32_t on;                      /* BH_RETRY_ON_* bits; connect-failure,
+                                         reset-before-response, gateway-error */
+    uint16_t retriable_status[BH_CONF_MAX_STATUSES]; /* [503] */
+    size_t n_retriable_status;
+    bool methods_all;                 /* false: idempotent (default); true: all */
+    uint64_t max_replay_bytes;        /* 64KiB: request bodies up to this are kept for a retry */
+    bh_conf_backoff_t backoff;
+    bool honor_retry_after;           /* true */
+    bh_conf_budget_t budget;          /* per upstream (a route's retry uses its upstream's) */
+} bh_conf_retry_t;
+
+typedef struct bh_conf_breaker {
+    uint32_t consecutive_failures;    /* 5; 0 = this trigger off */
+    double failure_rate;              /* 0.5; 0 = this trigger off */
+    uint64_t window_ms;               /* 10s */
+    uint32_t min_requests;            /* 20 */
+    uint64_t open_for_ms;             /* 5s: first open period */
+    uint64_t max_open_for_ms;         /* 60s: open periods double up to this */
+    uint32_t half_open_probes;        /* 3 */
+    uint32_t count;                   /* BH_COUNT_* bits; connect-failure, timeout, 5xx */
+} bh_conf_breaker_t;
+
+typedef struct bh_conf_outlier {
+    uint32_t consecutive_failures;    /* 5; 0 = passive ejection off */
+    uint64_t eject_for_ms;            /* 30s, times the endpoint's ejection count, max 300s */
+    double max_ejected;               /* 0.5: fraction of the endpoints ejected at once */
+} bh_conf_outlier_t;
+
+typedef struct bh_conf_health {
+    bool enabled;                     /* false when the section is absent */
+    char *path;                       /* "/healthz" */
+    uint64_t interval_ms;             /* 5s */
+    uint64_t timeout_ms;              /* 1s; at most interval */
+    uint32_t healthy;                 /* 2 successes in a row mark an endpoint healthy */
+    uint32_t unhealthy;               /* 3 failures in a row mark it unhealthy */
+} bh_conf_health_t;
+
 typedef struct bh_conf_upstream {
     char *name;
     bh_conf_addr_t *endpoints;        /* at least one */
     size_t n_endpoints;
     bh_conf_pool_t pool;
     bh_conf_timeouts_t timeouts;
+    uint64_t dns_refresh_ms;          /* 30s; 0 = resolve once */
+    enum bh_balance_policy balance;   /* least_request */
+    bh_conf_retry_t retry;
+    bh_conf_breaker_t breaker;
+    bh_conf_outlier_t outlier;
+    bh_conf_health_t health_check;
 } bh_conf_upstream_t;
 
 /* HTTP method bits for route matching (bit = 1 << llhttp method number is NOT used: own enum). */
@@ -99,6 +181,10 @@ typedef struct bh_conf_route {
     size_t upstream_index;            /* index into bh_conf_t.upstreams, resolved at load */
     bool strip_prefix;                /* remove path_prefix before forwarding (keep a leading '/') */
     bh_conf_timeouts_t timeouts;      /* the upstream's timeouts with this route's overrides */
+    bool has_retry;                   /* the route gave its own retry section */
+    bh_conf_retry_t retry;            /* the effective policy: the route's whole retry section
+                                         when given (its budget is the upstream's), else a copy
+                                         of the upstream's */
 } bh_conf_route_t;
 
 typedef struct bh_conf_shutdown {
