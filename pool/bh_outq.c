@@ -1,5 +1,7 @@
 /* Batched zero-copy writes on libuv streams. */
 #include <assert.h>
+#include <errno.h>
+#include <sys/uio.h>
 #include <string.h>
 #include "bh_alloc.h"
 #include "bh_outq.h"
@@ -162,6 +164,41 @@ static void on_write(uv_write_t *req, int status)
         q->cb(q, 0);
 }
 
+/* Bytes written at once (0 when the socket is full), or a negative libuv error. */
+static ssize_t try_writev(bh_outq_t *q, bh_wreq_t *w)
+{
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)q->stream, &fd) < 0)
+        return UV_EBADF;
+    ssize_t n;
+    do
+        n = writev(fd, (const struct iovec *)w->bufs, (int)w->nbufs);
+    while (n < 0 && errno == EINTR);
+    if (n >= 0)
+        return n;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : uv_translate_sys_error(errno);
+}
+
+/* Drops the first n bytes of w (written already): whole buffers go, the next one is trimmed. */
+static void skip_written(bh_wreq_t *w, size_t n)
+{
+    uint32_t i = 0;
+    while (i < w->nbufs && n >= w->bufs[i].len) {
+        n -= w->bufs[i].len;
+        w->bytes -= w->bufs[i].len;
+        bh_buf_unref(w->refs[i]);
+        i++;
+    }
+    if (i < w->nbufs) {
+        w->bufs[i].base += n;
+        w->bufs[i].len -= n;
+        w->bytes -= n;
+    }
+    memmove(w->bufs, w->bufs + i, (w->nbufs - i) * sizeof(w->bufs[0]));
+    memmove(w->refs, w->refs + i, (w->nbufs - i) * sizeof(w->refs[0]));
+    w->nbufs -= i;
+}
+
 int bh_outq_flush(bh_outq_t *q)
 {
     bh_wreq_t *w = q->cur;
@@ -171,6 +208,24 @@ int bh_outq_flush(bh_outq_t *q)
     if (q->error < 0) {
         wreq_put(q->cache, w);
         return q->error;
+    }
+    if (q->inflight == 0) {
+        /* Nothing queued in libuv: write now, with writev(2) on the socket itself. A write
+         * completed here needs no callback; and libuv 1.44 re-registers the socket with epoll
+         * after every uv_write and every uv_try_write (an epoll_ctl per response), which this
+         * avoids. uv_buf_t is layout-compatible with struct iovec on Unix. */
+        ssize_t n = try_writev(q, w);
+        if (n < 0) {
+            wreq_put(q->cache, w);
+            q->error = (int)n;
+            return (int)n;
+        }
+        size_t done = (size_t)n;
+        if (done == w->bytes) {
+            wreq_put(q->cache, w);
+            return 0;
+        }
+        skip_written(w, done);
     }
     int err = uv_write(&w->req, q->stream, w->bufs, w->nbufs, on_write);
     if (err < 0) {

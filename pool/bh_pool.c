@@ -417,11 +417,14 @@ uint64_t bh_pool_next_deadline(const bh_pool_t *p)
     uint64_t at = BH_TIME_NEVER;
     const bh_list_t *n;
 
-    /* Scans: a caller's own deadline_ms breaks FIFO order of deadlines, and expires_ms differs
-     * per connection. Both lists are bounded (max_pending, max_connections). */
+    /* Waiters: a scan, since a caller's own deadline_ms breaks FIFO order; the queue is short
+     * whenever it is not empty for long. Idle connections: only the coldest one (the tail of the
+     * LIFO list) is looked at, so a pool of hundreds of idle connections costs O(1) per
+     * operation. Another idle connection whose own expiry (lifetime, learned keep-alive) comes
+     * sooner is still never reused past it (take_idle checks) and is closed by a later expire. */
     bh_list_foreach(n, &p->waiters)
         at = min_ms(at, bh_container_of(n, bh_pool_waiter_t, link)->deadline_ms);
-    bh_list_foreach(n, &p->idle)
+    if ((n = bh_list_last(&p->idle)) != NULL)
         at = min_ms(at, idle_deadline(p, bh_container_of(n, bh_pool_conn_t, link)));
     return at;
 }

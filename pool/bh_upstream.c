@@ -8,6 +8,8 @@
 #include "bh_log.h"
 #include "bh_upstream.h"
 
+#define BH_UPCONN_TRUST_IDLE_MS 100
+
 static uint64_t now_ms(const bh_endpoint_t *ep)
 {
     return uv_now(ep->up->env->loop);
@@ -48,6 +50,9 @@ static void pool_close(bh_pool_conn_t *pc)
 
 /* ---- connecting --------------------------------------------------------------------------- */
 
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
 static int map_connect_error(int status)
 {
     switch (status) {
@@ -79,6 +84,10 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     uv_tcp_nodelay(&uc->tcp, 1);
+    if (uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_read) < 0) {
+        bh_pool_connect_failed(&uc->pc, BH_ECONNECT_FAILED, now_ms(uc->ep));
+        return;
+    }
     bh_pool_connected(&uc->pc, now_ms(uc->ep));
 }
 
@@ -120,27 +129,59 @@ static bh_pool_conn_t *pool_open(bh_pool_t *pool, int *err)
 
 /* ---- idle connections --------------------------------------------------------------------- */
 
-static void on_idle_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+/* One read watcher for the connection's whole life (started once connected): toggling reads
+ * between idle and busy would cost epoll_ctl calls on every request. */
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     bh_upconn_t *uc = h->data;
-    *buf = uv_buf_init(uc->idle_scratch, sizeof(uc->idle_scratch));
+    if (uc->owner == NULL) {
+        *buf = uv_buf_init(uc->idle_scratch, sizeof(uc->idle_scratch));
+        return;
+    }
+    if (uc->rbuf != NULL && uc->rlen == uc->rbuf->cap && uc->rpos == uc->rlen) {
+        /* Full and consumed: queued writes keep their own references. */
+        bh_buf_unref(uc->rbuf);
+        uc->rbuf = NULL;
+    }
+    if (uc->rbuf == NULL) {
+        uc->rbuf = bh_buf_get(uc->ep->up->env->bufs);
+        uc->rlen = uc->rpos = 0;
+        if (uc->rbuf == NULL) {
+            *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+            return;
+        }
+    }
+    *buf = uv_buf_init(uc->rbuf->data + uc->rlen, uc->rbuf->cap - uc->rlen);
 }
 
-/* Any byte or EOF on an idle connection makes it unusable: the peer closed it or broke HTTP. */
-static void on_idle_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     bh_upconn_t *uc = s->data;
     if (nread == 0)
         return;
-    uv_read_stop(s);
-    if (uc->pc.state == BH_PCONN_IDLE)
-        bh_pool_idle_lost(&uc->pc, now_ms(uc->ep));
+    if (uc->owner == NULL) {
+        /* Any byte or EOF on an idle connection makes it unusable: the peer closed it or broke
+         * HTTP. */
+        uv_read_stop(s);
+        if (uc->pc.state == BH_PCONN_IDLE)
+            bh_pool_idle_lost(&uc->pc, now_ms(uc->ep));
+        return;
+    }
+    if (nread > 0)
+        uc->rlen += (uint32_t)nread;
+    uc->read_cb(uc, nread);
 }
 
 static bool pool_alive(bh_pool_conn_t *pc)
 {
     bh_upconn_t *uc = bh_upconn_of(pc);
     uv_os_fd_t fd;
+    /* Idle only briefly: upstreams close idle connections after seconds, and a close that
+     * comes with the last response is read by the busy reader. Connections idle for longer are
+     * peeked at (one recv), in case the event reporting the peer's close is queued in this
+     * very loop iteration but not processed yet. */
+    if (now_ms(uc->ep) - uc->pc.idle_since_ms < BH_UPCONN_TRUST_IDLE_MS)
+        return uv_is_active((uv_handle_t *)&uc->tcp);
     char c;
     if (uv_fileno((uv_handle_t *)&uc->tcp, &fd) < 0)
         return false;
@@ -176,41 +217,13 @@ static const bh_pool_ops_t pool_ops = {
 
 /* ---- busy connections --------------------------------------------------------------------- */
 
-static void on_busy_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
-{
-    bh_upconn_t *uc = h->data;
-    if (uc->rbuf != NULL && uc->rlen == uc->rbuf->cap && uc->rpos == uc->rlen) {
-        /* Full and consumed: queued writes keep their own references. */
-        bh_buf_unref(uc->rbuf);
-        uc->rbuf = NULL;
-    }
-    if (uc->rbuf == NULL) {
-        uc->rbuf = bh_buf_get(uc->ep->up->env->bufs);
-        uc->rlen = uc->rpos = 0;
-        if (uc->rbuf == NULL) {
-            *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
-            return;
-        }
-    }
-    *buf = uv_buf_init(uc->rbuf->data + uc->rlen, uc->rbuf->cap - uc->rlen);
-}
-
-static void on_busy_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    bh_upconn_t *uc = s->data;
-    if (nread == 0)
-        return;
-    if (nread > 0)
-        uc->rlen += (uint32_t)nread;
-    uc->read_cb(uc, nread);
-}
-
 int bh_upconn_read_start(bh_upconn_t *uc, bh_upconn_read_cb cb, void *owner)
 {
     uc->read_cb = cb;
     uc->owner = owner;
-    uv_read_stop((uv_stream_t *)&uc->tcp); /* from the idle watcher's callbacks to ours */
-    return uv_read_start((uv_stream_t *)&uc->tcp, on_busy_alloc, on_busy_read);
+    if (uv_is_active((uv_handle_t *)&uc->tcp))
+        return 0;
+    return uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_read); /* after backpressure */
 }
 
 void bh_upconn_read_stop(bh_upconn_t *uc)
@@ -222,8 +235,6 @@ void bh_upconn_release(bh_upconn_t *uc, bool reusable)
 {
     bh_endpoint_t *ep = uc->ep;
     uint64_t now = now_ms(ep);
-    uv_read_stop((uv_stream_t *)&uc->tcp);
-    uv_timer_stop(&uc->timer);
     bh_buf_unref(uc->rbuf);
     uc->rbuf = NULL;
     uc->rlen = uc->rpos = 0;
@@ -241,8 +252,9 @@ void bh_upconn_release(bh_upconn_t *uc, bool reusable)
             if (ka_end < uc->pc.expires_ms)
                 uc->pc.expires_ms = ka_end;
         }
-        if (uv_read_start((uv_stream_t *)&uc->tcp, on_idle_alloc, on_idle_read) < 0)
-            reusable = false;
+        if (!uv_is_active((uv_handle_t *)&uc->tcp) &&
+            uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_read) < 0)
+            reusable = false; /* reads were stopped for backpressure: the watcher resumes */
     }
     bh_pool_release(&uc->pc, reusable, now);
 }

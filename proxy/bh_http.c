@@ -87,10 +87,9 @@ int bh_http_split(const char *head, size_t len, bh_span_t *start_line, bh_hdr_t 
     return count < 0 ? 0 : count;
 }
 
-bool bh_span_ieq(bh_span_t s, const char *lit)
+bool bh_span_ieqn(bh_span_t s, const char *p, size_t n)
 {
-    size_t n = strlen(lit);
-    return s.n == n && strncasecmp(s.p, lit, n) == 0;
+    return s.n == n && strncasecmp(s.p, p, n) == 0;
 }
 
 bool bh_http_has_token(bh_span_t value, const char *token)
@@ -99,7 +98,7 @@ bool bh_http_has_token(bh_span_t value, const char *token)
     while (p < end) {
         const char *comma = memchr(p, ',', (size_t)(end - p));
         const char *e = comma != NULL ? comma : end;
-        if (bh_span_ieq(trim(p, (size_t)(e - p)), token))
+        if (bh_span_ieqn(trim(p, (size_t)(e - p)), token, strlen(token)))
             return true;
         p = e + 1;
     }
@@ -109,12 +108,20 @@ bool bh_http_has_token(bh_span_t value, const char *token)
 /* RFC 9110 7.6.1: fields that apply to one connection only and are never forwarded as-is. */
 static bool is_hop_by_hop(bh_span_t name)
 {
-    static const char *const names[] = {"connection", "keep-alive",        "proxy-connection",
-                                        "te",         "transfer-encoding", "upgrade"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (bh_span_ieq(name, names[i]))
-            return true;
-    return false;
+    switch (name.n) {
+    case 2:
+        return bh_span_ieq(name, "te");
+    case 7:
+        return bh_span_ieq(name, "upgrade");
+    case 10:
+        return bh_span_ieq(name, "connection") || bh_span_ieq(name, "keep-alive");
+    case 16:
+        return bh_span_ieq(name, "proxy-connection");
+    case 17:
+        return bh_span_ieq(name, "transfer-encoding");
+    default:
+        return false;
+    }
 }
 
 /* True when some Connection header lists name as a connection option (hop-by-hop too). */
@@ -156,7 +163,7 @@ static void put_joined(bh_wbuf_t *w, const char *name, const bh_hdr_t *hdrs, siz
     bh_wbuf_str(w, name);
     bh_wbuf_put(w, ": ", 2);
     for (size_t i = 0; i < nhdrs; i++) {
-        if (bh_span_ieq(hdrs[i].name, name) && hdrs[i].value.n > 0) {
+        if (bh_span_ieqn(hdrs[i].name, name, strlen(name)) && hdrs[i].value.n > 0) {
             bh_wbuf_span(w, hdrs[i].value);
             bh_wbuf_put(w, ", ", 2);
         }

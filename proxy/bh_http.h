@@ -38,7 +38,9 @@ void bh_wbuf_hex(bh_wbuf_t *w, uint64_t v);
  * "name: value" (e.g. obsolete line folding), or -2 when there are more than max. */
 int bh_http_split(const char *head, size_t len, bh_span_t *start_line, bh_hdr_t *hdrs, size_t max);
 
-bool bh_span_ieq(bh_span_t s, const char *lit);
+bool bh_span_ieqn(bh_span_t s, const char *p, size_t n);
+/* Case-insensitive comparison with a string literal (its length known at compile time). */
+#define bh_span_ieq(s, lit) bh_span_ieqn((s), "" lit, sizeof(lit) - 1)
 /* True when the comma-separated list in value contains token (case-insensitive). */
 bool bh_http_has_token(bh_span_t value, const char *token);
 
