@@ -39,6 +39,12 @@ enum sec {
     S_ROUTE,
     S_MATCH,
     S_SHUTDOWN,
+    S_RETRY,
+    S_BACKOFF,
+    S_BUDGET,
+    S_BREAKER,
+    S_OUTLIER,
+    S_HEALTH,
     S_COUNT
 };
 
@@ -799,6 +805,248 @@ static int conv_methods(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *t
     return 0;
 }
 
+/* ---- resilience settings: enums, flag lists, status lists, percentages ------------------ */
+
+typedef struct name_bit {
+    const char *name;
+    uint32_t bit;
+} name_bit_t;
+
+/* An unknown word among names[]: a suggestion when one is close, else the whole list. */
+static int word_fail(ctx_t *c, const yaml_node_t *n, const char *what, const char *text,
+                     const name_bit_t *names, size_t n_names)
+{
+    best_t best = {text, NULL, SIZE_MAX};
+    char list[300] = "";
+    size_t len = 0;
+
+    for (size_t i = 0; i < n_names; i++) {
+        consider(&best, names[i].name);
+        if (len < sizeof list)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s%s",
+                                    i == 0 ? "" : i + 1 == n_names ? " or " : ", ", names[i].name);
+    }
+    if (best.match != NULL)
+        return fail(c, n, "unknown %s '%.64s' in %s, did you mean '%s'?", what, text, c->path,
+                    best.match);
+    return fail(c, n, "unknown %s '%.64s' in %s, expected %s", what, text, c->path, list);
+}
+
+static int lookup_word(const char *text, const name_bit_t *names, size_t n_names, uint32_t *out)
+{
+    for (size_t i = 0; i < n_names; i++)
+        if (strcmp(text, names[i].name) == 0) {
+            *out = names[i].bit;
+            return 0;
+        }
+    return -1;
+}
+
+static const name_bit_t BALANCE_NAMES[] = {
+    {"round_robin", BH_BALANCE_ROUND_ROBIN},
+    {"least_request", BH_BALANCE_LEAST_REQUEST},
+    {"random", BH_BALANCE_RANDOM},
+};
+
+static const name_bit_t RETRY_ON_NAMES[] = {
+    {"connect-failure", BH_RETRY_ON_CONNECT_FAILURE},
+    {"reset-before-response", BH_RETRY_ON_RESET_BEFORE_RESPONSE},
+    {"first-byte-timeout", BH_RETRY_ON_FIRST_BYTE_TIMEOUT},
+    {"gateway-error", BH_RETRY_ON_GATEWAY_ERROR},
+    {"5xx", BH_RETRY_ON_5XX},
+    {"retriable-status", BH_RETRY_ON_RETRIABLE_STATUS},
+};
+
+static const name_bit_t COUNT_NAMES[] = {
+    {"connect-failure", BH_COUNT_CONNECT_FAILURE},
+    {"timeout", BH_COUNT_TIMEOUT},
+    {"5xx", BH_COUNT_5XX},
+    {"reset", BH_COUNT_RESET},
+};
+
+static const name_bit_t RETRY_METHOD_NAMES[] = {{"idempotent", 0}, {"all", 1}};
+
+static int conv_balance(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    uint32_t v;
+
+    if (lookup_word(text, BALANCE_NAMES, COUNT(BALANCE_NAMES), &v) != 0)
+        return word_fail(c, n, "balance policy", text, BALANCE_NAMES, COUNT(BALANCE_NAMES));
+    *FIELD(base, k, enum bh_balance_policy) = (enum bh_balance_policy)v;
+    return 0;
+}
+
+static int conv_retry_methods(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
+                              void *base)
+{
+    uint32_t v;
+
+    if (lookup_word(text, RETRY_METHOD_NAMES, COUNT(RETRY_METHOD_NAMES), &v) != 0)
+        return word_fail(c, n, "retry methods", text, RETRY_METHOD_NAMES,
+                         COUNT(RETRY_METHOD_NAMES));
+    *FIELD(base, k, bool) = v != 0;
+    return 0;
+}
+
+static int conv_percent(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    double v;
+
+    if (bh_parse_percent(text, &v) != 0)
+        return fail(c, n, "invalid percentage '%.64s' for %s, expected %s", text, c->path,
+                    k->type->expect);
+    *FIELD(base, k, double) = v;
+    return 0;
+}
+
+static int conv_path(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    if (text[0] != '/' || strpbrk(text, " \t\r\n") != NULL)
+        return fail(c, n, "invalid path '%.64s' for %s, expected %s", text, c->path,
+                    k->type->expect);
+    return conv_str(c, k, n, text, base);
+}
+
+/* Calls item(text, node) for each element of a list node, for a single scalar, or (n NULL) for
+ * each ", "-separated word of the key's default. */
+typedef int (*item_fn)(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
+
+static int each_item(ctx_t *c, const spec_t *k, yaml_node_t *n, void *base, item_fn item)
+{
+    int rc = 0;
+
+    if (n == NULL) {
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", k->def);
+        for (char *save = NULL, *w = strtok_r(buf, ", ", &save); w != NULL && rc == 0;
+             w = strtok_r(NULL, ", ", &save))
+            rc = item(c, k, NULL, w, base);
+        return rc;
+    }
+    if (n->type == YAML_MAPPING_NODE)
+        return type_fail(c, n, k->type->expect);
+    if (n->type == YAML_SCALAR_NODE && !is_null(n)) {
+        char *s;
+        if ((rc = scalar_text(c, n, k->type->expect, 0, &s)) != 0)
+            return rc;
+        rc = item(c, k, n, s, base);
+        bh_free(s);
+        return rc;
+    }
+    for (size_t i = 0; i < seq_len(n) && rc == 0; i++) {
+        yaml_node_t *it = node_at(c, n->data.sequence.items.start[i]);
+        char *s;
+        if ((rc = scalar_text(c, it, "a single value", 0, &s)) != 0)
+            return rc;
+        rc = item(c, k, it, s, base);
+        bh_free(s);
+    }
+    return rc;
+}
+
+static int retry_on_item(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    uint32_t bit;
+
+    if (lookup_word(text, RETRY_ON_NAMES, COUNT(RETRY_ON_NAMES), &bit) != 0)
+        return word_fail(c, n, "retry condition", text, RETRY_ON_NAMES, COUNT(RETRY_ON_NAMES));
+    *FIELD(base, k, uint32_t) |= bit;
+    return 0;
+}
+
+static int count_item(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    uint32_t bit;
+
+    if (lookup_word(text, COUNT_NAMES, COUNT(COUNT_NAMES), &bit) != 0)
+        return word_fail(c, n, "breaker outcome", text, COUNT_NAMES, COUNT(COUNT_NAMES));
+    *FIELD(base, k, uint32_t) |= bit;
+    return 0;
+}
+
+static int status_item(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_retry_t *r = base;
+    uint32_t v;
+    spec_t one = *k;
+
+    one.off = 0;
+    if (conv_u32(c, &one, n, text, &v) != 0)
+        return BH_ECONFIG;
+    for (size_t i = 0; i < r->n_retriable_status; i++)
+        if (r->retriable_status[i] == v)
+            return 0;
+    if (r->n_retriable_status == BH_CONF_MAX_STATUSES)
+        return fail(c, n, "too many statuses in %s, expected at most %d", c->path,
+                    BH_CONF_MAX_STATUSES);
+    r->retriable_status[r->n_retriable_status++] = (uint16_t)v;
+    return 0;
+}
+
+static int conv_retry_on(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    *FIELD(base, k, uint32_t) = 0;
+    return each_item(c, k, n, base, retry_on_item);
+}
+
+static int conv_count(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    *FIELD(base, k, uint32_t) = 0;
+    return each_item(c, k, n, base, count_item);
+}
+
+/* retriable_status: base is the bh_conf_retry_t (the list and its length). */
+static int conv_statuses(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    ((bh_conf_retry_t *)base)->n_retriable_status = 0;
+    return each_item(c, k, n, base, status_item);
+}
+
+/* health_check: absent = disabled; present (even empty) = enabled with defaults. */
+static int conv_health(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_health_t *h = FIELD(base, k, bh_conf_health_t);
+
+    if (n == NULL)
+        return 0;
+    if (n->type != YAML_MAPPING_NODE && !is_null(n))
+        return type_fail(c, n, k->type->expect);
+    h->enabled = true;
+    return parse_section(c, S_HEALTH, n, h, 1);
+}
+
+/* A route's retry: the whole section replaces the upstream's (keys not given take the
+ * defaults, not the upstream's values); the budget stays the upstream's (check_root). */
+static int conv_route_retry(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
+                            void *base)
+{
+    bh_conf_route_t *r = base;
+    yaml_node_t *budget;
+    char buf[300];
+    size_t old;
+    int rc;
+
+    if (n == NULL)
+        return 0;
+    if (n->type != YAML_MAPPING_NODE && !is_null(n))
+        return type_fail(c, n, k->type->expect);
+    if ((budget = lookup(c, n, "budget")) != NULL) {
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top;
+             p++)
+            if (node_at(c, p->value) == budget)
+                budget = node_at(c, p->key);
+        return fail(c, budget,
+                    "key 'budget' %s is per upstream, expected it under "
+                    "upstreams.<name>.retry.budget",
+                    where(c, buf, sizeof buf));
+    }
+    r->has_retry = true;
+    old = strlen(c->path);
+    rc = parse_section(c, S_RETRY, n, &r->retry, 1);
+    path_pop(c, old);
+    return rc;
+}
+
 /* ---- the schema: every key, its type and its default ----------------------------------- */
 
 /* clang-format off */
@@ -826,6 +1074,22 @@ static const type_t T_ENDPOINTS = {conv_endpoints, "a list of host:port", T_NODE
 static const type_t T_ROUTES = {conv_routes, "a list of {match, upstream, strip_prefix, timeouts}",
                                 T_NODE};
 static const type_t T_METHODS = {conv_methods, "a list of methods, e.g. [GET, POST]", T_NODE};
+static const type_t T_PERCENT = {conv_percent, "a percentage such as 50% or a fraction from 0 to "
+                                               "1 such as 0.5", 0};
+static const type_t T_BALANCE = {conv_balance, "round_robin, least_request or random", 0};
+static const type_t T_RETRY_METHODS = {conv_retry_methods, "idempotent or all", 0};
+static const type_t T_RETRY_ON = {conv_retry_on, "a list of connect-failure, "
+                                  "reset-before-response, first-byte-timeout, gateway-error, "
+                                  "5xx, retriable-status", T_NODE};
+static const type_t T_COUNT = {conv_count, "a list of connect-failure, timeout, 5xx, reset",
+                               T_NODE};
+static const type_t T_STATUSES = {conv_statuses, "a list of HTTP statuses, e.g. [503]", T_NODE};
+static const type_t T_PATH = {conv_path, "a path starting with '/', e.g. /healthz", 0};
+static const type_t T_HEALTH = {conv_health, "a mapping of path, interval, timeout, healthy, "
+                                             "unhealthy", T_NODE};
+static const type_t T_ROUTE_RETRY = {conv_route_retry, "a mapping of retry settings (attempts, "
+                                     "on, retriable_status, methods, max_replay_bytes, backoff, "
+                                     "honor_retry_after)", T_NODE};
 
 /* KEY(section, key, type, struct, field, default, min, max); REQ: a required key, no default. */
 #define KEY(sec, key, type, T, field, def, lo, hi)                                                 \
@@ -838,6 +1102,7 @@ static const type_t T_METHODS = {conv_methods, "a list of methods, e.g. [GET, PO
 #define U32MAX UINT32_MAX
 #define U64MAX UINT64_MAX
 #define MiB (1u << 20)
+#define GiB (1ull << 30)
 #define DUR DUR_MAX
 
 /* The one table of keys and defaults (defaults are those of docs/configuration.md). */
@@ -874,12 +1139,50 @@ static const spec_t SPECS[] = {
     REQ(S_UPSTREAM, "endpoints", T_ENDPOINTS, bh_conf_upstream_t, endpoints),
     SECTION(S_UPSTREAM, "pool", bh_conf_upstream_t, pool, S_POOL),
     SECTION(S_UPSTREAM, "timeouts", bh_conf_upstream_t, timeouts, S_TIMEOUTS),
-    LATER(S_UPSTREAM, "dns_refresh"),
-    LATER(S_UPSTREAM, "balance"),
-    LATER(S_UPSTREAM, "retry"),
-    LATER(S_UPSTREAM, "breaker"),
-    LATER(S_UPSTREAM, "outlier"),
-    LATER(S_UPSTREAM, "health_check"),
+    KEY(S_UPSTREAM, "dns_refresh", T_DUR, bh_conf_upstream_t, dns_refresh_ms, "30s", 0, DUR),
+    KEY(S_UPSTREAM, "balance", T_BALANCE, bh_conf_upstream_t, balance, "least_request", 0, 0),
+    SECTION(S_UPSTREAM, "retry", bh_conf_upstream_t, retry, S_RETRY),
+    SECTION(S_UPSTREAM, "breaker", bh_conf_upstream_t, breaker, S_BREAKER),
+    SECTION(S_UPSTREAM, "outlier", bh_conf_upstream_t, outlier, S_OUTLIER),
+    KEY(S_UPSTREAM, "health_check", T_HEALTH, bh_conf_upstream_t, health_check, NULL, 0, 0),
+
+    KEY(S_RETRY, "attempts", T_U32, bh_conf_retry_t, attempts, "3", 1, 10),
+    KEY(S_RETRY, "on", T_RETRY_ON, bh_conf_retry_t, on,
+        "connect-failure, reset-before-response, gateway-error", 0, 0),
+    {S_RETRY, "retriable_status", &T_STATUSES, 0, "503", 100, 599, 0, S_COUNT},
+    KEY(S_RETRY, "methods", T_RETRY_METHODS, bh_conf_retry_t, methods_all, "idempotent", 0, 0),
+    KEY(S_RETRY, "max_replay_bytes", T_SIZE, bh_conf_retry_t, max_replay_bytes, "64KiB", 0, GiB),
+    SECTION(S_RETRY, "backoff", bh_conf_retry_t, backoff, S_BACKOFF),
+    KEY(S_RETRY, "honor_retry_after", T_BOOL, bh_conf_retry_t, honor_retry_after, "true", 0, 0),
+    SECTION(S_RETRY, "budget", bh_conf_retry_t, budget, S_BUDGET),
+
+    KEY(S_BACKOFF, "base", T_DUR, bh_conf_backoff_t, base_ms, "25ms", 1, DUR),
+    KEY(S_BACKOFF, "max", T_DUR, bh_conf_backoff_t, max_ms, "250ms", 1, DUR),
+
+    KEY(S_BUDGET, "ratio", T_PERCENT, bh_conf_budget_t, ratio, "0.2", 0, 0),
+    KEY(S_BUDGET, "min_per_second", T_U32, bh_conf_budget_t, min_per_second, "10", 0, 1000000),
+
+    KEY(S_BREAKER, "consecutive_failures", T_U32, bh_conf_breaker_t, consecutive_failures,
+        "5", 0, 1000000),
+    KEY(S_BREAKER, "failure_rate", T_PERCENT, bh_conf_breaker_t, failure_rate, "50%", 0, 0),
+    KEY(S_BREAKER, "window", T_DUR, bh_conf_breaker_t, window_ms, "10s", 10, 86400000),
+    KEY(S_BREAKER, "min_requests", T_U32, bh_conf_breaker_t, min_requests, "20", 1, 1000000),
+    KEY(S_BREAKER, "open_for", T_DUR, bh_conf_breaker_t, open_for_ms, "5s", 1, DUR),
+    KEY(S_BREAKER, "max_open_for", T_DUR, bh_conf_breaker_t, max_open_for_ms, "60s", 1, DUR),
+    KEY(S_BREAKER, "half_open_probes", T_U32, bh_conf_breaker_t, half_open_probes, "3", 1, 100),
+    KEY(S_BREAKER, "count", T_COUNT, bh_conf_breaker_t, count, "connect-failure, timeout, 5xx",
+        0, 0),
+
+    KEY(S_OUTLIER, "consecutive_failures", T_U32, bh_conf_outlier_t, consecutive_failures,
+        "5", 0, 1000000),
+    KEY(S_OUTLIER, "eject_for", T_DUR, bh_conf_outlier_t, eject_for_ms, "30s", 1, 300000),
+    KEY(S_OUTLIER, "max_ejected", T_PERCENT, bh_conf_outlier_t, max_ejected, "50%", 0, 0),
+
+    KEY(S_HEALTH, "path", T_PATH, bh_conf_health_t, path, "/healthz", 0, 0),
+    KEY(S_HEALTH, "interval", T_DUR, bh_conf_health_t, interval_ms, "5s", 1, DUR),
+    KEY(S_HEALTH, "timeout", T_DUR, bh_conf_health_t, timeout_ms, "1s", 1, DUR),
+    KEY(S_HEALTH, "healthy", T_U32, bh_conf_health_t, healthy, "2", 1, 1000),
+    KEY(S_HEALTH, "unhealthy", T_U32, bh_conf_health_t, unhealthy, "3", 1, 1000),
 
     KEY(S_POOL, "max_connections", T_U32, bh_conf_pool_t, max_connections, "64", 1, 1000000),
     KEY(S_POOL, "max_pending", T_U32, bh_conf_pool_t, max_pending, "256", 0, U32MAX),
@@ -898,6 +1201,7 @@ static const spec_t SPECS[] = {
     REQ(S_ROUTE, "upstream", T_STR, bh_conf_route_t, upstream),
     KEY(S_ROUTE, "strip_prefix", T_BOOL, bh_conf_route_t, strip_prefix, "false", 0, 0),
     KEY(S_ROUTE, "timeouts", T_OVERRIDE, bh_conf_route_t, timeouts, NULL, 0, 0), /* inherit */
+    KEY(S_ROUTE, "retry", T_ROUTE_RETRY, bh_conf_route_t, retry, NULL, 0, 0), /* check_root */
     LATER(S_ROUTE, "database"),
 
     KEY(S_MATCH, "host", T_HOST, bh_conf_route_t, host, NULL, 0, 0), /* NULL: any host */
@@ -933,7 +1237,49 @@ static int check_pool(ctx_t *c, yaml_node_t *map, void *base)
     return 0;
 }
 
-/* Resolves each route's upstream and fills its timeouts not given from the upstream's. */
+/* max >= base for a backoff, max_open_for >= open_for, timeout <= interval: lo must not be above
+ * hi. The message names the key the user most likely has to change (hi when at_least). */
+static int check_order(ctx_t *c, yaml_node_t *map, const char *lo_key, uint64_t lo,
+                       const char *hi_key, uint64_t hi, bool at_least)
+{
+    char a[32], b[32], buf[300];
+    yaml_node_t *at;
+
+    if (lo <= hi)
+        return 0;
+    show_duration(lo, a, sizeof a);
+    show_duration(hi, b, sizeof b);
+    at = lookup(c, map, at_least ? hi_key : lo_key);
+    if (at == NULL)
+        at = lookup(c, map, at_least ? lo_key : hi_key);
+    if (at_least)
+        return fail(c, at ? at : map, "%s %s %s is smaller than %s %s, expected at least %s",
+                    hi_key, b, where(c, buf, sizeof buf), lo_key, a, lo_key);
+    return fail(c, at ? at : map, "%s %s %s is larger than %s %s, expected at most %s", lo_key,
+                a, where(c, buf, sizeof buf), hi_key, b, hi_key);
+}
+
+static int check_backoff(ctx_t *c, yaml_node_t *map, void *base)
+{
+    bh_conf_backoff_t *b = base;
+    return check_order(c, map, "base", b->base_ms, "max", b->max_ms, true);
+}
+
+static int check_breaker(ctx_t *c, yaml_node_t *map, void *base)
+{
+    bh_conf_breaker_t *b = base;
+    return check_order(c, map, "open_for", b->open_for_ms, "max_open_for", b->max_open_for_ms,
+                       true);
+}
+
+static int check_health(ctx_t *c, yaml_node_t *map, void *base)
+{
+    bh_conf_health_t *h = base;
+    return check_order(c, map, "timeout", h->timeout_ms, "interval", h->interval_ms, false);
+}
+
+/* Resolves each route's upstream and fills its timeouts not given from the upstream's; a route
+ * without its own retry takes the upstream's, one with its own keeps the upstream's budget. */
 static int check_root(ctx_t *c, yaml_node_t *map, void *base)
 {
     bh_conf_t *conf = base;
@@ -966,11 +1312,17 @@ static int check_root(ctx_t *c, yaml_node_t *map, void *base)
             if (k->sec == S_TIMEOUTS && *mine == INHERIT)
                 *mine = *FIELD(&conf->upstreams[u].timeouts, k, uint64_t);
         }
+        if (!r->has_retry)
+            r->retry = conf->upstreams[u].retry;
+        r->retry.budget = conf->upstreams[u].retry.budget;
     }
     return 0;
 }
 
-static const hook_fn HOOKS[S_COUNT] = {[S_ROOT] = check_root, [S_POOL] = check_pool};
+static const hook_fn HOOKS[S_COUNT] = {
+    [S_ROOT] = check_root,       [S_POOL] = check_pool,     [S_BACKOFF] = check_backoff,
+    [S_BREAKER] = check_breaker, [S_HEALTH] = check_health,
+};
 
 /* ---- the section walker ---------------------------------------------------------------- */
 
@@ -1227,6 +1579,7 @@ void bh_conf_free(bh_conf_t *conf)
         for (size_t j = 0; j < u->n_endpoints; j++)
             addr_clear(&u->endpoints[j]);
         bh_free(u->endpoints);
+        bh_free(u->health_check.path);
     }
     bh_free(conf->upstreams);
     for (size_t i = 0; i < conf->n_routes; i++) {

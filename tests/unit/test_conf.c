@@ -6,6 +6,7 @@
 #include <cmocka.h>
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +86,33 @@ static const char FULL[] =
     "      first_byte: 10s\n"
     "      idle: 20s\n"
     "      total: 40s\n"
+    "    dns_refresh: 10s\n"
+    "    balance: round_robin\n"
+    "    retry:\n"
+    "      attempts: 4\n"
+    "      on: [ connect-failure, 5xx, retriable-status, first-byte-timeout ]\n"
+    "      retriable_status: [ 503, 429 ]\n"
+    "      methods: all\n"
+    "      max_replay_bytes: 1MiB\n"
+    "      backoff: { base: 10ms, max: 1s }\n"
+    "      honor_retry_after: false\n"
+    "      budget: { ratio: 25%, min_per_second: 5 }\n"
+    "    breaker:\n"
+    "      consecutive_failures: 7\n"
+    "      failure_rate: 0.6\n"
+    "      window: 30s\n"
+    "      min_requests: 50\n"
+    "      open_for: 2s\n"
+    "      max_open_for: 2m\n"
+    "      half_open_probes: 1\n"
+    "      count: [ connect-failure, reset ]\n"
+    "    outlier: { consecutive_failures: 3, eject_for: 10s, max_ejected: 34% }\n"
+    "    health_check:\n"
+    "      path: /ready\n"
+    "      interval: 2s\n"
+    "      timeout: 500ms\n"
+    "      healthy: 1\n"
+    "      unhealthy: 2\n"
     "  static:\n"
     "    endpoints: [ \"10.0.0.7:80\" ]\n"
     "routes:\n"
@@ -92,6 +120,7 @@ static const char FULL[] =
     "    upstream: api\n"
     "    strip_prefix: true\n"
     "    timeouts: { total: 10s, connect: 500ms }\n"
+    "    retry: { attempts: 2, on: [ gateway-error ] }\n"
     "  - match: { path_prefix: /static/, methods: GET }\n"
     "    upstream: static\n"
     "  - upstream: api\n"
@@ -159,6 +188,39 @@ static void test_full_config(void **state)
     assert_int_equal(api->timeouts.first_byte_ms, 10000);
     assert_int_equal(api->timeouts.idle_ms, 20000);
     assert_int_equal(api->timeouts.total_ms, 40000);
+    assert_int_equal(api->dns_refresh_ms, 10000);
+    assert_int_equal(api->balance, BH_BALANCE_ROUND_ROBIN);
+    assert_int_equal(api->retry.attempts, 4);
+    assert_int_equal(api->retry.on, BH_RETRY_ON_CONNECT_FAILURE | BH_RETRY_ON_5XX |
+                                        BH_RETRY_ON_RETRIABLE_STATUS |
+                                        BH_RETRY_ON_FIRST_BYTE_TIMEOUT);
+    assert_int_equal(api->retry.n_retriable_status, 2);
+    assert_int_equal(api->retry.retriable_status[0], 503);
+    assert_int_equal(api->retry.retriable_status[1], 429);
+    assert_true(api->retry.methods_all);
+    assert_int_equal(api->retry.max_replay_bytes, 1024 * 1024);
+    assert_int_equal(api->retry.backoff.base_ms, 10);
+    assert_int_equal(api->retry.backoff.max_ms, 1000);
+    assert_false(api->retry.honor_retry_after);
+    assert_true(api->retry.budget.ratio == 0.25);
+    assert_int_equal(api->retry.budget.min_per_second, 5);
+    assert_int_equal(api->breaker.consecutive_failures, 7);
+    assert_true(fabs(api->breaker.failure_rate - 0.6) < 1e-9);
+    assert_int_equal(api->breaker.window_ms, 30000);
+    assert_int_equal(api->breaker.min_requests, 50);
+    assert_int_equal(api->breaker.open_for_ms, 2000);
+    assert_int_equal(api->breaker.max_open_for_ms, 120000);
+    assert_int_equal(api->breaker.half_open_probes, 1);
+    assert_int_equal(api->breaker.count, BH_COUNT_CONNECT_FAILURE | BH_COUNT_RESET);
+    assert_int_equal(api->outlier.consecutive_failures, 3);
+    assert_int_equal(api->outlier.eject_for_ms, 10000);
+    assert_true(fabs(api->outlier.max_ejected - 0.34) < 1e-9);
+    assert_true(api->health_check.enabled);
+    assert_string_equal(api->health_check.path, "/ready");
+    assert_int_equal(api->health_check.interval_ms, 2000);
+    assert_int_equal(api->health_check.timeout_ms, 500);
+    assert_int_equal(api->health_check.healthy, 1);
+    assert_int_equal(api->health_check.unhealthy, 2);
     st = &c->upstreams[1];
     assert_string_equal(st->name, "static");
     assert_int_equal(st->pool.max_connections, 64);
@@ -172,16 +234,33 @@ static void test_full_config(void **state)
     assert_string_equal(r->upstream, "api");
     assert_int_equal(r->upstream_index, 0);
     assert_true(r->strip_prefix);
+    /* the route's retry replaces the upstream's as a whole: keys not given take the defaults,
+     * the budget is the upstream's */
+    assert_true(r->has_retry);
+    assert_int_equal(r->retry.attempts, 2);
+    assert_int_equal(r->retry.on, BH_RETRY_ON_GATEWAY_ERROR);
+    assert_int_equal(r->retry.n_retriable_status, 1);
+    assert_int_equal(r->retry.retriable_status[0], 503);
+    assert_false(r->retry.methods_all);
+    assert_int_equal(r->retry.backoff.base_ms, 25);
+    assert_true(r->retry.honor_retry_after);
+    assert_true(r->retry.budget.ratio == 0.25);
+    assert_int_equal(r->retry.budget.min_per_second, 5);
     r = &c->routes[1];
     assert_null(r->host);
     assert_string_equal(r->path_prefix, "/static/");
     assert_int_equal(r->methods, BH_M_GET);
     assert_int_equal(r->upstream_index, 1);
     assert_false(r->strip_prefix);
+    assert_false(r->has_retry);
+    assert_memory_equal(&r->retry, &st->retry, sizeof r->retry);
+    assert_false(st->health_check.enabled);
     r = &c->routes[2];
     assert_string_equal(r->path_prefix, "/");
     assert_int_equal(r->methods, BH_M_ALL);
     assert_int_equal(r->upstream_index, 0);
+    assert_false(r->has_retry);
+    assert_memory_equal(&r->retry, &api->retry, sizeof r->retry);
 
     assert_int_equal(c->shutdown.drain_timeout_ms, 60000);
     bh_conf_free(c);
@@ -215,6 +294,38 @@ static void test_route_timeouts_inherit(void **state)
     assert_int_equal(c->routes[0].timeouts.total_ms, 7000);
     assert_int_equal(c->routes[0].timeouts.connect_ms, 1000);
     bh_conf_free(c);
+}
+
+static void check_resilience_defaults(const bh_conf_upstream_t *u)
+{
+    assert_int_equal(u->dns_refresh_ms, 30000);
+    assert_int_equal(u->balance, BH_BALANCE_LEAST_REQUEST);
+    assert_int_equal(u->retry.attempts, 3);
+    assert_int_equal(u->retry.on, BH_RETRY_ON_CONNECT_FAILURE |
+                                      BH_RETRY_ON_RESET_BEFORE_RESPONSE |
+                                      BH_RETRY_ON_GATEWAY_ERROR);
+    assert_int_equal(u->retry.n_retriable_status, 1);
+    assert_int_equal(u->retry.retriable_status[0], 503);
+    assert_false(u->retry.methods_all);
+    assert_int_equal(u->retry.max_replay_bytes, 64 * 1024);
+    assert_int_equal(u->retry.backoff.base_ms, 25);
+    assert_int_equal(u->retry.backoff.max_ms, 250);
+    assert_true(u->retry.honor_retry_after);
+    assert_true(fabs(u->retry.budget.ratio - 0.2) < 1e-12);
+    assert_int_equal(u->retry.budget.min_per_second, 10);
+    assert_int_equal(u->breaker.consecutive_failures, 5);
+    assert_true(u->breaker.failure_rate == 0.5);
+    assert_int_equal(u->breaker.window_ms, 10000);
+    assert_int_equal(u->breaker.min_requests, 20);
+    assert_int_equal(u->breaker.open_for_ms, 5000);
+    assert_int_equal(u->breaker.max_open_for_ms, 60000);
+    assert_int_equal(u->breaker.half_open_probes, 3);
+    assert_int_equal(u->breaker.count, BH_COUNT_CONNECT_FAILURE | BH_COUNT_TIMEOUT | BH_COUNT_5XX);
+    assert_int_equal(u->outlier.consecutive_failures, 5);
+    assert_int_equal(u->outlier.eject_for_ms, 30000);
+    assert_true(u->outlier.max_ejected == 0.5);
+    assert_false(u->health_check.enabled); /* absent: disabled */
+    assert_null(u->health_check.path);
 }
 
 static void test_defaults(void **state)
@@ -272,6 +383,9 @@ static void test_defaults(void **state)
     assert_string_equal(c->routes[0].path_prefix, "/");
     assert_int_equal(c->routes[0].methods, BH_M_ALL);
     assert_false(c->routes[0].strip_prefix);
+    check_resilience_defaults(&c->upstreams[0]);
+    assert_false(c->routes[0].has_retry);
+    assert_memory_equal(&c->routes[0].retry, &c->upstreams[0].retry, sizeof(bh_conf_retry_t));
     bh_conf_free(c);
 
     /* max_idle follows max_connections when not given */
@@ -597,18 +711,6 @@ static void test_unsupported_keys(void **state)
          "t.yaml:3:1: key 'databases' at top level " LATER_MSG},
         {"listeners:\n  - address: 0.0.0.0:443\n    tls: { cert: a, key: b }\n",
          "t.yaml:3:5: key 'tls' in listeners[0] " LATER_MSG},
-        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    dns_refresh: 30s\n",
-         "t.yaml:6:5: key 'dns_refresh' in upstreams.a " LATER_MSG},
-        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    balance: random\n",
-         "t.yaml:6:5: key 'balance' in upstreams.a " LATER_MSG},
-        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    retry: { attempts: 3 }\n",
-         "t.yaml:6:5: key 'retry' in upstreams.a " LATER_MSG},
-        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    breaker: {}\n",
-         "t.yaml:6:5: key 'breaker' in upstreams.a " LATER_MSG},
-        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    outlier: {}\n",
-         "t.yaml:6:5: key 'outlier' in upstreams.a " LATER_MSG},
-        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    health_check: { path: / }\n",
-         "t.yaml:6:5: key 'health_check' in upstreams.a " LATER_MSG},
         {MIN_HEAD "routes:\n  - match: { path_prefix: /sql }\n    database: main\n",
          "t.yaml:5:5: key 'database' in routes[0] " LATER_MSG},
     };
@@ -795,6 +897,196 @@ static void test_errors(void **state)
     run_cases(cases, COUNT(cases));
 }
 
+#define UP_A MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n"
+
+/* The resilience keys in their other accepted forms. */
+static void test_resilience_forms(void **state)
+{
+    bh_conf_t *c;
+    const bh_conf_upstream_t *u;
+
+    c = load_ok(UP_A "    balance: random\n    dns_refresh: 0\n"
+                     "    retry:\n      on: 5xx\n      retriable_status: 429\n"
+                     "      budget: { ratio: 20% }\n"
+                     "    breaker: { failure_rate: 0, count: [] }\n"
+                     "    outlier: { max_ejected: 1 }\n"
+                     "    health_check:\n");
+    u = &c->upstreams[0];
+    assert_int_equal(u->balance, BH_BALANCE_RANDOM);
+    assert_int_equal(u->dns_refresh_ms, 0);
+    assert_int_equal(u->retry.on, BH_RETRY_ON_5XX); /* a single value is a list of one */
+    assert_int_equal(u->retry.n_retriable_status, 1);
+    assert_int_equal(u->retry.retriable_status[0], 429);
+    assert_true(fabs(u->retry.budget.ratio - 0.2) < 1e-12);
+    assert_int_equal(u->retry.budget.min_per_second, 10);
+    assert_true(u->breaker.failure_rate == 0);
+    assert_int_equal(u->breaker.count, 0);
+    assert_int_equal(u->breaker.consecutive_failures, 5);
+    assert_true(u->outlier.max_ejected == 1.0);
+    /* an empty health_check section: enabled with every default */
+    assert_true(u->health_check.enabled);
+    assert_string_equal(u->health_check.path, "/healthz");
+    assert_int_equal(u->health_check.interval_ms, 5000);
+    assert_int_equal(u->health_check.timeout_ms, 1000);
+    assert_int_equal(u->health_check.healthy, 2);
+    assert_int_equal(u->health_check.unhealthy, 3);
+    bh_conf_free(c);
+
+    /* on: [] retries nothing; duplicates in lists are harmless; 16 statuses fit */
+    c = load_ok(UP_A "    retry:\n      on: []\n      attempts: 1\n"
+                     "      retriable_status: [500, 501, 502, 503, 504, 505, 506, 507, 508, 509,"
+                     " 510, 511, 429, 408, 425, 503, 599]\n"
+                     "    breaker: { count: [5xx, 5xx, timeout] }\n"
+                     "routes:\n  - upstream: a\n    retry:\n");
+    u = &c->upstreams[0];
+    assert_int_equal(u->retry.on, 0);
+    assert_int_equal(u->retry.attempts, 1);
+    assert_int_equal(u->retry.n_retriable_status, 16);
+    assert_int_equal(u->retry.retriable_status[15], 599);
+    assert_int_equal(u->breaker.count, BH_COUNT_5XX | BH_COUNT_TIMEOUT);
+    /* a route's empty retry section: the defaults, not the upstream's values */
+    assert_true(c->routes[0].has_retry);
+    assert_int_equal(c->routes[0].retry.attempts, 3);
+    assert_int_equal(c->routes[0].retry.n_retriable_status, 1);
+    bh_conf_free(c);
+
+    /* retry settings from the environment */
+    setenv("BH_T_ATTEMPTS", "5", 1);
+    c = load_ok(UP_A "    retry: { attempts: \"${BH_T_ATTEMPTS}\", on: [\"${BH_T_NONE:-5xx}\"] }\n");
+    assert_int_equal(c->upstreams[0].retry.attempts, 5);
+    assert_int_equal(c->upstreams[0].retry.on, BH_RETRY_ON_5XX);
+    bh_conf_free(c);
+    unsetenv("BH_T_ATTEMPTS");
+}
+
+static void test_resilience_errors(void **state)
+{
+    static const err_case_t cases[] = {
+        {UP_A "    balance: least_requests\n",
+         "t.yaml:6:14: unknown balance policy 'least_requests' in upstreams.a.balance, did you "
+         "mean 'least_request'?"},
+        {UP_A "    balance: fastest\n",
+         "t.yaml:6:14: unknown balance policy 'fastest' in upstreams.a.balance, expected "
+         "round_robin, least_request or random"},
+        {UP_A "    balance: [random]\n",
+         "t.yaml:6:14: upstreams.a.balance is a list, expected round_robin, least_request or "
+         "random"},
+        {UP_A "    dns_refresh: 30\n",
+         "t.yaml:6:18: invalid duration '30' for upstreams.a.dns_refresh, expected a number with "
+         "a unit (ms, s, m, h, d), e.g. 250ms or 5s"},
+        /* retry */
+        {UP_A "    retry:\n      on: [connect-failure, 5xx, reset]\n",
+         "t.yaml:7:34: unknown retry condition 'reset' in upstreams.a.retry.on, expected "
+         "connect-failure, reset-before-response, first-byte-timeout, gateway-error, 5xx or "
+         "retriable-status"},
+        {UP_A "    retry:\n      on: [ conect-failure ]\n",
+         "t.yaml:7:13: unknown retry condition 'conect-failure' in upstreams.a.retry.on, did you "
+         "mean 'connect-failure'?"},
+        {UP_A "    retry:\n      on: { a: 1 }\n",
+         "t.yaml:7:11: upstreams.a.retry.on is a mapping, expected a list of connect-failure, "
+         "reset-before-response, first-byte-timeout, gateway-error, 5xx, retriable-status"},
+        {UP_A "    retry:\n      on: [ [5xx] ]\n",
+         "t.yaml:7:13: upstreams.a.retry.on is a list, expected a single value"},
+        {UP_A "    retry: { attempts: 0 }\n",
+         "t.yaml:6:24: 0 for upstreams.a.retry.attempts is out of range, expected 1 to 10"},
+        {UP_A "    retry: { attempts: 11 }\n",
+         "t.yaml:6:24: 11 for upstreams.a.retry.attempts is out of range, expected 1 to 10"},
+        {UP_A "    retry: { retriable_status: [503, 99] }\n",
+         "t.yaml:6:38: 99 for upstreams.a.retry.retriable_status is out of range, expected 100 "
+         "to 599"},
+        {UP_A "    retry: { retriable_status: [503, 5xx] }\n",
+         "t.yaml:6:38: invalid number '5xx' for upstreams.a.retry.retriable_status, expected a "
+         "whole number from 100 to 599"},
+        {UP_A "    retry:\n      retriable_status: [500, 501, 502, 503, 504, 505, 506, 507, 508,"
+              " 509, 510, 511, 429, 408, 425, 599, 598]\n",
+         "t.yaml:7:106: too many statuses in upstreams.a.retry.retriable_status, expected at most "
+         "16"},
+        {UP_A "    retry: { methods: safe }\n",
+         "t.yaml:6:23: unknown retry methods 'safe' in upstreams.a.retry.methods, expected "
+         "idempotent or all"},
+        {UP_A "    retry: { max_replay_bytes: 2GiB }\n",
+         "t.yaml:6:32: 2GiB for upstreams.a.retry.max_replay_bytes is out of range, expected 0 "
+         "to 1GiB"},
+        {UP_A "    retry:\n      backoff: { base: 1s, max: 100ms }\n",
+         "t.yaml:7:33: max 100ms in upstreams.a.retry.backoff is smaller than base 1s, expected "
+         "at least base"},
+        {UP_A "    retry:\n      backoff: { base: 1s }\n",
+         "t.yaml:7:24: max 250ms in upstreams.a.retry.backoff is smaller than base 1s, expected "
+         "at least base"},
+        {UP_A "    retry:\n      backoff: { base: 0 }\n",
+         "t.yaml:7:24: 0 for upstreams.a.retry.backoff.base is out of range, expected 1ms to "
+         "365d"},
+        {UP_A "    retry:\n      budget: { ratio: 120% }\n",
+         "t.yaml:7:24: invalid percentage '120%' for upstreams.a.retry.budget.ratio, expected a "
+         "percentage such as 50% or a fraction from 0 to 1 such as 0.5"},
+        {UP_A "    retry:\n      budget: { ratio: -1 }\n",
+         "t.yaml:7:24: invalid percentage '-1' for upstreams.a.retry.budget.ratio, expected a "
+         "percentage such as 50% or a fraction from 0 to 1 such as 0.5"},
+        {UP_A "    retry:\n      honour_retry_after: true\n",
+         "t.yaml:7:7: unknown key 'honour_retry_after' in upstreams.a.retry, did you mean "
+         "'honor_retry_after'?"},
+        {UP_A "    retry: 3\n", "t.yaml:6:12: upstreams.a.retry is a single value, expected a "
+                                "mapping"},
+        /* breaker */
+        {UP_A "    breaker: { count: [timeout, 4xx] }\n",
+         "t.yaml:6:33: unknown breaker outcome '4xx' in upstreams.a.breaker.count, did you mean "
+         "'5xx'?"},
+        {UP_A "    breaker: { count: [errors] }\n",
+         "t.yaml:6:24: unknown breaker outcome 'errors' in upstreams.a.breaker.count, expected "
+         "connect-failure, timeout, 5xx or reset"},
+        {UP_A "    breaker: { failure_rate: 50 }\n",
+         "t.yaml:6:30: invalid percentage '50' for upstreams.a.breaker.failure_rate, expected a "
+         "percentage such as 50% or a fraction from 0 to 1 such as 0.5"},
+        {UP_A "    breaker: { half_open_probes: 0 }\n",
+         "t.yaml:6:34: 0 for upstreams.a.breaker.half_open_probes is out of range, expected 1 to "
+         "100"},
+        {UP_A "    breaker: { half_open_probes: 101 }\n",
+         "t.yaml:6:34: 101 for upstreams.a.breaker.half_open_probes is out of range, expected 1 "
+         "to 100"},
+        {UP_A "    breaker: { window: 5ms }\n",
+         "t.yaml:6:24: 5ms for upstreams.a.breaker.window is out of range, expected 10ms to 1d"},
+        {UP_A "    breaker:\n      max_open_for: 1s\n",
+         "t.yaml:7:21: max_open_for 1s in upstreams.a.breaker is smaller than open_for 5s, "
+         "expected at least open_for"},
+        {UP_A "    breaker: { min_requests: 0 }\n",
+         "t.yaml:6:30: 0 for upstreams.a.breaker.min_requests is out of range, expected 1 to "
+         "1000000"},
+        /* outlier */
+        {UP_A "    outlier: { eject_for: 301s }\n",
+         "t.yaml:6:27: 301s for upstreams.a.outlier.eject_for is out of range, expected 1ms to "
+         "5m"},
+        {UP_A "    outlier: { max_ejected: 50 % }\n",
+         "t.yaml:6:29: invalid percentage '50 %' for upstreams.a.outlier.max_ejected, expected a "
+         "percentage such as 50% or a fraction from 0 to 1 such as 0.5"},
+        /* health checks */
+        {UP_A "    health_check: { path: healthz }\n",
+         "t.yaml:6:27: invalid path 'healthz' for upstreams.a.health_check.path, expected a path "
+         "starting with '/', e.g. /healthz"},
+        {UP_A "    health_check: { interval: 1s, timeout: 2s }\n",
+         "t.yaml:6:44: timeout 2s in upstreams.a.health_check is larger than interval 1s, "
+         "expected at most interval"},
+        {UP_A "    health_check: { healthy: 0 }\n",
+         "t.yaml:6:30: 0 for upstreams.a.health_check.healthy is out of range, expected 1 to "
+         "1000"},
+        {UP_A "    health_check: true\n",
+         "t.yaml:6:19: upstreams.a.health_check is a single value, expected a mapping of path, "
+         "interval, timeout, healthy, unhealthy"},
+        /* per-route retry */
+        {UP_A "routes:\n  - upstream: a\n    retry: { budget: { ratio: 0.5 } }\n",
+         "t.yaml:8:14: key 'budget' in routes[0].retry is per upstream, expected it under "
+         "upstreams.<name>.retry.budget"},
+        {UP_A "routes:\n  - upstream: a\n    retry: { on: [5xx, teapot] }\n",
+         "t.yaml:8:24: unknown retry condition 'teapot' in routes[0].retry.on, expected "
+         "connect-failure, reset-before-response, first-byte-timeout, gateway-error, 5xx or "
+         "retriable-status"},
+        {UP_A "routes:\n  - upstream: a\n    retry: [1]\n",
+         "t.yaml:8:12: routes[0].retry is a list, expected a mapping of retry settings "
+         "(attempts, on, retriable_status, methods, max_replay_bytes, backoff, "
+         "honor_retry_after)"},
+    };
+    run_cases(cases, COUNT(cases));
+}
+
 static void test_methods_forms(void **state)
 {
     bh_conf_t *c =
@@ -964,6 +1256,8 @@ int main(void)
         cmocka_unit_test(test_did_you_mean),
         cmocka_unit_test(test_unsupported_keys),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_resilience_forms),
+        cmocka_unit_test(test_resilience_errors),
         cmocka_unit_test(test_methods_forms),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_examples),
