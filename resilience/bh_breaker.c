@@ -19,8 +19,8 @@ enum { OUTCOMES, FAILURES };
 /* The word: state:2 | admitted:7 | succeeded:7 | gen:8 | until:40 (ms after b->base_ms).
  * gen counts transitions, so that two periods ending at the same millisecond (threads with
  * slightly different clocks) still have different eras. */
-static uint64_t pack(const bh_breaker_t *b, enum bh_breaker_state s, uint32_t admitted,
-                     uint32_t ok, uint64_t gen, uint64_t until)
+static uint64_t pack(const bh_breaker_t *b, enum bh_breaker_state s, uint32_t admitted, uint32_t ok,
+                     uint64_t gen, uint64_t until)
 {
     uint64_t off = until > b->base_ms ? until - b->base_ms : 0;
 
@@ -100,9 +100,8 @@ static uint64_t open_period(const bh_breaker_t *b, uint32_t k, bh_rng_t *rng)
 /* CAS from seen (CLOSED or HALF_OPEN) to OPEN. Returns whether this thread made the move. */
 static bool trip(bh_breaker_t *b, uint64_t seen, uint64_t now_ms, bh_rng_t *rng)
 {
-    uint32_t k = st(seen) == BH_BREAKER_CLOSED
-                     ? 0
-                     : atomic_load_explicit(&b->reopens, memory_order_relaxed);
+    uint32_t k =
+        st(seen) == BH_BREAKER_CLOSED ? 0 : atomic_load_explicit(&b->reopens, memory_order_relaxed);
     uint64_t next = pack(b, BH_BREAKER_OPEN, 0, 0, gen(seen) + 1, now_ms + open_period(b, k, rng));
 
     if (!atomic_compare_exchange_strong_explicit(&b->word, &seen, next, memory_order_acq_rel,
@@ -147,7 +146,7 @@ int bh_breaker_allow(bh_breaker_t *b, uint64_t now_ms, bh_rng_t *rng, bh_breaker
                 return 0;
             }
             break;
-        default: /* HALF_OPEN */
+        default:                         /* HALF_OPEN */
             if (now_ms >= until(b, w)) { /* its probes did not all finish in time */
                 if (trip(b, w, now_ms, rng))
                     atomic_fetch_add_explicit(&b->probe_timeouts, 1, memory_order_relaxed);

@@ -18,9 +18,9 @@
  *
  * Thread-safety: every function is lock-free and safe to call from any thread. The state, the
  * probe counts and the period's end live in one 64-bit atomic word changed by CAS, so exactly
- * one thread wins each transition; counters are relaxed atomics. now_ms must stay within 2^40 ms of the init time. Threads
- * may pass slightly different clocks (each worker's loop time): a late clock only delays a
- * transition to its next call. */
+ * one thread wins each transition; counters are relaxed atomics. now_ms must stay within 2^40 ms of
+ * the init time. Threads may pass slightly different clocks (each worker's loop time): a late clock
+ * only delays a transition to its next call. */
 #ifndef BH_BREAKER_H
 #define BH_BREAKER_H
 
@@ -63,17 +63,17 @@ typedef struct bh_breaker {
 
 typedef struct bh_breaker_stats {
     enum bh_breaker_state state;
-    uint64_t open_remaining_ms;     /* OPEN: time until half-open; else 0 */
-    uint32_t consecutive_failures;  /* in use of conf.consecutive_failures */
-    uint64_t window_requests;       /* outcomes in the window (CLOSED) */
-    uint64_t window_failures;       /* failures among them */
-    uint32_t probes_admitted;       /* HALF_OPEN: probes handed out / succeeded / still free */
+    uint64_t open_remaining_ms;    /* OPEN: time until half-open; else 0 */
+    uint32_t consecutive_failures; /* in use of conf.consecutive_failures */
+    uint64_t window_requests;      /* outcomes in the window (CLOSED) */
+    uint64_t window_failures;      /* failures among them */
+    uint32_t probes_admitted;      /* HALF_OPEN: probes handed out / succeeded / still free */
     uint32_t probes_succeeded;
     uint32_t probes_remaining;
-    uint32_t reopens;               /* consecutive open periods (the doubling exponent) */
-    uint64_t opens;                 /* transitions to OPEN since init (monotonic) */
-    uint64_t rejections;            /* requests failed fast since init (monotonic) */
-    uint64_t probe_timeouts;        /* half-open periods ended by stuck probes (monotonic) */
+    uint32_t reopens;        /* consecutive open periods (the doubling exponent) */
+    uint64_t opens;          /* transitions to OPEN since init (monotonic) */
+    uint64_t rejections;     /* requests failed fast since init (monotonic) */
+    uint64_t probe_timeouts; /* half-open periods ended by stuck probes (monotonic) */
 } bh_breaker_stats_t;
 
 /* Sets up a CLOSED breaker from conf (copied; half_open_probes is clamped to 1..100).

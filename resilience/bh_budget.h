@@ -22,19 +22,19 @@
 #define BH_BUDGET_WINDOW_MS 10000
 
 typedef struct bh_budget {
-    bh_window_t w;            /* counter 0: requests, 1: retries */
-    double ratio;             /* fields below are private; read them with bh_budget_stats */
-    uint64_t reserve;         /* min_per_second * window seconds */
+    bh_window_t w;    /* counter 0: requests, 1: retries */
+    double ratio;     /* fields below are private; read them with bh_budget_stats */
+    uint64_t reserve; /* min_per_second * window seconds */
     _Atomic uint64_t exhausted;
     _Atomic uint64_t retries_total;
 } bh_budget_t;
 
 typedef struct bh_budget_stats {
-    uint64_t requests;  /* original requests seen in the window */
-    uint64_t retries;   /* retries scheduled in the window: the budget in use */
-    uint64_t limit;     /* retries allowed in the window: ratio * requests + reserve */
-    uint64_t remaining; /* limit - retries (0 when exhausted) */
-    uint64_t exhausted; /* retries refused since init (monotonic) */
+    uint64_t requests;      /* original requests seen in the window */
+    uint64_t retries;       /* retries scheduled in the window: the budget in use */
+    uint64_t limit;         /* retries allowed in the window: ratio * requests + reserve */
+    uint64_t remaining;     /* limit - retries (0 when exhausted) */
+    uint64_t exhausted;     /* retries refused since init (monotonic) */
     uint64_t retries_total; /* retries granted since init (monotonic) */
 } bh_budget_stats_t;
 

@@ -83,7 +83,8 @@ static void try_eject(bh_outlier_t *o, size_t i, uint64_t now_ms)
     if (atomic_flag_test_and_set_explicit(&o->deciding, memory_order_acquire))
         return; /* another thread is deciding; the next failure decides again */
     if (now_ms < until_of(o, i)) {
-        atomic_store_explicit(&e->run, 0, memory_order_relaxed); /* late failures of an ejected one */
+        atomic_store_explicit(&e->run, 0,
+                              memory_order_relaxed); /* late failures of an ejected one */
     } else {
         if (count_ejected(o, now_ms) + 1 > o->max_ejectable) {
             atomic_fetch_add_explicit(&o->skipped, 1, memory_order_relaxed);

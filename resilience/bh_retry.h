@@ -45,21 +45,21 @@ typedef struct bh_attempt {
 
 /* What the request allows. */
 typedef struct bh_retry_request {
-    uint32_t method;       /* one BH_M_* bit (bh_method_bit) */
-    bool idempotency_key;  /* it carries an Idempotency-Key header */
-    bool body_replayable;  /* every body byte read so far is still held (none read, or the whole
-                              body so far fits in retry.max_replay_bytes and was kept) */
+    uint32_t method;      /* one BH_M_* bit (bh_method_bit) */
+    bool idempotency_key; /* it carries an Idempotency-Key header */
+    bool body_replayable; /* every body byte read so far is still held (none read, or the whole
+                             body so far fits in retry.max_replay_bytes and was kept) */
 } bh_retry_request_t;
 
 typedef enum bh_retry_verdict {
-    BH_RETRY_YES,               /* the policy allows another attempt */
-    BH_RETRY_NO_SUCCESS,        /* the outcome is not a failure (OK, status not retriable) */
-    BH_RETRY_NO_DEADLINE,       /* TOTAL_TIMEOUT: never retried */
-    BH_RETRY_NO_PARTIAL,        /* response bytes reached the client */
-    BH_RETRY_NO_NOT_IN_ON,      /* the failure is not in retry.on */
-    BH_RETRY_NO_ATTEMPTS,       /* retry.attempts used up */
-    BH_RETRY_NO_BODY,           /* the request body is no longer held */
-    BH_RETRY_NO_UNSAFE_METHOD,  /* sent, non-idempotent, no Idempotency-Key, methods: idempotent */
+    BH_RETRY_YES,              /* the policy allows another attempt */
+    BH_RETRY_NO_SUCCESS,       /* the outcome is not a failure (OK, status not retriable) */
+    BH_RETRY_NO_DEADLINE,      /* TOTAL_TIMEOUT: never retried */
+    BH_RETRY_NO_PARTIAL,       /* response bytes reached the client */
+    BH_RETRY_NO_NOT_IN_ON,     /* the failure is not in retry.on */
+    BH_RETRY_NO_ATTEMPTS,      /* retry.attempts used up */
+    BH_RETRY_NO_BODY,          /* the request body is no longer held */
+    BH_RETRY_NO_UNSAFE_METHOD, /* sent, non-idempotent, no Idempotency-Key, methods: idempotent */
 } bh_retry_verdict_t;
 
 /* The outcome for a received response head. */

@@ -11,15 +11,22 @@ void bh_window_init(bh_window_t *w, uint64_t window_ms)
             atomic_init(&w->slot[b][k], 0);
 }
 
+/* The bucket number of now (its low 32 bits tag the slot; differences stay wrap-safe) and the
+ * slot it lives in (from the full number, so the rotation never skips at a 32-bit wrap). */
 static uint32_t bucket_of(const bh_window_t *w, uint64_t now_ms)
 {
     return (uint32_t)(now_ms / w->bucket_ms);
 }
 
+static unsigned slot_of(const bh_window_t *w, uint64_t now_ms)
+{
+    return (unsigned)(now_ms / w->bucket_ms % BH_WINDOW_BUCKETS);
+}
+
 void bh_window_add(bh_window_t *w, unsigned which, uint64_t now_ms, uint32_t delta)
 {
     uint32_t ep = bucket_of(w, now_ms);
-    _Atomic uint64_t *slot = &w->slot[ep % BH_WINDOW_BUCKETS][which];
+    _Atomic uint64_t *slot = &w->slot[slot_of(w, now_ms)][which];
     uint64_t old = atomic_load_explicit(slot, memory_order_relaxed), new;
 
     do {
@@ -27,7 +34,10 @@ void bh_window_add(bh_window_t *w, unsigned which, uint64_t now_ms, uint32_t del
             uint64_t c = (old & COUNT_MASK) + delta;
             new = ((uint64_t)ep << 32) | (c > COUNT_MASK ? COUNT_MASK : c);
         } else if ((uint32_t)(ep - (uint32_t)(old >> 32)) >= 0x80000000u && (old & COUNT_MASK)) {
-            return; /* the slot already holds a later bucket (a thread with a newer clock) */
+            /* the slot already holds a later bucket (a thread with a newer clock): this event
+             * belongs to a bucket that has left the window for that thread. An empty slot
+             * (count 0, e.g. cleared) is always taken. */
+            return;
         } else {
             new = ((uint64_t)ep << 32) | delta;
         }
@@ -38,7 +48,7 @@ void bh_window_add(bh_window_t *w, unsigned which, uint64_t now_ms, uint32_t del
 void bh_window_sub(bh_window_t *w, unsigned which, uint64_t now_ms, uint32_t delta)
 {
     uint32_t ep = bucket_of(w, now_ms);
-    _Atomic uint64_t *slot = &w->slot[ep % BH_WINDOW_BUCKETS][which];
+    _Atomic uint64_t *slot = &w->slot[slot_of(w, now_ms)][which];
     uint64_t old = atomic_load_explicit(slot, memory_order_relaxed), new;
 
     do {

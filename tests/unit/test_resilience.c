@@ -17,6 +17,7 @@
 #include "bh_outlier.h"
 #include "bh_retry.h"
 #include "bh_rng.h"
+#include "bh_window.h"
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 #define SEC 1000ull
@@ -187,6 +188,35 @@ static void test_retry_after_parse(void **state)
     assert_int_equal(ms, 1000);
 }
 
+/* ---- window (shared by budget and breaker) ------------------------------------------------ */
+
+static void test_window(void **state)
+{
+    bh_window_t w;
+    const uint64_t wrap = 1ull << 32; /* 1 ms buckets: the 32-bit bucket tag wraps here */
+
+    bh_window_init(&w, 10); /* 10 buckets of 1 ms */
+    for (uint64_t t = wrap - 5; t < wrap + 5; t++)
+        bh_window_add(&w, 0, t, 1);
+    assert_int_equal(bh_window_sum(&w, 0, wrap + 4), 10);
+    assert_int_equal(bh_window_sum(&w, 1, wrap + 4), 0);
+    /* an event of a bucket that already left the window is dropped, not mixed in */
+    bh_window_add(&w, 0, wrap - 6, 1);
+    assert_int_equal(bh_window_sum(&w, 0, wrap + 4), 10);
+    assert_int_equal(bh_window_sum(&w, 0, wrap + 5), 9);
+    assert_int_equal(bh_window_sum(&w, 0, wrap + 14), 0);
+    bh_window_sub(&w, 0, wrap + 4, 1);
+    bh_window_sub(&w, 0, wrap + 4, 1); /* never below zero */
+    assert_int_equal(bh_window_sum(&w, 0, wrap + 4), 9);
+    bh_window_add(&w, 1, 0, UINT32_MAX);
+    bh_window_add(&w, 1, 0, 5); /* saturates */
+    assert_int_equal(bh_window_sum(&w, 1, 0), UINT32_MAX);
+    bh_window_clear(&w);
+    assert_int_equal(bh_window_sum(&w, 0, wrap + 4), 0);
+    bh_window_init(&w, 3); /* shorter than the bucket count: 1 ms buckets */
+    assert_int_equal(w.bucket_ms, 1);
+}
+
 /* ---- budget ---------------------------------------------------------------------------- */
 
 static void test_budget_reserve(void **state)
@@ -240,7 +270,8 @@ static void test_budget_ratio(void **state)
     assert_int_equal(s.retries, 300);
     assert_int_equal(s.remaining, 0);
     assert_int_equal(s.exhausted, 700);
-    /* one second later the requests of second 0 (100) have left the window: limit 280, in use 300 */
+    /* one second later the requests of second 0 (100) have left the window: limit 280, in use 300
+     */
     bh_budget_stats(&b, 10 * SEC, &s);
     assert_int_equal(s.requests, 900);
     assert_int_equal(s.limit, 280);
@@ -1097,6 +1128,7 @@ int main(void)
         cmocka_unit_test(test_backoff_limits),
         cmocka_unit_test(test_backoff_fits),
         cmocka_unit_test(test_retry_after_parse),
+        cmocka_unit_test(test_window),
         cmocka_unit_test(test_budget_reserve),
         cmocka_unit_test(test_budget_ratio),
         cmocka_unit_test(test_budget_zero),

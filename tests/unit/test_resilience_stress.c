@@ -42,7 +42,7 @@ typedef struct worker {
     pthread_t th;
     uint64_t *eras; /* per probe ticket: its era, low bit set when it was cancelled */
     size_t n, cap;
-    int errors;     /* cmocka asserts must not run off the main thread: count instead */
+    int errors; /* cmocka asserts must not run off the main thread: count instead */
 } worker_t;
 
 static void note(worker_t *w, uint64_t v)
@@ -315,7 +315,7 @@ static void test_breaker_probe_limit(void **state)
     free(all);
     assert_true(most >= 3); /* some periods really filled up */
     bh_breaker_stats(&sh.breaker, atomic_load(&sh.clock) / THREADS, &s);
-    assert_true(s.opens > 10);    /* it cycled many times */
+    assert_true(s.opens > 10); /* it cycled many times */
     assert_true(periods > 10);
     assert_true(s.opens >= periods); /* each half-open period followed an open one */
     /* with a healthy upstream at the end it settles CLOSED (or closes on the next probes) */
@@ -368,10 +368,8 @@ static void test_outlier_threads(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_budget_threads),
-        cmocka_unit_test(test_breaker_single_trip),
-        cmocka_unit_test(test_breaker_probe_admission),
-        cmocka_unit_test(test_breaker_probe_limit),
+        cmocka_unit_test(test_budget_threads),          cmocka_unit_test(test_breaker_single_trip),
+        cmocka_unit_test(test_breaker_probe_admission), cmocka_unit_test(test_breaker_probe_limit),
         cmocka_unit_test(test_outlier_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
