@@ -41,9 +41,10 @@ bool bh_backoff_fits(uint64_t delay_ms, uint64_t now_ms, uint64_t deadline_ms)
     return delay_ms < bh_deadline_remaining(deadline_ms, now_ms);
 }
 
-int bh_backoff_parse_retry_after(const char *value, uint64_t len, uint64_t *out_ms)
+int bh_backoff_parse_retry_after(const char *value, size_t len, uint64_t *out_ms)
 {
-    uint64_t s = 0, i = 0;
+    uint64_t s = 0;
+    size_t i = 0;
 
     while (i < len && (value[i] == ' ' || value[i] == '\t'))
         i++;
