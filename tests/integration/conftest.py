@@ -146,7 +146,7 @@ def to_yaml(obj, indent=0):
 # the test upstream
 
 class Upstream:
-    def __init__(self, tmp_path, name="up", keepalive_timeout=None):
+    def __init__(self, tmp_path, name="up", keepalive_timeout=None, announce_keepalive=None):
         self.name = name
         self.port = free_port()
         self.control_port = free_port()
@@ -157,6 +157,8 @@ class Upstream:
                 "--name", name]
         if keepalive_timeout is not None:
             args += ["--keepalive-timeout", str(keepalive_timeout)]
+        if announce_keepalive is not None:
+            args += ["--announce-keepalive", str(announce_keepalive)]
         self.log_path = tmp_path / ("upstream-%s-%d.log" % (name, self.port))
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
@@ -184,6 +186,41 @@ class Upstream:
     def release(self, hold_id="*"):
         return self.control("/release?id=%s" % hold_id)
 
+    def set_mode(self, mode="ok", count=None, retry_after=None):
+        """Failure mode of the data port (every path but /healthz): ok, fail-NNN, reset, close, hang,
+        reset-after-head; count=K: for the next K requests only."""
+        body = {"mode": mode, "count": count, "retry_after": retry_after}
+        req = urllib.request.Request(self.control_url + "/control", data=json.dumps(body).encode(),
+                                     method="POST")
+        with urllib.request.urlopen(req, timeout=IO_TIMEOUT) as r:
+            return json.loads(r.read())
+
+    def set_health(self, health):
+        """What /healthz answers: a status (200, 503, ...) or "hang"."""
+        req = urllib.request.Request(self.control_url + "/control",
+                                     data=json.dumps({"health": str(health)}).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=IO_TIMEOUT) as r:
+            return json.loads(r.read())
+
+    def log(self):
+        """The requests received on the data port, oldest first: dicts with method, path, target,
+        headers ([name, value] pairs), conn, req, t."""
+        return json.loads(self.control("/log"))
+
+    def count(self, path=None, method=None, stats=None):
+        """Requests received on the data port, optionally only for one path and/or method."""
+        st = stats if stats is not None else self.stats()
+        n = 0
+        for key, v in st["requests"].items():
+            m, _, p = key.partition(" ")
+            if (path is None or p == path) and (method is None or m == method):
+                n += v
+        return n
+
+    def traffic(self, stats=None):
+        """Requests received on the data port, health checks excluded."""
+        return self.count(stats=stats) - self.count("/healthz", stats=stats)
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -199,8 +236,9 @@ class Upstream:
 def upstream_factory(tmp_path):
     started = []
 
-    def make(name=None, keepalive_timeout=None):
-        u = Upstream(tmp_path, name or "up%d" % (len(started) + 1), keepalive_timeout)
+    def make(name=None, keepalive_timeout=None, announce_keepalive=None):
+        u = Upstream(tmp_path, name or "up%d" % (len(started) + 1), keepalive_timeout,
+                     announce_keepalive)
         started.append(u)
         return u
 
@@ -603,3 +641,48 @@ def raw():
 
 def pytest_report_header(config):
     return "bulkhead binary: %s" % BULKHEAD_BIN
+
+
+# ----------------------------------------------------------------------------------------------
+# resilience helpers (tests of issue 3)
+
+# Settings that keep one mechanism out of a test of another: a breaker or an outlier detector that
+# never trips within a test (the largest thresholds the config accepts).
+NO_BREAKER = {"consecutive_failures": 1000000, "min_requests": 1000000}
+NO_OUTLIER = {"consecutive_failures": 1000000}
+NO_RETRY = {"attempts": 1}
+
+
+def resilient_upstream(*ups, **keys):
+    """An upstreams.<name> entry: endpoints from Upstream objects or "host:port" strings, and any of
+    balance, retry, breaker, outlier, health_check, timeouts, pool, dns_refresh. breaker and outlier
+    default to NO_BREAKER / NO_OUTLIER so that a test sees only the mechanism it configures; pass
+    breaker=None / outlier=None to get bulkhead's defaults."""
+    entry = {"endpoints": [u if isinstance(u, str) else u.addr for u in ups]}
+    keys.setdefault("breaker", NO_BREAKER)
+    keys.setdefault("outlier", NO_OUTLIER)
+    for k, v in keys.items():
+        if v is not None:
+            entry[k] = v
+    return entry
+
+
+def fetch(port, method="GET", target="/", headers=(), body=None):
+    """One request on a fresh client connection. Returns the RawResponse, or None when the connection
+    closed (or was reset) before a complete response."""
+    with RawClient(port) as c:
+        c.request(method, target, headers=headers, body=body)
+        try:
+            return c.read_response(method)
+        except (PeerClosed, ConnectionResetError):
+            return None
+
+
+def status_of(r):
+    return None if r is None else r.status
+
+
+def retry_after_of(r):
+    v = r.header("Retry-After")
+    assert v is not None and v.strip().isdigit(), "Retry-After %r is not a number of seconds" % v
+    return int(v)

@@ -115,3 +115,80 @@ def test_control_port_not_counted(upstream):
 def test_yaml_writer():
     text = to_yaml({"a": {"b": [1, "x:y"], "c": [{"d": True, "e": {"f": "1s"}}]}, "g": ""})
     assert text == 'a:\n  b: [1, "x:y"]\n  c:\n    - d: true\n      e:\n        f: 1s\ng: ""'
+
+
+def test_control_modes_and_counts(upstream):
+    def one(method="GET", path="/echo-head", body=None):
+        with RawClient(upstream.port) as c:
+            c.request(method, path, body=body)
+            try:
+                return c.read_response(method)
+            except Exception as e:  # noqa: BLE001 - a reset or a close
+                return e
+
+    assert one().status == 200
+    upstream.set_mode("fail-503", retry_after=7)
+    r = one("POST", "/x", body=b"abc")
+    assert r.status == 503 and r.header("Retry-After") == "7"
+    upstream.set_mode("fail-500", count=2)
+    assert [one().status for _ in range(3)] == [500, 500, 200]
+    upstream.set_mode("reset")
+    assert not hasattr(one(), "status")
+    upstream.set_mode("close", count=1)
+    assert not hasattr(one(), "status")
+    assert one().status == 200
+    upstream.set_mode("ok")
+    st = upstream.stats()
+    assert upstream.count("/echo-head", "GET", st) == 7
+    assert upstream.count("/x", "POST", st) == 1
+    assert upstream.count(stats=st) == 8 == upstream.traffic(st)
+    log = upstream.log()
+    assert [e["method"] for e in log] == ["GET", "POST"] + ["GET"] * 6
+    assert ["Content-Length", "3"] in log[1]["headers"]
+
+
+def test_control_hang_and_reset_after_head(upstream):
+    with RawClient(upstream.port) as c:
+        upstream.set_mode("hang")
+        c.request("GET", "/echo-head")
+        wait_until(lambda: upstream.stats()["holding"] == 1, what="hang")
+        upstream.set_mode("ok")
+        assert c.read_response().body == b"released"
+    with RawClient(upstream.port) as c:
+        c.request("GET", "/reset-after-head?n=50")
+        version, status, _, headers, _ = c.read_head()
+        assert status == 200
+        assert c.wait_closed()
+    with RawClient(upstream.port) as c:
+        c.request("GET", "/status/503?retry_after=3")
+        r = c.read_response()
+        assert r.status == 503 and r.header("Retry-After") == "3"
+        c.request("GET", "/hold?id=s&status=502")
+        upstream.release("s")
+        assert c.read_response().status == 502
+
+
+def test_health_endpoint_switch(upstream):
+    def health():
+        with RawClient(upstream.port) as c:
+            c.request("GET", "/healthz")
+            return c.read_response().status
+
+    assert health() == 200
+    upstream.set_mode("fail-500")  # the failure mode does not apply to /healthz
+    assert health() == 200
+    upstream.set_health(503)
+    assert health() == 503
+    upstream.set_health(200)
+    st = upstream.stats()
+    assert st["health_ok"] == 2 and st["health_failed"] == 1
+    assert upstream.traffic(st) == 0 and upstream.count("/healthz", stats=st) == 3
+
+
+def test_announce_keepalive(upstream_factory):
+    up = upstream_factory("ka", announce_keepalive=2)
+    with RawClient(up.port) as c:
+        c.request("GET", "/echo-head")
+        assert c.read_response().header("Keep-Alive") == "timeout=2"
+        c.request("GET", "/echo-head?close=1")
+        assert c.read_response().header("Keep-Alive") is None

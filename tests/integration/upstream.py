@@ -23,6 +23,23 @@ Endpoints (any method; query parameters allowed):
   /close-early       closes the connection without a response
   /reset             closes with RST (SO_LINGER 0) without a response
   /stats             JSON counters (see Stats.snapshot)
+  /healthz           the health endpoint: 200 "ok", or what /control?health= set (a status, or "hang")
+  /reset-after-head  sends a response head (Content-Length n, default 1000), &part=K body bytes, waits
+                     for /release?id=X when &id=X is given, then closes with RST
+  /status/N          (&retry_after=S adds "Retry-After: S")
+  /hold              (&status=N answers N instead of 200 once released)
+Control port only (not counted):
+  /control           GET with query parameters, or POST with a JSON object, sets the failure mode of the
+                     data port (every path but /healthz); answers the current settings as JSON:
+                       mode=ok | fail-NNN (answer status NNN) | reset (RST before any response byte)
+                            | close (close without a response) | hang (no answer until the mode changes)
+                            | reset-after-head
+                       count=K          the mode applies to the next K requests only, then back to ok
+                       retry_after=S    Retry-After on fail-NNN answers
+                       health=NNN|hang  what /healthz answers (200 by default)
+  /log               JSON list of the requests received on the data port, oldest first (last 20000):
+                     {method, path, target, headers, body_len, conn, req, t}
+--announce-keepalive N adds "Keep-Alive: timeout=N" to every keep-alive response.
   /ws                WebSocket echo (RFC 6455): text, binary, ping->pong, close echo
   /100               reports the Expect header seen and the body length (sends 100 Continue first)
   anything else      like /echo-head (handy for routing tests: the path the upstream saw)
@@ -38,6 +55,7 @@ import json
 import socket
 import struct
 import sys
+import time
 import urllib.parse
 
 MAX_HEAD = 256 * 1024
@@ -66,6 +84,10 @@ class Stats:
         self.ws_sessions = 0
         self.expect_seen = 0
         self.holding = 0
+        self.requests = {}  # "METHOD /path" -> count (data port)
+        self.health_ok = 0
+        self.health_failed = 0
+        self.mode_applied = 0
 
     def snapshot(self):
         return {
@@ -83,6 +105,10 @@ class Stats:
             "ws_sessions": self.ws_sessions,
             "expect_seen": self.expect_seen,
             "holding": self.holding,
+            "requests": self.requests,
+            "health_ok": self.health_ok,
+            "health_failed": self.health_failed,
+            "mode_applied": self.mode_applied,
         }
 
 
@@ -90,6 +116,57 @@ STATS = Stats()
 HOLDS = {}  # id -> asyncio.Event
 ARGS = None
 CONN_SERIAL = 0
+LOG = []
+LOG_MAX = 20000
+# the switchable failure mode (set through /control on the control port)
+CONTROL = {"mode": "ok", "count": None, "retry_after": None, "health": "200"}
+CONTROL_CHANGED = None  # asyncio.Event, replaced on every change (wakes "hang")
+
+
+def control_update(params):
+    global CONTROL_CHANGED
+    for key in ("mode", "retry_after", "health"):
+        if key in params:
+            v = params[key]
+            CONTROL[key] = None if v in (None, "") else str(v)
+    if "count" in params:
+        v = params["count"]
+        CONTROL["count"] = None if v in (None, "") else int(v)
+    elif "mode" in params:
+        CONTROL["count"] = None
+    mode = CONTROL["mode"] or "ok"
+    if not (mode in ("ok", "reset", "close", "hang", "reset-after-head")
+            or (mode.startswith("fail-") and mode[5:].isdigit())):
+        raise BadRequest("unknown mode %r" % mode)
+    health = CONTROL["health"] or "200"
+    if not (health == "hang" or health.isdigit()):
+        raise BadRequest("unknown health %r" % health)
+    old, CONTROL_CHANGED = CONTROL_CHANGED, asyncio.Event()
+    if old is not None:
+        old.set()
+
+
+def take_mode():
+    """The failure mode for this data-port request ("ok" when none), consuming one of count."""
+    mode = CONTROL["mode"] or "ok"
+    if mode == "ok":
+        return mode
+    if CONTROL["count"] is not None:
+        if CONTROL["count"] <= 0:
+            return "ok"
+        CONTROL["count"] -= 1
+        if CONTROL["count"] == 0:
+            CONTROL["mode"], CONTROL["count"] = "ok", None
+    STATS.mode_applied += 1
+    return mode
+
+
+async def wait_control_change(limit=120.0):
+    ev = CONTROL_CHANGED
+    try:
+        await asyncio.wait_for(ev.wait(), limit)
+    except asyncio.TimeoutError:
+        pass
 
 
 class Request:
@@ -247,8 +324,11 @@ class Conn:
             lines.append("%s: %s" % (k, v))
         if close:
             lines.append("Connection: close")
-        elif req is not None and req.version == "HTTP/1.0":
-            lines.append("Connection: keep-alive")
+        else:
+            if req is not None and req.version == "HTTP/1.0":
+                lines.append("Connection: keep-alive")
+            if ARGS.announce_keepalive is not None:
+                lines.append("Keep-Alive: timeout=%s" % fmt_seconds(ARGS.announce_keepalive))
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def respond(self, req, status, body=b"", headers=(), close=False, reason=None):
@@ -264,7 +344,12 @@ class Conn:
 
 REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 204: "No Content",
            304: "Not Modified", 400: "Bad Request", 404: "Not Found", 413: "Content Too Large",
-           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+           429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+           503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def fmt_seconds(v):
+    return str(int(v)) if float(v) == int(v) else str(v)
 
 
 def echo_info(req, body):
@@ -290,6 +375,51 @@ async def handle_request(conn, req, control):
     path = req.path
     if not control:
         STATS.paths[path] = STATS.paths.get(path, 0) + 1
+        key = "%s %s" % (req.method, path)
+        STATS.requests[key] = STATS.requests.get(key, 0) + 1
+        entry = {"method": req.method, "path": path, "target": req.target,
+                 "headers": [[k, v] for k, v in req.headers], "body_len": None,
+                 "conn": conn.serial, "req": conn.nreq, "t": time.time()}
+        LOG.append(entry)
+        if len(LOG) > LOG_MAX:
+            del LOG[:len(LOG) - LOG_MAX]
+    else:
+        entry = None
+
+    if control and path == "/control":
+        data = await body.read_all()
+        params = dict(q)
+        if data.strip():
+            params.update(json.loads(data))
+        control_update(params)
+        await conn.respond(req, 200, json.dumps(CONTROL).encode(),
+                           [("Content-Type", "application/json")], close)
+        return not close
+    if control and path == "/log":
+        await body.read_all()
+        await conn.respond(req, 200, json.dumps(LOG).encode(),
+                           [("Content-Type", "application/json")], close)
+        return not close
+    if not control and path == "/healthz":
+        await body.read_all()
+        health = CONTROL["health"] or "200"
+        if health == "hang":
+            while (CONTROL["health"] or "200") == "hang":
+                await wait_control_change()
+            health = CONTROL["health"] or "200"
+        status = int(health)
+        if 200 <= status < 300:
+            STATS.health_ok += 1
+        else:
+            STATS.health_failed += 1
+        await conn.respond(req, status, b"ok" if status == 200 else b"status %d" % status, close=close)
+        return not close
+    if not control and path != "/stats":
+        mode = take_mode()
+        if mode != "ok":
+            data = await body.read_all()
+            entry["body_len"] = len(data)
+            return await apply_mode(conn, req, mode, close)
 
     expect = (req.header("expect") or "").lower()
     if expect == "100-continue":
@@ -321,7 +451,9 @@ async def handle_request(conn, req, control):
             pass
         finally:
             STATS.holding -= 1
-        await conn.respond(req, 200, b"released", close=close)
+        status = int(q.get("status", "200"))
+        await conn.respond(req, status, b"released" if status == 200 else b"status %d" % status,
+                           close=close)
     elif path == "/echo":
         data = await body.read_all()
         info = echo_info(req, data)
@@ -340,6 +472,8 @@ async def handle_request(conn, req, control):
         status = int(path[len("/status/"):])
         text = b"" if status in (204, 304) or status < 200 else b"status %d" % status
         hdrs = [("ETag", '"v1"')] if status == 304 else []
+        if "retry_after" in q:
+            hdrs.append(("Retry-After", q["retry_after"]))
         await conn.respond(req, status, text, hdrs, close)
     elif path == "/bytes":
         await body.read_all()
@@ -429,9 +563,24 @@ async def handle_request(conn, req, control):
         return False
     elif path == "/reset":
         await body.read_all()
-        sock = conn.writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn.writer.transport.abort()
+        rst(conn)
+        return False
+    elif path == "/reset-after-head":
+        await body.read_all()
+        n = int(q.get("n", "1000"))
+        await conn.send(conn.head(200, [("Content-Length", str(n))], req, False))
+        if "part" in q:  # some body bytes first
+            await conn.send(PATTERN[:int(q["part"])])
+        if "id" in q:  # reset only once /release?id=X arrives (after the client saw the head)
+            ev = HOLDS.setdefault(q["id"], asyncio.Event())
+            STATS.holding += 1
+            try:
+                await asyncio.wait_for(ev.wait(), float(q.get("max", "120")))
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                STATS.holding -= 1
+        rst(conn)
         return False
     elif path == "/100":
         data = await body.read_all()
@@ -452,6 +601,42 @@ async def handle_request(conn, req, control):
         await conn.respond(req, 200, json.dumps(info).encode(),
                            [("Content-Type", "application/json")], close)
     return not close
+
+
+def rst(conn):
+    sock = conn.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.writer.transport.abort()
+
+
+async def apply_mode(conn, req, mode, close):
+    """Answers a data-port request the way the control mode says. Returns True to keep the connection."""
+    if mode.startswith("fail-"):
+        status = int(mode[5:])
+        hdrs = []
+        if CONTROL["retry_after"] is not None:
+            hdrs.append(("Retry-After", CONTROL["retry_after"]))
+        await conn.respond(req, status, b"mode %s" % mode.encode(), hdrs, close)
+        return not close
+    if mode == "reset":
+        rst(conn)
+        return False
+    if mode == "close":
+        return False
+    if mode == "reset-after-head":
+        await conn.send(conn.head(200, [("Content-Length", "1000")], req, False))
+        rst(conn)
+        return False
+    if mode == "hang":
+        STATS.holding += 1
+        try:
+            while (CONTROL["mode"] or "ok") == "hang":
+                await wait_control_change()
+        finally:
+            STATS.holding -= 1
+        await conn.respond(req, 200, b"released", close=close)
+        return not close
+    raise BadRequest("unknown mode %r" % mode)
 
 
 async def websocket(conn, req):
@@ -588,7 +773,10 @@ async def main():
     p.add_argument("--name", default="up")
     p.add_argument("--keepalive-timeout", type=float, default=None,
                    help="close idle keep-alive connections after this many seconds")
+    p.add_argument("--announce-keepalive", type=float, default=None,
+                   help="announce Keep-Alive: timeout=N on keep-alive responses")
     ARGS = p.parse_args()
+    control_update({})
     servers = [await asyncio.start_server(lambda r, w: serve(r, w, False), ARGS.host, ARGS.port,
                                           limit=MAX_HEAD, backlog=4096, reuse_address=True)]
     if ARGS.control_port:
