@@ -407,6 +407,38 @@ def bulkhead(tmp_path):
         pytest.fail("\n\n".join(errors))
 
 
+@pytest.fixture
+def black_hole():
+    """A loopback port whose connects hang: a listener with backlog 0 that never accepts, whose accept
+    queue is already full (Linux then drops further SYNs, so the connecting side waits)."""
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    port = lsock.getsockname()[1]
+    fillers = []
+
+    def connect_completes(timeout):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        fillers.append(s)
+        try:
+            s.connect(("127.0.0.1", port))
+            return True
+        except (socket.timeout, BlockingIOError):
+            return False
+
+    # fill the accept queue; a connect that does not complete shows that it is full
+    for _ in range(8):
+        if not connect_completes(1.0):
+            break
+    else:
+        pytest.skip("could not fill a loopback accept queue: cannot make a deterministic connect timeout")
+    yield "127.0.0.1:%d" % port
+    for s in fillers:
+        s.close()
+    lsock.close()
+
+
 def run_bulkhead(*args, timeout=STOP_TIMEOUT, env=None):
     """Runs the binary to completion (for --check / --version / --help)."""
     full_env = dict(os.environ)

@@ -49,38 +49,6 @@ def test_first_byte_timeout_with_delay_504(bulkhead, upstream):
     assert_bulkhead_error(get(bh, "/delay?ms=5000"), 504, "http_response_timeout")
 
 
-@pytest.fixture
-def black_hole():
-    """A loopback port whose connects hang: a listener with backlog 0 that never accepts, whose accept
-    queue is already full (Linux then drops further SYNs, so the connecting side waits)."""
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(0)
-    port = lsock.getsockname()[1]
-    fillers = []
-
-    def connect_completes(timeout):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        fillers.append(s)
-        try:
-            s.connect(("127.0.0.1", port))
-            return True
-        except (socket.timeout, BlockingIOError):
-            return False
-
-    # fill the accept queue; a connect that does not complete shows that it is full
-    for _ in range(8):
-        if not connect_completes(1.0):
-            break
-    else:
-        pytest.skip("could not fill a loopback accept queue: cannot make a deterministic connect timeout")
-    yield "127.0.0.1:%d" % port
-    for s in fillers:
-        s.close()
-    lsock.close()
-
-
 def test_connect_timeout_504(bulkhead, black_hole):
     bh = bulkhead(black_hole, timeouts={"connect": "300ms", "first_byte": "30s", "total": "60s"})
     r = get(bh, "/echo-head")
