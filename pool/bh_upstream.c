@@ -219,6 +219,8 @@ static const bh_pool_ops_t pool_ops = {
 
 int bh_upconn_read_start(bh_upconn_t *uc, bh_upconn_read_cb cb, void *owner)
 {
+    if (uc->owner == NULL)
+        uc->ep->up->in_flight[bh_upstream_ep_index(uc->ep->up, uc->ep)]++;
     uc->read_cb = cb;
     uc->owner = owner;
     if (uv_is_active((uv_handle_t *)&uc->tcp))
@@ -238,6 +240,8 @@ void bh_upconn_release(bh_upconn_t *uc, bool reusable)
     bh_buf_unref(uc->rbuf);
     uc->rbuf = NULL;
     uc->rlen = uc->rpos = 0;
+    if (uc->owner != NULL)
+        ep->up->in_flight[bh_upstream_ep_index(ep->up, ep)]--;
     uc->owner = NULL;
     uc->read_cb = NULL;
     uc->out.cb = NULL;
@@ -284,16 +288,38 @@ static void resolve(bh_endpoint_t *ep)
     freeaddrinfo(res);
 }
 
+int bh_upstream_shared_init(bh_upstream_shared_t *s, const bh_conf_upstream_t *conf,
+                            uint64_t now_ms)
+{
+    bh_sem_init(&s->sem, conf->pool.max_connections);
+    /* A probe is only "stuck" once it has outlived any request: the longest total timeout. */
+    bh_breaker_init(&s->breaker, &conf->breaker, conf->timeouts.total_ms, now_ms);
+    bh_budget_init(&s->budget, &conf->retry.budget);
+    s->outlier = bh_outlier_new(&conf->outlier, conf->n_endpoints);
+    return s->outlier != NULL ? 0 : BH_ENOMEM;
+}
+
+void bh_upstream_shared_destroy(bh_upstream_shared_t *s)
+{
+    bh_outlier_free(s->outlier);
+    s->outlier = NULL;
+}
+
 int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
-                     const bh_upstream_env_t *env, bh_sem_t *sem)
+                     const bh_upstream_env_t *env, bh_upstream_shared_t *shared)
 {
     memset(up, 0, sizeof(*up));
     up->conf = conf;
     up->env = env;
+    up->shared = shared;
+    bh_balance_init(&up->balance, conf->balance);
     up->eps = bh_calloc(conf->n_endpoints, sizeof(*up->eps));
-    if (up->eps == NULL)
+    up->in_flight = bh_calloc(conf->n_endpoints, sizeof(*up->in_flight));
+    up->eligible = bh_calloc(conf->n_endpoints, sizeof(*up->eligible));
+    if (up->eps == NULL || up->in_flight == NULL || up->eligible == NULL)
         return BH_ENOMEM;
     up->n_eps = conf->n_endpoints;
+    bh_sem_t *sem = &shared->sem;
     bh_pool_limits_t limits = {
         .max_pending = conf->pool.max_pending,
         .max_idle = conf->pool.max_idle,
@@ -315,13 +341,22 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
     return 0;
 }
 
-int bh_upstream_acquire(bh_upstream_t *up, bh_pool_waiter_t *w, uint64_t deadline_ms,
+size_t bh_upstream_pick(bh_upstream_t *up, size_t prefer_not)
+{
+    if (up->n_eps == 1)
+        return 0;
+    bool panic = false;
+    bh_outlier_eligible(up->shared->outlier, uv_now(up->env->loop), up->eligible, &panic);
+    size_t i = bh_balance_pick(&up->balance, up->n_eps, up->eligible, up->in_flight, prefer_not,
+                               up->env->rng);
+    return i < up->n_eps ? i : 0;
+}
+
+int bh_upstream_acquire(bh_upstream_t *up, size_t ep, bh_pool_waiter_t *w, uint64_t deadline_ms,
                         bh_upconn_t **out)
 {
-    bh_endpoint_t *ep = &up->eps[up->next_ep];
-    up->next_ep = (up->next_ep + 1) % up->n_eps;
     bh_pool_conn_t *pc = NULL;
-    int rc = bh_pool_acquire(&ep->pool, w, uv_now(up->env->loop), deadline_ms, &pc);
+    int rc = bh_pool_acquire(&up->eps[ep].pool, w, uv_now(up->env->loop), deadline_ms, &pc);
     *out = bh_upconn_of(pc);
     return rc;
 }
@@ -340,7 +375,11 @@ static void on_ep_timer_closed(uv_handle_t *h)
     bh_upstream_t *up = ep->up;
     if (--up->open_timers == 0) {
         bh_free(up->eps);
+        bh_free(up->in_flight);
+        bh_free(up->eligible);
         up->eps = NULL;
+        up->in_flight = NULL;
+        up->eligible = NULL;
         if (up->closed_cb != NULL)
             up->closed_cb(up);
     }

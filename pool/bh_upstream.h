@@ -13,9 +13,28 @@
 #include "bh_buf.h"
 #include "bh_conf.h"
 #include "bh_outq.h"
+#include "bh_balance.h"
+#include "bh_breaker.h"
+#include "bh_budget.h"
+#include "bh_outlier.h"
 #include "bh_pool.h"
+#include "bh_rng.h"
 
 typedef struct bh_upstream bh_upstream_t;
+
+/* What the workers share about one configured upstream: the connection cap, the breaker, the
+ * retry budget and the per-endpoint outlier/health state. Lock-free (atomics). */
+typedef struct bh_upstream_shared {
+    bh_sem_t sem;
+    bh_breaker_t breaker;
+    bh_budget_t budget;
+    bh_outlier_t *outlier;
+} bh_upstream_shared_t;
+
+/* now_ms: the monotonic clock in ms (uv_hrtime based, like the loops' clocks). */
+BH_MUST_CHECK int bh_upstream_shared_init(bh_upstream_shared_t *s, const bh_conf_upstream_t *conf,
+                                          uint64_t now_ms);
+void bh_upstream_shared_destroy(bh_upstream_shared_t *s);
 
 typedef struct bh_endpoint {
     bh_upstream_t *up;
@@ -31,14 +50,18 @@ typedef struct bh_upstream_env {
     uv_loop_t *loop;
     bh_bufpool_t *bufs;
     bh_wreq_cache_t *wreqs;
+    bh_rng_t *rng;                /* the worker's */
 } bh_upstream_env_t;
 
 struct bh_upstream {
     const bh_conf_upstream_t *conf;
     const bh_upstream_env_t *env;
+    bh_upstream_shared_t *shared;
     bh_endpoint_t *eps;
     size_t n_eps;
-    size_t next_ep;               /* round robin cursor */
+    bh_balance_t balance;         /* this worker's cursor */
+    uint32_t *in_flight;          /* per endpoint: this worker's busy connections */
+    bool *eligible;               /* per endpoint: scratch for picking */
     unsigned open_timers;
     bool closing;
     void (*closed_cb)(bh_upstream_t *up);
@@ -72,11 +95,21 @@ struct bh_upconn {
 
 /* Sets up the per-worker state of one configured upstream (resolving endpoint names now). */
 BH_MUST_CHECK int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
-                                   const bh_upstream_env_t *env, bh_sem_t *sem);
+                                   const bh_upstream_env_t *env, bh_upstream_shared_t *shared);
 
-/* Gets a connection (see bh_pool_acquire): picks an endpoint round robin. On 0, *out is BUSY. */
-BH_MUST_CHECK int bh_upstream_acquire(bh_upstream_t *up, bh_pool_waiter_t *w,
+/* Picks an endpoint for a new attempt: among those not ejected and healthy (all of them when
+ * none is: panic), by the configured balance policy, avoiding prefer_not (the endpoint whose
+ * attempt just failed; BH_BALANCE_NONE for none) when another one is eligible. */
+size_t bh_upstream_pick(bh_upstream_t *up, size_t prefer_not);
+
+/* Gets a connection to endpoint ep (see bh_pool_acquire). On 0, *out is BUSY. */
+BH_MUST_CHECK int bh_upstream_acquire(bh_upstream_t *up, size_t ep, bh_pool_waiter_t *w,
                                       uint64_t deadline_ms, bh_upconn_t **out);
+
+static inline size_t bh_upstream_ep_index(const bh_upstream_t *up, const bh_endpoint_t *ep)
+{
+    return (size_t)(ep - up->eps);
+}
 
 /* The waiter callback's conn -> the upstream connection. */
 static inline bh_upconn_t *bh_upconn_of(bh_pool_conn_t *pc)

@@ -6,16 +6,26 @@
  * response on a connection both sides keep alive). Bodies are re-framed per hop: Content-Length
  * bytes pass through, chunked or close-delimited bodies become chunks (or a close-delimited body
  * for an HTTP/1.0 client). Errors before any response byte reached the client become bulkhead's
- * own reply with Proxy-Status; after that, the client connection is closed. */
+ * own reply with Proxy-Status; after that, the client connection is closed.
+ *
+ * The resilience pipeline wraps the attempt: deadline (route total, or shorter on the client's
+ * Bulkhead-Timeout) -> breaker (per upstream, shared) -> endpoint pick (outlier/health, balance)
+ * -> pool acquire (the bulkhead) -> attempt -> classify the outcome -> record (breaker, outlier)
+ * -> retry when the policy, the request's safety, the budget and the deadline all allow it. */
 #include <string.h>
 #include "bh_alloc.h"
+#include "bh_backoff.h"
 #include "bh_deadline.h"
+#include "bh_retry.h"
 #include "bh_log.h"
 #include "bh_proxy.h"
 #include "bh_reply.h"
 #include "bh_router.h"
 
 enum { RP_PAUSE_NONE, RP_PAUSE_HEAD, RP_PAUSE_MESSAGE };
+
+/* handle_response_head(): the response was held back and another attempt is scheduled. */
+#define BH_RETRY_SCHEDULED 1
 
 static bh_exchange_t *rp_exchange(llhttp_t *p)
 {
@@ -34,7 +44,8 @@ static uint64_t now_of(bh_client_t *c)
 
 /* ---- ending ------------------------------------------------------------------------------- */
 
-static void detach(bh_exchange_t *ex, bool reusable)
+/* Ends the current attempt's hold on pool resources. */
+static void drop_attempt(bh_exchange_t *ex, bool reusable)
 {
     if (ex->waiting) {
         bh_pool_cancel(&ex->waiter);
@@ -44,8 +55,26 @@ static void detach(bh_exchange_t *ex, bool reusable)
         bh_upconn_release(ex->uc, reusable);
         ex->uc = NULL;
     }
+}
+
+static void drop_replay(bh_exchange_t *ex)
+{
+    for (uint32_t i = 0; i < ex->n_replay; i++)
+        bh_buf_unref(ex->replay[i].buf);
+    bh_free(ex->replay);
+    ex->replay = NULL;
+    ex->n_replay = 0;
+    ex->replayable = false;
+}
+
+static void detach(bh_exchange_t *ex, bool reusable)
+{
+    drop_attempt(ex, reusable);
+    if (ex->up != NULL)
+        bh_breaker_cancel(&ex->up->shared->breaker, &ex->ticket); /* no-op once recorded */
     bh_buf_unref(ex->head);
     ex->head = NULL;
+    drop_replay(ex);
 }
 
 static void finish(bh_client_t *c, bool reusable)
@@ -67,7 +96,7 @@ void bh__forward_abort(bh_client_t *c, int err)
 
 /* bulkhead answers the request itself. The rest of the request body is read and dropped (so the
  * connection can carry the next request) unless close is set. */
-static void local_reply(bh_client_t *c, int err, bool close)
+static void local_reply_after(bh_client_t *c, int err, bool close, uint64_t retry_after_s)
 {
     bh_exchange_t *ex = &c->ex;
     detach(ex, false);
@@ -80,7 +109,7 @@ static void local_reply(bh_client_t *c, int err, bool close)
     ex->local = true;
     ex->resp_started = ex->resp_done = true;
     ex->status = status;
-    if (bh_reply_write(&c->out, status, err, c->close_after || c->w->draining, 1) < 0) {
+    if (bh_reply_write(&c->out, status, err, c->close_after || c->w->draining, retry_after_s) < 0) {
         bh__client_close(c);
         return;
     }
@@ -92,17 +121,125 @@ static void local_reply(bh_client_t *c, int err, bool close)
     bh__client_resume(c); /* discard the body; bh__forward_request_done finishes */
 }
 
-/* The upstream side failed with err. */
-static void up_fail(bh_client_t *c, int err)
+static void local_reply(bh_client_t *c, int err, bool close)
+{
+    local_reply_after(c, err, close, 1);
+}
+
+/* ---- attempts ------------------------------------------------------------------------------ */
+
+static void start_attempt(bh_client_t *c);
+
+/* What a failure cause means for the retry policy. */
+static bh_attempt_t classify(const bh_exchange_t *ex, int err)
+{
+    bh_attempt_t a = {.outcome = BH_OUTCOME_LOCAL, .safety = BH_SAFETY_SENT_NO_RESPONSE};
+    switch (err) {
+    case BH_ECONNECT_REFUSED:
+    case BH_ECONNECT_FAILED:
+        a.outcome = BH_OUTCOME_CONNECT_FAILED;
+        a.safety = BH_SAFETY_NOT_SENT;
+        break;
+    case BH_ECONNECT_TIMEOUT:
+        a.outcome = BH_OUTCOME_CONNECT_TIMEOUT;
+        a.safety = BH_SAFETY_NOT_SENT;
+        break;
+    case BH_EUPSTREAM_RESET:
+    case BH_EUPSTREAM_WRITE:
+        a.outcome = BH_OUTCOME_RESET_BEFORE_RESPONSE;
+        break;
+    case BH_EFIRST_BYTE_TIMEOUT:
+        a.outcome = BH_OUTCOME_FIRST_BYTE_TIMEOUT;
+        break;
+    case BH_EIDLE_TIMEOUT:
+        a.outcome = BH_OUTCOME_IDLE_TIMEOUT;
+        break;
+    case BH_EUPSTREAM_PROTOCOL:
+    case BH_EUPSTREAM_HEAD_SIZE:
+        a.outcome = BH_OUTCOME_PROTOCOL_ERROR;
+        break;
+    case BH_ETOTAL_TIMEOUT:
+        a.outcome = BH_OUTCOME_TOTAL_TIMEOUT;
+        break;
+    default:
+        a.safety = BH_SAFETY_NOT_SENT; /* pool full or wait timeout: never reached upstream */
+        break;
+    }
+    if (ex->resp_started)
+        a.safety = BH_SAFETY_PARTIAL;
+    return a;
+}
+
+/* Records the attempt's outcome with the breaker and the outlier detector. */
+static void record_attempt(bh_exchange_t *ex, const bh_attempt_t *a, uint64_t now)
+{
+    bh_upstream_shared_t *sh = ex->up->shared;
+    if (a->outcome == BH_OUTCOME_LOCAL || a->outcome == BH_OUTCOME_TOTAL_TIMEOUT) {
+        bh_breaker_cancel(&sh->breaker, &ex->ticket); /* not the upstream's doing */
+        return;
+    }
+    bool failed = bh_retry_counts_as_failure(ex->up->conf->breaker.count, a);
+    bh_breaker_record(&sh->breaker, &ex->ticket, failed, now, ex->up->env->rng);
+    bh_outlier_record(sh->outlier, ex->ep, failed, now);
+}
+
+/* Schedules another attempt when everything allows it: the policy (outcome, safety, attempts,
+ * replayable body), a backoff that fits in the deadline, and the retry budget (counted now, when
+ * the retry is scheduled). retry_after_ms: the upstream's Retry-After, 0 when none. */
+static bool schedule_retry(bh_client_t *c, const bh_attempt_t *a, uint64_t retry_after_ms)
 {
     bh_exchange_t *ex = &c->ex;
-    bh_log_debug("client %s: upstream %s: %s", c->ip, ex->up != NULL ? ex->up->conf->name : "-",
-                 bh_strerror(err));
-    if (ex->resp_started) {
+    const bh_conf_retry_t *policy = &ex->route->retry;
+    uint64_t now = now_of(c);
+    bh_retry_request_t req = {
+        .method = ex->method_bit,
+        .idempotency_key = ex->idempotency_key,
+        .body_replayable = ex->req_body_bytes == 0 || ex->replayable,
+    };
+    if (bh_retry_decide(policy, ex->attempts, a, &req) != BH_RETRY_YES)
+        return false;
+    /* An open breaker (maybe opened by this very failure) would refuse the retry: keep the
+     * failure, so that an upstream 5xx reaches the client as it was. */
+    if (bh_breaker_state(&ex->up->shared->breaker) == BH_BREAKER_OPEN)
+        return false;
+    uint64_t delay = bh_backoff_delay(policy, ex->attempts, retry_after_ms,
+                                      bh_deadline_remaining(ex->deadline_ms, now), c->w->env.rng);
+    if (delay == BH_BACKOFF_GIVE_UP || !bh_backoff_fits(delay, now, ex->deadline_ms))
+        return false;
+    if (!bh_budget_try_acquire_retry(&ex->up->shared->budget, now))
+        return false;
+    ex->failed_ep = ex->ep;
+    ex->phase = BH_UP_BACKOFF;
+    ex->retry_at_ms = now + delay;
+    bh__client_rearm_timer(c);
+    return true;
+}
+
+/* The current attempt failed with err (before any response byte reached the client, or after:
+ * then only the connection can be cut). */
+static void attempt_failed(bh_client_t *c, int err)
+{
+    bh_exchange_t *ex = &c->ex;
+    uint64_t now = now_of(c);
+    bh_attempt_t a = classify(ex, err);
+    bh_log_debug("client %s: upstream %s attempt %u: %s", c->ip,
+                 ex->up != NULL ? ex->up->conf->name : "-", ex->attempts, bh_strerror(err));
+    drop_attempt(ex, false);
+    ex->last_err = err;
+    if (ex->up != NULL)
+        record_attempt(ex, &a, now);
+    if (a.safety == BH_SAFETY_PARTIAL) {
         bh__client_close(c); /* the client already has part of a response */
         return;
     }
+    if (ex->up != NULL && schedule_retry(c, &a, 0))
+        return;
     local_reply(c, err, !ex->req_done);
+}
+
+static void up_fail(bh_client_t *c, int err)
+{
+    attempt_failed(c, err);
 }
 
 /* ---- body framing ------------------------------------------------------------------------- */
@@ -226,6 +363,20 @@ static int handle_response_head(bh_client_t *c)
         }
         return rc;
     }
+    /* A final response: the attempt has an outcome. A 5xx that the policy would retry is held
+     * back (the connection is dropped with it) and never reaches the client. */
+    bh_attempt_t a = {.outcome = bh_outcome_for_status(status), .status = status,
+                      .safety = BH_SAFETY_SENT_NO_RESPONSE};
+    uint64_t retry_after_ms = 0;
+    for (int i = 0; i < n; i++)
+        if (bh_span_ieq(hdrs[i].name, "retry-after"))
+            bh_backoff_parse_retry_after(hdrs[i].value.p, hdrs[i].value.n, &retry_after_ms);
+    uint64_t now = now_of(c);
+    record_attempt(ex, &a, now);
+    if (a.outcome == BH_OUTCOME_HTTP_5XX && !ex->upgrade && schedule_retry(c, &a, retry_after_ms)) {
+        drop_attempt(ex, false);
+        return BH_RETRY_SCHEDULED;
+    }
     bool http11 = client_is_http11(c);
     if (ex->is_head || status == 204 || status == 304)
         ex->resp_framing = BH_FRAME_NONE;
@@ -298,6 +449,8 @@ static void up_parse(bh_client_t *c)
                 up_fail(c, rc);
                 return;
             }
+            if (rc == BH_RETRY_SCHEDULED)
+                return;
             kick = true;
         } else if (reason == RP_PAUSE_MESSAGE) {
             if (ex->resp_started) {
@@ -417,6 +570,31 @@ void bh__forward_tunnel_data(bh_client_t *c)
 
 /* ---- request ------------------------------------------------------------------------------ */
 
+/* Queues the request head (with this attempt's Bulkhead-Deadline) and, on a retry, the body
+ * bytes received so far. */
+static int send_request(bh_client_t *c, bh_upconn_t *uc)
+{
+    bh_exchange_t *ex = &c->ex;
+    int rc = bh_outq_slice(&uc->out, ex->head, ex->head->data, ex->head_len);
+    if (rc < 0)
+        return rc;
+    char tail[64];
+    bh_wbuf_t w = {tail, 0, sizeof(tail), false};
+    if (ex->deadline_ms != BH_DEADLINE_NONE) {
+        bh_wbuf_str(&w, "Bulkhead-Deadline: ");
+        bh_wbuf_u64(&w, bh_deadline_remaining(ex->deadline_ms, now_of(c)));
+        bh_wbuf_put(&w, "\r\n", 2);
+    }
+    bh_wbuf_put(&w, "\r\n", 2);
+    rc = bh_outq_copy(&uc->out, tail, w.n);
+    for (uint32_t i = 0; rc == 0 && i < ex->n_replay; i++)
+        rc = emit_body(&uc->out, ex->req_framing, ex->replay[i].buf, ex->replay[i].p,
+                       ex->replay[i].n);
+    if (rc == 0 && ex->req_done)
+        rc = emit_end(&uc->out, ex->req_framing);
+    return rc == 0 ? bh_outq_flush(&uc->out) : rc;
+}
+
 static void attach(bh_client_t *c, bh_upconn_t *uc)
 {
     bh_exchange_t *ex = &c->ex;
@@ -429,26 +607,23 @@ static void attach(bh_client_t *c, bh_upconn_t *uc)
         up_fail(c, BH_EUPSTREAM_RESET);
         return;
     }
-    int rc = bh_outq_slice(&uc->out, ex->head, ex->head->data, ex->head_len);
-    bh_buf_unref(ex->head);
-    ex->head = NULL;
-    if (rc == 0)
-        rc = bh_outq_flush(&uc->out);
-    if (rc < 0) {
+    if (send_request(c, uc) < 0) {
         up_fail(c, BH_EUPSTREAM_WRITE);
         return;
     }
-    if (ex->expect_continue && !ex->req_done) {
+    if (ex->expect_continue && !ex->req_done && !ex->continue_sent) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        ex->continue_sent = true;
         if (bh_outq_copy(&c->out, cont, sizeof(cont) - 1) < 0 || bh_outq_flush(&c->out) < 0) {
             bh__client_close(c);
             return;
         }
     }
-    ex->phase = BH_UP_SENDING;
+    ex->phase = ex->req_done ? BH_UP_FIRST_BYTE : BH_UP_SENDING;
     ex->up_activity_ms = now_of(c);
     bh__client_rearm_timer(c);
-    bh__client_resume(c);
+    if (c->paused && !ex->req_done)
+        bh__client_resume(c); /* paused at the head: the body may flow now */
 }
 
 static void on_acquired(bh_pool_waiter_t *w, bh_pool_conn_t *pc, int status)
@@ -463,6 +638,42 @@ static void on_acquired(bh_pool_waiter_t *w, bh_pool_conn_t *pc, int status)
         return;
     }
     attach(c, bh_upconn_of(pc));
+}
+
+/* One attempt: breaker, endpoint, pool. */
+static void start_attempt(bh_client_t *c)
+{
+    bh_exchange_t *ex = &c->ex;
+    bh_upstream_t *up = ex->up;
+    uint64_t now = now_of(c);
+    if (ex->attempts > 0 && ex->req_body_bytes > 0 && !ex->replayable) {
+        local_reply(c, BH_EUPSTREAM_RESET, true); /* the body went on; it cannot be re-sent */
+        return;
+    }
+    ex->attempts++;
+    ex->phase = BH_UP_WAITING;
+    uint64_t retry_after_ms = 0;
+    if (bh_breaker_allow(&up->shared->breaker, now, up->env->rng, &ex->ticket, &retry_after_ms) <
+        0) {
+        if (ex->attempts > 1 && ex->last_err < 0) /* a retry stopped by the breaker */
+            local_reply(c, ex->last_err, !ex->req_done);
+        else
+            local_reply_after(c, BH_EBREAKER_OPEN, !ex->req_done, (retry_after_ms + 999) / 1000);
+        return;
+    }
+    ex->ep = bh_upstream_pick(up, ex->failed_ep);
+    bh_upconn_t *uc = NULL;
+    int rc = bh_upstream_acquire(up, ex->ep, &ex->waiter, ex->deadline_ms, &uc);
+    if (rc == BH_POOL_QUEUED) {
+        ex->waiting = true;
+        bh__client_rearm_timer(c);
+        return;
+    }
+    if (rc < 0) {
+        up_fail(c, rc);
+        return;
+    }
+    attach(c, uc);
 }
 
 /* The request target's path, skipping scheme and authority of an absolute-form target. */
@@ -509,6 +720,7 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
     bh_span_t target = {sp1 + 1, (size_t)(sp2 - sp1 - 1)};
     bh_span_t host = {"", 0};
     int nhost = 0;
+    uint64_t client_timeout_ms = 0;
     for (int i = 0; i < n; i++) {
         if (bh_span_ieq(w->hdrs[i].name, "host")) {
             host = w->hdrs[i].value;
@@ -516,6 +728,12 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
         } else if (bh_span_ieq(w->hdrs[i].name, "expect") &&
                    bh_span_ieq(w->hdrs[i].value, "100-continue")) {
             ex->expect_continue = client_is_http11(c);
+        } else if (bh_span_ieq(w->hdrs[i].name, "idempotency-key")) {
+            ex->idempotency_key = true;
+        } else if (bh_span_ieq(w->hdrs[i].name, "bulkhead-timeout")) {
+            if (bh_deadline_parse_ms(w->hdrs[i].value.p, w->hdrs[i].value.n,
+                                     &client_timeout_ms) < 0)
+                client_timeout_ms = 0;
         }
     }
     uint8_t m = llhttp_get_method(&c->parser);
@@ -571,28 +789,41 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
         local_reply(c, BH_EHEAD_TOO_LARGE, true);
         return;
     }
-    ex->head_len = (uint32_t)wb.n;
-    ex->deadline_ms = bh_deadline_after(now, route->timeouts.total_ms);
+    ex->head_len = (uint32_t)wb.n - 2; /* the blank line goes after Bulkhead-Deadline */
+    ex->deadline_ms = bh_deadline_for_request(now, route->timeouts.total_ms, client_timeout_ms);
+    ex->method_bit = mbit ? mbit : BH_M_OTHER;
+    ex->failed_ep = BH_BALANCE_NONE;
+    ex->replayable = true;
 
-    bh_upconn_t *uc = NULL;
-    int rc = bh_upstream_acquire(ex->up, &ex->waiter, ex->deadline_ms, &uc);
-    if (rc == BH_POOL_QUEUED) {
-        ex->waiting = true;
-        bh__client_rearm_timer(c);
+    bh_budget_on_request(&ex->up->shared->budget, now);
+    start_attempt(c);
+}
+
+/* Keeps a body slice for a possible retry, while the body fits retry.max_replay_bytes. */
+static void keep_for_replay(bh_client_t *c, const char *at, size_t len)
+{
+    bh_exchange_t *ex = &c->ex;
+    if (!ex->replayable)
+        return;
+    if (ex->route->retry.attempts <= 1 || ex->replay_bytes + len > ex->route->retry.max_replay_bytes ||
+        ex->n_replay == BH_REPLAY_SLICES) {
+        drop_replay(ex);
         return;
     }
-    if (rc < 0) {
-        up_fail(c, rc);
+    if (ex->replay == NULL && (ex->replay = bh_malloc(BH_REPLAY_SLICES * sizeof(bh_replay_t))) == NULL) {
+        drop_replay(ex);
         return;
     }
-    attach(c, uc);
+    ex->replay[ex->n_replay++] = (bh_replay_t){bh_buf_ref(c->rbuf), at, len};
+    ex->replay_bytes += len;
 }
 
 int bh__forward_body(bh_client_t *c, const char *at, size_t len)
 {
     bh_exchange_t *ex = &c->ex;
+    keep_for_replay(c, at, len);
     if (ex->uc == NULL)
-        return 0; /* the exchange failed meanwhile: the body is dropped */
+        return 0; /* between attempts: the next one sends what replay[] holds */
     return emit_body(&ex->uc->out, ex->req_framing, c->rbuf, at, len);
 }
 
@@ -653,6 +884,9 @@ uint64_t bh__forward_next_timeout(bh_client_t *c)
     case BH_UP_TUNNEL:
         phase_due = ex->up_activity_ms + t->idle_ms;
         break;
+    case BH_UP_BACKOFF:
+        phase_due = ex->retry_at_ms;
+        break;
     default:
         break;
     }
@@ -669,7 +903,9 @@ void bh__forward_deadline(bh_client_t *c, uint64_t now)
         return;
     }
     const bh_conf_timeouts_t *t = &ex->route->timeouts;
-    if (ex->phase == BH_UP_FIRST_BYTE && now >= ex->up_activity_ms + t->first_byte_ms)
+    if (ex->phase == BH_UP_BACKOFF && now >= ex->retry_at_ms)
+        start_attempt(c);
+    else if (ex->phase == BH_UP_FIRST_BYTE && now >= ex->up_activity_ms + t->first_byte_ms)
         up_fail(c, BH_EFIRST_BYTE_TIMEOUT);
     else if ((ex->phase == BH_UP_SENDING || ex->phase == BH_UP_RECEIVING ||
               ex->phase == BH_UP_TUNNEL) &&

@@ -26,7 +26,8 @@ typedef struct bh_client bh_client_t;
 
 typedef struct bh_server {
     bh_conf_t *conf;
-    bh_sem_t *upstream_sems;        /* one per configured upstream: the global connection cap */
+    bh_upstream_shared_t *upstreams; /* per configured upstream: cap, breaker, budget, outliers */
+    size_t n_upstreams;
     bh_worker_t *workers;
     uint32_t n_workers;
     _Atomic int64_t clients;        /* open client connections, all workers (limits.max_connections) */
@@ -50,6 +51,7 @@ struct bh_worker {
     size_t upstreams_open;
     bh_bufpool_t bufs;
     bh_wreq_cache_t wreqs;
+    bh_rng_t rng;
     bh_upstream_env_t env;
     bh_list_t clients;
     uint32_t n_clients;
@@ -68,7 +70,23 @@ enum bh_framing {
     BH_FRAME_CLOSE,     /* body ends when the connection closes */
 };
 
-enum bh_up_phase { BH_UP_NONE, BH_UP_SENDING, BH_UP_FIRST_BYTE, BH_UP_RECEIVING, BH_UP_TUNNEL };
+enum bh_up_phase {
+    BH_UP_NONE,
+    BH_UP_WAITING,      /* for a pooled connection */
+    BH_UP_SENDING,      /* request head/body going out */
+    BH_UP_FIRST_BYTE,   /* request sent, waiting for the response head */
+    BH_UP_RECEIVING,    /* response streaming to the client */
+    BH_UP_TUNNEL,       /* after a 101 */
+    BH_UP_BACKOFF,      /* between a failed attempt and the retry */
+};
+
+/* Request body bytes kept so that a retry can send them again (retry.max_replay_bytes). */
+#define BH_REPLAY_SLICES 32
+typedef struct bh_replay {
+    bh_buf_t *buf;
+    const char *p;
+    size_t n;
+} bh_replay_t;
 
 typedef struct bh_exchange {
     const bh_conf_route_t *route;
@@ -81,7 +99,17 @@ typedef struct bh_exchange {
     llhttp_t rp;                    /* response parser */
     uint64_t start_ms, deadline_ms, up_activity_ms;
     uint64_t req_body_bytes;
+    uint64_t retry_at_ms;           /* BH_UP_BACKOFF: when the next attempt starts */
     uint32_t resp_head_start;       /* offset in uc->rbuf */
+    uint32_t method_bit;            /* BH_M_* */
+    unsigned attempts;              /* attempts started */
+    int last_err;                   /* why the last attempt failed */
+    size_t ep;                      /* endpoint of the current attempt */
+    size_t failed_ep;               /* endpoint of the last failed attempt, or BH_BALANCE_NONE */
+    bh_breaker_ticket_t ticket;     /* the current attempt's, until recorded */
+    bh_replay_t *replay;            /* allocated once the request has a body */
+    uint32_t n_replay;
+    uint64_t replay_bytes;
     enum bh_framing req_framing, resp_framing;
     enum bh_up_phase phase;
     int status;
@@ -91,6 +119,9 @@ typedef struct bh_exchange {
     bool resp_started;              /* response bytes went to the client */
     bool resp_done;
     bool local;                     /* bulkhead answered itself; the request body is discarded */
+    bool replayable;                /* every body byte so far is in replay[] */
+    bool idempotency_key;           /* the request carries Idempotency-Key */
+    bool continue_sent;             /* 100 Continue went to the client */
 } bh_exchange_t;
 
 enum bh_client_state {

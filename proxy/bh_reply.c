@@ -17,6 +17,7 @@ int bh_reply_status(int err)
         return 413;
     case BH_EHEAD_TOO_LARGE:
         return 431;
+    case BH_EBREAKER_OPEN:
     case BH_EPOOL_FULL:
     case BH_EPOOL_TIMEOUT:
     case BH_EPOOL_CLOSED:

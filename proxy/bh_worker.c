@@ -150,7 +150,9 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
         cap = 16384;
     bh_bufpool_init(&w->bufs, (uint32_t)cap, 1024);
     bh_wreq_cache_init(&w->wreqs, 1024);
-    w->env = (bh_upstream_env_t){.loop = &w->loop, .bufs = &w->bufs, .wreqs = &w->wreqs};
+    bh_rng_seed(&w->rng, uv_hrtime() ^ ((uint64_t)(id + 1) * 0x9e3779b97f4a7c15ull));
+    w->env = (bh_upstream_env_t){
+        .loop = &w->loop, .bufs = &w->bufs, .wreqs = &w->wreqs, .rng = &w->rng};
     bh__client_settings(&w->req_settings);
     bh__forward_settings(&w->resp_settings);
     w->max_hdrs = conf->limits.max_headers + 1;
@@ -165,7 +167,7 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     w->drain_timer.data = w;
     for (size_t i = 0; i < conf->n_upstreams; i++) {
         rc = bh_upstream_init(&w->upstreams[i], &conf->upstreams[i], &w->env,
-                              &srv->upstream_sems[i]);
+                              &srv->upstreams[i]);
         if (rc < 0)
             return rc;
         w->upstreams[i].data = w;
@@ -220,14 +222,18 @@ int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
     memset(srv, 0, sizeof(*srv));
     srv->conf = conf;
     atomic_init(&srv->clients, 0);
-    srv->upstream_sems = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1, sizeof(bh_sem_t));
+    srv->upstreams = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1,
+                               sizeof(*srv->upstreams));
     srv->workers = bh_calloc(conf->workers, sizeof(bh_worker_t));
-    if (srv->upstream_sems == NULL || srv->workers == NULL)
+    if (srv->upstreams == NULL || srv->workers == NULL)
         return BH_ENOMEM;
+    uint64_t now = uv_hrtime() / 1000000;
     for (size_t i = 0; i < conf->n_upstreams; i++) {
-        bh_sem_init(&srv->upstream_sems[i], conf->upstreams[i].pool.max_connections);
-        srv->upstream_sems[i].kick = on_sem_kick;
-        srv->upstream_sems[i].data = srv;
+        srv->n_upstreams++;
+        if (bh_upstream_shared_init(&srv->upstreams[i], &conf->upstreams[i], now) < 0)
+            return BH_ENOMEM;
+        srv->upstreams[i].sem.kick = on_sem_kick;
+        srv->upstreams[i].sem.data = srv;
     }
     for (uint32_t i = 0; i < conf->workers; i++) {
         srv->n_workers++;
@@ -274,5 +280,7 @@ void bh_server_destroy(bh_server_t *srv)
     for (uint32_t i = 0; i < srv->n_workers; i++)
         worker_destroy(&srv->workers[i]);
     bh_free(srv->workers);
-    bh_free(srv->upstream_sems);
+    for (size_t i = 0; i < srv->n_upstreams; i++)
+        bh_upstream_shared_destroy(&srv->upstreams[i]);
+    bh_free(srv->upstreams);
 }
