@@ -364,7 +364,8 @@ static int handle_response_head(bh_client_t *c)
         return rc;
     }
     /* A final response: the attempt has an outcome. A 5xx that the policy would retry is held
-     * back (the connection is dropped with it) and never reaches the client. */
+     * back (the connection is dropped with it) and never reaches the client; so is a status the
+     * policy lists as retriable (retriable_status, e.g. 429). */
     bh_attempt_t a = {.outcome = bh_outcome_for_status(status), .status = status,
                       .safety = BH_SAFETY_SENT_NO_RESPONSE};
     uint64_t retry_after_ms = 0;
@@ -373,7 +374,7 @@ static int handle_response_head(bh_client_t *c)
             bh_backoff_parse_retry_after(hdrs[i].value.p, hdrs[i].value.n, &retry_after_ms);
     uint64_t now = now_of(c);
     record_attempt(ex, &a, now);
-    if (a.outcome == BH_OUTCOME_HTTP_5XX && !ex->upgrade && schedule_retry(c, &a, retry_after_ms)) {
+    if (status >= 400 && !ex->upgrade && schedule_retry(c, &a, retry_after_ms)) {
         drop_attempt(ex, false);
         return BH_RETRY_SCHEDULED;
     }

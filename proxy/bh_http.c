@@ -198,7 +198,8 @@ bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t
             upgrade = &hdrs[i];
         if (skip_field(name, hdrs, nhdrs, has_conn) || bh_span_ieq(name, "x-forwarded-for") ||
             bh_span_ieq(name, "x-forwarded-proto") || bh_span_ieq(name, "x-forwarded-host") ||
-            bh_span_ieq(name, "via") || (req->drop_expect && bh_span_ieq(name, "expect")) ||
+            bh_span_ieq(name, "via") || bh_span_ieq(name, "bulkhead-deadline") ||
+            (req->drop_expect && bh_span_ieq(name, "expect")) ||
             (req->chunked && bh_span_ieq(name, "content-length")))
             continue;
         put_header(w, name, hdrs[i].value);

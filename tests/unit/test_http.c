@@ -73,6 +73,7 @@ static void test_request_rewrite(void **state)
               "X-Forwarded-For: 2.2.2.2\r\n"
               "X-Forwarded-Proto: https\r\n"
               "Via: 1.0 edge\r\n"
+              "Bulkhead-Deadline: 99999\r\n"
               "Expect: 100-continue\r\n"
               "Content-Length: 3\r\n"
               "X-Keep: yes\r\n\r\n",
