@@ -18,6 +18,8 @@ static uint64_t now_ms(const bh_endpoint_t *ep)
 /* ---- closing ------------------------------------------------------------------------------ */
 
 static void close_ep_timer_if_done(bh_endpoint_t *ep);
+static void one_closed(bh_upstream_t *up);
+static void on_dns_timer(uv_timer_t *t);
 
 static void on_conn_handle_closed(uv_handle_t *h)
 {
@@ -337,8 +339,70 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
         uv_timer_init(env->loop, &ep->timer);
         ep->timer.data = ep;
         up->open_timers++;
+        up->has_names |= ep->addr->salen == 0;
     }
+    uv_timer_init(env->loop, &up->dns_timer);
+    up->dns_timer.data = up;
+    up->open_timers++;
+    if (up->has_names && conf->dns_refresh_ms > 0)
+        uv_timer_start(&up->dns_timer, on_dns_timer, conf->dns_refresh_ms, conf->dns_refresh_ms);
     return 0;
+}
+
+/* ---- DNS refresh -------------------------------------------------------------------------- */
+
+/* The address changed: idle connections to the old one are closed; busy ones finish there. */
+static void retire_idle(bh_endpoint_t *ep)
+{
+    bh_list_t *n;
+    uint64_t now = now_ms(ep);
+    bh_list_foreach(n, &ep->pool.idle)
+        bh_container_of(n, bh_pool_conn_t, link)->expires_ms = now;
+    bh_pool_expire(&ep->pool, now);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    bh_endpoint_t *ep = req->data;
+    bh_upstream_t *up = ep->up;
+    ep->resolving = false;
+    if (!up->closing) {
+        if (status < 0 || res == NULL) {
+            if (!ep->unresolved)
+                bh_log_warn("upstream %s: %s stopped resolving (%s): draining it", up->conf->name,
+                            ep->addr->text, uv_strerror(status));
+            ep->unresolved = true;
+        } else {
+            ep->unresolved = false;
+            if (res->ai_addrlen != ep->salen || memcmp(res->ai_addr, &ep->sa, res->ai_addrlen)) {
+                memcpy(&ep->sa, res->ai_addr, res->ai_addrlen);
+                ep->salen = res->ai_addrlen;
+                bh_log_info("upstream %s: %s has a new address", up->conf->name, ep->addr->text);
+                retire_idle(ep);
+            }
+        }
+    }
+    uv_freeaddrinfo(res);
+    one_closed(up);
+}
+
+static void on_dns_timer(uv_timer_t *t)
+{
+    bh_upstream_t *up = t->data;
+    for (size_t i = 0; i < up->n_eps; i++) {
+        bh_endpoint_t *ep = &up->eps[i];
+        if (ep->addr->salen > 0 || ep->resolving)
+            continue;
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        char port[8];
+        snprintf(port, sizeof(port), "%u", ep->addr->port);
+        ep->dns.data = ep;
+        if (uv_getaddrinfo(up->env->loop, &ep->dns, on_resolved, ep->addr->host, port, &hints) ==
+            0) {
+            ep->resolving = true;
+            up->open_timers++; /* the lookup must finish before the endpoints are freed */
+        }
+    }
 }
 
 size_t bh_upstream_pick(bh_upstream_t *up, size_t prefer_not)
@@ -347,6 +411,13 @@ size_t bh_upstream_pick(bh_upstream_t *up, size_t prefer_not)
         return 0;
     bool panic = false;
     bh_outlier_eligible(up->shared->outlier, uv_now(up->env->loop), up->eligible, &panic);
+    if (up->has_names) {
+        bool any = false;
+        for (size_t i = 0; i < up->n_eps; i++)
+            any |= up->eligible[i] && !up->eps[i].unresolved;
+        for (size_t i = 0; any && i < up->n_eps; i++)
+            up->eligible[i] = up->eligible[i] && !up->eps[i].unresolved;
+    }
     size_t i = bh_balance_pick(&up->balance, up->n_eps, up->eligible, up->in_flight, prefer_not,
                                up->env->rng);
     return i < up->n_eps ? i : 0;
@@ -369,10 +440,8 @@ void bh_upstream_kick(bh_upstream_t *up)
         bh_pool_kick(&up->eps[i].pool, now_ms(&up->eps[i]));
 }
 
-static void on_ep_timer_closed(uv_handle_t *h)
+static void one_closed(bh_upstream_t *up)
 {
-    bh_endpoint_t *ep = h->data;
-    bh_upstream_t *up = ep->up;
     if (--up->open_timers == 0) {
         bh_free(up->eps);
         bh_free(up->in_flight);
@@ -385,6 +454,17 @@ static void on_ep_timer_closed(uv_handle_t *h)
     }
 }
 
+static void on_ep_timer_closed(uv_handle_t *h)
+{
+    bh_endpoint_t *ep = h->data;
+    one_closed(ep->up);
+}
+
+static void on_dns_timer_closed(uv_handle_t *h)
+{
+    one_closed(h->data);
+}
+
 static void close_ep_timer_if_done(bh_endpoint_t *ep)
 {
     if (bh_pool_empty(&ep->pool) && !uv_is_closing((uv_handle_t *)&ep->timer))
@@ -395,6 +475,10 @@ void bh_upstream_close(bh_upstream_t *up, void (*cb)(bh_upstream_t *up))
 {
     up->closing = true;
     up->closed_cb = cb;
+    uv_close((uv_handle_t *)&up->dns_timer, on_dns_timer_closed);
+    for (size_t i = 0; i < up->n_eps; i++)
+        if (up->eps[i].resolving)
+            uv_cancel((uv_req_t *)&up->eps[i].dns);
     for (size_t i = 0; i < up->n_eps; i++) {
         bh_endpoint_t *ep = &up->eps[i];
         bh_pool_shutdown(&ep->pool, now_ms(ep));

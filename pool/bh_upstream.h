@@ -43,6 +43,9 @@ typedef struct bh_endpoint {
     socklen_t salen;              /* 0: the name did not resolve; connects fail */
     bh_pool_t pool;
     uv_timer_t timer;             /* runs bh_pool_expire */
+    uv_getaddrinfo_t dns;         /* re-resolution of a name (dns_refresh) */
+    bool resolving;
+    bool unresolved;              /* the name stopped resolving: drained, no new attempts */
 } bh_endpoint_t;
 
 /* What a worker shares with its upstreams. */
@@ -62,7 +65,9 @@ struct bh_upstream {
     bh_balance_t balance;         /* this worker's cursor */
     uint32_t *in_flight;          /* per endpoint: this worker's busy connections */
     bool *eligible;               /* per endpoint: scratch for picking */
-    unsigned open_timers;
+    unsigned open_timers;         /* endpoint timers, the DNS timer, DNS lookups in flight */
+    uv_timer_t dns_timer;
+    bool has_names;
     bool closing;
     void (*closed_cb)(bh_upstream_t *up);
     void *data;

@@ -16,6 +16,7 @@
 #include "bh_http.h"
 #include "bh_list.h"
 #include "bh_outq.h"
+#include "bh_health.h"
 #include "bh_upstream.h"
 
 /* Backpressure: stop reading one side while the other side has more than this queued. */
@@ -47,6 +48,8 @@ struct bh_worker {
     uv_tcp_t *listeners;
     size_t n_listeners;
     bh_upstream_t *upstreams;       /* parallel to conf->upstreams */
+    struct bh_health **health;      /* worker 0 runs the active health checks, per upstream */
+    unsigned health_running;
     size_t n_upstreams;
     size_t upstreams_open;
     bh_bufpool_t bufs;

@@ -93,11 +93,23 @@ static void on_drain_timeout(uv_timer_t *t)
     }
 }
 
+static void on_health_stopped(void *data)
+{
+    bh_worker_t *w = data;
+    w->health_running--;
+}
+
 static void begin_drain(bh_worker_t *w)
 {
     if (w->draining)
         return;
     w->draining = true;
+    for (size_t i = 0; i < w->n_upstreams; i++) {
+        if (w->health != NULL && w->health[i] != NULL) {
+            bh_health_stop(w->health[i], on_health_stopped, w);
+            w->health[i] = NULL;
+        }
+    }
     for (size_t i = 0; i < w->n_listeners; i++)
         uv_close((uv_handle_t *)&w->listeners[i], NULL);
     bh_list_t *n, *tmp;
@@ -174,6 +186,14 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
         w->n_upstreams++;
         w->upstreams_open++;
     }
+    if (id == 0) { /* one worker checks health for all: the result is shared */
+        w->health = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1, sizeof(*w->health));
+        if (w->health == NULL)
+            return BH_ENOMEM;
+        for (size_t i = 0; i < conf->n_upstreams; i++)
+            if ((w->health[i] = bh_health_start(&w->upstreams[i])) != NULL)
+                w->health_running++;
+    }
     for (size_t i = 0; i < conf->n_listeners; i++) {
         rc = open_listener(w, &w->listeners[i], &conf->listeners[i].addr);
         if (rc < 0) {
@@ -212,6 +232,7 @@ static void worker_destroy(bh_worker_t *w)
         bh_log_error("worker %u: loop closed with handles still open: %s", w->id, uv_strerror(rc));
     bh_wreq_cache_destroy(&w->wreqs);
     bh_bufpool_destroy(&w->bufs);
+    bh_free(w->health);
     bh_free(w->hdrs);
     bh_free(w->listeners);
     bh_free(w->upstreams);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
+#include "bh_admin.h"
 #include "bh_conf.h"
 #include "bh_log.h"
 #include "bh_proxy.h"
@@ -13,6 +14,7 @@ typedef struct main_ctx {
     uv_signal_t sigterm, sigint, sighup;
     uv_async_t worker_exit;
     bh_server_t srv;
+    bh_admin_t *admin;
     _Atomic uint32_t exited;
     int signals;
 } main_ctx_t;
@@ -39,6 +41,8 @@ static void on_signal(uv_signal_t *s, int signum)
         _exit(1);
     }
     bh_log_info("signal %d: draining", signum);
+    if (m->admin != NULL)
+        bh_admin_set_draining(m->admin);
     bh_server_stop(&m->srv);
 }
 
@@ -51,6 +55,9 @@ static void on_worker_exit_async(uv_async_t *a)
     uv_close((uv_handle_t *)&m->sigint, NULL);
     uv_close((uv_handle_t *)&m->sighup, NULL);
     uv_close((uv_handle_t *)&m->worker_exit, NULL);
+    if (m->admin != NULL)
+        bh_admin_stop(m->admin);
+    m->admin = NULL;
 }
 
 static void on_worker_exit(bh_server_t *srv)
@@ -91,8 +98,16 @@ static int run(const char *path)
         uv_signal_start(sigs[i], on_signal, nums[i]);
     }
     signal(SIGPIPE, SIG_IGN);
-    rc = bh_server_start(&m.srv);
-    if (rc < 0) {
+    m.admin = bh_admin_start(&m.loop, &m.srv);
+    rc = m.admin != NULL ? bh_server_start(&m.srv) : BH_ECONFIG;
+    if (rc < 0 && m.admin == NULL) {
+        bh_server_stop(&m.srv); /* workers were never started: nothing to drain */
+        uv_close((uv_handle_t *)&m.sigterm, NULL);
+        uv_close((uv_handle_t *)&m.sigint, NULL);
+        uv_close((uv_handle_t *)&m.sighup, NULL);
+        uv_close((uv_handle_t *)&m.worker_exit, NULL);
+        uv_run(&m.loop, UV_RUN_DEFAULT);
+    } else if (rc < 0) {
         bh_log_error("cannot start workers: %s", uv_strerror(rc));
     } else {
         for (size_t i = 0; i < conf->n_listeners; i++)

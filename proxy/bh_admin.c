@@ -1,0 +1,237 @@
+/* Admin endpoints. Requests are tiny and rare: each connection reads one request head (up to
+ * 8 KiB), answers it and closes; nothing here is on the proxy's request path. */
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include "bh_admin.h"
+#include "bh_alloc.h"
+#include "bh_log.h"
+
+#define ADMIN_HEAD_MAX 8192
+
+struct bh_admin {
+    uv_tcp_t listener;
+    bh_server_t *srv;
+    bh_list_t conns;
+    bool draining, stopping;
+    unsigned open_handles;
+};
+
+typedef struct admin_conn {
+    uv_tcp_t tcp;
+    bh_admin_t *a;
+    bh_list_t link;
+    uv_write_t wreq;
+    size_t len;
+    char *out;
+    char buf[ADMIN_HEAD_MAX];
+} admin_conn_t;
+
+static void maybe_free(bh_admin_t *a)
+{
+    if (a->stopping && a->open_handles == 0)
+        bh_free(a);
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    admin_conn_t *c = h->data;
+    bh_admin_t *a = c->a;
+    bh_list_remove(&c->link);
+    bh_free(c->out);
+    bh_free(c);
+    a->open_handles--;
+    maybe_free(a);
+}
+
+static void conn_close(admin_conn_t *c)
+{
+    if (!uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    conn_close(req->data);
+}
+
+static void reply(admin_conn_t *c, int status, const char *reason, const char *body)
+{
+    size_t blen = strlen(body), cap = blen + 256;
+    c->out = bh_malloc(cap);
+    if (c->out == NULL) {
+        conn_close(c);
+        return;
+    }
+    int n = snprintf(c->out, cap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n%s",
+                     status, reason, blen, body);
+    uv_buf_t b = uv_buf_init(c->out, (unsigned)n);
+    c->wreq.data = c;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0)
+        conn_close(c);
+}
+
+/* 200 when serving; 503 while draining or when an upstream with health checks has no healthy
+ * endpoint left. */
+static void readyz(admin_conn_t *c)
+{
+    bh_server_t *srv = c->a->srv;
+    char body[2048];
+    size_t len = 0;
+    body[0] = '\0';
+    bool ready = !c->a->draining;
+    if (!ready)
+        len += (size_t)snprintf(body + len, sizeof(body) - len, "draining\n");
+    for (size_t i = 0; i < srv->n_upstreams && len < sizeof(body) - 128; i++) {
+        const bh_conf_upstream_t *u = &srv->conf->upstreams[i];
+        if (!u->health_check.enabled)
+            continue;
+        bh_outlier_stats_t st;
+        bh_outlier_stats(srv->upstreams[i].outlier, uv_hrtime() / 1000000, &st);
+        if (st.unhealthy >= st.endpoints) {
+            ready = false;
+            len += (size_t)snprintf(body + len, sizeof(body) - len,
+                                    "upstream %s: no healthy endpoint\n", u->name);
+        }
+    }
+    if (ready)
+        snprintf(body, sizeof(body), "ready\n");
+    reply(c, ready ? 200 : 503, ready ? "OK" : "Service Unavailable", body);
+}
+
+static bool authorized(admin_conn_t *c, const char *head)
+{
+    const char *token = c->a->srv->conf->admin.token;
+    if (token == NULL || token[0] == '\0')
+        return true;
+    for (const char *p = strstr(head, "\r\n"); p != NULL; p = strstr(p + 2, "\r\n")) {
+        if (strncasecmp(p + 2, "authorization:", 14) != 0)
+            continue;
+        const char *v = p + 16;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        size_t tl = strlen(token);
+        return strncasecmp(v, "Bearer ", 7) == 0 && strncmp(v + 7, token, tl) == 0 &&
+               (v[7 + tl] == '\r' || v[7 + tl] == ' ');
+    }
+    return false;
+}
+
+static void handle(admin_conn_t *c)
+{
+    char method[8], path[256];
+    if (sscanf(c->buf, "%7s %255s HTTP/1.", method, path) != 2) {
+        reply(c, 400, "Bad Request", "bad request\n");
+        return;
+    }
+    char *q = strchr(path, '?');
+    if (q != NULL)
+        *q = '\0';
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        reply(c, 405, "Method Not Allowed", "GET only\n");
+        return;
+    }
+    if (strcmp(path, "/healthz") == 0) {
+        reply(c, 200, "OK", "ok\n");
+        return;
+    }
+    if (!authorized(c, c->buf)) {
+        reply(c, 401, "Unauthorized", "admin token required\n");
+        return;
+    }
+    if (strcmp(path, "/readyz") == 0)
+        readyz(c);
+    else
+        reply(c, 404, "Not Found", "not found: /healthz /readyz\n");
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    admin_conn_t *c = h->data;
+    *buf = uv_buf_init(c->buf + c->len, (unsigned)(sizeof(c->buf) - 1 - c->len));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    admin_conn_t *c = s->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    c->len += (size_t)nread;
+    c->buf[c->len] = '\0';
+    if (strstr(c->buf, "\r\n\r\n") != NULL)
+        handle(c);
+    else if (c->len >= sizeof(c->buf) - 1)
+        reply(c, 431, "Request Header Fields Too Large", "too large\n");
+}
+
+static void on_connection(uv_stream_t *l, int status)
+{
+    bh_admin_t *a = l->data;
+    if (status < 0)
+        return;
+    admin_conn_t *c = bh_calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    c->a = a;
+    uv_tcp_init(l->loop, &c->tcp);
+    c->tcp.data = c;
+    bh_list_push_back(&a->conns, &c->link);
+    a->open_handles++;
+    if (uv_accept(l, (uv_stream_t *)&c->tcp) < 0 ||
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0)
+        conn_close(c);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    bh_admin_t *a = h->data;
+    a->open_handles--;
+    maybe_free(a);
+}
+
+bh_admin_t *bh_admin_start(uv_loop_t *loop, bh_server_t *srv)
+{
+    const bh_conf_addr_t *addr = &srv->conf->admin.addr;
+    bh_admin_t *a = bh_calloc(1, sizeof(*a));
+    if (a == NULL)
+        return NULL;
+    a->srv = srv;
+    bh_list_init(&a->conns);
+    uv_tcp_init(loop, &a->listener);
+    a->listener.data = a;
+    a->open_handles = 1;
+    int rc = uv_tcp_bind(&a->listener, (const struct sockaddr *)&addr->sa, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&a->listener, 128, on_connection);
+    if (rc < 0) {
+        bh_log_error("admin listener %s: %s", addr->text, uv_strerror(rc));
+        a->stopping = true;
+        uv_close((uv_handle_t *)&a->listener, on_listener_closed);
+        return NULL;
+    }
+    bh_log_info("admin listening on %s (/healthz /readyz)", addr->text);
+    return a;
+}
+
+void bh_admin_set_draining(bh_admin_t *a)
+{
+    a->draining = true;
+}
+
+void bh_admin_stop(bh_admin_t *a)
+{
+    bh_list_t *n, *t;
+    a->stopping = true;
+    bh_list_foreach_safe(n, t, &a->conns)
+    {
+        conn_close(bh_container_of(n, admin_conn_t, link));
+    }
+    uv_close((uv_handle_t *)&a->listener, on_listener_closed);
+}

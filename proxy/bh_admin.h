@@ -1,0 +1,17 @@
+/* The admin listener on the main thread's loop: /healthz and /readyz. */
+#ifndef BH_ADMIN_H
+#define BH_ADMIN_H
+
+#include <uv.h>
+#include "bh_proxy.h"
+
+typedef struct bh_admin bh_admin_t;
+
+/* Listens on conf->admin.addr. Returns NULL (and logs why) when it cannot. */
+bh_admin_t *bh_admin_start(uv_loop_t *loop, bh_server_t *srv);
+/* Marks the process as draining: /readyz answers 503 from now on. */
+void bh_admin_set_draining(bh_admin_t *a);
+/* Closes the listener and every admin connection; frees a once they are closed. */
+void bh_admin_stop(bh_admin_t *a);
+
+#endif
