@@ -218,8 +218,9 @@ class Upstream:
         return n
 
     def traffic(self, stats=None):
-        """Requests received on the data port, health checks excluded."""
-        return self.count(stats=stats) - self.count("/healthz", stats=stats)
+        """Requests received on the data port, health checks excluded (one snapshot of the stats)."""
+        st = stats if stats is not None else self.stats()
+        return self.count(stats=st) - self.count("/healthz", stats=st)
 
     def stop(self):
         if self.proc.poll() is None:
