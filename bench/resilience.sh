@@ -359,7 +359,7 @@ YAML
          { k = $1; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
            add(rps, k, $3); add(p50, k, $4); add(p99, k, $5); add(cus, k, $10)
            srps[k] += $3; sp50[k] += $4; sp99[k] += $5; scus[k] += $10; c[k]++ }
-         END { fmt = "%-8s %-22s %-18s %-18s %s\n"
+         END { fmt = "%-8s %-32s %-26s %-28s %s\n"
                printf fmt, "target", "req/s", "p50us", "p99us", "prxus/r"
                for (i = 1; i <= n; i++) { k = order[i]
                  printf fmt, k, rps[k] " =" int(srps[k] / c[k] + 0.5), p50[k] " =" int(sp50[k] / c[k] + 0.5),
@@ -370,7 +370,7 @@ YAML
          { v[$1 "|" $2 "|rps"] = $3; v[$1 "|" $2 "|p50"] = $4; v[$1 "|" $2 "|p99"] = $5; v[$1 "|" $2 "|cus"] = $10
            if ($2 > maxrep) maxrep = $2 }
          END { split("rps p50 p99 cus", m, " "); split("req/s p50 p99 cpu/req", lab, " ")
-               fmt = "%-10s %-26s %s\n"; printf fmt, "metric", "full/bare", "haproxy/bare"
+               fmt = "%-10s %-36s %s\n"; printf fmt, "metric", "full/bare", "haproxy/bare"
                for (j = 1; j <= 4; j++) { f = ""; h = ""; sf = 0; sh = 0; nf = 0; nh = 0
                  for (r = 1; r <= maxrep; r++) { b = v["bare|" r "|" m[j]] + 0; if (b <= 0) continue
                    x = v["full|" r "|" m[j]] / b; f = f (f == "" ? "" : "/") sprintf("%.3f", x); sf += x; nf++
