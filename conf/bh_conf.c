@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <yaml.h>
 #include "bh_alloc.h"
@@ -45,6 +46,11 @@ enum sec {
     S_BREAKER,
     S_OUTLIER,
     S_HEALTH,
+    S_DATABASE,
+    S_DB_POOL,
+    S_DB_TIMEOUTS,
+    S_DB_RETRY,
+    S_DB_BREAKER,
     S_COUNT
 };
 
@@ -67,7 +73,9 @@ typedef struct type {
     unsigned flags;     /* T_NODE: conv reads the node itself (mappings, lists) */
 } type_t;
 
-enum { F_REQUIRED = 1 };
+/* F_NA: a key of the shared shape that this section does not take (databases): giving it is an
+ * error, but its default still fills the field. */
+enum { F_REQUIRED = 1, F_NA = 2 };
 struct spec {
     enum sec sec;
     const char *key;
@@ -173,6 +181,20 @@ static yaml_node_t *lookup(ctx_t *c, yaml_node_t *map, const char *key)
         yaml_node_t *kn = node_at(c, p->key);
         if (kn->type == YAML_SCALAR_NODE && strcmp((const char *)kn->data.scalar.value, key) == 0)
             return node_at(c, p->value);
+    }
+    return NULL;
+}
+
+/* The key node of key in a mapping (messages about a key point at the key, not its value). */
+static yaml_node_t *key_node(ctx_t *c, yaml_node_t *map, const char *key)
+{
+    if (map == NULL || map->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *kn = node_at(c, p->key);
+        if (kn->type == YAML_SCALAR_NODE && strcmp((const char *)kn->data.scalar.value, key) == 0)
+            return kn;
     }
     return NULL;
 }
@@ -652,6 +674,51 @@ static int conv_listeners(ctx_t *c, const spec_t *k, yaml_node_t *n, const char 
     return parse_list(c, n, S_LISTENER, sizeof *conf->listeners, conf->listeners, check_listener);
 }
 
+/* A route has exactly one target; a database route takes none of the HTTP forwarding keys and
+ * of the timeouts only total. Names are resolved later, in check_root. */
+static int check_route(ctx_t *c, yaml_node_t *item, void *array, size_t i)
+{
+    static const struct {
+        const char *key, *why;
+    } http_only[] = {
+        {"strip_prefix", "the path is not forwarded"},
+        {"retry", "a database's retries are set under databases.<name>.retry"},
+    };
+    bh_conf_route_t *r = &((bh_conf_route_t *)array)[i];
+    yaml_node_t *up = key_node(c, item, "upstream"), *db = key_node(c, item, "database"), *t;
+
+    if (up == NULL && db == NULL)
+        return fail(c, item,
+                    "missing key 'upstream' or 'database' in %s, expected exactly one: an "
+                    "upstream name (HTTP) or a database name (SQL over HTTP)",
+                    c->path);
+    if (up != NULL && db != NULL)
+        return fail(c, up->start_mark.index > db->start_mark.index ? up : db,
+                    "%s has both 'upstream' and 'database', expected exactly one of them",
+                    c->path);
+    if (r->database == NULL)
+        return 0;
+    for (size_t j = 0; j < COUNT(http_only); j++)
+        if ((t = key_node(c, item, http_only[j].key)) != NULL)
+            return fail(c, t,
+                        "key '%s' in %s is not applicable to database routes (%s), expected it "
+                        "removed",
+                        http_only[j].key, c->path, http_only[j].why);
+    t = lookup(c, item, "timeouts");
+    if (t != NULL && t->type == YAML_MAPPING_NODE)
+        for (yaml_node_pair_t *p = t->data.mapping.pairs.start; p < t->data.mapping.pairs.top;
+             p++) {
+            yaml_node_t *kn = node_at(c, p->key);
+            if (strcmp((const char *)kn->data.scalar.value, "total") != 0)
+                return fail(c, kn,
+                            "key '%s' in %s.timeouts is not applicable to database routes, "
+                            "expected only total (the others are set under "
+                            "databases.<name>.timeouts)",
+                            (const char *)kn->data.scalar.value, c->path);
+        }
+    return 0;
+}
+
 static int conv_routes(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
 {
     bh_conf_t *conf = base;
@@ -666,7 +733,7 @@ static int conv_routes(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *te
     if ((conf->routes = bh_calloc(len, sizeof *conf->routes)) == NULL)
         return oom(c);
     conf->n_routes = len;
-    return parse_list(c, n, S_ROUTE, sizeof *conf->routes, conf->routes, NULL);
+    return parse_list(c, n, S_ROUTE, sizeof *conf->routes, conf->routes, check_route);
 }
 
 static int conv_endpoints(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
@@ -995,11 +1062,15 @@ static int conv_count(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *tex
     return each_item(c, k, n, base, count_item);
 }
 
-/* retriable_status: base is the bh_conf_retry_t (the list and its length). */
+/* retriable_status: the row's field is the whole bh_conf_retry_t (the list and its length). */
 static int conv_statuses(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
 {
-    ((bh_conf_retry_t *)base)->n_retriable_status = 0;
-    return each_item(c, k, n, base, status_item);
+    bh_conf_retry_t *r = FIELD(base, k, bh_conf_retry_t);
+    spec_t at = *k;
+
+    at.off = 0;
+    r->n_retriable_status = 0;
+    return each_item(c, &at, n, r, status_item);
 }
 
 /* health_check: absent = disabled; present (even empty) = enabled with defaults. */
@@ -1047,6 +1118,330 @@ static int conv_route_retry(ctx_t *c, const spec_t *k, yaml_node_t *n, const cha
     return rc;
 }
 
+/* ---- databases (SQL over HTTP) --------------------------------------------------------- */
+
+static const name_bit_t AUTH_NAMES[] = {
+    {"passthrough", BH_DB_AUTH_PASSTHROUGH},
+    {"fixed", BH_DB_AUTH_FIXED},
+};
+
+static int conv_auth(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    uint32_t v;
+
+    if (lookup_word(text, AUTH_NAMES, COUNT(AUTH_NAMES), &v) != 0)
+        return word_fail(c, n, "auth mode", text, AUTH_NAMES, COUNT(AUTH_NAMES));
+    *FIELD(base, k, enum bh_db_auth) = (enum bh_db_auth)v;
+    return 0;
+}
+
+/* Validates (and may rewrite in place) one item of a string list; n is the item's node. */
+typedef int (*str_check_fn)(ctx_t *c, yaml_node_t *n, char *s);
+
+/* A non-empty list of non-empty strings -> *arr, *count (count grows as items are stored, so
+ * bh_conf_free copes with a list cut short by an error). */
+static int read_strings(ctx_t *c, yaml_node_t *n, const char *what, const char *expect,
+                        char ***arr, size_t *count, str_check_fn check)
+{
+    size_t len = seq_len(n);
+
+    if (n->type != YAML_SEQUENCE_NODE && !is_null(n))
+        return type_fail(c, n, expect);
+    if (len == 0)
+        return fail(c, n, "no %s given in %s, expected %s", what, c->path, expect);
+    if ((*arr = bh_calloc(len, sizeof **arr)) == NULL)
+        return oom(c);
+    for (size_t i = 0; i < len; i++) {
+        yaml_node_t *item = node_at(c, n->data.sequence.items.start[i]);
+        size_t old = path_index(c, i);
+        char *s;
+        int rc = scalar_text(c, item, "a single value", 0, &s);
+
+        if (rc == 0) {
+            (*arr)[(*count)++] = s;
+            rc = check(c, item, s);
+        }
+        path_pop(c, old);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+#define DB_HOST_EXPECT                                                                             \
+    "the host of the connection string without its port, e.g. db.example.com, or \"*\" for any"
+
+/* A connection-string host: "*" or a name/address without port; stored in lower case. */
+static int db_host_check(ctx_t *c, yaml_node_t *n, char *s)
+{
+    if (strcmp(s, "*") != 0 &&
+        (strpbrk(s, " \t\r\n/@,?#*") != NULL || (strchr(s, ':') != NULL && s[0] != '[')))
+        return fail(c, n, "invalid host '%.64s' for %s, expected " DB_HOST_EXPECT, s, c->path);
+    for (char *p = s; *p != '\0'; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    return 0;
+}
+
+/* A bearer token: compared with the Authorization header, so no spaces or control characters.
+ * Tokens are secrets: never quoted in messages. */
+static int db_token_check(ctx_t *c, yaml_node_t *n, char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
+        if (*p <= 0x20 || *p == 0x7f)
+            return fail(c, n,
+                        "invalid token for %s (it contains a space or control character), "
+                        "expected the bearer token as clients send it",
+                        c->path);
+    return 0;
+}
+
+static int conv_db_hosts(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_database_t *d = base;
+    return read_strings(c, n, "hosts", k->type->expect, &d->hosts, &d->n_hosts, db_host_check);
+}
+
+static int conv_db_tokens(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_database_t *d = base;
+
+    if (n == NULL)
+        return 0;
+    return read_strings(c, n, "tokens", k->type->expect, &d->tokens, &d->n_tokens,
+                        db_token_check);
+}
+
+static int is_space(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '\f' || ch == '\v';
+}
+
+/* server: a libpq keyword=value conninfo (values may be 'quoted' with \ escapes) that carries
+ * no credentials: they come from the request (passthrough) or from user/password/dbname. The
+ * text may hold secrets, so it is never quoted in messages. */
+static int conv_server(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    static const char *const banned[] = {"user", "password", "dbname", "passfile", "service"};
+    const char *p = text;
+
+    if (strncmp(text, "postgres://", 11) == 0 || strncmp(text, "postgresql://", 13) == 0)
+        return fail(c, n, "%s is a connection URI, expected %s", c->path, k->type->expect);
+    for (;;) {
+        const char *kw;
+        size_t kwlen;
+
+        while (is_space(*p))
+            p++;
+        if (*p == '\0')
+            break;
+        kw = p;
+        while (*p != '\0' && *p != '=' && !is_space(*p))
+            p++;
+        kwlen = (size_t)(p - kw);
+        while (is_space(*p))
+            p++;
+        if (*p != '=' || kwlen == 0)
+            return fail(c, n, "invalid conninfo for %s near '%.*s', expected %s", c->path,
+                        (int)(kwlen < 32 ? kwlen : 32), kw, k->type->expect);
+        for (size_t i = 0; i < COUNT(banned); i++)
+            if (strlen(banned[i]) == kwlen && memcmp(kw, banned[i], kwlen) == 0)
+                return fail(c, n,
+                            "%s sets '%s', expected a conninfo without credentials (with auth: "
+                            "fixed give user, password and dbname as keys of the database)",
+                            c->path, banned[i]);
+        for (p++; is_space(*p); p++)
+            ;
+        if (*p == '\'') {
+            for (p++; *p != '\'' && *p != '\0'; p++)
+                if (*p == '\\' && p[1] != '\0')
+                    p++;
+            if (*p == '\0')
+                return fail(c, n, "unterminated quote in the conninfo for %s, expected %s",
+                            c->path, k->type->expect);
+            p++;
+        } else {
+            for (; *p != '\0' && !is_space(*p); p++)
+                if (*p == '\\' && p[1] != '\0')
+                    p++;
+        }
+    }
+    return conv_str(c, k, n, text, base);
+}
+
+/* Session settings the SQL over HTTP output depends on: bulkhead sets them itself. */
+static const char *const SESSION_FIXED[] = {"client_encoding", "DateStyle", "IntervalStyle",
+                                            "bytea_output"};
+
+static int valid_ident(const char *s)
+{
+    if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') || s[0] == '_'))
+        return 0;
+    for (size_t i = 1; s[i] != '\0'; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || s[i] == '_' ||
+              s[i] == '.' || (s[i] >= '0' && s[i] <= '9')))
+            return 0;
+    return 1;
+}
+
+/* Adds one setting (takes value; key is copied). */
+static int session_put(ctx_t *c, bh_conf_database_t *d, const char *key, char *value)
+{
+    char *kc = bh_strdup(key);
+
+    if (kc == NULL) {
+        bh_free(value);
+        return oom(c);
+    }
+    d->session_keys[d->n_session] = kc;
+    d->session_values[d->n_session++] = value;
+    return 0;
+}
+
+/* session: a mapping of setting names to single values, in file order; TimeZone takes the row's
+ * default when not given. Names are compared case-insensitively, as Postgres does. */
+static int conv_session(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_database_t *d = base;
+    size_t len = 0;
+    bool tz = false;
+    char buf[300], *value;
+    int rc;
+
+    if (n != NULL && n->type != YAML_MAPPING_NODE && !is_null(n))
+        return type_fail(c, n, k->type->expect);
+    if (n != NULL && n->type == YAML_MAPPING_NODE)
+        len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    if ((d->session_keys = bh_calloc(len + 1, sizeof *d->session_keys)) == NULL ||
+        (d->session_values = bh_calloc(len + 1, sizeof *d->session_values)) == NULL)
+        return oom(c);
+    for (size_t i = 0; i < len; i++) {
+        yaml_node_pair_t *p = &n->data.mapping.pairs.start[i];
+        yaml_node_t *kn = node_at(c, p->key);
+        const char *key = kn->type == YAML_SCALAR_NODE ? (const char *)kn->data.scalar.value : "";
+        size_t old;
+
+        if (!valid_ident(key))
+            return fail(c, kn,
+                        "invalid setting name '%.64s' %s, expected a Postgres setting name "
+                        "(letters, digits, '_' and '.', not starting with a digit)",
+                        key, where(c, buf, sizeof buf));
+        for (size_t j = 0; j < COUNT(SESSION_FIXED); j++)
+            if (strcasecmp(key, SESSION_FIXED[j]) == 0)
+                return fail(c, kn,
+                            "setting '%s' %s is set by bulkhead (the SQL over HTTP output "
+                            "depends on it), expected it removed",
+                            key, where(c, buf, sizeof buf));
+        for (yaml_node_pair_t *q = n->data.mapping.pairs.start; q < p; q++) {
+            yaml_node_t *prev = node_at(c, q->key);
+            if (strcasecmp((const char *)prev->data.scalar.value, key) == 0)
+                return fail(c, kn,
+                            "duplicate setting '%s' %s (first given at %zu:%zu as '%s'), "
+                            "expected each setting once (names are case-insensitive)",
+                            key, where(c, buf, sizeof buf), prev->start_mark.line + 1,
+                            prev->start_mark.column + 1, (const char *)prev->data.scalar.value);
+        }
+        old = path_key(c, key);
+        rc = scalar_text(c, node_at(c, p->value), "a single value", 1, &value);
+        path_pop(c, old);
+        if (rc != 0 || (rc = session_put(c, d, key, value)) != 0)
+            return rc;
+        tz = tz || strcasecmp(key, "TimeZone") == 0;
+    }
+    if (tz)
+        return 0;
+    if ((rc = subst(c, NULL, k->def, strlen(k->def), &value)) != 0)
+        return rc;
+    return session_put(c, d, "TimeZone", value);
+}
+
+/* auth: fixed needs its credentials and tokens; passthrough takes none of them. */
+static int check_database(ctx_t *c, yaml_node_t *map, void *base)
+{
+    static const char *const fixed_only[] = {"user", "password", "dbname", "tokens"};
+    bh_conf_database_t *d = base;
+    yaml_node_t *auth = lookup(c, map, "auth");
+    const char *missing = NULL;
+
+    if (d->auth == BH_DB_AUTH_PASSTHROUGH) {
+        for (size_t i = 0; i < COUNT(fixed_only); i++) {
+            yaml_node_t *kn = key_node(c, map, fixed_only[i]);
+            if (kn != NULL)
+                return fail(c, kn,
+                            "key '%s' in %s applies only with auth: fixed, expected it removed "
+                            "(auth: passthrough takes the user, password and database from "
+                            "Neon-Connection-String)",
+                            fixed_only[i], c->path);
+        }
+        return 0;
+    }
+    if (d->user == NULL)
+        missing = "'user' (the Postgres role to connect as)";
+    else if (d->dbname == NULL)
+        missing = "'dbname' (the database to connect to)";
+    else if (d->n_tokens == 0)
+        missing = "'tokens' (the bearer tokens clients must send)";
+    if (missing != NULL)
+        return fail(c, auth, "auth: fixed in %s needs the key %s, expected it given", c->path,
+                    missing);
+    return 0;
+}
+
+/* databases: a mapping from database name to its settings; a host is mapped by one at most. */
+static int conv_databases(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_t *conf = base;
+    size_t len;
+
+    if (n == NULL || is_null(n))
+        return 0;
+    if (n->type != YAML_MAPPING_NODE)
+        return type_fail(c, n, k->type->expect);
+    len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    if ((conf->databases = bh_calloc(len, sizeof *conf->databases)) == NULL)
+        return oom(c);
+    conf->n_databases = len;
+    for (size_t i = 0; i < len; i++) {
+        yaml_node_pair_t *p = &n->data.mapping.pairs.start[i];
+        yaml_node_t *kn = node_at(c, p->key), *vn = node_at(c, p->value);
+        bh_conf_database_t *d = &conf->databases[i];
+        const char *name = kn->type == YAML_SCALAR_NODE ? (const char *)kn->data.scalar.value : "";
+        size_t old;
+        int rc;
+
+        if (name[0] == '\0' || strspn(name, NAME_CHARS) != strlen(name))
+            return fail(c, kn,
+                        "invalid database name '%.64s' in %s, expected letters, digits, "
+                        "'-', '_' or '.'",
+                        name, c->path);
+        if ((rc = check_dup_key(c, n, p)) != 0)
+            return rc;
+        if ((d->name = bh_strdup(name)) == NULL)
+            return oom(c);
+        old = path_key(c, name);
+        rc = vn->type != YAML_MAPPING_NODE
+                 ? type_fail(c, vn, "a mapping with hosts and server")
+                 : parse_section(c, S_DATABASE, vn, d, 1);
+        for (size_t h = 0; rc == 0 && h < d->n_hosts; h++)
+            for (size_t j = 0; j < i; j++)
+                for (size_t g = 0; g < conf->databases[j].n_hosts; g++) {
+                    yaml_node_t *hosts = lookup(c, vn, "hosts");
+                    if (strcmp(conf->databases[j].hosts[g], d->hosts[h]) != 0)
+                        continue;
+                    path_key(c, "hosts");
+                    path_index(c, h);
+                    return fail(c, node_at(c, hosts->data.sequence.items.start[h]),
+                                "host '%s' in %s is already mapped by databases.%s, expected "
+                                "each host in one database only",
+                                d->hosts[h], c->path, conf->databases[j].name);
+                }
+        path_pop(c, old);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* ---- the schema: every key, its type and its default ----------------------------------- */
 
 /* clang-format off */
@@ -1071,8 +1466,8 @@ static const type_t T_LISTENERS = {conv_listeners, "a list of {name, address}", 
 static const type_t T_UPSTREAMS = {conv_upstreams, "a mapping from upstream name to "
                                                     "{endpoints, pool, timeouts}", T_NODE};
 static const type_t T_ENDPOINTS = {conv_endpoints, "a list of host:port", T_NODE};
-static const type_t T_ROUTES = {conv_routes, "a list of {match, upstream, strip_prefix, timeouts}",
-                                T_NODE};
+static const type_t T_ROUTES = {conv_routes, "a list of {match, upstream or database, "
+                                "strip_prefix, timeouts, retry}", T_NODE};
 static const type_t T_METHODS = {conv_methods, "a list of methods, e.g. [GET, POST]", T_NODE};
 static const type_t T_PERCENT = {conv_percent, "a percentage such as 50% or a fraction from 0 to "
                                                "1 such as 0.5", 0};
@@ -1091,13 +1486,28 @@ static const type_t T_ROUTE_RETRY = {conv_route_retry, "a mapping of retry setti
                                      "on, retriable_status, methods, max_replay_bytes, backoff, "
                                      "honor_retry_after)", T_NODE};
 
-/* KEY(section, key, type, struct, field, default, min, max); REQ: a required key, no default. */
+static const type_t T_DATABASES = {conv_databases, "a mapping from database name to "
+                                                    "{hosts, server, auth, pool, timeouts}", T_NODE};
+static const type_t T_DB_HOSTS = {conv_db_hosts, "a list of connection-string hosts, e.g. "
+                                                 "[ \"db.example.com\" ] or [ \"*\" ]", T_NODE};
+static const type_t T_DB_TOKENS = {conv_db_tokens, "a list of bearer tokens, e.g. "
+                                                   "[ \"${BULKHEAD_SQL_TOKEN}\" ]", T_NODE};
+static const type_t T_SERVER = {conv_server, "a libpq conninfo of keyword=value pairs without "
+                                             "credentials, e.g. \"host=127.0.0.1 port=5432\"", 0};
+static const type_t T_AUTH = {conv_auth, "passthrough or fixed", 0};
+static const type_t T_SESSION = {conv_session, "a mapping of setting names to values, e.g. "
+                                               "{ TimeZone: UTC }", T_NODE};
+
+/* KEY(section, key, type, struct, field, default, min, max); REQ: a required key, no default;
+ * NA: a key of the shared shape this section rejects, whose default still fills the field. */
 #define KEY(sec, key, type, T, field, def, lo, hi)                                                 \
     {sec, key, &type, offsetof(T, field), def, lo, hi, 0, S_COUNT}
 #define REQ(sec, key, type, T, field)                                                             \
     {sec, key, &type, offsetof(T, field), NULL, 0, 0, F_REQUIRED, S_COUNT}
 #define SECTION(sec, key, T, field, sub)                                                          \
     {sec, key, &T_SECTION, offsetof(T, field), NULL, 0, 0, 0, sub}
+#define NA(sec, key, type, T, field, def, lo, hi)                                                  \
+    {sec, key, &type, offsetof(T, field), def, lo, hi, F_NA, S_COUNT}
 #define LATER(sec, key) {sec, key, NULL, 0, NULL, 0, 0, 0, S_COUNT}
 #define U32MAX UINT32_MAX
 #define U64MAX UINT64_MAX
@@ -1113,9 +1523,9 @@ static const spec_t SPECS[] = {
     SECTION(S_ROOT, "admin", bh_conf_t, admin, S_ADMIN),
     SECTION(S_ROOT, "log", bh_conf_t, log, S_LOG),
     KEY(S_ROOT, "upstreams", T_UPSTREAMS, bh_conf_t, upstreams, NULL, 0, 0),
+    KEY(S_ROOT, "databases", T_DATABASES, bh_conf_t, databases, NULL, 0, 0),
     KEY(S_ROOT, "routes", T_ROUTES, bh_conf_t, routes, NULL, 0, 0),
     SECTION(S_ROOT, "shutdown", bh_conf_t, shutdown, S_SHUTDOWN),
-    LATER(S_ROOT, "databases"),
 
     KEY(S_LISTENER, "name", T_STR, bh_conf_listener_t, name, NULL, 0, 0), /* "listener<N>" */
     REQ(S_LISTENER, "address", T_ADDR, bh_conf_listener_t, addr),
@@ -1198,17 +1608,74 @@ static const spec_t SPECS[] = {
     KEY(S_TIMEOUTS, "total", T_DUR, bh_conf_timeouts_t, total_ms, "30s", 1, DUR),
 
     {S_ROUTE, "match", &T_SECTION, 0, NULL, 0, 0, 0, S_MATCH}, /* its fields live in the route */
-    REQ(S_ROUTE, "upstream", T_STR, bh_conf_route_t, upstream),
+    KEY(S_ROUTE, "upstream", T_STR, bh_conf_route_t, upstream, NULL, 0, 0),  /* or database: */
+    KEY(S_ROUTE, "database", T_STR, bh_conf_route_t, database, NULL, 0, 0),  /* check_route */
     KEY(S_ROUTE, "strip_prefix", T_BOOL, bh_conf_route_t, strip_prefix, "false", 0, 0),
     KEY(S_ROUTE, "timeouts", T_OVERRIDE, bh_conf_route_t, timeouts, NULL, 0, 0), /* inherit */
     KEY(S_ROUTE, "retry", T_ROUTE_RETRY, bh_conf_route_t, retry, NULL, 0, 0), /* check_root */
-    LATER(S_ROUTE, "database"),
 
     KEY(S_MATCH, "host", T_HOST, bh_conf_route_t, host, NULL, 0, 0), /* NULL: any host */
     KEY(S_MATCH, "path_prefix", T_PREFIX, bh_conf_route_t, path_prefix, "/", 0, 0),
     KEY(S_MATCH, "methods", T_METHODS, bh_conf_route_t, methods, "*", 0, 0),
 
     KEY(S_SHUTDOWN, "drain_timeout", T_DUR, bh_conf_shutdown_t, drain_timeout_ms, "30s", 0, DUR),
+
+    /* databases.<name> (SQL over HTTP); user, password, dbname, tokens: check_database */
+    REQ(S_DATABASE, "hosts", T_DB_HOSTS, bh_conf_database_t, hosts),
+    REQ(S_DATABASE, "server", T_SERVER, bh_conf_database_t, server),
+    KEY(S_DATABASE, "auth", T_AUTH, bh_conf_database_t, auth, "passthrough", 0, 0),
+    KEY(S_DATABASE, "user", T_STR, bh_conf_database_t, user, NULL, 0, 0),
+    KEY(S_DATABASE, "password", T_OPT_STR, bh_conf_database_t, password, NULL, 0, 0),
+    KEY(S_DATABASE, "dbname", T_STR, bh_conf_database_t, dbname, NULL, 0, 0),
+    KEY(S_DATABASE, "tokens", T_DB_TOKENS, bh_conf_database_t, tokens, NULL, 0, 0),
+    SECTION(S_DATABASE, "pool", bh_conf_database_t, pool, S_DB_POOL),
+    SECTION(S_DATABASE, "timeouts", bh_conf_database_t, timeouts, S_DB_TIMEOUTS),
+    KEY(S_DATABASE, "max_response_bytes", T_SIZE, bh_conf_database_t, max_response_bytes,
+        "10MiB", 1, U64MAX),
+    KEY(S_DATABASE, "max_request_bytes", T_SIZE, bh_conf_database_t, max_request_bytes,
+        "10MiB", 1, U64MAX),
+    KEY(S_DATABASE, "session", T_SESSION, bh_conf_database_t, session_keys, "UTC", 0, 0), /* TZ */
+    {S_DATABASE, "retry", &T_SECTION, 0, NULL, 0, 0, 0, S_DB_RETRY}, /* fields in the database */
+    SECTION(S_DATABASE, "breaker", bh_conf_database_t, breaker, S_DB_BREAKER),
+
+    KEY(S_DB_POOL, "max_connections", T_U32, bh_conf_pool_t, max_connections, "20", 1, 1000000),
+    KEY(S_DB_POOL, "max_pending", T_U32, bh_conf_pool_t, max_pending, "1000", 0, U32MAX),
+    KEY(S_DB_POOL, "max_idle", T_U32, bh_conf_pool_t, max_idle, NULL, 0, 1000000), /* check_pool */
+    KEY(S_DB_POOL, "min_idle", T_U32, bh_conf_pool_t, min_idle, "0", 0, 1000000),
+    KEY(S_DB_POOL, "acquire_timeout", T_DUR, bh_conf_pool_t, acquire_timeout_ms, "5s", 0, DUR),
+    KEY(S_DB_POOL, "idle_timeout", T_DUR, bh_conf_pool_t, idle_timeout_ms, "5m", 1, DUR),
+    KEY(S_DB_POOL, "max_lifetime", T_DUR, bh_conf_pool_t, max_lifetime_ms, "1h", 0, DUR),
+
+    KEY(S_DB_TIMEOUTS, "connect", T_DUR, bh_conf_timeouts_t, connect_ms, "2s", 1, DUR),
+    NA(S_DB_TIMEOUTS, "first_byte", T_DUR, bh_conf_timeouts_t, first_byte_ms, "15s", 1, DUR),
+    NA(S_DB_TIMEOUTS, "idle", T_DUR, bh_conf_timeouts_t, idle_ms, "60s", 1, DUR),
+    KEY(S_DB_TIMEOUTS, "total", T_DUR, bh_conf_timeouts_t, total_ms, "30s", 1, DUR),
+
+    /* only failures that never reached Postgres are retried: the rest of the shape is fixed */
+    KEY(S_DB_RETRY, "attempts", T_U32, bh_conf_database_t, retry.attempts, "3", 1, 10),
+    SECTION(S_DB_RETRY, "backoff", bh_conf_database_t, retry.backoff, S_BACKOFF),
+    KEY(S_DB_RETRY, "serialization_failures", T_BOOL, bh_conf_database_t,
+        retry_serialization_failures, "false", 0, 0),
+    NA(S_DB_RETRY, "on", T_RETRY_ON, bh_conf_database_t, retry.on, "connect-failure", 0, 0),
+    NA(S_DB_RETRY, "retriable_status", T_STATUSES, bh_conf_database_t, retry, "", 100, 599),
+    NA(S_DB_RETRY, "methods", T_RETRY_METHODS, bh_conf_database_t, retry.methods_all, "all", 0, 0),
+    NA(S_DB_RETRY, "max_replay_bytes", T_SIZE, bh_conf_database_t, retry.max_replay_bytes,
+       "0", 0, GiB),
+    NA(S_DB_RETRY, "honor_retry_after", T_BOOL, bh_conf_database_t, retry.honor_retry_after,
+       "false", 0, 0),
+    {S_DB_RETRY, "budget", &T_SECTION, offsetof(bh_conf_database_t, retry.budget), NULL, 0, 0,
+     F_NA, S_BUDGET},
+
+    KEY(S_DB_BREAKER, "consecutive_failures", T_U32, bh_conf_breaker_t, consecutive_failures,
+        "5", 0, 1000000),
+    KEY(S_DB_BREAKER, "failure_rate", T_PERCENT, bh_conf_breaker_t, failure_rate, "50%", 0, 0),
+    KEY(S_DB_BREAKER, "window", T_DUR, bh_conf_breaker_t, window_ms, "10s", 10, 86400000),
+    KEY(S_DB_BREAKER, "min_requests", T_U32, bh_conf_breaker_t, min_requests, "20", 1, 1000000),
+    KEY(S_DB_BREAKER, "open_for", T_DUR, bh_conf_breaker_t, open_for_ms, "2s", 1, DUR),
+    KEY(S_DB_BREAKER, "max_open_for", T_DUR, bh_conf_breaker_t, max_open_for_ms, "30s", 1, DUR),
+    KEY(S_DB_BREAKER, "half_open_probes", T_U32, bh_conf_breaker_t, half_open_probes, "1", 1, 100),
+    KEY(S_DB_BREAKER, "count", T_COUNT, bh_conf_breaker_t, count, "connect-failure, timeout, 5xx",
+        0, 0),
 };
 /* clang-format on */
 
@@ -1278,8 +1745,47 @@ static int check_health(ctx_t *c, yaml_node_t *map, void *base)
     return check_order(c, map, "timeout", h->timeout_ms, "interval", h->interval_ms, false);
 }
 
-/* Resolves each route's upstream and fills its timeouts not given from the upstream's; a route
- * without its own retry takes the upstream's, one with its own keeps the upstream's budget. */
+/* Fills a route's timeouts not given (INHERIT) from its target's. */
+static void inherit_timeouts(bh_conf_timeouts_t *mine, const bh_conf_timeouts_t *from)
+{
+    for (const spec_t *k = SPECS; k < SPECS + COUNT(SPECS); k++)
+        if (k->sec == S_TIMEOUTS && *FIELD(mine, k, uint64_t) == INHERIT)
+            *FIELD(mine, k, uint64_t) = *FIELD(from, k, uint64_t);
+}
+
+/* A database route: resolves its database; its timeouts are the database's (with its own total
+ * when given) and its retry is a copy of the database's. */
+static int resolve_database(ctx_t *c, yaml_node_t *routes, bh_conf_t *conf, size_t i)
+{
+    bh_conf_route_t *r = &conf->routes[i];
+    best_t best = {r->database, NULL, SIZE_MAX};
+    size_t d;
+
+    for (d = 0; d < conf->n_databases; d++) {
+        if (strcmp(conf->databases[d].name, r->database) == 0)
+            break;
+        consider(&best, conf->databases[d].name);
+    }
+    if (d == conf->n_databases) {
+        yaml_node_t *vn = lookup(c, node_at(c, routes->data.sequence.items.start[i]), "database");
+        snprintf(c->path, sizeof c->path, "routes[%zu].database", i);
+        if (best.match != NULL)
+            return fail(c, vn, "unknown database '%s' for %s, did you mean '%s'?", r->database,
+                        c->path, best.match);
+        return fail(c, vn,
+                    "unknown database '%s' for %s, expected a name defined under databases",
+                    r->database, c->path);
+    }
+    r->database_index = d;
+    r->upstream_index = SIZE_MAX;
+    inherit_timeouts(&r->timeouts, &conf->databases[d].timeouts);
+    r->retry = conf->databases[d].retry;
+    return 0;
+}
+
+/* Resolves each route's upstream (or database) and fills its timeouts not given from the
+ * upstream's; a route without its own retry takes the upstream's, one with its own keeps the
+ * upstream's budget. */
 static int check_root(ctx_t *c, yaml_node_t *map, void *base)
 {
     bh_conf_t *conf = base;
@@ -1289,7 +1795,14 @@ static int check_root(ctx_t *c, yaml_node_t *map, void *base)
         bh_conf_route_t *r = &conf->routes[i];
         best_t best = {r->upstream, NULL, SIZE_MAX};
         size_t u;
+        int rc;
 
+        if (r->database != NULL) {
+            if ((rc = resolve_database(c, routes, conf, i)) != 0)
+                return rc;
+            continue;
+        }
+        r->database_index = SIZE_MAX;
         for (u = 0; u < conf->n_upstreams; u++) {
             if (strcmp(conf->upstreams[u].name, r->upstream) == 0)
                 break;
@@ -1307,11 +1820,7 @@ static int check_root(ctx_t *c, yaml_node_t *map, void *base)
                         r->upstream, c->path);
         }
         r->upstream_index = u;
-        for (const spec_t *k = SPECS; k < SPECS + COUNT(SPECS); k++) {
-            uint64_t *mine = FIELD(&r->timeouts, k, uint64_t);
-            if (k->sec == S_TIMEOUTS && *mine == INHERIT)
-                *mine = *FIELD(&conf->upstreams[u].timeouts, k, uint64_t);
-        }
+        inherit_timeouts(&r->timeouts, &conf->upstreams[u].timeouts);
         if (!r->has_retry)
             r->retry = conf->upstreams[u].retry;
         r->retry.budget = conf->upstreams[u].retry.budget;
@@ -1320,8 +1829,9 @@ static int check_root(ctx_t *c, yaml_node_t *map, void *base)
 }
 
 static const hook_fn HOOKS[S_COUNT] = {
-    [S_ROOT] = check_root,       [S_POOL] = check_pool,     [S_BACKOFF] = check_backoff,
-    [S_BREAKER] = check_breaker, [S_HEALTH] = check_health,
+    [S_ROOT] = check_root,         [S_POOL] = check_pool,         [S_BACKOFF] = check_backoff,
+    [S_BREAKER] = check_breaker,   [S_HEALTH] = check_health,     [S_DATABASE] = check_database,
+    [S_DB_POOL] = check_pool,      [S_DB_BREAKER] = check_breaker,
 };
 
 /* ---- the section walker ---------------------------------------------------------------- */
@@ -1333,7 +1843,7 @@ static int unknown_key(ctx_t *c, enum sec sec, yaml_node_t *kn, const char *key)
     size_t len = 0;
 
     for (const spec_t *k = SPECS; k < SPECS + COUNT(SPECS); k++) {
-        if (k->sec != sec)
+        if (k->sec != sec || (k->flags & F_NA))
             continue;
         consider(&best, k->key);
         if (k->type != NULL && len < sizeof list)
@@ -1343,6 +1853,19 @@ static int unknown_key(ctx_t *c, enum sec sec, yaml_node_t *kn, const char *key)
         return fail(c, kn, "unknown key '%.64s' %s, did you mean '%s'?", key,
                     where(c, buf, sizeof buf), best.match);
     return fail(c, kn, "unknown key '%.64s' %s, expected one of: %s", key,
+                where(c, buf, sizeof buf), list);
+}
+
+/* A key of the shared shape (upstreams) that a database section does not take. */
+static int not_applicable(ctx_t *c, enum sec sec, yaml_node_t *kn, const char *key)
+{
+    char list[300] = "", buf[300];
+    size_t len = 0;
+
+    for (const spec_t *k = SPECS; k < SPECS + COUNT(SPECS); k++)
+        if (k->sec == sec && k->type != NULL && !(k->flags & F_NA) && len < sizeof list)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", len ? ", " : "", k->key);
+    return fail(c, kn, "key '%s' %s is not applicable to databases, expected only: %s", key,
                 where(c, buf, sizeof buf), list);
 }
 
@@ -1396,6 +1919,8 @@ static int parse_section(ctx_t *c, enum sec sec, yaml_node_t *map, void *base, i
                             "key '%s' %s is recognised but not supported yet by this version "
                             "(bulkhead %s), expected it removed",
                             key, where(c, buf, sizeof buf), BH_VERSION);
+            if (k->flags & F_NA)
+                return not_applicable(c, sec, kn, key);
             given[k - SPECS] = true;
             old = path_key(c, key);
             rc = convert(c, k, node_at(c, p->value), base);
@@ -1582,10 +2107,32 @@ void bh_conf_free(bh_conf_t *conf)
         bh_free(u->health_check.path);
     }
     bh_free(conf->upstreams);
+    for (size_t i = 0; i < conf->n_databases; i++) {
+        bh_conf_database_t *d = &conf->databases[i];
+        bh_free(d->name);
+        for (size_t j = 0; j < d->n_hosts; j++)
+            bh_free(d->hosts[j]);
+        bh_free(d->hosts);
+        bh_free(d->server);
+        bh_free(d->user);
+        bh_free(d->password);
+        bh_free(d->dbname);
+        for (size_t j = 0; j < d->n_tokens; j++)
+            bh_free(d->tokens[j]);
+        bh_free(d->tokens);
+        for (size_t j = 0; j < d->n_session; j++) {
+            bh_free(d->session_keys[j]);
+            bh_free(d->session_values[j]);
+        }
+        bh_free(d->session_keys);
+        bh_free(d->session_values);
+    }
+    bh_free(conf->databases);
     for (size_t i = 0; i < conf->n_routes; i++) {
         bh_free(conf->routes[i].host);
         bh_free(conf->routes[i].path_prefix);
         bh_free(conf->routes[i].upstream);
+        bh_free(conf->routes[i].database);
     }
     bh_free(conf->routes);
     bh_free(conf->path);

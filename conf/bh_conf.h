@@ -154,6 +154,49 @@ typedef struct bh_conf_upstream {
     bh_conf_health_t health_check;
 } bh_conf_upstream_t;
 
+/* How a database checks who may run queries. */
+enum bh_db_auth {
+    BH_DB_AUTH_PASSTHROUGH, /* default: user, password and dbname from Neon-Connection-String;
+                               Postgres checks them when connecting */
+    BH_DB_AUTH_FIXED,       /* the configured user/password/dbname; clients must send
+                               "Authorization: Bearer <one of tokens>" */
+};
+
+/* databases.<name>: a Postgres server behind SQL over HTTP (the Neon protocol). */
+typedef struct bh_conf_database {
+    char *name;
+    char **hosts;                     /* connection-string hosts mapped here (lower case, no
+                                         port); "*" = any; at least one; a host (or "*") is
+                                         mapped by one database at most */
+    size_t n_hosts;
+    char *server;                     /* libpq conninfo without credentials, e.g.
+                                         "host=127.0.0.1 port=5432" (never user, password or
+                                         dbname: checked at load) */
+    enum bh_db_auth auth;             /* passthrough (default) | fixed */
+    char *user, *password, *dbname;   /* fixed auth only: user and dbname required, password
+                                         optional (NULL = none); always NULL for passthrough */
+    char **tokens;                    /* fixed auth: bearer tokens clients must send (at least
+                                         one); NULL/0 for passthrough */
+    size_t n_tokens;
+    bh_conf_pool_t pool;              /* max_connections 20, min_idle 0, max_pending 1000,
+                                         acquire_timeout 5s, idle_timeout 5m, max_lifetime 1h,
+                                         max_idle = max_connections */
+    bh_conf_timeouts_t timeouts;      /* connect 2s, total 30s; first_byte/idle: not
+                                         configurable here, hold the generic defaults 15s/60s */
+    uint64_t max_response_bytes;      /* 10MiB: 507 beyond */
+    uint64_t max_request_bytes;       /* 10MiB: 413 beyond (Neon's limit) */
+    char **session_keys;              /* `session:` settings in file order, then "TimeZone" ->
+                                         "UTC" when TimeZone was not given (so n_session >= 1) */
+    char **session_values;
+    size_t n_session;
+    bh_conf_retry_t retry;            /* attempts 3, backoff {25ms, 250ms}, budget {20%, 10/s};
+                                         fixed: on = connect-failure, no statuses, methods all,
+                                         max_replay_bytes 0, honor_retry_after false */
+    bool retry_serialization_failures;/* retry.serialization_failures: false */
+    bh_conf_breaker_t breaker;        /* consecutive_failures 5, open_for 2s, max_open_for 30s,
+                                         half_open_probes 1; others as an upstream's defaults */
+} bh_conf_database_t;
+
 /* HTTP method bits for route matching (bit = 1 << llhttp method number is NOT used: own enum). */
 enum bh_method_bit {
     BH_M_GET = 1u << 0,
@@ -177,14 +220,23 @@ typedef struct bh_conf_route {
                                          "*.example.com" matches any subdomain */
     char *path_prefix;                /* default "/" */
     uint32_t methods;                 /* BH_M_* bits; default BH_M_ALL */
-    char *upstream;                   /* name of the target upstream */
-    size_t upstream_index;            /* index into bh_conf_t.upstreams, resolved at load */
-    bool strip_prefix;                /* remove path_prefix before forwarding (keep a leading '/') */
-    bh_conf_timeouts_t timeouts;      /* the upstream's timeouts with this route's overrides */
-    bool has_retry;                   /* the route gave its own retry section */
+    /* Exactly one of upstream and database is set (checked at load). */
+    char *upstream;                   /* name of the target upstream; NULL for a database route */
+    size_t upstream_index;            /* index into bh_conf_t.upstreams, resolved at load;
+                                         SIZE_MAX for a database route */
+    char *database;                   /* name of the target database (SQL over HTTP); NULL for
+                                         an upstream route */
+    size_t database_index;            /* index into bh_conf_t.databases, resolved at load;
+                                         SIZE_MAX for an upstream route */
+    bool strip_prefix;                /* remove path_prefix before forwarding (keep a leading '/');
+                                         always false for a database route */
+    bh_conf_timeouts_t timeouts;      /* the upstream's (or database's) timeouts with this
+                                         route's overrides (a database route: total only) */
+    bool has_retry;                   /* the route gave its own retry section (never for a
+                                         database route) */
     bh_conf_retry_t retry;            /* the effective policy: the route's whole retry section
                                          when given (its budget is the upstream's), else a copy
-                                         of the upstream's */
+                                         of the upstream's (database route: of the database's) */
 } bh_conf_route_t;
 
 typedef struct bh_conf_shutdown {
@@ -201,6 +253,8 @@ typedef struct bh_conf {
     bh_conf_log_t log;
     bh_conf_upstream_t *upstreams;
     size_t n_upstreams;
+    bh_conf_database_t *databases;
+    size_t n_databases;
     bh_conf_route_t *routes;
     size_t n_routes;
     bh_conf_shutdown_t shutdown;

@@ -684,7 +684,7 @@ static void test_did_you_mean(void **state)
          "t.yaml:6:5: unknown key 'balanse' in upstreams.a, did you mean 'balance'?"},
         {MIN_HEAD "colour: red\n",
          "t.yaml:3:1: unknown key 'colour' at top level, expected one of: workers, listeners, "
-         "limits, admin, log, upstreams, routes, shutdown"},
+         "limits, admin, log, upstreams, databases, routes, shutdown"},
         {MIN_HEAD "upstreams:\n  api:\n    endpoints: [a:1]\nroutes:\n  - upstream: apx\n",
          "t.yaml:7:15: unknown upstream 'apx' for routes[0].upstream, did you mean 'api'?"},
         {MIN_HEAD "upstreams:\n  api:\n    endpoints: [a:1]\nroutes:\n  - upstream: web\n",
@@ -707,12 +707,8 @@ static void test_unsupported_keys(void **state)
     "is recognised but not supported yet by this version (bulkhead " BH_VERSION                    \
     "), expected it removed"
     static const err_case_t cases[] = {
-        {MIN_HEAD "databases:\n  main: {}\n",
-         "t.yaml:3:1: key 'databases' at top level " LATER_MSG},
         {"listeners:\n  - address: 0.0.0.0:443\n    tls: { cert: a, key: b }\n",
          "t.yaml:3:5: key 'tls' in listeners[0] " LATER_MSG},
-        {MIN_HEAD "routes:\n  - match: { path_prefix: /sql }\n    database: main\n",
-         "t.yaml:5:5: key 'database' in routes[0] " LATER_MSG},
     };
     run_cases(cases, COUNT(cases));
 }
@@ -866,9 +862,11 @@ static void test_errors(void **state)
          "with a unit (ms, s, m, h, d), e.g. 250ms or 5s"},
         /* routes */
         {MIN_HEAD "routes:\n  - match: { path_prefix: / }\n",
-         "t.yaml:4:5: missing required key 'upstream' in routes[0], expected a non-empty string"},
-        {MIN_HEAD "routes: { a: 1 }\n", "t.yaml:3:9: routes is a mapping, expected a list of "
-                                        "{match, upstream, strip_prefix, timeouts}"},
+         "t.yaml:4:5: missing key 'upstream' or 'database' in routes[0], expected exactly one: "
+         "an upstream name (HTTP) or a database name (SQL over HTTP)"},
+        {MIN_HEAD "routes: { a: 1 }\n",
+         "t.yaml:3:9: routes is a mapping, expected a list of {match, upstream or database, "
+         "strip_prefix, timeouts, retry}"},
         {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n"
                   "    match: { path_prefix: api/ }\n",
          "t.yaml:8:27: invalid path prefix 'api/' for routes[0].match.path_prefix, expected a "
@@ -1140,6 +1138,484 @@ static void test_load_file(void **state)
     free(bad);
 }
 
+/* ---- databases (SQL over HTTP) ---------------------------------------------------------- */
+
+static const char DB_FULL[] =
+    MIN_HEAD
+    "upstreams:\n"
+    "  api:\n"
+    "    endpoints: [ \"127.0.0.1:9000\" ]\n"
+    "    timeouts: { total: 40s }\n"
+    "databases:\n"
+    "  main:\n"
+    "    hosts: [ \"DB.Example.com\", \"[::1]\", 10.0.0.5 ]\n"
+    "    server: \"host=127.0.0.1 port=5433 sslmode='disable' options='-c x=\\\\'1\\\\''\"\n"
+    "    auth: fixed\n"
+    "    user: app\n"
+    "    password: ${BH_T_PGPASSWORD}\n"
+    "    dbname: appdb\n"
+    "    tokens: [ \"tok-1\", \"${BH_T_SQL_TOKEN}\" ]\n"
+    "    pool:\n"
+    "      max_connections: 8\n"
+    "      min_idle: 2\n"
+    "      max_idle: 4\n"
+    "      max_pending: 50\n"
+    "      acquire_timeout: 250ms\n"
+    "      idle_timeout: 1m\n"
+    "      max_lifetime: 2h\n"
+    "    timeouts: { connect: 500ms, total: 20s }\n"
+    "    max_response_bytes: 1MiB\n"
+    "    max_request_bytes: 64KiB\n"
+    "    session: { TimeZone: Europe/Paris, statement_timeout: 5s, search_path: \"\", "
+    "myapp.tenant: \"42\" }\n"
+    "    retry:\n"
+    "      attempts: 2\n"
+    "      backoff: { base: 10ms, max: 100ms }\n"
+    "      serialization_failures: true\n"
+    "    breaker:\n"
+    "      consecutive_failures: 3\n"
+    "      failure_rate: 25%\n"
+    "      window: 5s\n"
+    "      min_requests: 10\n"
+    "      open_for: 1s\n"
+    "      max_open_for: 10s\n"
+    "      half_open_probes: 2\n"
+    "      count: [ connect-failure ]\n"
+    "  other:\n"
+    "    hosts: [ \"*\" ]\n"
+    "    server: host=/var/run/postgresql\n"
+    "routes:\n"
+    "  - match: { path_prefix: /sql, methods: [ POST, OPTIONS ] }\n"
+    "    database: main\n"
+    "    timeouts: { total: 5s }\n"
+    "  - match: { path_prefix: /sql2 }\n"
+    "    database: other\n"
+    "  - upstream: api\n";
+
+static void test_database_full(void **state)
+{
+    bh_conf_t *c;
+    const bh_conf_database_t *d;
+    const bh_conf_route_t *r;
+
+    setenv("BH_T_PGPASSWORD", "pw from env", 1);
+    setenv("BH_T_SQL_TOKEN", "tok-2", 1);
+    c = load_ok(DB_FULL);
+    assert_int_equal(c->n_databases, 2);
+    d = &c->databases[0];
+    assert_string_equal(d->name, "main");
+    assert_int_equal(d->n_hosts, 3);
+    assert_string_equal(d->hosts[0], "db.example.com"); /* lower case */
+    assert_string_equal(d->hosts[1], "[::1]");
+    assert_string_equal(d->hosts[2], "10.0.0.5");
+    assert_string_equal(d->server, "host=127.0.0.1 port=5433 sslmode='disable' options='-c x=\\'1\\''");
+    assert_int_equal(d->auth, BH_DB_AUTH_FIXED);
+    assert_string_equal(d->user, "app");
+    assert_string_equal(d->password, "pw from env");
+    assert_string_equal(d->dbname, "appdb");
+    assert_int_equal(d->n_tokens, 2);
+    assert_string_equal(d->tokens[0], "tok-1");
+    assert_string_equal(d->tokens[1], "tok-2");
+    assert_int_equal(d->pool.max_connections, 8);
+    assert_int_equal(d->pool.min_idle, 2);
+    assert_int_equal(d->pool.max_idle, 4);
+    assert_int_equal(d->pool.max_pending, 50);
+    assert_int_equal(d->pool.acquire_timeout_ms, 250);
+    assert_int_equal(d->pool.idle_timeout_ms, 60000);
+    assert_int_equal(d->pool.max_lifetime_ms, 7200000);
+    assert_int_equal(d->timeouts.connect_ms, 500);
+    assert_int_equal(d->timeouts.total_ms, 20000);
+    assert_int_equal(d->timeouts.first_byte_ms, 15000);
+    assert_int_equal(d->timeouts.idle_ms, 60000);
+    assert_int_equal(d->max_response_bytes, 1u << 20);
+    assert_int_equal(d->max_request_bytes, 64u << 10);
+    assert_int_equal(d->n_session, 4); /* TimeZone given: not added again */
+    assert_string_equal(d->session_keys[0], "TimeZone");
+    assert_string_equal(d->session_values[0], "Europe/Paris");
+    assert_string_equal(d->session_keys[1], "statement_timeout");
+    assert_string_equal(d->session_values[1], "5s");
+    assert_string_equal(d->session_keys[2], "search_path");
+    assert_string_equal(d->session_values[2], "");
+    assert_string_equal(d->session_keys[3], "myapp.tenant");
+    assert_string_equal(d->session_values[3], "42");
+    assert_int_equal(d->retry.attempts, 2);
+    assert_int_equal(d->retry.backoff.base_ms, 10);
+    assert_int_equal(d->retry.backoff.max_ms, 100);
+    assert_true(d->retry_serialization_failures);
+    assert_int_equal(d->retry.on, BH_RETRY_ON_CONNECT_FAILURE);
+    assert_int_equal(d->breaker.consecutive_failures, 3);
+    assert_true(fabs(d->breaker.failure_rate - 0.25) < 1e-9);
+    assert_int_equal(d->breaker.window_ms, 5000);
+    assert_int_equal(d->breaker.min_requests, 10);
+    assert_int_equal(d->breaker.open_for_ms, 1000);
+    assert_int_equal(d->breaker.max_open_for_ms, 10000);
+    assert_int_equal(d->breaker.half_open_probes, 2);
+    assert_int_equal(d->breaker.count, BH_COUNT_CONNECT_FAILURE);
+
+    assert_string_equal(c->databases[1].name, "other");
+    assert_string_equal(c->databases[1].server, "host=/var/run/postgresql");
+
+    assert_int_equal(c->n_routes, 3);
+    r = &c->routes[0];
+    assert_null(r->upstream);
+    assert_int_equal(r->upstream_index, SIZE_MAX);
+    assert_string_equal(r->database, "main");
+    assert_int_equal(r->database_index, 0);
+    assert_false(r->strip_prefix);
+    assert_false(r->has_retry);
+    assert_int_equal(r->timeouts.total_ms, 5000);  /* the route's own */
+    assert_int_equal(r->timeouts.connect_ms, 500); /* the database's */
+    assert_int_equal(r->timeouts.first_byte_ms, 15000);
+    assert_int_equal(r->retry.attempts, 2);        /* a copy of the database's */
+    assert_int_equal(r->retry.backoff.max_ms, 100);
+    r = &c->routes[1];
+    assert_string_equal(r->database, "other");
+    assert_int_equal(r->database_index, 1);
+    assert_int_equal(r->timeouts.total_ms, 30000);
+    assert_int_equal(r->timeouts.connect_ms, 2000);
+    r = &c->routes[2];
+    assert_string_equal(r->upstream, "api");
+    assert_int_equal(r->upstream_index, 0);
+    assert_null(r->database);
+    assert_int_equal(r->database_index, SIZE_MAX);
+    assert_int_equal(r->timeouts.total_ms, 40000);
+    bh_conf_free(c);
+    unsetenv("BH_T_PGPASSWORD");
+    unsetenv("BH_T_SQL_TOKEN");
+}
+
+static void test_database_defaults(void **state)
+{
+    bh_conf_t *c = load_ok(MIN_HEAD "databases:\n  db:\n    hosts: [\"*\"]\n"
+                                    "    server: host=localhost\n");
+    const bh_conf_database_t *d = &c->databases[0];
+
+    assert_int_equal(c->n_databases, 1);
+    assert_int_equal(c->n_routes, 0);
+    assert_int_equal(d->auth, BH_DB_AUTH_PASSTHROUGH);
+    assert_null(d->user);
+    assert_null(d->password);
+    assert_null(d->dbname);
+    assert_null(d->tokens);
+    assert_int_equal(d->n_tokens, 0);
+    assert_int_equal(d->pool.max_connections, 20);
+    assert_int_equal(d->pool.min_idle, 0);
+    assert_int_equal(d->pool.max_idle, 20);
+    assert_int_equal(d->pool.max_pending, 1000);
+    assert_int_equal(d->pool.acquire_timeout_ms, 5000);
+    assert_int_equal(d->pool.idle_timeout_ms, 300000);
+    assert_int_equal(d->pool.max_lifetime_ms, 3600000);
+    assert_int_equal(d->timeouts.connect_ms, 2000);
+    assert_int_equal(d->timeouts.total_ms, 30000);
+    assert_int_equal(d->timeouts.first_byte_ms, 15000);
+    assert_int_equal(d->timeouts.idle_ms, 60000);
+    assert_int_equal(d->max_response_bytes, 10u << 20);
+    assert_int_equal(d->max_request_bytes, 10u << 20);
+    assert_int_equal(d->n_session, 1);
+    assert_string_equal(d->session_keys[0], "TimeZone");
+    assert_string_equal(d->session_values[0], "UTC");
+    assert_int_equal(d->retry.attempts, 3);
+    assert_int_equal(d->retry.backoff.base_ms, 25);
+    assert_int_equal(d->retry.backoff.max_ms, 250);
+    assert_false(d->retry_serialization_failures);
+    assert_int_equal(d->retry.on, BH_RETRY_ON_CONNECT_FAILURE);
+    assert_int_equal(d->retry.n_retriable_status, 0);
+    assert_true(d->retry.methods_all);
+    assert_int_equal(d->retry.max_replay_bytes, 0);
+    assert_false(d->retry.honor_retry_after);
+    assert_true(fabs(d->retry.budget.ratio - 0.2) < 1e-9);
+    assert_int_equal(d->retry.budget.min_per_second, 10);
+    assert_int_equal(d->breaker.consecutive_failures, 5);
+    assert_int_equal(d->breaker.open_for_ms, 2000);
+    assert_int_equal(d->breaker.max_open_for_ms, 30000);
+    assert_int_equal(d->breaker.half_open_probes, 1);
+    assert_true(fabs(d->breaker.failure_rate - 0.5) < 1e-9);
+    assert_int_equal(d->breaker.window_ms, 10000);
+    assert_int_equal(d->breaker.min_requests, 20);
+    assert_int_equal(d->breaker.count,
+                     BH_COUNT_CONNECT_FAILURE | BH_COUNT_TIMEOUT | BH_COUNT_5XX);
+    bh_conf_free(c);
+
+    /* session given without TimeZone: TimeZone UTC is added after the given ones; empty
+     * sections are all defaults */
+    c = load_ok(MIN_HEAD "databases:\n  db:\n    hosts: [\"*\"]\n    server: host=localhost\n"
+                         "    session: { application_name: bulkhead }\n    pool:\n    retry: {}\n"
+                         "    breaker: ~\n    timeouts: {}\n");
+    d = &c->databases[0];
+    assert_int_equal(d->n_session, 2);
+    assert_string_equal(d->session_keys[0], "application_name");
+    assert_string_equal(d->session_values[0], "bulkhead");
+    assert_string_equal(d->session_keys[1], "TimeZone");
+    assert_string_equal(d->session_values[1], "UTC");
+    assert_int_equal(d->pool.max_connections, 20);
+    assert_int_equal(d->retry.attempts, 3);
+    assert_int_equal(d->breaker.half_open_probes, 1);
+    assert_int_equal(d->timeouts.connect_ms, 2000);
+    bh_conf_free(c);
+
+    /* timezone in another case counts as TimeZone */
+    c = load_ok(MIN_HEAD "databases:\n  db:\n    hosts: [\"*\"]\n    server: host=localhost\n"
+                         "    session: { timezone: Asia/Tokyo }\n");
+    assert_int_equal(c->databases[0].n_session, 1);
+    assert_string_equal(c->databases[0].session_keys[0], "timezone");
+    bh_conf_free(c);
+
+    /* fixed auth without a password; empty databases */
+    c = load_ok(MIN_HEAD "databases:\n  db:\n    hosts: [a]\n    server: host=h\n    auth: fixed\n"
+                         "    user: u\n    dbname: d\n    tokens: [t]\n    password: ${BH_T_NOPE:-}\n");
+    assert_null(c->databases[0].password);
+    bh_conf_free(c);
+    c = load_ok(MIN_HEAD "databases:\n");
+    assert_int_equal(c->n_databases, 0);
+    bh_conf_free(c);
+}
+
+#define DB_HEAD MIN_HEAD "databases:\n  main:\n    hosts: [\"*\"]\n    server: host=h\n"
+#define DB_FIXED                                                                                   \
+    MIN_HEAD "databases:\n  main:\n    hosts: [\"*\"]\n    server: host=h\n    auth: fixed\n"
+#define UP_ROUTES MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n" \
+    "databases:\n  main:\n    hosts: [\"*\"]\n    server: host=h\nroutes:\n"
+
+static void test_database_errors(void **state)
+{
+    static const err_case_t cases[] = {
+        /* the section and names */
+        {MIN_HEAD "databases: [ main ]\n",
+         "t.yaml:3:12: databases is a list, expected a mapping from database name to {hosts, "
+         "server, auth, pool, timeouts}"},
+        {MIN_HEAD "databases:\n  main:\n",
+         "t.yaml:4:8: databases.main is a single value, expected a mapping with hosts and "
+         "server"},
+        {MIN_HEAD "databases:\n  \"a b\": {}\n",
+         "t.yaml:4:3: invalid database name 'a b' in databases, expected letters, digits, '-', "
+         "'_' or '.'"},
+        {DB_HEAD "  main:\n    hosts: [x]\n    server: host=h\n",
+         "t.yaml:7:3: duplicate key 'main' in databases (first given at 4:3), expected each key "
+         "once"},
+        {MIN_HEAD "databases:\n  main: {}\n",
+         "t.yaml:4:9: missing required key 'hosts' in databases.main, expected a list of "
+         "connection-string hosts, e.g. [ \"db.example.com\" ] or [ \"*\" ]"},
+        {MIN_HEAD "databases:\n  main: { hosts: [a] }\n",
+         "t.yaml:4:9: missing required key 'server' in databases.main, expected a libpq conninfo "
+         "of keyword=value pairs without credentials, e.g. \"host=127.0.0.1 port=5432\""},
+        {DB_HEAD "    colour: red\n",
+         "t.yaml:7:5: unknown key 'colour' in databases.main, expected one of: hosts, server, "
+         "auth, user, password, dbname, tokens, pool, timeouts, max_response_bytes, "
+         "max_request_bytes, session, retry, breaker"},
+        {DB_HEAD "    sesion: {}\n",
+         "t.yaml:7:5: unknown key 'sesion' in databases.main, did you mean 'session'?"},
+        /* hosts */
+        {MIN_HEAD "databases:\n  main:\n    hosts: []\n    server: host=h\n",
+         "t.yaml:5:12: no hosts given in databases.main.hosts, expected a list of "
+         "connection-string hosts, e.g. [ \"db.example.com\" ] or [ \"*\" ]"},
+        {MIN_HEAD "databases:\n  main:\n    hosts: \"*\"\n    server: host=h\n",
+         "t.yaml:5:12: databases.main.hosts is a single value, expected a list of "
+         "connection-string hosts, e.g. [ \"db.example.com\" ] or [ \"*\" ]"},
+        {MIN_HEAD "databases:\n  main:\n    hosts: [ \"db:5432\" ]\n    server: host=h\n",
+         "t.yaml:5:14: invalid host 'db:5432' for databases.main.hosts[0], expected the host of "
+         "the connection string without its port, e.g. db.example.com, or \"*\" for any"},
+        {MIN_HEAD "databases:\n  main:\n    hosts: [ a, \"*.example.com\" ]\n    server: host=h\n",
+         "t.yaml:5:17: invalid host '*.example.com' for databases.main.hosts[1], expected the "
+         "host of the connection string without its port, e.g. db.example.com, or \"*\" for "
+         "any"},
+        {MIN_HEAD "databases:\n  main:\n    hosts: [ \"\" ]\n    server: host=h\n",
+         "t.yaml:5:14: empty value for databases.main.hosts[0], expected a single value"},
+        {DB_HEAD "  b:\n    hosts: [ x, \"*\" ]\n    server: host=h\n",
+         "t.yaml:8:17: host '*' in databases.b.hosts[1] is already mapped by databases.main, "
+         "expected each host in one database only"},
+        {MIN_HEAD "databases:\n  a:\n    hosts: [ DB.x ]\n    server: host=h\n"
+                  "  b:\n    hosts: [ db.X ]\n    server: host=h\n",
+         "t.yaml:8:14: host 'db.x' in databases.b.hosts[0] is already mapped by databases.a, "
+         "expected each host in one database only"},
+        /* server */
+        {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n    server: \"\"\n",
+         "t.yaml:6:13: empty value for databases.main.server, expected a libpq conninfo of "
+         "keyword=value pairs without credentials, e.g. \"host=127.0.0.1 port=5432\""},
+        {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n    server: \"host=h password=s3cret\"\n",
+         "t.yaml:6:13: databases.main.server sets 'password', expected a conninfo without "
+         "credentials (with auth: fixed give user, password and dbname as keys of the "
+         "database)"},
+        {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n    server: \"host=h  user = bob\"\n",
+         "t.yaml:6:13: databases.main.server sets 'user', expected a conninfo without "
+         "credentials (with auth: fixed give user, password and dbname as keys of the "
+         "database)"},
+        {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n    server: \"options='dbname=x' dbname=y\"\n",
+         "t.yaml:6:13: databases.main.server sets 'dbname', expected a conninfo without "
+         "credentials (with auth: fixed give user, password and dbname as keys of the "
+         "database)"},
+        {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n    server: \"postgres://u:p@h/db\"\n",
+         "t.yaml:6:13: databases.main.server is a connection URI, expected a libpq conninfo of "
+         "keyword=value pairs without credentials, e.g. \"host=127.0.0.1 port=5432\""},
+        {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n    server: localhost\n",
+         "t.yaml:6:13: invalid conninfo for databases.main.server near 'localhost', expected a "
+         "libpq conninfo of keyword=value pairs without credentials, e.g. \"host=127.0.0.1 "
+         "port=5432\""},
+        {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n    server: \"host='h\"\n",
+         "t.yaml:6:13: unterminated quote in the conninfo for databases.main.server, expected a "
+         "libpq conninfo of keyword=value pairs without credentials, e.g. \"host=127.0.0.1 "
+         "port=5432\""},
+        {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n    server: ${BH_T_UNSET_PG}\n",
+         "t.yaml:6:13: environment variable 'BH_T_UNSET_PG' is not set (used by "
+         "databases.main.server), expected it to be set or a default as in "
+         "${BH_T_UNSET_PG:-default}"},
+        /* auth */
+        {DB_HEAD "    auth: trust\n",
+         "t.yaml:7:11: unknown auth mode 'trust' in databases.main.auth, expected passthrough or "
+         "fixed"},
+        {DB_HEAD "    auth: fixd\n",
+         "t.yaml:7:11: unknown auth mode 'fixd' in databases.main.auth, did you mean 'fixed'?"},
+        {DB_HEAD "    user: app\n",
+         "t.yaml:7:5: key 'user' in databases.main applies only with auth: fixed, expected it "
+         "removed (auth: passthrough takes the user, password and database from "
+         "Neon-Connection-String)"},
+        {DB_HEAD "    tokens: [t]\n",
+         "t.yaml:7:5: key 'tokens' in databases.main applies only with auth: fixed, expected it "
+         "removed (auth: passthrough takes the user, password and database from "
+         "Neon-Connection-String)"},
+        {DB_HEAD "    auth: passthrough\n    password: \"\"\n",
+         "t.yaml:8:5: key 'password' in databases.main applies only with auth: fixed, expected "
+         "it removed (auth: passthrough takes the user, password and database from "
+         "Neon-Connection-String)"},
+        {DB_FIXED "    dbname: d\n    tokens: [t]\n",
+         "t.yaml:7:11: auth: fixed in databases.main needs the key 'user' (the Postgres role to "
+         "connect as), expected it given"},
+        {DB_FIXED "    user: u\n    tokens: [t]\n",
+         "t.yaml:7:11: auth: fixed in databases.main needs the key 'dbname' (the database to "
+         "connect to), expected it given"},
+        {DB_FIXED "    user: u\n    dbname: d\n",
+         "t.yaml:7:11: auth: fixed in databases.main needs the key 'tokens' (the bearer tokens "
+         "clients must send), expected it given"},
+        {DB_FIXED "    user: u\n    dbname: d\n    tokens: []\n",
+         "t.yaml:10:13: no tokens given in databases.main.tokens, expected a list of bearer "
+         "tokens, e.g. [ \"${BULKHEAD_SQL_TOKEN}\" ]"},
+        {DB_FIXED "    user: u\n    dbname: d\n    tokens: [ \"a b\" ]\n",
+         "t.yaml:10:15: invalid token for databases.main.tokens[0] (it contains a space or "
+         "control character), expected the bearer token as clients send it"},
+        {DB_FIXED "    user: u\n    dbname: d\n    tokens: [ \"${BH_T_EMPTY:-}\" ]\n",
+         "t.yaml:10:15: empty value for databases.main.tokens[0], expected a single value"},
+        {DB_FIXED "    user: \"\"\n",
+         "t.yaml:8:11: empty value for databases.main.user, expected a non-empty string"},
+        /* pool, timeouts, sizes */
+        {DB_HEAD "    pool: { max_connections: 4, max_idle: 5 }\n",
+         "t.yaml:7:43: max_idle 5 in databases.main.pool is larger than max_connections 4, "
+         "expected at most max_connections"},
+        {DB_HEAD "    pool: { max_connections: 0 }\n",
+         "t.yaml:7:30: 0 for databases.main.pool.max_connections is out of range, expected 1 "
+         "to 1000000"},
+        {DB_HEAD "    pool: { min_idle: 21 }\n",
+         "t.yaml:7:23: min_idle 21 in databases.main.pool is larger than max_idle 20, expected "
+         "at most max_idle"},
+        {DB_HEAD "    pool: { max_conections: 4 }\n",
+         "t.yaml:7:13: unknown key 'max_conections' in databases.main.pool, did you mean "
+         "'max_connections'?"},
+        {DB_HEAD "    timeouts: { first_byte: 1s }\n",
+         "t.yaml:7:17: key 'first_byte' in databases.main.timeouts is not applicable to "
+         "databases, expected only: connect, total"},
+        {DB_HEAD "    timeouts: { idle: 1s }\n",
+         "t.yaml:7:17: key 'idle' in databases.main.timeouts is not applicable to databases, "
+         "expected only: connect, total"},
+        {DB_HEAD "    timeouts: { total: 0 }\n",
+         "t.yaml:7:24: 0 for databases.main.timeouts.total is out of range, expected 1ms to "
+         "365d"},
+        {DB_HEAD "    max_response_bytes: 0\n",
+         "t.yaml:7:25: 0 for databases.main.max_response_bytes is out of range, expected 1 to "
+         "18446744073709551615"},
+        {DB_HEAD "    max_request_bytes: 10 MiB\n",
+         "t.yaml:7:24: invalid size '10 MiB' for databases.main.max_request_bytes, expected a "
+         "size in bytes or with a unit (KiB, MiB, GiB, KB, MB, GB), e.g. 16KiB or 10MiB"},
+        /* session */
+        {DB_HEAD "    session: [ TimeZone ]\n",
+         "t.yaml:7:14: databases.main.session is a list, expected a mapping of setting names to "
+         "values, e.g. { TimeZone: UTC }"},
+        {DB_HEAD "    session: { \"time zone\": UTC }\n",
+         "t.yaml:7:16: invalid setting name 'time zone' in databases.main.session, expected a "
+         "Postgres setting name (letters, digits, '_' and '.', not starting with a digit)"},
+        {DB_HEAD "    session: { 1x: a }\n",
+         "t.yaml:7:16: invalid setting name '1x' in databases.main.session, expected a Postgres "
+         "setting name (letters, digits, '_' and '.', not starting with a digit)"},
+        {DB_HEAD "    session: { TimeZone: [UTC] }\n",
+         "t.yaml:7:26: databases.main.session.TimeZone is a list, expected a single value"},
+        {DB_HEAD "    session: { TimeZone: UTC, timezone: CET }\n",
+         "t.yaml:7:31: duplicate setting 'timezone' in databases.main.session (first given at "
+         "7:16 as 'TimeZone'), expected each setting once (names are case-insensitive)"},
+        {DB_HEAD "    session: { datestyle: SQL }\n",
+         "t.yaml:7:16: setting 'datestyle' in databases.main.session is set by bulkhead (the "
+         "SQL over HTTP output depends on it), expected it removed"},
+        {DB_HEAD "    session: { client_encoding: LATIN1 }\n",
+         "t.yaml:7:16: setting 'client_encoding' in databases.main.session is set by bulkhead "
+         "(the SQL over HTTP output depends on it), expected it removed"},
+        /* retry and breaker */
+        {DB_HEAD "    retry: { on: [5xx] }\n",
+         "t.yaml:7:14: key 'on' in databases.main.retry is not applicable to databases, "
+         "expected only: attempts, backoff, serialization_failures"},
+        {DB_HEAD "    retry:\n      attempts: 2\n      budget: { ratio: 10% }\n",
+         "t.yaml:9:7: key 'budget' in databases.main.retry is not applicable to databases, "
+         "expected only: attempts, backoff, serialization_failures"},
+        {DB_HEAD "    retry: { methods: all }\n",
+         "t.yaml:7:14: key 'methods' in databases.main.retry is not applicable to databases, "
+         "expected only: attempts, backoff, serialization_failures"},
+        {DB_HEAD "    retry: { retriable_status: [503] }\n",
+         "t.yaml:7:14: key 'retriable_status' in databases.main.retry is not applicable to "
+         "databases, expected only: attempts, backoff, serialization_failures"},
+        {DB_HEAD "    retry: { max_replay_bytes: 1MiB }\n",
+         "t.yaml:7:14: key 'max_replay_bytes' in databases.main.retry is not applicable to "
+         "databases, expected only: attempts, backoff, serialization_failures"},
+        {DB_HEAD "    retry: { honor_retry_after: true }\n",
+         "t.yaml:7:14: key 'honor_retry_after' in databases.main.retry is not applicable to "
+         "databases, expected only: attempts, backoff, serialization_failures"},
+        {DB_HEAD "    retry: { serialisation_failures: true }\n",
+         "t.yaml:7:14: unknown key 'serialisation_failures' in databases.main.retry, did you "
+         "mean 'serialization_failures'?"},
+        {DB_HEAD "    retry: { serialization_failures: yes }\n",
+         "t.yaml:7:38: invalid boolean 'yes' for databases.main.retry.serialization_failures, "
+         "expected true or false"},
+        {DB_HEAD "    retry: { attempts: 11 }\n",
+         "t.yaml:7:24: 11 for databases.main.retry.attempts is out of range, expected 1 to 10"},
+        {DB_HEAD "    retry: { backoff: { base: 1s, max: 10ms } }\n",
+         "t.yaml:7:40: max 10ms in databases.main.retry.backoff is smaller than base 1s, "
+         "expected at least base"},
+        {DB_HEAD "    breaker: { open_for: 1m }\n",
+         "t.yaml:7:26: max_open_for 30s in databases.main.breaker is smaller than open_for 1m, "
+         "expected at least open_for"},
+        {DB_HEAD "    breaker: { half_open_probes: 0 }\n",
+         "t.yaml:7:34: 0 for databases.main.breaker.half_open_probes is out of range, expected "
+         "1 to 100"},
+        /* routes */
+        {UP_ROUTES "  - upstream: a\n    database: main\n",
+         "t.yaml:12:5: routes[0] has both 'upstream' and 'database', expected exactly one of "
+         "them"},
+        {UP_ROUTES "  - database: main\n    match: { path_prefix: /sql }\n    upstream: a\n",
+         "t.yaml:13:5: routes[0] has both 'upstream' and 'database', expected exactly one of "
+         "them"},
+        {UP_ROUTES "  - upstream: a\n  - match: { path_prefix: /sql }\n",
+         "t.yaml:12:5: missing key 'upstream' or 'database' in routes[1], expected exactly one: "
+         "an upstream name (HTTP) or a database name (SQL over HTTP)"},
+        {UP_ROUTES "  - database: mains\n",
+         "t.yaml:11:15: unknown database 'mains' for routes[0].database, did you mean 'main'?"},
+        {UP_ROUTES "  - database: a\n",
+         "t.yaml:11:15: unknown database 'a' for routes[0].database, expected a name defined "
+         "under databases"},
+        {MIN_HEAD "routes:\n  - database: main\n",
+         "t.yaml:4:15: unknown database 'main' for routes[0].database, expected a name defined "
+         "under databases"},
+        {UP_ROUTES "  - database: \"\"\n",
+         "t.yaml:11:15: empty value for routes[0].database, expected a non-empty string"},
+        {UP_ROUTES "  - database: main\n    strip_prefix: true\n",
+         "t.yaml:12:5: key 'strip_prefix' in routes[0] is not applicable to database routes (the "
+         "path is not forwarded), expected it removed"},
+        {UP_ROUTES "  - database: main\n    retry: { attempts: 1 }\n",
+         "t.yaml:12:5: key 'retry' in routes[0] is not applicable to database routes (a "
+         "database's retries are set under databases.<name>.retry), expected it removed"},
+        {UP_ROUTES "  - database: main\n    timeouts: { total: 1s, connect: 1s }\n",
+         "t.yaml:12:28: key 'connect' in routes[0].timeouts is not applicable to database "
+         "routes, expected only total (the others are set under databases.<name>.timeouts)"},
+        {UP_ROUTES "  - database: main\n    timeouts: { total: 1 }\n",
+         "t.yaml:12:24: invalid duration '1' for routes[0].timeouts.total, expected a number "
+         "with a unit (ms, s, m, h, d), e.g. 250ms or 5s"},
+    };
+    run_cases(cases, COUNT(cases));
+}
+
 /* Every example config loads, with and without its environment variables set. */
 static void test_examples(void **state)
 {
@@ -1187,15 +1663,36 @@ static void test_example_contents(void **state)
     bh_conf_error_t err;
 
     snprintf(path, sizeof path, "%s/demo.yaml", dir ? dir : "conf/examples");
+    unsetenv("PGPORT");
     assert_int_equal(bh_conf_load(path, &c, &err), 0);
     assert_int_equal(c->workers, 1);
     assert_string_equal(c->listeners[0].addr.text, "127.0.0.1:8080");
     assert_string_equal(c->admin.addr.text, "127.0.0.1:9901");
     assert_string_equal(c->upstreams[0].name, "demo");
     assert_string_equal(c->upstreams[0].endpoints[0].text, "127.0.0.1:8081");
-    assert_string_equal(c->routes[0].path_prefix, "/");
-    assert_int_equal(c->routes[0].upstream_index, 0);
+    assert_int_equal(c->n_databases, 1);
+    assert_string_equal(c->databases[0].name, "main");
+    assert_int_equal(c->databases[0].n_hosts, 1);
+    assert_string_equal(c->databases[0].hosts[0], "*");
+    assert_string_equal(c->databases[0].server, "host=127.0.0.1 port=5432");
+    assert_int_equal(c->databases[0].auth, BH_DB_AUTH_PASSTHROUGH);
+    assert_int_equal(c->n_routes, 2);
+    assert_string_equal(c->routes[0].path_prefix, "/sql");
+    assert_int_equal(c->routes[0].methods, BH_M_POST | BH_M_OPTIONS);
+    assert_null(c->routes[0].upstream);
+    assert_string_equal(c->routes[0].database, "main");
+    assert_int_equal(c->routes[0].database_index, 0);
+    assert_int_equal(c->routes[0].upstream_index, SIZE_MAX);
+    assert_string_equal(c->routes[1].path_prefix, "/");
+    assert_int_equal(c->routes[1].upstream_index, 0);
+    assert_null(c->routes[1].database);
+    assert_int_equal(c->routes[1].database_index, SIZE_MAX);
     bh_conf_free(c);
+    setenv("PGPORT", "6543", 1);
+    assert_int_equal(bh_conf_load(path, &c, &err), 0);
+    assert_string_equal(c->databases[0].server, "host=127.0.0.1 port=6543");
+    bh_conf_free(c);
+    unsetenv("PGPORT");
 
     snprintf(path, sizeof path, "%s/docker.yaml", dir ? dir : "conf/examples");
     unsetenv("UPSTREAM");
@@ -1236,6 +1733,11 @@ static void test_enomem(void **state)
 {
     setenv("BH_T_TOKEN", "a-fairly-long-token-value-to-force-buffer-growth-0123456789", 1);
     check_enomem(FULL);
+    setenv("BH_T_PGPASSWORD", "pw", 1);
+    setenv("BH_T_SQL_TOKEN", "tok-2", 1);
+    check_enomem(DB_FULL);
+    unsetenv("BH_T_PGPASSWORD");
+    unsetenv("BH_T_SQL_TOKEN");
     check_enomem(MIN_HEAD "admin:\n  token: \"x${BH_T_TOKEN}y${BH_T_TOKEN}z\"\n"
                           "upstreams:\n  a:\n    endpoints: [a:1]\nroutes:\n  - upstream: a\n");
     unsetenv("BH_T_TOKEN");
@@ -1259,6 +1761,9 @@ int main(void)
         cmocka_unit_test(test_resilience_forms),
         cmocka_unit_test(test_resilience_errors),
         cmocka_unit_test(test_methods_forms),
+        cmocka_unit_test(test_database_full),
+        cmocka_unit_test(test_database_defaults),
+        cmocka_unit_test(test_database_errors),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_example_contents),
