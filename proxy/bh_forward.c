@@ -170,8 +170,19 @@ static bh_attempt_t classify(const bh_exchange_t *ex, int err)
     return a;
 }
 
-/* Records the attempt's outcome with the breaker and the outlier detector. */
+/* An attempt's outcome counts for its endpoint (outlier detection)... */
 static void record_attempt(bh_exchange_t *ex, const bh_attempt_t *a, uint64_t now)
+{
+    if (a->outcome == BH_OUTCOME_LOCAL || a->outcome == BH_OUTCOME_TOTAL_TIMEOUT)
+        return; /* not the endpoint's doing */
+    bool failed = bh_retry_counts_as_failure(ex->up->conf->breaker.count, a);
+    bh_outlier_record(ex->up->shared->outlier, ex->ep, failed, now);
+}
+
+/* ...and the request's final outcome for the upstream (the breaker). Counting attempts would let
+ * one dead endpoint of three open the whole upstream: its in-flight requests fail together, yet
+ * each is retried elsewhere and succeeds; the outlier detector is what takes that endpoint out. */
+static void record_request(bh_exchange_t *ex, const bh_attempt_t *a, uint64_t now)
 {
     bh_upstream_shared_t *sh = ex->up->shared;
     if (a->outcome == BH_OUTCOME_LOCAL || a->outcome == BH_OUTCOME_TOTAL_TIMEOUT) {
@@ -180,7 +191,6 @@ static void record_attempt(bh_exchange_t *ex, const bh_attempt_t *a, uint64_t no
     }
     bool failed = bh_retry_counts_as_failure(ex->up->conf->breaker.count, a);
     bh_breaker_record(&sh->breaker, &ex->ticket, failed, now, ex->up->env->rng);
-    bh_outlier_record(sh->outlier, ex->ep, failed, now);
 }
 
 /* Schedules another attempt when everything allows it: the policy (outcome, safety, attempts,
@@ -234,6 +244,8 @@ static void attempt_failed(bh_client_t *c, int err)
     }
     if (ex->up != NULL && schedule_retry(c, &a, 0))
         return;
+    if (ex->up != NULL)
+        record_request(ex, &a, now);
     local_reply(c, err, !ex->req_done);
 }
 
@@ -378,6 +390,7 @@ static int handle_response_head(bh_client_t *c)
         drop_attempt(ex, false);
         return BH_RETRY_SCHEDULED;
     }
+    record_request(ex, &a, now);
     bool http11 = client_is_http11(c);
     if (ex->is_head || status == 204 || status == 304)
         ex->resp_framing = BH_FRAME_NONE;
@@ -654,12 +667,9 @@ static void start_attempt(bh_client_t *c)
     ex->attempts++;
     ex->phase = BH_UP_WAITING;
     uint64_t retry_after_ms = 0;
-    if (bh_breaker_allow(&up->shared->breaker, now, up->env->rng, &ex->ticket, &retry_after_ms) <
-        0) {
-        if (ex->attempts > 1 && ex->last_err < 0) /* a retry stopped by the breaker */
-            local_reply(c, ex->last_err, !ex->req_done);
-        else
-            local_reply_after(c, BH_EBREAKER_OPEN, !ex->req_done, (retry_after_ms + 999) / 1000);
+    if (ex->attempts == 1 && bh_breaker_allow(&up->shared->breaker, now, up->env->rng,
+                                              &ex->ticket, &retry_after_ms) < 0) {
+        local_reply_after(c, BH_EBREAKER_OPEN, !ex->req_done, (retry_after_ms + 999) / 1000);
         return;
     }
     ex->ep = bh_upstream_pick(up, ex->failed_ep);
