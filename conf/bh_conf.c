@@ -1423,13 +1423,18 @@ static int conv_databases(ctx_t *c, const spec_t *k, yaml_node_t *n, const char 
                  ? type_fail(c, vn, "a mapping with hosts and server")
                  : parse_section(c, S_DATABASE, vn, d, 1);
         for (size_t h = 0; rc == 0 && h < d->n_hosts; h++)
-            for (size_t j = 0; j < i; j++)
-                for (size_t g = 0; g < conf->databases[j].n_hosts; g++) {
+            for (size_t j = 0; j <= i; j++)
+                for (size_t g = 0; g < (j < i ? conf->databases[j].n_hosts : h); g++) {
                     yaml_node_t *hosts = lookup(c, vn, "hosts");
                     if (strcmp(conf->databases[j].hosts[g], d->hosts[h]) != 0)
                         continue;
                     path_key(c, "hosts");
                     path_index(c, h);
+                    if (j == i)
+                        return fail(c, node_at(c, hosts->data.sequence.items.start[h]),
+                                    "host '%s' in %s is also hosts[%zu], expected each host "
+                                    "once",
+                                    d->hosts[h], c->path, g);
                     return fail(c, node_at(c, hosts->data.sequence.items.start[h]),
                                 "host '%s' in %s is already mapped by databases.%s, expected "
                                 "each host in one database only",
@@ -1487,7 +1492,7 @@ static const type_t T_ROUTE_RETRY = {conv_route_retry, "a mapping of retry setti
                                      "honor_retry_after)", T_NODE};
 
 static const type_t T_DATABASES = {conv_databases, "a mapping from database name to "
-                                                    "{hosts, server, auth, pool, timeouts}", T_NODE};
+                                   "{hosts, server, auth, pool, timeouts}", T_NODE};
 static const type_t T_DB_HOSTS = {conv_db_hosts, "a list of connection-string hosts, e.g. "
                                                  "[ \"db.example.com\" ] or [ \"*\" ]", T_NODE};
 static const type_t T_DB_TOKENS = {conv_db_tokens, "a list of bearer tokens, e.g. "
@@ -1634,7 +1639,8 @@ static const spec_t SPECS[] = {
         "10MiB", 1, U64MAX),
     KEY(S_DATABASE, "max_request_bytes", T_SIZE, bh_conf_database_t, max_request_bytes,
         "10MiB", 1, U64MAX),
-    KEY(S_DATABASE, "session", T_SESSION, bh_conf_database_t, session_keys, "UTC", 0, 0), /* TZ */
+    /* session: the default is TimeZone's (conv_session) */
+    KEY(S_DATABASE, "session", T_SESSION, bh_conf_database_t, session_keys, "UTC", 0, 0),
     {S_DATABASE, "retry", &T_SECTION, 0, NULL, 0, 0, 0, S_DB_RETRY}, /* fields in the database */
     SECTION(S_DATABASE, "breaker", bh_conf_database_t, breaker, S_DB_BREAKER),
 
@@ -1658,7 +1664,8 @@ static const spec_t SPECS[] = {
         retry_serialization_failures, "false", 0, 0),
     NA(S_DB_RETRY, "on", T_RETRY_ON, bh_conf_database_t, retry.on, "connect-failure", 0, 0),
     NA(S_DB_RETRY, "retriable_status", T_STATUSES, bh_conf_database_t, retry, "", 100, 599),
-    NA(S_DB_RETRY, "methods", T_RETRY_METHODS, bh_conf_database_t, retry.methods_all, "all", 0, 0),
+    NA(S_DB_RETRY, "methods", T_RETRY_METHODS, bh_conf_database_t, retry.methods_all, "all",
+       0, 0),
     NA(S_DB_RETRY, "max_replay_bytes", T_SIZE, bh_conf_database_t, retry.max_replay_bytes,
        "0", 0, GiB),
     NA(S_DB_RETRY, "honor_retry_after", T_BOOL, bh_conf_database_t, retry.honor_retry_after,

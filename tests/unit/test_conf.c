@@ -1208,7 +1208,8 @@ static void test_database_full(void **state)
     assert_string_equal(d->hosts[0], "db.example.com"); /* lower case */
     assert_string_equal(d->hosts[1], "[::1]");
     assert_string_equal(d->hosts[2], "10.0.0.5");
-    assert_string_equal(d->server, "host=127.0.0.1 port=5433 sslmode='disable' options='-c x=\\'1\\''");
+    assert_string_equal(d->server,
+                        "host=127.0.0.1 port=5433 sslmode='disable' options='-c x=\\'1\\''");
     assert_int_equal(d->auth, BH_DB_AUTH_FIXED);
     assert_string_equal(d->user, "app");
     assert_string_equal(d->password, "pw from env");
@@ -1361,8 +1362,9 @@ static void test_database_defaults(void **state)
     bh_conf_free(c);
 
     /* fixed auth without a password; empty databases */
-    c = load_ok(MIN_HEAD "databases:\n  db:\n    hosts: [a]\n    server: host=h\n    auth: fixed\n"
-                         "    user: u\n    dbname: d\n    tokens: [t]\n    password: ${BH_T_NOPE:-}\n");
+    c = load_ok(MIN_HEAD
+                "databases:\n  db:\n    hosts: [a]\n    server: host=h\n    auth: fixed\n"
+                "    user: u\n    dbname: d\n    tokens: [t]\n    password: ${BH_T_NOPE:-}\n");
     assert_null(c->databases[0].password);
     bh_conf_free(c);
     c = load_ok(MIN_HEAD "databases:\n");
@@ -1427,6 +1429,9 @@ static void test_database_errors(void **state)
                   "  b:\n    hosts: [ db.X ]\n    server: host=h\n",
          "t.yaml:8:14: host 'db.x' in databases.b.hosts[0] is already mapped by databases.a, "
          "expected each host in one database only"},
+        {MIN_HEAD "databases:\n  a:\n    hosts: [ x, y, X ]\n    server: host=h\n",
+         "t.yaml:5:20: host 'x' in databases.a.hosts[2] is also hosts[0], expected each host "
+         "once"},
         /* server */
         {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n    server: \"\"\n",
          "t.yaml:6:13: empty value for databases.main.server, expected a libpq conninfo of "
@@ -1439,7 +1444,8 @@ static void test_database_errors(void **state)
          "t.yaml:6:13: databases.main.server sets 'user', expected a conninfo without "
          "credentials (with auth: fixed give user, password and dbname as keys of the "
          "database)"},
-        {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n    server: \"options='dbname=x' dbname=y\"\n",
+        {MIN_HEAD "databases:\n  main:\n    hosts: [a]\n"
+                  "    server: \"options='dbname=x' dbname=y\"\n",
          "t.yaml:6:13: databases.main.server sets 'dbname', expected a conninfo without "
          "credentials (with auth: fixed give user, password and dbname as keys of the "
          "database)"},
