@@ -1,0 +1,1668 @@
+/* Neon SQL-over-HTTP protocol, pure part: headers, connection string, body, and response bytes.
+ *
+ * Byte-exactness comes from Neon's proxy (serde_json + its own writer): compact JSON, fixed key
+ * orders, lowercase \u00xx escapes, raw UTF-8, floats in ryu's shortest form. The body encoder is
+ * a small state machine (IDLE -> [BATCH] -> RESULT_ROWS -> [BATCH] -> DONE) over one bounded
+ * buffer whose errors are sticky, so the caller checks only the last return value. */
+#include <assert.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+#include "bh_alloc.h"
+#include "bh_sql_proto.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* errors */
+
+int bh_sql_status(int err)
+{
+    switch (err) {
+#define BH_SQL_ERR_STATUS(name, val, status, msg)                                                  \
+    case val:                                                                                      \
+        return status;
+        BH_SQL_ERRNO_MAP(BH_SQL_ERR_STATUS)
+#undef BH_SQL_ERR_STATUS
+    default:
+        return 500;
+    }
+}
+
+const char *bh_sql_strerror(int err)
+{
+    switch (err) {
+#define BH_SQL_ERR_MSG(name, val, status, msg)                                                     \
+    case val:                                                                                      \
+        return msg;
+        BH_SQL_ERRNO_MAP(BH_SQL_ERR_MSG)
+#undef BH_SQL_ERR_MSG
+    default:
+        return bh_strerror(err);
+    }
+}
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* routing and headers */
+
+static bool span_eq(bh_span_t s, const char *lit)
+{
+    size_t n = strlen(lit);
+    return s.p != NULL && s.n == n && memcmp(s.p, lit, n) == 0;
+}
+
+bh_sql_route_t bh_sql_route(bh_span_t method, bh_span_t target)
+{
+    size_t plen = 0;
+    while (plen < target.n && target.p[plen] != '?' && target.p[plen] != '#')
+        plen++;
+    bh_span_t path = {target.p, plen};
+    if (!span_eq(path, "/sql"))
+        return BH_SQL_ROUTE_UNSUPPORTED;
+    if (span_eq(method, "POST"))
+        return BH_SQL_ROUTE_QUERY;
+    if (span_eq(method, "OPTIONS"))
+        return BH_SQL_ROUTE_PREFLIGHT;
+    return BH_SQL_ROUTE_UNSUPPORTED;
+}
+
+enum {
+    SEEN_CONNSTR = 1,
+    SEEN_RAW = 2,
+    SEEN_ARRAY = 4,
+    SEEN_ISO = 8,
+    SEEN_RO = 16,
+    SEEN_DEFER = 32,
+    SEEN_AUTH = 64,
+    SEEN_QID = 128,
+};
+
+void bh_sql_headers_init(bh_sql_headers_t *h)
+{
+    memset(h, 0, sizeof(*h));
+}
+
+static bool first(bh_sql_headers_t *h, uint8_t bit)
+{
+    if (h->seen_ & bit)
+        return false;
+    h->seen_ |= bit;
+    return true;
+}
+
+static bool is_true(bh_span_t v)
+{
+    return v.n == 4 && memcmp(v.p, "true", 4) == 0;
+}
+
+static bh_sql_isolation_t parse_isolation(bh_span_t v)
+{
+    if (span_eq(v, "Serializable"))
+        return BH_SQL_ISO_SERIALIZABLE;
+    if (span_eq(v, "ReadUncommitted"))
+        return BH_SQL_ISO_READ_UNCOMMITTED;
+    if (span_eq(v, "ReadCommitted"))
+        return BH_SQL_ISO_READ_COMMITTED;
+    if (span_eq(v, "RepeatableRead"))
+        return BH_SQL_ISO_REPEATABLE_READ;
+    return BH_SQL_ISO_INVALID;
+}
+
+void bh_sql_header(bh_sql_headers_t *h, bh_span_t name, bh_span_t value)
+{
+    if (value.p == NULL)
+        value.p = "";
+    if (name.n < 6)
+        return;
+    if (bh_span_ieq(name, "neon-connection-string")) {
+        if (first(h, SEEN_CONNSTR))
+            h->connstr = value;
+    } else if (bh_span_ieq(name, "neon-raw-text-output")) {
+        if (first(h, SEEN_RAW))
+            h->raw_text = is_true(value);
+    } else if (bh_span_ieq(name, "neon-array-mode")) {
+        if (first(h, SEEN_ARRAY))
+            h->array_mode = is_true(value);
+    } else if (bh_span_ieq(name, "neon-batch-isolation-level")) {
+        if (first(h, SEEN_ISO)) {
+            h->isolation_raw = value;
+            h->isolation = parse_isolation(value);
+        }
+    } else if (bh_span_ieq(name, "neon-batch-read-only")) {
+        if (first(h, SEEN_RO))
+            h->read_only = is_true(value);
+    } else if (bh_span_ieq(name, "neon-batch-deferrable")) {
+        if (first(h, SEEN_DEFER))
+            h->deferrable = is_true(value);
+    } else if (bh_span_ieq(name, "authorization")) {
+        if (first(h, SEEN_AUTH))
+            h->authorization = value;
+    } else if (bh_span_ieq(name, "x-neon-query-id")) {
+        if (first(h, SEEN_QID))
+            h->query_id = value;
+    }
+}
+
+int bh_sql_headers_check(const bh_sql_headers_t *h, char *err, size_t errlen)
+{
+    bool ok = h->connstr.p != NULL && h->connstr.n > 0;
+    for (size_t i = 0; ok && i < h->connstr.n; i++) {
+        unsigned char c = (unsigned char)h->connstr.p[i];
+        if (c < 0x20 || c >= 0x7f)
+            ok = false;
+    }
+    if (!ok) {
+        set_err(err, errlen, "invalid header: neon-connection-string");
+        return BH_SQL_EHEADER;
+    }
+    if (h->isolation == BH_SQL_ISO_INVALID) {
+        set_err(err, errlen, "invalid isolation level");
+        return BH_SQL_EISOLATION;
+    }
+    return 0;
+}
+
+bool bh_sql_bearer(const bh_sql_headers_t *h, bh_span_t *token)
+{
+    bh_span_t a = h->authorization;
+    if (a.p == NULL || a.n < 7 || memcmp(a.p, "Bearer ", 7) != 0)
+        return false;
+    token->p = a.p + 7;
+    token->n = a.n - 7;
+    return true;
+}
+
+bool bh_sql_token_eq(bh_span_t presented, const char *expected)
+{
+    size_t n = strlen(expected);
+    unsigned diff = presented.n != n;
+    for (size_t i = 0; i < presented.n; i++)
+        diff |= (unsigned char)presented.p[i] ^ (unsigned char)(i < n ? expected[i] : 0);
+    return diff == 0;
+}
+
+bool bh_sql_array_mode(const bh_sql_headers_t *h, const struct bh_sql_query *q)
+{
+    if (q != NULL && q->array_mode >= 0)
+        return q->array_mode != 0;
+    return h->array_mode;
+}
+
+size_t bh_sql_begin_statement(const bh_sql_headers_t *h, char *buf)
+{
+    static const char *const levels[] = {
+        [BH_SQL_ISO_SERIALIZABLE] = "SERIALIZABLE",
+        [BH_SQL_ISO_READ_UNCOMMITTED] = "READ UNCOMMITTED",
+        [BH_SQL_ISO_READ_COMMITTED] = "READ COMMITTED",
+        [BH_SQL_ISO_REPEATABLE_READ] = "REPEATABLE READ",
+    };
+    size_t n = (size_t)snprintf(buf, BH_SQL_BEGIN_MAX, "START TRANSACTION");
+    bool clause = false;
+    if (h->isolation > BH_SQL_ISO_DEFAULT && h->isolation < BH_SQL_ISO_INVALID) {
+        n += (size_t)snprintf(buf + n, BH_SQL_BEGIN_MAX - n, " ISOLATION LEVEL %s",
+                              levels[h->isolation]);
+        clause = true;
+    }
+    if (h->read_only) {
+        n += (size_t)snprintf(buf + n, BH_SQL_BEGIN_MAX - n, "%s READ ONLY", clause ? "," : "");
+        clause = true;
+    }
+    if (h->deferrable)
+        n += (size_t)snprintf(buf + n, BH_SQL_BEGIN_MAX - n, "%s DEFERRABLE", clause ? "," : "");
+    return n;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* connection string */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes s[0..n) into dst (NUL-terminated); invalid escapes stay literal, as in the
+ * urlencoding crate. form: '+' means space (query strings). Returns the length, or -1 when the
+ * result would contain a NUL byte (libpq takes C strings). */
+static long pct_decode(const char *s, size_t n, char *dst, bool form)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+            c = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+            i += 2;
+            if (c == '\0')
+                return -1;
+        } else if (form && c == '+') {
+            c = ' ';
+        }
+        dst[o++] = c;
+    }
+    dst[o] = '\0';
+    return (long)o;
+}
+
+static bool host_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '-' || c == '_' || c == '~';
+}
+
+static bool is_ipv4(const char *s)
+{
+    int dots = 0, digits = 0;
+    for (; *s; s++) {
+        if (*s == '.') {
+            if (digits == 0)
+                return false;
+            dots++;
+            digits = 0;
+        } else if (*s >= '0' && *s <= '9') {
+            if (++digits > 3)
+                return false;
+        } else {
+            return false;
+        }
+    }
+    return dots == 3 && digits > 0;
+}
+
+int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    const char *end = s + n;
+
+    /* scheme */
+    const char *colon = memchr(s, ':', n);
+    if (colon == NULL || colon == s) {
+        set_err(err, errlen, "invalid connection string: relative URL without a base");
+        return BH_SQL_ECONNSTR;
+    }
+    size_t slen = (size_t)(colon - s);
+    if (!((slen == 8 && strncasecmp(s, "postgres", 8) == 0) ||
+          (slen == 10 && strncasecmp(s, "postgresql", 10) == 0))) {
+        set_err(err, errlen, "incorrect scheme");
+        return BH_SQL_ECONNSTR;
+    }
+    const char *p = colon + 1;
+    if (end - p < 2 || p[0] != '/' || p[1] != '/') {
+        /* "postgres:db" has no authority and no hierarchical path */
+        set_err(err, errlen, "missing database name");
+        return BH_SQL_ECONNSTR;
+    }
+    p += 2;
+
+    /* authority ends at '/', '?' or '#'; userinfo ends at its last '@' */
+    const char *auth_end = p;
+    while (auth_end < end && *auth_end != '/' && *auth_end != '?' && *auth_end != '#')
+        auth_end++;
+    const char *at = NULL;
+    for (const char *q = p; q < auth_end; q++)
+        if (*q == '@')
+            at = q;
+    const char *ui = p, *ui_end = at ? at : p;
+    const char *hp = at ? at + 1 : p;
+
+    /* host and port */
+    const char *host = hp, *host_end, *port_s = NULL, *port_end = auth_end;
+    bool v6 = false;
+    if (hp < auth_end && *hp == '[') {
+        const char *rb = memchr(hp, ']', (size_t)(auth_end - hp));
+        if (rb == NULL) {
+            set_err(err, errlen, "invalid connection string: invalid IPv6 address");
+            return BH_SQL_ECONNSTR;
+        }
+        host = hp + 1;
+        host_end = rb;
+        for (const char *q = host; q < host_end; q++) {
+            if (!(hexval(*q) >= 0 || *q == ':' || *q == '.')) {
+                set_err(err, errlen, "invalid connection string: invalid IPv6 address");
+                return BH_SQL_ECONNSTR;
+            }
+        }
+        if (host == host_end) {
+            set_err(err, errlen, "invalid connection string: invalid IPv6 address");
+            return BH_SQL_ECONNSTR;
+        }
+        v6 = true;
+        if (rb + 1 < auth_end) {
+            if (rb[1] != ':') {
+                set_err(err, errlen, "invalid connection string: invalid IPv6 address");
+                return BH_SQL_ECONNSTR;
+            }
+            port_s = rb + 2;
+        }
+    } else {
+        host_end = memchr(hp, ':', (size_t)(auth_end - hp));
+        if (host_end == NULL) {
+            host_end = auth_end;
+        } else {
+            port_s = host_end + 1;
+        }
+        for (const char *q = host; q < host_end; q++) {
+            if (!host_char(*q)) {
+                set_err(err, errlen, "invalid connection string: invalid domain character");
+                return BH_SQL_ECONNSTR;
+            }
+        }
+    }
+    uint32_t port = 5432;
+    bool has_port = false;
+    if (port_s != NULL && port_s < port_end) {
+        port = 0;
+        for (const char *q = port_s; q < port_end; q++) {
+            if (*q < '0' || *q > '9' || (port = port * 10 + (uint32_t)(*q - '0')) > 65535) {
+                set_err(err, errlen, "invalid connection string: invalid port number");
+                return BH_SQL_ECONNSTR;
+            }
+        }
+        has_port = true;
+    }
+
+    /* path: first segment is the database */
+    const char *path = auth_end, *path_end = auth_end;
+    if (path < end && *path == '/') {
+        path++;
+        path_end = path;
+        while (path_end < end && *path_end != '/' && *path_end != '?' && *path_end != '#')
+            path_end++;
+    }
+    /* query: only application_name */
+    const char *query = NULL, *query_end = NULL;
+    const char *qm = memchr(auth_end, '?', (size_t)(end - auth_end));
+    if (qm != NULL) {
+        query = qm + 1;
+        query_end = memchr(query, '#', (size_t)(end - query));
+        if (query_end == NULL)
+            query_end = end;
+    }
+
+    /* every decoded part fits in n bytes plus its NUL */
+    char *mem = bh_malloc(n + 8);
+    if (mem == NULL)
+        return BH_ENOMEM;
+    char *w = mem;
+    const char *bad = NULL;
+
+    const char *pw_sep = memchr(ui, ':', (size_t)(ui_end - ui));
+    const char *user_end = pw_sep ? pw_sep : ui_end;
+    long len = pct_decode(ui, (size_t)(user_end - ui), w, false);
+    if (len < 0)
+        bad = "NUL byte in user name";
+    out->user = w;
+    w += len + 1;
+    if (bad == NULL && pw_sep != NULL) {
+        len = pct_decode(pw_sep + 1, (size_t)(ui_end - pw_sep - 1), w, false);
+        if (len < 0)
+            bad = "NUL byte in password";
+        out->password = w;
+        out->password_len = (size_t)len;
+        w += len + 1;
+    }
+    if (bad == NULL) {
+        len = pct_decode(path, (size_t)(path_end - path), w, false);
+        if (len < 0)
+            bad = "NUL byte in database name";
+        out->dbname = w;
+        w += len + 1;
+    }
+    if (bad != NULL) {
+        bh_free(mem);
+        memset(out, 0, sizeof(*out));
+        set_err(err, errlen, "invalid connection string: %s", bad);
+        return BH_SQL_ECONNSTR;
+    }
+    size_t hlen = (size_t)(host_end - host);
+    for (size_t i = 0; i < hlen; i++) {
+        char c = host[i];
+        w[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+    }
+    w[hlen] = '\0';
+    out->host = w;
+    w += hlen + 1;
+    for (const char *q = query; q != NULL && q < query_end;) {
+        const char *amp = memchr(q, '&', (size_t)(query_end - q));
+        const char *pe = amp ? amp : query_end;
+        const char *eq = memchr(q, '=', (size_t)(pe - q));
+        if (eq != NULL && eq - q == 16 && memcmp(q, "application_name", 16) == 0 &&
+            out->application_name == NULL) {
+            len = pct_decode(eq + 1, (size_t)(pe - eq - 1), w, true);
+            if (len >= 0) {
+                out->application_name = w;
+                w += len + 1;
+            }
+        }
+        q = amp ? amp + 1 : query_end;
+    }
+    out->port = (uint16_t)port;
+    out->has_port = has_port;
+    out->host_ip = v6 || is_ipv4(out->host);
+    out->mem_ = mem;
+
+    /* Neon's order of checks: database, user, host. */
+    const char *missing = NULL;
+    if (out->dbname[0] == '\0')
+        missing = "missing database name";
+    else if (out->user[0] == '\0')
+        missing = "missing username";
+    else if (out->host[0] == '\0')
+        missing = "missing hostname";
+    if (missing != NULL) {
+        bh_sql_connstr_free(out);
+        set_err(err, errlen, "%s", missing);
+        return BH_SQL_ECONNSTR;
+    }
+    return 0;
+}
+
+void bh_sql_connstr_free(bh_sql_connstr_t *c)
+{
+    bh_free(c->mem_);
+    memset(c, 0, sizeof(*c));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the bounded output buffer */
+
+enum { ST_IDLE, ST_BATCH, ST_ROWS, ST_DONE };
+
+void bh_sql_out_init(bh_sql_out_t *o, size_t max_bytes)
+{
+    memset(o, 0, sizeof(*o));
+    o->max = max_bytes;
+}
+
+void bh_sql_out_reset(bh_sql_out_t *o)
+{
+    o->n = 0;
+    o->err = 0;
+    o->state_ = ST_IDLE;
+    o->batch_ = false;
+    o->nresults_ = 0;
+    o->nrows_ = 0;
+}
+
+void bh_sql_out_free(bh_sql_out_t *o)
+{
+    bh_free(o->p);
+    size_t max = o->max;
+    bh_sql_out_init(o, max);
+}
+
+char *bh_sql_out_take(bh_sql_out_t *o, size_t *len)
+{
+    char *p = o->p;
+    *len = o->n;
+    o->p = NULL;
+    o->cap = 0;
+    bh_sql_out_reset(o);
+    return p;
+}
+
+/* Slow path of reserve: grows the buffer (doubling, never past max). */
+static bool grow(bh_sql_out_t *o, size_t k)
+{
+    if (o->err != 0)
+        return false;
+    if (k > o->max - o->n || o->n + k < o->n) {
+        o->err = BH_SQL_ETOO_LARGE;
+        return false;
+    }
+    size_t want = o->n + k;
+    size_t cap = o->cap ? o->cap : 1024;
+    while (cap < want)
+        cap = cap > SIZE_MAX / 2 ? want : cap * 2;
+    if (cap > o->max)
+        cap = o->max;
+    char *p = bh_realloc(o->p, cap);
+    if (p == NULL) {
+        o->err = BH_ENOMEM;
+        return false;
+    }
+    o->p = p;
+    o->cap = cap;
+    return true;
+}
+
+static inline bool reserve(bh_sql_out_t *o, size_t k)
+{
+    if (o->err == 0 && k <= o->cap - o->n)
+        return true;
+    return grow(o, k);
+}
+
+static inline void put(bh_sql_out_t *o, const void *p, size_t k)
+{
+    if (reserve(o, k)) {
+        memcpy(o->p + o->n, p, k);
+        o->n += k;
+    }
+}
+
+static inline void putc_(bh_sql_out_t *o, char c)
+{
+    if (reserve(o, 1))
+        o->p[o->n++] = c;
+}
+
+#define PUTLIT(o, lit) put((o), "" lit, sizeof(lit) - 1)
+
+static void put_str(bh_sql_out_t *o, const char *s)
+{
+    put(o, s, strlen(s));
+}
+
+static void put_i64(bh_sql_out_t *o, int64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        tmp[--i] = '-';
+    put(o, tmp + i, sizeof(tmp) - i);
+}
+
+/* 0: copy; 1: non-ASCII (validate); other: the letter after '\'; 'u': \u00xx */
+static const unsigned char esc_tab[256] = {
+    ['\0'] = 'u', [0x01] = 'u', [0x02] = 'u', [0x03] = 'u',  [0x04] = 'u',        [0x05] = 'u',
+    [0x06] = 'u', [0x07] = 'u', ['\b'] = 'b', ['\t'] = 't',  ['\n'] = 'n',        [0x0b] = 'u',
+    ['\f'] = 'f', ['\r'] = 'r', [0x0e] = 'u', [0x0f] = 'u',  [0x10] = 'u',        [0x11] = 'u',
+    [0x12] = 'u', [0x13] = 'u', [0x14] = 'u', [0x15] = 'u',  [0x16] = 'u',        [0x17] = 'u',
+    [0x18] = 'u', [0x19] = 'u', [0x1a] = 'u', [0x1b] = 'u',  [0x1c] = 'u',        [0x1d] = 'u',
+    [0x1e] = 'u', [0x1f] = 'u', ['"'] = '"',  ['\\'] = '\\', [0x80 ... 0xff] = 1,
+};
+
+/* Length of the valid UTF-8 sequence at s (s[0] >= 0x80), or 0 when invalid (overlong,
+ * surrogate, above U+10FFFF, truncated). */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    if (c >= 0xc2 && c <= 0xdf)
+        return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0))
+            return 0;
+        return 3;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        if (n < 4 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90))
+            return 0;
+        return 4;
+    }
+    return 0;
+}
+
+/* The body of a JSON string (no quotes), escaped as serde_json does. Invalid UTF-8 sets
+ * BH_SQL_EBAD_UTF8. */
+static void put_escaped(bh_sql_out_t *o, const char *str, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0, run = 0;
+    while (i < n) {
+        unsigned char e = esc_tab[s[i]];
+        if (e == 0) {
+            i++;
+            continue;
+        }
+        if (e == 1) {
+            size_t k = utf8_seq(s + i, n - i);
+            if (k == 0) {
+                if (o->err == 0)
+                    o->err = BH_SQL_EBAD_UTF8;
+                return;
+            }
+            i += k;
+            continue;
+        }
+        put(o, s + run, i - run);
+        if (e == 'u') {
+            char u[6] = {'\\', 'u', '0', '0', hex[s[i] >> 4], hex[s[i] & 15]};
+            put(o, u, 6);
+        } else {
+            char b[2] = {'\\', (char)e};
+            put(o, b, 2);
+        }
+        run = ++i;
+    }
+    put(o, s + run, n - run);
+}
+
+static void put_jstr(bh_sql_out_t *o, const char *s, size_t n)
+{
+    /* one reservation covers the common case of nothing to escape */
+    if (!reserve(o, n + 2))
+        return;
+    o->p[o->n++] = '"';
+    put_escaped(o, s, n);
+    putc_(o, '"');
+}
+
+static void put_jstrz(bh_sql_out_t *o, const char *s)
+{
+    put_jstr(o, s, strlen(s));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* floats as serde_json prints them (ryu's "pretty" format) */
+
+/* Shortest round-trip digits of a finite non-zero |d|: writes them to digits (no dot, no
+ * trailing zeros) and returns their count; *e10 is the decimal exponent of the first digit. */
+static int shortest_digits(double d, char digits[20], int *e10)
+{
+    char buf[40];
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, sizeof(buf), "%.*e", prec - 1, d);
+        if (strtod(buf, NULL) == d || prec == 17)
+            break;
+    }
+    int nd = 0;
+    const char *q = buf;
+    for (; *q && *q != 'e'; q++)
+        if (*q >= '0' && *q <= '9')
+            digits[nd++] = *q;
+    *e10 = atoi(q + 1);
+    while (nd > 1 && digits[nd - 1] == '0')
+        nd--;
+    digits[nd] = '\0';
+    return nd;
+}
+
+/* Writes d (finite) into buf in ryu's pretty format: 1.0, 2.5, 1000.0, 0.001, 1e100, 1.5e-7. */
+static size_t fmt_double(double d, char buf[40])
+{
+    size_t i = 0;
+    if (signbit(d)) {
+        buf[i++] = '-';
+        d = -d;
+    }
+    if (d == 0) {
+        memcpy(buf + i, "0.0", 4);
+        return i + 3;
+    }
+    char dg[20];
+    int e10;
+    int len = shortest_digits(d, dg, &e10);
+    int kk = e10 + 1; /* 10^(kk-1) <= d < 10^kk */
+    int k = kk - len; /* exponent of the last digit */
+    if (k >= 0 && kk <= 16) {
+        memcpy(buf + i, dg, (size_t)len);
+        i += (size_t)len;
+        for (int z = len; z < kk; z++)
+            buf[i++] = '0';
+        buf[i++] = '.';
+        buf[i++] = '0';
+    } else if (kk > 0 && kk <= 16) {
+        memcpy(buf + i, dg, (size_t)kk);
+        i += (size_t)kk;
+        buf[i++] = '.';
+        memcpy(buf + i, dg + kk, (size_t)(len - kk));
+        i += (size_t)(len - kk);
+    } else if (kk > -5 && kk <= 0) {
+        buf[i++] = '0';
+        buf[i++] = '.';
+        for (int z = kk; z < 0; z++)
+            buf[i++] = '0';
+        memcpy(buf + i, dg, (size_t)len);
+        i += (size_t)len;
+    } else {
+        buf[i++] = dg[0];
+        if (len > 1) {
+            buf[i++] = '.';
+            memcpy(buf + i, dg + 1, (size_t)(len - 1));
+            i += (size_t)(len - 1);
+        }
+        i += (size_t)snprintf(buf + i, 8, "e%d", kk - 1);
+    }
+    buf[i] = '\0';
+    return i;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* request body */
+
+/* An arena of chunks holding everything a bh_sql_request_t points to. */
+typedef struct chunk {
+    struct chunk *next;
+    size_t used, size;
+    _Alignas(max_align_t) char data[];
+} chunk_t;
+
+static void *arena_alloc(chunk_t **arena, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    chunk_t *c = *arena;
+    if (c == NULL || c->size - c->used < n) {
+        size_t size = n > 8192 ? n : 8192;
+        c = bh_malloc(sizeof(*c) + size);
+        if (c == NULL)
+            return NULL;
+        c->used = 0;
+        c->size = size;
+        c->next = *arena;
+        *arena = c;
+    }
+    void *p = c->data + c->used;
+    c->used += n;
+    return p;
+}
+
+static void arena_free(chunk_t *c)
+{
+    while (c != NULL) {
+        chunk_t *next = c->next;
+        bh_free(c);
+        c = next;
+    }
+}
+
+/* Compact serde_json rendering of a value: objects with keys sorted bytewise. */
+static void put_json_value(bh_sql_out_t *o, json_t *v);
+
+static int cmp_keys(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void put_json_object(bh_sql_out_t *o, json_t *v)
+{
+    size_t n = json_object_size(v);
+    const char **keys = bh_malloc((n ? n : 1) * sizeof(*keys));
+    if (keys == NULL) {
+        if (o->err == 0)
+            o->err = BH_ENOMEM;
+        return;
+    }
+    size_t i = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach(v, key, val) keys[i++] = key;
+    qsort(keys, n, sizeof(*keys), cmp_keys);
+    putc_(o, '{');
+    for (i = 0; i < n; i++) {
+        if (i > 0)
+            putc_(o, ',');
+        put_jstrz(o, keys[i]);
+        putc_(o, ':');
+        put_json_value(o, json_object_get(v, keys[i]));
+    }
+    putc_(o, '}');
+    bh_free(keys);
+}
+
+static void put_json_value(bh_sql_out_t *o, json_t *v)
+{
+    char buf[40];
+    switch (json_typeof(v)) {
+    case JSON_NULL:
+        PUTLIT(o, "null");
+        break;
+    case JSON_TRUE:
+        PUTLIT(o, "true");
+        break;
+    case JSON_FALSE:
+        PUTLIT(o, "false");
+        break;
+    case JSON_INTEGER:
+        put_i64(o, (int64_t)json_integer_value(v));
+        break;
+    case JSON_REAL:
+        put(o, buf, fmt_double(json_real_value(v), buf));
+        break;
+    case JSON_STRING:
+        put_jstr(o, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_ARRAY: {
+        putc_(o, '[');
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            if (i > 0)
+                putc_(o, ',');
+            put_json_value(o, json_array_get(v, i));
+        }
+        putc_(o, ']');
+        break;
+    }
+    case JSON_OBJECT:
+        put_json_object(o, v);
+        break;
+    }
+}
+
+/* An element of a Postgres array literal built from a JSON array (Neon json_array_to_pg_array):
+ * null -> NULL, scalars as JSON (strings quoted and JSON-escaped), objects as their JSON text
+ * in a JSON string, arrays nested. */
+static void put_pg_array(bh_sql_out_t *o, json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_NULL:
+        PUTLIT(o, "NULL");
+        break;
+    case JSON_OBJECT: {
+        bh_sql_out_t tmp;
+        bh_sql_out_init(&tmp, SIZE_MAX);
+        put_json_object(&tmp, v);
+        if (tmp.err != 0 && o->err == 0)
+            o->err = tmp.err;
+        put_jstr(o, tmp.p ? tmp.p : "", tmp.n);
+        bh_sql_out_free(&tmp);
+        break;
+    }
+    case JSON_ARRAY:
+        putc_(o, '{');
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            if (i > 0)
+                putc_(o, ',');
+            put_pg_array(o, json_array_get(v, i));
+        }
+        putc_(o, '}');
+        break;
+    default:
+        put_json_value(o, v);
+        break;
+    }
+}
+
+/* Converts one JSON param to its text (section 3.4). Returns 0, or a negative code; *text is
+ * NULL for SQL NULL, else allocated in the arena. */
+static int param_text(chunk_t **arena, bh_sql_out_t *tmp, json_t *v, const char **text)
+{
+    *text = NULL;
+    if (json_is_null(v))
+        return 0;
+    const char *src;
+    size_t n;
+    if (json_is_string(v)) {
+        src = json_string_value(v);
+        n = json_string_length(v);
+    } else {
+        bh_sql_out_reset(tmp);
+        if (json_is_array(v))
+            put_pg_array(tmp, v);
+        else
+            put_json_value(tmp, v);
+        if (tmp->err != 0)
+            return tmp->err;
+        src = tmp->p ? tmp->p : "";
+        n = tmp->n;
+    }
+    char *dst = arena_alloc(arena, n + 1);
+    if (dst == NULL)
+        return BH_ENOMEM;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    *text = dst;
+    return 0;
+}
+
+/* True when v has the shape of a single query (Neon's QueryData). */
+static bool is_single(json_t *v)
+{
+    if (!json_is_object(v) || !json_is_string(json_object_get(v, "query")))
+        return false;
+    json_t *p = json_object_get(v, "params");
+    if (p != NULL && !json_is_array(p))
+        return false;
+    json_t *a = json_object_get(v, "arrayMode");
+    if (a != NULL && !json_is_null(a) && !json_is_boolean(a))
+        return false;
+    return true;
+}
+
+static int fill_query(chunk_t **arena, bh_sql_out_t *tmp, json_t *v, bh_sql_query_t *q, char *err,
+                      size_t errlen)
+{
+    json_t *qt = json_object_get(v, "query");
+    size_t n = json_string_length(qt);
+    char *text = arena_alloc(arena, n + 1);
+    if (text == NULL)
+        return BH_ENOMEM;
+    memcpy(text, json_string_value(qt), n);
+    text[n] = '\0';
+    q->text = text;
+
+    json_t *a = json_object_get(v, "arrayMode");
+    q->array_mode = json_is_boolean(a) ? (signed char)json_is_true(a) : -1;
+
+    json_t *params = json_object_get(v, "params");
+    size_t np = params ? json_array_size(params) : 0;
+    if (np > 65535) {
+        set_err(err, errlen,
+                "could not parse the HTTP request body: too many parameters (%zu, max 65535)", np);
+        return BH_SQL_EBODY;
+    }
+    const char **vals = arena_alloc(arena, (np ? np : 1) * sizeof(*vals));
+    if (vals == NULL)
+        return BH_ENOMEM;
+    for (size_t i = 0; i < np; i++) {
+        int rc = param_text(arena, tmp, json_array_get(params, i), &vals[i]);
+        if (rc != 0)
+            return rc;
+    }
+    q->nparams = (int)np;
+    q->params = vals;
+    return 0;
+}
+
+int bh_sql_parse_body(const char *json, size_t n, bh_sql_request_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    json_error_t jerr;
+    json_t *root = json_loadb(json, n, JSON_DECODE_ANY, &jerr);
+    if (root == NULL) {
+        if (json_error_code(&jerr) == json_error_out_of_memory)
+            return BH_ENOMEM;
+        set_err(err, errlen, "could not parse the HTTP request body: %s at line %d column %d",
+                jerr.text, jerr.line, jerr.column);
+        return BH_SQL_EBODY;
+    }
+    json_t *queries = NULL;
+    bool single = is_single(root);
+    if (!single) {
+        queries = json_object_get(root, "queries");
+        bool ok = json_is_array(queries);
+        for (size_t i = 0; ok && i < json_array_size(queries); i++)
+            ok = is_single(json_array_get(queries, i));
+        if (!ok) {
+            json_decref(root);
+            set_err(err, errlen,
+                    "could not parse the HTTP request body: data did not match any "
+                    "variant of untagged enum Payload");
+            return BH_SQL_EBODY;
+        }
+    }
+    size_t nq = single ? 1 : json_array_size(queries);
+    chunk_t *arena = NULL;
+    bh_sql_request_t *r = arena_alloc(&arena, sizeof(*r));
+    bh_sql_query_t *qs = r ? arena_alloc(&arena, (nq ? nq : 1) * sizeof(*qs)) : NULL;
+    int rc = qs == NULL ? BH_ENOMEM : 0;
+    bh_sql_out_t tmp;
+    bh_sql_out_init(&tmp, SIZE_MAX);
+    for (size_t i = 0; rc == 0 && i < nq; i++)
+        rc = fill_query(&arena, &tmp, single ? root : json_array_get(queries, i), &qs[i], err,
+                        errlen);
+    bh_sql_out_free(&tmp);
+    json_decref(root);
+    if (rc != 0) {
+        arena_free(arena);
+        return rc;
+    }
+    r->batch = !single;
+    r->nqueries = nq;
+    r->queries = qs;
+    r->arena_ = arena;
+    *out = r;
+    return 0;
+}
+
+void bh_sql_request_free(bh_sql_request_t *r)
+{
+    if (r != NULL)
+        arena_free(r->arena_);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* success bodies */
+
+enum {
+    OID_BOOL = 16,
+    OID_INT2 = 21,
+    OID_INT4 = 23,
+    OID_JSON = 114,
+    OID_FLOAT4 = 700,
+    OID_FLOAT8 = 701,
+    OID_JSONB = 3802,
+};
+
+/* Built-in array types (pg_type.dat, PostgreSQL 15) and their element types. Non-raw mode turns
+ * these into JSON arrays; other OIDs (user-defined arrays among them) stay strings. */
+static const struct {
+    Oid array, elem;
+} array_types[] = {
+    {143, 142},   {199, 114},   {271, 5069},  {629, 628},   {651, 650},   {719, 718},
+    {775, 774},   {791, 790},   {1000, 16},   {1001, 17},   {1002, 18},   {1003, 19},
+    {1005, 21},   {1007, 23},   {1008, 24},   {1009, 25},   {1010, 27},   {1011, 28},
+    {1012, 29},   {1014, 1042}, {1015, 1043}, {1016, 20},   {1017, 600},  {1018, 601},
+    {1019, 602},  {1020, 603},  {1021, 700},  {1022, 701},  {1027, 604},  {1028, 26},
+    {1034, 1033}, {1040, 829},  {1041, 869},  {1115, 1114}, {1182, 1082}, {1183, 1083},
+    {1185, 1184}, {1187, 1186}, {1231, 1700}, {1263, 2275}, {1270, 1266}, {1561, 1560},
+    {1563, 1562}, {2201, 1790}, {2207, 2202}, {2208, 2203}, {2209, 2204}, {2210, 2205},
+    {2211, 2206}, {2287, 2249}, {2949, 2970}, {2951, 2950}, {3221, 3220}, {3643, 3614},
+    {3644, 3642}, {3645, 3615}, {3735, 3734}, {3770, 3769}, {3807, 3802}, {3905, 3904},
+    {3907, 3906}, {3909, 3908}, {3911, 3910}, {3913, 3912}, {3927, 3926}, {4073, 4072},
+    {4090, 4089}, {4097, 4096}, {4192, 4191}, {5039, 5038}, {6150, 4451}, {6151, 4532},
+    {6152, 4533}, {6153, 4534}, {6155, 4535}, {6157, 4536},
+};
+
+static Oid array_elem(Oid t)
+{
+    size_t lo = 0, hi = sizeof(array_types) / sizeof(array_types[0]);
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (array_types[mid].array == t)
+            return array_types[mid].elem;
+        if (array_types[mid].array < t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+static bool is_int_text(const char *s, size_t n)
+{
+    size_t i = (n > 0 && s[0] == '-') ? 1 : 0;
+    if (i == n || n - i > 10)
+        return false;
+    for (; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}
+
+static void put_pg_value(bh_sql_out_t *o, const char *s, size_t n, Oid type);
+
+/* A Postgres array literal as a JSON array (Neon pg_array_parse): "[l:u]=" bounds dropped,
+ * unquoted NULL -> null, quoted elements unescaped, elements converted with the element type.
+ * *pos starts at '{' and ends after the matching '}'. */
+static void put_pg_array_literal(bh_sql_out_t *o, const char *s, size_t n, size_t *pos, Oid elem,
+                                 bh_sql_out_t *scratch)
+{
+    size_t i = *pos + 1; /* past '{' */
+    size_t count = 0;
+    bool quote = false, quoted = false;
+    size_t start = scratch->n; /* this level's entry occupies scratch[start..) */
+    putc_(o, '[');
+#define PUSH_ENTRY(force)                                                                          \
+    do {                                                                                           \
+        size_t len_ = scratch->n - start;                                                          \
+        if ((force) || len_ > 0) {                                                                 \
+            if (count++ > 0)                                                                       \
+                putc_(o, ',');                                                                     \
+            if (!quoted && len_ == 4 && memcmp(scratch->p + start, "NULL", 4) == 0)                \
+                PUTLIT(o, "null");                                                                 \
+            else                                                                                   \
+                put_pg_value(o, scratch->p ? scratch->p + start : "", len_, elem);                 \
+        }                                                                                          \
+        scratch->n = start;                                                                        \
+        quoted = false;                                                                            \
+    } while (0)
+    while (i < n) {
+        char c = s[i++];
+        bool escaped = false;
+        if (c == '\\' && i < n) {
+            escaped = true;
+            c = s[i++];
+        }
+        if (!quote && !escaped && c == '{') {
+            if (count++ > 0)
+                putc_(o, ',');
+            size_t sub = i - 1;
+            put_pg_array_literal(o, s, n, &sub, elem, scratch);
+            i = sub;
+        } else if (!quote && !escaped && c == '}') {
+            PUSH_ENTRY(false);
+            break;
+        } else if (!escaped && c == '"') {
+            if (quote) {
+                quoted = true;
+                PUSH_ENTRY(true);
+            }
+            quote = !quote;
+        } else if (!quote && !escaped && c == ',') {
+            PUSH_ENTRY(false);
+        } else {
+            putc_(scratch, c);
+        }
+    }
+#undef PUSH_ENTRY
+    scratch->n = start;
+    putc_(o, ']');
+    *pos = i;
+}
+
+/* One non-NULL value in non-raw mode (section 5.2). */
+static void put_pg_value(bh_sql_out_t *o, const char *s, size_t n, Oid type)
+{
+    char buf[40];
+    switch (type) {
+    case OID_BOOL:
+        if (n == 1 && s[0] == 't')
+            PUTLIT(o, "true");
+        else
+            PUTLIT(o, "false");
+        return;
+    case OID_INT2:
+    case OID_INT4:
+        if (is_int_text(s, n)) {
+            put(o, s, n);
+            return;
+        }
+        break;
+    case OID_FLOAT4:
+    case OID_FLOAT8: {
+        if (n == 0 || n >= sizeof(buf))
+            break;
+        memcpy(buf, s, n);
+        buf[n] = '\0';
+        char *end;
+        double d = strtod(buf, &end);
+        if (*end != '\0' || !isfinite(d))
+            break;
+        put(o, buf, fmt_double(d, buf));
+        return;
+    }
+    case OID_JSON:
+    case OID_JSONB:
+        put(o, s, n); /* verbatim, as Neon */
+        return;
+    default: {
+        Oid elem = array_elem(type);
+        if (elem != 0) {
+            size_t pos = 0;
+            if (n > 0 && s[0] == '[') {
+                const char *eq = memchr(s, '=', n);
+                pos = eq ? (size_t)(eq - s) + 1 : n;
+            }
+            if (pos < n && s[pos] == '{') {
+                bh_sql_out_t scratch;
+                bh_sql_out_init(&scratch, SIZE_MAX);
+                put_pg_array_literal(o, s, n, &pos, elem, &scratch);
+                if (scratch.err != 0 && o->err == 0)
+                    o->err = scratch.err;
+                bh_sql_out_free(&scratch);
+                return;
+            }
+        }
+        break;
+    }
+    }
+    put_jstr(o, s, n);
+}
+
+static int state_err(bh_sql_out_t *o)
+{
+    if (o->err == 0)
+        o->err = BH_SQL_ESTATE;
+    return o->err;
+}
+
+int bh_sql_batch_begin(bh_sql_out_t *o)
+{
+    if (o->err != 0)
+        return o->err;
+    if (o->state_ != ST_IDLE)
+        return state_err(o);
+    PUTLIT(o, "{\"results\":[");
+    o->state_ = ST_BATCH;
+    o->batch_ = true;
+    o->nresults_ = 0;
+    return o->err;
+}
+
+int bh_sql_batch_end(bh_sql_out_t *o)
+{
+    if (o->err != 0)
+        return o->err;
+    if (o->state_ != ST_BATCH)
+        return state_err(o);
+    PUTLIT(o, "]}");
+    o->state_ = ST_DONE;
+    return o->err;
+}
+
+int bh_sql_result_begin(bh_sql_out_t *o, const PGresult *res, bool raw_text, bool array_mode)
+{
+    if (o->err != 0)
+        return o->err;
+    if (o->state_ != ST_IDLE && o->state_ != ST_BATCH)
+        return state_err(o);
+    if (o->batch_ && o->nresults_ > 0)
+        putc_(o, ',');
+    PUTLIT(o, "{\"fields\":[");
+    int nf = res ? PQnfields(res) : 0;
+    for (int i = 0; i < nf; i++) {
+        if (i > 0)
+            putc_(o, ',');
+        PUTLIT(o, "{\"name\":");
+        put_jstrz(o, PQfname(res, i));
+        PUTLIT(o, ",\"dataTypeID\":");
+        put_i64(o, (int64_t)PQftype(res, i));
+        PUTLIT(o, ",\"tableID\":");
+        put_i64(o, (int64_t)PQftable(res, i));
+        PUTLIT(o, ",\"columnID\":");
+        put_i64(o, PQftablecol(res, i));
+        PUTLIT(o, ",\"dataTypeSize\":");
+        put_i64(o, PQfsize(res, i));
+        PUTLIT(o, ",\"dataTypeModifier\":");
+        put_i64(o, PQfmod(res, i));
+        PUTLIT(o, ",\"format\":\"text\"}");
+    }
+    PUTLIT(o, "],\"rows\":[");
+    o->raw_ = raw_text;
+    o->array_ = array_mode;
+    o->nrows_ = 0;
+    o->state_ = ST_ROWS;
+    return o->err;
+}
+
+int bh_sql_result_rows(bh_sql_out_t *o, const PGresult *res)
+{
+    if (o->err != 0)
+        return o->err;
+    if (o->state_ != ST_ROWS)
+        return state_err(o);
+    int nt = PQntuples(res), nf = PQnfields(res);
+    for (int r = 0; r < nt && o->err == 0; r++) {
+        if (o->nrows_++ > 0)
+            putc_(o, ',');
+        putc_(o, o->array_ ? '[' : '{');
+        for (int c = 0; c < nf; c++) {
+            if (c > 0)
+                putc_(o, ',');
+            if (!o->array_) {
+                put_jstrz(o, PQfname(res, c));
+                putc_(o, ':');
+            }
+            if (PQgetisnull(res, r, c)) {
+                PUTLIT(o, "null");
+                continue;
+            }
+            const char *v = PQgetvalue(res, r, c);
+            size_t len = (size_t)PQgetlength(res, r, c);
+            if (o->raw_)
+                put_jstr(o, v, len);
+            else
+                put_pg_value(o, v, len, PQftype(res, c));
+        }
+        putc_(o, o->array_ ? ']' : '}');
+    }
+    return o->err;
+}
+
+/* "rowCount" of a command tag: the third word for INSERT, else the second, parsed as i64. */
+static bool tag_count(const char *w, size_t n, int64_t *out)
+{
+    size_t i = 0;
+    bool neg = false;
+    if (i < n && (w[i] == '+' || w[i] == '-'))
+        neg = w[i++] == '-';
+    if (i == n)
+        return false;
+    uint64_t v = 0, lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (; i < n; i++) {
+        if (w[i] < '0' || w[i] > '9')
+            return false;
+        unsigned d = (unsigned)(w[i] - '0');
+        if (v > (lim - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return true;
+}
+
+int bh_sql_result_end(bh_sql_out_t *o, const char *tag)
+{
+    if (o->err != 0)
+        return o->err;
+    if (o->state_ != ST_ROWS)
+        return state_err(o);
+    if (tag == NULL)
+        tag = "";
+    /* split on single spaces, as Rust's str::split(' ') */
+    const char *words[3] = {tag, NULL, NULL};
+    size_t lens[3] = {0, 0, 0};
+    int nw = 1;
+    for (const char *p = tag;; p++) {
+        if (*p == ' ' || *p == '\0') {
+            lens[nw - 1] = (size_t)(p - words[nw - 1]);
+            if (*p == '\0' || nw == 3)
+                break;
+            words[nw++] = p + 1;
+        }
+    }
+    PUTLIT(o, "],\"command\":");
+    put_jstr(o, words[0], lens[0]);
+    PUTLIT(o, ",\"rowCount\":");
+    int idx = (lens[0] == 6 && memcmp(words[0], "INSERT", 6) == 0) ? 2 : 1;
+    int64_t count;
+    if (idx < nw && tag_count(words[idx], lens[idx], &count))
+        put_i64(o, count);
+    else
+        PUTLIT(o, "null");
+    if (o->array_)
+        PUTLIT(o, ",\"rowAsArray\":true}");
+    else
+        PUTLIT(o, ",\"rowAsArray\":false}");
+    o->nresults_++;
+    o->state_ = o->batch_ ? ST_BATCH : ST_DONE;
+    return o->err;
+}
+
+int bh_sql_encode_result(bh_sql_out_t *o, const PGresult *res, bool raw_text, bool array_mode)
+{
+    int rc = bh_sql_result_begin(o, res, raw_text, array_mode);
+    if (rc == 0 && res != NULL)
+        rc = bh_sql_result_rows(o, res);
+    if (rc == 0)
+        rc = bh_sql_result_end(o, res ? PQcmdStatus((PGresult *)res) : NULL);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* error bodies */
+
+/* The 17 keys of section 6.2 in order, with the ErrorResponse field each comes from ('\0': none,
+ * handled separately). */
+static const struct {
+    const char *key;
+    char field;
+} err_keys[] = {
+    {"message", PG_DIAG_MESSAGE_PRIMARY},
+    {"code", PG_DIAG_SQLSTATE},
+    {"detail", PG_DIAG_MESSAGE_DETAIL},
+    {"hint", PG_DIAG_MESSAGE_HINT},
+    {"position", PG_DIAG_STATEMENT_POSITION},
+    {"internalPosition", PG_DIAG_INTERNAL_POSITION},
+    {"internalQuery", PG_DIAG_INTERNAL_QUERY},
+    {"severity", PG_DIAG_SEVERITY},
+    {"where", PG_DIAG_CONTEXT},
+    {"table", PG_DIAG_TABLE_NAME},
+    {"column", PG_DIAG_COLUMN_NAME},
+    {"schema", PG_DIAG_SCHEMA_NAME},
+    {"dataType", PG_DIAG_DATATYPE_NAME},
+    {"constraint", PG_DIAG_CONSTRAINT_NAME},
+    {"file", PG_DIAG_SOURCE_FILE},
+    {"line", PG_DIAG_SOURCE_LINE},
+    {"routine", PG_DIAG_SOURCE_FUNCTION},
+};
+
+/* Field values by ErrorResponse code; NULL = absent. message, code and severity are never NULL
+ * when written. */
+typedef struct err_fields {
+    bh_span_t v[sizeof(err_keys) / sizeof(err_keys[0])];
+} err_fields_t;
+
+static int put_error(bh_sql_out_t *o, err_fields_t *f)
+{
+    bh_sql_out_reset(o);
+    size_t max = o->max;
+    o->max = SIZE_MAX; /* error bodies are not bounded by max_response_bytes */
+    /* position wins over internalPosition/internalQuery (tokio-postgres ErrorPosition) */
+    if (f->v[4].p != NULL)
+        f->v[5].p = f->v[6].p = NULL;
+    else if (f->v[5].p == NULL)
+        f->v[6].p = NULL;
+    for (size_t i = 0; i < sizeof(err_keys) / sizeof(err_keys[0]); i++) {
+        putc_(o, i == 0 ? '{' : ',');
+        putc_(o, '"');
+        put_str(o, err_keys[i].key);
+        PUTLIT(o, "\":");
+        bh_span_t s = f->v[i];
+        bool always = i == 0 || i == 1 || i == 7; /* message, code, severity */
+        if (s.p == NULL && always)
+            s = (bh_span_t){"", 0};
+        if (s.p == NULL)
+            PUTLIT(o, "null");
+        else
+            put_jstr(o, s.p, s.n);
+    }
+    putc_(o, '}');
+    o->max = max;
+    o->state_ = ST_DONE;
+    if (o->err == BH_SQL_EBAD_UTF8) {
+        /* a Postgres message that is not UTF-8 (SQL_ASCII database): say so instead */
+        bh_sql_out_reset(o);
+        return bh_sql_encode_local_error(o, bh_sql_strerror(BH_SQL_EBAD_UTF8));
+    }
+    return o->err;
+}
+
+static bh_span_t zspan(const char *s)
+{
+    return (bh_span_t){s, s ? strlen(s) : 0};
+}
+
+static size_t trimmed_len(const char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t'))
+        n--;
+    return n;
+}
+
+int bh_sql_encode_pg_error(bh_sql_out_t *o, const PGresult *res)
+{
+    err_fields_t f;
+    for (size_t i = 0; i < sizeof(err_keys) / sizeof(err_keys[0]); i++)
+        f.v[i] = zspan(res ? PQresultErrorField(res, err_keys[i].field) : NULL);
+    if (f.v[0].p == NULL) {
+        const char *m = res ? PQresultErrorMessage(res) : "";
+        f.v[0] = (bh_span_t){m, trimmed_len(m)};
+        if (f.v[0].n == 0)
+            f.v[0] = zspan("unknown error");
+    }
+    return put_error(o, &f);
+}
+
+int bh_sql_encode_local_error(bh_sql_out_t *o, const char *message)
+{
+    err_fields_t f;
+    memset(&f, 0, sizeof(f));
+    f.v[0] = zspan(message);
+    return put_error(o, &f);
+}
+
+int bh_sql_encode_too_large(bh_sql_out_t *o, bool response, size_t max)
+{
+    char msg[80];
+    snprintf(msg, sizeof(msg), "%s is too large (max is %zu bytes)",
+             response ? "response" : "request", max);
+    return bh_sql_encode_local_error(o, msg);
+}
+
+int bh_sql_encode_not_supported(bh_sql_out_t *o)
+{
+    bh_sql_out_reset(o);
+    size_t max = o->max;
+    o->max = SIZE_MAX;
+    PUTLIT(o, "\"" BH_SQL_MSG_NOT_SUPPORTED "\"");
+    o->max = max;
+    o->state_ = ST_DONE;
+    return o->err;
+}
+
+static bool is_sqlstate(const char *p)
+{
+    for (int i = 0; i < 5; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'A' && p[i] <= 'Z')))
+            return false;
+    return true;
+}
+
+static const char *line_end(const char *p)
+{
+    const char *e = strchr(p, '\n');
+    return e ? e : p + strlen(p);
+}
+
+/* "WORD:  " at p, WORD uppercase letters: returns the text after it, or NULL. */
+static const char *after_label(const char *p, const char *label)
+{
+    size_t n = strlen(label);
+    if (strncmp(p, label, n) == 0 && strncmp(p + n, ":  ", 3) == 0)
+        return p + n + 3;
+    return NULL;
+}
+
+bool bh_sql_conn_error_parse(const char *msg, bh_sql_conn_error_t *ce)
+{
+    memset(ce, 0, sizeof(*ce));
+    if (msg == NULL)
+        msg = "";
+    /* libpq 15 VERBOSE: '... failed: FATAL:  28P01: password authentication failed for user
+     * "alice"\nLOCATION:  auth_failed, auth.c:334\n'. With several hosts tried, each attempt
+     * adds its lines; the last Postgres error is the one that counts. Severities may be
+     * localized, so any word followed by ":  SQLSTATE: " is accepted. Only the first such
+     * pattern of a line counts (what follows it is message text, which may quote user input),
+     * and the last line with one wins. */
+    const char *found = NULL, *sev = NULL;
+    for (const char *l = msg; *l; l = *line_end(l) ? line_end(l) + 1 : line_end(l)) {
+        const char *le = line_end(l);
+        for (const char *p = l; p + 10 <= le; p++) {
+            if (memcmp(p, ":  ", 3) != 0 || !is_sqlstate(p + 3) || memcmp(p + 8, ": ", 2) != 0)
+                continue;
+            const char *s = p;
+            while (s > l && s[-1] != ' ' && s[-1] != '\t')
+                s--;
+            if (s == p)
+                continue;
+            found = p;
+            sev = s;
+            break;
+        }
+    }
+    if (found == NULL) {
+        ce->message = (bh_span_t){msg, trimmed_len(msg)};
+        return false;
+    }
+    ce->severity = (bh_span_t){sev, (size_t)(found - sev)};
+    ce->code = (bh_span_t){found + 3, 5};
+    const char *m = found + 10, *e = line_end(m);
+    ce->message = (bh_span_t){m, (size_t)(e - m)};
+    /* following lines: DETAIL, HINT, LOCATION (others, e.g. a next attempt, end the scan) */
+    for (const char *l = *e ? e + 1 : e; *l; l = *line_end(l) ? line_end(l) + 1 : line_end(l)) {
+        const char *v;
+        const char *le = line_end(l);
+        if ((v = after_label(l, "DETAIL")) != NULL) {
+            ce->detail = (bh_span_t){v, (size_t)(le - v)};
+        } else if ((v = after_label(l, "HINT")) != NULL) {
+            ce->hint = (bh_span_t){v, (size_t)(le - v)};
+        } else if ((v = after_label(l, "LOCATION")) != NULL) {
+            /* "routine, file:line" */
+            const char *comma = memchr(v, ',', (size_t)(le - v));
+            if (comma == NULL || comma + 2 > le)
+                continue;
+            const char *colon = NULL;
+            for (const char *q = comma; q < le; q++)
+                if (*q == ':')
+                    colon = q;
+            ce->routine = (bh_span_t){v, (size_t)(comma - v)};
+            const char *file = comma + 1;
+            while (file < le && *file == ' ')
+                file++;
+            if (colon != NULL && colon > file) {
+                ce->file = (bh_span_t){file, (size_t)(colon - file)};
+                ce->line = (bh_span_t){colon + 1, (size_t)(le - colon - 1)};
+            } else {
+                ce->file = (bh_span_t){file, (size_t)(le - file)};
+            }
+        } else if (l[0] != '\t') {
+            break;
+        }
+    }
+    return true;
+}
+
+int bh_sql_encode_conn_error(bh_sql_out_t *o, const char *msg)
+{
+    bh_sql_conn_error_t ce;
+    bool db = bh_sql_conn_error_parse(msg, &ce);
+    err_fields_t f;
+    memset(&f, 0, sizeof(f));
+    f.v[0] = ce.message;
+    if (f.v[0].n == 0)
+        f.v[0] = zspan("could not connect to the database");
+    if (db) {
+        f.v[1] = ce.code;
+        f.v[2] = ce.detail;
+        f.v[3] = ce.hint;
+        f.v[7] = ce.severity;
+        f.v[14] = ce.file;
+        f.v[15] = ce.line;
+        f.v[16] = ce.routine;
+    }
+    return put_error(o, &f);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* response heads */
+
+void bh_sql_request_id(const uint8_t rnd[16], char out[BH_SQL_REQUEST_ID_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t b[16];
+    memcpy(b, rnd, 16);
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    size_t o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+    out[o] = '\0';
+}
+
+void bh_sql_write_headers(bh_wbuf_t *w, bh_sql_reply_t kind, const bh_sql_headers_t *h,
+                          const char *request_id)
+{
+    if (kind == BH_SQL_REPLY_PREFLIGHT) {
+        bh_wbuf_str(w, "allow: OPTIONS, POST\r\n"
+                       "access-control-allow-origin: *\r\n"
+                       "access-control-allow-headers: Authorization, Neon-Connection-String, "
+                       "Neon-Raw-Text-Output, Neon-Array-Mode, Neon-Pool-Opt-In, "
+                       "Neon-Batch-Read-Only, Neon-Batch-Isolation-Level, "
+                       "Neon-Batch-Deferrable\r\n"
+                       "access-control-max-age: 86400\r\n");
+    } else {
+        bh_wbuf_str(w, "content-type: application/json\r\n"
+                       "access-control-allow-origin: *\r\n");
+    }
+    if (request_id != NULL) {
+        bh_wbuf_str(w, "neon-request-id: ");
+        bh_wbuf_str(w, request_id);
+        bh_wbuf_str(w, "\r\n");
+    }
+    if (kind == BH_SQL_REPLY_BATCH_OK && h != NULL) {
+        if (h->read_only)
+            bh_wbuf_str(w, "neon-batch-read-only: true\r\n");
+        if (h->deferrable)
+            bh_wbuf_str(w, "neon-batch-deferrable: true\r\n");
+        if (h->isolation > BH_SQL_ISO_DEFAULT && h->isolation < BH_SQL_ISO_INVALID) {
+            bh_wbuf_str(w, "neon-batch-isolation-level: ");
+            bh_wbuf_span(w, h->isolation_raw);
+            bh_wbuf_str(w, "\r\n");
+        }
+    }
+}
