@@ -4,8 +4,6 @@ started with a `databases` entry and a `/sql` route (`sql_bulkhead`), and a Neon
 Tests share the one Postgres, so they never share tables (unique names) and count server connections
 only for roles of their own (`pg.make_role()`), which are also their own pool keys in bulkhead.
 """
-import sys
-
 import pytest
 
 import sqlfix

@@ -12,8 +12,8 @@ import re
 
 import pytest
 
-from sqlfix import (ALICE, ALICE_PW, DBNAME, Oracle, RawClient, build_request, describe, encode_body,
-                    jstr, neon_headers, ok_json, rows_of, rows_segment, run_bulkhead, sql_config, to_yaml,
+from sqlfix import (ALICE, DBNAME, Oracle, RawClient, build_request, describe, encode_body,
+                    neon_headers, ok_json, rows_of, rows_segment, run_bulkhead, sql_config, to_yaml,
                     unique)
 
 SELECT1 = (b'{"fields":[{"name":"x","dataTypeID":23,"tableID":0,"columnID":0,"dataTypeSize":4,'
