@@ -1,0 +1,230 @@
+/* Postgres connections on libuv: non-blocking libpq driven by one worker's loop, pooled by
+ * bh_pool, one pool per key (server, session settings, database, user, password digest).
+ *
+ * A connection (bh_pg_conn_t) is CONNECTING, IDLE, BUSY or CLOSING as its pool says. While BUSY
+ * it belongs to one user, who runs statements on it one at a time (bh_pg_query, bh_pg_exec) and
+ * gives it back with bh_pg_release(). The loop never blocks on Postgres: connects are driven by
+ * PQconnectPoll, statements by PQflush/PQconsumeInput/PQisBusy, cancels run on libuv's thread
+ * pool. Every callback below runs on the loop's thread, never from inside the call that started
+ * the operation.
+ *
+ * Layers, outermost first:
+ *   bh_pg_shared_t  process-wide: one permit counter (bh_sem_t) per key, so max_connections is
+ *                   global across workers; a mutex is taken only when a worker creates a pool.
+ *   bh_pg_pools_t   per worker: its keyed pools, created on demand, and their timers.
+ *   bh_pg_pool_t    one key on one worker: a bh_pool_t plus what opening a connection needs. */
+#ifndef BH_PG_H
+#define BH_PG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <libpq-fe.h>
+#include <uv.h>
+#include "bh_conf.h"
+#include "bh_error.h"
+#include "bh_pool.h"
+#include "bh_sem.h"
+
+/* Postgres-specific causes. TODO(integrator): move these rows into BH_ERRNO_MAP (bh_error.h),
+ * e.g. X(PG_REJECTED, -1060, "destination_unavailable", "Postgres refused the session") and
+ * X(PG_CONN_LOST, -1061, "connection_terminated", "connection to Postgres lost"). Until then
+ * bh_strerror() says "unknown error" for them; bh_pg_strerror() knows them. */
+enum {
+    BH_EPG_REJECTED = -1060,   /* the server refused the session at connect (28P01, 28000,
+                                  3D000, ...): the request's own fault, not retriable */
+    BH_EPG_CONN_LOST = -1061,  /* the connection broke (EOF, reset, libpq failure) */
+};
+
+/* Connect failures that never reached Postgres, or that Postgres refused only because it was
+ * overloaded or not ready, return existing codes:
+ *   BH_ECONNECT_REFUSED  TCP refused
+ *   BH_ECONNECT_TIMEOUT  connect_timeout_ms elapsed before the session was ready
+ *   BH_ECONNECT_FAILED   anything else without a server answer (DNS, unreachable), and the
+ *                        server's 53300 (too many connections) and 57P03 (starting up, shutting
+ *                        down), whose sqlstate is then set in bh_pg_error_t. */
+
+/* Message for bh_pg's own codes, else bh_strerror(err). Never NULL. */
+const char *bh_pg_strerror(int err);
+
+/* True for failures that provably never ran anything on the server: safe to retry. */
+bool bh_pg_error_retriable(int err);
+
+/* Why a connect failed, as far as libpq tells. */
+typedef struct bh_pg_error {
+    int code;              /* as above */
+    char sqlstate[6];      /* "28P01"; "" when the server never answered */
+    char severity[8];      /* "FATAL", "ERROR", ...; "" when the server never answered */
+    const char *message;   /* libpq's whole message (verbose: "... failed: FATAL:  28P01: ..."),
+                              valid only during the callback; never contains the password */
+    const char *detail;    /* the server's text after "SQLSTATE: " up to the end of that line
+                              (a pointer into message; length detail_len); NULL when none */
+    size_t detail_len;
+} bh_pg_error_t;
+
+/* Extracts severity, SQLSTATE and message from a verbose libpq connect error (spec 12) and
+ * classifies it (code). Exposed for the error body and for tests. */
+void bh_pg_error_parse(bh_pg_error_t *e, const char *libpq_message);
+
+/* ---- configuration ----------------------------------------------------------------------- */
+
+typedef struct bh_pg_setting {
+    const char *name;      /* a GUC name: letters, digits, '_' and '.' only */
+    const char *value;     /* any text; spaces and backslashes are escaped */
+} bh_pg_setting_t;
+
+/* One configured database server, owned by the caller. Pools copy what they need at creation,
+ * so this may be freed (config reload) while pools created from it live on. Two servers with the
+ * same conninfo and session settings share pools. */
+typedef struct bh_pg_server {
+    const char *conninfo;           /* libpq conninfo without credentials: "host=10.0.0.5
+                                       port=5432 sslmode=prefer"; its user/password/dbname/
+                                       options/application_name, if any, are overridden */
+    const bh_pg_setting_t *session; /* extra session settings after the defaults (client_encoding
+                                       UTF8, DateStyle ISO,MDY, IntervalStyle postgres,
+                                       bytea_output hex, TimeZone UTC); may override them */
+    size_t n_session;
+    bh_conf_pool_t pool;            /* max_connections is per key, across workers */
+    uint64_t connect_timeout_ms;    /* connect start -> session ready; 0 = 2000 */
+    uint64_t reset_timeout_ms;      /* the reset before reuse; 0 = connect_timeout_ms */
+} bh_pg_server_t;
+
+/* ---- process-wide permits ---------------------------------------------------------------- */
+
+typedef struct bh_pg_shared bh_pg_shared_t;
+
+/* kick (may be NULL) is installed as the kick of every permit counter it creates: it should make
+ * every worker run bh_pg_pools_kick() soon (a uv_async_t). NULL on allocation failure. */
+bh_pg_shared_t *bh_pg_shared_new(void (*kick)(bh_sem_t *sem), void *kick_data);
+/* Only once every bh_pg_pools_t using it is closed. */
+void bh_pg_shared_free(bh_pg_shared_t *s);
+/* Number of keys with a permit counter (for tests and stats). */
+size_t bh_pg_shared_count(bh_pg_shared_t *s);
+
+/* ---- per-worker pools -------------------------------------------------------------------- */
+
+typedef struct bh_pg_pools bh_pg_pools_t;
+typedef struct bh_pg_pool bh_pg_pool_t;
+typedef struct bh_pg_conn bh_pg_conn_t;
+
+/* NULL on allocation failure. Starts a sweep timer on loop (closed by bh_pg_pools_close). */
+bh_pg_pools_t *bh_pg_pools_new(uv_loop_t *loop, bh_pg_shared_t *shared);
+
+/* The pool for a key, created on demand (and pre-warmed to min_idle). password may be NULL (no
+ * password sent); it is kept in memory to open connections, compared only through a SHA-256
+ * digest of the key, never logged, and wiped when the pool is freed.
+ * *out stays valid while the pool has a connection or a waiter, and otherwise at least until the
+ * loop has run one sweep interval: call bh_pg_acquire() right after this.
+ * Returns 0, BH_EINVAL (bad setting name, unparsable conninfo), BH_ENOMEM, BH_EPOOL_CLOSED. */
+BH_MUST_CHECK int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *server,
+                                 const char *dbname, const char *user, const char *password,
+                                 bh_pg_pool_t **out);
+
+/* The generic pool under a key (limits, counters, list sizes): read-only for callers. */
+const bh_pool_t *bh_pg_pool_base(const bh_pg_pool_t *p);
+
+/* Pools on this worker (including those still closing). */
+size_t bh_pg_pools_count(const bh_pg_pools_t *pools);
+
+/* Frees pools that have been empty (no connection, no waiter, min_idle 0) since the previous
+ * sweep. Runs by itself every BH_PG_SWEEP_MS; exposed for tests. */
+#define BH_PG_SWEEP_MS 10000
+void bh_pg_pools_sweep(bh_pg_pools_t *pools);
+
+/* After a permit counter's kick: each pool sheds idle connections for waiters on other workers,
+ * or uses a permit freed elsewhere (bh_pool_kick). Loop thread only. */
+void bh_pg_pools_kick(bh_pg_pools_t *pools);
+
+/* Shuts every pool down: waiters get BH_EPOOL_CLOSED, idle connections close, BUSY connections
+ * close when released (they must still be released). cb(data) runs once everything is closed
+ * (connections, cancels in flight, timers); pools is freed right after cb returns. */
+void bh_pg_pools_close(bh_pg_pools_t *pools, void (*cb)(void *data), void *data);
+
+/* ---- acquiring --------------------------------------------------------------------------- */
+
+typedef struct bh_pg_waiter bh_pg_waiter_t;
+
+/* status 0: c is BUSY and now the owner's. status < 0: c is NULL; status is BH_EPOOL_TIMEOUT,
+ * BH_EPOOL_CLOSED or a connect failure; for a connect failure err says why (else err is NULL). */
+typedef void (*bh_pg_acquire_cb)(bh_pg_waiter_t *w, bh_pg_conn_t *c, int status,
+                                 const bh_pg_error_t *err);
+
+/* Owned by the caller (embed it in the request); zero it before first use. */
+struct bh_pg_waiter {
+    bh_pool_waiter_t base;
+    bh_pg_acquire_cb cb;
+    void *data;            /* for the owner */
+    bh_pg_pool_t *pool;    /* set by bh_pg_acquire */
+};
+
+/* Like bh_pool_acquire: 0 with *out BUSY (an idle connection found alive: an idle connection the
+ * server closed is never handed out, a fresh one is opened instead); BH_POOL_QUEUED: w->cb runs
+ * later exactly once unless bh_pg_acquire_cancel(w) comes first; < 0: BH_EPOOL_FULL,
+ * BH_EPOOL_CLOSED, BH_ENOMEM. deadline_ms (loop time, uv_now; BH_TIME_NEVER for none) caps the
+ * wait below acquire_timeout. Sets w->pool; w->cb and w->data must be set by the caller. */
+BH_MUST_CHECK int bh_pg_acquire(bh_pg_pool_t *p, bh_pg_waiter_t *w, uint64_t deadline_ms,
+                                bh_pg_conn_t **out);
+
+/* The owner went away while queued: no callback follows. No-op when not queued. */
+void bh_pg_acquire_cancel(bh_pg_waiter_t *w);
+
+/* ---- statements on a BUSY connection ----------------------------------------------------- */
+
+/* Each PGresult of the statement, in order. The callee owns res and must PQclear() it. A
+ * PGRES_FATAL_ERROR result is the statement's error (PQresultErrorField works); the connection
+ * is then still usable but must be released as not reusable (bh_pg_release does so on its own
+ * when the session is left inside a failed transaction). COPY results are not delivered. */
+typedef void (*bh_pg_result_cb)(bh_pg_conn_t *c, PGresult *res, void *data);
+/* The statement is over (libpq has no more results). status 0: every result was delivered;
+ * BH_EPG_CONN_LOST: the connection broke (bh_pg_conn_error_message says how; some results may
+ * have been delivered; the statement may or may not have run). After done the connection can
+ * take the next statement, or be released. */
+typedef void (*bh_pg_done_cb)(bh_pg_conn_t *c, int status, void *data);
+
+#define BH_PG_SINGLE_ROW 1u   /* flags: PQsetSingleRowMode (one PGRES_SINGLE_TUPLE per row) */
+
+/* One statement with PQsendQueryParams: text parameters (values[i] NULL = SQL NULL), text
+ * results, even with nparams 0 (so a string with several statements fails with 42601).
+ * sql and values are copied by libpq before this returns. Returns 0 (the callbacks follow) or
+ * BH_EPG_CONN_LOST when it could not be queued: nothing was sent, the connection is dead
+ * (release it as not reusable) and a fresh attempt is safe. One statement at a time. */
+BH_MUST_CHECK int bh_pg_query(bh_pg_conn_t *c, const char *sql, int nparams,
+                              const char *const *values, unsigned flags, bh_pg_result_cb on_result,
+                              bh_pg_done_cb on_done, void *data);
+
+/* Like bh_pg_query through the simple protocol (PQsendQuery), for BEGIN/COMMIT/ROLLBACK and
+ * other fixed statements; several ';'-separated statements give several results. */
+BH_MUST_CHECK int bh_pg_exec(bh_pg_conn_t *c, const char *sql, bh_pg_result_cb on_result,
+                             bh_pg_done_cb on_done, void *data);
+
+/* libpq's last error text for c (PQerrorMessage), e.g. after BH_EPG_CONN_LOST. Never NULL. */
+const char *bh_pg_conn_error_message(const bh_pg_conn_t *c);
+
+/* The libpq connection, for reading only (PQtransactionStatus, PQparameterStatus,
+ * PQbackendPID...). Never send on it directly. */
+const PGconn *bh_pg_conn_pq(const bh_pg_conn_t *c);
+
+/* Asks the server to cancel what c is running: PQgetCancel here, the blocking PQcancel on libuv's
+ * thread pool. The connection will be discarded at release. cb (may be NULL) runs exactly once
+ * with 0 when the request was delivered, or BH_EPG_CONN_LOST (or BH_ECONNECT_*), unless c is
+ * released first (then it is dropped). The running statement then normally ends with a 57014
+ * error result and its done callback. Returns 0, or < 0 when no cancel could be started
+ * (nothing running: BH_EINVAL; one already in flight, too many in flight on this worker:
+ * BH_EPOOL_FULL; BH_ENOMEM): no callback then. */
+typedef void (*bh_pg_cancel_cb)(bh_pg_conn_t *c, int status, void *data);
+BH_MUST_CHECK int bh_pg_cancel(bh_pg_conn_t *c, bh_pg_cancel_cb cb, void *data);
+
+/* Cancels on the thread pool a worker runs at most this many at once (PQcancel can block for a
+ * TCP connect timeout when the server is unreachable). */
+#define BH_PG_MAX_CANCELS 2
+
+/* Gives a BUSY connection back; no callback of its current statement or cancel follows.
+ * reusable: the caller saw the exchange complete cleanly. The connection is reused only if also:
+ * no statement in flight, no cancel, no broken connection, PQtransactionStatus is IDLE, and the
+ * session reset (spec 7.5: CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE
+ * ALL; UNLISTEN *; pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES) then succeeds; it
+ * runs asynchronously before the connection returns to the pool. Otherwise the connection is
+ * closed; a statement still in flight is cancelled on the server first (client went away). */
+void bh_pg_release(bh_pg_conn_t *c, bool reusable);
+
+#endif

@@ -1,0 +1,835 @@
+/* Postgres connections and pools (bh_pg) against a throwaway PostgreSQL started by the test:
+ * connect, query, connect errors, pool cap, session reset, cancel, restart, shutdown. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bh_pg.h"
+
+#define PGBIN "/usr/lib/postgresql/15/bin"
+#define NEVER BH_TIME_NEVER
+
+/* ---- the throwaway server ---------------------------------------------------------------- */
+
+static struct {
+    bool ok;
+    char base[64];
+    char data[96];
+    int port;
+    bool as_postgres; /* root: run the server as the postgres OS user */
+    char conninfo[128];
+} srv;
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    return system(cmd);
+}
+
+static const char *as_pg(void)
+{
+    return srv.as_postgres ? "runuser -u postgres -- " : "";
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static PGconn *admin(void)
+{
+    char ci[256];
+    snprintf(ci, sizeof(ci), "host=%s port=%d user=postgres dbname=postgres", srv.base, srv.port);
+    PGconn *c = PQconnectdb(ci);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "admin connect: %s", PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Runs one statement on a fresh admin connection; returns the first value (malloc'd) or NULL. */
+static char *admin_value(const char *sql)
+{
+    PGconn *c = admin();
+    if (c == NULL)
+        return NULL;
+    PGresult *r = PQexec(c, sql);
+    char *v = NULL;
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        v = strdup(PQgetvalue(r, 0, 0));
+    else if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        fprintf(stderr, "admin %s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
+    return v;
+}
+
+static int pg_ctl(const char *what)
+{
+    return sh("%s" PGBIN "/pg_ctl -D %s -l %s/log -w -m fast %s >/dev/null 2>&1", as_pg(),
+              srv.data, srv.base, what);
+}
+
+static int server_up(void **state)
+{
+    (void)state;
+    if (access(PGBIN "/initdb", X_OK) != 0 || access(PGBIN "/pg_ctl", X_OK) != 0)
+        return 0; /* every test skips */
+    srv.as_postgres = geteuid() == 0;
+    struct passwd *pw = srv.as_postgres ? getpwnam("postgres") : NULL;
+    if (srv.as_postgres && pw == NULL)
+        return 0;
+    snprintf(srv.base, sizeof(srv.base), "/tmp/bh_test_pg.XXXXXX");
+    if (mkdtemp(srv.base) == NULL)
+        return -1;
+    chmod(srv.base, 0755);
+    if (pw != NULL && chown(srv.base, pw->pw_uid, pw->pw_gid) != 0)
+        return -1;
+    snprintf(srv.data, sizeof(srv.data), "%s/data", srv.base);
+    if (sh("%s" PGBIN "/initdb -D %s -U postgres --auth-local=trust --auth-host=scram-sha-256 "
+           "--no-sync -E UTF8 --locale=C >%s/initdb.log 2>&1",
+           as_pg(), srv.data, srv.base) != 0) {
+        fprintf(stderr, "initdb failed, see %s/initdb.log\n", srv.base);
+        return -1;
+    }
+    srv.port = free_port();
+    char conf[160];
+    snprintf(conf, sizeof(conf), "%s/postgresql.conf", srv.data);
+    FILE *f = fopen(conf, "a");
+    if (f == NULL)
+        return -1;
+    fprintf(f,
+            "port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n"
+            "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n"
+            "max_connections = 30\nshared_buffers = 16MB\n",
+            srv.port, srv.base);
+    fclose(f);
+    if (pg_ctl("start") != 0) {
+        fprintf(stderr, "pg_ctl start failed, see %s/log\n", srv.base);
+        return -1;
+    }
+    free(admin_value("CREATE ROLE alice LOGIN PASSWORD 'secret'"));
+    snprintf(srv.conninfo, sizeof(srv.conninfo), "host=127.0.0.1 port=%d", srv.port);
+    srv.ok = true;
+    return 0;
+}
+
+static int server_down(void **state)
+{
+    (void)state;
+    if (srv.base[0] == '\0')
+        return 0;
+    sh("%s" PGBIN "/pg_ctl -D %s -m immediate stop >/dev/null 2>&1", as_pg(), srv.data);
+    sh("rm -rf %s", srv.base);
+    return 0;
+}
+
+/* ---- a loop, pools, helpers -------------------------------------------------------------- */
+
+typedef struct ctx {
+    uv_loop_t loop;
+    uv_timer_t tick;
+    bh_pg_shared_t *shared;
+    bh_pg_pools_t *pools;
+    bh_pg_server_t server;
+    bh_pg_setting_t session[2];
+    bool closed;
+} ctx_t;
+
+static uint64_t mono_ms(void)
+{
+    return uv_hrtime() / 1000000;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static int ctx_setup(void **state)
+{
+    if (!srv.ok)
+        return 0;
+    ctx_t *x = calloc(1, sizeof(*x));
+    assert_non_null(x);
+    assert_int_equal(uv_loop_init(&x->loop), 0);
+    uv_timer_init(&x->loop, &x->tick);
+    uv_timer_start(&x->tick, on_tick, 10, 10); /* run_until re-checks its condition */
+    x->shared = bh_pg_shared_new(NULL, NULL);
+    x->pools = bh_pg_pools_new(&x->loop, x->shared);
+    assert_non_null(x->pools);
+    x->session[0] = (bh_pg_setting_t){"statement_timeout", "5s"};
+    x->session[1] = (bh_pg_setting_t){"search_path", "public, pg_catalog"};
+    x->server = (bh_pg_server_t){
+        .conninfo = srv.conninfo,
+        .session = x->session,
+        .n_session = 2,
+        .pool = {.max_connections = 4, .max_pending = 16, .max_idle = 4, .min_idle = 0,
+                 .acquire_timeout_ms = 3000, .idle_timeout_ms = 60000, .max_lifetime_ms = 0},
+        .connect_timeout_ms = 2000,
+    };
+    *state = x;
+    return 0;
+}
+
+#define run_until(x, cond, ms)                                                                     \
+    do {                                                                                           \
+        uint64_t end_ = mono_ms() + (ms);                                                          \
+        while (!(cond) && mono_ms() < end_)                                                        \
+            uv_run(&(x)->loop, UV_RUN_ONCE);                                                       \
+        assert_true(cond);                                                                         \
+    } while (0)
+
+static void on_pools_closed(void *data)
+{
+    ((ctx_t *)data)->closed = true;
+}
+
+static int ctx_teardown(void **state)
+{
+    ctx_t *x = *state;
+    if (x == NULL)
+        return 0;
+    bh_pg_pools_close(x->pools, on_pools_closed, x);
+    run_until(x, x->closed, 5000);
+    assert_int_equal(bh_pg_shared_count(x->shared), 0);
+    uv_close((uv_handle_t *)&x->tick, NULL);
+    uv_run(&x->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&x->loop), 0);
+    bh_pg_shared_free(x->shared);
+    free(x);
+    *state = NULL;
+    return 0;
+}
+
+typedef struct acq {
+    bh_pg_waiter_t w;
+    bool done;
+    int status;
+    bh_pg_conn_t *c;
+    char sqlstate[6];
+    int code;
+    char message[512];
+    char detail[256];
+} acq_t;
+
+static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *c, int status, const bh_pg_error_t *err)
+{
+    acq_t *a = w->data;
+    a->done = true;
+    a->status = status;
+    a->c = c;
+    if (err != NULL) {
+        memcpy(a->sqlstate, err->sqlstate, sizeof(a->sqlstate));
+        a->code = err->code;
+        snprintf(a->message, sizeof(a->message), "%s", err->message);
+        if (err->detail != NULL)
+            snprintf(a->detail, sizeof(a->detail), "%.*s", (int)err->detail_len, err->detail);
+    }
+}
+
+/* Returns what bh_pg_acquire returned; a->done once the outcome is known. */
+static int acquire(bh_pg_pool_t *p, acq_t *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->w.cb = on_acquired;
+    a->w.data = a;
+    bh_pg_conn_t *c = NULL;
+    int rc = bh_pg_acquire(p, &a->w, NEVER, &c);
+    if (rc != BH_POOL_QUEUED) {
+        a->done = true;
+        a->status = rc;
+        a->c = c;
+    }
+    return rc;
+}
+
+static bh_pg_conn_t *acquire_ok(ctx_t *x, bh_pg_pool_t *p, acq_t *a)
+{
+    int rc = acquire(p, a);
+    assert_true(rc == 0 || rc == BH_POOL_QUEUED);
+    run_until(x, a->done, 3000);
+    if (a->status != 0)
+        fprintf(stderr, "acquire: %d %s\n", a->status, a->message);
+    assert_int_equal(a->status, 0);
+    assert_non_null(a->c);
+    return a->c;
+}
+
+static bh_pg_pool_t *pool_for(ctx_t *x, const char *db, const char *user, const char *pw)
+{
+    bh_pg_pool_t *p = NULL;
+    assert_int_equal(bh_pg_pool_get(x->pools, &x->server, db, user, pw, &p), 0);
+    assert_non_null(p);
+    return p;
+}
+
+typedef struct q {
+    bool done;
+    int status;
+    int n;
+    PGresult *res[8];
+} q_t;
+
+static void on_result(bh_pg_conn_t *c, PGresult *res, void *data)
+{
+    q_t *q = data;
+    if (q->n < 8)
+        q->res[q->n++] = res;
+    else
+        PQclear(res);
+}
+
+static void on_done(bh_pg_conn_t *c, int status, void *data)
+{
+    q_t *q = data;
+    q->done = true;
+    q->status = status;
+}
+
+static void q_clear(q_t *q)
+{
+    for (int i = 0; i < q->n; i++)
+        PQclear(q->res[i]);
+    memset(q, 0, sizeof(*q));
+}
+
+static void query(ctx_t *x, bh_pg_conn_t *c, q_t *q, const char *sql, int n,
+                  const char *const *vals)
+{
+    memset(q, 0, sizeof(*q));
+    assert_int_equal(bh_pg_query(c, sql, n, vals, 0, on_result, on_done, q), 0);
+    run_until(x, q->done, 3000);
+    assert_int_equal(q->status, 0);
+}
+
+static void exec_sql(ctx_t *x, bh_pg_conn_t *c, q_t *q, const char *sql)
+{
+    memset(q, 0, sizeof(*q));
+    assert_int_equal(bh_pg_exec(c, sql, on_result, on_done, q), 0);
+    run_until(x, q->done, 3000);
+    assert_int_equal(q->status, 0);
+}
+
+static int backend_pid(bh_pg_conn_t *c)
+{
+    return PQbackendPID(bh_pg_conn_pq(c));
+}
+
+#define SKIP_WITHOUT_PG()                                                                          \
+    do {                                                                                           \
+        if (!srv.ok)                                                                               \
+            skip();                                                                                \
+    } while (0)
+
+/* ---- tests ------------------------------------------------------------------------------- */
+
+static void test_error_parse(void **state)
+{
+    (void)state;
+    bh_pg_error_t e;
+    bh_pg_error_parse(&e, "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  28P01: "
+                          "password authentication failed for user \"alice\"\n"
+                          "LOCATION:  auth_failed, auth.c:326\n");
+    assert_int_equal(e.code, BH_EPG_REJECTED);
+    assert_string_equal(e.sqlstate, "28P01");
+    assert_string_equal(e.severity, "FATAL");
+    assert_int_equal(e.detail_len, strlen("password authentication failed for user \"alice\""));
+    assert_memory_equal(e.detail, "password authentication failed", 30);
+    assert_false(bh_pg_error_retriable(e.code));
+
+    bh_pg_error_parse(&e, "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  53300: "
+                          "sorry, too many clients already\n");
+    assert_int_equal(e.code, BH_ECONNECT_FAILED);
+    assert_string_equal(e.sqlstate, "53300");
+    assert_true(bh_pg_error_retriable(e.code));
+
+    bh_pg_error_parse(&e, "connection to server at \"127.0.0.1\", port 1 failed: Connection "
+                          "refused\n\tIs the server running on that host and accepting TCP/IP "
+                          "connections?\n");
+    assert_int_equal(e.code, BH_ECONNECT_REFUSED);
+    assert_string_equal(e.sqlstate, "");
+    assert_null(e.detail);
+
+    bh_pg_error_parse(&e, "could not translate host name \"nope.invalid\" to address: Name or "
+                          "service not known\n");
+    assert_int_equal(e.code, BH_ECONNECT_FAILED);
+    bh_pg_error_parse(&e, NULL);
+    assert_int_equal(e.code, BH_ECONNECT_FAILED);
+    assert_string_equal(e.message, "");
+}
+
+static void test_connect_and_query(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    bh_pg_pool_t *p = pool_for(x, "postgres", "alice", "secret");
+    acq_t a;
+    bh_pg_conn_t *c = acquire_ok(x, p, &a);
+    q_t q;
+    const char *vals[] = {"41", NULL};
+    query(x, c, &q,
+          "SELECT $1::int + 1, $2::text, current_setting('DateStyle'), "
+          "current_setting('TimeZone'), current_setting('application_name'), "
+          "current_setting('IntervalStyle'), current_setting('bytea_output'), "
+          "current_setting('client_encoding'), current_setting('statement_timeout'), "
+          "current_setting('search_path')",
+          2, vals);
+    assert_int_equal(q.n, 1);
+    PGresult *r = q.res[0];
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(r), 1);
+    assert_string_equal(PQgetvalue(r, 0, 0), "42");
+    assert_true(PQgetisnull(r, 0, 1));
+    assert_string_equal(PQgetvalue(r, 0, 2), "ISO, MDY");
+    assert_string_equal(PQgetvalue(r, 0, 3), "UTC");
+    assert_string_equal(PQgetvalue(r, 0, 4), "bulkhead");
+    assert_string_equal(PQgetvalue(r, 0, 5), "postgres");
+    assert_string_equal(PQgetvalue(r, 0, 6), "hex");
+    assert_string_equal(PQgetvalue(r, 0, 7), "UTF8");
+    assert_string_equal(PQgetvalue(r, 0, 8), "5s");
+    assert_string_equal(PQgetvalue(r, 0, 9), "public, pg_catalog");
+    q_clear(&q);
+
+    /* Extended protocol even without parameters: one statement only. */
+    query(x, c, &q, "SELECT 1; SELECT 2", 0, NULL);
+    assert_int_equal(q.n, 1);
+    assert_int_equal(PQresultStatus(q.res[0]), PGRES_FATAL_ERROR);
+    assert_string_equal(PQresultErrorField(q.res[0], PG_DIAG_SQLSTATE), "42601");
+    q_clear(&q);
+
+    /* A SQL error leaves the connection usable; the simple protocol runs several statements. */
+    exec_sql(x, c, &q, "BEGIN; SELECT 7; COMMIT");
+    assert_int_equal(q.n, 3);
+    assert_int_equal(PQresultStatus(q.res[0]), PGRES_COMMAND_OK);
+    assert_string_equal(PQgetvalue(q.res[1], 0, 0), "7");
+    assert_string_equal(PQcmdStatus(q.res[2]), "COMMIT");
+    q_clear(&q);
+
+    /* Single-row mode: one result per row, then the final empty one. */
+    memset(&q, 0, sizeof(q));
+    assert_int_equal(bh_pg_query(c, "SELECT generate_series(1, 3)", 0, NULL, BH_PG_SINGLE_ROW,
+                                 on_result, on_done, &q),
+                     0);
+    run_until(x, q.done, 3000);
+    assert_int_equal(q.n, 4);
+    assert_int_equal(PQresultStatus(q.res[0]), PGRES_SINGLE_TUPLE);
+    assert_string_equal(PQgetvalue(q.res[2], 0, 0), "3");
+    assert_int_equal(PQresultStatus(q.res[3]), PGRES_TUPLES_OK);
+    q_clear(&q);
+
+    /* COPY is refused without hanging the connection. */
+    exec_sql(x, c, &q, "COPY (SELECT 1) TO STDOUT");
+    q_clear(&q);
+
+    const bh_pool_t *b = bh_pg_pool_base(p);
+    bh_pg_release(c, true);
+    /* The COPY made it unsafe to reuse: closed, not idle. */
+    run_until(x, b->n_busy == 0 && b->n_closing == 0, 3000);
+    assert_int_equal(b->n_idle, 0);
+
+    c = acquire_ok(x, p, &a);
+    query(x, c, &q, "SELECT 1", 0, NULL);
+    q_clear(&q);
+    bh_pg_release(c, true);
+    run_until(x, b->n_idle == 1, 3000);
+    assert_int_equal(b->opened, 2);
+}
+
+static void test_wrong_password(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    bh_pg_pool_t *good = pool_for(x, "postgres", "alice", "secret");
+    acq_t a;
+    bh_pg_conn_t *c = acquire_ok(x, good, &a);
+    bh_pg_release(c, true);
+    run_until(x, bh_pg_pool_base(good)->n_idle == 1, 3000);
+
+    /* Another password is another key: it never rides the authenticated idle connection. */
+    bh_pg_pool_t *bad = pool_for(x, "postgres", "alice", "wrongpw");
+    assert_ptr_not_equal(good, bad);
+    assert_int_equal(bh_pg_pools_count(x->pools), 2);
+    assert_int_equal(acquire(bad, &a), BH_POOL_QUEUED);
+    run_until(x, a.done, 3000);
+    assert_int_equal(a.status, BH_EPG_REJECTED);
+    assert_int_equal(a.code, BH_EPG_REJECTED);
+    assert_string_equal(a.sqlstate, "28P01");
+    assert_non_null(strstr(a.message, "FATAL:  28P01: password authentication failed"));
+    assert_null(strstr(a.message, "wrongpw"));
+    assert_string_equal(a.detail, "password authentication failed for user \"alice\"");
+    assert_false(bh_pg_error_retriable(a.status));
+
+    /* No password at all never falls back to a .pgpass of this process. */
+    bh_pg_pool_t *none = pool_for(x, "postgres", "alice", NULL);
+    assert_int_equal(acquire(none, &a), BH_POOL_QUEUED);
+    run_until(x, a.done, 3000);
+    assert_int_equal(a.status, BH_EPG_REJECTED);
+    assert_non_null(strstr(a.message, "no password supplied"));
+    assert_int_equal(bh_pg_pools_count(x->pools), 3);
+}
+
+static void test_unknown_database(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    /* A database name is never expanded as a conninfo (no host taken from a request). */
+    bh_pg_pool_t *p = pool_for(x, "host=10.9.9.9 dbname=nope", "alice", "secret");
+    acq_t a;
+    assert_int_equal(acquire(p, &a), BH_POOL_QUEUED);
+    run_until(x, a.done, 3000);
+    assert_int_equal(a.status, BH_EPG_REJECTED);
+    assert_string_equal(a.sqlstate, "3D000");
+    assert_non_null(strstr(a.message, "127.0.0.1"));
+}
+
+static void test_connect_refused_and_timeout(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    char ci[128];
+    int port = free_port();
+    snprintf(ci, sizeof(ci), "host=127.0.0.1 port=%d", port);
+    x->server.conninfo = ci;
+    bh_pg_pool_t *p = pool_for(x, "postgres", "alice", "secret");
+    acq_t a;
+    assert_int_equal(acquire(p, &a), BH_POOL_QUEUED);
+    run_until(x, a.done, 3000);
+    assert_int_equal(a.status, BH_ECONNECT_REFUSED);
+    assert_string_equal(a.sqlstate, "");
+    assert_true(bh_pg_error_retriable(a.status));
+
+    /* A listener that never answers the startup packet. */
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    assert_int_equal(bind(ls, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(ls, 8), 0);
+    assert_int_equal(getsockname(ls, (struct sockaddr *)&sa, &len), 0);
+    snprintf(ci, sizeof(ci), "host=127.0.0.1 port=%d", ntohs(sa.sin_port));
+    x->server.connect_timeout_ms = 200;
+    p = pool_for(x, "postgres", "alice", "secret");
+    uint64_t t0 = mono_ms();
+    assert_int_equal(acquire(p, &a), BH_POOL_QUEUED);
+    run_until(x, a.done, 3000);
+    uint64_t took = mono_ms() - t0;
+    assert_int_equal(a.status, BH_ECONNECT_TIMEOUT);
+    assert_true(took >= 150 && took < 1000);
+    close(ls);
+}
+
+static void test_pool_cap(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    x->server.pool.max_connections = 2;
+    bh_pg_pool_t *p = pool_for(x, "postgres", "alice", "secret");
+    const bh_pool_t *b = bh_pg_pool_base(p);
+    acq_t a1, a2, a3;
+    bh_pg_conn_t *c1 = acquire_ok(x, p, &a1);
+    bh_pg_conn_t *c2 = acquire_ok(x, p, &a2);
+    assert_int_equal(acquire(p, &a3), BH_POOL_QUEUED);
+    for (uint64_t end = mono_ms() + 200; mono_ms() < end;)
+        uv_run(&x->loop, UV_RUN_ONCE);
+    assert_false(a3.done);
+    assert_int_equal(bh_sem_in_use(b->sem), 2);
+    assert_int_equal(b->n_connecting, 0);
+
+    int pid1 = backend_pid(c1);
+    bh_pg_release(c1, true); /* reset, then straight to the waiter */
+    run_until(x, a3.done, 3000);
+    assert_int_equal(a3.status, 0);
+    assert_int_equal(backend_pid(a3.c), pid1);
+    assert_int_equal(bh_sem_in_use(b->sem), 2);
+    assert_int_equal(b->opened, 2);
+
+    /* acquire_timeout: a waiter that gets nothing hears BH_EPOOL_TIMEOUT. */
+    acq_t a4;
+    memset(&a4, 0, sizeof(a4));
+    a4.w.cb = on_acquired;
+    a4.w.data = &a4;
+    bh_pg_conn_t *none = NULL;
+    assert_int_equal(bh_pg_acquire(p, &a4.w, uv_now(&x->loop) + 100, &none), BH_POOL_QUEUED);
+    run_until(x, a4.done, 2000);
+    assert_int_equal(a4.status, BH_EPOOL_TIMEOUT);
+
+    bh_pg_release(c2, true);
+    bh_pg_release(a3.c, false);
+    run_until(x, b->n_idle == 1 && b->n_busy == 0 && b->n_closing == 0, 3000);
+    assert_int_equal(bh_sem_in_use(b->sem), 1);
+}
+
+static void test_session_reset(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    bh_pg_pool_t *p = pool_for(x, "postgres", "alice", "secret");
+    const bh_pool_t *b = bh_pg_pool_base(p);
+    acq_t a;
+    q_t q;
+    bh_pg_conn_t *c = acquire_ok(x, p, &a);
+    int pid = backend_pid(c);
+    exec_sql(x, c, &q,
+             "SET TimeZone = 'America/New_York'; SET statement_timeout = '1min'; "
+             "CREATE TEMP TABLE bh_tmp(x int); PREPARE bh_p AS SELECT 1; "
+             "SELECT pg_advisory_lock(42); LISTEN bh_chan");
+    assert_int_equal(q.n, 6);
+    for (int i = 0; i < q.n; i++)
+        assert_int_not_equal(PQresultStatus(q.res[i]), PGRES_FATAL_ERROR);
+    q_clear(&q);
+    bh_pg_release(c, true);
+    run_until(x, b->n_idle == 1, 3000);
+
+    c = acquire_ok(x, p, &a);
+    assert_int_equal(backend_pid(c), pid); /* the same session, reset */
+    query(x, c, &q,
+          "SELECT current_setting('TimeZone'), current_setting('statement_timeout'), "
+          "(SELECT count(*) FROM pg_class WHERE relname = 'bh_tmp' AND relpersistence = 't'), "
+          "(SELECT count(*) FROM pg_prepared_statements), "
+          "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = "
+          "pg_backend_pid()), (SELECT count(*) FROM pg_listening_channels())",
+          0, NULL);
+    assert_int_equal(PQresultStatus(q.res[0]), PGRES_TUPLES_OK);
+    assert_string_equal(PQgetvalue(q.res[0], 0, 0), "UTC");
+    assert_string_equal(PQgetvalue(q.res[0], 0, 1), "5s"); /* back to the session's own */
+    for (int i = 2; i < 6; i++)
+        assert_string_equal(PQgetvalue(q.res[0], 0, i), "0");
+    q_clear(&q);
+
+    /* An open transaction is never handed to the next user: the connection is discarded. */
+    exec_sql(x, c, &q, "BEGIN; CREATE TEMP TABLE bh_tx(x int)");
+    q_clear(&q);
+    assert_int_equal(PQtransactionStatus(bh_pg_conn_pq(c)), PQTRANS_INTRANS);
+    uint64_t closed = b->closed;
+    bh_pg_release(c, true);
+    run_until(x, b->closed == closed + 1 && b->n_closing == 0, 3000);
+    assert_int_equal(b->n_idle, 0);
+    c = acquire_ok(x, p, &a);
+    assert_int_not_equal(backend_pid(c), pid);
+    assert_int_equal(PQtransactionStatus(bh_pg_conn_pq(c)), PQTRANS_IDLE);
+
+    /* A failed transaction too. */
+    exec_sql(x, c, &q, "BEGIN; SELECT 1/0");
+    assert_int_equal(PQresultStatus(q.res[1]), PGRES_FATAL_ERROR);
+    q_clear(&q);
+    closed = b->closed;
+    bh_pg_release(c, true);
+    run_until(x, b->closed == closed + 1 && b->n_closing == 0, 3000);
+    assert_int_equal(b->n_idle, 0);
+}
+
+static bool cancel_done;
+static int cancel_status;
+
+static void on_cancelled(bh_pg_conn_t *c, int status, void *data)
+{
+    cancel_done = true;
+    cancel_status = status;
+}
+
+static void on_cancel_timer(uv_timer_t *t)
+{
+    bh_pg_conn_t *c = t->data;
+    assert_int_equal(bh_pg_cancel(c, on_cancelled, NULL), 0);
+    assert_int_equal(bh_pg_cancel(c, on_cancelled, NULL), BH_EPOOL_FULL);
+}
+
+static int active_sleeps(void)
+{
+    char *v = admin_value("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                          "'SELECT pg_sleep(10)%' AND state = 'active'");
+    int n = v != NULL ? atoi(v) : -1;
+    free(v);
+    return n;
+}
+
+static void test_cancel(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    bh_pg_pool_t *p = pool_for(x, "postgres", "alice", "secret");
+    const bh_pool_t *b = bh_pg_pool_base(p);
+    acq_t a;
+    bh_pg_conn_t *c = acquire_ok(x, p, &a);
+    assert_int_equal(bh_pg_cancel(c, on_cancelled, NULL), BH_EINVAL); /* nothing running */
+    q_t q;
+    memset(&q, 0, sizeof(q));
+    uint64_t t0 = mono_ms();
+    assert_int_equal(bh_pg_query(c, "SELECT pg_sleep(10)", 0, NULL, 0, on_result, on_done, &q), 0);
+    static uv_timer_t t; /* closed by the teardown's loop run */
+    uv_timer_init(&x->loop, &t);
+    t.data = c;
+    cancel_done = false;
+    uv_timer_start(&t, on_cancel_timer, 100, 0);
+    run_until(x, q.done && cancel_done, 3000);
+    assert_true(mono_ms() - t0 < 2000);
+    assert_int_equal(cancel_status, 0);
+    assert_int_equal(q.status, 0);
+    assert_int_equal(q.n, 1);
+    assert_int_equal(PQresultStatus(q.res[0]), PGRES_FATAL_ERROR);
+    assert_string_equal(PQresultErrorField(q.res[0], PG_DIAG_SQLSTATE), "57014");
+    q_clear(&q);
+    uint64_t closed = b->closed;
+    bh_pg_release(c, true); /* cancelled: discarded */
+    run_until(x, b->closed == closed + 1 && b->n_closing == 0, 3000);
+    assert_int_equal(b->n_idle, 0);
+
+    /* The user goes away mid-statement: released at once, cancelled on the server. */
+    c = acquire_ok(x, p, &a);
+    memset(&q, 0, sizeof(q));
+    assert_int_equal(bh_pg_query(c, "SELECT pg_sleep(10)", 0, NULL, 0, on_result, on_done, &q), 0);
+    for (uint64_t end = mono_ms() + 100; mono_ms() < end;)
+        uv_run(&x->loop, UV_RUN_ONCE);
+    assert_int_equal(active_sleeps(), 1);
+    closed = b->closed;
+    bh_pg_release(c, true);
+    assert_false(q.done);
+    run_until(x, b->closed == closed + 1 && b->n_closing == 0, 3000);
+    assert_false(q.done); /* no callback after release */
+    uint64_t end = mono_ms() + 3000;
+    while (active_sleeps() != 0 && mono_ms() < end)
+        usleep(20000);
+    assert_int_equal(active_sleeps(), 0);
+    assert_true(mono_ms() - t0 < 5000);
+    uv_close((uv_handle_t *)&t, NULL);
+}
+
+static void test_restart(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    x->server.pool.min_idle = 2;
+    bh_pg_pool_t *p = pool_for(x, "postgres", "alice", "secret");
+    const bh_pool_t *b = bh_pg_pool_base(p);
+    run_until(x, b->n_idle == 2, 3000); /* pre-warmed */
+    assert_int_equal(b->opened, 2);
+
+    /* Restarted while idle, and the loop has not run since: alive() finds both dead. */
+    assert_int_equal(pg_ctl("restart"), 0);
+    acq_t a;
+    q_t q;
+    bh_pg_conn_t *c = acquire_ok(x, p, &a);
+    query(x, c, &q, "SELECT 1", 0, NULL);
+    assert_int_equal(PQresultStatus(q.res[0]), PGRES_TUPLES_OK);
+    q_clear(&q);
+    assert_true(b->closed >= 2);
+    bh_pg_release(c, true);
+    run_until(x, b->n_idle >= 2 && b->n_connecting == 0, 3000);
+
+    /* Restarted while the loop runs: the idle watch notices, min_idle is met again. */
+    uint64_t closed = b->closed;
+    assert_int_equal(pg_ctl("restart"), 0);
+    run_until(x, b->closed >= closed + 3 && b->n_idle >= 2, 3000);
+    c = acquire_ok(x, p, &a);
+    query(x, c, &q, "SELECT 2", 0, NULL);
+    assert_string_equal(PQgetvalue(q.res[0], 0, 0), "2");
+    q_clear(&q);
+
+    /* Restarted under a busy connection: the next statement reports the loss. */
+    assert_int_equal(pg_ctl("restart"), 0);
+    memset(&q, 0, sizeof(q));
+    int rc = bh_pg_query(c, "SELECT 3", 0, NULL, 0, on_result, on_done, &q);
+    if (rc == 0) {
+        run_until(x, q.done, 3000);
+        assert_int_equal(q.status, BH_EPG_CONN_LOST);
+    } else {
+        assert_int_equal(rc, BH_EPG_CONN_LOST);
+    }
+    q_clear(&q);
+    bh_pg_release(c, true);
+    run_until(x, b->n_idle >= 2 && b->n_busy == 0 && b->n_closing == 0, 3000);
+}
+
+static void test_shutdown_and_sweep(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    x->server.pool.idle_timeout_ms = 50;
+    bh_pg_pool_t *p = pool_for(x, "postgres", "alice", "secret");
+    const bh_pool_t *b = bh_pg_pool_base(p);
+    acq_t a;
+    bh_pg_conn_t *c = acquire_ok(x, p, &a);
+    bh_pg_release(c, true);
+    run_until(x, b->n_idle == 1, 3000);
+    run_until(x, bh_pool_empty(b), 3000); /* idle_timeout */
+    assert_int_equal(bh_pg_shared_count(x->shared), 1);
+    bh_pg_pools_sweep(x->pools);
+    assert_int_equal(bh_pg_pools_count(x->pools), 1); /* empty once: kept */
+    bh_pg_pools_sweep(x->pools);
+    run_until(x, bh_pg_pools_count(x->pools) == 0, 1000);
+    assert_int_equal(bh_pg_shared_count(x->shared), 0);
+
+    /* Shutdown with a busy connection and a waiter. */
+    x->server.pool.max_connections = 1;
+    x->server.pool.idle_timeout_ms = 60000;
+    p = pool_for(x, "postgres", "alice", "secret");
+    c = acquire_ok(x, p, &a);
+    acq_t w;
+    assert_int_equal(acquire(p, &w), BH_POOL_QUEUED);
+    bh_pg_pools_close(x->pools, on_pools_closed, x);
+    assert_true(w.done);
+    assert_int_equal(w.status, BH_EPOOL_CLOSED);
+    bh_pg_pool_t *none = NULL;
+    assert_int_equal(bh_pg_pool_get(x->pools, &x->server, "postgres", "alice", "secret", &none),
+                     BH_EPOOL_CLOSED);
+    for (uint64_t end = mono_ms() + 50; mono_ms() < end;)
+        uv_run(&x->loop, UV_RUN_ONCE);
+    assert_false(x->closed); /* the busy one is still out */
+    bh_pg_release(c, true);
+    run_until(x, x->closed, 3000);
+    /* teardown: already closed */
+    assert_int_equal(bh_pg_shared_count(x->shared), 0);
+    uv_close((uv_handle_t *)&x->tick, NULL);
+    uv_run(&x->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&x->loop), 0);
+    bh_pg_shared_free(x->shared);
+    free(x);
+    *state = NULL;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_error_parse),
+        cmocka_unit_test_setup_teardown(test_connect_and_query, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_wrong_password, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_database, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_connect_refused_and_timeout, ctx_setup,
+                                        ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_pool_cap, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_session_reset, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_restart, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_and_sweep, ctx_setup, ctx_teardown),
+    };
+    return cmocka_run_group_tests(tests, server_up, server_down);
+}
