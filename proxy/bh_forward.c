@@ -69,6 +69,8 @@ static void drop_replay(bh_exchange_t *ex)
 
 static void detach(bh_exchange_t *ex, bool reusable)
 {
+    if (ex->sql != NULL)
+        bh__sql_free(ex_client(ex));
     drop_attempt(ex, reusable);
     if (ex->up != NULL)
         bh_breaker_cancel(&ex->up->shared->breaker, &ex->ticket); /* no-op once recorded */
@@ -124,6 +126,21 @@ static void local_reply_after(bh_client_t *c, int err, bool close, uint64_t retr
 static void local_reply(bh_client_t *c, int err, bool close)
 {
     local_reply_after(c, err, close, 1);
+}
+
+void bh__forward_local_reply(bh_client_t *c, int err, bool close)
+{
+    local_reply(c, err, close);
+}
+
+/* The SQL exchange queued its whole reply: end now if the request was read, else once its body
+ * is (bh__forward_request_done). */
+void bh__forward_finish(bh_client_t *c)
+{
+    if (c->ex.req_done || c->close_after)
+        finish(c, false);
+    else if (c->paused)
+        bh__client_resume(c);
 }
 
 /* ---- attempts ------------------------------------------------------------------------------ */
@@ -774,6 +791,10 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
         return;
     }
     ex->route = route;
+    if (route->database != NULL) {
+        bh__sql_start(c, head, head_len, client_timeout_ms);
+        return;
+    }
     ex->up = &w->upstreams[route->upstream_index];
 
     bh_fwd_req_t req = {
@@ -832,6 +853,8 @@ static void keep_for_replay(bh_client_t *c, const char *at, size_t len)
 int bh__forward_body(bh_client_t *c, const char *at, size_t len)
 {
     bh_exchange_t *ex = &c->ex;
+    if (ex->sql != NULL)
+        return bh__sql_body(c, at, len);
     keep_for_replay(c, at, len);
     if (ex->uc == NULL)
         return 0; /* between attempts: the next one sends what replay[] holds */
@@ -842,6 +865,12 @@ int bh__forward_request_done(bh_client_t *c)
 {
     bh_exchange_t *ex = &c->ex;
     ex->req_done = true;
+    if (ex->sql != NULL) {
+        bh__sql_request_done(c);
+        if (ex->active && ex->resp_done)
+            finish(c, false);
+        return 0;
+    }
     if (ex->uc != NULL) {
         if (emit_end(&ex->uc->out, ex->req_framing) < 0)
             return BH_ENOMEM;
@@ -881,6 +910,8 @@ void bh__forward_client_drained(bh_client_t *c)
 uint64_t bh__forward_next_timeout(bh_client_t *c)
 {
     bh_exchange_t *ex = &c->ex;
+    if (ex->active && ex->sql != NULL)
+        return bh__sql_next_timeout(c);
     if (!ex->active || ex->local)
         return BH_TIME_NEVER;
     uint64_t due = ex->phase == BH_UP_TUNNEL ? BH_TIME_NEVER : ex->deadline_ms;
@@ -907,6 +938,10 @@ uint64_t bh__forward_next_timeout(bh_client_t *c)
 void bh__forward_deadline(bh_client_t *c, uint64_t now)
 {
     bh_exchange_t *ex = &c->ex;
+    if (ex->active && ex->sql != NULL) {
+        bh__sql_deadline(c, now);
+        return;
+    }
     if (!ex->active || ex->local)
         return;
     if (ex->phase != BH_UP_TUNNEL && now >= ex->deadline_ms) {

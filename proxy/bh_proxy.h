@@ -17,6 +17,7 @@
 #include "bh_list.h"
 #include "bh_outq.h"
 #include "bh_health.h"
+#include "bh_sql.h"
 #include "bh_upstream.h"
 
 /* Backpressure: stop reading one side while the other side has more than this queued. */
@@ -29,6 +30,9 @@ typedef struct bh_server {
     bh_conf_t *conf;
     bh_upstream_shared_t *upstreams; /* per configured upstream: cap, breaker, budget, outliers */
     size_t n_upstreams;
+    bh_sql_db_t *databases;         /* per configured database: breaker, libpq server */
+    size_t n_databases;
+    bh_pg_shared_t *pg;             /* Postgres permit counters per pool key */
     bh_worker_t *workers;
     uint32_t n_workers;
     _Atomic int64_t clients;        /* open client connections, all workers (limits.max_connections) */
@@ -49,6 +53,8 @@ struct bh_worker {
     size_t n_listeners;
     bh_upstream_t *upstreams;       /* parallel to conf->upstreams */
     struct bh_health **health;      /* worker 0 runs the active health checks, per upstream */
+    bh_pg_pools_t *pg_pools;        /* this worker's Postgres pools */
+    bool pg_open;
     unsigned health_running;
     size_t n_upstreams;
     size_t upstreams_open;
@@ -125,6 +131,7 @@ typedef struct bh_exchange {
     bool replayable;                /* every body byte so far is in replay[] */
     bool idempotency_key;           /* the request carries Idempotency-Key */
     bool continue_sent;             /* 100 Continue went to the client */
+    bh_sql_t *sql;                  /* a POST /sql exchange (database route) */
 } bh_exchange_t;
 
 enum bh_client_state {
@@ -195,6 +202,8 @@ void bh__forward_abort(bh_client_t *c, int err);
 void bh__forward_deadline(bh_client_t *c, uint64_t now);
 void bh__forward_tunnel_data(bh_client_t *c);
 void bh__forward_client_drained(bh_client_t *c);
+void bh__forward_finish(bh_client_t *c);
+void bh__forward_local_reply(bh_client_t *c, int err, bool close);
 uint64_t bh__forward_next_timeout(bh_client_t *c);
 
 #endif

@@ -63,8 +63,21 @@ static void on_upstream_closed(bh_upstream_t *up)
         release_loop(w);
 }
 
+static void on_pg_closed(void *data)
+{
+    bh_worker_t *w = data;
+    w->pg_pools = NULL;
+    if (--w->upstreams_open == 0)
+        release_loop(w);
+}
+
 static void close_upstreams(bh_worker_t *w)
 {
+    if (w->pg_open) {
+        w->pg_open = false;
+        w->upstreams_open++;
+        bh_pg_pools_close(w->pg_pools, on_pg_closed, w);
+    }
     if (w->upstreams_open == 0) {
         release_loop(w);
         return;
@@ -135,7 +148,11 @@ static void on_wakeup(uv_async_t *a)
     }
     for (size_t i = 0; i < w->n_upstreams; i++)
         bh_upstream_kick(&w->upstreams[i]);
+    if (w->pg_open)
+        bh_pg_pools_kick(w->pg_pools);
 }
+
+static void on_pg_kick(bh_sem_t *sem);
 
 /* An upstream's semaphore asks every worker to rebalance its pools (any thread). */
 static void on_sem_kick(bh_sem_t *sem)
@@ -146,6 +163,11 @@ static void on_sem_kick(bh_sem_t *sem)
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
+
+static void on_pg_kick(bh_sem_t *sem)
+{
+    on_sem_kick(sem);
+}
 
 static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
 {
@@ -186,6 +208,10 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
         w->n_upstreams++;
         w->upstreams_open++;
     }
+    w->pg_pools = bh_pg_pools_new(&w->loop, srv->pg);
+    if (w->pg_pools == NULL)
+        return BH_ENOMEM;
+    w->pg_open = true;
     if (id == 0) { /* one worker checks health for all: the result is shared */
         w->health = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1, sizeof(*w->health));
         if (w->health == NULL)
@@ -249,6 +275,15 @@ int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
     if (srv->upstreams == NULL || srv->workers == NULL)
         return BH_ENOMEM;
     uint64_t now = uv_hrtime() / 1000000;
+    srv->databases = bh_calloc(conf->n_databases ? conf->n_databases : 1, sizeof(*srv->databases));
+    srv->pg = bh_pg_shared_new(on_pg_kick, srv);
+    if (srv->databases == NULL || srv->pg == NULL)
+        return BH_ENOMEM;
+    for (size_t i = 0; i < conf->n_databases; i++) {
+        srv->n_databases++;
+        if (bh_sql_db_init(&srv->databases[i], &conf->databases[i], now) < 0)
+            return BH_ENOMEM;
+    }
     for (size_t i = 0; i < conf->n_upstreams; i++) {
         srv->n_upstreams++;
         if (bh_upstream_shared_init(&srv->upstreams[i], &conf->upstreams[i], now) < 0)
@@ -304,4 +339,9 @@ void bh_server_destroy(bh_server_t *srv)
     for (size_t i = 0; i < srv->n_upstreams; i++)
         bh_upstream_shared_destroy(&srv->upstreams[i]);
     bh_free(srv->upstreams);
+    for (size_t i = 0; i < srv->n_databases; i++)
+        bh_sql_db_destroy(&srv->databases[i]);
+    bh_free(srv->databases);
+    if (srv->pg != NULL)
+        bh_pg_shared_free(srv->pg);
 }

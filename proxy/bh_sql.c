@@ -1,0 +1,663 @@
+/* SQL over HTTP (the Neon protocol, POST /sql): one exchange runs the request's query or batch on
+ * a pooled libpq connection and answers with the whole JSON body.
+ *
+ * Phases: head (Neon headers checked) -> body (buffered, max_request_bytes) -> connection string
+ * and database entry -> breaker -> pool (keyed by server, database, user, password digest) ->
+ * statements (a batch inside START TRANSACTION ... COMMIT) -> reply. The request deadline cancels
+ * a running statement on the server and answers 504; a client that goes away has its statement
+ * cancelled (bh_pg_release does that for a connection released mid-statement). Only failures that
+ * never reached Postgres are retried; a batch may be re-run on 40001/40P01 when configured. */
+#include <string.h>
+#include <strings.h>
+#include "bh_alloc.h"
+#include "bh_backoff.h"
+#include "bh_deadline.h"
+#include "bh_log.h"
+#include "bh_proxy.h"
+#include "bh_reply.h"
+#include "bh_sql.h"
+#include "bh_sql_proto.h"
+
+enum sql_phase {
+    SQL_BODY,       /* reading the request body */
+    SQL_WAITING,    /* for a pooled connection */
+    SQL_RUNNING,    /* statements in flight */
+    SQL_BACKOFF,    /* before retrying a connect that never reached Postgres */
+    SQL_DONE,       /* the reply is queued */
+};
+
+struct bh_sql {
+    bh_client_t *c;
+    const bh_conf_database_t *db;
+    bh_sql_db_t *shared;            /* the database's process-wide state (breaker, server) */
+    char *head;                     /* a copy of the request head: the header spans point here */
+    bh_sql_headers_t h;
+    char *body;
+    size_t body_len, body_cap;
+    bh_sql_connstr_t cs;
+    bool cs_parsed;
+    const char *user, *password, *dbname;
+    bh_sql_request_t *req;
+    bh_sql_out_t out;
+    bh_pg_pool_t *pool;
+    bh_pg_waiter_t waiter;
+    bool waiting;
+    bh_pg_conn_t *conn;
+    bh_breaker_ticket_t ticket;
+    enum sql_phase phase;
+    uint64_t deadline_ms, retry_at_ms;
+    unsigned attempts;
+    size_t next_query;              /* batch: the next statement to send */
+    bool in_tx;                     /* START TRANSACTION succeeded, COMMIT not yet */
+    PGresult *error;                /* the statement error that ends the request */
+    bool conn_lost;
+    bool rows_begun;
+    char request_id[BH_SQL_REQUEST_ID_LEN + 1];
+};
+
+static uint64_t now_of(bh_sql_t *s)
+{
+    return uv_now(&s->c->w->loop);
+}
+
+/* ---- shared per database ------------------------------------------------------------------ */
+
+int bh_sql_db_init(bh_sql_db_t *d, const bh_conf_database_t *conf, uint64_t now_ms)
+{
+    memset(d, 0, sizeof(*d));
+    bh_breaker_init(&d->breaker, &conf->breaker, conf->timeouts.total_ms, now_ms);
+    d->settings = bh_calloc(conf->n_session ? conf->n_session : 1, sizeof(*d->settings));
+    if (d->settings == NULL)
+        return BH_ENOMEM;
+    for (size_t i = 0; i < conf->n_session; i++)
+        d->settings[i] = (bh_pg_setting_t){conf->session_keys[i], conf->session_values[i]};
+    d->server = (bh_pg_server_t){
+        .conninfo = conf->server,
+        .session = d->settings,
+        .n_session = conf->n_session,
+        .pool = conf->pool,
+        .connect_timeout_ms = conf->timeouts.connect_ms,
+    };
+    return 0;
+}
+
+void bh_sql_db_destroy(bh_sql_db_t *d)
+{
+    bh_free(d->settings);
+    d->settings = NULL;
+}
+
+/* ---- replies ------------------------------------------------------------------------------ */
+
+/* RFC 9209 error type for the causes of this module's own replies. */
+static const char *proxy_status_type(int err)
+{
+    switch (err) {
+    case BH_EPG_CONN_LOST:
+        return "connection_terminated";
+    case BH_EPG_REJECTED:
+        return "destination_unavailable";
+    case BH_SQL_ETOO_LARGE:
+        return "http_response_body_size";
+    case BH_SQL_EHEADER:
+    case BH_SQL_ECONNSTR:
+    case BH_SQL_EISOLATION:
+    case BH_SQL_EBODY:
+        return "http_request_error";
+    default: {
+        const char *t = bh_err_proxy_status(err);
+        return t != NULL ? t : "proxy_internal_error";
+    }
+    }
+}
+
+/* Queues the reply in s->out with its head. err != 0: bulkhead's own error (Proxy-Status). */
+static void reply(bh_sql_t *s, int status, bh_sql_reply_t kind, int err, uint64_t retry_after_s)
+{
+    bh_client_t *c = s->c;
+    bh_exchange_t *ex = &c->ex;
+    size_t len = 0;
+    char *body = bh_sql_out_take(&s->out, &len);
+    char head[1024];
+    bh_wbuf_t w = {head, 0, sizeof(head), false};
+    bh_wbuf_str(&w, "HTTP/1.1 ");
+    bh_wbuf_u64(&w, (uint64_t)status);
+    bh_wbuf_put(&w, " ", 1);
+    bh_wbuf_str(&w, bh_http_reason(status));
+    bh_wbuf_put(&w, "\r\n", 2);
+    bh_sql_write_headers(&w, kind, kind == BH_SQL_REPLY_BATCH_OK ? &s->h : NULL, s->request_id);
+    if (kind != BH_SQL_REPLY_PREFLIGHT || len > 0) {
+        bh_wbuf_str(&w, "Content-Length: ");
+        bh_wbuf_u64(&w, len);
+        bh_wbuf_put(&w, "\r\n", 2);
+    } else {
+        bh_wbuf_str(&w, "Content-Length: 0\r\n");
+    }
+    if (err != 0) {
+        bh_wbuf_str(&w, "Proxy-Status: bulkhead; error=");
+        bh_wbuf_str(&w, proxy_status_type(err));
+        bh_wbuf_str(&w, "; details=\"");
+        bh_wbuf_str(&w, err <= -1200 ? bh_sql_strerror(err) : bh_pg_strerror(err));
+        bh_wbuf_str(&w, "\"\r\n");
+    }
+    if (status == 503) {
+        bh_wbuf_str(&w, "Retry-After: ");
+        bh_wbuf_u64(&w, retry_after_s > 0 ? retry_after_s : 1);
+        bh_wbuf_put(&w, "\r\n", 2);
+    }
+    if (!ex->req_done)
+        c->close_after = true; /* the rest of the body will not be read */
+    if (c->close_after || c->w->draining)
+        bh_wbuf_str(&w, "Connection: close\r\n");
+    bh_wbuf_put(&w, "\r\n", 2);
+    int rc = w.overflow ? BH_ENOMEM : bh_outq_copy(&c->out, head, w.n);
+    if (rc == 0 && len > 0)
+        rc = bh_outq_copy(&c->out, body, len);
+    if (rc == 0)
+        rc = bh_outq_flush(&c->out);
+    bh_free(body);
+    s->phase = SQL_DONE;
+    ex->status = status;
+    ex->resp_started = ex->resp_done = true;
+    ex->local = true;
+    if (rc < 0) {
+        bh__client_close(c);
+        return;
+    }
+    bh__forward_finish(c);
+}
+
+/* A bulkhead-made error with the 17-key body (code ""). */
+static void reply_local(bh_sql_t *s, int status, int err, const char *message)
+{
+    if (bh_sql_encode_local_error(&s->out, message) < 0) {
+        bh__client_close(s->c);
+        return;
+    }
+    reply(s, status, BH_SQL_REPLY_OK, err, 1);
+}
+
+/* ---- statements --------------------------------------------------------------------------- */
+
+static void run_next(bh_sql_t *s);
+static void start_attempt(bh_sql_t *s);
+
+static void release_conn(bh_sql_t *s, bool reusable)
+{
+    if (s->conn != NULL) {
+        bh_pg_release(s->conn, reusable);
+        s->conn = NULL;
+    }
+}
+
+/* Every statement ended; s->error holds the first statement error, if any. */
+static void finish_statements(bh_sql_t *s)
+{
+    bool failed = s->error != NULL || s->conn_lost;
+    bh_breaker_record(&s->shared->breaker, &s->ticket, s->conn_lost, now_of(s),
+                      s->c->w->env.rng);
+    if (s->conn_lost) {
+        release_conn(s, false);
+        if (s->error != NULL) {
+            PQclear(s->error);
+            s->error = NULL;
+        }
+        reply_local(s, 502, BH_EPG_CONN_LOST, "connection to the database was lost");
+        return;
+    }
+    if (failed) {
+        int rc = bh_sql_encode_pg_error(&s->out, s->error);
+        PQclear(s->error);
+        s->error = NULL;
+        release_conn(s, false);
+        if (rc < 0) {
+            bh__client_close(s->c);
+            return;
+        }
+        reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
+        return;
+    }
+    if (s->out.err < 0) { /* 507 or out of memory while encoding */
+        int err = s->out.err;
+        release_conn(s, true);
+        if (err == BH_SQL_ETOO_LARGE) {
+            if (bh_sql_encode_too_large(&s->out, true, s->db->max_response_bytes) < 0) {
+                bh__client_close(s->c);
+                return;
+            }
+            reply(s, 507, BH_SQL_REPLY_OK, BH_SQL_ETOO_LARGE, 0);
+        } else {
+            reply_local(s, 500, err, bh_sql_strerror(err));
+        }
+        return;
+    }
+    release_conn(s, true);
+    reply(s, 200, s->req->batch ? BH_SQL_REPLY_BATCH_OK : BH_SQL_REPLY_OK, 0, 0);
+}
+
+static void on_result(bh_pg_conn_t *conn, PGresult *res, void *data)
+{
+    bh_sql_t *s = data;
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_FATAL_ERROR || st == PGRES_NONFATAL_ERROR) {
+        if (st == PGRES_FATAL_ERROR && s->error == NULL) {
+            s->error = res;
+            return;
+        }
+        PQclear(res);
+        return;
+    }
+    /* Only results of the user's statements reach here (see run_next's bookkeeping). */
+    if (s->next_query > 0 && s->next_query <= s->req->nqueries && s->error == NULL &&
+        (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)) {
+        const bh_sql_query_t *q = &s->req->queries[s->next_query - 1];
+        if (bh_sql_encode_result(&s->out, res, s->h.raw_text, bh_sql_array_mode(&s->h, q)) < 0)
+            bh_log_debug("sql: result not encoded: %s", bh_sql_strerror(s->out.err));
+    }
+    PQclear(res);
+}
+
+/* Statement states: next_query counts user statements sent; a batch is wrapped in START
+ * TRANSACTION (next_query 0, in_tx false) and COMMIT (next_query == nqueries + 1). */
+static void on_done(bh_pg_conn_t *conn, int status, void *data)
+{
+    bh_sql_t *s = data;
+    if (status < 0) {
+        s->conn_lost = true;
+        finish_statements(s);
+        return;
+    }
+    if (s->error != NULL) {
+        if (s->req->batch && s->in_tx) {
+            s->in_tx = false; /* the transaction failed: roll back, then reply with the error */
+            if (bh_pg_exec(s->conn, "ROLLBACK", on_result, on_done, s) == 0)
+                return;
+            s->conn_lost = true;
+        }
+        finish_statements(s);
+        return;
+    }
+    run_next(s);
+}
+
+static void run_next(bh_sql_t *s)
+{
+    const bh_sql_request_t *req = s->req;
+    int rc;
+    if (req->batch && !s->in_tx && s->next_query == 0) {
+        char begin[BH_SQL_BEGIN_MAX];
+        bh_sql_begin_statement(&s->h, begin);
+        if (bh_sql_batch_begin(&s->out) < 0) {
+            finish_statements(s);
+            return;
+        }
+        s->in_tx = true;
+        s->next_query = 0;
+        rc = bh_pg_exec(s->conn, begin, on_result, on_done, s);
+        s->next_query = 0;
+        if (rc < 0) {
+            s->conn_lost = true;
+            finish_statements(s);
+        }
+        /* next time: the first user statement */
+        s->next_query = SIZE_MAX; /* marker: BEGIN in flight */
+        return;
+    }
+    if (s->next_query == SIZE_MAX)
+        s->next_query = 0;
+    if (s->next_query < req->nqueries) {
+        const bh_sql_query_t *q = &req->queries[s->next_query++];
+        rc = bh_pg_query(s->conn, q->text, q->nparams, q->params, 0, on_result, on_done, s);
+        if (rc < 0) {
+            s->conn_lost = true;
+            finish_statements(s);
+        }
+        return;
+    }
+    if (req->batch && s->in_tx) {
+        /* An encoding failure (507) undoes the batch: nothing is committed that the client
+         * cannot see. */
+        bool ok = bh_sql_batch_end(&s->out) == 0;
+        s->in_tx = false;
+        s->next_query = req->nqueries + 1;
+        if (bh_pg_exec(s->conn, ok ? "COMMIT" : "ROLLBACK", on_result, on_done, s) == 0)
+            return;
+        s->conn_lost = true;
+    }
+    finish_statements(s);
+}
+
+/* ---- connections -------------------------------------------------------------------------- */
+
+static void connected(bh_sql_t *s, bh_pg_conn_t *conn)
+{
+    s->conn = conn;
+    s->phase = SQL_RUNNING;
+    s->next_query = 0;
+    s->in_tx = false;
+    bh__client_rearm_timer(s->c);
+    run_next(s);
+}
+
+static bool schedule_retry(bh_sql_t *s)
+{
+    const bh_conf_retry_t *policy = &s->db->retry;
+    uint64_t now = now_of(s);
+    if (s->attempts >= policy->attempts)
+        return false;
+    uint64_t delay = bh_backoff_delay(policy, s->attempts, 0,
+                                      bh_deadline_remaining(s->deadline_ms, now),
+                                      s->c->w->env.rng);
+    if (delay == BH_BACKOFF_GIVE_UP || !bh_backoff_fits(delay, now, s->deadline_ms))
+        return false;
+    s->phase = SQL_BACKOFF;
+    s->retry_at_ms = now + delay;
+    bh__client_rearm_timer(s->c);
+    return true;
+}
+
+static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *conn, int status, const bh_pg_error_t *err)
+{
+    bh_sql_t *s = w->data;
+    s->waiting = false;
+    if (status == 0) {
+        connected(s, conn);
+        return;
+    }
+    uint64_t now = now_of(s);
+    if (status == BH_EPOOL_TIMEOUT || status == BH_EPOOL_CLOSED) {
+        bh_breaker_cancel(&s->shared->breaker, &s->ticket);
+        if (status == BH_EPOOL_TIMEOUT && now >= s->deadline_ms)
+            reply_local(s, 504, BH_ETOTAL_TIMEOUT, "the request deadline passed");
+        else
+            reply_local(s, 503, status, "timed out waiting for a database connection");
+        return;
+    }
+    /* a connect failure */
+    if (err != NULL && status == BH_EPG_REJECTED) {
+        bh_breaker_cancel(&s->shared->breaker, &s->ticket); /* the client's credentials */
+        if (bh_sql_encode_conn_error(&s->out, err->message) < 0) {
+            bh__client_close(s->c);
+            return;
+        }
+        reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
+        return;
+    }
+    bh_breaker_record(&s->shared->breaker, &s->ticket, true, now, s->c->w->env.rng);
+    if (bh_pg_error_retriable(status) && schedule_retry(s))
+        return;
+    if (err != NULL && err->sqlstate[0] != '\0') { /* e.g. 53300 too many connections */
+        if (bh_sql_encode_conn_error(&s->out, err->message) < 0) {
+            bh__client_close(s->c);
+            return;
+        }
+        reply(s, 503, BH_SQL_REPLY_OK, status, 1);
+        return;
+    }
+    reply_local(s, status == BH_ECONNECT_TIMEOUT ? 504 : 503, status,
+                err != NULL && err->message != NULL ? err->message
+                                                    : "could not connect to the database");
+}
+
+static void start_attempt(bh_sql_t *s)
+{
+    uint64_t retry_after_ms = 0;
+    s->attempts++;
+    s->phase = SQL_WAITING;
+    if (bh_breaker_allow(&s->shared->breaker, now_of(s), s->c->w->env.rng, &s->ticket,
+                         &retry_after_ms) < 0) {
+        if (bh_sql_encode_local_error(&s->out, "the database is unavailable (circuit open)") < 0) {
+            bh__client_close(s->c);
+            return;
+        }
+        reply(s, 503, BH_SQL_REPLY_OK, BH_EBREAKER_OPEN, (retry_after_ms + 999) / 1000);
+        return;
+    }
+    int rc = bh_pg_pool_get(s->c->w->pg_pools, &s->shared->server, s->dbname, s->user, s->password,
+                            &s->pool);
+    if (rc < 0) {
+        bh_breaker_cancel(&s->shared->breaker, &s->ticket);
+        reply_local(s, 500, rc, "cannot open a database pool");
+        return;
+    }
+    s->waiter.cb = on_acquired;
+    s->waiter.data = s;
+    bh_pg_conn_t *conn = NULL;
+    rc = bh_pg_acquire(s->pool, &s->waiter, s->deadline_ms, &conn);
+    if (rc == BH_POOL_QUEUED) {
+        s->waiting = true;
+        bh__client_rearm_timer(s->c);
+        return;
+    }
+    if (rc < 0) {
+        bh_breaker_cancel(&s->shared->breaker, &s->ticket);
+        reply_local(s, 503, rc, "too many requests waiting for a database connection");
+        return;
+    }
+    connected(s, conn);
+}
+
+/* ---- the request -------------------------------------------------------------------------- */
+
+/* The database entry for a connection-string host: an entry naming the host exactly wins over
+ * a catch-all "*" (the route's own catch-all first). */
+static const bh_conf_database_t *find_database(const bh_conf_t *conf, size_t route_db,
+                                               const char *host, size_t *index)
+{
+    for (size_t i = 0; i < conf->n_databases; i++)
+        for (size_t k = 0; k < conf->databases[i].n_hosts; k++)
+            if (strcasecmp(conf->databases[i].hosts[k], host) == 0) {
+                *index = i;
+                return &conf->databases[i];
+            }
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < conf->n_databases; i++) {
+            if ((pass == 0) != (i == route_db))
+                continue;
+            for (size_t k = 0; k < conf->databases[i].n_hosts; k++)
+                if (strcmp(conf->databases[i].hosts[k], "*") == 0) {
+                    *index = i;
+                    return &conf->databases[i];
+                }
+        }
+    return NULL;
+}
+
+static void run_request(bh_sql_t *s)
+{
+    bh_client_t *c = s->c;
+    char err[256];
+    const bh_conf_t *conf = c->w->conf;
+    if (bh_sql_parse_connstr(s->h.connstr.p, s->h.connstr.n, &s->cs, err, sizeof(err)) < 0) {
+        reply_local(s, 400, BH_SQL_ECONNSTR, err);
+        return;
+    }
+    s->cs_parsed = true;
+    size_t idx = 0;
+    s->db = find_database(conf, c->ex.route->database_index, s->cs.host, &idx);
+    if (s->db == NULL) {
+        snprintf(err, sizeof(err), "no database is configured for host \"%s\"", s->cs.host);
+        reply_local(s, 400, BH_SQL_ECONNSTR, err);
+        return;
+    }
+    s->shared = &c->w->srv->databases[idx];
+    bh_sql_out_init(&s->out, s->db->max_response_bytes);
+    if (s->db->auth == BH_DB_AUTH_FIXED) {
+        bh_span_t token;
+        bool ok = false;
+        if (bh_sql_bearer(&s->h, &token))
+            for (size_t i = 0; i < s->db->n_tokens && !ok; i++)
+                ok = bh_sql_token_eq(token, s->db->tokens[i]);
+        if (!ok) {
+            reply_local(s, 401, BH_SQL_EHEADER, "authentication required: a valid bearer token");
+            return;
+        }
+        s->user = s->db->user;
+        s->password = s->db->password;
+        s->dbname = s->db->dbname;
+    } else {
+        if (s->cs.password == NULL) {
+            reply_local(s, 400, BH_SQL_EHEADER, BH_SQL_MSG_MISSING_PASSWORD);
+            return;
+        }
+        s->user = s->cs.user;
+        s->password = s->cs.password;
+        s->dbname = s->cs.dbname;
+    }
+    if (bh_sql_parse_body(s->body != NULL ? s->body : "", s->body_len, &s->req, err, sizeof(err)) <
+        0) {
+        reply_local(s, 400, BH_SQL_EBODY, err);
+        return;
+    }
+    start_attempt(s);
+}
+
+void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, uint64_t client_timeout_ms)
+{
+    bh_exchange_t *ex = &c->ex;
+    bh_sql_t *s = bh_calloc(1, sizeof(*s));
+    if (s == NULL || (s->head = bh_strndup(head, head_len)) == NULL) {
+        bh_free(s);
+        bh__forward_local_reply(c, BH_ENOMEM, true);
+        return;
+    }
+    ex->sql = s;
+    s->c = c;
+    s->phase = SQL_BODY;
+    uint8_t rnd[16];
+    for (int i = 0; i < 16; i += 8) {
+        uint64_t r = bh_rng_next(c->w->env.rng);
+        memcpy(rnd + i, &r, 8);
+    }
+    bh_sql_request_id(rnd, s->request_id);
+    bh_sql_out_init(&s->out, SIZE_MAX);
+    bh_sql_headers_init(&s->h);
+    bh_span_t start;
+    int n = bh_http_split(s->head, head_len, &start, c->w->hdrs, c->w->max_hdrs);
+    for (int i = 0; i < n; i++)
+        bh_sql_header(&s->h, c->w->hdrs[i].name, c->w->hdrs[i].value);
+    const char *sp1 = memchr(start.p, ' ', start.n);
+    const char *sp2 = start.p + start.n;
+    while (sp2 > sp1 && *--sp2 != ' ')
+        ;
+    bh_span_t method = {start.p, (size_t)(sp1 - start.p)};
+    bh_span_t target = {sp1 + 1, (size_t)(sp2 - sp1 - 1)};
+    s->deadline_ms = bh_deadline_for_request(uv_now(&c->w->loop), ex->route->timeouts.total_ms,
+                                             client_timeout_ms);
+    ex->deadline_ms = s->deadline_ms;
+    switch (bh_sql_route(method, target)) {
+    case BH_SQL_ROUTE_PREFLIGHT:
+        reply(s, 200, BH_SQL_REPLY_PREFLIGHT, 0, 0);
+        return;
+    case BH_SQL_ROUTE_UNSUPPORTED:
+        if (bh_sql_encode_not_supported(&s->out) < 0) {
+            bh__client_close(c);
+            return;
+        }
+        reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
+        return;
+    default:
+        break;
+    }
+    char err[256];
+    if (bh_sql_headers_check(&s->h, err, sizeof(err)) < 0) {
+        reply_local(s, 400, BH_SQL_EHEADER, err);
+        return;
+    }
+    /* the whole body is needed; its size is bounded by the database's max_request_bytes (the
+     * entry is only known from the connection string, so the largest of all entries here) */
+    uint64_t max = 0;
+    for (size_t i = 0; i < c->w->conf->n_databases; i++)
+        if (c->w->conf->databases[i].max_request_bytes > max)
+            max = c->w->conf->databases[i].max_request_bytes;
+    if ((c->parser.flags & F_CONTENT_LENGTH) && c->parser.content_length > max) {
+        if (bh_sql_encode_too_large(&s->out, false, max) < 0) {
+            bh__client_close(c);
+            return;
+        }
+        reply(s, 413, BH_SQL_REPLY_OK, BH_EBODY_TOO_LARGE, 0);
+        return;
+    }
+    s->body_cap = max;
+    bh__client_rearm_timer(c);
+    if (c->paused)
+        bh__client_resume(c); /* the body may flow now */
+}
+
+int bh__sql_body(bh_client_t *c, const char *at, size_t len)
+{
+    bh_sql_t *s = c->ex.sql;
+    if (s->phase != SQL_BODY)
+        return 0;
+    if (s->body_len + len > s->body_cap) {
+        if (bh_sql_encode_too_large(&s->out, false, s->body_cap) < 0)
+            return BH_ENOMEM;
+        reply(s, 413, BH_SQL_REPLY_OK, BH_EBODY_TOO_LARGE, 0);
+        return 0;
+    }
+    char *nb = bh_realloc(s->body, s->body_len + len + 1);
+    if (nb == NULL)
+        return BH_ENOMEM;
+    s->body = nb;
+    memcpy(s->body + s->body_len, at, len);
+    s->body_len += len;
+    return 0;
+}
+
+void bh__sql_request_done(bh_client_t *c)
+{
+    bh_sql_t *s = c->ex.sql;
+    if (s->phase == SQL_BODY)
+        run_request(s);
+}
+
+void bh__sql_free(bh_client_t *c)
+{
+    bh_sql_t *s = c->ex.sql;
+    if (s == NULL)
+        return;
+    c->ex.sql = NULL;
+    if (s->waiting)
+        bh_pg_acquire_cancel(&s->waiter);
+    release_conn(s, false); /* mid-statement: bh_pg cancels it on the server */
+    if (s->shared != NULL)
+        bh_breaker_cancel(&s->shared->breaker, &s->ticket);
+    if (s->error != NULL)
+        PQclear(s->error);
+    bh_sql_request_free(s->req);
+    if (s->cs_parsed)
+        bh_sql_connstr_free(&s->cs);
+    bh_sql_out_free(&s->out);
+    bh_free(s->body);
+    bh_free(s->head);
+    bh_free(s);
+}
+
+uint64_t bh__sql_next_timeout(bh_client_t *c)
+{
+    bh_sql_t *s = c->ex.sql;
+    if (s->phase == SQL_DONE || s->phase == SQL_BODY)
+        return BH_TIME_NEVER;
+    if (s->phase == SQL_BACKOFF && s->retry_at_ms < s->deadline_ms)
+        return s->retry_at_ms;
+    return s->deadline_ms;
+}
+
+void bh__sql_deadline(bh_client_t *c, uint64_t now)
+{
+    bh_sql_t *s = c->ex.sql;
+    if (s->phase == SQL_DONE || s->phase == SQL_BODY)
+        return;
+    if (now >= s->deadline_ms) {
+        if (s->waiting) {
+            bh_pg_acquire_cancel(&s->waiter);
+            s->waiting = false;
+        }
+        bh_breaker_cancel(&s->shared->breaker, &s->ticket);
+        release_conn(s, false); /* cancels the statement on the server */
+        reply_local(s, 504, BH_ETOTAL_TIMEOUT, "the request deadline passed: the query was cancelled");
+        return;
+    }
+    if (s->phase == SQL_BACKOFF && now >= s->retry_at_ms)
+        start_attempt(s);
+}
