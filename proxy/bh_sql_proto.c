@@ -354,12 +354,11 @@ int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *e
             port_s = rb + 2;
         }
     } else {
-        host_end = memchr(hp, ':', (size_t)(auth_end - hp));
-        if (host_end == NULL) {
-            host_end = auth_end;
-        } else {
+        host_end = hp;
+        while (host_end < auth_end && *host_end != ':')
+            host_end++;
+        if (host_end < auth_end)
             port_s = host_end + 1;
-        }
         for (const char *q = host; q < host_end; q++) {
             if (!host_char(*q)) {
                 set_err(err, errlen, "invalid connection string: invalid domain character");
@@ -493,6 +492,12 @@ void bh_sql_out_init(bh_sql_out_t *o, size_t max_bytes)
     o->max = max_bytes;
 }
 
+static void set_max(bh_sql_out_t *o, size_t max)
+{
+    o->max = max;
+    o->lim_ = o->cap < max ? o->cap : max;
+}
+
 void bh_sql_out_reset(bh_sql_out_t *o)
 {
     o->n = 0;
@@ -516,6 +521,7 @@ char *bh_sql_out_take(bh_sql_out_t *o, size_t *len)
     *len = o->n;
     o->p = NULL;
     o->cap = 0;
+    o->lim_ = 0;
     bh_sql_out_reset(o);
     return p;
 }
@@ -542,12 +548,13 @@ static bool grow(bh_sql_out_t *o, size_t k)
     }
     o->p = p;
     o->cap = cap;
+    o->lim_ = cap < o->max ? cap : o->max;
     return true;
 }
 
 static inline bool reserve(bh_sql_out_t *o, size_t k)
 {
-    if (o->err == 0 && k <= o->cap - o->n)
+    if (o->err == 0 && k <= o->lim_ - o->n)
         return true;
     return grow(o, k);
 }
@@ -1416,7 +1423,7 @@ static int put_error(bh_sql_out_t *o, err_fields_t *f)
 {
     bh_sql_out_reset(o);
     size_t max = o->max;
-    o->max = SIZE_MAX; /* error bodies are not bounded by max_response_bytes */
+    set_max(o, SIZE_MAX); /* error bodies are not bounded by max_response_bytes */
     /* position wins over internalPosition/internalQuery (tokio-postgres ErrorPosition) */
     if (f->v[4].p != NULL)
         f->v[5].p = f->v[6].p = NULL;
@@ -1437,7 +1444,7 @@ static int put_error(bh_sql_out_t *o, err_fields_t *f)
             put_jstr(o, s.p, s.n);
     }
     putc_(o, '}');
-    o->max = max;
+    set_max(o, max);
     o->state_ = ST_DONE;
     if (o->err == BH_SQL_EBAD_UTF8) {
         /* a Postgres message that is not UTF-8 (SQL_ASCII database): say so instead */
@@ -1494,9 +1501,9 @@ int bh_sql_encode_not_supported(bh_sql_out_t *o)
 {
     bh_sql_out_reset(o);
     size_t max = o->max;
-    o->max = SIZE_MAX;
+    set_max(o, SIZE_MAX);
     PUTLIT(o, "\"" BH_SQL_MSG_NOT_SUPPORTED "\"");
-    o->max = max;
+    set_max(o, max);
     o->state_ = ST_DONE;
     return o->err;
 }

@@ -174,7 +174,7 @@ size_t bh_sql_begin_statement(const bh_sql_headers_t *h, char *buf);
 typedef struct bh_sql_out {
     char *p; /* body bytes p[0..n), not NUL-terminated; NULL while empty */
     size_t n;
-    size_t cap, max;
+    size_t cap, max, lim_; /* lim_ = min(cap, max): the fast-path bound */
     int err;
     uint8_t state_;
     bool batch_, raw_, array_;

@@ -467,6 +467,773 @@ static void test_bound_507(void **state)
     PQclear(r);
 }
 
+/* ---- error bodies (6.2) ---- */
+
+/* libpq offers no public way to put ErrorResponse fields into a PGresult; this mirrors the
+ * layout of libpq 15's struct pg_result (libpq-int.h) up to errFields. mirror_ok() checks the
+ * layout against the real accessors first, so a different libpq skips instead of corrupting. */
+typedef struct mirror_field {
+    struct mirror_field *next;
+    char code;
+    char contents[];
+} mirror_field_t;
+
+typedef struct mirror_result {
+    int ntups, numAttributes;
+    void *attDescs, **tuples;
+    int tupArrSize, numParameters;
+    void *paramDescs;
+    ExecStatusType resultStatus;
+    char cmdStatus[64];
+    int binary;
+    void *noticeHooks[4];
+    void *events;
+    int nEvents, client_encoding;
+    char *errMsg;
+    mirror_field_t *errFields;
+} mirror_result_t;
+
+static void add_field(PGresult *r, char code, const char *value)
+{
+    mirror_field_t *f = PQresultAlloc(r, sizeof(*f) + strlen(value) + 1);
+    assert_non_null(f);
+    f->code = code;
+    strcpy(f->contents, value);
+    f->next = ((mirror_result_t *)r)->errFields;
+    ((mirror_result_t *)r)->errFields = f;
+}
+
+static bool mirror_ok(void)
+{
+    PGresult *r = PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+    mirror_result_t *m = (mirror_result_t *)r;
+    bool ok = m->resultStatus == PGRES_FATAL_ERROR && m->errFields == NULL;
+    if (ok) {
+        snprintf(m->cmdStatus, sizeof(m->cmdStatus), "INSERT 0 7");
+        add_field(r, 'C', "22012");
+        ok = strcmp(PQcmdStatus(r), "INSERT 0 7") == 0 &&
+             PQresultErrorField(r, PG_DIAG_SQLSTATE) != NULL &&
+             strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), "22012") == 0;
+    }
+    PQclear(r);
+    return ok;
+}
+
+static PGresult *mkerr(const char *const *fields)
+{
+    PGresult *r = PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+    for (; *fields != NULL; fields++)
+        add_field(r, fields[0][0], *fields + 1);
+    return r;
+}
+
+static void check_pg_error(const char *const *fields, const char *want)
+{
+    PGresult *r = mkerr(fields);
+    bh_sql_out_t o;
+    bh_sql_out_init(&o, 10);
+    assert_int_equal(bh_sql_encode_result(&o, NULL, true, true), BH_SQL_ETOO_LARGE);
+    assert_int_equal(bh_sql_encode_pg_error(&o, r), 0); /* replaces, unbounded */
+    assert_string_equal(body_str(&o), want);
+    bh_sql_out_free(&o);
+    PQclear(r);
+}
+
+static void test_pg_error(void **state)
+{
+    if (!mirror_ok())
+        skip();
+    /* SELECT 1/0 on PostgreSQL 15 (the fields libpq reported, V included) */
+    const char *div0[] = {"SERROR", "VERROR", "C22012",   "Mdivision by zero",
+                          "Fint.c", "L869",   "Rint4div", NULL};
+    check_pg_error(div0, "{\"message\":\"division by zero\",\"code\":\"22012\",\"detail\":null,"
+                         "\"hint\":null,\"position\":null,\"internalPosition\":null,"
+                         "\"internalQuery\":null,\"severity\":\"ERROR\",\"where\":null,\"table\":"
+                         "null,\"column\":null,\"schema\":null,\"dataType\":null,\"constraint\":"
+                         "null,\"file\":\"int.c\",\"line\":\"869\",\"routine\":\"int4div\"}");
+    const char *uniq[] = {"SERROR",
+                          "C23505",
+                          "Mduplicate key value violates unique constraint "
+                          "\"neon_compat_10519_pkey\"",
+                          "DKey (id)=(1) already exists.",
+                          "spublic",
+                          "tneon_compat_10519",
+                          "nneon_compat_10519_pkey",
+                          "Fnbtinsert.c",
+                          "L664",
+                          "R_bt_check_unique",
+                          NULL};
+    check_pg_error(
+        uniq,
+        "{\"message\":\"duplicate key value violates unique constraint "
+        "\\\"neon_compat_10519_pkey\\\"\",\"code\":\"23505\",\"detail\":\"Key (id)=(1) already "
+        "exists.\",\"hint\":null,\"position\":null,\"internalPosition\":null,\"internalQuery\":"
+        "null,"
+        "\"severity\":\"ERROR\",\"where\":null,\"table\":\"neon_compat_10519\",\"column\":null,"
+        "\"schema\":\"public\",\"dataType\":null,\"constraint\":\"neon_compat_10519_pkey\","
+        "\"file\":\"nbtinsert.c\",\"line\":\"664\",\"routine\":\"_bt_check_unique\"}");
+    /* every field; P present hides p and q */
+    const char *all[] = {"SERROR", "VERROR", "C42703",  "Mm\n\"x\"", "Dd", "Hh", "P8",
+                         "p3",     "qq",     "Ww\tctx", "ss",        "tt", "cc", "dd",
+                         "nn",     "Ff.c",   "L1",      "Rr",        NULL};
+    check_pg_error(all,
+                   "{\"message\":\"m\\n\\\"x\\\"\",\"code\":\"42703\",\"detail\":\"d\",\"hint\":"
+                   "\"h\",\"position\":\"8\",\"internalPosition\":null,\"internalQuery\":null,"
+                   "\"severity\":\"ERROR\",\"where\":\"w\\tctx\",\"table\":\"t\",\"column\":"
+                   "\"c\",\"schema\":\"s\",\"dataType\":\"d\",\"constraint\":\"n\",\"file\":"
+                   "\"f.c\",\"line\":\"1\",\"routine\":\"r\"}");
+    /* without P: internalPosition and internalQuery */
+    const char *internal[] = {"SERROR", "C42601", "Msyntax error", "p15", "qSELECT oops", NULL};
+    check_pg_error(
+        internal, "{\"message\":\"syntax error\",\"code\":\"42601\",\"detail\":null,\"hint\":null,"
+                  "\"position\":null,\"internalPosition\":\"15\",\"internalQuery\":\"SELECT oops\","
+                  "\"severity\":\"ERROR\",\"where\":null,\"table\":null,\"column\":null,\"schema\":"
+                  "null,\"dataType\":null,\"constraint\":null,\"file\":null,\"line\":null,"
+                  "\"routine\":null}");
+    /* a lone q (no p) is dropped too */
+    const char *lone_q[] = {"SERROR", "C1", "Mx", "qSELECT", NULL};
+    check_pg_error(lone_q, "{\"message\":\"x\",\"code\":\"1\",\"detail\":null,\"hint\":null,"
+                           "\"position\":null,\"internalPosition\":null,\"internalQuery\":null,"
+                           "\"severity\":\"ERROR\",\"where\":null,\"table\":null,\"column\":null,"
+                           "\"schema\":null,\"dataType\":null,\"constraint\":null,\"file\":null,"
+                           "\"line\":null,\"routine\":null}");
+}
+
+static void test_pg_error_no_fields(void **state)
+{
+    /* a libpq-generated error (e.g. a lost connection): no fields, code and severity "" */
+    PGresult *r = PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
+    bh_sql_out_t o;
+    bh_sql_out_init(&o, 1 << 20);
+    assert_int_equal(bh_sql_encode_pg_error(&o, r), 0);
+    assert_string_equal(
+        body_str(&o), "{\"message\":\"unknown error\",\"code\":\"\",\"detail\":null,\"hint\":null,"
+                      "\"position\":null,\"internalPosition\":null,\"internalQuery\":null,"
+                      "\"severity\":\"\",\"where\":null,\"table\":null,\"column\":null,\"schema\":"
+                      "null,\"dataType\":null,\"constraint\":null,\"file\":null,\"line\":null,"
+                      "\"routine\":null}");
+    if (mirror_ok()) {
+        char *msg = PQresultAlloc(r, 128);
+        strcpy(msg, "server closed the connection unexpectedly\n\tThis probably means...\n");
+        ((mirror_result_t *)r)->errMsg = msg;
+        assert_int_equal(bh_sql_encode_pg_error(&o, r), 0);
+        assert_non_null(strstr(body_str(&o), "{\"message\":\"server closed the connection "
+                                             "unexpectedly\\n\\tThis probably means...\","
+                                             "\"code\":\"\","));
+    }
+    bh_sql_out_free(&o);
+    PQclear(r);
+}
+
+static void test_local_errors(void **state)
+{
+    bh_sql_out_t o;
+    bh_sql_out_init(&o, 1); /* error bodies ignore the bound */
+    assert_int_equal(bh_sql_encode_local_error(&o, "invalid isolation level"), 0);
+    assert_string_equal(
+        body_str(&o),
+        "{\"message\":\"invalid isolation level\",\"code\":\"\",\"detail\":null,\"hint\":null,"
+        "\"position\":null,\"internalPosition\":null,\"internalQuery\":null,\"severity\":\"\","
+        "\"where\":null,\"table\":null,\"column\":null,\"schema\":null,\"dataType\":null,"
+        "\"constraint\":null,\"file\":null,\"line\":null,\"routine\":null}");
+    assert_int_equal(bh_sql_encode_too_large(&o, false, 10485760), 0);
+    assert_non_null(strstr(body_str(&o), "{\"message\":\"request is too large (max is 10485760 "
+                                         "bytes)\",\"code\":\"\","));
+    assert_int_equal(bh_sql_encode_not_supported(&o), 0);
+    assert_string_equal(body_str(&o), "\"query is not supported\"");
+    /* then a success body still works on the same buffer after a reset (and respects max) */
+    bh_sql_out_reset(&o);
+    assert_int_equal(bh_sql_encode_result(&o, NULL, true, true), BH_SQL_ETOO_LARGE);
+    bh_sql_out_free(&o);
+    assert_int_equal(bh_sql_status(BH_SQL_EBODY), 400);
+    assert_int_equal(bh_sql_status(BH_ENOMEM), 500);
+    assert_string_equal(bh_sql_strerror(BH_SQL_EISOLATION), "invalid isolation level");
+}
+
+/* ---- connect errors (section 12), real libpq 15 VERBOSE messages ---- */
+
+static const char CONN_28P01[] =
+    "connection to server at \"127.0.0.1\", port 55871 failed: FATAL:  28P01: password "
+    "authentication failed for user \"alice\"\nLOCATION:  auth_failed, auth.c:334\n";
+static const char CONN_3D000[] =
+    "connection to server at \"127.0.0.1\", port 55871 failed: FATAL:  3D000: database "
+    "\"nosuchdb\" does not exist\nLOCATION:  InitPostgres, postinit.c:948\n";
+static const char CONN_53300[] =
+    "connection to server at \"127.0.0.1\", port 55871 failed: FATAL:  53300: sorry, too many "
+    "clients already\nLOCATION:  InitProcess, proc.c:357\n";
+static const char CONN_TWO[] =
+    "connection to server at \"127.0.0.1\", port 1 failed: Connection refused\n\tIs the server "
+    "running on that host and accepting TCP/IP connections?\nconnection to server at "
+    "\"127.0.0.1\", port 55871 failed: FATAL:  28P01: password authentication failed for user "
+    "\"alice\"\nLOCATION:  auth_failed, auth.c:334\n";
+static const char CONN_REFUSED[] =
+    "connection to server at \"127.0.0.1\", port 1 failed: Connection refused\n\tIs the server "
+    "running on that host and accepting TCP/IP connections?\n";
+
+static bool span_is(bh_span_t s, const char *want)
+{
+    if (want == NULL)
+        return s.p == NULL;
+    return s.p != NULL && s.n == strlen(want) && memcmp(s.p, want, s.n) == 0;
+}
+
+static void test_conn_error(void **state)
+{
+    bh_sql_conn_error_t ce;
+    assert_true(bh_sql_conn_error_parse(CONN_28P01, &ce));
+    assert_true(span_is(ce.severity, "FATAL") && span_is(ce.code, "28P01"));
+    assert_true(span_is(ce.message, "password authentication failed for user \"alice\""));
+    assert_true(span_is(ce.routine, "auth_failed") && span_is(ce.file, "auth.c") &&
+                span_is(ce.line, "334"));
+    assert_true(span_is(ce.detail, NULL) && span_is(ce.hint, NULL));
+
+    assert_true(bh_sql_conn_error_parse(CONN_3D000, &ce));
+    assert_true(span_is(ce.code, "3D000"));
+    assert_true(span_is(ce.message, "database \"nosuchdb\" does not exist"));
+    assert_true(bh_sql_conn_error_parse(CONN_53300, &ce));
+    assert_true(span_is(ce.code, "53300") && span_is(ce.routine, "InitProcess"));
+    assert_true(span_is(ce.message, "sorry, too many clients already"));
+    assert_true(bh_sql_conn_error_parse(CONN_TWO, &ce));
+    assert_true(span_is(ce.code, "28P01") && span_is(ce.file, "auth.c"));
+
+    /* transport failure: no SQLSTATE */
+    assert_false(bh_sql_conn_error_parse(CONN_REFUSED, &ce));
+    assert_true(span_is(ce.code, NULL) && ce.message.n == strlen(CONN_REFUSED) - 1);
+    assert_false(bh_sql_conn_error_parse("", &ce));
+    assert_false(bh_sql_conn_error_parse(NULL, &ce));
+
+    /* user-controlled text after the SQLSTATE cannot pose as another error */
+    assert_true(bh_sql_conn_error_parse(
+        "connection to server at \"h\", port 1 failed: FATAL:  28P01: password authentication "
+        "failed for user \"x FATAL:  99999: y\"\nDETAIL:  some detail\nHINT:  a hint\n",
+        &ce));
+    assert_true(span_is(ce.code, "28P01") && span_is(ce.detail, "some detail") &&
+                span_is(ce.hint, "a hint") && span_is(ce.routine, NULL));
+
+    bh_sql_out_t o;
+    bh_sql_out_init(&o, 1 << 20);
+    assert_int_equal(bh_sql_encode_conn_error(&o, CONN_28P01), 0);
+    assert_string_equal(
+        body_str(&o),
+        "{\"message\":\"password authentication failed for user \\\"alice\\\"\",\"code\":\"28P01\","
+        "\"detail\":null,\"hint\":null,\"position\":null,\"internalPosition\":null,"
+        "\"internalQuery\":"
+        "null,\"severity\":\"FATAL\",\"where\":null,\"table\":null,\"column\":null,\"schema\":null,"
+        "\"dataType\":null,\"constraint\":null,\"file\":\"auth.c\",\"line\":\"334\",\"routine\":"
+        "\"auth_failed\"}");
+    assert_int_equal(bh_sql_encode_conn_error(&o, CONN_REFUSED), 0);
+    assert_non_null(strstr(body_str(&o),
+                           "{\"message\":\"connection to server at \\\"127.0.0.1\\\", "
+                           "port 1 failed: Connection refused\\n\\tIs the server "
+                           "running on that host and accepting TCP/IP "
+                           "connections?\",\"code\":\"\","));
+    assert_non_null(strstr(body_str(&o), "\"severity\":\"\","));
+    bh_sql_out_free(&o);
+}
+
+/* ---- request bodies and parameters (3) ---- */
+
+static bh_sql_request_t *parse_ok(const char *json)
+{
+    bh_sql_request_t *r = NULL;
+    char err[256] = "";
+    int rc = bh_sql_parse_body(json, strlen(json), &r, err, sizeof(err));
+    if (rc != 0)
+        fail_msg("%s: %d %s", json, rc, err);
+    return r;
+}
+
+static void parse_fails(const char *json, const char *want_err)
+{
+    bh_sql_request_t *r = (void *)1;
+    char err[256] = "";
+    assert_int_equal(bh_sql_parse_body(json, strlen(json), &r, err, sizeof(err)), BH_SQL_EBODY);
+    assert_null(r);
+    if (strncmp(err, want_err, strlen(want_err)) != 0)
+        fail_msg("%s: got error %s, want %s", json, err, want_err);
+}
+
+static void assert_param(const bh_sql_query_t *q, int i, const char *want)
+{
+    assert_true(i < q->nparams);
+    if (want == NULL) {
+        assert_null(q->params[i]);
+        return;
+    }
+    assert_non_null(q->params[i]);
+    if (strcmp(q->params[i], want) != 0)
+        fail_msg("param %d: got [%s] want [%s]", i, q->params[i], want);
+}
+
+static void test_body_params(void **state)
+{
+    /* section 8.3 on the wire: the driver sends strings and null only */
+    bh_sql_request_t *r = parse_ok("{\"query\":\"SELECT $1::int AS a, $2 AS b, $3 AS c, $4 AS d, "
+                                   "$5 AS e, $6 AS f, $7 AS g, $8 "
+                                   "AS h\",\"params\":[\"42\",null,\"he said "
+                                   "\\\"hi\\\"\\n\",\"true\",\"12345678901234567890\","
+                                   "\"2024-01-02T03:04:05.006+00:00\",\"{\\\"1\\\",NULL,"
+                                   "\\\"a\\\\\\\"b\\\",{\\\"2\\\",\\\"3\\\""
+                                   "}}\",\"{\\\"k\\\":[1,\\\"two\\\"]}\"]}");
+    assert_false(r->batch);
+    assert_int_equal(r->nqueries, 1);
+    const bh_sql_query_t *q = &r->queries[0];
+    assert_string_equal(q->text, "SELECT $1::int AS a, $2 AS b, $3 AS c, $4 AS d, $5 AS e, $6 AS "
+                                 "f, $7 AS g, $8 AS h");
+    assert_int_equal(q->nparams, 8);
+    assert_int_equal(q->array_mode, -1);
+    assert_param(q, 0, "42");
+    assert_param(q, 1, NULL);
+    assert_param(q, 2, "he said \"hi\"\n");
+    assert_param(q, 3, "true");
+    assert_param(q, 4, "12345678901234567890");
+    assert_param(q, 5, "2024-01-02T03:04:05.006+00:00");
+    assert_param(q, 6, "{\"1\",NULL,\"a\\\"b\",{\"2\",\"3\"}}");
+    assert_param(q, 7, "{\"k\":[1,\"two\"]}");
+    bh_sql_request_free(r);
+
+    r = parse_ok("{\"query\":\"SELECT $1::bytea AS buf, $2::bytea AS u8, $3 AS undef, $4 AS fl\","
+                 "\"params\":[\"\\\\xdeadbeef\",\"\\\\x0102\",null,\"1.5\"]}");
+    assert_param(&r->queries[0], 0, "\\xdeadbeef");
+    assert_param(&r->queries[0], 1, "\\x0102");
+    assert_param(&r->queries[0], 2, NULL);
+    assert_param(&r->queries[0], 3, "1.5");
+    bh_sql_request_free(r);
+
+    /* server-side rules of 3.4 for non-string JSON */
+    r = parse_ok("{\"params\":[true,false,42,-7,0,1.5,1e3,0.1,1e100,-0.0,2.5e-7,"
+                 "9223372036854775807,-9223372036854775808,"
+                 "{\"b\":1,\"a\":[1,\"two\",{\"z\":null,\"y\":1.0}],\"é\":\"\\u00e9/\\u0001\"},"
+                 "{},[],[1,null,\"a\\\"b\",[2,3]],[[1,2],[3,[4]]],[{\"k\":\"v\",\"a\":\"q\\\"\"}],"
+                 "[true,1.5,\"x\\ny\",\"back\\\\slash\"],[null],\"\",\"日本\"],"
+                 "\"query\":\"SELECT 1\"}");
+    q = &r->queries[0];
+    const char *want[] = {"true",
+                          "false",
+                          "42",
+                          "-7",
+                          "0",
+                          "1.5",
+                          "1000.0",
+                          "0.1",
+                          "1e100",
+                          "-0.0",
+                          "2.5e-7",
+                          "9223372036854775807",
+                          "-9223372036854775808",
+                          "{\"a\":[1,\"two\",{\"y\":1.0,\"z\":null}],\"b\":1,\"é\":\"é/\\u0001\"}",
+                          "{}",
+                          "{}",
+                          "{1,NULL,\"a\\\"b\",{2,3}}",
+                          "{{1,2},{3,{4}}}",
+                          "{\"{\\\"a\\\":\\\"q\\\\\\\"\\\",\\\"k\\\":\\\"v\\\"}\"}",
+                          "{true,1.5,\"x\\ny\",\"back\\\\slash\"}",
+                          "{NULL}",
+                          "",
+                          "日本"};
+    assert_int_equal(q->nparams, (int)(sizeof(want) / sizeof(want[0])));
+    for (int i = 0; i < q->nparams; i++)
+        assert_param(q, i, want[i]);
+    bh_sql_request_free(r);
+}
+
+static void test_body_shapes(void **state)
+{
+    bh_sql_request_t *r = parse_ok("{\"query\":\"SELECT 1\"}"); /* params optional */
+    assert_int_equal(r->queries[0].nparams, 0);
+    assert_non_null(r->queries[0].params);
+    bh_sql_request_free(r);
+
+    bh_sql_headers_t h;
+    bh_sql_headers_init(&h);
+    h.array_mode = true;
+    r = parse_ok("{\"query\":\"\",\"params\":[],\"arrayMode\":false,\"extra\":{\"x\":1}}");
+    assert_string_equal(r->queries[0].text, "");
+    assert_int_equal(r->queries[0].array_mode, 0);
+    assert_false(bh_sql_array_mode(&h, &r->queries[0]));
+    bh_sql_request_free(r);
+    r = parse_ok("{\"query\":\"x\",\"arrayMode\":null}");
+    assert_int_equal(r->queries[0].array_mode, -1);
+    assert_true(bh_sql_array_mode(&h, &r->queries[0]));
+    h.array_mode = false;
+    assert_false(bh_sql_array_mode(&h, &r->queries[0]));
+    bh_sql_request_free(r);
+
+    r = parse_ok("{\"queries\":[{\"query\":\"SELECT 1 AS x\",\"params\":[]},{\"query\":\"SELECT "
+                 "current_setting($1) AS iso\",\"params\":[\"transaction_isolation\"],"
+                 "\"arrayMode\":true}]}");
+    assert_true(r->batch);
+    assert_int_equal(r->nqueries, 2);
+    assert_int_equal(r->queries[1].nparams, 1);
+    assert_param(&r->queries[1], 0, "transaction_isolation");
+    assert_int_equal(r->queries[0].array_mode, -1);
+    assert_int_equal(r->queries[1].array_mode, 1);
+    bh_sql_request_free(r);
+
+    r = parse_ok("{\"queries\":[]}"); /* legal: START TRANSACTION; COMMIT */
+    assert_true(r->batch);
+    assert_int_equal(r->nqueries, 0);
+    bh_sql_request_free(r);
+
+    /* Single is tried first */
+    r = parse_ok("{\"query\":\"a\",\"queries\":[{\"query\":\"b\"}]}");
+    assert_false(r->batch);
+    assert_string_equal(r->queries[0].text, "a");
+    bh_sql_request_free(r);
+    /* a bad single falls back to Batch */
+    r = parse_ok("{\"query\":1,\"queries\":[{\"query\":\"b\"}]}");
+    assert_true(r->batch);
+    bh_sql_request_free(r);
+
+    const char *shape = "could not parse the HTTP request body: data did not match any variant of "
+                        "untagged enum Payload";
+    parse_fails("{\"query\":1}", shape);
+    parse_fails("{\"query\":\"x\",\"params\":null}", shape);
+    parse_fails("{\"query\":\"x\",\"params\":{}}", shape);
+    parse_fails("{\"query\":\"x\",\"params\":\"1\"}", shape);
+    parse_fails("{\"query\":\"x\",\"arrayMode\":\"true\"}", shape);
+    parse_fails("{\"queries\":{}}", shape);
+    parse_fails("{\"queries\":[{\"query\":\"a\"},{\"params\":[]}]}", shape);
+    parse_fails("{\"queries\":[1]}", shape);
+    parse_fails("[{\"query\":\"x\"}]", shape);
+    parse_fails("\"SELECT 1\"", shape);
+    parse_fails("{}", shape);
+    const char *syntax = "could not parse the HTTP request body: ";
+    parse_fails("", syntax);
+    parse_fails("{\"query\":\"x\"", syntax);
+    parse_fails("{\"query\":\"x\"} trailing", syntax);
+    parse_fails("{\"query\":\"a\\u0000b\"}", syntax); /* NUL cannot reach libpq */
+    parse_fails("{\"query\":\"\xff\"}", syntax);      /* not UTF-8 */
+
+    /* 65535 params is the protocol's limit */
+    size_t cap = 16 + 65536 * 4 + 32;
+    char *big = malloc(cap);
+    size_t n = (size_t)snprintf(big, cap, "{\"query\":\"x\",\"params\":[");
+    for (int i = 0; i < 65536; i++)
+        n += (size_t)snprintf(big + n, cap - n, "%s\"\"", i ? "," : "");
+    n += (size_t)snprintf(big + n, cap - n, "]}");
+    char err[256];
+    assert_int_equal(bh_sql_parse_body(big, n, &r, err, sizeof(err)), BH_SQL_EBODY);
+    assert_string_equal(err, "could not parse the HTTP request body: too many parameters (65536, "
+                             "max 65535)");
+    /* drop one: accepted */
+    memmove(big + n - 5, big + n - 2, 2);
+    assert_int_equal(bh_sql_parse_body(big, n - 3, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->queries[0].nparams, 65535);
+    bh_sql_request_free(r);
+    free(big);
+    bh_sql_request_free(NULL);
+}
+
+static void test_out_of_memory(void **state)
+{
+    const char *body = "{\"queries\":[{\"query\":\"SELECT $1\",\"params\":[{\"b\":1,\"a\":2},[1,{"
+                       "\"x\":[1]}]]},{\"query\":\"SELECT 2\"}]}";
+    /* every allocation failing in turn gives BH_ENOMEM and no leak (ASan checks) */
+    int failures = 0;
+    for (unsigned long nth = 1; nth < 200; nth++) {
+        bh_sql_request_t *r = NULL;
+        bh_alloc_fail_after(nth);
+        int rc = bh_sql_parse_body(body, strlen(body), &r, NULL, 0);
+        bh_alloc_fail_after(0);
+        if (rc == 0) {
+            bh_sql_request_free(r);
+            break;
+        }
+        assert_int_equal(rc, BH_ENOMEM);
+        failures++;
+    }
+    assert_true(failures > 0);
+    col_t cols[] = {INT4("x")};
+    const char *vals[] = {"1"};
+    PGresult *res = mkres(1, cols, 1, vals);
+    bh_sql_out_t o;
+    bh_sql_out_init(&o, 1 << 20);
+    bh_alloc_fail_after(1);
+    assert_int_equal(bh_sql_encode_result(&o, res, true, true), BH_ENOMEM);
+    bh_alloc_fail_after(0);
+    assert_int_equal(bh_sql_status(o.err), 500);
+    bh_sql_out_free(&o);
+    PQclear(res);
+}
+
+/* ---- connection strings (2.1) ---- */
+
+static void test_connstr(void **state)
+{
+    bh_sql_connstr_t c;
+    char err[128];
+    const char *s =
+        "postgresql://alice:s3cr%40t@ep-cool-name-123456.us-east-2.aws.neon.tech/neondb?"
+        "sslmode=require&application_name=pkg%3Anpm%2F%2540neondatabase%2Fserverless%"
+        "401.2.0";
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, err, sizeof(err)), 0);
+    assert_string_equal(c.user, "alice");
+    assert_string_equal(c.password, "s3cr@t");
+    assert_int_equal(c.password_len, 6);
+    assert_string_equal(c.dbname, "neondb");
+    assert_string_equal(c.host, "ep-cool-name-123456.us-east-2.aws.neon.tech");
+    assert_int_equal(c.port, 5432);
+    assert_false(c.has_port);
+    assert_false(c.host_ip);
+    assert_string_equal(c.application_name, "pkg:npm/%40neondatabase/serverless@1.2.0");
+    bh_sql_connstr_free(&c);
+
+    s = "postgres://bob:pw@EP-X.LocalTest.me:5433/db2";
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, err, sizeof(err)), 0);
+    assert_string_equal(c.host, "ep-x.localtest.me");
+    assert_int_equal(c.port, 5433);
+    assert_true(c.has_port);
+    assert_null(c.application_name);
+    bh_sql_connstr_free(&c);
+
+    /* IP literals are accepted (unlike Neon); no password; empty password; odd bytes */
+    s = "POSTGRES://u%20x@[::1]:6543/my%2Fdb/ignored?x=1#frag";
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, err, sizeof(err)), 0);
+    assert_string_equal(c.user, "u x");
+    assert_null(c.password);
+    assert_string_equal(c.host, "::1");
+    assert_true(c.host_ip);
+    assert_int_equal(c.port, 6543);
+    assert_string_equal(c.dbname, "my/db");
+    bh_sql_connstr_free(&c);
+    s = "postgres://u:@127.0.0.1/d";
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, err, sizeof(err)), 0);
+    assert_string_equal(c.password, "");
+    assert_true(c.host_ip);
+    bh_sql_connstr_free(&c);
+    s = "postgres://u:p@ss:w@rd@localhost:/d%zz%4"; /* last '@'; empty port; bad escapes kept */
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, err, sizeof(err)), 0);
+    assert_string_equal(c.password, "p@ss:w@rd");
+    assert_string_equal(c.host, "localhost");
+    assert_false(c.has_port);
+    assert_string_equal(c.dbname, "d%zz%4");
+    bh_sql_connstr_free(&c);
+    s = "postgresql://u:%E6%97%A5+@h/d?application_name=a+b%21";
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, err, sizeof(err)), 0);
+    assert_string_equal(c.password, "日+");
+    assert_string_equal(c.application_name, "a b!");
+    bh_sql_connstr_free(&c);
+
+    static const struct {
+        const char *s, *err;
+    } bad[] = {
+        {"mysql://u:p@h/d", "incorrect scheme"},
+        {"http://u:p@h/d", "incorrect scheme"},
+        {"postgresx://u:p@h/d", "incorrect scheme"},
+        {"no scheme at all", "invalid connection string: relative URL without a base"},
+        {"postgres:d", "missing database name"},
+        {"postgres://u:p@h", "missing database name"},
+        {"postgres://u:p@h/", "missing database name"},
+        {"postgres://u:p@h?x=/d", "missing database name"},
+        {"postgres://:p@h/d", "missing username"},
+        {"postgres://h/d", "missing username"},
+        {"postgres://u:p@/d", "missing hostname"},
+        {"postgres://u:p@:5432/d", "missing hostname"},
+        {"postgres://u:p@h:70000/d", "invalid connection string: invalid port number"},
+        {"postgres://u:p@h:54x/d", "invalid connection string: invalid port number"},
+        {"postgres://u:p@h o/d", "invalid connection string: invalid domain character"},
+        {"postgres://u:p@h%41/d", "invalid connection string: invalid domain character"},
+        {"postgres://u:p@[::1/d", "invalid connection string: invalid IPv6 address"},
+        {"postgres://u:p@[::g]/d", "invalid connection string: invalid IPv6 address"},
+        {"postgres://u:p@[::1]x/d", "invalid connection string: invalid IPv6 address"},
+        {"postgres://u:p%00@h/d", "invalid connection string: NUL byte in password"},
+        {"postgres://u%00:p@h/d", "invalid connection string: NUL byte in user name"},
+        {"postgres://u:p@h/d%00", "invalid connection string: NUL byte in database name"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        int rc = bh_sql_parse_connstr(bad[i].s, strlen(bad[i].s), &c, err, sizeof(err));
+        if (rc != BH_SQL_ECONNSTR || strcmp(err, bad[i].err) != 0)
+            fail_msg("%s: rc %d err [%s], want [%s]", bad[i].s, rc, err, bad[i].err);
+        assert_null(c.mem_);
+    }
+}
+
+/* ---- headers, BEGIN, response heads, routing ---- */
+
+static bh_span_t sp(const char *s)
+{
+    return (bh_span_t){s, strlen(s)};
+}
+
+static void test_headers(void **state)
+{
+    bh_sql_headers_t h;
+    char err[128];
+    bh_sql_headers_init(&h);
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    assert_string_equal(err, "invalid header: neon-connection-string");
+    bh_sql_header(&h, sp("NEON-CONNECTION-STRING"), sp("postgresql://a:b@h/d"));
+    bh_sql_header(&h, sp("neon-connection-string"), sp("postgresql://second@h/d"));
+    bh_sql_header(&h, sp("Neon-Raw-Text-Output"), sp("true"));
+    bh_sql_header(&h, sp("neon-array-mode"), sp("True"));
+    bh_sql_header(&h, sp("Neon-Batch-Read-Only"), sp("1"));
+    bh_sql_header(&h, sp("Neon-Batch-Deferrable"), sp("true"));
+    bh_sql_header(&h, sp("Neon-Pool-Opt-In"), sp("true"));
+    bh_sql_header(&h, sp("X-Neon-Query-ID"), sp("q1"));
+    bh_sql_header(&h, sp("Content-Type"), sp("text/plain;charset=UTF-8"));
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), 0);
+    assert_true(span_is(h.connstr, "postgresql://a:b@h/d")); /* first occurrence */
+    assert_true(h.raw_text);
+    assert_false(h.array_mode);
+    assert_false(h.read_only);
+    assert_true(h.deferrable);
+    assert_true(span_is(h.query_id, "q1"));
+    assert_int_equal(h.isolation, BH_SQL_ISO_DEFAULT);
+
+    static const struct {
+        const char *v;
+        bh_sql_isolation_t iso;
+    } iso[] = {
+        {"Serializable", BH_SQL_ISO_SERIALIZABLE},
+        {"ReadUncommitted", BH_SQL_ISO_READ_UNCOMMITTED},
+        {"ReadCommitted", BH_SQL_ISO_READ_COMMITTED},
+        {"RepeatableRead", BH_SQL_ISO_REPEATABLE_READ},
+        {"serializable", BH_SQL_ISO_INVALID},
+        {"READ COMMITTED", BH_SQL_ISO_INVALID},
+        {"", BH_SQL_ISO_INVALID},
+    };
+    for (size_t i = 0; i < sizeof(iso) / sizeof(iso[0]); i++) {
+        bh_sql_headers_t h2;
+        bh_sql_headers_init(&h2);
+        bh_sql_header(&h2, sp("neon-connection-string"), sp("postgres://u@h/d"));
+        bh_sql_header(&h2, sp("Neon-Batch-Isolation-Level"), sp(iso[i].v));
+        assert_int_equal(h2.isolation, iso[i].iso);
+        int rc = bh_sql_headers_check(&h2, err, sizeof(err));
+        if (iso[i].iso == BH_SQL_ISO_INVALID) {
+            assert_int_equal(rc, BH_SQL_EISOLATION);
+            assert_string_equal(err, "invalid isolation level");
+        } else {
+            assert_int_equal(rc, 0);
+        }
+    }
+    /* non-ASCII or empty connection string */
+    bh_sql_headers_init(&h);
+    bh_sql_header(&h, sp("neon-connection-string"), sp("postgres://ü@h/d"));
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    bh_sql_headers_init(&h);
+    bh_sql_header(&h, sp("neon-connection-string"), sp(""));
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+
+    /* bearer tokens */
+    bh_span_t tok;
+    assert_false(bh_sql_bearer(&h, &tok));
+    bh_sql_header(&h, sp("authorization"), sp("Basic abc"));
+    assert_false(bh_sql_bearer(&h, &tok));
+    bh_sql_headers_init(&h);
+    bh_sql_header(&h, sp("Authorization"), sp("Bearer tok123"));
+    assert_true(bh_sql_bearer(&h, &tok));
+    assert_true(span_is(tok, "tok123"));
+    assert_true(bh_sql_token_eq(tok, "tok123"));
+    assert_false(bh_sql_token_eq(tok, "tok124"));
+    assert_false(bh_sql_token_eq(tok, "tok12"));
+    assert_false(bh_sql_token_eq(tok, "tok1234"));
+    assert_false(bh_sql_token_eq(tok, ""));
+    bh_sql_headers_init(&h);
+    bh_sql_header(&h, sp("Authorization"), sp("bearer tok123"));
+    assert_false(bh_sql_bearer(&h, &tok));
+}
+
+static void test_begin_statement(void **state)
+{
+    static const struct {
+        const char *iso;
+        bool ro, def;
+        const char *want;
+    } cases[] = {
+        {NULL, false, false, "START TRANSACTION"},
+        {"Serializable", false, false, "START TRANSACTION ISOLATION LEVEL SERIALIZABLE"},
+        {"ReadUncommitted", true, false,
+         "START TRANSACTION ISOLATION LEVEL READ UNCOMMITTED, READ ONLY"},
+        {"ReadCommitted", false, true,
+         "START TRANSACTION ISOLATION LEVEL READ COMMITTED, DEFERRABLE"},
+        {"RepeatableRead", true, true,
+         "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE"},
+        {NULL, true, false, "START TRANSACTION READ ONLY"},
+        {NULL, true, true, "START TRANSACTION READ ONLY, DEFERRABLE"},
+        {NULL, false, true, "START TRANSACTION DEFERRABLE"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        bh_sql_headers_t h;
+        bh_sql_headers_init(&h);
+        if (cases[i].iso)
+            bh_sql_header(&h, sp("neon-batch-isolation-level"), sp(cases[i].iso));
+        bh_sql_header(&h, sp("neon-batch-read-only"), sp(cases[i].ro ? "true" : "false"));
+        bh_sql_header(&h, sp("neon-batch-deferrable"), sp(cases[i].def ? "true" : "false"));
+        char buf[BH_SQL_BEGIN_MAX];
+        size_t n = bh_sql_begin_statement(&h, buf);
+        assert_string_equal(buf, cases[i].want);
+        assert_int_equal(n, strlen(cases[i].want));
+    }
+}
+
+static void test_response_heads(void **state)
+{
+    char id[BH_SQL_REQUEST_ID_LEN + 1];
+    uint8_t rnd[16];
+    memset(rnd, 0xff, sizeof(rnd));
+    bh_sql_request_id(rnd, id);
+    assert_string_equal(id, "ffffffff-ffff-4fff-bfff-ffffffffffff");
+    memset(rnd, 0, sizeof(rnd));
+    bh_sql_request_id(rnd, id);
+    assert_string_equal(id, "00000000-0000-4000-8000-000000000000");
+
+    char buf[1024];
+    bh_wbuf_t w = {buf, 0, sizeof(buf) - 1, false};
+    bh_sql_write_headers(&w, BH_SQL_REPLY_OK, NULL, id);
+    buf[w.n] = '\0';
+    assert_string_equal(buf, "content-type: application/json\r\n"
+                             "access-control-allow-origin: *\r\n"
+                             "neon-request-id: 00000000-0000-4000-8000-000000000000\r\n");
+
+    bh_sql_headers_t h;
+    bh_sql_headers_init(&h);
+    bh_sql_header(&h, sp("Neon-Batch-Isolation-Level"), sp("RepeatableRead"));
+    bh_sql_header(&h, sp("Neon-Batch-Read-Only"), sp("true"));
+    bh_sql_header(&h, sp("Neon-Batch-Deferrable"), sp("false"));
+    w = (bh_wbuf_t){buf, 0, sizeof(buf) - 1, false};
+    bh_sql_write_headers(&w, BH_SQL_REPLY_BATCH_OK, &h, NULL);
+    buf[w.n] = '\0';
+    assert_string_equal(buf, "content-type: application/json\r\n"
+                             "access-control-allow-origin: *\r\n"
+                             "neon-batch-read-only: true\r\n"
+                             "neon-batch-isolation-level: RepeatableRead\r\n");
+    /* the same request failing: no echo */
+    w = (bh_wbuf_t){buf, 0, sizeof(buf) - 1, false};
+    bh_sql_write_headers(&w, BH_SQL_REPLY_OK, &h, NULL);
+    assert_int_equal(w.n, strlen("content-type: application/json\r\n"
+                                 "access-control-allow-origin: *\r\n"));
+
+    w = (bh_wbuf_t){buf, 0, sizeof(buf) - 1, false};
+    bh_sql_write_headers(&w, BH_SQL_REPLY_PREFLIGHT, NULL, id);
+    buf[w.n] = '\0';
+    assert_string_equal(buf, "allow: OPTIONS, POST\r\n"
+                             "access-control-allow-origin: *\r\n"
+                             "access-control-allow-headers: Authorization, Neon-Connection-String, "
+                             "Neon-Raw-Text-Output, Neon-Array-Mode, Neon-Pool-Opt-In, "
+                             "Neon-Batch-Read-Only, Neon-Batch-Isolation-Level, "
+                             "Neon-Batch-Deferrable\r\n"
+                             "access-control-max-age: 86400\r\n"
+                             "neon-request-id: 00000000-0000-4000-8000-000000000000\r\n");
+    /* too small a buffer is reported */
+    w = (bh_wbuf_t){buf, 0, 10, false};
+    bh_sql_write_headers(&w, BH_SQL_REPLY_OK, NULL, NULL);
+    assert_true(w.overflow);
+}
+
+static void test_route(void **state)
+{
+    assert_int_equal(bh_sql_route(sp("POST"), sp("/sql")), BH_SQL_ROUTE_QUERY);
+    assert_int_equal(bh_sql_route(sp("POST"), sp("/sql?x=1")), BH_SQL_ROUTE_QUERY);
+    assert_int_equal(bh_sql_route(sp("OPTIONS"), sp("/sql")), BH_SQL_ROUTE_PREFLIGHT);
+    assert_int_equal(bh_sql_route(sp("GET"), sp("/sql")), BH_SQL_ROUTE_UNSUPPORTED);
+    assert_int_equal(bh_sql_route(sp("post"), sp("/sql")), BH_SQL_ROUTE_UNSUPPORTED);
+    assert_int_equal(bh_sql_route(sp("POST"), sp("/sql/")), BH_SQL_ROUTE_UNSUPPORTED);
+    assert_int_equal(bh_sql_route(sp("POST"), sp("/SQL")), BH_SQL_ROUTE_UNSUPPORTED);
+    assert_int_equal(bh_sql_route(sp("POST"), sp("/")), BH_SQL_ROUTE_UNSUPPORTED);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -480,6 +1247,18 @@ int main(void)
         cmocka_unit_test(test_nonraw),
         cmocka_unit_test(test_incremental_rows),
         cmocka_unit_test(test_bound_507),
+        cmocka_unit_test(test_pg_error),
+        cmocka_unit_test(test_pg_error_no_fields),
+        cmocka_unit_test(test_local_errors),
+        cmocka_unit_test(test_conn_error),
+        cmocka_unit_test(test_body_params),
+        cmocka_unit_test(test_body_shapes),
+        cmocka_unit_test(test_out_of_memory),
+        cmocka_unit_test(test_connstr),
+        cmocka_unit_test(test_headers),
+        cmocka_unit_test(test_begin_statement),
+        cmocka_unit_test(test_response_heads),
+        cmocka_unit_test(test_route),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
