@@ -9,6 +9,7 @@ last one imported under that name. The parent's helpers are loaded here under th
 import importlib.util
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -588,3 +589,35 @@ class Poller(threading.Thread):
     @property
     def max(self):
         return max(self.values) if self.values else None
+
+
+# ----------------------------------------------------------------------------------------------
+# requests held in flight without timing: they block on an advisory lock the test holds
+
+def lock_key():
+    return random.randrange(1, 2 ** 62)
+
+
+class Lock:
+    """A session advisory lock in database app held by the test (requests block on it)."""
+
+    def __init__(self, pg):
+        self.key = lock_key()
+        self.conn = pg.connect(dbname="app")
+        self.conn.execute("SELECT pg_advisory_lock(%s)", (self.key,))
+        self.held = True
+
+    def release(self):
+        if self.held:
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            self.held = False
+
+    def close(self):
+        try:
+            self.release()
+        finally:
+            self.conn.close()
+
+
+def waiting_on_lock(pg, role):
+    return len([b for b in pg.backends(role) if b["wait_event_type"] == "Lock"])

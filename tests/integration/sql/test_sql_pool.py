@@ -7,47 +7,17 @@ Requests that must stay in flight block on an advisory lock held by the test's o
 fast the machine is. Every test counts the backends of a role of its own.
 """
 import json
-import random
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlfix import (IO_TIMEOUT, Poller, SqlClient, assert_proxy_error, describe, proxy_status_error,
-                    rows_of, wait_until)
+from sqlfix import (IO_TIMEOUT, Lock, Poller, SqlClient, assert_proxy_error, describe, proxy_status_error,
+                    rows_of, wait_until, waiting_on_lock)
 
 LONG = 120  # client-side socket timeout for requests that wait on the test's lock
-
-
-def lock_key():
-    return random.randrange(1, 2 ** 62)
-
-
-class Lock:
-    """A session advisory lock in database app held by the test (requests block on it)."""
-
-    def __init__(self, pg):
-        self.key = lock_key()
-        self.conn = pg.connect(dbname="app")
-        self.conn.execute("SELECT pg_advisory_lock(%s)", (self.key,))
-        self.held = True
-
-    def release(self):
-        if self.held:
-            self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-            self.held = False
-
-    def close(self):
-        try:
-            self.release()
-        finally:
-            self.conn.close()
 
 
 def blocked_query(client, lock, i, timeout=LONG):
     return client.query("SELECT pg_advisory_xact_lock_shared($1::bigint), $2::int AS i",
                         [str(lock.key), str(i)], timeout=timeout)
-
-
-def waiting_on_lock(pg, role):
-    return len([b for b in pg.backends(role) if b["wait_event_type"] == "Lock"])
 
 
 def assert_503_shape(r):

@@ -193,12 +193,21 @@ def test_params_json_to_text(sql):
                      '{1,NULL,"a\\"b",{2,3},"{\\"k\\":1}",true}', "-5"]], rows
 
 
-def test_params_json_numbers_as_serde_renders_them(sql):
-    """Section 3.4: integers as-is, floats as ryu renders them (1e3 -> 1000.0, 1.5 -> 1.5)."""
-    r = sql.post(b'{"query":"SELECT $1::text AS a, $2::text AS b, $3::text AS c, $4::text AS d",'
-                 b'"params":[12345678901234567890,1.5,1e3,0.1]}')
+def test_params_json_floats_as_serde_renders_them(sql):
+    """Section 3.4: floats as ryu renders them (1e3 -> 1000.0, 1.5 -> 1.5, 0.1 -> 0.1)."""
+    r = sql.post(b'{"query":"SELECT $1::text AS b, $2::text AS c, $3::text AS d, $4::text AS e",'
+                 b'"params":[1.5,1e3,0.1,-2.5e-3]}')
     assert r is not None and r.status == 200, describe(r)
-    assert json.loads(r.body)["rows"] == [["12345678901234567890", "1.5", "1000.0", "0.1"]]
+    assert json.loads(r.body)["rows"] == [["1.5", "1000.0", "0.1", "-0.0025"]]
+
+
+def test_params_json_integers_as_is(sql):
+    """Section 3.4: integers as-is, over the whole range serde_json keeps as integers (i64 and u64)."""
+    r = sql.post(b'{"query":"SELECT $1::text AS a, $2::text AS b, $3::text AS c, $4::text AS d",'
+                 b'"params":[-9223372036854775808,9223372036854775807,12345678901234567890,0]}')
+    assert r is not None and r.status == 200, describe(r)
+    assert json.loads(r.body)["rows"] == [["-9223372036854775808", "9223372036854775807",
+                                           "12345678901234567890", "0"]]
 
 
 def test_params_typed_by_server_inference(sql):
