@@ -90,6 +90,19 @@ describe('simple and parameterised queries', () => {
     assert.deepEqual(rows[19999], { n: 20000, s: 'xxxxxxxxxx' });
   });
 
+  test('a 1.75 MB parameter (sent twice) and value round-trip', async () => {
+    const big = 'ab☃'.repeat(350_000); // ~1.75 MB of UTF-8
+    const [{ s, len }] = await sql`SELECT ${big}::text AS s, length(${big}::text) AS len`;
+    assert.equal(len, big.length);
+    assert.ok(s === big, 'the value came back changed');
+  });
+
+  test('1,000 parameters in one query', async () => {
+    const params = Array.from({ length: 1000 }, (_, i) => i + 1);
+    const text = `SELECT ${params.map((_, i) => `$${i + 1}::int`).join(' + ')} AS total`;
+    assert.deepEqual(await sql.query(text, params), [{ total: 500500 }]);
+  });
+
   test('50 concurrent queries through one neon() function (undici keep-alive)', async () => {
     const all = await Promise.all(Array.from({ length: 50 }, (_, i) => sql`SELECT ${i}::int AS i, pg_backend_pid() AS pid`));
     all.forEach((rows, i) => assert.equal(rows[0].i, i));
