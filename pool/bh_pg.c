@@ -18,8 +18,10 @@
  *   after being empty for a whole sweep interval, or at bh_pg_pools_close(). */
 #include "bh_pg.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -31,6 +33,8 @@
 
 #define KEY_LEN 32
 #define PREWARM_BACKOFF_MS 250
+#define DNS_TTL_MS 30000      /* resolved addresses of a server name are reused this long */
+#define DNS_MAX_ADDRS 4
 
 /* Spec 7.5 without its leading ROLLBACK: only sessions outside a transaction are reset. */
 static const char RESET_SQL[] =
@@ -160,6 +164,11 @@ struct bh_pg_pool {
     char *label;                 /* user@dbname, for logs */
     uint64_t connect_timeout_ms, reset_timeout_ms;
     uint64_t armed_at, retry_at; /* what bh_pool asked for; the pre-warm backoff's end */
+    /* libpq resolves host names with a blocking getaddrinfo: a single server name is resolved
+     * here instead (uv_getaddrinfo) and passed as hostaddr, with host kept for TLS. */
+    char *dns_name;              /* NULL: IP literal, socket path, list, or hostaddr given */
+    size_t host_at, hostaddr_at; /* their slots in kw/vals */
+    uint64_t dns_until;          /* vals[hostaddr_at] is fresh until then */
     const bh_pg_error_t *failing; /* set while bh_pool_connect_failed runs */
     bool marked;                 /* empty at the last sweep */
     bool timer_closing;
@@ -182,6 +191,8 @@ struct bh_pg_conn {
     uv_timer_t timer;            /* connect timeout, then the reset timeout */
     unsigned refs;
     enum pg_op op;
+    uv_getaddrinfo_t gai;
+    bool resolving;
     bool start_failed;           /* PQconnectStartParams failed: reported from the timer */
     bool broken;                 /* connection lost or unusable */
     bool cancelled;              /* a cancel was sent: never reused */
@@ -346,6 +357,8 @@ static void pool_close(bh_pool_conn_t *pc)
     c->on_done = NULL;
     c->cancel_cb = NULL;
     poll_drop(c);
+    if (c->resolving)
+        uv_cancel((uv_req_t *)&c->gai); /* its callback still runs, and drops its reference */
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
     PQfinish(c->pq); /* a PGcancel in flight is independent of it */
     c->pq = NULL;
@@ -362,12 +375,15 @@ static void on_notice(void *arg, const char *message)
 static void finish_op(bh_pg_conn_t *c, int status);
 static void timer_set(bh_pg_pool_t *p);
 
-static void connect_fail(bh_pg_conn_t *c, bool timed_out)
+static void connect_fail(bh_pg_conn_t *c, bool timed_out, const char *text)
 {
     bh_pg_pool_t *p = c->pool;
     char msg[1024];
     bh_pg_error_t e;
-    if (timed_out) {
+    if (text != NULL) {
+        snprintf(msg, sizeof(msg), "%s", text);
+        bh_pg_error_parse(&e, msg);
+    } else if (timed_out) {
         snprintf(msg, sizeof(msg), "timeout expired: no session within %llu ms",
                  (unsigned long long)p->connect_timeout_ms);
         bh_pg_error_parse(&e, msg);
@@ -378,6 +394,8 @@ static void connect_fail(bh_pg_conn_t *c, bool timed_out)
     }
     bh_log_debug("postgres connect for %s failed: %s", p->label, msg);
     uint64_t now = pool_now(p);
+    if (e.code != BH_EPG_REJECTED)
+        p->dns_until = 0; /* the address may have moved: resolve again */
     if (p->base.n_waiters == 0)
         p->retry_at = now + PREWARM_BACKOFF_MS; /* a failed pre-warm does not spin */
     p->failing = &e;
@@ -390,10 +408,13 @@ static void on_connect_timer(uv_timer_t *t)
 {
     bh_pg_conn_t *c = t->data;
     if (c->pc.state == BH_PCONN_CONNECTING)
-        connect_fail(c, !c->start_failed);
+        connect_fail(c, !c->start_failed, NULL);
     else if (c->pc.state == BH_PCONN_BUSY && c->op == OP_RESET)
         finish_op(c, BH_EPG_CONN_LOST); /* the reset hangs: give up on the connection */
 }
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
+static void conn_start(bh_pg_conn_t *c);
 
 static void connect_step(bh_pg_conn_t *c)
 {
@@ -402,23 +423,98 @@ static void connect_step(bh_pg_conn_t *c)
     case PGRES_POLLING_OK:
         uv_timer_stop(&c->timer);
         if (PQsetnonblocking(c->pq, 1) != 0 || poll_watch(c, UV_READABLE) < 0) {
-            connect_fail(c, false);
+            connect_fail(c, false, NULL);
             return;
         }
         bh_pool_connected(&c->pc, pool_now(c->pool));
         return;
     case PGRES_POLLING_READING:
         if (poll_watch(c, UV_READABLE) < 0)
-            connect_fail(c, false);
+            connect_fail(c, false, NULL);
         return;
     case PGRES_POLLING_WRITING:
         if (poll_watch(c, UV_WRITABLE) < 0)
-            connect_fail(c, false);
+            connect_fail(c, false, NULL);
         return;
     default:
-        connect_fail(c, false);
+        connect_fail(c, false, NULL);
         return;
     }
+}
+
+/* PQconnectStartParams and the first poll. Failures are reported from the timer, so that the
+ * waiter learns libpq's message and never hears back from inside bh_pool_acquire. */
+static void conn_start(bh_pg_conn_t *c)
+{
+    bh_pg_pool_t *p = c->pool;
+    c->pq = PQconnectStartParams((const char *const *)p->kw, (const char *const *)p->vals, 0);
+    if (c->pq != NULL) {
+        PQsetErrorVerbosity(c->pq, PQERRORS_VERBOSE);
+        PQsetNoticeProcessor(c->pq, on_notice, c);
+    }
+    if (c->pq == NULL || PQstatus(c->pq) == CONNECTION_BAD || poll_watch(c, UV_WRITABLE) < 0) {
+        c->start_failed = true;
+        uv_timer_start(&c->timer, on_connect_timer, 0, 0);
+    }
+}
+
+/* host=name,name hostaddr=a,b for up to DNS_MAX_ADDRS addresses (libpq tries them in order). */
+static int set_addresses(bh_pg_pool_t *p, const struct addrinfo *res)
+{
+    char addrs[DNS_MAX_ADDRS * (INET6_ADDRSTRLEN + 1)] = "";
+    size_t nl = strlen(p->dns_name), n = 0;
+    for (const struct addrinfo *ai = res; ai != NULL && n < DNS_MAX_ADDRS; ai = ai->ai_next) {
+        char a[INET6_ADDRSTRLEN];
+        const void *src = ai->ai_family == AF_INET
+                              ? (const void *)&((const struct sockaddr_in *)ai->ai_addr)->sin_addr
+                              : (const void *)&((const struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
+        if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+            inet_ntop(ai->ai_family, src, a, sizeof(a)) == NULL || strstr(addrs, a) != NULL)
+            continue;
+        if (n > 0)
+            strcat(addrs, ",");
+        strcat(addrs, a);
+        n++;
+    }
+    if (n == 0)
+        return BH_ECONNECT_FAILED;
+    char *hosts = bh_malloc(n * (nl + 1));
+    char *hostaddr = bh_strdup(addrs);
+    if (hosts == NULL || hostaddr == NULL) {
+        bh_free(hosts);
+        bh_free(hostaddr);
+        return BH_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        memcpy(hosts + i * (nl + 1), p->dns_name, nl);
+        hosts[i * (nl + 1) + nl] = i + 1 < n ? ',' : '\0';
+    }
+    bh_free(p->vals[p->host_at]);
+    bh_free(p->vals[p->hostaddr_at]);
+    p->vals[p->host_at] = hosts;
+    p->vals[p->hostaddr_at] = hostaddr;
+    return 0;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    bh_pg_conn_t *c = req->data;
+    bh_pg_pool_t *p = c->pool;
+    c->resolving = false;
+    if (c->pc.state == BH_PCONN_CONNECTING && c->pq == NULL && !c->start_failed) {
+        int rc = status < 0 ? BH_ECONNECT_FAILED : set_addresses(p, res);
+        if (rc < 0) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "could not translate host name \"%s\" to address: %s\n",
+                     p->dns_name, status < 0 ? uv_strerror(status) : bh_strerror(rc));
+            connect_fail(c, false, msg);
+        } else {
+            p->dns_until = pool_now(p) + DNS_TTL_MS;
+            conn_start(c);
+        }
+    }
+    uv_freeaddrinfo(res);
+    conn_unref(c);
 }
 
 static bh_pool_conn_t *pool_open(bh_pool_t *bp, int *err)
@@ -439,21 +535,19 @@ static bh_pool_conn_t *pool_open(bh_pool_t *bp, int *err)
     uv_timer_init(p->pools->loop, &c->timer);
     c->timer.data = c;
     c->refs = 1;
-    c->pq = PQconnectStartParams((const char *const *)p->kw, (const char *const *)p->vals, 0);
-    if (c->pq == NULL) {
-        *err = BH_ENOMEM;
-        uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
-        return NULL;
+    /* The connect timeout covers name resolution too. */
+    uv_timer_start(&c->timer, on_connect_timer, p->connect_timeout_ms, 0);
+    if (p->dns_name != NULL && now >= p->dns_until) {
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        c->gai.data = c;
+        if (uv_getaddrinfo(p->pools->loop, &c->gai, on_resolved, p->dns_name, NULL, &hints) ==
+            0) {
+            c->resolving = true;
+            c->refs++;
+            return &c->pc;
+        }
     }
-    PQsetErrorVerbosity(c->pq, PQERRORS_VERBOSE);
-    PQsetNoticeProcessor(c->pq, on_notice, c);
-    /* Failures are reported from the timer, so that the waiter learns libpq's message. */
-    if (PQstatus(c->pq) == CONNECTION_BAD || poll_watch(c, UV_WRITABLE) < 0) {
-        c->start_failed = true;
-        uv_timer_start(&c->timer, on_connect_timer, 0, 0);
-    } else {
-        uv_timer_start(&c->timer, on_connect_timer, p->connect_timeout_ms, 0);
-    }
+    conn_start(c);
     return &c->pc;
 }
 
@@ -843,6 +937,7 @@ static void pool_free(bh_pg_pool_t *p)
     free_strings(p->kw, SIZE_MAX);
     free_strings(p->vals, p->password_at);
     bh_free(p->label);
+    bh_free(p->dns_name);
     explicit_bzero(p->key, sizeof(p->key));
     bh_free(p);
 }
@@ -988,7 +1083,7 @@ static int build_params(bh_pg_pool_t *p, const bh_pg_server_t *srv, const char *
     PQconninfoOption *opts = PQconninfoParse(srv->conninfo != NULL ? srv->conninfo : "", &errmsg);
     if (opts == NULL) {
         if (errmsg != NULL) {
-            bh_log_warn("postgres server conninfo: %s", errmsg);
+            bh_log_warn("postgres server conninfo: %.*s", (int)strcspn(errmsg, "\n"), errmsg);
             PQfreemem(errmsg);
         }
         return BH_EINVAL;
@@ -997,8 +1092,21 @@ static int build_params(bh_pg_pool_t *p, const bh_pg_server_t *srv, const char *
                                        "application_name"};
     size_t n = 0;
     bool has_passfile = false;
-    for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+    const char *host = NULL, *hostaddr = NULL, *port = NULL;
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
         n++;
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            hostaddr = o->val;
+        else if (strcmp(o->keyword, "port") == 0)
+            port = o->val;
+    }
+    unsigned char ip[sizeof(struct in6_addr)];
+    bool resolve_here = host != NULL && *host != '\0' && *host != '/' && *host != '@' &&
+                        strchr(host, ',') == NULL && (hostaddr == NULL || *hostaddr == '\0') &&
+                        (port == NULL || strchr(port, ',') == NULL) &&
+                        inet_pton(AF_INET, host, ip) != 1 && inet_pton(AF_INET6, host, ip) != 1;
     p->kw = bh_calloc(n + 8, sizeof(char *));
     p->vals = bh_calloc(n + 8, sizeof(char *));
     p->password_at = SIZE_MAX;
@@ -1021,8 +1129,19 @@ static int build_params(bh_pg_pool_t *p, const bh_pg_server_t *srv, const char *
         for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++)
             skip |= strcmp(o->keyword, ours[i]) == 0;
         has_passfile |= strcmp(o->keyword, "passfile") == 0;
+        if (resolve_here && strcmp(o->keyword, "hostaddr") == 0)
+            skip = true;
+        if (resolve_here && strcmp(o->keyword, "host") == 0)
+            p->host_at = k;
         if (!skip)
             PUT(o->keyword, o->val);
+    }
+    if (resolve_here && rc == 0) {
+        p->hostaddr_at = k;
+        PUT("hostaddr", "");
+        p->dns_name = bh_strdup(host);
+        if (p->dns_name == NULL)
+            rc = BH_ENOMEM;
     }
     PQconninfoFree(opts);
     PUT("user", user);
