@@ -68,8 +68,13 @@ def test_least_request_avoids_the_loaded_endpoint(bulkhead, upstream_factory):
         wait_until(lambda: a.stats()["holding"] + b.stats()["holding"] == 6, what="6 requests held")
         assert a.stats()["holding"] >= 1, "no request held on a: the test proves nothing"
         b.release("load")  # b is idle again, a still has its held requests in flight
-        wait_until(lambda: b.stats()["holding"] == 0, what="b's holds to end")
         loaded = a.stats()["holding"]
+        # b's requests are finished for bulkhead too once their clients have the responses
+        wait_until(lambda: sum(1 for c in held if c.readable_within(0)) == 6 - loaded,
+                   what="the clients of b's requests to get their responses")
+        for c in held:
+            if c.readable_within(0):
+                assert c.read_response().status == 200
         seq = names_of(bh, 20)
         assert seq == ["b"] * 20, "least_request sent %d of 20 requests to the endpoint with %d in flight" % (
             seq.count("a"), loaded)

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import IO_TIMEOUT, fetch, resilient_upstream, wait_until
 
-CHECK = {"path": "/healthz", "interval": "100ms", "timeout": "100ms", "healthy": 2, "unhealthy": 2}
+# a check timeout long enough that a loaded machine does not fail the checks of a healthy endpoint
+CHECK = {"path": "/healthz", "interval": "300ms", "timeout": "300ms", "healthy": 2, "unhealthy": 2}
 
 
 @pytest.fixture
