@@ -33,7 +33,7 @@
 
 #define KEY_LEN 32
 #define PREWARM_BACKOFF_MS 250
-#define DNS_TTL_MS 30000      /* resolved addresses of a server name are reused this long */
+#define DNS_TTL_MS 30000 /* resolved addresses of a server name are reused this long */
 #define DNS_MAX_ADDRS 4
 
 /* Spec 7.5 without its leading ROLLBACK: only sessions outside a transaction are reset. */
@@ -78,8 +78,8 @@ static bool is_sqlstate(const char *s)
 /* Connect-time refusals that only mean "not now": overload, startup, shutdown, crash. */
 static bool sqlstate_retriable(const char *st)
 {
-    return strncmp(st, "53", 2) == 0 || strncmp(st, "08", 2) == 0 ||
-           strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0 || strcmp(st, "57P03") == 0;
+    return strncmp(st, "53", 2) == 0 || strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 ||
+           strcmp(st, "57P02") == 0 || strcmp(st, "57P03") == 0;
 }
 
 void bh_pg_error_parse(bh_pg_error_t *e, const char *msg)
@@ -145,8 +145,8 @@ struct bh_pg_pools {
     bh_pg_pool_t **buckets;
     size_t n_buckets, n_pools;
     uv_timer_t sweep;
-    unsigned open;               /* the sweep timer + pools not yet freed */
-    unsigned cancels;            /* on the thread pool */
+    unsigned open;    /* the sweep timer + pools not yet freed */
+    unsigned cancels; /* on the thread pool */
     bool closing;
     void (*closed_cb)(void *data);
     void *closed_data;
@@ -155,22 +155,22 @@ struct bh_pg_pools {
 struct bh_pg_pool {
     bh_pool_t base;
     bh_pg_pools_t *pools;
-    bh_pg_pool_t *next;          /* hash chain */
+    bh_pg_pool_t *next; /* hash chain */
     uint8_t key[KEY_LEN];
     sem_entry_t *sem;
-    uv_timer_t timer;            /* bh_pool_expire, and the pre-warm retry */
-    char **kw, **vals;           /* for PQconnectStartParams, NULL-terminated */
-    size_t password_at;          /* index of the password in vals, or SIZE_MAX */
-    char *label;                 /* user@dbname, for logs */
+    uv_timer_t timer;   /* bh_pool_expire, and the pre-warm retry */
+    char **kw, **vals;  /* for PQconnectStartParams, NULL-terminated */
+    size_t password_at; /* index of the password in vals, or SIZE_MAX */
+    char *label;        /* user@dbname, for logs */
     uint64_t connect_timeout_ms, reset_timeout_ms;
     uint64_t armed_at, retry_at; /* what bh_pool asked for; the pre-warm backoff's end */
     /* libpq resolves host names with a blocking getaddrinfo: a single server name is resolved
      * here instead (uv_getaddrinfo) and passed as hostaddr, with host kept for TLS. */
-    char *dns_name;              /* NULL: IP literal, socket path, list, or hostaddr given */
-    size_t host_at, hostaddr_at; /* their slots in kw/vals */
-    uint64_t dns_until;          /* vals[hostaddr_at] is fresh until then */
+    char *dns_name;               /* NULL: IP literal, socket path, list, or hostaddr given */
+    size_t host_at, hostaddr_at;  /* their slots in kw/vals */
+    uint64_t dns_until;           /* vals[hostaddr_at] is fresh until then */
     const bh_pg_error_t *failing; /* set while bh_pool_connect_failed runs */
-    bool marked;                 /* empty at the last sweep */
+    bool marked;                  /* empty at the last sweep */
     bool timer_closing;
 };
 
@@ -185,18 +185,18 @@ enum pg_op { OP_NONE, OP_QUERY, OP_RESET };
 struct bh_pg_conn {
     bh_pool_conn_t pc;
     bh_pg_pool_t *pool;
-    PGconn *pq;                  /* NULL once closing */
+    PGconn *pq; /* NULL once closing */
     struct pg_poll *poll;
-    int events;                  /* what poll watches; 0 = stopped */
-    uv_timer_t timer;            /* connect timeout, then the reset timeout */
+    int events;       /* what poll watches; 0 = stopped */
+    uv_timer_t timer; /* connect timeout, then the reset timeout */
     unsigned refs;
     enum pg_op op;
     uv_getaddrinfo_t gai;
     bool resolving;
-    bool start_failed;           /* PQconnectStartParams failed: reported from the timer */
-    bool broken;                 /* connection lost or unusable */
-    bool cancelled;              /* a cancel was sent: never reused */
-    bool dirty;                  /* state the reset cannot vouch for (COPY) */
+    bool start_failed; /* PQconnectStartParams failed: reported from the timer */
+    bool broken;       /* connection lost or unusable */
+    bool cancelled;    /* a cancel was sent: never reused */
+    bool dirty;        /* state the reset cannot vouch for (COPY) */
     bool reset_failed;
     bh_pg_result_cb on_result;
     bh_pg_done_cb on_done;
@@ -252,8 +252,7 @@ void bh_pg_shared_free(bh_pg_shared_t *s)
     if (s == NULL)
         return;
     bh_list_t *n, *t;
-    bh_list_foreach_safe(n, t, &s->entries)
-        bh_free(bh_container_of(n, sem_entry_t, link));
+    bh_list_foreach_safe(n, t, &s->entries) bh_free(bh_container_of(n, sem_entry_t, link));
     pthread_mutex_destroy(&s->mu);
     bh_free(s);
 }
@@ -465,9 +464,10 @@ static int set_addresses(bh_pg_pool_t *p, const struct addrinfo *res)
     size_t nl = strlen(p->dns_name), n = 0;
     for (const struct addrinfo *ai = res; ai != NULL && n < DNS_MAX_ADDRS; ai = ai->ai_next) {
         char a[INET6_ADDRSTRLEN];
-        const void *src = ai->ai_family == AF_INET
-                              ? (const void *)&((const struct sockaddr_in *)ai->ai_addr)->sin_addr
-                              : (const void *)&((const struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
+        const void *src =
+            ai->ai_family == AF_INET
+                ? (const void *)&((const struct sockaddr_in *)ai->ai_addr)->sin_addr
+                : (const void *)&((const struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
         if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
             inet_ntop(ai->ai_family, src, a, sizeof(a)) == NULL || strstr(addrs, a) != NULL)
             continue;
@@ -540,8 +540,7 @@ static bh_pool_conn_t *pool_open(bh_pool_t *bp, int *err)
     if (p->dns_name != NULL && now >= p->dns_until) {
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
         c->gai.data = c;
-        if (uv_getaddrinfo(p->pools->loop, &c->gai, on_resolved, p->dns_name, NULL, &hints) ==
-            0) {
+        if (uv_getaddrinfo(p->pools->loop, &c->gai, on_resolved, p->dns_name, NULL, &hints) == 0) {
             c->resolving = true;
             c->refs++;
             return &c->pc;
@@ -737,7 +736,8 @@ static bool sendable(bh_pg_conn_t *c, bh_pg_result_cb on_result, bh_pg_done_cb o
 int bh_pg_query(bh_pg_conn_t *c, const char *sql, int nparams, const char *const *values,
                 unsigned flags, bh_pg_result_cb on_result, bh_pg_done_cb on_done, void *data)
 {
-    if (!sendable(c, on_result, on_done) || !PQsendQueryParams(c->pq, sql, nparams, NULL, values, NULL, NULL, 0)) {
+    if (!sendable(c, on_result, on_done) ||
+        !PQsendQueryParams(c->pq, sql, nparams, NULL, values, NULL, NULL, 0)) {
         c->broken = true;
         return BH_EPG_CONN_LOST;
     }
@@ -771,8 +771,7 @@ const PGconn *bh_pg_conn_pq(const bh_pg_conn_t *c)
 static void do_cancel(uv_work_t *w)
 {
     bh_pg_conn_t *c = w->data;
-    c->cancel_rc = PQcancel(c->cancel, c->cancel_err, sizeof(c->cancel_err)) ? 0
-                                                                             : BH_EPG_CONN_LOST;
+    c->cancel_rc = PQcancel(c->cancel, c->cancel_err, sizeof(c->cancel_err)) ? 0 : BH_EPG_CONN_LOST;
 }
 
 static void after_cancel(uv_work_t *w, int status)
@@ -1088,8 +1087,7 @@ static int build_params(bh_pg_pool_t *p, const bh_pg_server_t *srv, const char *
         }
         return BH_EINVAL;
     }
-    static const char *const ours[] = {"user", "password", "dbname", "options",
-                                       "application_name"};
+    static const char *const ours[] = {"user", "password", "dbname", "options", "application_name"};
     size_t n = 0;
     bool has_passfile = false;
     const char *host = NULL, *hostaddr = NULL, *port = NULL;
@@ -1255,7 +1253,8 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
     pthread_mutex_lock(&s->mu);
     sem_entry_t *e = NULL;
     bh_list_t *n;
-    bh_list_foreach(n, &s->entries) {
+    bh_list_foreach(n, &s->entries)
+    {
         sem_entry_t *x = bh_container_of(n, sem_entry_t, link);
         if (memcmp(x->key, key, KEY_LEN) == 0) {
             e = x;

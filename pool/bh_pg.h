@@ -31,9 +31,9 @@
  * X(PG_CONN_LOST, -1061, "connection_terminated", "connection to Postgres lost"). Until then
  * bh_strerror() says "unknown error" for them; bh_pg_strerror() knows them. */
 enum {
-    BH_EPG_REJECTED = -1060,   /* the server refused the session at connect (28P01, 28000,
-                                  3D000, ...): the request's own fault, not retriable */
-    BH_EPG_CONN_LOST = -1061,  /* the connection broke (EOF, reset, libpq failure) */
+    BH_EPG_REJECTED = -1060,  /* the server refused the session at connect (28P01, 28000,
+                                 3D000, ...): the request's own fault, not retriable */
+    BH_EPG_CONN_LOST = -1061, /* the connection broke (EOF, reset, libpq failure) */
 };
 
 /* Connect failures that never reached Postgres, or that Postgres refused only because it was
@@ -52,13 +52,13 @@ bool bh_pg_error_retriable(int err);
 
 /* Why a connect failed, as far as libpq tells. */
 typedef struct bh_pg_error {
-    int code;              /* as above */
-    char sqlstate[6];      /* "28P01"; "" when the server never answered */
-    char severity[8];      /* "FATAL", "ERROR", ...; "" when the server never answered */
-    const char *message;   /* libpq's whole message (verbose: "... failed: FATAL:  28P01: ..."),
-                              valid only during the callback; never contains the password */
-    const char *detail;    /* the server's text after "SQLSTATE: " up to the end of that line
-                              (a pointer into message; length detail_len); NULL when none */
+    int code;            /* as above */
+    char sqlstate[6];    /* "28P01"; "" when the server never answered */
+    char severity[8];    /* "FATAL", "ERROR", ...; "" when the server never answered */
+    const char *message; /* libpq's whole message (verbose: "... failed: FATAL:  28P01: ..."),
+                            valid only during the callback; never contains the password */
+    const char *detail;  /* the server's text after "SQLSTATE: " up to the end of that line
+                            (a pointer into message; length detail_len); NULL when none */
     size_t detail_len;
 } bh_pg_error_t;
 
@@ -69,8 +69,8 @@ void bh_pg_error_parse(bh_pg_error_t *e, const char *libpq_message);
 /* ---- configuration ----------------------------------------------------------------------- */
 
 typedef struct bh_pg_setting {
-    const char *name;      /* a GUC name: letters, digits, '_' and '.' only */
-    const char *value;     /* any text; spaces and backslashes are escaped */
+    const char *name;  /* a GUC name: letters, digits, '_' and '.' only */
+    const char *value; /* any text; spaces and backslashes are escaped */
 } bh_pg_setting_t;
 
 /* One configured database server, owned by the caller. Pools copy what they need at creation,
@@ -84,9 +84,9 @@ typedef struct bh_pg_server {
                                        UTF8, DateStyle ISO,MDY, IntervalStyle postgres,
                                        bytea_output hex, TimeZone UTC); may override them */
     size_t n_session;
-    bh_conf_pool_t pool;            /* max_connections is per key, across workers */
-    uint64_t connect_timeout_ms;    /* connect start -> session ready; 0 = 2000 */
-    uint64_t reset_timeout_ms;      /* the reset before reuse; 0 = connect_timeout_ms */
+    bh_conf_pool_t pool;         /* max_connections is per key, across workers */
+    uint64_t connect_timeout_ms; /* connect start -> session ready; 0 = 2000 */
+    uint64_t reset_timeout_ms;   /* the reset before reuse; 0 = connect_timeout_ms */
 } bh_pg_server_t;
 
 /* ---- process-wide permits ---------------------------------------------------------------- */
@@ -137,7 +137,7 @@ void bh_pg_pools_kick(bh_pg_pools_t *pools);
 
 /* Shuts every pool down: waiters get BH_EPOOL_CLOSED, idle connections close, BUSY connections
  * close when released (they must still be released). cb(data) runs once everything is closed
- * (connections, cancels in flight, timers); pools is freed right after cb returns. */
+ * (connections, lookups and cancels in flight, timers); pools is already freed then. */
 void bh_pg_pools_close(bh_pg_pools_t *pools, void (*cb)(void *data), void *data);
 
 /* ---- acquiring --------------------------------------------------------------------------- */
@@ -153,8 +153,8 @@ typedef void (*bh_pg_acquire_cb)(bh_pg_waiter_t *w, bh_pg_conn_t *c, int status,
 struct bh_pg_waiter {
     bh_pool_waiter_t base;
     bh_pg_acquire_cb cb;
-    void *data;            /* for the owner */
-    bh_pg_pool_t *pool;    /* set by bh_pg_acquire */
+    void *data;         /* for the owner */
+    bh_pg_pool_t *pool; /* set by bh_pg_acquire */
 };
 
 /* Like bh_pool_acquire: 0 with *out BUSY (an idle connection found alive: an idle connection the
@@ -181,7 +181,7 @@ typedef void (*bh_pg_result_cb)(bh_pg_conn_t *c, PGresult *res, void *data);
  * take the next statement, or be released. */
 typedef void (*bh_pg_done_cb)(bh_pg_conn_t *c, int status, void *data);
 
-#define BH_PG_SINGLE_ROW 1u   /* flags: PQsetSingleRowMode (one PGRES_SINGLE_TUPLE per row) */
+#define BH_PG_SINGLE_ROW 1u /* flags: PQsetSingleRowMode (one PGRES_SINGLE_TUPLE per row) */
 
 /* One statement with PQsendQueryParams: text parameters (values[i] NULL = SQL NULL), text
  * results, even with nparams 0 (so a string with several statements fails with 42601).

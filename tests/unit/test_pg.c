@@ -96,8 +96,8 @@ static char *admin_value(const char *sql)
 /* mode: "fast" (clients get 57P01, a shutdown checkpoint) or "immediate" (no checkpoint). */
 static int pg_ctl(const char *what, const char *mode)
 {
-    return sh("%s" PGBIN "/pg_ctl -D %s -l %s/log -w -m %s %s >/dev/null 2>&1", as_pg(),
-              srv.data, srv.base, mode, what);
+    return sh("%s" PGBIN "/pg_ctl -D %s -l %s/log -w -m %s %s >/dev/null 2>&1", as_pg(), srv.data,
+              srv.base, mode, what);
 }
 
 static int server_up(void **state)
@@ -205,8 +205,13 @@ static int ctx_setup(void **state)
         .conninfo = srv.conninfo,
         .session = x->session,
         .n_session = 2,
-        .pool = {.max_connections = 4, .max_pending = 16, .max_idle = 4, .min_idle = 0,
-                 .acquire_timeout_ms = 3000, .idle_timeout_ms = 60000, .max_lifetime_ms = 0},
+        .pool = {.max_connections = 4,
+                 .max_pending = 16,
+                 .max_idle = 4,
+                 .min_idle = 0,
+                 .acquire_timeout_ms = 3000,
+                 .idle_timeout_ms = 60000,
+                 .max_lifetime_ms = 0},
         .connect_timeout_ms = 2000,
     };
     *state = x;
@@ -765,8 +770,8 @@ static void test_cancel(void **state)
     c = acquire_ok(x, p, &a);
     memset(&q, 0, sizeof(q));
     assert_int_equal(bh_pg_query(c, "SELECT pg_sleep(10)", 0, NULL, 0, on_result, on_done, &q), 0);
-    for (uint64_t end = mono_ms() + 100; mono_ms() < end;)
-        uv_run(&x->loop, UV_RUN_ONCE);
+    for (uint64_t end = mono_ms() + 2000; active_sleeps() != 1 && mono_ms() < end;)
+        uv_run(&x->loop, UV_RUN_NOWAIT);
     assert_int_equal(active_sleeps(), 1);
     closed = b->closed;
     bh_pg_release(c, true);
@@ -884,8 +889,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connect_and_query, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_wrong_password, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_database, ctx_setup, ctx_teardown),
-        cmocka_unit_test_setup_teardown(test_connect_refused_and_timeout, ctx_setup,
-                                        ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_connect_refused_and_timeout, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_resolve, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_pool_cap, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_session_reset, ctx_setup, ctx_teardown),
