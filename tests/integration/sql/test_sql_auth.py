@@ -72,8 +72,9 @@ def test_fixed_auth_min_idle_prewarms(sql_bulkhead, pg):
     role, pw = pg.make_role("warm")
     sql_bulkhead(db={"auth": "fixed", "user": role, "password": pw, "dbname": "app", "tokens": TOKENS,
                      "pool": {"max_connections": 4, "min_idle": 2}})
-    wait_until(lambda: len(pg.backends(role)) == 2, timeout=IO_TIMEOUT,
+    wait_until(lambda: len(pg.backends(role)) >= 2, timeout=IO_TIMEOUT,
                what="2 pre-warmed server connections without any request")
+    assert len(pg.backends(role)) <= 4
 
 
 def test_passthrough_preflight_and_fixed_preflight_need_no_token(fixed):

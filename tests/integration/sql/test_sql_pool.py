@@ -168,3 +168,13 @@ def test_max_lifetime_replaces_connections(sql_bulkhead, pg):
     wait_until(replaced, timeout=IO_TIMEOUT, interval=0.1, what="a new server connection after max_lifetime")
     wait_until(lambda: first not in [str(b["pid"]) for b in pg.backends(role)], timeout=IO_TIMEOUT,
                what="the old connection to be closed")
+
+
+def test_min_idle_after_first_use(sql_bulkhead, pg):
+    """Pools keyed by request credentials exist from their first request on; from then on at least
+    min_idle connections are kept open (here 2, while one request needed only one)."""
+    role, pw = pg.make_role("warm2")
+    bh = sql_bulkhead(db={"pool": {"max_connections": 4, "min_idle": 2}})
+    assert rows_of(SqlClient(bh, pg, user=role, password=pw).query("SELECT 1 AS x")) == [["1"]]
+    wait_until(lambda: len(pg.backends(role)) >= 2, timeout=IO_TIMEOUT, what="min_idle 2 connections kept open")
+    assert len(pg.backends(role)) <= 4
