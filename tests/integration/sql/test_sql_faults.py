@@ -300,3 +300,72 @@ def test_client_that_leaves_the_queue_never_runs(sql_bulkhead, pg, how):
         lock.close()
     assert rows_of(r) == [["0"]], describe(r)
     assert pg.app_sql("SELECT count(*) FROM %s" % t) == [(0,)]
+
+
+# ----------------------------------------------------------------------------------------------
+# failures that never reached Postgres, and the retry of whole batches
+
+def test_connect_timeout_is_503(sql_bulkhead, pg, black_hole):
+    """A server whose connects hang (the parent suite's black_hole): 503 with the unavailable shape once
+    timeouts.connect (and the retries) are spent; no request hangs until the deadline."""
+    host, port = black_hole.rsplit(":", 1)
+    bh = sql_bulkhead(db={"server": "host=%s port=%s" % (host, port),
+                          "timeouts": {"connect": "300ms", "total": "60s"}})
+    c = SqlClient(bh, pg)
+    for _ in range(3):
+        assert_unavailable(c.query("SELECT 1 AS x", timeout=IO_TIMEOUT))
+
+
+def test_too_many_connections_at_connect_is_400_53300(sql_bulkhead, pg):
+    """Connect-time Postgres errors are 400 with the full body (bulkhead's decision table): a role at its
+    CONNECTION LIMIT refuses the connect with 53300; once a slot frees, requests succeed."""
+    role, pw = pg.make_role("lim")
+    from psycopg import sql as S
+    pg.sql(S.SQL("ALTER ROLE {} CONNECTION LIMIT 1").format(S.Identifier(role)))
+    holder = pg.connect(dbname="app", user=role, password=pw, tcp=True)
+    bh = sql_bulkhead(db={"breaker": {"consecutive_failures": 1000}})
+    c = SqlClient(bh, pg, user=role, password=pw)
+    try:
+        body = assert_error_shape(c.query("SELECT 1 AS x"), 400)
+        assert body["code"] == "53300" and body["severity"] == "FATAL", body
+        assert body["message"] == 'too many connections for role "%s"' % role, body
+    finally:
+        holder.close()
+    wait_until(lambda: status(c.query("SELECT 1 AS x")) == 200, timeout=IO_TIMEOUT, interval=0.05,
+               what="a request once the role's connection slot is free")
+
+
+SERIALIZATION_DO = ("DO $$ BEGIN IF nextval('%s') = 1 THEN RAISE EXCEPTION 'could not serialize access'"
+                    " USING ERRCODE = '%s'; END IF; END $$")
+
+
+@pytest.mark.parametrize("code", ["40001", "40P01"])
+def test_batch_rerun_on_serialization_failure_when_enabled(sql_bulkhead, pg, code):
+    """retry.serialization_failures: true re-runs the whole batch on 40001/40P01. The batch fails only on
+    its first run (a sequence, which a rollback does not undo, counts the runs)."""
+    role, pw = pg.make_role("ser")
+    seq = unique("seq")
+    t = unique("tser")
+    pg.as_user("CREATE SEQUENCE %s" % seq, user=role, password=pw)
+    pg.as_user("CREATE TABLE %s (id int)" % t, user=role, password=pw)
+    bh = sql_bulkhead(db={"retry": {"serialization_failures": True}})
+    c = SqlClient(bh, pg, user=role, password=pw)
+    r = c.batch(["INSERT INTO %s VALUES (1)" % t, SERIALIZATION_DO % (seq, code), "SELECT 1 AS x"],
+                isolation="Serializable")
+    assert r is not None and r.status == 200, describe(r)
+    assert pg.app_sql("SELECT last_value FROM %s" % seq) == [(2,)], "the batch did not run exactly twice"
+    assert pg.app_sql("SELECT count(*) FROM %s" % t) == [(1,)]
+
+
+def test_batch_not_rerun_by_default(sql_bulkhead, pg):
+    role, pw = pg.make_role("sern")
+    seq = unique("seq")
+    t = unique("tsern")
+    pg.as_user("CREATE SEQUENCE %s" % seq, user=role, password=pw)
+    pg.as_user("CREATE TABLE %s (id int)" % t, user=role, password=pw)
+    c = SqlClient(sql_bulkhead(), pg, user=role, password=pw)
+    r = c.batch(["INSERT INTO %s VALUES (1)" % t, SERIALIZATION_DO % (seq, "40001")])
+    body = assert_error_shape(r, 400)
+    assert body["code"] == "40001", body
+    assert pg.app_sql("SELECT last_value FROM %s" % seq) == [(1,)]
+    assert pg.app_sql("SELECT count(*) FROM %s" % t) == [(0,)]
