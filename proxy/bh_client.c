@@ -424,7 +424,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread < 0) {
         c->eof = true;
-        if (nread != UV_EOF || c->state != BH_CS_EXCHANGE || !c->ex.req_done) {
+        /* An SQL client that closes has its query cancelled: nobody reads a half-close reply. */
+        if (nread != UV_EOF || c->state != BH_CS_EXCHANGE || !c->ex.req_done ||
+            c->ex.sql != NULL) {
             bh__client_close(c); /* gone mid-request: the exchange is aborted */
             return;
         }

@@ -137,9 +137,12 @@ static void reply(bh_sql_t *s, int status, bh_sql_reply_t kind, int err, uint64_
         bh_wbuf_str(&w, "Proxy-Status: bulkhead; error=");
         bh_wbuf_str(&w, proxy_status_type(err));
         bh_wbuf_str(&w, "; details=\"");
-        bh_wbuf_str(&w, err <= -1200 ? bh_sql_strerror(err) : bh_pg_strerror(err));
+        bh_wbuf_str(&w, status == 401 ? "bearer token required"
+                        : err <= -1200 ? bh_sql_strerror(err) : bh_pg_strerror(err));
         bh_wbuf_str(&w, "\"\r\n");
     }
+    if (status == 401)
+        bh_wbuf_str(&w, "WWW-Authenticate: Bearer realm=\"bulkhead\"\r\n");
     if (status == 503) {
         bh_wbuf_str(&w, "Retry-After: ");
         bh_wbuf_u64(&w, retry_after_s > 0 ? retry_after_s : 1);
@@ -190,6 +193,28 @@ static void release_conn(bh_sql_t *s, bool reusable)
     }
 }
 
+static bool schedule_retry(bh_sql_t *s);
+
+/* retry.serialization_failures: a batch that failed with 40001 or 40P01 (already rolled back)
+ * runs again, whole, after a backoff, while attempts and the deadline allow. */
+static bool rerun_batch(bh_sql_t *s)
+{
+    if (!s->req->batch || !s->db->retry_serialization_failures || s->conn_lost || s->error == NULL)
+        return false;
+    const char *code = PQresultErrorField(s->error, PG_DIAG_SQLSTATE);
+    if (code == NULL || (strcmp(code, "40001") != 0 && strcmp(code, "40P01") != 0))
+        return false;
+    if (PQtransactionStatus(bh_pg_conn_pq(s->conn)) != PQTRANS_IDLE)
+        return false; /* the rollback did not complete */
+    if (!schedule_retry(s))
+        return false;
+    PQclear(s->error);
+    s->error = NULL;
+    release_conn(s, true);
+    bh_sql_out_reset(&s->out);
+    return true;
+}
+
 /* Every statement ended; s->error holds the first statement error, if any. */
 static void finish_statements(bh_sql_t *s)
 {
@@ -205,6 +230,8 @@ static void finish_statements(bh_sql_t *s)
         reply_local(s, 502, BH_EPG_CONN_LOST, "connection to the database was lost");
         return;
     }
+    if (failed && rerun_batch(s))
+        return;
     if (failed) {
         int rc = bh_sql_encode_pg_error(&s->out, s->error);
         PQclear(s->error);
@@ -249,7 +276,7 @@ static void on_result(bh_pg_conn_t *conn, PGresult *res, void *data)
     }
     /* Only results of the user's statements reach here (see run_next's bookkeeping). */
     if (s->next_query > 0 && s->next_query <= s->req->nqueries && s->error == NULL &&
-        (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)) {
+        (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY)) {
         const bh_sql_query_t *q = &s->req->queries[s->next_query - 1];
         if (bh_sql_encode_result(&s->out, res, s->h.raw_text, bh_sql_array_mode(&s->h, q)) < 0)
             bh_log_debug("sql: result not encoded: %s", bh_sql_strerror(s->out.err));
@@ -386,15 +413,18 @@ static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *conn, int status, const
     bh_breaker_record(&s->shared->breaker, &s->ticket, true, now, s->c->w->env.rng);
     if (bh_pg_error_retriable(status) && schedule_retry(s))
         return;
-    if (err != NULL && err->sqlstate[0] != '\0') { /* e.g. 53300 too many connections */
+    if (err != NULL && err->sqlstate[0] != '\0') {
+        /* Postgres answered (e.g. 53300 too many connections): 400 with its error, so that the
+         * driver's err.code carries the SQLSTATE */
         if (bh_sql_encode_conn_error(&s->out, err->message) < 0) {
             bh__client_close(s->c);
             return;
         }
-        reply(s, 503, BH_SQL_REPLY_OK, status, 1);
+        reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
         return;
     }
-    reply_local(s, status == BH_ECONNECT_TIMEOUT ? 504 : 503, status,
+    /* never reached Postgres (refused, timed out, unresolvable): unavailable, try again later */
+    reply_local(s, 503, status,
                 err != NULL && err->message != NULL ? err->message
                                                     : "could not connect to the database");
 }

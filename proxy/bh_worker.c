@@ -212,6 +212,15 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     if (w->pg_pools == NULL)
         return BH_ENOMEM;
     w->pg_open = true;
+    /* Fixed credentials are known before any request: pools with min_idle open now. */
+    for (size_t i = 0; i < conf->n_databases; i++) {
+        const bh_conf_database_t *db = &conf->databases[i];
+        bh_pg_pool_t *pool;
+        if (db->auth == BH_DB_AUTH_FIXED && db->pool.min_idle > 0 &&
+            bh_pg_pool_get(w->pg_pools, &srv->databases[i].server, db->dbname, db->user,
+                           db->password, &pool) < 0)
+            bh_log_warn("database %s: cannot pre-warm its pool", db->name);
+    }
     if (id == 0) { /* one worker checks health for all: the result is shared */
         w->health = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1, sizeof(*w->health));
         if (w->health == NULL)
