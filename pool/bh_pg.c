@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <openssl/evp.h>
 #include "bh_alloc.h"
@@ -1151,7 +1152,13 @@ static int build_params(bh_pg_pool_t *p, const bh_pg_server_t *srv, const char *
     /* Never fall back to this process's ~/.pgpass for someone else's credentials. */
     if (!has_passfile)
         PUT("passfile", "/dev/null/bulkhead"); /* cannot exist; silent */
-    PUT("application_name", "bulkhead");
+    /* A configured or client-given application_name is the startup parameter itself: as an
+     * options -c setting it would lose to this keyword. */
+    const char *app = "bulkhead";
+    for (size_t i = 0; i < srv->n_session; i++)
+        if (strcasecmp(srv->session[i].name, "application_name") == 0)
+            app = srv->session[i].value;
+    PUT("application_name", app);
     PUT("options", options);
 #undef PUT
     return rc;

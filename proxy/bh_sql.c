@@ -18,6 +18,8 @@
 #include "bh_sql.h"
 #include "bh_sql_proto.h"
 
+#define BH_SQL_MAX_SETTINGS 64
+
 enum sql_phase {
     SQL_BODY,       /* reading the request body */
     SQL_WAITING,    /* for a pooled connection */
@@ -443,8 +445,17 @@ static void start_attempt(bh_sql_t *s)
         reply(s, 503, BH_SQL_REPLY_OK, BH_EBREAKER_OPEN, (retry_after_ms + 999) / 1000);
         return;
     }
-    int rc = bh_pg_pool_get(s->c->w->pg_pools, &s->shared->server, s->dbname, s->user, s->password,
-                            &s->pool);
+    /* The client's application_name (from its connection string) is a session setting of the
+     * server connection, so it is part of the pool key. */
+    bh_pg_server_t server = s->shared->server;
+    bh_pg_setting_t settings[BH_SQL_MAX_SETTINGS];
+    if (s->cs.application_name != NULL && server.n_session < BH_SQL_MAX_SETTINGS) {
+        memcpy(settings, server.session, server.n_session * sizeof(settings[0]));
+        settings[server.n_session] = (bh_pg_setting_t){"application_name", s->cs.application_name};
+        server.session = settings;
+        server.n_session++;
+    }
+    int rc = bh_pg_pool_get(s->c->w->pg_pools, &server, s->dbname, s->user, s->password, &s->pool);
     if (rc < 0) {
         bh_breaker_cancel(&s->shared->breaker, &s->ticket);
         reply_local(s, 500, rc, "cannot open a database pool");
