@@ -979,11 +979,66 @@ static int fill_query(chunk_t **arena, bh_sql_out_t *tmp, json_t *v, bh_sql_quer
     return 0;
 }
 
+/* jansson refuses integers beyond int64. Neon passes a parameter's number text through as-is, so
+ * such an integer is turned into a string holding the same digits (which converts to the same
+ * parameter text); only inside a JSON object parameter would it then render quoted. Returns a
+ * new buffer (bh_free) or NULL. */
+static char *quote_big_integers(const char *json, size_t n, size_t *out_n)
+{
+    char *o = bh_malloc(n * 3 + 1);
+    size_t k = 0;
+    if (o == NULL)
+        return NULL;
+    for (size_t i = 0; i < n;) {
+        char ch = json[i];
+        if (ch == '"') { /* copy a string verbatim */
+            o[k++] = json[i++];
+            while (i < n && json[i] != '"') {
+                if (json[i] == '\\' && i + 1 < n)
+                    o[k++] = json[i++];
+                o[k++] = json[i++];
+            }
+            if (i < n)
+                o[k++] = json[i++];
+            continue;
+        }
+        if (ch == '-' || (ch >= '0' && ch <= '9')) {
+            size_t j = i + (ch == '-');
+            while (j < n && json[j] >= '0' && json[j] <= '9')
+                j++;
+            bool integer = j == n || (json[j] != '.' && json[j] != 'e' && json[j] != 'E');
+            size_t digits = j - i - (ch == '-');
+            if (integer && digits >= 19) {
+                o[k++] = '"';
+                memcpy(o + k, json + i, j - i);
+                k += j - i;
+                o[k++] = '"';
+            } else {
+                memcpy(o + k, json + i, j - i);
+                k += j - i;
+            }
+            i = j;
+            continue;
+        }
+        o[k++] = json[i++];
+    }
+    *out_n = k;
+    return o;
+}
+
 int bh_sql_parse_body(const char *json, size_t n, bh_sql_request_t **out, char *err, size_t errlen)
 {
     *out = NULL;
     json_error_t jerr;
     json_t *root = json_loadb(json, n, JSON_DECODE_ANY, &jerr);
+    if (root == NULL && json_error_code(&jerr) == json_error_numeric_overflow) {
+        size_t qn = 0;
+        char *quoted = quote_big_integers(json, n, &qn);
+        if (quoted == NULL)
+            return BH_ENOMEM;
+        root = json_loadb(quoted, qn, JSON_DECODE_ANY, &jerr);
+        bh_free(quoted);
+    }
     if (root == NULL) {
         if (json_error_code(&jerr) == json_error_out_of_memory)
             return BH_ENOMEM;
