@@ -48,6 +48,7 @@ struct bh_sql {
     bh_breaker_ticket_t ticket;
     enum sql_phase phase;
     uint64_t deadline_ms, retry_at_ms;
+    uint64_t client_timeout_ms;     /* Bulkhead-Timeout, 0 when none */
     unsigned attempts;
     size_t next_query;              /* batch: the next statement to send */
     bool in_tx;                     /* START TRANSACTION succeeded, COMMIT not yet */
@@ -150,8 +151,8 @@ static void reply(bh_sql_t *s, int status, bh_sql_reply_t kind, int err, uint64_
         bh_wbuf_u64(&w, retry_after_s > 0 ? retry_after_s : 1);
         bh_wbuf_put(&w, "\r\n", 2);
     }
-    if (!ex->req_done)
-        c->close_after = true; /* the rest of the body will not be read */
+    if (!ex->req_done && ((c->parser.flags & F_CHUNKED) || c->parser.content_length > 0))
+        c->close_after = true; /* the rest of a body will not be read */
     if (c->close_after || c->w->draining)
         bh_wbuf_str(&w, "Connection: close\r\n");
     bh_wbuf_put(&w, "\r\n", 2);
@@ -523,6 +524,17 @@ static void run_request(bh_sql_t *s)
     }
     s->shared = &c->w->srv->databases[idx];
     bh_sql_out_init(&s->out, s->db->max_response_bytes);
+    if (s->body_len > s->db->max_request_bytes) {
+        if (bh_sql_encode_too_large(&s->out, false, s->db->max_request_bytes) < 0) {
+            bh__client_close(c);
+            return;
+        }
+        reply(s, 413, BH_SQL_REPLY_OK, BH_EBODY_TOO_LARGE, 0);
+        return;
+    }
+    if (idx != c->ex.route->database_index) /* the entry's own deadline, not the route's */
+        s->deadline_ms = c->ex.deadline_ms = bh_deadline_for_request(
+            c->ex.start_ms, s->db->timeouts.total_ms, s->client_timeout_ms);
     if (s->db->auth == BH_DB_AUTH_FIXED) {
         bh_span_t token;
         bool ok = false;
@@ -583,7 +595,8 @@ void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, uint64_t c
         ;
     bh_span_t method = {start.p, (size_t)(sp1 - start.p)};
     bh_span_t target = {sp1 + 1, (size_t)(sp2 - sp1 - 1)};
-    s->deadline_ms = bh_deadline_for_request(uv_now(&c->w->loop), ex->route->timeouts.total_ms,
+    s->client_timeout_ms = client_timeout_ms;
+    s->deadline_ms = bh_deadline_for_request(ex->start_ms, ex->route->timeouts.total_ms,
                                              client_timeout_ms);
     ex->deadline_ms = s->deadline_ms;
     switch (bh_sql_route(method, target)) {
