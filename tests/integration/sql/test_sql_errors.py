@@ -280,37 +280,53 @@ def send_big(port, hdrs, body):
             return None
 
 
-def test_request_of_exactly_the_limit_is_served(sql):
+def big_client(sql_bulkhead, pg, **db):
+    # a deadline far above what moving and parsing 10 MiB takes under sanitizers: these tests are about size
+    db.setdefault("timeouts", {"connect": "2s", "total": "300s"})
+    return SqlClient(sql_bulkhead(db=db), pg)
+
+
+def test_request_of_exactly_the_limit_is_served(sql_bulkhead, pg):
+    c = big_client(sql_bulkhead, pg)
     body = padded_query_body(LIMIT)
     assert len(body) == LIMIT
-    r = send_big(sql.port, neon_headers(sql.url()), body)
+    r = send_big(c.port, neon_headers(c.url()), body)
     assert r is not None and r.status == 200, describe(r)
     assert json.loads(r.body)["rows"] == [["1"]]
 
 
-def test_request_above_the_limit_is_413(sql):
-    body = padded_query_body(LIMIT + 1)
-    r = send_big(sql.port, neon_headers(sql.url()), body)
+def test_request_above_the_limit_is_413(sql_bulkhead, pg):
+    c = big_client(sql_bulkhead, pg)
+    r = send_big(c.port, neon_headers(c.url()), padded_query_body(LIMIT + 1))
     assert r is not None and r.status == 413, describe(r)
 
 
-def test_chunked_request_above_the_limit_is_413(sql):
+def test_chunked_request_above_the_limit_is_413(sql_bulkhead, pg):
+    c = big_client(sql_bulkhead, pg)
     body = padded_query_body(LIMIT + 1)
-    hdrs = neon_headers(sql.url()) + [("Transfer-Encoding", "chunked")]
-    with RawClient(sql.port, timeout=IO_TIMEOUT) as c:
-        c.send(build_request("POST", "/sql", hdrs, None))
+    hdrs = neon_headers(c.url()) + [("Transfer-Encoding", "chunked")]
+    with RawClient(c.port, timeout=IO_TIMEOUT) as rc:
+        rc.send(build_request("POST", "/sql", hdrs, None))
         try:
             step = 1 << 20
             for i in range(0, len(body), step):
                 piece = body[i:i + step]
-                c.sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
-            c.sock.sendall(b"0\r\n\r\n")
+                rc.sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            rc.sock.sendall(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
         try:
-            r = c.read_response()
+            r = rc.read_response()
         except (PeerClosed, ConnectionResetError):
             r = None
+    assert r is not None and r.status == 413, describe(r)
+
+
+def test_configured_max_request_bytes(sql_bulkhead, pg):
+    c = big_client(sql_bulkhead, pg, max_request_bytes="64KiB")
+    r = send_big(c.port, neon_headers(c.url()), padded_query_body(65536))
+    assert r is not None and r.status == 200, describe(r)
+    r = send_big(c.port, neon_headers(c.url()), padded_query_body(65537))
     assert r is not None and r.status == 413, describe(r)
 
 
