@@ -35,7 +35,7 @@ struct bh_sql {
     char *head;                     /* a copy of the request head: the header spans point here */
     bh_sql_headers_t h;
     char *body;
-    size_t body_len, body_cap;
+    size_t body_len, body_cap, body_alloc;
     bh_sql_connstr_t cs;
     bool cs_parsed;
     const char *user, *password, *dbname;
@@ -649,10 +649,16 @@ int bh__sql_body(bh_client_t *c, const char *at, size_t len)
         reply(s, 413, BH_SQL_REPLY_OK, BH_EBODY_TOO_LARGE, 0);
         return 0;
     }
-    char *nb = bh_realloc(s->body, s->body_len + len + 1);
-    if (nb == NULL)
-        return BH_ENOMEM;
-    s->body = nb;
+    if (s->body_len + len + 1 > s->body_alloc) {
+        size_t want = s->body_alloc ? s->body_alloc * 2 : 4096;
+        while (want < s->body_len + len + 1)
+            want *= 2;
+        char *nb = bh_realloc(s->body, want);
+        if (nb == NULL)
+            return BH_ENOMEM;
+        s->body = nb;
+        s->body_alloc = want;
+    }
     memcpy(s->body + s->body_len, at, len);
     s->body_len += len;
     return 0;
@@ -661,8 +667,14 @@ int bh__sql_body(bh_client_t *c, const char *at, size_t len)
 void bh__sql_request_done(bh_client_t *c)
 {
     bh_sql_t *s = c->ex.sql;
-    if (s->phase == SQL_BODY)
-        run_request(s);
+    if (s->phase != SQL_BODY)
+        return;
+    /* The deadline is the query's: it runs from the complete request (reading the body is
+     * bounded by limits.body_timeout between reads). */
+    c->ex.start_ms = uv_now(&c->w->loop);
+    s->deadline_ms = c->ex.deadline_ms = bh_deadline_for_request(
+        c->ex.start_ms, c->ex.route->timeouts.total_ms, s->client_timeout_ms);
+    run_request(s);
 }
 
 void bh__sql_free(bh_client_t *c)
