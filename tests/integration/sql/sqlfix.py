@@ -103,6 +103,20 @@ class Postgres:
         self._lock = threading.Lock()
         self._conn = None
         self._own_root = os.geteuid() == 0
+        try:
+            self._init_cluster()
+            self.start()
+            self.create_role(ALICE, ALICE_PW)
+            self.sql("CREATE DATABASE %s OWNER %s" % (DBNAME, ALICE))
+            # the database of the spec's literal examples (sections 8 and 10), so they run verbatim
+            self.sql("CREATE DATABASE neondb OWNER %s" % ALICE)
+            self.create_role(BOB, BOB_PW)
+            self.sql("GRANT ALL ON SCHEMA public TO %s" % BOB, dbname=DBNAME)
+        except BaseException:
+            self.destroy()  # never leave a running cluster behind a failed setup
+            raise
+
+    def _init_cluster(self):
         if self._own_root:
             shutil.chown(self.dir, PG_OS_USER, PG_OS_USER)
         os.chmod(self.dir, 0o700)
@@ -129,13 +143,6 @@ class Postgres:
             # the superuser over the Unix socket only (assertions); every TCP login with a password
             f.write("local all postgres trust\n"
                     "host all all 127.0.0.1/32 scram-sha-256\n")
-        self.start()
-        self.create_role(ALICE, ALICE_PW)
-        self.sql("CREATE DATABASE %s OWNER %s" % (DBNAME, ALICE))
-        # the database of the spec's literal examples (sections 8 and 10), so they run verbatim
-        self.sql("CREATE DATABASE neondb OWNER %s" % ALICE)
-        self.create_role(BOB, BOB_PW)
-        self.sql("GRANT ALL ON SCHEMA public TO %s" % BOB, dbname=DBNAME)
 
     # -- processes
 
