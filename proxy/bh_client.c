@@ -269,7 +269,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     bh_client_t *c = parser_client(p);
     c->ex.req_body_bytes += len;
-    if (c->ex.req_body_bytes > c->w->conf->limits.max_body_bytes) {
+    if (c->ex.req_body_bytes > c->ex.body_limit) {
         c->parse_error = BH_EBODY_TOO_LARGE;
         return HPE_USER;
     }

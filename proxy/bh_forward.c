@@ -731,6 +731,7 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
     ex->waiter.data = c;
     ex->active = true;
     ex->start_ms = now;
+    ex->body_limit = w->conf->limits.max_body_bytes;
     ex->deadline_ms = BH_DEADLINE_NONE;
 
     bh_span_t start;
@@ -777,11 +778,6 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
         ex->req_framing = BH_FRAME_LENGTH;
     else
         ex->req_framing = BH_FRAME_NONE;
-    if (ex->req_framing == BH_FRAME_LENGTH &&
-        c->parser.content_length > w->conf->limits.max_body_bytes) {
-        local_reply(c, BH_EBODY_TOO_LARGE, true);
-        return;
-    }
 
     bh_span_t path = target_path(target);
     uint32_t mbit = bh_method_bit(method.p, method.n);
@@ -792,7 +788,12 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
     }
     ex->route = route;
     if (route->database != NULL) {
+        ex->body_limit = UINT64_MAX; /* the SQL exchange enforces max_request_bytes itself */
         bh__sql_start(c, head, head_len, client_timeout_ms);
+        return;
+    }
+    if (ex->req_framing == BH_FRAME_LENGTH && c->parser.content_length > ex->body_limit) {
+        local_reply(c, BH_EBODY_TOO_LARGE, true);
         return;
     }
     ex->up = &w->upstreams[route->upstream_index];

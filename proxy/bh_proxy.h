@@ -108,6 +108,7 @@ typedef struct bh_exchange {
     llhttp_t rp;                    /* response parser */
     uint64_t start_ms, deadline_ms, up_activity_ms;
     uint64_t req_body_bytes;
+    uint64_t body_limit;            /* 413 beyond: limits.max_body_bytes (none for /sql) */
     uint64_t retry_at_ms;           /* BH_UP_BACKOFF: when the next attempt starts */
     uint32_t resp_head_start;       /* offset in uc->rbuf */
     uint32_t method_bit;            /* BH_M_* */

@@ -330,6 +330,18 @@ def test_configured_max_request_bytes(sql_bulkhead, pg):
     assert r is not None and r.status == 413, describe(r)
 
 
+def test_sql_body_limit_is_the_databases_not_the_http_one(sql_bulkhead, pg):
+    """limits.max_body_bytes bounds bodies forwarded upstream; a /sql body is bounded by its
+    database's max_request_bytes alone, and refused with the JSON body."""
+    c = SqlClient(sql_bulkhead(db={"max_request_bytes": "256KiB", "timeouts": {"connect": "2s", "total": "300s"}},
+                               limits={"max_body_bytes": "16KiB"}), pg)
+    r = send_big(c.port, neon_headers(c.url()), padded_query_body(100000))
+    assert r is not None and r.status == 200, describe(r)
+    r = send_big(c.port, neon_headers(c.url()), padded_query_body(256 * 1024 + 1))
+    body = assert_error_shape(r, 413)
+    assert "too large" in body["message"], body
+
+
 def test_response_above_max_response_bytes_is_507(sql_bulkhead, pg):
     c = SqlClient(sql_bulkhead(db={"max_response_bytes": "64KiB", "pool": {"max_connections": 1}}), pg)
     big = "SELECT repeat('x', 1000) AS v FROM generate_series(1, 1000)"
