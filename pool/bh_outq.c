@@ -209,6 +209,7 @@ int bh_outq_flush(bh_outq_t *q)
         wreq_put(q->cache, w);
         return q->error;
     }
+    q->total += w->bytes;
     if (q->inflight == 0) {
         /* Nothing queued in libuv: write now, with writev(2) on the socket itself. A write
          * completed here needs no callback; and libuv 1.44 re-registers the socket with epoll

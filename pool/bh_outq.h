@@ -49,6 +49,7 @@ struct bh_outq {
     bh_bufpool_t *bufs;
     bh_wreq_t *cur;                  /* being filled, not yet submitted */
     size_t queued;                   /* bytes submitted and not yet written */
+    uint64_t total;                  /* bytes submitted since init (for the access log) */
     uint32_t inflight;               /* uv_write requests not yet completed */
     int error;                       /* first write error; sticky */
     bh_outq_cb cb;

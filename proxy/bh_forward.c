@@ -13,6 +13,7 @@
  * -> pool acquire (the bulkhead) -> attempt -> classify the outcome -> record (breaker, outlier)
  * -> retry when the policy, the request's safety, the budget and the deadline all allow it. */
 #include <string.h>
+#include <time.h>
 #include "bh_alloc.h"
 #include "bh_backoff.h"
 #include "bh_deadline.h"
@@ -79,9 +80,54 @@ static void detach(bh_exchange_t *ex, bool reusable)
     drop_replay(ex);
 }
 
+/* One access log line for the exchange (log.access on only). */
+static void log_exchange(bh_client_t *c, bool aborted)
+{
+    bh_exchange_t *ex = &c->ex;
+    bh_accesslog_t *al = c->w->alog;
+    if (al == NULL || ex->log_target == NULL)
+        return;
+    uint64_t now = now_of(c);
+    char line[2048], ts[64];
+    size_t n = 0;
+    struct timespec tv;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &tv);
+    gmtime_r(&tv.tv_sec, &tm);
+    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tv.tv_nsec / 1000000);
+    const char *up = ex->up != NULL ? ex->up->conf->name
+                     : ex->route != NULL && ex->route->database != NULL ? ex->route->database
+                                                                          : NULL;
+    const char *ep = ex->up != NULL && ex->attempts > 0 ? ex->up->conf->endpoints[ex->ep].text : NULL;
+    const char *err = ex->local && ex->last_err < 0 ? bh_err_proxy_status(ex->last_err) : NULL;
+    n += (size_t)snprintf(line + n, sizeof(line) - n, "{\"time\":\"%s\",\"worker\":%u,\"client\":\"%s\",\"request\":\"",
+                          ts, c->w->id, c->ip);
+    bh_json_escape(line, sizeof(line) - 512, &n, ex->log_target, strlen(ex->log_target));
+    int route = ex->route != NULL ? (int)(ex->route - c->w->conf->routes) : -1;
+    n += (size_t)snprintf(
+        line + n, sizeof(line) - n,
+        "\",\"route\":%d,\"status\":%d,\"bytes\":%llu,\"upstream\":%s%s%s,\"endpoint\":%s%s%s,"
+        "\"attempts\":%u,\"queue_ms\":%lld,\"first_byte_ms\":%lld,\"total_ms\":%llu,"
+        "\"error\":%s%s%s%s}",
+        route, aborted && !ex->resp_done ? 499 : ex->status,
+        (unsigned long long)(c->out.total - ex->out_at_start), up ? "\"" : "", up ? up : "null",
+        up ? "\"" : "", ep ? "\"" : "", ep ? ep : "null", ep ? "\"" : "", ex->attempts,
+        ex->attached_ms ? (long long)(ex->attached_ms - ex->start_ms) : -1LL,
+        ex->first_byte_ms && ex->attached_ms ? (long long)(ex->first_byte_ms - ex->attached_ms) : -1LL,
+        (unsigned long long)(now - ex->start_ms), err ? "\"" : "", err ? err : "null", err ? "\"" : "",
+        aborted ? ",\"aborted\":true" : "");
+    if (n >= sizeof(line))
+        n = sizeof(line) - 1;
+    bh_accesslog_line(al, line, n);
+    bh_free(ex->log_target);
+    ex->log_target = NULL;
+}
+
 static void finish(bh_client_t *c, bool reusable)
 {
     bh_exchange_t *ex = &c->ex;
+    log_exchange(c, false);
     detach(ex, reusable);
     ex->active = false;
     ex->phase = BH_UP_NONE;
@@ -91,6 +137,7 @@ static void finish(bh_client_t *c, bool reusable)
 void bh__forward_abort(bh_client_t *c, int err)
 {
     bh_exchange_t *ex = &c->ex;
+    log_exchange(c, true);
     detach(ex, false);
     ex->active = false;
     ex->phase = BH_UP_NONE;
@@ -111,6 +158,7 @@ static void local_reply_after(bh_client_t *c, int err, bool close, uint64_t retr
     ex->local = true;
     ex->resp_started = ex->resp_done = true;
     ex->status = status;
+    ex->last_err = err;
     if (bh_reply_write(&c->out, status, err, c->close_after || c->w->draining, retry_after_s) < 0) {
         bh__client_close(c);
         return;
@@ -374,6 +422,8 @@ static int handle_response_head(bh_client_t *c)
         }
     }
     bh_fwd_resp_t resp = {.status = status, .reason = reason};
+    if (ex->first_byte_ms == 0)
+        ex->first_byte_ms = now_of(c);
     if (status < 200 && status != 101) {
         /* interim response: relayed to HTTP/1.1 clients, then the final one follows */
         if (client_is_http11(c))
@@ -652,6 +702,8 @@ static void attach(bh_client_t *c, bh_upconn_t *uc)
     }
     ex->phase = ex->req_done ? BH_UP_FIRST_BYTE : BH_UP_SENDING;
     ex->up_activity_ms = now_of(c);
+    if (ex->attached_ms == 0)
+        ex->attached_ms = ex->up_activity_ms;
     bh__client_rearm_timer(c);
     if (c->paused && !ex->req_done)
         bh__client_resume(c); /* paused at the head: the body may flow now */
@@ -732,6 +784,7 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
     ex->active = true;
     ex->start_ms = now;
     ex->body_limit = w->conf->limits.max_body_bytes;
+    ex->out_at_start = c->out.total;
     ex->deadline_ms = BH_DEADLINE_NONE;
 
     bh_span_t start;
@@ -747,6 +800,8 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
         ;
     bh_span_t method = {start.p, (size_t)(sp1 - start.p)};
     bh_span_t target = {sp1 + 1, (size_t)(sp2 - sp1 - 1)};
+    if (w->alog != NULL) /* "GET /path?q" for the access log, at most 1 KiB */
+        ex->log_target = bh_strndup(start.p, (size_t)(sp2 - start.p) < 1024 ? (size_t)(sp2 - start.p) : 1024);
     bh_span_t host = {"", 0};
     int nhost = 0;
     uint64_t client_timeout_ms = 0;

@@ -16,6 +16,7 @@
 #include "bh_http.h"
 #include "bh_list.h"
 #include "bh_outq.h"
+#include "bh_accesslog.h"
 #include "bh_health.h"
 #include "bh_sql.h"
 #include "bh_upstream.h"
@@ -33,6 +34,7 @@ typedef struct bh_server {
     bh_sql_db_t *databases;         /* per configured database: breaker, libpq server */
     size_t n_databases;
     bh_pg_shared_t *pg;             /* Postgres permit counters per pool key */
+    int access_fd;                  /* log.access destination; -1: off */
     bh_worker_t *workers;
     uint32_t n_workers;
     _Atomic int64_t clients;        /* open client connections, all workers (limits.max_connections) */
@@ -54,6 +56,7 @@ struct bh_worker {
     bh_upstream_t *upstreams;       /* parallel to conf->upstreams */
     struct bh_health **health;      /* worker 0 runs the active health checks, per upstream */
     bh_pg_pools_t *pg_pools;        /* this worker's Postgres pools */
+    bh_accesslog_t *alog;           /* NULL when log.access is off */
     bool pg_open;
     unsigned health_running;
     size_t n_upstreams;
@@ -133,6 +136,9 @@ typedef struct bh_exchange {
     bool idempotency_key;           /* the request carries Idempotency-Key */
     bool continue_sent;             /* 100 Continue went to the client */
     bh_sql_t *sql;                  /* a POST /sql exchange (database route) */
+    char *log_target;               /* method and target for the access log (only when on) */
+    uint64_t out_at_start;          /* client out queue total when the request began */
+    uint64_t attached_ms, first_byte_ms;
 } bh_exchange_t;
 
 enum bh_client_state {

@@ -52,6 +52,8 @@ static int open_listener(bh_worker_t *w, uv_tcp_t *h, const bh_conf_addr_t *a)
  * worker has stopped (worker_destroy): other workers may still signal it. */
 static void release_loop(bh_worker_t *w)
 {
+    if (w->alog != NULL)
+        bh_accesslog_close(w->alog);
     uv_timer_stop(&w->drain_timer);
     uv_unref((uv_handle_t *)&w->wakeup);
 }
@@ -208,6 +210,12 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
         w->n_upstreams++;
         w->upstreams_open++;
     }
+    if (srv->access_fd >= 0) {
+        w->alog = bh_malloc(sizeof(*w->alog));
+        if (w->alog == NULL)
+            return BH_ENOMEM;
+        bh_accesslog_init(w->alog, &w->loop, srv->access_fd);
+    }
     w->pg_pools = bh_pg_pools_new(&w->loop, srv->pg);
     if (w->pg_pools == NULL)
         return BH_ENOMEM;
@@ -267,6 +275,9 @@ static void worker_destroy(bh_worker_t *w)
         bh_log_error("worker %u: loop closed with handles still open: %s", w->id, uv_strerror(rc));
     bh_wreq_cache_destroy(&w->wreqs);
     bh_bufpool_destroy(&w->bufs);
+    if (w->alog != NULL)
+        bh_accesslog_flush(w->alog);
+    bh_free(w->alog);
     bh_free(w->health);
     bh_free(w->hdrs);
     bh_free(w->listeners);
@@ -276,6 +287,7 @@ static void worker_destroy(bh_worker_t *w)
 int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
 {
     memset(srv, 0, sizeof(*srv));
+    srv->access_fd = -1;
     srv->conf = conf;
     atomic_init(&srv->clients, 0);
     srv->upstreams = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1,
@@ -284,6 +296,11 @@ int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
     if (srv->upstreams == NULL || srv->workers == NULL)
         return BH_ENOMEM;
     uint64_t now = uv_hrtime() / 1000000;
+    srv->access_fd = bh_accesslog_open(conf->log.access);
+    if (srv->access_fd < -1) {
+        bh_log_error("access log %s: %s", conf->log.access, strerror(-srv->access_fd - 1));
+        return BH_ECONFIG;
+    }
     srv->databases = bh_calloc(conf->n_databases ? conf->n_databases : 1, sizeof(*srv->databases));
     srv->pg = bh_pg_shared_new(on_pg_kick, srv);
     if (srv->databases == NULL || srv->pg == NULL)
@@ -348,6 +365,8 @@ void bh_server_destroy(bh_server_t *srv)
     for (size_t i = 0; i < srv->n_upstreams; i++)
         bh_upstream_shared_destroy(&srv->upstreams[i]);
     bh_free(srv->upstreams);
+    if (srv->access_fd > STDERR_FILENO)
+        close(srv->access_fd);
     for (size_t i = 0; i < srv->n_databases; i++)
         bh_sql_db_destroy(&srv->databases[i]);
     bh_free(srv->databases);
