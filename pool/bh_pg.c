@@ -971,7 +971,7 @@ static void on_pool_timer_closed(uv_handle_t *h)
     bh_pg_shared_t *s = pools->shared;
     unlink_pool(p);
     pthread_mutex_lock(&s->mu);
-    p->sem->sem.sharers--;
+    atomic_fetch_sub_explicit(&p->sem->sem.sharers, 1, memory_order_relaxed);
     if (--p->sem->refs == 0) {
         bh_list_remove(&p->sem->link);
         s->n--;

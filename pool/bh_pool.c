@@ -116,14 +116,14 @@ static void dequeue(bh_pool_t *p, bh_pool_waiter_t *w)
 /* Other pools sharing the semaphore may be able to act (shed idle, or use a freed permit). */
 static void kick_sharers(bh_pool_t *p)
 {
-    if (p->sem->sharers > 1 && p->sem->kick != NULL)
+    if (bh_sem_sharers(p->sem) > 1 && p->sem->kick != NULL)
         p->sem->kick(p->sem);
 }
 
 /* Waiters of other pools need a permit this pool's idle connections hold. */
 static bool others_waiting(bh_pool_t *p)
 {
-    return p->n_waiters == 0 && p->sem->sharers > 1 && bh_sem_waiting(p->sem) > 0 &&
+    return p->n_waiters == 0 && bh_sem_sharers(p->sem) > 1 && bh_sem_waiting(p->sem) > 0 &&
            bh_sem_in_use(p->sem) >= p->sem->max;
 }
 
@@ -243,7 +243,7 @@ static void settle(bh_pool_t *p, uint64_t now_ms)
 void bh_pool_init(bh_pool_t *p, const bh_pool_ops_t *ops, bh_sem_t *sem,
                   const bh_pool_limits_t *limits, void *data)
 {
-    sem->sharers++;
+    atomic_fetch_add_explicit(&sem->sharers, 1, memory_order_relaxed);
     assert(ops->open && ops->alive && ops->close && ops->arm);
     *p = (bh_pool_t){.ops = ops, .sem = sem, .limits = *limits, .data = data,
                      .armed_ms = BH_TIME_NEVER};

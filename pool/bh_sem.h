@@ -15,7 +15,8 @@ typedef struct bh_sem {
     _Atomic int64_t used;
     int64_t max;
     _Atomic int64_t waiting;
-    uint32_t sharers;                 /* pools sharing it (set while pools are created) */
+    _Atomic uint32_t sharers;         /* pools sharing it: pools of Postgres keys come and go on
+                                         their workers' threads, so atomic */
     void (*kick)(struct bh_sem *s);
     void *data;
 } bh_sem_t;
@@ -25,9 +26,14 @@ static inline void bh_sem_init(bh_sem_t *s, int64_t max)
     atomic_init(&s->used, 0);
     atomic_init(&s->waiting, 0);
     s->max = max;
-    s->sharers = 0;
+    atomic_init(&s->sharers, 0);
     s->kick = NULL;
     s->data = NULL;
+}
+
+static inline uint32_t bh_sem_sharers(bh_sem_t *s)
+{
+    return atomic_load_explicit(&s->sharers, memory_order_relaxed);
 }
 
 static inline int64_t bh_sem_waiting(bh_sem_t *s)
