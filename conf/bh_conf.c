@@ -14,6 +14,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -772,46 +773,64 @@ static int conv_endpoints(ctx_t *c, const spec_t *k, yaml_node_t *n, const char 
     return 0;
 }
 
-/* upstreams: a mapping from upstream name to its settings. */
-static int conv_upstreams(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
-{
-    bh_conf_t *conf = base;
-    size_t len;
+/* A mapping from names to sections of one kind (upstreams, databases): one element per name, the
+ * name checked and copied into the element's name slot, the section parsed into it, then check
+ * (may be NULL) run on element i with the others before it already parsed. null_ok: an empty
+ * section means all defaults. */
+typedef int (*named_check_t)(ctx_t *c, yaml_node_t *section, void *elems, size_t i);
 
+static int conv_named_map(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *kind,
+                          enum sec sec, const char *expect, bool null_ok, size_t size,
+                          size_t name_off, void **elems, size_t *count, named_check_t check)
+{
     if (n == NULL || is_null(n))
         return 0;
     if (n->type != YAML_MAPPING_NODE)
         return type_fail(c, n, k->type->expect);
-    len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
-    if ((conf->upstreams = bh_calloc(len, sizeof *conf->upstreams)) == NULL)
+    size_t len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    char *arr = bh_calloc(len, size);
+    if (arr == NULL)
         return oom(c);
-    conf->n_upstreams = len;
+    *elems = arr;
+    *count = len; /* set before parsing: bh_conf_free walks every element on failure */
     for (size_t i = 0; i < len; i++) {
         yaml_node_pair_t *p = &n->data.mapping.pairs.start[i];
         yaml_node_t *kn = node_at(c, p->key), *vn = node_at(c, p->value);
-        bh_conf_upstream_t *u = &conf->upstreams[i];
+        char *elem = arr + i * size;
         const char *name = kn->type == YAML_SCALAR_NODE ? (const char *)kn->data.scalar.value : "";
         size_t old;
         int rc;
 
         if (name[0] == '\0' || strspn(name, NAME_CHARS) != strlen(name))
             return fail(c, kn,
-                        "invalid upstream name '%.64s' in %s, expected letters, digits, "
+                        "invalid %s name '%.64s' in %s, expected letters, digits, "
                         "'-', '_' or '.'",
-                        name, c->path);
+                        kind, name, c->path);
         if ((rc = check_dup_key(c, n, p)) != 0)
             return rc;
-        if ((u->name = bh_strdup(name)) == NULL)
+        if ((*(char **)(elem + name_off) = bh_strdup(name)) == NULL)
             return oom(c);
         old = path_key(c, name);
-        rc = vn->type != YAML_MAPPING_NODE && !is_null(vn)
-                 ? type_fail(c, vn, "a mapping with endpoints, pool and timeouts")
-                 : parse_section(c, S_UPSTREAM, vn, u, 1);
+        rc = vn->type != YAML_MAPPING_NODE && !(null_ok && is_null(vn))
+                 ? type_fail(c, vn, expect)
+                 : parse_section(c, sec, vn, elem, 1);
+        if (rc == 0 && check != NULL)
+            rc = check(c, vn, arr, i);
         path_pop(c, old);
         if (rc != 0)
             return rc;
     }
     return 0;
+}
+
+/* upstreams: a mapping from upstream name to its settings. */
+static int conv_upstreams(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    bh_conf_t *conf = base;
+    return conv_named_map(c, k, n, "upstream", S_UPSTREAM,
+                          "a mapping with endpoints, pool and timeouts", true,
+                          sizeof(bh_conf_upstream_t), offsetof(bh_conf_upstream_t, name),
+                          (void **)&conf->upstreams, &conf->n_upstreams, NULL);
 }
 
 static int method_item(ctx_t *c, yaml_node_t *n, const char *text, uint32_t *bits)
@@ -1387,64 +1406,37 @@ static int check_database(ctx_t *c, yaml_node_t *map, void *base)
     return 0;
 }
 
-/* databases: a mapping from database name to its settings; a host is mapped by one at most. */
+/* A host is mapped by one database at most, and listed once in it. */
+static int check_database_hosts(ctx_t *c, yaml_node_t *vn, void *elems, size_t i)
+{
+    bh_conf_database_t *dbs = elems, *d = &dbs[i];
+    for (size_t h = 0; h < d->n_hosts; h++)
+        for (size_t j = 0; j <= i; j++)
+            for (size_t g = 0; g < (j < i ? dbs[j].n_hosts : h); g++) {
+                yaml_node_t *hosts = lookup(c, vn, "hosts");
+                if (strcmp(dbs[j].hosts[g], d->hosts[h]) != 0)
+                    continue;
+                path_key(c, "hosts");
+                path_index(c, h);
+                if (j == i)
+                    return fail(c, node_at(c, hosts->data.sequence.items.start[h]),
+                                "host '%s' in %s is also hosts[%zu], expected each host once",
+                                d->hosts[h], c->path, g);
+                return fail(c, node_at(c, hosts->data.sequence.items.start[h]),
+                            "host '%s' in %s is already mapped by databases.%s, expected each "
+                            "host in one database only",
+                            d->hosts[h], c->path, dbs[j].name);
+            }
+    return 0;
+}
+
+/* databases: a mapping from database name to its settings. */
 static int conv_databases(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
 {
     bh_conf_t *conf = base;
-    size_t len;
-
-    if (n == NULL || is_null(n))
-        return 0;
-    if (n->type != YAML_MAPPING_NODE)
-        return type_fail(c, n, k->type->expect);
-    len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
-    if ((conf->databases = bh_calloc(len, sizeof *conf->databases)) == NULL)
-        return oom(c);
-    conf->n_databases = len;
-    for (size_t i = 0; i < len; i++) {
-        yaml_node_pair_t *p = &n->data.mapping.pairs.start[i];
-        yaml_node_t *kn = node_at(c, p->key), *vn = node_at(c, p->value);
-        bh_conf_database_t *d = &conf->databases[i];
-        const char *name = kn->type == YAML_SCALAR_NODE ? (const char *)kn->data.scalar.value : "";
-        size_t old;
-        int rc;
-
-        if (name[0] == '\0' || strspn(name, NAME_CHARS) != strlen(name))
-            return fail(c, kn,
-                        "invalid database name '%.64s' in %s, expected letters, digits, "
-                        "'-', '_' or '.'",
-                        name, c->path);
-        if ((rc = check_dup_key(c, n, p)) != 0)
-            return rc;
-        if ((d->name = bh_strdup(name)) == NULL)
-            return oom(c);
-        old = path_key(c, name);
-        rc = vn->type != YAML_MAPPING_NODE
-                 ? type_fail(c, vn, "a mapping with hosts and server")
-                 : parse_section(c, S_DATABASE, vn, d, 1);
-        for (size_t h = 0; rc == 0 && h < d->n_hosts; h++)
-            for (size_t j = 0; j <= i; j++)
-                for (size_t g = 0; g < (j < i ? conf->databases[j].n_hosts : h); g++) {
-                    yaml_node_t *hosts = lookup(c, vn, "hosts");
-                    if (strcmp(conf->databases[j].hosts[g], d->hosts[h]) != 0)
-                        continue;
-                    path_key(c, "hosts");
-                    path_index(c, h);
-                    if (j == i)
-                        return fail(c, node_at(c, hosts->data.sequence.items.start[h]),
-                                    "host '%s' in %s is also hosts[%zu], expected each host "
-                                    "once",
-                                    d->hosts[h], c->path, g);
-                    return fail(c, node_at(c, hosts->data.sequence.items.start[h]),
-                                "host '%s' in %s is already mapped by databases.%s, expected "
-                                "each host in one database only",
-                                d->hosts[h], c->path, conf->databases[j].name);
-                }
-        path_pop(c, old);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    return conv_named_map(c, k, n, "database", S_DATABASE, "a mapping with hosts and server", false,
+                          sizeof(bh_conf_database_t), offsetof(bh_conf_database_t, name),
+                          (void **)&conf->databases, &conf->n_databases, check_database_hosts);
 }
 
 /* ---- the schema: every key, its type and its default ----------------------------------- */
