@@ -110,6 +110,7 @@ static bh_pool_conn_t *pool_open(bh_pool_t *pool, int *err)
     uint64_t now = uv_now(loop);
     bh_pool_conn_init(&uc->pc, pool, now);
     uc->ep = ep;
+    uc->generation = ep->generation;
     uc->lifetime_end_ms = conf->pool.max_lifetime_ms ? now + conf->pool.max_lifetime_ms
                                                      : BH_TIME_NEVER;
     uc->pc.expires_ms = uc->lifetime_end_ms;
@@ -247,8 +248,8 @@ void bh_upconn_release(bh_upconn_t *uc, bool reusable)
     uc->owner = NULL;
     uc->read_cb = NULL;
     uc->out.cb = NULL;
-    if (uc->out.error < 0 || bh_outq_pending(&uc->out) > 0)
-        reusable = false;
+    if (uc->out.error < 0 || bh_outq_pending(&uc->out) > 0 || uc->generation != ep->generation)
+        reusable = false; /* (a connection to an address the name no longer has is retired) */
     if (reusable) {
         /* Retire the connection before the upstream's own keep-alive timer would close it. */
         uc->pc.expires_ms = uc->lifetime_end_ms;
@@ -377,6 +378,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
             if (res->ai_addrlen != ep->salen || memcmp(res->ai_addr, &ep->sa, res->ai_addrlen)) {
                 memcpy(&ep->sa, res->ai_addr, res->ai_addrlen);
                 ep->salen = res->ai_addrlen;
+                ep->generation++;
                 bh_log_info("upstream %s: %s has a new address", up->conf->name, ep->addr->text);
                 retire_idle(ep);
             }

@@ -46,6 +46,7 @@ typedef struct bh_endpoint {
     uv_getaddrinfo_t dns;         /* re-resolution of a name (dns_refresh) */
     bool resolving;
     bool unresolved;              /* the name stopped resolving: drained, no new attempts */
+    uint32_t generation;          /* bumped when the name resolves to a new address */
 } bh_endpoint_t;
 
 /* What a worker shares with its upstreams. */
@@ -89,6 +90,7 @@ struct bh_upconn {
     unsigned open_handles;
     uint64_t lifetime_end_ms;     /* from max_lifetime; BH_TIME_NEVER when unlimited */
     uint64_t keepalive_ms;        /* the upstream's own idle timeout (Keep-Alive: timeout=N); 0 */
+    uint32_t generation;          /* the endpoint's address generation it was opened to */
     /* while BUSY */
     void *owner;
     bh_upconn_read_cb read_cb;
