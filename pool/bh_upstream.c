@@ -222,8 +222,6 @@ static const bh_pool_ops_t pool_ops = {
 
 int bh_upconn_read_start(bh_upconn_t *uc, bh_upconn_read_cb cb, void *owner)
 {
-    if (uc->owner == NULL)
-        uc->ep->up->in_flight[bh_upstream_ep_index(uc->ep->up, uc->ep)]++;
     uc->read_cb = cb;
     uc->owner = owner;
     if (uv_is_active((uv_handle_t *)&uc->tcp))
@@ -243,8 +241,6 @@ void bh_upconn_release(bh_upconn_t *uc, bool reusable)
     bh_buf_unref(uc->rbuf);
     uc->rbuf = NULL;
     uc->rlen = uc->rpos = 0;
-    if (uc->owner != NULL)
-        ep->up->in_flight[bh_upstream_ep_index(ep->up, ep)]--;
     uc->owner = NULL;
     uc->read_cb = NULL;
     uc->out.cb = NULL;
@@ -409,8 +405,10 @@ static void on_dns_timer(uv_timer_t *t)
 
 size_t bh_upstream_pick(bh_upstream_t *up, size_t prefer_not)
 {
-    if (up->n_eps == 1)
+    if (up->n_eps == 1) {
+        up->in_flight[0]++;
         return 0;
+    }
     bool panic = false;
     bh_outlier_eligible(up->shared->outlier, uv_now(up->env->loop), up->eligible, &panic);
     if (up->has_names) {
@@ -422,7 +420,14 @@ size_t bh_upstream_pick(bh_upstream_t *up, size_t prefer_not)
     }
     size_t i = bh_balance_pick(&up->balance, up->n_eps, up->eligible, up->in_flight, prefer_not,
                                up->env->rng);
-    return i < up->n_eps ? i : 0;
+    i = i < up->n_eps ? i : 0;
+    up->in_flight[i]++;
+    return i;
+}
+
+void bh_upstream_unpick(bh_upstream_t *up, size_t ep)
+{
+    up->in_flight[ep]--;
 }
 
 int bh_upstream_acquire(bh_upstream_t *up, size_t ep, bh_pool_waiter_t *w, uint64_t deadline_ms,

@@ -64,7 +64,7 @@ struct bh_upstream {
     bh_endpoint_t *eps;
     size_t n_eps;
     bh_balance_t balance;         /* this worker's cursor */
-    uint32_t *in_flight;          /* per endpoint: this worker's busy connections */
+    uint32_t *in_flight;          /* per endpoint: this worker's attempts (bh_upstream_pick) */
     bool *eligible;               /* per endpoint: scratch for picking */
     unsigned open_timers;         /* endpoint timers, the DNS timer, DNS lookups in flight */
     uv_timer_t dns_timer;
@@ -106,8 +106,11 @@ BH_MUST_CHECK int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *
 
 /* Picks an endpoint for a new attempt: among those not ejected and healthy (all of them when
  * none is: panic), by the configured balance policy, avoiding prefer_not (the endpoint whose
- * attempt just failed; BH_BALANCE_NONE for none) when another one is eligible. */
+ * attempt just failed; BH_BALANCE_NONE for none) when another one is eligible. The attempt counts
+ * as in flight on the endpoint (for least_request) from here, while it waits for a connection or
+ * connects too, until bh_upstream_unpick(). */
 size_t bh_upstream_pick(bh_upstream_t *up, size_t prefer_not);
+void bh_upstream_unpick(bh_upstream_t *up, size_t ep);
 
 /* Gets a connection to endpoint ep (see bh_pool_acquire). On 0, *out is BUSY. */
 BH_MUST_CHECK int bh_upstream_acquire(bh_upstream_t *up, size_t ep, bh_pool_waiter_t *w,

@@ -56,6 +56,10 @@ static void drop_attempt(bh_exchange_t *ex, bool reusable)
         bh_upconn_release(ex->uc, reusable);
         ex->uc = NULL;
     }
+    if (ex->picked) {
+        bh_upstream_unpick(ex->up, ex->ep);
+        ex->picked = false;
+    }
 }
 
 static void drop_replay(bh_exchange_t *ex)
@@ -742,6 +746,7 @@ static void start_attempt(bh_client_t *c)
         return;
     }
     ex->ep = bh_upstream_pick(up, ex->failed_ep);
+    ex->picked = true;
     bh_upconn_t *uc = NULL;
     int rc = bh_upstream_acquire(up, ex->ep, &ex->waiter, ex->deadline_ms, &uc);
     if (rc == BH_POOL_QUEUED) {

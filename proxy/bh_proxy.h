@@ -118,6 +118,7 @@ typedef struct bh_exchange {
     unsigned attempts;              /* attempts started */
     int last_err;                   /* why the last attempt failed */
     size_t ep;                      /* endpoint of the current attempt */
+    bool picked;                    /* ep counts this attempt in flight (bh_upstream_unpick) */
     size_t failed_ep;               /* endpoint of the last failed attempt, or BH_BALANCE_NONE */
     bh_breaker_ticket_t ticket;     /* the current attempt's, until recorded */
     bh_replay_t *replay;            /* allocated once the request has a body */
