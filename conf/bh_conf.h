@@ -216,6 +216,9 @@ enum bh_method_bit {
 uint32_t bh_method_bit(const char *name, size_t len);
 
 typedef struct bh_conf_route {
+    char *name;                       /* for metrics and logs; default: the host ("*" for any)
+                                         then path_prefix, e.g. "api.example.com/v1/", with
+                                         "#<index>" appended when that is taken */
     char *host;                       /* NULL = any host; exact, case-insensitive, port ignored;
                                          "*.example.com" matches any subdomain */
     char *path_prefix;                /* default "/" */
@@ -277,6 +280,11 @@ BH_MUST_CHECK int bh_conf_load_string(const char *name, const char *yaml, size_t
                                       bh_conf_t **out, bh_conf_error_t *err);
 
 void bh_conf_free(bh_conf_t *conf);
+
+/* Whether two upstream (database) sections have the same name and settings: a reload keeps the
+ * pools, breaker and outlier state of one that did not change. */
+bool bh_conf_upstream_equal(const bh_conf_upstream_t *a, const bh_conf_upstream_t *b);
+bool bh_conf_database_equal(const bh_conf_database_t *a, const bh_conf_database_t *b);
 
 /* Value parsers, exposed for tests and for reuse. Each returns 0 or -1 on malformed input.
  * Durations: "250ms", "5s", "2m", "1h", "1d", or a bare "0"; bare numbers other than 0 are

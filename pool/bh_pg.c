@@ -1279,6 +1279,7 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
     if (e != NULL) {
         e->refs++;
         bh_pool_init(&p->base, &pg_pool_ops, &e->sem, &limits, p);
+        p->base.gauges = srv->gauges;
     }
     pthread_mutex_unlock(&s->mu);
     if (e == NULL) {

@@ -87,6 +87,8 @@ typedef struct bh_pg_server {
     bh_conf_pool_t pool;         /* max_connections is per key, across workers */
     uint64_t connect_timeout_ms; /* connect start -> session ready; 0 = 2000 */
     uint64_t reset_timeout_ms;   /* the reset before reuse; 0 = connect_timeout_ms */
+    bh_pool_gauges_t *gauges;    /* where a pool created from it reports (single writer: set it
+                                    in a per-worker copy); NULL: nowhere */
 } bh_pg_server_t;
 
 /* ---- process-wide permits ---------------------------------------------------------------- */

@@ -60,6 +60,10 @@ static void set_state(bh_pool_conn_t *c, enum bh_pool_conn_state to)
     bh_list_t *l;
 
     assert(legal_moves[c->state] & BIT(to));
+    if (p->gauges != NULL) {
+        bh_gauge_add(&p->gauges->conns[c->state], -1);
+        bh_gauge_add(&p->gauges->conns[to], 1);
+    }
     if ((l = state_list(p, c->state, &n)) != NULL) {
         bh_list_remove(&c->link);
         --*n;
@@ -111,6 +115,8 @@ static void dequeue(bh_pool_t *p, bh_pool_waiter_t *w)
     w->pool = NULL;
     p->n_waiters--;
     atomic_fetch_sub_explicit(&p->sem->waiting, 1, memory_order_relaxed);
+    if (p->gauges != NULL)
+        bh_gauge_add(&p->gauges->waiters, -1);
 }
 
 /* Other pools sharing the semaphore may be able to act (shed idle, or use a freed permit). */
@@ -295,6 +301,8 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
     bh_list_push_back(&p->waiters, &w->link);
     p->n_waiters++;
     atomic_fetch_add_explicit(&p->sem->waiting, 1, memory_order_relaxed);
+    if (p->gauges != NULL)
+        bh_gauge_add(&p->gauges->waiters, 1);
 
     /* No dispatch() here: it could run callbacks, and none may run inside acquire. */
     if (p->n_waiters > p->n_connecting) {

@@ -26,6 +26,7 @@
 #include "bh_error.h"
 #include "bh_list.h"
 #include "bh_sem.h"
+#include "bh_stat.h"
 
 #define BH_TIME_NEVER UINT64_MAX
 
@@ -81,6 +82,14 @@ typedef struct bh_pool_ops {
     void (*arm)(bh_pool_t *pool, uint64_t at_ms);
 } bh_pool_ops_t;
 
+/* What the pool reports for /metrics (optional): connections per state and queued waiters,
+ * changed by +-1 on every move. Several pools of one thread may share one (an endpoint's pool
+ * before and after a reload). */
+typedef struct bh_pool_gauges {
+    bh_gauge_t conns[BH_PCONN_CLOSING + 1]; /* indexed by enum bh_pool_conn_state */
+    bh_gauge_t waiters;
+} bh_pool_gauges_t;
+
 typedef struct bh_pool_limits {
     uint32_t max_pending;         /* waiters queued; beyond: BH_EPOOL_FULL */
     uint32_t max_idle;            /* idle connections kept; beyond: the released one is closed */
@@ -100,6 +109,7 @@ struct bh_pool {
     bool dispatching;             /* re-entrancy guard for the dispatch loop */
     bool shut;                    /* bh_pool_shutdown() was called */
     void *data;                   /* for the concrete layer */
+    bh_pool_gauges_t *gauges;     /* NULL: not reported */
     /* counters, monotonically increasing */
     uint64_t opened, reused, timeouts, overflows, closed;
 };

@@ -305,7 +305,8 @@ void bh_upstream_shared_destroy(bh_upstream_shared_t *s)
 }
 
 int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
-                     const bh_upstream_env_t *env, bh_upstream_shared_t *shared)
+                     const bh_upstream_env_t *env, bh_upstream_shared_t *shared,
+                     bh_pool_gauges_t *const *gauges)
 {
     memset(up, 0, sizeof(*up));
     up->conf = conf;
@@ -333,6 +334,7 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
         ep->addr = &conf->endpoints[i];
         resolve(ep);
         bh_pool_init(&ep->pool, &pool_ops, sem, &limits, ep);
+        ep->pool.gauges = gauges != NULL ? gauges[i] : NULL;
         uv_timer_init(env->loop, &ep->timer);
         ep->timer.data = ep;
         up->open_timers++;

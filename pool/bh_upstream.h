@@ -100,9 +100,11 @@ struct bh_upconn {
     char idle_scratch[8];         /* read target while IDLE: any byte means the conn is unusable */
 };
 
-/* Sets up the per-worker state of one configured upstream (resolving endpoint names now). */
+/* Sets up the per-worker state of one configured upstream (resolving endpoint names now).
+ * gauges (may be NULL): per endpoint, where its pool reports connection counts. */
 BH_MUST_CHECK int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
-                                   const bh_upstream_env_t *env, bh_upstream_shared_t *shared);
+                                   const bh_upstream_env_t *env, bh_upstream_shared_t *shared,
+                                   bh_pool_gauges_t *const *gauges);
 
 /* Picks an endpoint for a new attempt: among those not ejected and healthy (all of them when
  * none is: panic), by the configured balance policy, avoiding prefer_not (the endpoint whose

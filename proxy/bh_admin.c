@@ -6,6 +6,7 @@
 #include "bh_admin.h"
 #include "bh_alloc.h"
 #include "bh_log.h"
+#include "bh_stats.h"
 
 #define ADMIN_HEAD_MAX 8192
 
@@ -23,6 +24,7 @@ typedef struct admin_conn {
     bh_list_t link;
     uv_write_t wreq;
     size_t len;
+    bool head_only;
     char *out;
     char buf[ADMIN_HEAD_MAX];
 } admin_conn_t;
@@ -55,23 +57,48 @@ static void on_written(uv_write_t *req, int status)
     conn_close(req->data);
 }
 
-static void reply(admin_conn_t *c, int status, const char *reason, const char *body)
+static void reply_typed(admin_conn_t *c, int status, const char *reason, const char *type,
+                        const char *body, size_t blen)
 {
-    size_t blen = strlen(body), cap = blen + 256;
+    size_t cap = blen + 256;
     c->out = bh_malloc(cap);
     if (c->out == NULL) {
         conn_close(c);
         return;
     }
     int n = snprintf(c->out, cap,
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                     "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n%s",
-                     status, reason, blen, body);
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                     status, reason, type, blen);
+    if (!c->head_only) {
+        memcpy(c->out + n, body, blen);
+        n += (int)blen;
+    }
     uv_buf_t b = uv_buf_init(c->out, (unsigned)n);
     c->wreq.data = c;
     uv_read_stop((uv_stream_t *)&c->tcp);
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0)
         conn_close(c);
+}
+
+static void reply(admin_conn_t *c, int status, const char *reason, const char *body)
+{
+    reply_typed(c, status, reason, "text/plain; charset=utf-8", body, strlen(body));
+}
+
+static void stats(admin_conn_t *c, bool json)
+{
+    size_t len = 0;
+    char *body = json ? bh_stats_json(c->a->srv, c->a->draining, &len)
+                      : bh_stats_prometheus(c->a->srv, &len);
+    if (body == NULL) {
+        reply(c, 500, "Internal Server Error", "out of memory\n");
+        return;
+    }
+    reply_typed(c, 200, "OK",
+                json ? "application/json" : "text/plain; version=0.0.4; charset=utf-8", body,
+                len);
+    bh_free(body);
 }
 
 /* 200 when serving; 503 while draining or when an upstream with health checks has no healthy
@@ -85,12 +112,13 @@ static void readyz(admin_conn_t *c)
     bool ready = !c->a->draining;
     if (!ready)
         len += (size_t)snprintf(body + len, sizeof(body) - len, "draining\n");
-    for (size_t i = 0; i < srv->n_upstreams && len < sizeof(body) - 128; i++) {
-        const bh_conf_upstream_t *u = &srv->conf->upstreams[i];
+    const bh_snap_t *snap = srv->snap;
+    for (size_t i = 0; i < snap->conf->n_upstreams && len < sizeof(body) - 128; i++) {
+        const bh_conf_upstream_t *u = &snap->conf->upstreams[i];
         if (!u->health_check.enabled)
             continue;
         bh_outlier_stats_t st;
-        bh_outlier_stats(srv->upstreams[i].outlier, uv_hrtime() / 1000000, &st);
+        bh_outlier_stats(snap->upstreams[i]->s.outlier, uv_hrtime() / 1000000, &st);
         if (st.unhealthy >= st.endpoints) {
             ready = false;
             len += (size_t)snprintf(body + len, sizeof(body) - len,
@@ -104,7 +132,7 @@ static void readyz(admin_conn_t *c)
 
 static bool authorized(admin_conn_t *c, const char *head)
 {
-    const char *token = c->a->srv->conf->admin.token;
+    const char *token = c->a->srv->snap->conf->admin.token;
     if (token == NULL || token[0] == '\0')
         return true;
     for (const char *p = strstr(head, "\r\n"); p != NULL; p = strstr(p + 2, "\r\n")) {
@@ -134,6 +162,7 @@ static void handle(admin_conn_t *c)
         reply(c, 405, "Method Not Allowed", "GET only\n");
         return;
     }
+    c->head_only = strcmp(method, "HEAD") == 0;
     if (strcmp(path, "/healthz") == 0) {
         reply(c, 200, "OK", "ok\n");
         return;
@@ -144,8 +173,12 @@ static void handle(admin_conn_t *c)
     }
     if (strcmp(path, "/readyz") == 0)
         readyz(c);
+    else if (strcmp(path, "/metrics") == 0)
+        stats(c, false);
+    else if (strcmp(path, "/stats") == 0)
+        stats(c, true);
     else
-        reply(c, 404, "Not Found", "not found: /healthz /readyz\n");
+        reply(c, 404, "Not Found", "not found: /healthz /readyz /metrics /stats\n");
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -198,7 +231,7 @@ static void on_listener_closed(uv_handle_t *h)
 
 bh_admin_t *bh_admin_start(uv_loop_t *loop, bh_server_t *srv)
 {
-    const bh_conf_addr_t *addr = &srv->conf->admin.addr;
+    const bh_conf_addr_t *addr = &srv->snap->conf->admin.addr;
     bh_admin_t *a = bh_calloc(1, sizeof(*a));
     if (a == NULL)
         return NULL;
@@ -216,7 +249,7 @@ bh_admin_t *bh_admin_start(uv_loop_t *loop, bh_server_t *srv)
         uv_close((uv_handle_t *)&a->listener, on_listener_closed);
         return NULL;
     }
-    bh_log_info("admin listening on %s (/healthz /readyz)", addr->text);
+    bh_log_info("admin listening on %s (/healthz /readyz /metrics /stats)", addr->text);
     return a;
 }
 

@@ -477,6 +477,8 @@ void bh__client_accept(bh_worker_t *w, uv_stream_t *listener)
     c->open_handles = 2;
     bh_list_push_back(&w->clients, &c->link);
     w->n_clients++;
+    bh_counter_add(&w->cells->accepted, 1);
+    bh_gauge_add(&w->cells->clients, 1);
     bh_outq_init(&c->out, (uv_stream_t *)&c->tcp, &w->wreqs, &w->bufs, on_out);
     llhttp_init(&c->parser, HTTP_REQUEST, &w->req_settings);
     c->state = BH_CS_IDLE;

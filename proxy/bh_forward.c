@@ -108,13 +108,20 @@ static void log_exchange(bh_client_t *c, bool aborted)
     n += (size_t)snprintf(line + n, sizeof(line) - n, "{\"time\":\"%s\",\"worker\":%u,\"client\":\"%s\",\"request\":\"",
                           ts, c->w->id, c->ip);
     bh_json_escape(line, sizeof(line) - 512, &n, ex->log_target, strlen(ex->log_target));
-    int route = ex->route != NULL ? (int)(ex->route - c->w->conf->routes) : -1;
+    n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"route\":");
+    if (ex->route != NULL) {
+        line[n++] = '"';
+        bh_json_escape(line, sizeof(line) - 512, &n, ex->route->name, strlen(ex->route->name));
+        line[n++] = '"';
+    } else {
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "null");
+    }
     n += (size_t)snprintf(
         line + n, sizeof(line) - n,
-        "\",\"route\":%d,\"status\":%d,\"bytes\":%llu,\"upstream\":%s%s%s,\"endpoint\":%s%s%s,"
+        ",\"status\":%d,\"bytes\":%llu,\"upstream\":%s%s%s,\"endpoint\":%s%s%s,"
         "\"attempts\":%u,\"queue_ms\":%lld,\"first_byte_ms\":%lld,\"total_ms\":%llu,"
         "\"error\":%s%s%s%s}",
-        route, aborted && !ex->resp_done ? 499 : ex->status,
+        aborted && !ex->resp_done ? 499 : ex->status,
         (unsigned long long)(c->out.total - ex->out_at_start), up ? "\"" : "", up ? up : "null",
         up ? "\"" : "", ep ? "\"" : "", ep ? ep : "null", ep ? "\"" : "", ex->attempts,
         ex->attached_ms ? (long long)(ex->attached_ms - ex->start_ms) : -1LL,
@@ -128,23 +135,34 @@ static void log_exchange(bh_client_t *c, bool aborted)
     ex->log_target = NULL;
 }
 
-static void finish(bh_client_t *c, bool reusable)
+/* The exchange ends: counted, logged, its resources given back, its generation released. */
+static void end_exchange(bh_client_t *c, bool aborted, bool reusable)
 {
     bh_exchange_t *ex = &c->ex;
-    log_exchange(c, false);
+    int status = aborted && !ex->resp_done ? 499 : ex->status;
+    if (status >= BH_STATUS_MIN && status <= BH_STATUS_MAX)
+        bh_counter_add(&ex->route_cells->codes[status - BH_STATUS_MIN], 1);
+    bh_hist_observe(&ex->route_cells->duration, (uv_hrtime() - ex->start_ns) / 1000);
+    log_exchange(c, aborted);
     detach(ex, reusable);
     ex->active = false;
     ex->phase = BH_UP_NONE;
+    bh_gen_t *g = ex->gen;
+    ex->gen = NULL;
+    ex->up = NULL;
+    ex->route = NULL;
+    bh__gen_unref(g);
+}
+
+static void finish(bh_client_t *c, bool reusable)
+{
+    end_exchange(c, false, reusable);
     bh__client_exchange_done(c);
 }
 
 void bh__forward_abort(bh_client_t *c, int err)
 {
-    bh_exchange_t *ex = &c->ex;
-    log_exchange(c, true);
-    detach(ex, false);
-    ex->active = false;
-    ex->phase = BH_UP_NONE;
+    end_exchange(c, true, false);
 }
 
 /* bulkhead answers the request itself. The rest of the request body is read and dropped (so the
@@ -242,10 +260,12 @@ static bh_attempt_t classify(const bh_exchange_t *ex, int err)
 /* An attempt's outcome counts for its endpoint (outlier detection)... */
 static void record_attempt(bh_exchange_t *ex, const bh_attempt_t *a, uint64_t now)
 {
+    bh_counter_add(&ex->up_cells->attempts[a->outcome], 1);
     if (a->outcome == BH_OUTCOME_LOCAL || a->outcome == BH_OUTCOME_TOTAL_TIMEOUT)
         return; /* not the endpoint's doing */
     bool failed = bh_retry_counts_as_failure(ex->up->conf->breaker.count, a);
-    bh_outlier_record(ex->up->shared->outlier, ex->ep, failed, now);
+    if (bh_outlier_record(ex->up->shared->outlier, ex->ep, failed, now))
+        bh_counter_add(&ex->up_cells->ejections, 1);
 }
 
 /* ...and the request's final outcome for the upstream (the breaker). Counting attempts would let
@@ -285,8 +305,11 @@ static bool schedule_retry(bh_client_t *c, const bh_attempt_t *a, uint64_t retry
                                       bh_deadline_remaining(ex->deadline_ms, now), c->w->env.rng);
     if (delay == BH_BACKOFF_GIVE_UP || !bh_backoff_fits(delay, now, ex->deadline_ms))
         return false;
-    if (!bh_budget_try_acquire_retry(&ex->up->shared->budget, now))
+    if (!bh_budget_try_acquire_retry(&ex->up->shared->budget, now)) {
+        bh_counter_add(&ex->up_cells->budget_exhausted, 1);
         return false;
+    }
+    bh_counter_add(&ex->up_cells->retries, 1);
     ex->failed_ep = ex->ep;
     ex->phase = BH_UP_BACKOFF;
     ex->retry_at_ms = now + delay;
@@ -685,6 +708,7 @@ static void attach(bh_client_t *c, bh_upconn_t *uc)
     bh_exchange_t *ex = &c->ex;
     ex->uc = uc;
     ex->waiting = false;
+    bh_hist_observe(&ex->up_cells->wait, (now_of(c) - ex->wait_start_ms) * 1000);
     uc->out.cb = on_up_out;
     llhttp_init(&ex->rp, HTTP_RESPONSE, &c->w->resp_settings);
     ex->resp_head_start = 0;
@@ -747,6 +771,7 @@ static void start_attempt(bh_client_t *c)
     }
     ex->ep = bh_upstream_pick(up, ex->failed_ep);
     ex->picked = true;
+    ex->wait_start_ms = now;
     bh_upconn_t *uc = NULL;
     int rc = bh_upstream_acquire(up, ex->ep, &ex->waiter, ex->deadline_ms, &uc);
     if (rc == BH_POOL_QUEUED) {
@@ -787,7 +812,11 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
     ex->waiter.cb = on_acquired;
     ex->waiter.data = c;
     ex->active = true;
+    ex->gen = w->gen;
+    ex->gen->refs++;
+    ex->route_cells = bh_mentry_cells(w->srv->metrics.no_route, w->id);
     ex->start_ms = now;
+    ex->start_ns = uv_hrtime();
     ex->body_limit = w->conf->limits.max_body_bytes;
     ex->out_at_start = c->out.total;
     ex->deadline_ms = BH_DEADLINE_NONE;
@@ -841,12 +870,14 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
 
     bh_span_t path = target_path(target);
     uint32_t mbit = bh_method_bit(method.p, method.n);
-    const bh_conf_route_t *route = bh_route_match(w->conf, host, path, mbit ? mbit : BH_M_OTHER);
+    const bh_gen_t *gen = ex->gen;
+    const bh_conf_route_t *route = bh_route_match(gen->conf, host, path, mbit ? mbit : BH_M_OTHER);
     if (route == NULL) {
         local_reply(c, BH_ENO_ROUTE, false);
         return;
     }
     ex->route = route;
+    ex->route_cells = bh_mentry_cells(gen->snap->route_m[route - gen->conf->routes], w->id);
     if (route->database != NULL) {
         ex->body_limit = UINT64_MAX; /* the SQL exchange enforces max_request_bytes itself */
         bh__sql_start(c, head, head_len, client_timeout_ms);
@@ -856,7 +887,8 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
         local_reply(c, BH_EBODY_TOO_LARGE, true);
         return;
     }
-    ex->up = &w->upstreams[route->upstream_index];
+    ex->up = &gen->upstreams[route->upstream_index]->up;
+    ex->up_cells = bh_mentry_cells(gen->snap->up_m[route->upstream_index], w->id);
 
     bh_fwd_req_t req = {
         .method = method,

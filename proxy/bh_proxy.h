@@ -18,6 +18,7 @@
 #include "bh_outq.h"
 #include "bh_accesslog.h"
 #include "bh_health.h"
+#include "bh_metrics.h"
 #include "bh_sql.h"
 #include "bh_upstream.h"
 
@@ -27,13 +28,40 @@
 typedef struct bh_worker bh_worker_t;
 typedef struct bh_client bh_client_t;
 
-typedef struct bh_server {
+/* A loaded config file with its reference count: what outlives a reload (an unchanged
+ * upstream's shared state, a worker's pools) keeps the config it was built from. */
+typedef struct bh_cref {
+    _Atomic uint32_t refs;
     bh_conf_t *conf;
-    bh_upstream_shared_t *upstreams; /* per configured upstream: cap, breaker, budget, outliers */
-    size_t n_upstreams;
-    bh_sql_db_t *databases;         /* per configured database: breaker, libpq server */
-    size_t n_databases;
+} bh_cref_t;
+
+/* What the workers share about one configured upstream, kept across reloads while its settings
+ * do not change (one per snapshot that lists it, plus one per worker object built on it). */
+typedef struct bh_ushared {
+    bh_upstream_shared_t s;
+    _Atomic uint32_t refs;
+    bh_cref_t *origin;              /* conf->upstreams[index] is its configuration */
+    size_t index;
+} bh_ushared_t;
+
+/* One configuration generation: the frozen config and the process-wide state that goes with it.
+ * The main thread builds it (startup, SIGHUP) and hands a reference to every worker. */
+typedef struct bh_snap {
+    _Atomic uint32_t refs;
+    bh_cref_t *cref;
+    const bh_conf_t *conf;
+    bh_ushared_t **upstreams;       /* parallel to conf->upstreams */
+    bh_sql_db_t **databases;        /* parallel to conf->databases */
+    bh_mentry_t **route_m;          /* metrics entries parallel to conf->routes ... */
+    bh_mentry_t **up_m;             /* ... conf->upstreams ... */
+    bh_mentry_t **db_m;             /* ... conf->databases */
+    bh_mentry_t ***ep_m;            /* [upstream][endpoint] */
+} bh_snap_t;
+
+typedef struct bh_server {
+    bh_snap_t *snap;                /* the current one (main thread; workers get their own ref) */
     bh_pg_shared_t *pg;             /* Postgres permit counters per pool key */
+    bh_metrics_t metrics;
     int access_fd;                  /* log.access destination; -1: off */
     bh_worker_t *workers;
     uint32_t n_workers;
@@ -42,25 +70,51 @@ typedef struct bh_server {
     void *data;
 } bh_server_t;
 
+/* A worker's upstream object (its pools, balancer cursor, health checks), kept across reloads
+ * while the upstream's settings do not change. Worker-local. */
+typedef struct bh_wup {
+    bh_upstream_t up;
+    uint32_t refs;                  /* generations listing it */
+    bh_ushared_t *sh;               /* referenced */
+    bh_health_t *health;            /* worker 0 only */
+    bh_worker_t *w;
+} bh_wup_t;
+
+/* A worker's view of one snapshot. Every exchange holds a reference to the generation it
+ * started on and finishes on it, whatever reloads happen meanwhile. Worker-local. */
+typedef struct bh_gen {
+    uint32_t refs;                  /* the worker's while current, one per exchange */
+    bh_snap_t *snap;
+    const bh_conf_t *conf;
+    bh_wup_t **upstreams;           /* parallel to conf->upstreams */
+    bh_worker_t *w;
+} bh_gen_t;
+
+typedef struct bh_listener {
+    uv_tcp_t tcp;
+    bh_worker_t *w;
+    bh_list_t link;
+    char *addr;                     /* the configured address text */
+} bh_listener_t;
+
 struct bh_worker {
     bh_server_t *srv;
-    const bh_conf_t *conf;
+    const bh_conf_t *conf;          /* gen->conf */
+    bh_gen_t *gen;                  /* the current generation */
+    _Atomic(bh_snap_t *) pending;   /* a new snapshot from the main thread, not yet taken */
     uint32_t id;
     uv_loop_t loop;
     uv_thread_t thread;
-    uv_async_t wakeup;              /* the main thread asks for a drain */
+    uv_async_t wakeup;              /* the main thread asks for a drain or a reload */
     _Atomic int stop_requested;
     uv_timer_t drain_timer;
-    uv_tcp_t *listeners;
-    size_t n_listeners;
-    bh_upstream_t *upstreams;       /* parallel to conf->upstreams */
-    struct bh_health **health;      /* worker 0 runs the active health checks, per upstream */
+    bh_list_t listeners;            /* bh_listener_t */
     bh_pg_pools_t *pg_pools;        /* this worker's Postgres pools */
     bh_accesslog_t *alog;           /* NULL when log.access is off */
+    bh_worker_cells_t *cells;       /* this worker's metrics */
     bool pg_open;
     unsigned health_running;
-    size_t n_upstreams;
-    size_t upstreams_open;
+    size_t upstreams_open;          /* bh_wup_t objects not yet closed, and the pg pools */
     bh_bufpool_t bufs;
     bh_wreq_cache_t wreqs;
     bh_rng_t rng;
@@ -101,8 +155,11 @@ typedef struct bh_replay {
 } bh_replay_t;
 
 typedef struct bh_exchange {
+    bh_gen_t *gen;                  /* referenced while active */
     const bh_conf_route_t *route;
     bh_upstream_t *up;
+    bh_route_cells_t *route_cells;  /* this worker's metrics of the route (or of "no route") */
+    bh_backend_cells_t *up_cells;   /* ... of the upstream or database; NULL before routing */
     bh_pool_waiter_t waiter;
     bool waiting;                   /* waiter is queued in a pool */
     bh_upconn_t *uc;
@@ -110,6 +167,8 @@ typedef struct bh_exchange {
     uint32_t head_len;
     llhttp_t rp;                    /* response parser */
     uint64_t start_ms, deadline_ms, up_activity_ms;
+    uint64_t start_ns;              /* for the duration histogram (the loop clock is in ms) */
+    uint64_t wait_start_ms;         /* the current attempt asked the pool */
     uint64_t req_body_bytes;
     uint64_t body_limit;            /* 413 beyond: limits.max_body_bytes (none for /sql) */
     uint64_t retry_at_ms;           /* BH_UP_BACKOFF: when the next attempt starts */
@@ -178,8 +237,30 @@ struct bh_client {
     bh_exchange_t ex;
 };
 
+/* bh_snap.c */
+/* A snapshot for conf (taking it over), reusing the shared state of old's upstreams and
+ * databases whose settings are equal (old may be NULL). One reference, the caller's. */
+BH_MUST_CHECK int bh_snap_new(bh_server_t *srv, bh_conf_t *conf, const bh_snap_t *old,
+                              bh_snap_t **out);
+bh_snap_t *bh_snap_ref(bh_snap_t *s);
+void bh_snap_unref(bh_snap_t *s);          /* any thread */
+void bh_ushared_unref(bh_ushared_t *u);    /* any thread */
+static inline const bh_conf_upstream_t *bh_ushared_conf(const bh_ushared_t *u)
+{
+    return &u->origin->conf->upstreams[u->index];
+}
+
 /* bh_worker.c */
 BH_MUST_CHECK int bh_server_init(bh_server_t *srv, bh_conf_t *conf);
+/* Main thread: hands a new snapshot to every worker (new exchanges use it; in-flight ones
+ * finish on theirs) and makes it current. Takes over the caller's reference. */
+void bh_server_publish(bh_server_t *srv, bh_snap_t *snap);
+/* Main thread, on SIGHUP: re-reads the config file. When it is invalid (or a new listener
+ * cannot bind), logs why, counts the failure and keeps running the current snapshot. */
+int bh_server_reload(bh_server_t *srv);
+void bh__gen_unref(bh_gen_t *g);
+/* Whether a listener could bind a (so that a reload can refuse an address in use). */
+int bh_listener_probe(const bh_conf_addr_t *a);
 /* Starts every worker thread. */
 BH_MUST_CHECK int bh_server_start(bh_server_t *srv);
 /* From any thread: every worker drains (stops accepting, finishes in-flight work) and exits. */

@@ -32,6 +32,8 @@ struct bh_sql {
     bh_client_t *c;
     const bh_conf_database_t *db;
     bh_sql_db_t *shared;            /* the database's process-wide state (breaker, server) */
+    bh_backend_cells_t *cells;      /* this worker's metrics of the database */
+    uint64_t wait_start_ms;
     char *head;                     /* a copy of the request head: the header spans point here */
     bh_sql_headers_t h;
     char *body;
@@ -222,6 +224,8 @@ static bool rerun_batch(bh_sql_t *s)
 static void finish_statements(bh_sql_t *s)
 {
     bool failed = s->error != NULL || s->conn_lost;
+    bh_counter_add(&s->cells->attempts[s->conn_lost ? BH_OUTCOME_RESET_BEFORE_RESPONSE
+                                                    : BH_OUTCOME_OK], 1);
     bh_breaker_record(&s->shared->breaker, &s->ticket, s->conn_lost, now_of(s),
                       s->c->w->env.rng);
     if (s->conn_lost) {
@@ -361,6 +365,7 @@ static void run_next(bh_sql_t *s)
 
 static void connected(bh_sql_t *s, bh_pg_conn_t *conn)
 {
+    bh_hist_observe(&s->cells->wait, (now_of(s) - s->wait_start_ms) * 1000);
     s->conn = conn;
     s->phase = SQL_RUNNING;
     s->next_query = 0;
@@ -380,6 +385,7 @@ static bool schedule_retry(bh_sql_t *s)
                                       s->c->w->env.rng);
     if (delay == BH_BACKOFF_GIVE_UP || !bh_backoff_fits(delay, now, s->deadline_ms))
         return false;
+    bh_counter_add(&s->cells->retries, 1);
     s->phase = SQL_BACKOFF;
     s->retry_at_ms = now + delay;
     bh__client_rearm_timer(s->c);
@@ -396,6 +402,7 @@ static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *conn, int status, const
     }
     uint64_t now = now_of(s);
     if (status == BH_EPOOL_TIMEOUT || status == BH_EPOOL_CLOSED) {
+        bh_counter_add(&s->cells->attempts[BH_OUTCOME_LOCAL], 1);
         bh_breaker_cancel(&s->shared->breaker, &s->ticket);
         if (status == BH_EPOOL_TIMEOUT && now >= s->deadline_ms)
             reply_local(s, 504, BH_ETOTAL_TIMEOUT, "the request deadline passed");
@@ -413,6 +420,9 @@ static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *conn, int status, const
         reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
         return;
     }
+    bh_counter_add(&s->cells->attempts[status == BH_ECONNECT_TIMEOUT ? BH_OUTCOME_CONNECT_TIMEOUT
+                                                                     : BH_OUTCOME_CONNECT_FAILED],
+                   1);
     bh_breaker_record(&s->shared->breaker, &s->ticket, true, now, s->c->w->env.rng);
     if (bh_pg_error_retriable(status) && schedule_retry(s))
         return;
@@ -449,6 +459,8 @@ static void start_attempt(bh_sql_t *s)
     /* The client's application_name (from its connection string) is a session setting of the
      * server connection, so it is part of the pool key. */
     bh_pg_server_t server = s->shared->server;
+    server.gauges = &s->cells->pool;
+    s->wait_start_ms = now_of(s);
     bh_pg_setting_t settings[BH_SQL_MAX_SETTINGS];
     if (s->cs.application_name != NULL && server.n_session < BH_SQL_MAX_SETTINGS) {
         memcpy(settings, server.session, server.n_session * sizeof(settings[0]));
@@ -509,7 +521,7 @@ static void run_request(bh_sql_t *s)
 {
     bh_client_t *c = s->c;
     char err[256];
-    const bh_conf_t *conf = c->w->conf;
+    const bh_conf_t *conf = c->ex.gen->conf;
     if (bh_sql_parse_connstr(s->h.connstr.p, s->h.connstr.n, &s->cs, err, sizeof(err)) < 0) {
         reply_local(s, 400, BH_SQL_ECONNSTR, err);
         return;
@@ -522,7 +534,9 @@ static void run_request(bh_sql_t *s)
         reply_local(s, 400, BH_SQL_ECONNSTR, err);
         return;
     }
-    s->shared = &c->w->srv->databases[idx];
+    s->shared = c->ex.gen->snap->databases[idx];
+    s->cells = bh_mentry_cells(c->ex.gen->snap->db_m[idx], c->w->id);
+    c->ex.up_cells = s->cells;
     bh_sql_out_init(&s->out, s->db->max_response_bytes);
     if (s->body_len > s->db->max_request_bytes) {
         if (bh_sql_encode_too_large(&s->out, false, s->db->max_request_bytes) < 0) {
@@ -621,9 +635,10 @@ void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, uint64_t c
     /* the whole body is needed; its size is bounded by the database's max_request_bytes (the
      * entry is only known from the connection string, so the largest of all entries here) */
     uint64_t max = 0;
-    for (size_t i = 0; i < c->w->conf->n_databases; i++)
-        if (c->w->conf->databases[i].max_request_bytes > max)
-            max = c->w->conf->databases[i].max_request_bytes;
+    const bh_conf_t *conf = c->ex.gen->conf;
+    for (size_t i = 0; i < conf->n_databases; i++)
+        if (conf->databases[i].max_request_bytes > max)
+            max = conf->databases[i].max_request_bytes;
     if ((c->parser.flags & F_CONTENT_LENGTH) && c->parser.content_length > max) {
         if (bh_sql_encode_too_large(&s->out, false, max) < 0) {
             bh__client_close(c);

@@ -10,11 +10,15 @@ typedef struct bh_client bh_client_t;
 typedef struct bh_sql bh_sql_t;
 
 /* What the workers share about one configured database: its breaker and the libpq server
- * description (settings array owned here). */
+ * description (settings array owned here; strings point into the origin config). Kept across
+ * reloads while the database's settings do not change. */
 typedef struct bh_sql_db {
     bh_breaker_t breaker;
     bh_pg_server_t server;
     bh_pg_setting_t *settings;
+    _Atomic uint32_t refs;          /* snapshots listing it */
+    struct bh_cref *origin;         /* origin->conf->databases[index] is its configuration */
+    size_t index;
 } bh_sql_db_t;
 
 BH_MUST_CHECK int bh_sql_db_init(bh_sql_db_t *d, const bh_conf_database_t *conf, uint64_t now_ms);

@@ -14,16 +14,17 @@
 
 static void on_connection(uv_stream_t *listener, int status)
 {
-    bh_worker_t *w = listener->data;
+    bh_listener_t *l = listener->data;
     if (status < 0) {
         bh_log_warn("accept failed: %s", uv_strerror(status));
         return;
     }
-    bh__client_accept(w, listener);
+    bh__client_accept(l->w, listener);
 }
 
-/* A listening socket of our own with SO_REUSEPORT, so each worker accepts on its own queue. */
-static int open_listener(bh_worker_t *w, uv_tcp_t *h, const bh_conf_addr_t *a)
+/* A listening socket with SO_REUSEPORT, so each worker accepts on its own queue. Returns the fd
+ * or -errno. */
+static int bind_reuseport(const bh_conf_addr_t *a)
 {
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -38,18 +39,87 @@ static int open_listener(bh_worker_t *w, uv_tcp_t *h, const bh_conf_addr_t *a)
         close(fd);
         return err;
     }
-    uv_tcp_init(&w->loop, h);
-    h->data = w;
-    int rc = uv_tcp_open(h, fd);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)h, 4096, on_connection);
+    return fd;
+}
+
+int bh_listener_probe(const bh_conf_addr_t *a)
+{
+    int fd = bind_reuseport(a);
+    if (fd < 0)
+        return fd;
+    close(fd);
+    return 0;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    bh_listener_t *l = h->data;
+    bh_free(l->addr);
+    bh_free(l);
+}
+
+static void close_listener(bh_listener_t *l)
+{
+    bh_list_remove(&l->link);
+    uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+}
+
+static int open_listener(bh_worker_t *w, const bh_conf_listener_t *cl)
+{
+    bh_listener_t *l = bh_calloc(1, sizeof(*l));
+    if (l == NULL || (l->addr = bh_strdup(cl->addr.text)) == NULL) {
+        bh_free(l);
+        return BH_ENOMEM;
+    }
+    l->w = w;
+    int fd = bind_reuseport(&cl->addr);
+    uv_tcp_init(&w->loop, &l->tcp);
+    l->tcp.data = l;
+    bh_list_push_back(&w->listeners, &l->link);
+    int rc = fd;
+    if (fd >= 0 && (rc = uv_tcp_open(&l->tcp, fd)) < 0)
+        close(fd);
+    if (rc >= 0)
+        rc = uv_listen((uv_stream_t *)&l->tcp, 4096, on_connection);
+    if (rc < 0) {
+        bh_log_error("worker %u: listener %s (%s): %s", w->id, cl->name, cl->addr.text,
+                     uv_strerror(rc));
+        close_listener(l);
+    }
     return rc;
 }
 
-/* ---- stopping ----------------------------------------------------------------------------- */
+/* Makes the listeners those of conf: keeps the sockets of addresses it still lists. */
+static int sync_listeners(bh_worker_t *w, const bh_conf_t *conf)
+{
+    bh_list_t *n, *t;
+    bh_list_foreach_safe(n, t, &w->listeners)
+    {
+        bh_listener_t *l = bh_container_of(n, bh_listener_t, link);
+        bool keep = false;
+        for (size_t i = 0; i < conf->n_listeners && !keep; i++)
+            keep = strcmp(conf->listeners[i].addr.text, l->addr) == 0;
+        if (!keep)
+            close_listener(l);
+    }
+    int rc = 0;
+    for (size_t i = 0; i < conf->n_listeners; i++) {
+        bool have = false;
+        bh_list_foreach(n, &w->listeners)
+        {
+            have |= strcmp(bh_container_of(n, bh_listener_t, link)->addr,
+                           conf->listeners[i].addr.text) == 0;
+        }
+        if (!have) {
+            int r = open_listener(w, &conf->listeners[i]);
+            rc = rc < 0 ? rc : r;
+        }
+    }
+    return rc;
+}
 
-/* The loop ends once nothing but the wakeup handle is left. That handle stays open until every
- * worker has stopped (worker_destroy): other workers may still signal it. */
+/* ---- upstream objects and generations ------------------------------------------------------ */
+
 static void release_loop(bh_worker_t *w)
 {
     if (w->alog != NULL)
@@ -58,43 +128,200 @@ static void release_loop(bh_worker_t *w)
     uv_unref((uv_handle_t *)&w->wakeup);
 }
 
-static void on_upstream_closed(bh_upstream_t *up)
+static void object_closed(bh_worker_t *w)
 {
-    bh_worker_t *w = up->data;
-    if (--w->upstreams_open == 0)
+    if (--w->upstreams_open == 0 && w->upstreams_closing)
         release_loop(w);
 }
+
+static void on_upstream_closed(bh_upstream_t *up)
+{
+    bh_wup_t *u = up->data;
+    bh_worker_t *w = u->w;
+    bh_ushared_unref(u->sh);
+    bh_free(u);
+    object_closed(w);
+}
+
+static void wup_unref(bh_wup_t *u);
+
+static void on_health_stopped(void *data)
+{
+    bh_wup_t *u = data;
+    u->w->health_running--;
+    wup_unref(u);
+}
+
+/* Worker 0 checks health for everyone (results are shared), only for objects of the current
+ * generation: a replaced upstream stops being checked at once. */
+static void stop_health(bh_wup_t *u)
+{
+    if (u->health != NULL) {
+        bh_health_t *h = u->health;
+        u->health = NULL;
+        u->refs++; /* until the checks have stopped */
+        bh_health_stop(h, on_health_stopped, u);
+    }
+}
+
+static void wup_unref(bh_wup_t *u)
+{
+    if (--u->refs > 0)
+        return;
+    if (u->health != NULL) {
+        stop_health(u); /* comes back here once stopped */
+        return;
+    }
+    bh_upstream_close(&u->up, on_upstream_closed);
+}
+
+static bh_wup_t *wup_new(bh_worker_t *w, bh_snap_t *snap, size_t i)
+{
+    bh_wup_t *u = bh_calloc(1, sizeof(*u));
+    bh_pool_gauges_t **gauges = bh_calloc(snap->conf->upstreams[i].n_endpoints, sizeof(*gauges));
+    if (u == NULL || gauges == NULL) {
+        bh_free(u);
+        bh_free(gauges);
+        return NULL;
+    }
+    for (size_t j = 0; j < snap->conf->upstreams[i].n_endpoints; j++)
+        gauges[j] = &((bh_endpoint_cells_t *)bh_mentry_cells(snap->ep_m[i][j], w->id))->pool;
+    bh_ushared_t *sh = snap->upstreams[i];
+    int rc = bh_upstream_init(&u->up, bh_ushared_conf(sh), &w->env, &sh->s, gauges);
+    bh_free(gauges);
+    u->w = w;
+    u->up.data = u;
+    u->refs = 1;
+    u->sh = sh;
+    atomic_fetch_add(&sh->refs, 1);
+    w->upstreams_open++;
+    if (rc < 0) {
+        wup_unref(u);
+        return NULL;
+    }
+    if (w->id == 0 && (u->health = bh_health_start(&u->up)) != NULL)
+        w->health_running++;
+    return u;
+}
+
+void bh__gen_unref(bh_gen_t *g)
+{
+    if (--g->refs > 0)
+        return;
+    for (size_t i = 0; g->upstreams != NULL && i < g->conf->n_upstreams; i++)
+        if (g->upstreams[i] != NULL)
+            wup_unref(g->upstreams[i]);
+    bh_free(g->upstreams);
+    bh_snap_unref(g->snap);
+    bh_free(g);
+}
+
+/* The worker's view of snap (taking over a reference to it): the upstream objects of the current
+ * generation whose shared state snap kept are reused, with their pools and health checks. */
+static bh_gen_t *gen_new(bh_worker_t *w, bh_snap_t *snap)
+{
+    bh_gen_t *g = bh_calloc(1, sizeof(*g));
+    if (g == NULL) {
+        bh_snap_unref(snap);
+        return NULL;
+    }
+    g->refs = 1;
+    g->snap = snap;
+    g->conf = snap->conf;
+    g->w = w;
+    size_t n = snap->conf->n_upstreams;
+    g->upstreams = bh_calloc(n ? n : 1, sizeof(*g->upstreams));
+    if (g->upstreams == NULL) {
+        bh__gen_unref(g);
+        return NULL;
+    }
+    const bh_gen_t *old = w->gen;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; old != NULL && j < old->conf->n_upstreams; j++)
+            if (old->upstreams[j]->sh == snap->upstreams[i]) {
+                g->upstreams[i] = old->upstreams[j];
+                g->upstreams[i]->refs++;
+                break;
+            }
+        if (g->upstreams[i] == NULL && (g->upstreams[i] = wup_new(w, snap, i)) == NULL) {
+            bh__gen_unref(g);
+            return NULL;
+        }
+    }
+    return g;
+}
+
+/* Fixed credentials are known before any request: pools with min_idle open now. */
+static void prewarm_databases(bh_worker_t *w, const bh_snap_t *snap)
+{
+    const bh_conf_t *conf = snap->conf;
+    for (size_t i = 0; i < conf->n_databases; i++) {
+        const bh_conf_database_t *db = &conf->databases[i];
+        bh_pg_server_t server = snap->databases[i]->server;
+        server.gauges = &((bh_backend_cells_t *)bh_mentry_cells(snap->db_m[i], w->id))->pool;
+        bh_pg_pool_t *pool;
+        if (db->auth == BH_DB_AUTH_FIXED && db->pool.min_idle > 0 &&
+            bh_pg_pool_get(w->pg_pools, &server, db->dbname, db->user, db->password, &pool) < 0)
+            bh_log_warn("database %s: cannot pre-warm its pool", db->name);
+    }
+}
+
+/* Makes snap (a reference for this worker) the current generation. */
+static int switch_to(bh_worker_t *w, bh_snap_t *snap)
+{
+    bh_gen_t *g = gen_new(w, snap);
+    if (g == NULL) {
+        bh_log_error("worker %u: out of memory applying the new configuration", w->id);
+        return BH_ENOMEM;
+    }
+    bh_gen_t *old = w->gen;
+    for (size_t j = 0; old != NULL && j < old->conf->n_upstreams; j++) {
+        bool kept = false;
+        for (size_t i = 0; i < g->conf->n_upstreams && !kept; i++)
+            kept = g->upstreams[i] == old->upstreams[j];
+        if (!kept)
+            stop_health(old->upstreams[j]);
+    }
+    w->gen = g;
+    w->conf = g->conf;
+    if (old != NULL)
+        bh__gen_unref(old); /* in-flight exchanges keep it until they end */
+    prewarm_databases(w, snap);
+    return sync_listeners(w, g->conf);
+}
+
+/* ---- stopping ----------------------------------------------------------------------------- */
 
 static void on_pg_closed(void *data)
 {
     bh_worker_t *w = data;
     w->pg_pools = NULL;
-    if (--w->upstreams_open == 0)
-        release_loop(w);
+    object_closed(w);
 }
 
 static void close_upstreams(bh_worker_t *w)
 {
+    w->upstreams_closing = true;
+    w->upstreams_open++; /* held while starting to close everything */
     if (w->pg_open) {
         w->pg_open = false;
         w->upstreams_open++;
         bh_pg_pools_close(w->pg_pools, on_pg_closed, w);
     }
-    if (w->upstreams_open == 0) {
-        release_loop(w);
-        return;
+    if (w->gen != NULL) {
+        bh_gen_t *g = w->gen;
+        w->gen = NULL;
+        bh__gen_unref(g);
     }
-    for (size_t i = 0; i < w->n_upstreams; i++)
-        bh_upstream_close(&w->upstreams[i], on_upstream_closed);
+    object_closed(w);
 }
 
 void bh__worker_client_closed(bh_worker_t *w, bh_client_t *c)
 {
     w->n_clients--;
-    if (w->draining && w->n_clients == 0 && !w->upstreams_closing) {
-        w->upstreams_closing = true;
+    bh_gauge_add(&w->cells->clients, -1);
+    if (w->draining && w->n_clients == 0 && !w->upstreams_closing)
         close_upstreams(w);
-    }
 }
 
 static void on_drain_timeout(uv_timer_t *t)
@@ -108,32 +335,23 @@ static void on_drain_timeout(uv_timer_t *t)
     }
 }
 
-static void on_health_stopped(void *data)
-{
-    bh_worker_t *w = data;
-    w->health_running--;
-}
-
 static void begin_drain(bh_worker_t *w)
 {
     if (w->draining)
         return;
     w->draining = true;
-    for (size_t i = 0; i < w->n_upstreams; i++) {
-        if (w->health != NULL && w->health[i] != NULL) {
-            bh_health_stop(w->health[i], on_health_stopped, w);
-            w->health[i] = NULL;
-        }
-    }
-    for (size_t i = 0; i < w->n_listeners; i++)
-        uv_close((uv_handle_t *)&w->listeners[i], NULL);
+    for (size_t i = 0; w->gen != NULL && i < w->gen->conf->n_upstreams; i++)
+        stop_health(w->gen->upstreams[i]);
     bh_list_t *n, *tmp;
+    bh_list_foreach_safe(n, tmp, &w->listeners)
+    {
+        close_listener(bh_container_of(n, bh_listener_t, link));
+    }
     bh_list_foreach_safe(n, tmp, &w->clients)
     {
         bh__client_drain(bh_container_of(n, bh_client_t, link));
     }
     if (w->n_clients == 0) {
-        w->upstreams_closing = true;
         close_upstreams(w);
         return;
     }
@@ -148,39 +366,41 @@ static void on_wakeup(uv_async_t *a)
         begin_drain(w);
         return;
     }
-    for (size_t i = 0; i < w->n_upstreams; i++)
-        bh_upstream_kick(&w->upstreams[i]);
+    bh_snap_t *snap = atomic_exchange(&w->pending, NULL);
+    if (snap != NULL && !w->draining)
+        switch_to(w, snap);
+    else if (snap != NULL)
+        bh_snap_unref(snap);
+    if (w->gen == NULL)
+        return;
+    for (size_t i = 0; i < w->gen->conf->n_upstreams; i++)
+        bh_upstream_kick(&w->gen->upstreams[i]->up);
     if (w->pg_open)
         bh_pg_pools_kick(w->pg_pools);
-}
-
-static void on_pg_kick(bh_sem_t *sem);
-
-/* An upstream's semaphore asks every worker to rebalance its pools (any thread). */
-static void on_sem_kick(bh_sem_t *sem)
-{
-    bh_server_t *srv = sem->data;
-    for (uint32_t i = 0; i < srv->n_workers; i++)
-        uv_async_send(&srv->workers[i].wakeup);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
 static void on_pg_kick(bh_sem_t *sem)
 {
-    on_sem_kick(sem);
+    bh_server_t *srv = sem->data;
+    for (uint32_t i = 0; i < srv->n_workers; i++)
+        uv_async_send(&srv->workers[i].wakeup);
 }
 
 static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
 {
-    const bh_conf_t *conf = srv->conf;
-    w->srv = srv;
-    w->conf = conf;
-    w->id = id;
+    const bh_conf_t *conf = srv->snap->conf;
     bh_list_init(&w->clients);
+    bh_list_init(&w->listeners);
+    atomic_init(&w->pending, NULL);
     int rc = uv_loop_init(&w->loop);
     if (rc < 0)
         return rc;
+    w->srv = srv; /* from here on, worker_destroy cleans up */
+    w->conf = conf;
+    w->id = id;
+    w->cells = bh_metrics_worker(&srv->metrics, id);
     uint64_t cap = conf->limits.max_header_bytes + 4096;
     if (cap < 16384)
         cap = 16384;
@@ -193,23 +413,12 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     bh__forward_settings(&w->resp_settings);
     w->max_hdrs = conf->limits.max_headers + 1;
     w->hdrs = bh_calloc(w->max_hdrs, sizeof(*w->hdrs));
-    w->listeners = bh_calloc(conf->n_listeners, sizeof(*w->listeners));
-    w->upstreams = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1, sizeof(*w->upstreams));
-    if (w->hdrs == NULL || w->listeners == NULL || w->upstreams == NULL)
+    if (w->hdrs == NULL)
         return BH_ENOMEM;
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
-    for (size_t i = 0; i < conf->n_upstreams; i++) {
-        rc = bh_upstream_init(&w->upstreams[i], &conf->upstreams[i], &w->env,
-                              &srv->upstreams[i]);
-        if (rc < 0)
-            return rc;
-        w->upstreams[i].data = w;
-        w->n_upstreams++;
-        w->upstreams_open++;
-    }
     if (srv->access_fd >= 0) {
         w->alog = bh_malloc(sizeof(*w->alog));
         if (w->alog == NULL)
@@ -220,33 +429,7 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     if (w->pg_pools == NULL)
         return BH_ENOMEM;
     w->pg_open = true;
-    /* Fixed credentials are known before any request: pools with min_idle open now. */
-    for (size_t i = 0; i < conf->n_databases; i++) {
-        const bh_conf_database_t *db = &conf->databases[i];
-        bh_pg_pool_t *pool;
-        if (db->auth == BH_DB_AUTH_FIXED && db->pool.min_idle > 0 &&
-            bh_pg_pool_get(w->pg_pools, &srv->databases[i].server, db->dbname, db->user,
-                           db->password, &pool) < 0)
-            bh_log_warn("database %s: cannot pre-warm its pool", db->name);
-    }
-    if (id == 0) { /* one worker checks health for all: the result is shared */
-        w->health = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1, sizeof(*w->health));
-        if (w->health == NULL)
-            return BH_ENOMEM;
-        for (size_t i = 0; i < conf->n_upstreams; i++)
-            if ((w->health[i] = bh_health_start(&w->upstreams[i])) != NULL)
-                w->health_running++;
-    }
-    for (size_t i = 0; i < conf->n_listeners; i++) {
-        rc = open_listener(w, &w->listeners[i], &conf->listeners[i].addr);
-        if (rc < 0) {
-            bh_log_error("listener %s (%s): %s", conf->listeners[i].name,
-                         conf->listeners[i].addr.text, uv_strerror(rc));
-            return rc;
-        }
-        w->n_listeners++;
-    }
-    return 0;
+    return switch_to(w, bh_snap_ref(srv->snap));
 }
 
 static void worker_main(void *arg)
@@ -267,6 +450,8 @@ static void worker_destroy(bh_worker_t *w)
 {
     if (w->srv == NULL)
         return;
+    if (!w->upstreams_closing) /* a failed start */
+        close_upstreams(w);
     /* After a normal drain every handle is closed already; after a failed init, close here. */
     uv_walk(&w->loop, on_walk_close, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
@@ -278,52 +463,123 @@ static void worker_destroy(bh_worker_t *w)
     if (w->alog != NULL)
         bh_accesslog_flush(w->alog);
     bh_free(w->alog);
-    bh_free(w->health);
     bh_free(w->hdrs);
-    bh_free(w->listeners);
-    bh_free(w->upstreams);
+    bh_snap_unref(atomic_exchange(&w->pending, NULL));
 }
 
 int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
 {
     memset(srv, 0, sizeof(*srv));
     srv->access_fd = -1;
-    srv->conf = conf;
     atomic_init(&srv->clients, 0);
-    srv->upstreams = bh_calloc(conf->n_upstreams ? conf->n_upstreams : 1,
-                               sizeof(*srv->upstreams));
-    srv->workers = bh_calloc(conf->workers, sizeof(bh_worker_t));
-    if (srv->upstreams == NULL || srv->workers == NULL)
+    uint32_t n_workers = conf->workers;
+    int rc = bh_metrics_init(&srv->metrics, n_workers);
+    if (rc < 0) {
+        bh_conf_free(conf);
+        return rc;
+    }
+    if ((rc = bh_snap_new(srv, conf, NULL, &srv->snap)) < 0) /* owns conf from here */
+        return rc;
+    srv->workers = bh_calloc(n_workers, sizeof(bh_worker_t));
+    if (srv->workers == NULL)
         return BH_ENOMEM;
-    uint64_t now = uv_hrtime() / 1000000;
     srv->access_fd = bh_accesslog_open(conf->log.access);
     if (srv->access_fd < -1) {
         bh_log_error("access log %s: %s", conf->log.access, strerror(-srv->access_fd - 1));
         return BH_ECONFIG;
     }
-    srv->databases = bh_calloc(conf->n_databases ? conf->n_databases : 1, sizeof(*srv->databases));
     srv->pg = bh_pg_shared_new(on_pg_kick, srv);
-    if (srv->databases == NULL || srv->pg == NULL)
+    if (srv->pg == NULL)
         return BH_ENOMEM;
-    for (size_t i = 0; i < conf->n_databases; i++) {
-        srv->n_databases++;
-        if (bh_sql_db_init(&srv->databases[i], &conf->databases[i], now) < 0)
-            return BH_ENOMEM;
-    }
-    for (size_t i = 0; i < conf->n_upstreams; i++) {
-        srv->n_upstreams++;
-        if (bh_upstream_shared_init(&srv->upstreams[i], &conf->upstreams[i], now) < 0)
-            return BH_ENOMEM;
-        srv->upstreams[i].sem.kick = on_sem_kick;
-        srv->upstreams[i].sem.data = srv;
-    }
-    for (uint32_t i = 0; i < conf->workers; i++) {
+    for (uint32_t i = 0; i < n_workers; i++) {
         srv->n_workers++;
-        int rc = worker_init(&srv->workers[i], srv, i);
+        rc = worker_init(&srv->workers[i], srv, i);
         if (rc < 0)
             return rc;
     }
     return 0;
+}
+
+/* Settings that need a restart keep their running values; says which ones were ignored. */
+static void keep_restart_only(const bh_conf_t *old, bh_conf_t *conf)
+{
+    const char *what[5];
+    int n = 0;
+    if (conf->workers != old->workers)
+        what[n++] = "workers";
+    if (strcmp(conf->admin.addr.text, old->admin.addr.text) != 0)
+        what[n++] = "admin.address";
+    if (strcmp(conf->log.access, old->log.access) != 0)
+        what[n++] = "log.access";
+    if (conf->limits.max_header_bytes != old->limits.max_header_bytes)
+        what[n++] = "limits.max_header_bytes";
+    if (conf->limits.max_headers != old->limits.max_headers)
+        what[n++] = "limits.max_headers";
+    for (int i = 0; i < n; i++)
+        bh_log_warn("reload: %s changed; it takes effect on restart", what[i]);
+    conf->workers = old->workers;
+    conf->limits.max_header_bytes = old->limits.max_header_bytes; /* sizes worker buffers */
+    conf->limits.max_headers = old->limits.max_headers;
+}
+
+int bh_server_reload(bh_server_t *srv)
+{
+    const bh_conf_t *old = srv->snap->conf;
+    bh_conf_t *conf = NULL;
+    bh_conf_error_t err;
+    int rc = bh_conf_load(old->path, &conf, &err);
+    if (rc < 0) {
+        bh_log_error("reload failed, still running the previous configuration: %s", err.msg);
+        goto failed;
+    }
+    for (size_t i = 0; i < conf->n_listeners; i++) {
+        bool known = false;
+        for (size_t j = 0; j < old->n_listeners && !known; j++)
+            known = strcmp(conf->listeners[i].addr.text, old->listeners[j].addr.text) == 0;
+        if (!known && (rc = bh_listener_probe(&conf->listeners[i].addr)) < 0) {
+            bh_log_error("reload failed, still running the previous configuration: listener %s "
+                         "(%s): %s",
+                         conf->listeners[i].name, conf->listeners[i].addr.text, uv_strerror(rc));
+            bh_conf_free(conf);
+            goto failed;
+        }
+    }
+    keep_restart_only(old, conf);
+    bh_log_set_level(conf->log.level);
+    bh_snap_t *snap;
+    if ((rc = bh_snap_new(srv, conf, srv->snap, &snap)) < 0) {
+        bh_log_error("reload failed, still running the previous configuration: %s",
+                     bh_strerror(rc));
+        goto failed;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < snap->conf->n_upstreams; i++)
+        for (size_t j = 0; j < old->n_upstreams; j++)
+            kept += snap->upstreams[i] == srv->snap->upstreams[j];
+    bh_log_info("reloaded %s: %zu routes, %zu upstreams (%zu unchanged, state kept), "
+                "%zu listeners",
+                snap->conf->path, snap->conf->n_routes, snap->conf->n_upstreams, kept,
+                snap->conf->n_listeners);
+    bh_server_publish(srv, snap);
+    srv->metrics.reloads_ok++;
+    srv->metrics.last_reload_failed = false;
+    return 0;
+failed:
+    srv->metrics.reloads_failed++;
+    srv->metrics.last_reload_failed = true;
+    return rc < 0 ? rc : BH_ECONFIG;
+}
+
+void bh_server_publish(bh_server_t *srv, bh_snap_t *snap)
+{
+    for (uint32_t i = 0; i < srv->n_workers; i++) {
+        bh_worker_t *w = &srv->workers[i];
+        bh_snap_unref(atomic_exchange(&w->pending, bh_snap_ref(snap))); /* superseded */
+        uv_async_send(&w->wakeup);
+    }
+    bh_snap_t *old = srv->snap;
+    srv->snap = snap;
+    bh_snap_unref(old);
 }
 
 int bh_server_start(bh_server_t *srv)
@@ -362,14 +618,11 @@ void bh_server_destroy(bh_server_t *srv)
     for (uint32_t i = 0; i < srv->n_workers; i++)
         worker_destroy(&srv->workers[i]);
     bh_free(srv->workers);
-    for (size_t i = 0; i < srv->n_upstreams; i++)
-        bh_upstream_shared_destroy(&srv->upstreams[i]);
-    bh_free(srv->upstreams);
+    bh_snap_unref(srv->snap);
+    srv->snap = NULL;
     if (srv->access_fd > STDERR_FILENO)
         close(srv->access_fd);
-    for (size_t i = 0; i < srv->n_databases; i++)
-        bh_sql_db_destroy(&srv->databases[i]);
-    bh_free(srv->databases);
     if (srv->pg != NULL)
         bh_pg_shared_free(srv->pg);
+    bh_metrics_destroy(&srv->metrics);
 }

@@ -26,14 +26,20 @@ static void usage(FILE *f)
                "       bulkhead --version\n"
                "       bulkhead --help\n"
                "Signals: SIGTERM/SIGINT drain in-flight requests and exit 0 (a second one exits "
-               "at once).\n");
+               "at once);\n"
+               "         SIGHUP reloads the config file (an invalid one is logged and ignored).\n");
 }
 
 static void on_signal(uv_signal_t *s, int signum)
 {
     main_ctx_t *m = s->data;
     if (signum == SIGHUP) {
-        bh_log_warn("SIGHUP: configuration reload is not implemented yet; ignoring");
+        if (m->signals > 0) {
+            bh_log_warn("SIGHUP while draining: ignored");
+            return;
+        }
+        bh_log_info("SIGHUP: reloading the configuration");
+        (void)bh_server_reload(&m->srv);
         return;
     }
     if (++m->signals > 1) {
@@ -81,8 +87,7 @@ static int run(const char *path)
     int rc = bh_server_init(&m.srv, conf);
     if (rc < 0) {
         bh_log_error("startup failed: %s", rc < -1000 ? bh_strerror(rc) : uv_strerror(rc));
-        bh_server_destroy(&m.srv);
-        bh_conf_free(conf);
+        bh_server_destroy(&m.srv); /* it owns conf */
         uv_loop_close(&m.loop);
         return 1;
     }
@@ -119,7 +124,6 @@ static int run(const char *path)
     bh_server_destroy(&m.srv);
     uv_run(&m.loop, UV_RUN_DEFAULT);
     int lc = uv_loop_close(&m.loop);
-    bh_conf_free(conf);
     if (lc != 0)
         bh_log_error("main loop closed with handles open");
     bh_log_info("stopped");

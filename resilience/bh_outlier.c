@@ -74,14 +74,15 @@ static size_t count_ejected(bh_outlier_t *o, uint64_t now_ms)
 }
 
 /* Endpoint i reached its failure threshold: eject it if max_ejected allows. */
-static void try_eject(bh_outlier_t *o, size_t i, uint64_t now_ms)
+static bool try_eject(bh_outlier_t *o, size_t i, uint64_t now_ms)
 {
     ep_t *e = &o->ep[i];
     uint32_t times;
     uint64_t d;
+    bool ejected = false;
 
     if (atomic_flag_test_and_set_explicit(&o->deciding, memory_order_acquire))
-        return; /* another thread is deciding; the next failure decides again */
+        return false; /* another thread is deciding; the next failure decides again */
     if (now_ms < until_of(o, i)) {
         atomic_store_explicit(&e->run, 0,
                               memory_order_relaxed); /* late failures of an ejected one */
@@ -96,18 +97,20 @@ static void try_eject(bh_outlier_t *o, size_t i, uint64_t now_ms)
             atomic_store_explicit(&e->until_ms, now_ms + d, memory_order_relaxed);
             atomic_store_explicit(&e->run, 0, memory_order_relaxed);
             atomic_fetch_add_explicit(&o->ejections, 1, memory_order_relaxed);
+            ejected = true;
         }
     }
     atomic_flag_clear_explicit(&o->deciding, memory_order_release);
+    return ejected;
 }
 
-void bh_outlier_record(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms)
+bool bh_outlier_record(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms)
 {
     ep_t *e;
     uint32_t run;
 
     if (i >= o->n)
-        return;
+        return false;
     e = &o->ep[i];
     if (!failed) {
         uint64_t u = until_of(o, i);
@@ -115,17 +118,23 @@ void bh_outlier_record(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms)
         if (u != 0 && now_ms >= u && now_ms - u >= BH_OUTLIER_MAX_EJECT_MS &&
             atomic_load_explicit(&e->ejections, memory_order_relaxed) != 0)
             atomic_store_explicit(&e->ejections, 0, memory_order_relaxed);
-        return;
+        return false;
     }
     run = atomic_fetch_add_explicit(&e->run, 1, memory_order_relaxed) + 1;
     if (o->conf.consecutive_failures > 0 && run >= o->conf.consecutive_failures)
-        try_eject(o, i, now_ms);
+        return try_eject(o, i, now_ms);
+    return false;
 }
 
 void bh_outlier_set_healthy(bh_outlier_t *o, size_t i, bool healthy)
 {
     if (i < o->n)
         atomic_store_explicit(&o->ep[i].healthy, healthy, memory_order_relaxed);
+}
+
+bool bh_outlier_is_healthy(bh_outlier_t *o, size_t i)
+{
+    return i < o->n && atomic_load_explicit(&o->ep[i].healthy, memory_order_relaxed);
 }
 
 size_t bh_outlier_eligible(bh_outlier_t *o, uint64_t now_ms, bool *eligible, bool *panic)

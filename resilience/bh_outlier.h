@@ -41,10 +41,13 @@ typedef struct bh_outlier_stats {
  * when out of memory. Free with bh_outlier_free once no thread uses it. */
 bh_outlier_t *bh_outlier_new(const bh_conf_outlier_t *conf, size_t n_endpoints);
 void bh_outlier_free(bh_outlier_t *o);
-/* Records the outcome of one attempt on endpoint i (< n_endpoints) at now_ms. */
-void bh_outlier_record(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms);
+/* Records the outcome of one attempt on endpoint i (< n_endpoints) at now_ms. True when this
+ * failure ejected the endpoint. */
+bool bh_outlier_record(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms);
 /* Active health check result for endpoint i. */
 void bh_outlier_set_healthy(bh_outlier_t *o, size_t i, bool healthy);
+/* The last active health check result for endpoint i (true until one fails). */
+bool bh_outlier_is_healthy(bh_outlier_t *o, size_t i);
 /* Whether endpoint i is ejected at now_ms, and until when (*until_ms may be NULL). */
 bool bh_outlier_is_ejected(bh_outlier_t *o, size_t i, uint64_t now_ms, uint64_t *until_ms);
 /* Fills eligible[0..n_endpoints) for bh_balance_pick and returns how many are true. In panic mode

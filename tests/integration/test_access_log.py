@@ -24,7 +24,7 @@ def test_access_log_to_a_file(bulkhead, upstream, tmp_path):
     by_request = {e["request"]: e for e in lines_of(path.read_text())}
     ok = by_request["GET /echo-head?x=1"]
     assert ok["status"] == 200 and ok["upstream"] == "u" and ok["endpoint"] == upstream.addr
-    assert ok["attempts"] == 1 and ok["bytes"] > 0 and ok["route"] == 0 and ok["error"] is None
+    assert ok["attempts"] == 1 and ok["bytes"] > 0 and ok["route"] == "*/echo" and ok["error"] is None
     assert ok["total_ms"] >= 0 and ok["queue_ms"] >= 0 and ok["first_byte_ms"] >= 0
     assert ok["client"] == "127.0.0.1"
     assert by_request["POST /echo"]["status"] == 200

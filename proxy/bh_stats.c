@@ -1,0 +1,413 @@
+/* /metrics (Prometheus text exposition 0.0.4) and /stats (JSON): the metrics registry summed over
+ * workers, plus the live state of the current snapshot (breakers, endpoint health, ejections).
+ * Runs on the main thread, which owns the registry and the current snapshot. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <uv.h>
+#include "bh_alloc.h"
+#include "bh_stats.h"
+
+typedef struct sb {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} sb_t;
+
+__attribute__((format(printf, 2, 3))) static void put(sb_t *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        size_t room = b->cap - b->n;
+        int k = b->p != NULL ? vsnprintf(b->p + b->n, room, fmt, ap) : -1;
+        va_end(ap);
+        if (k >= 0 && (size_t)k < room) {
+            b->n += (size_t)k;
+            return;
+        }
+        if (b->oom)
+            return;
+        size_t cap = b->cap ? b->cap * 2 : 16384;
+        while (k >= 0 && cap - b->n <= (size_t)k)
+            cap *= 2;
+        char *p = bh_realloc(b->p, cap);
+        if (p == NULL) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+}
+
+/* A label value (Prometheus) or a JSON string body: backslash, quote and newline escaped, other
+ * control bytes dropped. */
+static void put_escaped(sb_t *b, const char *s)
+{
+    for (; *s != '\0'; s++) {
+        if (*s == '\\' || *s == '"')
+            put(b, "\\%c", *s);
+        else if (*s == '\n')
+            put(b, "\\n");
+        else if ((unsigned char)*s >= 0x20)
+            put(b, "%c", *s);
+    }
+}
+
+#define CELL(type, field) offsetof(type, field)
+
+static uint64_t sum(const bh_server_t *srv, const bh_mentry_t *e, size_t off)
+{
+    return bh_metrics_sum(e, srv->metrics.n_workers, off);
+}
+
+static int64_t gsum(const bh_server_t *srv, const bh_mentry_t *e, size_t off)
+{
+    return bh_metrics_gsum(e, srv->metrics.n_workers, off);
+}
+
+/* Connections of an upstream (sum of its endpoints) or a database, in one state. */
+static int64_t pool_state(const bh_server_t *srv, const bh_mentry_t *e, int state)
+{
+    if (e->kind == BH_M_DATABASE)
+        return gsum(srv, e, CELL(bh_backend_cells_t, pool.conns) + state * sizeof(bh_gauge_t));
+    int64_t n = 0;
+    bh_list_t *l;
+    bh_list_foreach(l, &srv->metrics.entries)
+    {
+        const bh_mentry_t *x = bh_container_of(l, bh_mentry_t, link);
+        if (x->parent == e)
+            n += gsum(srv, x, CELL(bh_endpoint_cells_t, pool.conns) + state * sizeof(bh_gauge_t));
+    }
+    return n;
+}
+
+static int64_t pool_waiters(const bh_server_t *srv, const bh_mentry_t *e)
+{
+    if (e->kind == BH_M_DATABASE)
+        return gsum(srv, e, CELL(bh_backend_cells_t, pool.waiters));
+    int64_t n = 0;
+    bh_list_t *l;
+    bh_list_foreach(l, &srv->metrics.entries)
+    {
+        const bh_mentry_t *x = bh_container_of(l, bh_mentry_t, link);
+        if (x->parent == e)
+            n += gsum(srv, x, CELL(bh_endpoint_cells_t, pool.waiters));
+    }
+    return n;
+}
+
+static const struct {
+    int state;
+    const char *name;
+} pool_states[] = {
+    {BH_PCONN_IDLE, "idle"},
+    {BH_PCONN_BUSY, "busy"},
+    {BH_PCONN_CONNECTING, "connecting"},
+};
+
+/* The breaker of a backend entry in the current snapshot; NULL when the config no longer has it. */
+static bh_breaker_t *breaker_of(bh_server_t *srv, const bh_mentry_t *e)
+{
+    const bh_snap_t *s = srv->snap;
+    for (size_t i = 0; e->kind == BH_M_UPSTREAM && i < s->conf->n_upstreams; i++)
+        if (s->up_m[i] == e)
+            return &s->upstreams[i]->s.breaker;
+    for (size_t i = 0; e->kind == BH_M_DATABASE && i < s->conf->n_databases; i++)
+        if (s->db_m[i] == e)
+            return &s->databases[i]->breaker;
+    return NULL;
+}
+
+#define FOREACH_ENTRY(e, kind_test)                                                              \
+    for (bh_list_t *l_ = srv->metrics.entries.next; l_ != &srv->metrics.entries; l_ = l_->next) \
+        for (const bh_mentry_t *e = bh_container_of(l_, bh_mentry_t, link); e != NULL && (kind_test); \
+             e = NULL)
+
+static void family(sb_t *b, const char *name, const char *type, const char *help)
+{
+    put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void label(sb_t *b, const char *name, const char *value)
+{
+    put(b, "%s=\"", name);
+    put_escaped(b, value);
+    put(b, "\"");
+}
+
+static void histogram(sb_t *b, bh_server_t *srv, const char *name, const char *lname,
+                      const bh_mentry_t *e, size_t off)
+{
+    static const char *const le[BH_HIST_N] = {"0.001", "0.0025", "0.005", "0.01", "0.025",
+                                              "0.05",  "0.1",    "0.25",  "0.5",  "1",
+                                              "2.5",   "5",      "10",    "+Inf"};
+    uint64_t cum = 0;
+    for (int i = 0; i < BH_HIST_N; i++) {
+        cum += sum(srv, e, off + CELL(bh_hist_t, bucket) + (size_t)i * sizeof(bh_counter_t));
+        put(b, "%s_bucket{", name);
+        label(b, lname, e->name);
+        put(b, ",le=\"%s\"} %llu\n", le[i], (unsigned long long)cum);
+    }
+    put(b, "%s_sum{", name);
+    label(b, lname, e->name);
+    put(b, "} %.6f\n%s_count{", (double)sum(srv, e, off + CELL(bh_hist_t, sum_us)) / 1e6, name);
+    label(b, lname, e->name);
+    put(b, "} %llu\n", (unsigned long long)cum);
+}
+
+static bool is_backend(const bh_mentry_t *e)
+{
+    return e->kind == BH_M_UPSTREAM || e->kind == BH_M_DATABASE;
+}
+
+static void backend_counter(sb_t *b, bh_server_t *srv, const char *name, const char *help,
+                            size_t off)
+{
+    family(b, name, "counter", help);
+    FOREACH_ENTRY(e, is_backend(e))
+    {
+        put(b, "%s{", name);
+        label(b, "upstream", e->name);
+        put(b, "} %llu\n", (unsigned long long)sum(srv, e, off));
+    }
+}
+
+char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
+{
+    sb_t b = {0};
+    const bh_metrics_t *m = &srv->metrics;
+    uint64_t accepted = 0;
+    int64_t clients = 0;
+    for (uint32_t i = 0; i < m->n_workers; i++) {
+        accepted += bh_counter_get(&bh_metrics_worker(m, i)->accepted);
+        clients += bh_gauge_get(&bh_metrics_worker(m, i)->clients);
+    }
+    family(&b, "bulkhead_build_info", "gauge", "Build information; always 1.");
+    put(&b, "bulkhead_build_info{version=\"%s\",libuv=\"%s\"} 1\n", BH_VERSION,
+        uv_version_string());
+    family(&b, "bulkhead_start_time_seconds", "gauge", "Process start time, seconds since the epoch.");
+    put(&b, "bulkhead_start_time_seconds %llu\n", (unsigned long long)m->start_unix_s);
+    family(&b, "bulkhead_workers", "gauge", "Worker threads.");
+    put(&b, "bulkhead_workers %u\n", m->n_workers);
+    family(&b, "bulkhead_client_connections", "gauge", "Open client connections.");
+    put(&b, "bulkhead_client_connections %lld\n", (long long)clients);
+    family(&b, "bulkhead_connections_accepted_total", "counter", "Client connections accepted.");
+    put(&b, "bulkhead_connections_accepted_total %llu\n", (unsigned long long)accepted);
+
+    family(&b, "bulkhead_requests_total", "counter",
+           "Requests answered, by route and the status sent to the client (499: the client left "
+           "first).");
+    FOREACH_ENTRY(e, e->kind == BH_M_ROUTE)
+    {
+        for (int code = BH_STATUS_MIN; code <= BH_STATUS_MAX; code++) {
+            uint64_t n = sum(srv, e, CELL(bh_route_cells_t, codes) +
+                                         (size_t)(code - BH_STATUS_MIN) * sizeof(bh_counter_t));
+            if (n == 0)
+                continue;
+            put(&b, "bulkhead_requests_total{");
+            label(&b, "route", e->name);
+            put(&b, ",code=\"%d\"} %llu\n", code, (unsigned long long)n);
+        }
+    }
+    family(&b, "bulkhead_request_duration_seconds", "histogram",
+           "Time from the request head to the end of the response, by route.");
+    FOREACH_ENTRY(e, e->kind == BH_M_ROUTE)
+    {
+        histogram(&b, srv, "bulkhead_request_duration_seconds", "route", e,
+                  CELL(bh_route_cells_t, duration));
+    }
+    family(&b, "bulkhead_upstream_attempts_total", "counter",
+           "Attempts sent to an upstream or database, by outcome.");
+    FOREACH_ENTRY(e, is_backend(e))
+    {
+        for (int o = 0; o < BH_OUTCOME_N; o++) {
+            put(&b, "bulkhead_upstream_attempts_total{");
+            label(&b, "upstream", e->name);
+            put(&b, ",outcome=\"%s\"} %llu\n", bh_outcome_label((enum bh_outcome)o),
+                (unsigned long long)sum(srv, e, CELL(bh_backend_cells_t, attempts) +
+                                                    (size_t)o * sizeof(bh_counter_t)));
+        }
+    }
+    family(&b, "bulkhead_pool_connections", "gauge",
+           "Pooled connections of an upstream or database, by state.");
+    FOREACH_ENTRY(e, is_backend(e))
+    {
+        for (size_t k = 0; k < sizeof(pool_states) / sizeof(pool_states[0]); k++) {
+            put(&b, "bulkhead_pool_connections{");
+            label(&b, "pool", e->name);
+            put(&b, ",state=\"%s\"} %lld\n", pool_states[k].name,
+                (long long)pool_state(srv, e, pool_states[k].state));
+        }
+    }
+    family(&b, "bulkhead_pool_waiters", "gauge", "Requests queued for a pooled connection.");
+    FOREACH_ENTRY(e, is_backend(e))
+    {
+        put(&b, "bulkhead_pool_waiters{");
+        label(&b, "pool", e->name);
+        put(&b, "} %lld\n", (long long)pool_waiters(srv, e));
+    }
+    family(&b, "bulkhead_pool_wait_seconds", "histogram",
+           "Time a request waited for a pooled connection (0 when one was idle).");
+    FOREACH_ENTRY(e, is_backend(e))
+    {
+        histogram(&b, srv, "bulkhead_pool_wait_seconds", "pool", e, CELL(bh_backend_cells_t, wait));
+    }
+    family(&b, "bulkhead_breaker_state", "gauge",
+           "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
+    FOREACH_ENTRY(e, is_backend(e))
+    {
+        bh_breaker_t *br = breaker_of(srv, e);
+        if (br == NULL)
+            continue;
+        put(&b, "bulkhead_breaker_state{");
+        label(&b, "upstream", e->name);
+        put(&b, "} %d\n", (int)bh_breaker_state(br));
+    }
+    backend_counter(&b, srv, "bulkhead_retries_total", "Retries scheduled.",
+                    CELL(bh_backend_cells_t, retries));
+    backend_counter(&b, srv, "bulkhead_retry_budget_exhausted_total",
+                    "Retries the policy allowed but the retry budget refused.",
+                    CELL(bh_backend_cells_t, budget_exhausted));
+    backend_counter(&b, srv, "bulkhead_outlier_ejections_total",
+                    "Endpoints ejected by outlier detection.", CELL(bh_backend_cells_t, ejections));
+    family(&b, "bulkhead_config_reloads_total", "counter", "Configuration reloads (SIGHUP), by result.");
+    put(&b, "bulkhead_config_reloads_total{result=\"success\"} %llu\n",
+        (unsigned long long)m->reloads_ok);
+    put(&b, "bulkhead_config_reloads_total{result=\"failure\"} %llu\n",
+        (unsigned long long)m->reloads_failed);
+    family(&b, "bulkhead_config_last_reload_successful", "gauge",
+           "1 when the last reload succeeded (or none was tried), 0 when it failed.");
+    put(&b, "bulkhead_config_last_reload_successful %d\n", m->last_reload_failed ? 0 : 1);
+    if (b.oom) {
+        bh_free(b.p);
+        return NULL;
+    }
+    *len = b.n;
+    return b.p;
+}
+
+/* ---- JSON --------------------------------------------------------------------------------- */
+
+static void jstr(sb_t *b, const char *key, const char *value)
+{
+    put(b, "\"%s\":\"", key);
+    put_escaped(b, value);
+    put(b, "\"");
+}
+
+static void json_pool(sb_t *b, bh_server_t *srv, const bh_mentry_t *e)
+{
+    put(b, "\"pool\":{");
+    for (size_t k = 0; k < sizeof(pool_states) / sizeof(pool_states[0]); k++)
+        put(b, "%s\"%s\":%lld", k ? "," : "", pool_states[k].name,
+            (long long)pool_state(srv, e, pool_states[k].state));
+    put(b, "},\"waiters\":%lld", (long long)pool_waiters(srv, e));
+}
+
+static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *first)
+{
+    put(b, "%s{", *first ? "" : ",");
+    *first = false;
+    jstr(b, "name", e->name);
+    bh_breaker_t *br = breaker_of(srv, e);
+    put(b, ",\"configured\":%s", br != NULL ? "true" : "false");
+    if (br != NULL)
+        put(b, ",\"breaker\":\"%s\"", bh_breaker_state_name(bh_breaker_state(br)));
+    put(b, ",\"retries\":%llu,\"retry_budget_exhausted\":%llu,\"outlier_ejections\":%llu,",
+        (unsigned long long)sum(srv, e, CELL(bh_backend_cells_t, retries)),
+        (unsigned long long)sum(srv, e, CELL(bh_backend_cells_t, budget_exhausted)),
+        (unsigned long long)sum(srv, e, CELL(bh_backend_cells_t, ejections)));
+    put(b, "\"attempts\":{");
+    for (int o = 0; o < BH_OUTCOME_N; o++)
+        put(b, "%s\"%s\":%llu", o ? "," : "", bh_outcome_label((enum bh_outcome)o),
+            (unsigned long long)sum(srv, e, CELL(bh_backend_cells_t, attempts) +
+                                                (size_t)o * sizeof(bh_counter_t)));
+    put(b, "},");
+    json_pool(b, srv, e);
+    if (e->kind != BH_M_UPSTREAM) {
+        put(b, "}");
+        return;
+    }
+    /* endpoints: of the current config (health and ejection live in its shared state) */
+    const bh_snap_t *s = srv->snap;
+    size_t ui = SIZE_MAX;
+    for (size_t i = 0; i < s->conf->n_upstreams; i++)
+        if (s->up_m[i] == e)
+            ui = i;
+    put(b, ",\"endpoints\":[");
+    uint64_t now = uv_hrtime() / 1000000;
+    for (size_t j = 0; ui != SIZE_MAX && j < s->conf->upstreams[ui].n_endpoints; j++) {
+        const bh_mentry_t *x = s->ep_m[ui][j];
+        bh_outlier_t *o = s->upstreams[ui]->s.outlier;
+        put(b, "%s{", j ? "," : "");
+        jstr(b, "address", x->name);
+        put(b, ",\"healthy\":%s,\"ejected\":%s,\"ejections\":%u",
+            bh_outlier_is_healthy(o, j) ? "true" : "false",
+            bh_outlier_is_ejected(o, j, now, NULL) ? "true" : "false", bh_outlier_ejections(o, j));
+        for (size_t k = 0; k < sizeof(pool_states) / sizeof(pool_states[0]); k++)
+            put(b, ",\"%s\":%lld", pool_states[k].name,
+                (long long)gsum(srv, x, CELL(bh_endpoint_cells_t, pool.conns) +
+                                            (size_t)pool_states[k].state * sizeof(bh_gauge_t)));
+        put(b, "}");
+    }
+    put(b, "]}");
+}
+
+char *bh_stats_json(bh_server_t *srv, bool draining, size_t *len)
+{
+    sb_t b = {0};
+    const bh_metrics_t *m = &srv->metrics;
+    uint64_t now = (uint64_t)time(NULL);
+    put(&b, "{\"version\":\"%s\",\"uptime_seconds\":%llu,\"draining\":%s,", BH_VERSION,
+        (unsigned long long)(now - m->start_unix_s), draining ? "true" : "false");
+    put(&b, "\"config\":\"");
+    put_escaped(&b, srv->snap->conf->path != NULL ? srv->snap->conf->path : "");
+    put(&b, "\",\"reloads\":{\"success\":%llu,\"failure\":%llu},\"workers\":[",
+        (unsigned long long)m->reloads_ok, (unsigned long long)m->reloads_failed);
+    for (uint32_t i = 0; i < m->n_workers; i++)
+        put(&b, "%s{\"id\":%u,\"accepted\":%llu,\"clients\":%lld}", i ? "," : "", i,
+            (unsigned long long)bh_counter_get(&bh_metrics_worker(m, i)->accepted),
+            (long long)bh_gauge_get(&bh_metrics_worker(m, i)->clients));
+    put(&b, "],\"routes\":[");
+    bool first = true;
+    FOREACH_ENTRY(e, e->kind == BH_M_ROUTE)
+    {
+        uint64_t total = 0;
+        put(&b, "%s{", first ? "" : ",");
+        first = false;
+        jstr(&b, "name", e->name);
+        put(&b, ",\"codes\":{");
+        bool fc = true;
+        for (int code = BH_STATUS_MIN; code <= BH_STATUS_MAX; code++) {
+            uint64_t n = sum(srv, e, CELL(bh_route_cells_t, codes) +
+                                         (size_t)(code - BH_STATUS_MIN) * sizeof(bh_counter_t));
+            if (n == 0)
+                continue;
+            put(&b, "%s\"%d\":%llu", fc ? "" : ",", code, (unsigned long long)n);
+            fc = false;
+            total += n;
+        }
+        put(&b, "},\"requests\":%llu}", (unsigned long long)total);
+    }
+    put(&b, "],\"upstreams\":[");
+    first = true;
+    FOREACH_ENTRY(e, e->kind == BH_M_UPSTREAM)
+    {
+        json_backend(&b, srv, e, &first);
+    }
+    put(&b, "],\"databases\":[");
+    first = true;
+    FOREACH_ENTRY(e, e->kind == BH_M_DATABASE)
+    {
+        json_backend(&b, srv, e, &first);
+    }
+    put(&b, "]}\n");
+    if (b.oom) {
+        bh_free(b.p);
+        return NULL;
+    }
+    *len = b.n;
+    return b.p;
+}
