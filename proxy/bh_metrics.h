@@ -51,6 +51,7 @@ typedef struct bh_endpoint_cells {
 typedef struct bh_worker_cells {
     bh_counter_t accepted;
     bh_gauge_t clients;
+    bh_gauge_t generation;        /* of the snapshot it serves new requests with */
 } bh_worker_cells_t;
 
 typedef struct bh_mentry {

@@ -48,6 +48,7 @@ typedef struct bh_ushared {
  * The main thread builds it (startup, SIGHUP) and hands a reference to every worker. */
 typedef struct bh_snap {
     _Atomic uint32_t refs;
+    uint64_t generation;            /* 1 at startup, +1 per successful reload */
     bh_cref_t *cref;
     const bh_conf_t *conf;
     bh_ushared_t **upstreams;       /* parallel to conf->upstreams */

@@ -364,10 +364,13 @@ char *bh_stats_json(bh_server_t *srv, bool draining, size_t *len)
         (unsigned long long)(now - m->start_unix_s), draining ? "true" : "false");
     put(&b, "\"config\":\"");
     put_escaped(&b, srv->snap->conf->path != NULL ? srv->snap->conf->path : "");
-    put(&b, "\",\"reloads\":{\"success\":%llu,\"failure\":%llu},\"workers\":[",
-        (unsigned long long)m->reloads_ok, (unsigned long long)m->reloads_failed);
+    put(&b, "\",\"generation\":%llu,\"reloads\":{\"success\":%llu,\"failure\":%llu},"
+            "\"workers\":[",
+        (unsigned long long)srv->snap->generation, (unsigned long long)m->reloads_ok,
+        (unsigned long long)m->reloads_failed);
     for (uint32_t i = 0; i < m->n_workers; i++)
-        put(&b, "%s{\"id\":%u,\"accepted\":%llu,\"clients\":%lld}", i ? "," : "", i,
+        put(&b, "%s{\"id\":%u,\"generation\":%lld,\"accepted\":%llu,\"clients\":%lld}",
+            i ? "," : "", i, (long long)bh_gauge_get(&bh_metrics_worker(m, i)->generation),
             (unsigned long long)bh_counter_get(&bh_metrics_worker(m, i)->accepted),
             (long long)bh_gauge_get(&bh_metrics_worker(m, i)->clients));
     put(&b, "],\"routes\":[");

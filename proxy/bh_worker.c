@@ -284,6 +284,7 @@ static int switch_to(bh_worker_t *w, bh_snap_t *snap)
     }
     w->gen = g;
     w->conf = g->conf;
+    bh_gauge_add(&w->cells->generation, (int64_t)snap->generation - bh_gauge_get(&w->cells->generation));
     if (old != NULL)
         bh__gen_unref(old); /* in-flight exchanges keep it until they end */
     prewarm_databases(w, snap);
@@ -480,6 +481,7 @@ int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
     }
     if ((rc = bh_snap_new(srv, conf, NULL, &srv->snap)) < 0) /* owns conf from here */
         return rc;
+    srv->snap->generation = 1;
     srv->workers = bh_calloc(n_workers, sizeof(bh_worker_t));
     if (srv->workers == NULL)
         return BH_ENOMEM;
@@ -556,9 +558,10 @@ int bh_server_reload(bh_server_t *srv)
     for (size_t i = 0; i < snap->conf->n_upstreams; i++)
         for (size_t j = 0; j < old->n_upstreams; j++)
             kept += snap->upstreams[i] == srv->snap->upstreams[j];
-    bh_log_info("reloaded %s: %zu routes, %zu upstreams (%zu unchanged, state kept), "
+    snap->generation = srv->snap->generation + 1;
+    bh_log_info("reloaded %s (generation %llu): %zu routes, %zu upstreams (%zu unchanged, state kept), "
                 "%zu listeners",
-                snap->conf->path, snap->conf->n_routes, snap->conf->n_upstreams, kept,
+                snap->conf->path, (unsigned long long)snap->generation, snap->conf->n_routes, snap->conf->n_upstreams, kept,
                 snap->conf->n_listeners);
     bh_server_publish(srv, snap);
     srv->metrics.reloads_ok++;

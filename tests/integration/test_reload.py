@@ -1,0 +1,254 @@
+"""SIGHUP reload (issue 5): the file is read again; an invalid one is logged with its position,
+counted, and the old configuration keeps serving; a valid one takes effect for new requests while
+in-flight ones finish on the old; listeners are added and removed; upstreams whose settings did not
+change keep their pools and breaker state."""
+import copy
+import signal
+import socket
+import threading
+
+import pytest
+import requests
+
+from conftest import (NO_BREAKER, NO_OUTLIER, can_connect, free_port, proxy_status_error, to_yaml,
+                      wait_until)
+
+
+def stats(bh):
+    r = requests.get(bh.admin_url + "/stats", timeout=30)
+    assert r.status_code == 200
+    return r.json()
+
+
+def reload(bh, conf, expect="success"):
+    """Writes conf over the file, sends SIGHUP and waits until the reload is counted (and, when it
+    succeeded, until every worker serves new requests with the new generation)."""
+    before = stats(bh)
+    bh.config_path.write_text(conf if isinstance(conf, str) else to_yaml(conf) + "\n")
+    bh.proc.send_signal(signal.SIGHUP)
+    key = "success" if expect == "success" else "failure"
+    wait_until(lambda: stats(bh)["reloads"][key] == before["reloads"][key] + 1,
+               what="the reload to be counted as %s" % key)
+    s = stats(bh)
+    if expect == "success":
+        wait_until(lambda: all(w["generation"] == s["generation"] for w in stats(bh)["workers"]),
+                   what="every worker to take generation %d" % s["generation"])
+    return s
+
+
+def entry(*ups, **keys):
+    e = {"endpoints": [u.addr for u in ups], "breaker": NO_BREAKER, "outlier": NO_OUTLIER,
+         "retry": {"attempts": 1}}
+    e.update(keys)
+    return e
+
+
+def upstream_of(bh, path="/echo-head"):
+    r = requests.get(bh.url + path, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.headers["X-Upstream"]
+
+
+def test_changed_route_under_load_loses_nothing(bulkhead, upstream_factory):
+    a, b = upstream_factory("a"), upstream_factory("b")
+    bh = bulkhead(workers=2, upstreams={"a": entry(a), "b": entry(b)},
+                  routes=[{"match": {"path_prefix": "/"}, "upstream": "a"}])
+    stop = threading.Event()
+    seen, failures = [], []
+
+    def load():
+        with requests.Session() as s:   # keep-alive: connections live across the reload
+            while not stop.is_set():
+                try:
+                    r = s.get(bh.url + "/echo-head", timeout=30)
+                    if r.status_code != 200:
+                        failures.append(r.status_code)
+                    seen.append(r.headers.get("X-Upstream"))
+                except requests.RequestException as e:
+                    failures.append(repr(e))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(seen) >= 50, what="load through the first route")
+        conf = copy.deepcopy(bh.conf)
+        conf["routes"] = [{"match": {"path_prefix": "/"}, "upstream": "b"}]
+        reload(bh, conf)
+        mark = len(seen)
+        wait_until(lambda: len(seen) >= mark + 200, what="load after the reload")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert failures == []
+    assert "a" in seen and "b" in seen
+    # once every worker has the new generation, no new request goes to a
+    assert set(seen[mark + 4:]) == {"b"}, seen[mark:mark + 20]
+    assert {upstream_of(bh) for _ in range(20)} == {"b"}
+
+
+def test_in_flight_request_finishes_on_the_old_configuration(bulkhead, upstream_factory):
+    a, b = upstream_factory("a"), upstream_factory("b")
+    bh = bulkhead(workers=2, upstreams={"a": entry(a), "b": entry(b)},
+                  routes=[{"match": {"path_prefix": "/"}, "upstream": "a"}])
+    result = []
+    held = threading.Thread(
+        target=lambda: result.append(requests.get(bh.url + "/hold?id=old", timeout=60)))
+    held.start()
+    wait_until(lambda: a.stats()["holding"] == 1, what="the request held on a")
+    conf = copy.deepcopy(bh.conf)
+    del conf["upstreams"]["a"]      # a is gone from the new configuration altogether
+    conf["routes"] = [{"match": {"path_prefix": "/"}, "upstream": "b"}]
+    reload(bh, conf)
+    assert upstream_of(bh) == "b"
+    a.release("old")
+    held.join(60)
+    assert result and result[0].status_code == 200 and result[0].text == "released"
+    assert result[0].headers["X-Upstream"] == "a"
+
+
+def test_broken_file_keeps_serving_and_is_counted(bulkhead, upstream):
+    bh = bulkhead(upstream, workers=2)
+    assert upstream_of(bh) == "up"
+    good = bh.config_path.read_text()
+    s = reload(bh, good + "routes: [\n", expect="failure")
+    assert s["reloads"] == {"success": 0, "failure": 1}
+    assert s["generation"] == 1
+    wait_until(lambda: "reload failed" in bh.stderr_text(), what="the error to be logged")
+    line = [ln for ln in bh.stderr_text().splitlines() if "reload failed" in ln][0]
+    # the error names the file, line and column
+    assert "%s:" % bh.config_path.name in line or str(bh.config_path) in line, line
+    assert any(c.isdigit() for c in line.split("reload failed")[1]), line
+    assert upstream_of(bh) == "up"
+    metrics = requests.get(bh.admin_url + "/metrics", timeout=30).text
+    assert 'bulkhead_config_reloads_total{result="failure"} 1' in metrics
+    assert 'bulkhead_config_reloads_total{result="success"} 0' in metrics
+    assert "bulkhead_config_last_reload_successful 0" in metrics
+    # a semantically invalid file (unknown upstream) is refused the same way
+    bad = copy.deepcopy(bh.conf)
+    bad["routes"] = [{"match": {"path_prefix": "/"}, "upstream": "nope"}]
+    reload(bh, bad, expect="failure")
+    assert upstream_of(bh) == "up"
+    # and a good file afterwards is taken
+    assert reload(bh, bh.conf)["reloads"] == {"success": 1, "failure": 2}
+    assert "bulkhead_config_last_reload_successful 1" in requests.get(
+        bh.admin_url + "/metrics", timeout=30).text
+
+
+def test_unchanged_upstream_keeps_its_pool(bulkhead, upstream):
+    bh = bulkhead(upstream)   # one worker: one pooled connection serves sequential requests
+    for _ in range(5):
+        upstream_of(bh)
+    assert upstream.stats()["connections_accepted"] == 1
+    conf = copy.deepcopy(bh.conf)
+    conf["routes"] = [{"match": {"path_prefix": "/other"}, "upstream": "u"}] + conf["routes"]
+    reload(bh, conf)
+    for _ in range(5):
+        upstream_of(bh)
+    assert upstream.stats()["connections_accepted"] == 1, "the pooled connection was not kept"
+    # a changed setting of the upstream gives it a new pool (and the old idle one is closed)
+    conf = copy.deepcopy(conf)
+    conf["upstreams"]["u"]["pool"] = {"max_connections": 7}
+    reload(bh, conf)
+    upstream_of(bh)
+    assert upstream.stats()["connections_accepted"] == 2
+    wait_until(lambda: upstream.stats()["open_connections"] == 1,
+               what="the replaced pool's idle connection to close")
+
+
+def test_unchanged_upstream_keeps_its_open_breaker(bulkhead, upstream):
+    breaker = {"consecutive_failures": 2, "open_for": "60s", "max_open_for": "60s",
+               "failure_rate": 0}
+    bh = bulkhead(upstreams={"u": entry(upstream, breaker=breaker)}, workers=2)
+    upstream.set_mode("fail-500")
+    for _ in range(2):
+        assert requests.get(bh.url + "/x", timeout=30).status_code == 500
+    r = requests.get(bh.url + "/x", timeout=30)
+    assert r.status_code == 503 and proxy_status_error(r) == "destination_unavailable", r.headers
+    conf = copy.deepcopy(bh.conf)
+    conf["routes"].append({"match": {"path_prefix": "/new"}, "upstream": "u"})
+    reload(bh, conf)
+    upstream.set_mode("ok")
+    r = requests.get(bh.url + "/x", timeout=30)
+    assert r.status_code == 503 and proxy_status_error(r) == "destination_unavailable", \
+        "the reload closed the breaker"
+    assert 'bulkhead_breaker_state{upstream="u"} 1' in requests.get(
+        bh.admin_url + "/metrics", timeout=30).text
+    # a changed breaker setting is a new breaker: closed
+    conf = copy.deepcopy(conf)
+    conf["upstreams"]["u"]["breaker"] = dict(breaker, consecutive_failures=3)
+    reload(bh, conf)
+    assert requests.get(bh.url + "/x", timeout=30).status_code == 200
+
+
+def test_listeners_are_added_and_removed(bulkhead, upstream):
+    bh = bulkhead(upstream, workers=2)
+    second = free_port()
+    conf = copy.deepcopy(bh.conf)
+    conf["listeners"] = conf["listeners"] + [
+        {"name": "second", "address": "127.0.0.1:%d" % second}]
+    reload(bh, conf)
+    assert requests.get("http://127.0.0.1:%d/echo-head" % second, timeout=30).status_code == 200
+    conf = copy.deepcopy(conf)
+    conf["listeners"] = conf["listeners"][1:]
+    reload(bh, conf)
+    wait_until(lambda: not can_connect(bh.port), what="the removed listener to close")
+    assert requests.get("http://127.0.0.1:%d/echo-head" % second, timeout=30).status_code == 200
+
+
+def test_listener_address_in_use_fails_the_reload(bulkhead, upstream):
+    bh = bulkhead(upstream)
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        conf = copy.deepcopy(bh.conf)
+        conf["listeners"] = conf["listeners"] + [
+            {"name": "taken", "address": "127.0.0.1:%d" % taken.getsockname()[1]}]
+        reload(bh, conf, expect="failure")
+        wait_until(lambda: "taken" in bh.stderr_text(), what="the listener error to be logged")
+        assert upstream_of(bh) == "up"
+    finally:
+        taken.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_many_reloads_under_load(bulkhead, upstream_factory, workers):
+    """Reload after reload while requests flow, switching between two upstreams and back: every
+    request succeeds and nothing leaks (the fixture checks the sanitizer output at exit)."""
+    a, b = upstream_factory("a"), upstream_factory("b")
+    bh = bulkhead(workers=workers, upstreams={"a": entry(a), "b": entry(b)},
+                  routes=[{"match": {"path_prefix": "/"}, "upstream": "a"}])
+    stop = threading.Event()
+    count, failures = [0], []
+
+    def load():
+        with requests.Session() as s:
+            while not stop.is_set():
+                try:
+                    r = s.get(bh.url + "/echo-head", timeout=30)
+                    if r.status_code != 200:
+                        failures.append(r.status_code)
+                    count[0] += 1
+                except requests.RequestException as e:
+                    failures.append(repr(e))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        conf = copy.deepcopy(bh.conf)
+        for i in range(10):
+            conf["routes"] = [{"match": {"path_prefix": "/"}, "upstream": "ab"[i % 2 == 0]}]
+            if i % 3 == 0:   # and sometimes a changed upstream: a new pool each time
+                conf["upstreams"]["a"]["pool"] = {"max_connections": 10 + i}
+            reload(bh, conf)
+            mark = count[0]
+            wait_until(lambda m=mark: count[0] >= m + 20, what="requests after reload %d" % i)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert failures == []
+    assert stats(bh)["reloads"] == {"success": 10, "failure": 0}
