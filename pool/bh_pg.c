@@ -173,6 +173,8 @@ struct bh_pg_pool {
     const bh_pg_error_t *failing; /* set while bh_pool_connect_failed runs */
     bool marked;                  /* empty at the last sweep */
     bool timer_closing;
+    bool retired;                 /* bh_pg_pools_retire: not found by bh_pg_pool_get */
+    uint64_t tag;                 /* the server's */
 };
 
 struct pg_poll {
@@ -1055,16 +1057,25 @@ static int build_options(const bh_pg_server_t *srv, char **out)
     return 0;
 }
 
-static int key_digest(uint8_t out[KEY_LEN], const char *conninfo, const char *options,
+/* The pool key: where and as whom it connects, and the pool's own settings (so that a reload
+ * that changes a database's pool gets a new pool and permit counter, not the old ones). */
+static int key_digest(uint8_t out[KEY_LEN], const bh_pg_server_t *srv, const char *options,
                       const char *dbname, const char *user, const char *password)
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL)
         return BH_ENOMEM;
-    const char *parts[] = {"bulkhead-pg-key-1", conninfo, options, dbname, user};
+    const char *parts[] = {"bulkhead-pg-key-2", srv->conninfo != NULL ? srv->conninfo : "",
+                           options, dbname, user};
+    const bh_conf_pool_t *pc = &srv->pool;
+    const uint64_t limits[] = {pc->max_connections,    pc->max_pending,     pc->max_idle,
+                               pc->min_idle,           pc->acquire_timeout_ms,
+                               pc->idle_timeout_ms,    pc->max_lifetime_ms, srv->connect_timeout_ms,
+                               srv->reset_timeout_ms};
     EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
         EVP_DigestUpdate(ctx, parts[i], strlen(parts[i]) + 1); /* with the NUL: unambiguous */
+    EVP_DigestUpdate(ctx, limits, sizeof(limits));
     EVP_DigestUpdate(ctx, password != NULL ? "P" : "N", 1);
     if (password != NULL)
         EVP_DigestUpdate(ctx, password, strlen(password));
@@ -1168,7 +1179,7 @@ static bh_pg_pool_t *find_pool(bh_pg_pools_t *pools, const uint8_t key[KEY_LEN])
 {
     for (bh_pg_pool_t *p = pools->buckets[key_bucket(key, pools->n_buckets)]; p != NULL;
          p = p->next)
-        if (!p->timer_closing && memcmp(p->key, key, KEY_LEN) == 0)
+        if (!p->timer_closing && !p->retired && memcmp(p->key, key, KEY_LEN) == 0)
             return p;
     return NULL;
 }
@@ -1206,8 +1217,7 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
     if (rc < 0)
         return rc;
     uint8_t key[KEY_LEN];
-    if (key_digest(key, srv->conninfo != NULL ? srv->conninfo : "", options, dbname, user,
-                   password) < 0) {
+    if (key_digest(key, srv, options, dbname, user, password) < 0) {
         bh_free(options);
         return BH_ENOMEM;
     }
@@ -1229,6 +1239,7 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
         return BH_ENOMEM;
     }
     p->pools = pools;
+    p->tag = srv->tag;
     memcpy(p->key, key, KEY_LEN);
     rc = build_params(p, srv, options, dbname, user, password);
     bh_free(options);
@@ -1362,6 +1373,22 @@ bh_pg_pools_t *bh_pg_pools_new(uv_loop_t *loop, bh_pg_shared_t *shared)
 size_t bh_pg_pools_count(const bh_pg_pools_t *pools)
 {
     return pools->n_pools;
+}
+
+void bh_pg_pools_retire(bh_pg_pools_t *pools, const uint64_t *live, size_t n)
+{
+    for (size_t b = 0; b < pools->n_buckets; b++)
+        for (bh_pg_pool_t *p = pools->buckets[b]; p != NULL; p = p->next) {
+            bool keep = p->tag == 0 || p->retired || p->timer_closing;
+            for (size_t i = 0; i < n && !keep; i++)
+                keep = live[i] == p->tag;
+            if (keep)
+                continue;
+            p->retired = true;
+            bh_log_info("postgres pool %s: its database configuration was replaced; retiring it",
+                        p->label);
+            bh_pool_retire(&p->base, pool_now(p));
+        }
 }
 
 void bh_pg_pools_sweep(bh_pg_pools_t *pools)

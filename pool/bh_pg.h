@@ -75,7 +75,7 @@ typedef struct bh_pg_setting {
 
 /* One configured database server, owned by the caller. Pools copy what they need at creation,
  * so this may be freed (config reload) while pools created from it live on. Two servers with the
- * same conninfo and session settings share pools. */
+ * same conninfo, session and pool settings share pools. */
 typedef struct bh_pg_server {
     const char *conninfo;           /* libpq conninfo without credentials: "host=10.0.0.5
                                        port=5432 sslmode=prefer"; its user/password/dbname/
@@ -89,6 +89,8 @@ typedef struct bh_pg_server {
     uint64_t reset_timeout_ms;   /* the reset before reuse; 0 = connect_timeout_ms */
     bh_pool_gauges_t *gauges;    /* where a pool created from it reports (single writer: set it
                                     in a per-worker copy); NULL: nowhere */
+    uint64_t tag;                /* identifies the configuration it came from, for
+                                    bh_pg_pools_retire (0: never retired) */
 } bh_pg_server_t;
 
 /* ---- process-wide permits ---------------------------------------------------------------- */
@@ -108,6 +110,11 @@ size_t bh_pg_shared_count(bh_pg_shared_t *s);
 typedef struct bh_pg_pools bh_pg_pools_t;
 typedef struct bh_pg_pool bh_pg_pool_t;
 typedef struct bh_pg_conn bh_pg_conn_t;
+
+/* A reload replaced configurations: every pool created from a server whose tag is not in
+ * live[0..n) is retired (bh_pool_retire: idle connections close now, busy ones when released)
+ * and no longer found by bh_pg_pool_get. */
+void bh_pg_pools_retire(bh_pg_pools_t *pools, const uint64_t *live, size_t n);
 
 /* NULL on allocation failure. Starts a sweep timer on loop (closed by bh_pg_pools_close). */
 bh_pg_pools_t *bh_pg_pools_new(uv_loop_t *loop, bh_pg_shared_t *shared);

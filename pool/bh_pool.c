@@ -459,6 +459,18 @@ void bh_pool_kick(bh_pool_t *p, uint64_t now_ms)
     settle(p, now_ms); /* and use a permit another pool freed */
 }
 
+void bh_pool_retire(bh_pool_t *p, uint64_t now_ms)
+{
+    p->limits.max_idle = 0;
+    p->limits.min_idle = 0;
+    bh_list_t *n;
+    while ((n = bh_list_first(&p->idle)) != NULL) {
+        close_conn(bh_container_of(n, bh_pool_conn_t, link));
+        kick_sharers(p);
+    }
+    settle(p, now_ms);
+}
+
 bool bh_pool_empty(const bh_pool_t *p)
 {
     return p->n_connecting + p->n_idle + p->n_busy + p->n_closing + p->n_waiters == 0;

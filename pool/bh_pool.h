@@ -172,6 +172,11 @@ void bh_pool_shutdown(bh_pool_t *p, uint64_t now_ms);
  * served with any permit another pool freed. */
 void bh_pool_kick(bh_pool_t *p, uint64_t now_ms);
 
+/* The pool's configuration was replaced (a reload): its idle connections are closed now, busy
+ * ones when released (unless a waiter of this pool takes them), so it empties as its last users
+ * finish. Waiters are still served. */
+void bh_pool_retire(bh_pool_t *p, uint64_t now_ms);
+
 /* True when no connection (in any state) and no waiter remains. */
 bool bh_pool_empty(const bh_pool_t *p);
 

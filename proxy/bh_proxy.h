@@ -79,6 +79,7 @@ typedef struct bh_wup {
     bh_ushared_t *sh;               /* referenced */
     bh_health_t *health;            /* worker 0 only */
     bh_worker_t *w;
+    bh_list_t link;                 /* on the worker's list of live objects */
 } bh_wup_t;
 
 /* A worker's view of one snapshot. Every exchange holds a reference to the generation it
@@ -110,6 +111,7 @@ struct bh_worker {
     _Atomic int stop_requested;
     uv_timer_t drain_timer;
     bh_list_t listeners;            /* bh_listener_t */
+    bh_list_t wups;                 /* every live bh_wup_t, current generation or not */
     bh_pg_pools_t *pg_pools;        /* this worker's Postgres pools */
     bh_accesslog_t *alog;           /* NULL when log.access is off */
     bh_worker_cells_t *cells;       /* this worker's metrics */

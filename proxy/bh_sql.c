@@ -69,6 +69,7 @@ static uint64_t now_of(bh_sql_t *s)
 
 int bh_sql_db_init(bh_sql_db_t *d, const bh_conf_database_t *conf, uint64_t now_ms)
 {
+    static _Atomic uint64_t next_tag = 1;
     memset(d, 0, sizeof(*d));
     bh_breaker_init(&d->breaker, &conf->breaker, conf->timeouts.total_ms, now_ms);
     d->settings = bh_calloc(conf->n_session ? conf->n_session : 1, sizeof(*d->settings));
@@ -82,6 +83,7 @@ int bh_sql_db_init(bh_sql_db_t *d, const bh_conf_database_t *conf, uint64_t now_
         .n_session = conf->n_session,
         .pool = conf->pool,
         .connect_timeout_ms = conf->timeouts.connect_ms,
+        .tag = atomic_fetch_add(&next_tag, 1),
     };
     return 0;
 }

@@ -138,6 +138,7 @@ static void on_upstream_closed(bh_upstream_t *up)
 {
     bh_wup_t *u = up->data;
     bh_worker_t *w = u->w;
+    bh_list_remove(&u->link);
     bh_ushared_unref(u->sh);
     bh_free(u);
     object_closed(w);
@@ -192,6 +193,7 @@ static bh_wup_t *wup_new(bh_worker_t *w, bh_snap_t *snap, size_t i)
     u->w = w;
     u->up.data = u;
     u->refs = 1;
+    bh_list_push_back(&w->wups, &u->link);
     u->sh = sh;
     atomic_fetch_add(&sh->refs, 1);
     w->upstreams_open++;
@@ -287,6 +289,14 @@ static int switch_to(bh_worker_t *w, bh_snap_t *snap)
     bh_gauge_add(&w->cells->generation, (int64_t)snap->generation - bh_gauge_get(&w->cells->generation));
     if (old != NULL)
         bh__gen_unref(old); /* in-flight exchanges keep it until they end */
+    size_t nd = snap->conf->n_databases;
+    uint64_t *live = old != NULL && w->pg_open ? bh_calloc(nd ? nd : 1, sizeof(*live)) : NULL;
+    if (live != NULL) { /* pools of replaced database settings empty out */
+        for (size_t i = 0; i < nd; i++)
+            live[i] = snap->databases[i]->server.tag;
+        bh_pg_pools_retire(w->pg_pools, live, nd);
+        bh_free(live);
+    }
     prewarm_databases(w, snap);
     return sync_listeners(w, g->conf);
 }
@@ -372,10 +382,14 @@ static void on_wakeup(uv_async_t *a)
         switch_to(w, snap);
     else if (snap != NULL)
         bh_snap_unref(snap);
-    if (w->gen == NULL)
-        return;
-    for (size_t i = 0; i < w->gen->conf->n_upstreams; i++)
-        bh_upstream_kick(&w->gen->upstreams[i]->up);
+    /* also objects of older generations: their in-flight requests may wait for a permit */
+    bh_list_t *n;
+    bh_list_foreach(n, &w->wups)
+    {
+        bh_wup_t *u = bh_container_of(n, bh_wup_t, link);
+        if (!u->up.closing)
+            bh_upstream_kick(&u->up);
+    }
     if (w->pg_open)
         bh_pg_pools_kick(w->pg_pools);
 }
@@ -394,6 +408,7 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     const bh_conf_t *conf = srv->snap->conf;
     bh_list_init(&w->clients);
     bh_list_init(&w->listeners);
+    bh_list_init(&w->wups);
     atomic_init(&w->pending, NULL);
     int rc = uv_loop_init(&w->loop);
     if (rc < 0)
