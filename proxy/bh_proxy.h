@@ -103,6 +103,7 @@ struct bh_worker {
     bh_server_t *srv;
     const bh_conf_t *conf;          /* gen->conf */
     bh_gen_t *gen;                  /* the current generation */
+    bh_snap_t *last_snap;           /* after the upstreams closed: keeps conf valid */
     _Atomic(bh_snap_t *) pending;   /* a new snapshot from the main thread, not yet taken */
     uint32_t id;
     uv_loop_t loop;

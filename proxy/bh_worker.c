@@ -322,6 +322,7 @@ static void close_upstreams(bh_worker_t *w)
     if (w->gen != NULL) {
         bh_gen_t *g = w->gen;
         w->gen = NULL;
+        w->last_snap = bh_snap_ref(g->snap); /* w->conf stays valid until worker_destroy */
         bh__gen_unref(g);
     }
     object_closed(w);
@@ -481,6 +482,7 @@ static void worker_destroy(bh_worker_t *w)
     bh_free(w->alog);
     bh_free(w->hdrs);
     bh_snap_unref(atomic_exchange(&w->pending, NULL));
+    bh_snap_unref(w->last_snap);
 }
 
 int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
