@@ -77,9 +77,6 @@ static void set_state(bh_pool_conn_t *c, enum bh_pool_conn_state to)
             bh_list_push_back(l, &c->link);
         ++*n;
     }
-    /* CLOSING is entered once per connection, so its permit comes back exactly once. */
-    if (to == BH_PCONN_CLOSING)
-        bh_sem_release(p->sem);
 }
 
 /* A connection is not handed out at or after this time. max_lifetime is also checked here in
@@ -101,12 +98,16 @@ static uint64_t idle_deadline(const bh_pool_t *p, const bh_pool_conn_t *c)
     return t;
 }
 
+/* The only way into CLOSING, entered once per connection: its permit comes back exactly once,
+ * and only after ops->close has closed the socket, so that a pool on another thread cannot
+ * open a connection in its place while this one is still open (the cap counts sockets). */
 static void close_conn(bh_pool_conn_t *c)
 {
     bh_pool_t *p = c->pool;
     set_state(c, BH_PCONN_CLOSING);
     p->closed++;
     p->ops->close(c); /* may finish synchronously and free c */
+    bh_sem_release(p->sem);
 }
 
 static void dequeue(bh_pool_t *p, bh_pool_waiter_t *w)

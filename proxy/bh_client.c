@@ -71,10 +71,15 @@ static void close_after_flush(bh_client_t *c)
 /* A request-level error before any response byte was sent: reply and close. */
 static void fail_request(bh_client_t *c, int err)
 {
-    if (c->ex.active)
-        bh__forward_abort(c, 0);
-    if (c->state == BH_CS_CLOSING)
+    if (c->state == BH_CS_CLOSING) {
+        if (c->ex.active)
+            bh__forward_abort(c, 0);
         return;
+    }
+    if (c->ex.active)
+        bh__forward_abort(c, err);
+    else
+        bh__forward_count_unrouted(c, err, c->phase_start_ms);
     if (bh_reply_write(&c->out, 0, err, true, 0) < 0) {
         bh__client_close(c);
         return;
@@ -500,6 +505,8 @@ void bh__client_accept(bh_worker_t *w, uv_stream_t *listener)
     int64_t n = atomic_fetch_add(&w->srv->clients, 1) + 1;
     c->counted = true;
     if (n > (int64_t)w->conf->limits.max_connections || w->draining) {
+        bh__forward_count_unrouted(c, w->draining ? BH_ESHUTDOWN : BH_ETOO_MANY_CONNS,
+                                   c->phase_start_ms);
         if (bh_reply_write(&c->out, 0, w->draining ? BH_ESHUTDOWN : BH_ETOO_MANY_CONNS, true,
                            1) < 0) {
             bh__client_close(c);

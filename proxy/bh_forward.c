@@ -162,7 +162,26 @@ static void finish(bh_client_t *c, bool reusable)
 
 void bh__forward_abort(bh_client_t *c, int err)
 {
+    bh_exchange_t *ex = &c->ex;
+    if (err < 0 && !ex->resp_started) { /* the caller answers with err's status itself */
+        ex->local = true;
+        ex->last_err = err;
+        ex->status = bh_reply_status(err);
+        ex->resp_done = true;
+        end_exchange(c, false, false);
+        return;
+    }
     end_exchange(c, true, false);
+}
+
+void bh__forward_count_unrouted(bh_client_t *c, int err, uint64_t since_ms)
+{
+    bh_route_cells_t *rc = bh_mentry_cells(c->w->srv->metrics.no_route, c->w->id);
+    int status = bh_reply_status(err);
+    if (status >= BH_STATUS_MIN && status <= BH_STATUS_MAX)
+        bh_counter_add(&rc->codes[status - BH_STATUS_MIN], 1);
+    uint64_t now = now_of(c);
+    bh_hist_observe(&rc->duration, now > since_ms ? (now - since_ms) * 1000 : 0);
 }
 
 /* bulkhead answers the request itself. The rest of the request body is read and dropped (so the

@@ -291,7 +291,12 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len);
 int bh__forward_body(bh_client_t *c, const char *at, size_t len);
 int bh__forward_request_done(bh_client_t *c);
 void bh__forward_flush(bh_client_t *c);
+/* The exchange ends early: the client went away (err 0: counted as 499), or (err < 0, no
+ * response byte sent yet) the caller answers with err's status itself. */
 void bh__forward_abort(bh_client_t *c, int err);
+/* Counts a reply bulkhead made outside any exchange (a request rejected while its head was
+ * read, a connection refused at accept) under route="" in the metrics. */
+void bh__forward_count_unrouted(bh_client_t *c, int err, uint64_t since_ms);
 void bh__forward_deadline(bh_client_t *c, uint64_t now);
 void bh__forward_tunnel_data(bh_client_t *c);
 void bh__forward_client_drained(bh_client_t *c);

@@ -310,7 +310,9 @@ class Bulkhead:
         if self.proc.poll() is not None:
             raise AssertionError("bulkhead exited with %s before accepting; stderr:\n%s"
                                  % (self.proc.returncode, self.stderr_text()))
-        return can_connect(self.port)
+        # The admin listener starts after the workers' listeners are bound: once it accepts, one
+        # probe of the proxy port suffices (tests that count accepted connections rely on one).
+        return can_connect(self.admin_port) and can_connect(self.port)
 
     def stderr_text(self):
         return self.stderr_path.read_text(errors="replace")
