@@ -723,3 +723,59 @@ def retry_after_of(r):
     v = r.header("Retry-After")
     assert v is not None and v.strip().isdigit(), "Retry-After %r is not a number of seconds" % v
     return int(v)
+
+
+# ----------------------------------------------------------------------------------------------
+# the admin listener: /stats, and SIGHUP reloads
+
+READINESS_PROBES = 1  # client connections the bulkhead fixture makes to see that it listens
+
+
+def admin_stats(bh):
+    """GET /stats on the admin listener, as a dict."""
+    with urllib.request.urlopen(bh.admin_url + "/stats", timeout=IO_TIMEOUT) as r:
+        assert r.status == 200
+        return json.loads(r.read())
+
+
+def per_worker(st, key):
+    """A /stats per-worker value, in worker id order."""
+    return [w[key] for w in sorted(st["workers"], key=lambda w: w["id"])]
+
+
+def named(items, name):
+    """The one entry called name of a /stats list (upstreams, databases, routes)."""
+    found = [x for x in items if x["name"] == name]
+    assert len(found) == 1, items
+    return found[0]
+
+
+def quiesce(bh, workers=None):
+    """Waits until bulkhead has counted the fixture's readiness probe (one connection) and closed
+    it, so that a test counts connections from a known state; returns /stats."""
+    def quiet():
+        st = admin_stats(bh)
+        return (sum(per_worker(st, "accepted")) == READINESS_PROBES
+                and sum(per_worker(st, "clients")) == 0 and st)
+    st = wait_until(quiet, what="the readiness probe's connection to be counted and gone")
+    if workers is not None:
+        assert sorted(w["id"] for w in st["workers"]) == list(range(workers)), st["workers"]
+    return st
+
+
+def sighup_reload(bh, conf, expect="success"):
+    """Writes conf (a dict, or the file's text) over bh's config file, sends SIGHUP and waits until
+    the reload is counted; after a success, also until every worker serves new requests with the
+    new generation. Returns /stats."""
+    before = admin_stats(bh)["reloads"]
+    bh.config_path.write_text(conf if isinstance(conf, str) else to_yaml(conf) + "\n")
+    bh.proc.send_signal(signal.SIGHUP)
+    key = "success" if expect == "success" else "failure"
+    wait_until(lambda: admin_stats(bh)["reloads"][key] == before[key] + 1,
+               what="the reload to be counted as %s" % key)
+    st = admin_stats(bh)
+    if expect == "success":
+        st = wait_until(lambda: (lambda s: all(w["generation"] == s["generation"]
+                                               for w in s["workers"]) and s)(admin_stats(bh)),
+                        what="every worker to take generation %d" % st["generation"])
+    return st

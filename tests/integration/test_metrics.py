@@ -17,8 +17,8 @@ import subprocess
 
 import pytest
 
-from conftest import (IO_TIMEOUT, RawClient, can_connect, fetch, free_port,
-                      proxy_status_error, resilient_upstream, run_bulkhead, wait_until)
+from conftest import (IO_TIMEOUT, READINESS_PROBES, RawClient, can_connect, fetch, free_port, per_worker,
+                      proxy_status_error, quiesce, resilient_upstream, run_bulkhead, wait_until)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, math.inf]
@@ -41,7 +41,6 @@ FAMILIES = {
     "bulkhead_config_reloads_total": "counter",
 }
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-READINESS_PROBES = 1  # client connections the bulkhead fixture makes to see that it listens
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,18 +232,6 @@ def ups_of(st, name):
     return found[0]
 
 
-def accepted_per_worker(st):
-    return [w["accepted"] for w in sorted(st["workers"], key=lambda w: w["id"])]
-
-
-def quiesce(bh):
-    """Waits until bulkhead has counted the one client connection of the fixture's readiness check
-    (conftest.Bulkhead._ready connects once) and closed it, so a test counts from a known state."""
-    def quiet():
-        st = stats(bh)
-        return (sum(w["accepted"] for w in st["workers"]) == READINESS_PROBES
-                and sum(w["clients"] for w in st["workers"]) == 0)
-    wait_until(quiet, what="the readiness probe's connection to be counted and gone")
 
 
 def nonzero(d):
@@ -361,13 +348,13 @@ def test_counters_are_summed_over_two_workers(bulkhead, upstream):
     in /stats): every counter and histogram count equals the number sent, whatever the split."""
     bh = admin_ready(bulkhead(upstream, workers=2))
     quiesce(bh)
-    base = accepted_per_worker(stats(bh))  # the readiness probe's connection is on one of them
+    base = per_worker(stats(bh), "accepted")  # the readiness probe's connection is on one of them
     n = 0
     while True:
         r = fetch(bh.port, "GET", "/echo-head?n=%d" % n)
         assert r is not None and r.status == 200, r
         n += 1
-        now = accepted_per_worker(stats(bh))
+        now = per_worker(stats(bh), "accepted")
         if n >= 7 and all(a > b for a, b in zip(now, base)):
             break
         assert n < 64, "64 connections and one worker accepted none: %r" % stats(bh)["workers"]

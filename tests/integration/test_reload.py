@@ -3,37 +3,14 @@ counted, and the old configuration keeps serving; a valid one takes effect for n
 in-flight ones finish on the old; listeners are added and removed; upstreams whose settings did not
 change keep their pools and breaker state."""
 import copy
-import signal
 import socket
 import threading
 
 import pytest
 import requests
 
-from conftest import (NO_BREAKER, NO_OUTLIER, can_connect, free_port, proxy_status_error, to_yaml,
-                      wait_until)
-
-
-def stats(bh):
-    r = requests.get(bh.admin_url + "/stats", timeout=30)
-    assert r.status_code == 200
-    return r.json()
-
-
-def reload(bh, conf, expect="success"):
-    """Writes conf over the file, sends SIGHUP and waits until the reload is counted (and, when it
-    succeeded, until every worker serves new requests with the new generation)."""
-    before = stats(bh)
-    bh.config_path.write_text(conf if isinstance(conf, str) else to_yaml(conf) + "\n")
-    bh.proc.send_signal(signal.SIGHUP)
-    key = "success" if expect == "success" else "failure"
-    wait_until(lambda: stats(bh)["reloads"][key] == before["reloads"][key] + 1,
-               what="the reload to be counted as %s" % key)
-    s = stats(bh)
-    if expect == "success":
-        wait_until(lambda: all(w["generation"] == s["generation"] for w in stats(bh)["workers"]),
-                   what="every worker to take generation %d" % s["generation"])
-    return s
+from conftest import (NO_BREAKER, NO_OUTLIER, admin_stats, can_connect, free_port, proxy_status_error,
+                      sighup_reload, wait_until)
 
 
 def entry(*ups, **keys):
@@ -74,7 +51,7 @@ def test_changed_route_under_load_loses_nothing(bulkhead, upstream_factory):
         wait_until(lambda: len(seen) >= 50, what="load through the first route")
         conf = copy.deepcopy(bh.conf)
         conf["routes"] = [{"match": {"path_prefix": "/"}, "upstream": "b"}]
-        reload(bh, conf)
+        sighup_reload(bh, conf)
         mark = len(seen)
         wait_until(lambda: len(seen) >= mark + 200, what="load after the reload")
     finally:
@@ -100,7 +77,7 @@ def test_in_flight_request_finishes_on_the_old_configuration(bulkhead, upstream_
     conf = copy.deepcopy(bh.conf)
     del conf["upstreams"]["a"]      # a is gone from the new configuration altogether
     conf["routes"] = [{"match": {"path_prefix": "/"}, "upstream": "b"}]
-    reload(bh, conf)
+    sighup_reload(bh, conf)
     assert upstream_of(bh) == "b"
     a.release("old")
     held.join(60)
@@ -112,7 +89,7 @@ def test_broken_file_keeps_serving_and_is_counted(bulkhead, upstream):
     bh = bulkhead(upstream, workers=2)
     assert upstream_of(bh) == "up"
     good = bh.config_path.read_text()
-    s = reload(bh, good + "routes: [\n", expect="failure")
+    s = sighup_reload(bh, good + "routes: [\n", expect="failure")
     assert s["reloads"] == {"success": 0, "failure": 1}
     assert s["generation"] == 1
     wait_until(lambda: "reload failed" in bh.stderr_text(), what="the error to be logged")
@@ -128,10 +105,10 @@ def test_broken_file_keeps_serving_and_is_counted(bulkhead, upstream):
     # a semantically invalid file (unknown upstream) is refused the same way
     bad = copy.deepcopy(bh.conf)
     bad["routes"] = [{"match": {"path_prefix": "/"}, "upstream": "nope"}]
-    reload(bh, bad, expect="failure")
+    sighup_reload(bh, bad, expect="failure")
     assert upstream_of(bh) == "up"
     # and a good file afterwards is taken
-    assert reload(bh, bh.conf)["reloads"] == {"success": 1, "failure": 2}
+    assert sighup_reload(bh, bh.conf)["reloads"] == {"success": 1, "failure": 2}
     assert "bulkhead_config_last_reload_successful 1" in requests.get(
         bh.admin_url + "/metrics", timeout=30).text
 
@@ -143,14 +120,14 @@ def test_unchanged_upstream_keeps_its_pool(bulkhead, upstream):
     assert upstream.stats()["connections_accepted"] == 1
     conf = copy.deepcopy(bh.conf)
     conf["routes"] = [{"match": {"path_prefix": "/other"}, "upstream": "u"}] + conf["routes"]
-    reload(bh, conf)
+    sighup_reload(bh, conf)
     for _ in range(5):
         upstream_of(bh)
     assert upstream.stats()["connections_accepted"] == 1, "the pooled connection was not kept"
     # a changed setting of the upstream gives it a new pool (and the old idle one is closed)
     conf = copy.deepcopy(conf)
     conf["upstreams"]["u"]["pool"] = {"max_connections": 7}
-    reload(bh, conf)
+    sighup_reload(bh, conf)
     upstream_of(bh)
     assert upstream.stats()["connections_accepted"] == 2
     wait_until(lambda: upstream.stats()["open_connections"] == 1,
@@ -168,7 +145,7 @@ def test_unchanged_upstream_keeps_its_open_breaker(bulkhead, upstream):
     assert r.status_code == 503 and proxy_status_error(r) == "destination_unavailable", r.headers
     conf = copy.deepcopy(bh.conf)
     conf["routes"].append({"match": {"path_prefix": "/new"}, "upstream": "u"})
-    reload(bh, conf)
+    sighup_reload(bh, conf)
     upstream.set_mode("ok")
     r = requests.get(bh.url + "/x", timeout=30)
     assert r.status_code == 503 and proxy_status_error(r) == "destination_unavailable", \
@@ -178,7 +155,7 @@ def test_unchanged_upstream_keeps_its_open_breaker(bulkhead, upstream):
     # a changed breaker setting is a new breaker: closed
     conf = copy.deepcopy(conf)
     conf["upstreams"]["u"]["breaker"] = dict(breaker, consecutive_failures=3)
-    reload(bh, conf)
+    sighup_reload(bh, conf)
     assert requests.get(bh.url + "/x", timeout=30).status_code == 200
 
 
@@ -188,11 +165,11 @@ def test_listeners_are_added_and_removed(bulkhead, upstream):
     conf = copy.deepcopy(bh.conf)
     conf["listeners"] = conf["listeners"] + [
         {"name": "second", "address": "127.0.0.1:%d" % second}]
-    reload(bh, conf)
+    sighup_reload(bh, conf)
     assert requests.get("http://127.0.0.1:%d/echo-head" % second, timeout=30).status_code == 200
     conf = copy.deepcopy(conf)
     conf["listeners"] = conf["listeners"][1:]
-    reload(bh, conf)
+    sighup_reload(bh, conf)
     wait_until(lambda: not can_connect(bh.port), what="the removed listener to close")
     assert requests.get("http://127.0.0.1:%d/echo-head" % second, timeout=30).status_code == 200
 
@@ -206,7 +183,7 @@ def test_listener_address_in_use_fails_the_reload(bulkhead, upstream):
         conf = copy.deepcopy(bh.conf)
         conf["listeners"] = conf["listeners"] + [
             {"name": "taken", "address": "127.0.0.1:%d" % taken.getsockname()[1]}]
-        reload(bh, conf, expect="failure")
+        sighup_reload(bh, conf, expect="failure")
         wait_until(lambda: "taken" in bh.stderr_text(), what="the listener error to be logged")
         assert upstream_of(bh) == "up"
     finally:
@@ -243,7 +220,7 @@ def test_many_reloads_under_load(bulkhead, upstream_factory, workers):
             conf["routes"] = [{"match": {"path_prefix": "/"}, "upstream": "ab"[i % 2 == 0]}]
             if i % 3 == 0:   # and sometimes a changed upstream: a new pool each time
                 conf["upstreams"]["a"]["pool"] = {"max_connections": 10 + i}
-            reload(bh, conf)
+            sighup_reload(bh, conf)
             mark = count[0]
             wait_until(lambda m=mark: count[0] >= m + 20, what="requests after reload %d" % i)
     finally:
@@ -251,4 +228,4 @@ def test_many_reloads_under_load(bulkhead, upstream_factory, workers):
         for t in threads:
             t.join(60)
     assert failures == []
-    assert stats(bh)["reloads"] == {"success": 10, "failure": 0}
+    assert admin_stats(bh)["reloads"] == {"success": 10, "failure": 0}

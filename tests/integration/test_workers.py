@@ -14,52 +14,21 @@ exact state instead of hoping the kernel and the scheduler produced it:
 (test_pool.py has an older version of both with `/delay` and many sequential clients, which can only
 fail when the kernel and the scheduler happen to spread the load.)"""
 import asyncio
-import json
 import resource
 import threading
-import urllib.request
 
 import pytest
 
-from conftest import IO_TIMEOUT, RawClient, build_request, can_connect, wait_until
+from conftest import (IO_TIMEOUT, READINESS_PROBES, RawClient, admin_stats, build_request, named,
+                      per_worker, quiesce, wait_until)
 
 N_CLIENTS = 500
 CAP = 8
-READINESS_PROBES = 1  # client connections the bulkhead fixture makes to see that it listens
 
 
-def admin_stats(bh):
-    with urllib.request.urlopen(bh.admin_url + "/stats", timeout=IO_TIMEOUT) as r:
-        assert r.status == 200
-        return json.loads(r.read())
 
 
-def admin_ready(bh):
-    """The fixture waits for the proxy's listener only; the admin listener opens just after it."""
-    wait_until(lambda: can_connect(bh.admin_port), what="the admin listener")
-    admin_stats(bh)  # fails at once without /stats, instead of in the polls that follow
-    return bh
 
-
-def upstream_view(st, name="u"):
-    ups = [u for u in st["upstreams"] if u["name"] == name]
-    assert len(ups) == 1, st["upstreams"]
-    return ups[0]
-
-
-def clients_per_worker(st):
-    return [w["clients"] for w in sorted(st["workers"], key=lambda w: w["id"])]
-
-
-def quiesce(bh, workers):
-    """Waits until bulkhead has counted the one client connection of the fixture's readiness check
-    (conftest.Bulkhead._ready connects once) and closed it; checks the worker list."""
-    def quiet():
-        st = admin_stats(bh)
-        return (sum(w["accepted"] for w in st["workers"]) == READINESS_PROBES
-                and sum(clients_per_worker(st)) == 0 and st)
-    st = wait_until(quiet, what="the readiness probe's connection to be counted and gone")
-    assert sorted(w["id"] for w in st["workers"]) == list(range(workers)), st["workers"]
 
 
 def raise_nofile(n):
@@ -124,16 +93,16 @@ def test_global_cap_holds_under_500_concurrent_clients(bulkhead, upstream, worke
     bh = bulkhead(upstream, workers=workers,
                   pool={"max_connections": CAP, "max_pending": 4 * N_CLIENTS, "acquire_timeout": "120s"},
                   timeouts={"first_byte": "150s", "total": "180s"})
-    admin_ready(bh)
+    bh
     quiesce(bh, workers)
-    base = [w["accepted"] for w in sorted(admin_stats(bh)["workers"], key=lambda w: w["id"])]
+    base = per_worker(admin_stats(bh), "accepted")
     crowd = Crowd(bh.port, "/hold?id=crowd", N_CLIENTS)
     try:
         wait_until(lambda: crowd.sent == N_CLIENTS or crowd.error, what="all 500 requests to be sent")
 
         # every request is in bulkhead, on a connection or queued for one (summed over the workers)
         def settled():
-            u = upstream_view(admin_stats(bh))
+            u = named(admin_stats(bh)["upstreams"], "u")
             pool = u["pool"]
             return (u["waiters"] + pool["busy"] == N_CLIENTS and pool["connecting"] == 0) and u
         u = wait_until(settled, timeout=IO_TIMEOUT * 2,
@@ -165,9 +134,9 @@ def test_global_cap_holds_under_500_concurrent_clients(bulkhead, upstream, worke
     assert upstream.count("/hold") == N_CLIENTS, st_up
     assert st_up["max_open_connections"] <= CAP, st_up
     assert st_up["max_in_flight"] <= CAP, st_up
-    st = wait_until(lambda: (lambda s: sum(clients_per_worker(s)) == 0 and s)(admin_stats(bh)),
+    st = wait_until(lambda: (lambda s: sum(per_worker(s, "clients")) == 0 and s)(admin_stats(bh)),
                     what="every client connection to be gone from /stats")
-    u = upstream_view(st)
+    u = named(st["upstreams"], "u")
     assert u["waiters"] == 0 and u["pool"]["busy"] == 0 and u["pool"]["idle"] <= CAP, u
 
 
@@ -181,10 +150,10 @@ class Pinned:
         self.clients = []  # (RawClient, worker id)
 
     def open(self):
-        before = clients_per_worker(admin_stats(self.bh))
+        before = per_worker(admin_stats(self.bh), "clients")
         c = RawClient(self.bh.port)
         after = wait_until(lambda: (lambda a: sum(a) == sum(before) + 1 and a)(
-            clients_per_worker(admin_stats(self.bh))), what="bulkhead to accept the connection")
+            per_worker(admin_stats(self.bh), "clients")), what="bulkhead to accept the connection")
         (wid,) = [i for i, (b, a) in enumerate(zip(before, after)) if a == b + 1]
         self.clients.append((c, wid))
         return c, wid
@@ -245,21 +214,21 @@ def test_idle_connections_on_one_worker_do_not_starve_another(bulkhead, upstream
                   pool={"max_connections": 2, "max_idle": 2, "idle_timeout": "120s",
                         "acquire_timeout": "60s", "max_pending": 100},
                   timeouts={"first_byte": "90s", "total": "120s"})
-    admin_ready(bh)
+    bh
     quiesce(bh, workers)
     pinned = Pinned(bh)
     try:
         x, (x1, x2) = pinned.two_on_one_worker()
         opened = hold_on(bh, upstream, [x1, x2], "warm", 0)
         u = wait_until(lambda: (lambda v: v["pool"]["idle"] == 2 and v["pool"]["busy"] == 0 and v)(
-            upstream_view(admin_stats(bh))), what="two idle connections (on worker %d)" % x)
+            named(admin_stats(bh)["upstreams"], "u")), what="two idle connections (on worker %d)" % x)
         assert u["waiters"] == 0, u
 
         others = pinned.on(lambda w: w != x, 2)
         opened = hold_on(bh, upstream, others, "steal", opened)
         assert opened == 4, "the requests on the other workers did not open their own connections"
         u = wait_until(lambda: (lambda v: v["pool"]["idle"] == 2 and v["pool"]["busy"] == 0 and v)(
-            upstream_view(admin_stats(bh))), what="two idle connections (on the other workers)")
+            named(admin_stats(bh)["upstreams"], "u")), what="two idle connections (on the other workers)")
 
         opened = hold_on(bh, upstream, [x1, x2], "back", opened)
         assert opened == 6

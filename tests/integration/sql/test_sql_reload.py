@@ -2,30 +2,18 @@
 a changed one gets a new pool and the old pool's idle server connections are closed; a request in
 flight across the reload finishes."""
 import copy
-import signal
 import threading
 
-import requests
-
-from sqlfix import DBNAME, SqlClient, ok_json, rows_of, to_yaml, unique, wait_until
-
-
-def stats(bh):
-    return requests.get(bh.admin_url + "/stats", timeout=30).json()
-
-
-def reload(bh, conf):
-    before = stats(bh)["reloads"]["success"]
-    bh.config_path.write_text(to_yaml(conf) + "\n")
-    bh.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: stats(bh)["reloads"]["success"] == before + 1, what="the reload")
-    gen = stats(bh)["generation"]
-    wait_until(lambda: all(w["generation"] == gen for w in stats(bh)["workers"]),
-               what="every worker on generation %d" % gen)
+from sqlfix import DBNAME, SqlClient, admin_stats, named, rows_of, sighup_reload, unique, wait_until
 
 
 def backend_pid(client):
-    return int(rows_of((client.query("SELECT pg_backend_pid()")))[0][0])
+    """The server pid the query ran on, once the connection is back in the pool (its session is
+    reset after the reply: a query arriving before that would get a second connection)."""
+    pid = int(rows_of(client.query("SELECT pg_backend_pid()"))[0][0])
+    wait_until(lambda: named(admin_stats(client.bh)["databases"], "main")["pool"]
+               == {"idle": 1, "busy": 0, "connecting": 0}, what="the connection idle again")
+    return pid
 
 
 def test_unchanged_database_keeps_its_pool_changed_one_is_replaced(sql_bulkhead, pg):
@@ -36,11 +24,11 @@ def test_unchanged_database_keeps_its_pool_changed_one_is_replaced(sql_bulkhead,
     assert backend_pid(client) == pid
     conf = copy.deepcopy(bh.conf)
     conf["routes"].insert(1, {"match": {"path_prefix": "/other"}, "upstream": "u"})
-    reload(bh, conf)
+    sighup_reload(bh, conf)
     assert backend_pid(client) == pid, "an unchanged database lost its pooled connection"
     conf = copy.deepcopy(conf)
     conf["databases"]["main"]["pool"] = {"max_connections": 3}
-    reload(bh, conf)
+    sighup_reload(bh, conf)
     new_pid = backend_pid(client)
     assert new_pid != pid
     # the replaced pool's idle server connection is closed, not left until its idle timeout
@@ -64,7 +52,7 @@ def test_query_in_flight_across_a_reload_finishes(sql_bulkhead, pg):
         wait_until(lambda: pg.active_with(marker), what="the query running on the server")
         conf = copy.deepcopy(bh.conf)
         conf["databases"]["main"]["pool"] = {"max_connections": 2}   # its pool is replaced
-        reload(bh, conf)
+        sighup_reload(bh, conf)
         assert t.is_alive()
         lock.execute("SELECT pg_advisory_unlock(%d)" % key)
         t.join(30)

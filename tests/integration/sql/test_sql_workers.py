@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sqlfix import (IO_TIMEOUT, Lock, Poller, RawClient, SqlClient, describe, encode_body, neon_headers,
-                    parent, rows_of, wait_until, waiting_on_lock)
+from sqlfix import (IO_TIMEOUT, READINESS_PROBES, Lock, Poller, RawClient, SqlClient, admin_stats, describe,
+                    encode_body, named, neon_headers, parent, per_worker, quiesce, rows_of, wait_until,
+                    waiting_on_lock)
 
-can_connect = parent.can_connect
 
 LONG = 120
 CAP = 3
@@ -37,21 +37,11 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?')
 
 
-READINESS_PROBES = 1  # client connections the bulkhead fixture makes to see that it listens
 
 
-def admin_ready(bh):
-    """Waits for the admin listener (the fixture waits for the proxy's only), then for bulkhead to have
-    counted the fixture's readiness-check connection and closed it, so counts start from a known
-    state."""
-    wait_until(lambda: can_connect(bh.admin_port), what="the admin listener")
-    stats(bh)  # fails at once without /stats
 
-    def quiet():
-        st = stats(bh)
-        return (sum(w["accepted"] for w in st["workers"]) == READINESS_PROBES
-                and sum(clients_per_worker(st)) == 0)
-    wait_until(quiet, what="the readiness probe's connection to be counted and gone")
+def ready(bh):
+    quiesce(bh)
     return bh
 
 
@@ -73,22 +63,8 @@ def mval(scrape, name, **labels):
     return scrape.get((name, frozenset(labels.items())))
 
 
-def stats(bh):
-    return json.loads(admin(bh, "/stats"))
 
 
-def database_view(st, name="main"):
-    found = [d for d in st["databases"] if d["name"] == name]
-    assert len(found) == 1, st["databases"]
-    return found[0]
-
-
-def accepted_per_worker(st):
-    return [w["accepted"] for w in sorted(st["workers"], key=lambda w: w["id"])]
-
-
-def clients_per_worker(st):
-    return [w["clients"] for w in sorted(st["workers"], key=lambda w: w["id"])]
 
 
 def blocked_query(client, lock, i, timeout=LONG):
@@ -104,10 +80,10 @@ def test_cap_is_global_across_workers(sql_bulkhead, pg, workers):
     queued), exactly 3 are busy and 97 wait, Postgres never sees more than 3 connections of the role
     (pg_stat_activity polled through the whole load), every worker took requests, and all succeed."""
     role, pw = pg.make_role("wcap")
-    bh = admin_ready(sql_bulkhead(workers=workers,
+    bh = ready(sql_bulkhead(workers=workers,
                       db={"pool": {"max_connections": CAP, "max_pending": 1000, "acquire_timeout": "60s"},
                           "timeouts": {"connect": "2s", "total": "120s"}}))
-    base = accepted_per_worker(stats(bh))  # the readiness probe's connection is on one of them
+    base = per_worker(admin_stats(bh), "accepted")  # the readiness probe's connection is on one of them
     c = SqlClient(bh, pg, user=role, password=pw)
     lock = Lock(pg)
     poller = Poller(lambda: len(pg.backends(role)))
@@ -130,10 +106,10 @@ def test_cap_is_global_across_workers(sql_bulkhead, pg, workers):
                 assert (busy, waiting) == (CAP, N - CAP), "busy %r beyond the cap of %d" % (busy, CAP)
                 assert not any(f.done() for f in futs), [describe(f.result()) for f in futs if f.done()][:3]
                 assert waiting_on_lock(pg, role) == CAP
-                st = stats(bh)
-                assert database_view(st)["pool"]["busy"] == CAP, database_view(st)
+                st = admin_stats(bh)
+                assert named(st["databases"], "main")["pool"]["busy"] == CAP, named(st["databases"], "main")
                 # SO_REUSEPORT spreads the 100 connections: a worker with none has probability 4 * (3/4)^100
-                now = accepted_per_worker(st)
+                now = per_worker(st, "accepted")
                 assert len(now) == workers and all(a > b for a, b in zip(now, base)), (base, st["workers"])
                 assert sum(now) == N + READINESS_PROBES, st["workers"]
             finally:
@@ -179,10 +155,10 @@ class Pinned:
         self.conns = []  # (SqlConn, worker id)
 
     def open(self):
-        before = clients_per_worker(stats(self.bh))
+        before = per_worker(admin_stats(self.bh), "clients")
         c = SqlConn(self.client)
         after = wait_until(lambda: (lambda a: sum(a) == sum(before) + 1 and a)(
-            clients_per_worker(stats(self.bh))), what="bulkhead to accept the connection")
+            per_worker(admin_stats(self.bh), "clients")), what="bulkhead to accept the connection")
         (wid,) = [i for i, (b, a) in enumerate(zip(before, after)) if a == b + 1]
         self.conns.append((c, wid))
         return c, wid
@@ -206,14 +182,14 @@ def test_idle_server_connection_on_one_worker_does_not_starve_another(sql_bulkhe
     minutes). A request on another worker must still be served (X closes its idle connection when
     kicked) well before acquire_timeout (60 s), on a new server connection; then back on X again."""
     role, pw = pg.make_role("wkick")
-    bh = admin_ready(sql_bulkhead(workers=workers,
+    bh = ready(sql_bulkhead(workers=workers,
                       db={"pool": {"max_connections": 1, "idle_timeout": "5m", "acquire_timeout": "60s"},
                           "timeouts": {"connect": "2s", "total": "90s"}}))
     pinned = Pinned(bh, SqlClient(bh, pg, user=role, password=pw))
     try:
         x_conn, x = pinned.open()
         pid1 = rows_of(x_conn.query("SELECT pg_backend_pid() AS p"))[0][0]
-        wait_until(lambda: database_view(stats(bh))["pool"] == {"idle": 1, "busy": 0, "connecting": 0},
+        wait_until(lambda: named(admin_stats(bh)["databases"], "main")["pool"] == {"idle": 1, "busy": 0, "connecting": 0},
                    what="the server connection idle on worker %d" % x)
 
         y_conn, y = pinned.on(lambda w: w != x)
@@ -228,7 +204,7 @@ def test_idle_server_connection_on_one_worker_does_not_starve_another(sql_bulkhe
         wait_until(lambda: [b["pid"] for b in pg.backends(role)] == [int(pid3)],
                    what="only the newest server connection left")
         # the reply may precede the connection's reset: it is busy until then, then idle
-        wait_until(lambda: database_view(stats(bh))["pool"] == {"idle": 1, "busy": 0, "connecting": 0},
+        wait_until(lambda: named(admin_stats(bh)["databases"], "main")["pool"] == {"idle": 1, "busy": 0, "connecting": 0},
                    what="the server connection idle on worker %d" % x)
     finally:
         pinned.close_all()
@@ -238,7 +214,7 @@ def test_database_metrics_and_stats(sql_bulkhead, pg):
     """5 requests on a pool of 1 (one worker): counted on the /sql route and as successful attempts of
     database main, one idle server connection, a closed breaker, 5 pool acquisitions."""
     role, pw = pg.make_role("wmet")
-    bh = admin_ready(sql_bulkhead(workers=1, db={"pool": {"max_connections": 1}}))
+    bh = ready(sql_bulkhead(workers=1, db={"pool": {"max_connections": 1}}))
     c = SqlClient(bh, pg, user=role, password=pw)
     for i in range(5):
         assert rows_of(c.query("SELECT $1::int AS i", [str(i)])) == [[str(i)]]
@@ -253,7 +229,7 @@ def test_database_metrics_and_stats(sql_bulkhead, pg):
     assert mval(s, "bulkhead_pool_waiters", pool="main") == 0
     assert mval(s, "bulkhead_breaker_state", upstream="main") == 0
     assert mval(s, "bulkhead_pool_wait_seconds_count", pool="main") == 5
-    d = database_view(stats(bh))
+    d = named(admin_stats(bh)["databases"], "main")
     assert d["breaker"] == "closed", d
     assert {k: v for k, v in d["attempts"].items() if v} == {"success": 5}, d
     assert d["pool"] == {"idle": 1, "busy": 0, "connecting": 0}, d
