@@ -5,6 +5,7 @@ test, so tests run in parallel (pytest-xdist) without sharing anything.
 """
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -37,8 +38,32 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
 # ----------------------------------------------------------------------------------------------
 # small utilities
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORT_RNG = random.Random()
+
+
 def free_port():
-    """A port that was free a moment ago on 127.0.0.1 (bind to port 0 and give it back)."""
+    """A port that is free on 127.0.0.1 now, picked at random below the ephemeral range: a port from
+    the ephemeral range (what binding port 0 gives) can be taken by any outgoing connection before
+    the process it is meant for binds it, and the suites run in parallel with thousands of
+    connections. What is left is two suites picking the same port within the same moment."""
+    low = _ephemeral_low()
+    hi, lo = min(low, 32768), max(1024, min(low, 32768) - 12000)
+    for _ in range(1000):
+        port = _PORT_RNG.randrange(lo, hi)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
