@@ -39,8 +39,8 @@ static inline int64_t bh_gauge_get(const bh_gauge_t *g)
 
 /* Latency histogram with the bucket bounds below (seconds) and +Inf. Buckets hold plain
  * (non-cumulative) counts; the exposition makes them cumulative. */
-#define BH_HIST_BOUNDS_US                                                                        \
-    1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,  \
+#define BH_HIST_BOUNDS_US                                                                          \
+    1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,      \
         10000000
 #define BH_HIST_N 14 /* 13 bounds + Inf */
 

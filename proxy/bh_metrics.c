@@ -93,7 +93,8 @@ uint64_t bh_metrics_sum(const bh_mentry_t *e, uint32_t n_workers, size_t offset)
 {
     uint64_t s = 0;
     for (uint32_t w = 0; w < n_workers; w++)
-        s += bh_counter_get((const bh_counter_t *)(const void *)(e->cells + w * e->stride + offset));
+        s +=
+            bh_counter_get((const bh_counter_t *)(const void *)(e->cells + w * e->stride + offset));
     return s;
 }
 

@@ -163,8 +163,8 @@ int bh_snap_new(bh_server_t *srv, bh_conf_t *conf, const bh_snap_t *old, bh_snap
             break;
         }
         for (size_t j = 0; j < uc->n_endpoints; j++)
-            if ((s->ep_m[i][j] = bh_metrics_entry(m, BH_M_ENDPOINT, uc->endpoints[j].text,
-                                                  s->up_m[i])) == NULL)
+            if ((s->ep_m[i][j] =
+                     bh_metrics_entry(m, BH_M_ENDPOINT, uc->endpoints[j].text, s->up_m[i])) == NULL)
                 rc = BH_ENOMEM;
     }
     for (size_t i = 0; rc == 0 && i < conf->n_databases; i++)

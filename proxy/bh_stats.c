@@ -67,6 +67,19 @@ static int64_t gsum(const bh_server_t *srv, const bh_mentry_t *e, size_t off)
     return bh_metrics_gsum(e, srv->metrics.n_workers, off);
 }
 
+static uint64_t code_count(const bh_server_t *srv, const bh_mentry_t *route, int code)
+{
+    return sum(srv, route,
+               CELL(bh_route_cells_t, codes) +
+                   (size_t)(code - BH_STATUS_MIN) * sizeof(bh_counter_t));
+}
+
+static uint64_t attempts(const bh_server_t *srv, const bh_mentry_t *backend, int outcome)
+{
+    return sum(srv, backend,
+               CELL(bh_backend_cells_t, attempts) + (size_t)outcome * sizeof(bh_counter_t));
+}
+
 /* Connections of an upstream (sum of its endpoints) or a database, in one state. */
 static int64_t pool_state(const bh_server_t *srv, const bh_mentry_t *e, int state)
 {
@@ -120,10 +133,10 @@ static bh_breaker_t *breaker_of(bh_server_t *srv, const bh_mentry_t *e)
     return NULL;
 }
 
-#define FOREACH_ENTRY(e, kind_test)                                                              \
-    for (bh_list_t *l_ = srv->metrics.entries.next; l_ != &srv->metrics.entries; l_ = l_->next) \
-        for (const bh_mentry_t *e = bh_container_of(l_, bh_mentry_t, link); e != NULL && (kind_test); \
-             e = NULL)
+#define FOREACH_ENTRY(e, kind_test)                                                                \
+    for (bh_list_t *l_ = srv->metrics.entries.next; l_ != &srv->metrics.entries; l_ = l_->next)    \
+        for (const bh_mentry_t *e = bh_container_of(l_, bh_mentry_t, link);                        \
+             e != NULL && (kind_test); e = NULL)
 
 static void family(sb_t *b, const char *name, const char *type, const char *help)
 {
@@ -187,7 +200,8 @@ char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
     family(&b, "bulkhead_build_info", "gauge", "Build information; always 1.");
     put(&b, "bulkhead_build_info{version=\"%s\",libuv=\"%s\"} 1\n", BH_VERSION,
         uv_version_string());
-    family(&b, "bulkhead_start_time_seconds", "gauge", "Process start time, seconds since the epoch.");
+    family(&b, "bulkhead_start_time_seconds", "gauge",
+           "Process start time, seconds since the epoch.");
     put(&b, "bulkhead_start_time_seconds %llu\n", (unsigned long long)m->start_unix_s);
     family(&b, "bulkhead_workers", "gauge", "Worker threads.");
     put(&b, "bulkhead_workers %u\n", m->n_workers);
@@ -202,8 +216,7 @@ char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
     FOREACH_ENTRY(e, e->kind == BH_M_ROUTE)
     {
         for (int code = BH_STATUS_MIN; code <= BH_STATUS_MAX; code++) {
-            uint64_t n = sum(srv, e, CELL(bh_route_cells_t, codes) +
-                                         (size_t)(code - BH_STATUS_MIN) * sizeof(bh_counter_t));
+            uint64_t n = code_count(srv, e, code);
             if (n == 0)
                 continue;
             put(&b, "bulkhead_requests_total{");
@@ -226,8 +239,7 @@ char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
             put(&b, "bulkhead_upstream_attempts_total{");
             label(&b, "upstream", e->name);
             put(&b, ",outcome=\"%s\"} %llu\n", bh_outcome_label((enum bh_outcome)o),
-                (unsigned long long)sum(srv, e, CELL(bh_backend_cells_t, attempts) +
-                                                    (size_t)o * sizeof(bh_counter_t)));
+                (unsigned long long)attempts(srv, e, o));
         }
     }
     family(&b, "bulkhead_pool_connections", "gauge",
@@ -272,7 +284,8 @@ char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
                     CELL(bh_backend_cells_t, budget_exhausted));
     backend_counter(&b, srv, "bulkhead_outlier_ejections_total",
                     "Endpoints ejected by outlier detection.", CELL(bh_backend_cells_t, ejections));
-    family(&b, "bulkhead_config_reloads_total", "counter", "Configuration reloads (SIGHUP), by result.");
+    family(&b, "bulkhead_config_reloads_total", "counter",
+           "Configuration reloads (SIGHUP), by result.");
     put(&b, "bulkhead_config_reloads_total{result=\"success\"} %llu\n",
         (unsigned long long)m->reloads_ok);
     put(&b, "bulkhead_config_reloads_total{result=\"failure\"} %llu\n",
@@ -322,8 +335,7 @@ static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *
     put(b, "\"attempts\":{");
     for (int o = 0; o < BH_OUTCOME_N; o++)
         put(b, "%s\"%s\":%llu", o ? "," : "", bh_outcome_label((enum bh_outcome)o),
-            (unsigned long long)sum(srv, e, CELL(bh_backend_cells_t, attempts) +
-                                                (size_t)o * sizeof(bh_counter_t)));
+            (unsigned long long)attempts(srv, e, o));
     put(b, "},");
     json_pool(b, srv, e);
     if (e->kind != BH_M_UPSTREAM) {
@@ -348,8 +360,9 @@ static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *
             bh_outlier_is_ejected(o, j, now, NULL) ? "true" : "false", bh_outlier_ejections(o, j));
         for (size_t k = 0; k < sizeof(pool_states) / sizeof(pool_states[0]); k++)
             put(b, ",\"%s\":%lld", pool_states[k].name,
-                (long long)gsum(srv, x, CELL(bh_endpoint_cells_t, pool.conns) +
-                                            (size_t)pool_states[k].state * sizeof(bh_gauge_t)));
+                (long long)gsum(srv, x,
+                                CELL(bh_endpoint_cells_t, pool.conns) +
+                                    (size_t)pool_states[k].state * sizeof(bh_gauge_t)));
         put(b, "}");
     }
     put(b, "]}");
@@ -364,8 +377,9 @@ char *bh_stats_json(bh_server_t *srv, bool draining, size_t *len)
         (unsigned long long)(now - m->start_unix_s), draining ? "true" : "false");
     put(&b, "\"config\":\"");
     put_escaped(&b, srv->snap->conf->path != NULL ? srv->snap->conf->path : "");
-    put(&b, "\",\"generation\":%llu,\"reloads\":{\"success\":%llu,\"failure\":%llu},"
-            "\"workers\":[",
+    put(&b,
+        "\",\"generation\":%llu,\"reloads\":{\"success\":%llu,\"failure\":%llu},"
+        "\"workers\":[",
         (unsigned long long)srv->snap->generation, (unsigned long long)m->reloads_ok,
         (unsigned long long)m->reloads_failed);
     for (uint32_t i = 0; i < m->n_workers; i++)
@@ -384,8 +398,7 @@ char *bh_stats_json(bh_server_t *srv, bool draining, size_t *len)
         put(&b, ",\"codes\":{");
         bool fc = true;
         for (int code = BH_STATUS_MIN; code <= BH_STATUS_MAX; code++) {
-            uint64_t n = sum(srv, e, CELL(bh_route_cells_t, codes) +
-                                         (size_t)(code - BH_STATUS_MIN) * sizeof(bh_counter_t));
+            uint64_t n = code_count(srv, e, code);
             if (n == 0)
                 continue;
             put(&b, "%s\"%d\":%llu", fc ? "" : ",", code, (unsigned long long)n);

@@ -286,7 +286,8 @@ static int switch_to(bh_worker_t *w, bh_snap_t *snap)
     }
     w->gen = g;
     w->conf = g->conf;
-    bh_gauge_add(&w->cells->generation, (int64_t)snap->generation - bh_gauge_get(&w->cells->generation));
+    bh_gauge_add(&w->cells->generation,
+                 (int64_t)snap->generation - bh_gauge_get(&w->cells->generation));
     if (old != NULL)
         bh__gen_unref(old); /* in-flight exchanges keep it until they end */
     size_t nd = snap->conf->n_databases;
@@ -424,8 +425,8 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     bh_bufpool_init(&w->bufs, (uint32_t)cap, 1024);
     bh_wreq_cache_init(&w->wreqs, 1024);
     bh_rng_seed(&w->rng, uv_hrtime() ^ ((uint64_t)(id + 1) * 0x9e3779b97f4a7c15ull));
-    w->env = (bh_upstream_env_t){
-        .loop = &w->loop, .bufs = &w->bufs, .wreqs = &w->wreqs, .rng = &w->rng};
+    w->env =
+        (bh_upstream_env_t){.loop = &w->loop, .bufs = &w->bufs, .wreqs = &w->wreqs, .rng = &w->rng};
     bh__client_settings(&w->req_settings);
     bh__forward_settings(&w->resp_settings);
     w->max_hdrs = conf->limits.max_headers + 1;
@@ -576,10 +577,11 @@ int bh_server_reload(bh_server_t *srv)
         for (size_t j = 0; j < old->n_upstreams; j++)
             kept += snap->upstreams[i] == srv->snap->upstreams[j];
     snap->generation = srv->snap->generation + 1;
-    bh_log_info("reloaded %s (generation %llu): %zu routes, %zu upstreams (%zu unchanged, state kept), "
-                "%zu listeners",
-                snap->conf->path, (unsigned long long)snap->generation, snap->conf->n_routes, snap->conf->n_upstreams, kept,
-                snap->conf->n_listeners);
+    bh_log_info(
+        "reloaded %s (generation %llu): %zu routes, %zu upstreams (%zu unchanged, state kept), "
+        "%zu listeners",
+        snap->conf->path, (unsigned long long)snap->generation, snap->conf->n_routes,
+        snap->conf->n_upstreams, kept, snap->conf->n_listeners);
     bh_server_publish(srv, snap);
     srv->metrics.reloads_ok++;
     srv->metrics.last_reload_failed = false;
