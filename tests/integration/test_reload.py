@@ -229,3 +229,22 @@ def test_many_reloads_under_load(bulkhead, upstream_factory, workers):
             t.join(60)
     assert failures == []
     assert admin_stats(bh)["reloads"] == {"success": 10, "failure": 0}
+
+
+def test_settings_sized_at_startup_keep_their_values(bulkhead, upstream):
+    """workers and the header limits size worker state at startup: a reload that changes them keeps
+    the running values and says so; the rest of the file still applies."""
+    bh = bulkhead(upstream, workers=2)
+    conf = copy.deepcopy(bh.conf)
+    conf["workers"] = 3
+    conf["limits"] = {"max_header_bytes": "4KiB"}
+    conf["routes"] = [{"name": "renamed", "match": {"path_prefix": "/"}, "upstream": "u"}]
+    st = sighup_reload(bh, conf)
+    assert len(st["workers"]) == 2
+    wait_until(lambda: "workers changed; it takes effect on restart" in bh.stderr_text(),
+               what="the warning about workers")
+    assert "limits.max_header_bytes changed" in bh.stderr_text()
+    # the old header limit (16 KiB) still holds: an 8 KiB header is accepted
+    r = requests.get(bh.url + "/echo-head", headers={"X-Big": "a" * 8192}, timeout=30)
+    assert r.status_code == 200
+    assert [x["name"] for x in admin_stats(bh)["routes"] if x["requests"]] == ["renamed"]
