@@ -43,7 +43,8 @@ wait_port() { # wait_port PORT PID WHAT [SECONDS]: poll until PORT accepts; dies
 # Ctrl-C in the terminal does not reach it): it is stopped with pg_ctl after the others, and its dir removed.
 pids=() names=() pg_dir=""
 stop_all() {
-  trap - EXIT INT TERM
+  trap - EXIT
+  trap '' INT TERM   # a second Ctrl-C must not cut the cleanup short (Postgres would be left running)
   local i p
   ((${#pids[@]})) && say "stopping ${names[*]}"
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do   # reverse start order: proxy first
