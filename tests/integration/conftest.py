@@ -3,6 +3,7 @@
 Waits are bounded polls of a condition (wait_until), never fixed sleeps. Every process and port is per
 test, so tests run in parallel (pytest-xdist) without sharing anything.
 """
+import collections
 import json
 import os
 import random
@@ -47,22 +48,27 @@ def _ephemeral_low():
 
 
 _PORT_RNG = random.Random()
+_RECENT_PORTS = collections.deque(maxlen=4096)  # handed out by this process, maybe not bound yet
 
 
 def free_port():
     """A port that is free on 127.0.0.1 now, picked at random below the ephemeral range: a port from
     the ephemeral range (what binding port 0 gives) can be taken by any outgoing connection before
     the process it is meant for binds it, and the suites run in parallel with thousands of
-    connections. What is left is two suites picking the same port within the same moment."""
+    connections. A port handed out recently is not handed out again (the callers of one test bind
+    theirs only later). What is left is two suites picking the same port within the same moment."""
     low = _ephemeral_low()
     hi, lo = min(low, 32768), max(1024, min(low, 32768) - 12000)
     for _ in range(1000):
         port = _PORT_RNG.randrange(lo, hi)
+        if port in _RECENT_PORTS:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _RECENT_PORTS.append(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
