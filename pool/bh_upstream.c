@@ -449,6 +449,14 @@ void bh_upstream_kick(bh_upstream_t *up)
         bh_pool_kick(&up->eps[i].pool, now_ms(&up->eps[i]));
 }
 
+void bh_upstream_retire(bh_upstream_t *up)
+{
+    if (up->closing)
+        return;
+    for (size_t i = 0; i < up->n_eps; i++)
+        bh_pool_retire(&up->eps[i].pool, now_ms(&up->eps[i]));
+}
+
 static void one_closed(bh_upstream_t *up)
 {
     if (--up->open_timers == 0) {

@@ -114,6 +114,10 @@ BH_MUST_CHECK int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *
 size_t bh_upstream_pick(bh_upstream_t *up, size_t prefer_not);
 void bh_upstream_unpick(bh_upstream_t *up, size_t ep);
 
+/* A reload replaced this upstream's configuration: its pools keep serving the requests that
+ * started before (and their waiters) but keep no idle connection (bh_pool_retire). */
+void bh_upstream_retire(bh_upstream_t *up);
+
 /* Gets a connection to endpoint ep (see bh_pool_acquire). On 0, *out is BUSY. */
 BH_MUST_CHECK int bh_upstream_acquire(bh_upstream_t *up, size_t ep, bh_pool_waiter_t *w,
                                       uint64_t deadline_ms, bh_upconn_t **out);

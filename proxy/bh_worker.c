@@ -281,8 +281,10 @@ static int switch_to(bh_worker_t *w, bh_snap_t *snap)
         bool kept = false;
         for (size_t i = 0; i < g->conf->n_upstreams && !kept; i++)
             kept = g->upstreams[i] == old->upstreams[j];
-        if (!kept)
+        if (!kept) {
             stop_health(old->upstreams[j]);
+            bh_upstream_retire(&old->upstreams[j]->up);
+        }
     }
     w->gen = g;
     w->conf = g->conf;

@@ -9,7 +9,7 @@ import threading
 import pytest
 import requests
 
-from conftest import (NO_BREAKER, NO_OUTLIER, admin_stats, can_connect, free_port, proxy_status_error,
+from conftest import (NO_BREAKER, NO_OUTLIER, admin_stats, can_connect, free_port, named, proxy_status_error,
                       sighup_reload, wait_until)
 
 
@@ -248,3 +248,36 @@ def test_settings_sized_at_startup_keep_their_values(bulkhead, upstream):
     r = requests.get(bh.url + "/echo-head", headers={"X-Big": "a" * 8192}, timeout=30)
     assert r.status_code == 200
     assert [x["name"] for x in admin_stats(bh)["routes"] if x["requests"]] == ["renamed"]
+
+
+def test_replaced_upstream_pool_keeps_no_idle_connection(bulkhead, upstream):
+    """The pools of an upstream whose settings a reload changed serve the requests that started before
+    it, but close their idle connections at once and each busy one when its request ends."""
+    bh = bulkhead(upstream, pool={"max_connections": 4, "idle_timeout": "5m"})  # only retiring closes
+    results = {}
+
+    def get(hold):
+        results[hold] = requests.get(bh.url + "/hold?id=" + hold, timeout=60)
+
+    threads = {h: threading.Thread(target=get, args=(h,)) for h in ("first", "second")}
+    for t in threads.values():
+        t.start()
+    wait_until(lambda: upstream.stats()["holding"] == 2, what="two requests held")
+    upstream.release("first")
+    threads["first"].join(60)
+    assert results["first"].status_code == 200
+    wait_until(lambda: named(admin_stats(bh)["upstreams"], "u")["pool"]["idle"] == 1,
+               what="the first connection idle in the pool")
+    assert upstream.stats()["open_connections"] == 2
+    conf = copy.deepcopy(bh.conf)
+    conf["upstreams"]["u"]["pool"] = {"max_connections": 5, "idle_timeout": "5m"}
+    sighup_reload(bh, conf)
+    wait_until(lambda: upstream.stats()["open_connections"] == 1,
+               what="the replaced pool's idle connection to close")
+    assert upstream.stats()["holding"] == 1   # the request in flight is not disturbed
+    upstream.release("second")
+    threads["second"].join(60)
+    assert results["second"].status_code == 200 and results["second"].text == "released"
+    wait_until(lambda: upstream.stats()["open_connections"] == 0,
+               what="the replaced pool's last connection to close once its request ended")
+    assert upstream_of(bh) == "up"
