@@ -368,6 +368,8 @@ static void run_next(bh_sql_t *s)
 static void connected(bh_sql_t *s, bh_pg_conn_t *conn)
 {
     bh_hist_observe(&s->cells->wait, (now_of(s) - s->wait_start_ms) * 1000);
+    if (s->c->ex.attached_ms == 0) /* the access log's queue_ms */
+        s->c->ex.attached_ms = now_of(s);
     s->conn = conn;
     s->phase = SQL_RUNNING;
     s->next_query = 0;
@@ -448,6 +450,7 @@ static void start_attempt(bh_sql_t *s)
 {
     uint64_t retry_after_ms = 0;
     s->attempts++;
+    s->c->ex.attempts = s->attempts; /* for the access log */
     s->phase = SQL_WAITING;
     if (bh_breaker_allow(&s->shared->breaker, now_of(s), s->c->w->env.rng, &s->ticket,
                          &retry_after_ms) < 0) {
