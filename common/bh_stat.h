@@ -32,6 +32,11 @@ static inline void bh_gauge_add(bh_gauge_t *g, int64_t d)
                           memory_order_relaxed);
 }
 
+static inline void bh_gauge_set(bh_gauge_t *g, int64_t v)
+{
+    atomic_store_explicit(g, v, memory_order_relaxed);
+}
+
 static inline int64_t bh_gauge_get(const bh_gauge_t *g)
 {
     return atomic_load_explicit((bh_gauge_t *)g, memory_order_relaxed);

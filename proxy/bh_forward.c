@@ -139,10 +139,8 @@ static void log_exchange(bh_client_t *c, bool aborted)
 static void end_exchange(bh_client_t *c, bool aborted, bool reusable)
 {
     bh_exchange_t *ex = &c->ex;
-    int status = aborted && !ex->resp_done ? 499 : ex->status;
-    if (status >= BH_STATUS_MIN && status <= BH_STATUS_MAX)
-        bh_counter_add(&ex->route_cells->codes[status - BH_STATUS_MIN], 1);
-    bh_hist_observe(&ex->route_cells->duration, (uv_hrtime() - ex->start_ns) / 1000);
+    bh_route_count(ex->route_cells, aborted && !ex->resp_done ? 499 : ex->status,
+                   (uv_hrtime() - ex->start_ns) / 1000);
     log_exchange(c, aborted);
     detach(ex, reusable);
     ex->active = false;
@@ -176,12 +174,9 @@ void bh__forward_abort(bh_client_t *c, int err)
 
 void bh__forward_count_unrouted(bh_client_t *c, int err, uint64_t since_ms)
 {
-    bh_route_cells_t *rc = bh_mentry_cells(c->w->srv->metrics.no_route, c->w->id);
-    int status = bh_reply_status(err);
-    if (status >= BH_STATUS_MIN && status <= BH_STATUS_MAX)
-        bh_counter_add(&rc->codes[status - BH_STATUS_MIN], 1);
     uint64_t now = now_of(c);
-    bh_hist_observe(&rc->duration, now > since_ms ? (now - since_ms) * 1000 : 0);
+    bh_route_count(bh_mentry_cells(c->w->srv->metrics.no_route, c->w->id), bh_reply_status(err),
+                   now > since_ms ? (now - since_ms) * 1000 : 0);
 }
 
 /* bulkhead answers the request itself. The rest of the request body is read and dropped (so the

@@ -34,6 +34,14 @@ typedef struct bh_route_cells {
     bh_hist_t duration;
 } bh_route_cells_t;
 
+/* One reply on a route: its status and how long the request took. */
+static inline void bh_route_count(bh_route_cells_t *rc, int status, uint64_t us)
+{
+    if (status >= BH_STATUS_MIN && status <= BH_STATUS_MAX)
+        bh_counter_add(&rc->codes[status - BH_STATUS_MIN], 1);
+    bh_hist_observe(&rc->duration, us);
+}
+
 /* An upstream or a database. */
 typedef struct bh_backend_cells {
     bh_counter_t attempts[BH_OUTCOME_N];

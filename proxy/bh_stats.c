@@ -80,35 +80,33 @@ static uint64_t attempts(const bh_server_t *srv, const bh_mentry_t *backend, int
                CELL(bh_backend_cells_t, attempts) + (size_t)outcome * sizeof(bh_counter_t));
 }
 
-/* Connections of an upstream (sum of its endpoints) or a database, in one state. */
-static int64_t pool_state(const bh_server_t *srv, const bh_mentry_t *e, int state)
+/* A pool gauge (off: its offset in bh_pool_gauges_t) of an endpoint, of a database, or of an
+ * upstream (the sum over its endpoints). */
+static int64_t pool_gauge(const bh_server_t *srv, const bh_mentry_t *e, size_t off)
 {
+    if (e->kind == BH_M_ENDPOINT)
+        return gsum(srv, e, CELL(bh_endpoint_cells_t, pool) + off);
     if (e->kind == BH_M_DATABASE)
-        return gsum(srv, e, CELL(bh_backend_cells_t, pool.conns) + state * sizeof(bh_gauge_t));
+        return gsum(srv, e, CELL(bh_backend_cells_t, pool) + off);
     int64_t n = 0;
     bh_list_t *l;
     bh_list_foreach(l, &srv->metrics.entries)
     {
         const bh_mentry_t *x = bh_container_of(l, bh_mentry_t, link);
         if (x->parent == e)
-            n += gsum(srv, x, CELL(bh_endpoint_cells_t, pool.conns) + state * sizeof(bh_gauge_t));
+            n += pool_gauge(srv, x, off);
     }
     return n;
 }
 
+static int64_t pool_state(const bh_server_t *srv, const bh_mentry_t *e, int state)
+{
+    return pool_gauge(srv, e, CELL(bh_pool_gauges_t, conns) + (size_t)state * sizeof(bh_gauge_t));
+}
+
 static int64_t pool_waiters(const bh_server_t *srv, const bh_mentry_t *e)
 {
-    if (e->kind == BH_M_DATABASE)
-        return gsum(srv, e, CELL(bh_backend_cells_t, pool.waiters));
-    int64_t n = 0;
-    bh_list_t *l;
-    bh_list_foreach(l, &srv->metrics.entries)
-    {
-        const bh_mentry_t *x = bh_container_of(l, bh_mentry_t, link);
-        if (x->parent == e)
-            n += gsum(srv, x, CELL(bh_endpoint_cells_t, pool.waiters));
-    }
-    return n;
+    return pool_gauge(srv, e, CELL(bh_pool_gauges_t, waiters));
 }
 
 static const struct {
@@ -360,9 +358,7 @@ static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *
             bh_outlier_is_ejected(o, j, now, NULL) ? "true" : "false", bh_outlier_ejections(o, j));
         for (size_t k = 0; k < sizeof(pool_states) / sizeof(pool_states[0]); k++)
             put(b, ",\"%s\":%lld", pool_states[k].name,
-                (long long)gsum(srv, x,
-                                CELL(bh_endpoint_cells_t, pool.conns) +
-                                    (size_t)pool_states[k].state * sizeof(bh_gauge_t)));
+                (long long)pool_state(srv, x, pool_states[k].state));
         put(b, "}");
     }
     put(b, "]}");

@@ -288,8 +288,7 @@ static int switch_to(bh_worker_t *w, bh_snap_t *snap)
     }
     w->gen = g;
     w->conf = g->conf;
-    bh_gauge_add(&w->cells->generation,
-                 (int64_t)snap->generation - bh_gauge_get(&w->cells->generation));
+    bh_gauge_set(&w->cells->generation, (int64_t)snap->generation);
     if (old != NULL)
         bh__gen_unref(old); /* in-flight exchanges keep it until they end */
     size_t nd = snap->conf->n_databases;
