@@ -3,6 +3,7 @@
 Waits are bounded polls of a condition (wait_until), never fixed sleeps. Every process and port is per
 test, so tests run in parallel (pytest-xdist) without sharing anything.
 """
+import asyncio
 import collections
 import json
 import os
@@ -810,3 +811,21 @@ def sighup_reload(bh, conf, expect="success"):
                                                for w in s["workers"]) and s)(admin_stats(bh)),
                         what="every worker to take generation %d" % st["generation"])
     return st
+
+
+async def one_request(port, target, timeout, on_sent=None):
+    """GET target on a new connection with Connection: close (asyncio): (status, body), or
+    ("no response", b"") when the connection closed first. on_sent() runs once the request is out."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    try:
+        writer.write(build_request("GET", target, headers=[("Connection", "close")]))
+        await writer.drain()
+        if on_sent is not None:
+            on_sent()
+        data = await asyncio.wait_for(reader.read(), timeout)  # until bulkhead closes
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head:
+        return ("no response", b"")
+    return (int(head.split(b" ", 2)[1]), body)

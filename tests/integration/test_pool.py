@@ -6,26 +6,12 @@ import select
 import pytest
 import requests
 
-from conftest import RawClient, build_request, proxy_status_error, wait_until
-
-
-async def _one_request(port, target, timeout):
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-    try:
-        writer.write(build_request("GET", target, headers=[("Connection", "close")]))
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), timeout)  # until bulkhead closes
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    if not head:
-        return ("no response", b"")
-    return (int(head.split(b" ", 2)[1]), body)
+from conftest import RawClient, one_request, proxy_status_error, wait_until
 
 
 def many_concurrent(port, target, n, timeout=120):
     async def run():
-        return await asyncio.gather(*(_one_request(port, target, timeout) for _ in range(n)),
+        return await asyncio.gather(*(one_request(port, target, timeout) for _ in range(n)),
                                     return_exceptions=True)
     return asyncio.run(run())
 

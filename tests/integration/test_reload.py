@@ -26,42 +26,56 @@ def upstream_of(bh, path="/echo-head"):
     return r.headers["X-Upstream"]
 
 
+class Load:
+    """n threads sending GET /echo-head over keep-alive sessions (their connections live across
+    reloads) until stopped; seen: the X-Upstream of every answer, failures: what went wrong."""
+
+    def __init__(self, bh, n):
+        self.bh, self.stop, self.seen, self.failures = bh, threading.Event(), [], []
+        self.threads = [threading.Thread(target=self._run) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        with requests.Session() as s:
+            while not self.stop.is_set():
+                try:
+                    r = s.get(self.bh.url + "/echo-head", timeout=30)
+                    if r.status_code != 200:
+                        self.failures.append(r.status_code)
+                    self.seen.append(r.headers.get("X-Upstream"))
+                except requests.RequestException as e:
+                    self.failures.append(repr(e))
+
+    def more(self, n, what):
+        """Waits until n more requests were answered."""
+        mark = len(self.seen)
+        wait_until(lambda: len(self.seen) >= mark + n, what=what)
+
+    def end(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
 def test_changed_route_under_load_loses_nothing(bulkhead, upstream_factory):
     a, b = upstream_factory("a"), upstream_factory("b")
     bh = bulkhead(workers=2, upstreams={"a": entry(a), "b": entry(b)},
                   routes=[{"match": {"path_prefix": "/"}, "upstream": "a"}])
-    stop = threading.Event()
-    seen, failures = [], []
-
-    def load():
-        with requests.Session() as s:   # keep-alive: connections live across the reload
-            while not stop.is_set():
-                try:
-                    r = s.get(bh.url + "/echo-head", timeout=30)
-                    if r.status_code != 200:
-                        failures.append(r.status_code)
-                    seen.append(r.headers.get("X-Upstream"))
-                except requests.RequestException as e:
-                    failures.append(repr(e))
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
+    load = Load(bh, 4)
     try:
-        wait_until(lambda: len(seen) >= 50, what="load through the first route")
+        load.more(50, "load through the first route")
         conf = copy.deepcopy(bh.conf)
         conf["routes"] = [{"match": {"path_prefix": "/"}, "upstream": "b"}]
         sighup_reload(bh, conf)
-        mark = len(seen)
-        wait_until(lambda: len(seen) >= mark + 200, what="load after the reload")
+        mark = len(load.seen)
+        load.more(200, "load after the reload")
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert failures == []
-    assert "a" in seen and "b" in seen
-    # once every worker has the new generation, no new request goes to a
-    assert set(seen[mark + 4:]) == {"b"}, seen[mark:mark + 20]
+        load.end()
+    assert load.failures == []
+    assert "a" in load.seen and "b" in load.seen
+    # once every worker has the new generation, no new request goes to a (4 may have been in flight)
+    assert set(load.seen[mark + 4:]) == {"b"}, load.seen[mark:mark + 20]
     assert {upstream_of(bh) for _ in range(20)} == {"b"}
 
 
@@ -197,23 +211,7 @@ def test_many_reloads_under_load(bulkhead, upstream_factory, workers):
     a, b = upstream_factory("a"), upstream_factory("b")
     bh = bulkhead(workers=workers, upstreams={"a": entry(a), "b": entry(b)},
                   routes=[{"match": {"path_prefix": "/"}, "upstream": "a"}])
-    stop = threading.Event()
-    count, failures = [0], []
-
-    def load():
-        with requests.Session() as s:
-            while not stop.is_set():
-                try:
-                    r = s.get(bh.url + "/echo-head", timeout=30)
-                    if r.status_code != 200:
-                        failures.append(r.status_code)
-                    count[0] += 1
-                except requests.RequestException as e:
-                    failures.append(repr(e))
-
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for t in threads:
-        t.start()
+    load = Load(bh, 3)
     try:
         conf = copy.deepcopy(bh.conf)
         for i in range(10):
@@ -221,13 +219,10 @@ def test_many_reloads_under_load(bulkhead, upstream_factory, workers):
             if i % 3 == 0:   # and sometimes a changed upstream: a new pool each time
                 conf["upstreams"]["a"]["pool"] = {"max_connections": 10 + i}
             sighup_reload(bh, conf)
-            mark = count[0]
-            wait_until(lambda m=mark: count[0] >= m + 20, what="requests after reload %d" % i)
+            load.more(20, "requests after reload %d" % i)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert failures == []
+        load.end()
+    assert load.failures == []
     assert admin_stats(bh)["reloads"] == {"success": 10, "failure": 0}
 
 

@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from conftest import (IO_TIMEOUT, READINESS_PROBES, RawClient, admin_stats, build_request, named,
+from conftest import (IO_TIMEOUT, READINESS_PROBES, RawClient, admin_stats, named, one_request,
                       per_worker, quiesce, wait_until)
 
 N_CLIENTS = 500
@@ -52,24 +52,13 @@ class Crowd:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    async def _one(self):
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port),
-                                                self.timeout)
-        try:
-            writer.write(build_request("GET", self.target, headers=[("Connection", "close")]))
-            await writer.drain()
-            self.sent += 1
-            data = await asyncio.wait_for(reader.read(), self.timeout)  # until bulkhead closes
-        finally:
-            writer.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        if not head:
-            return ("no response", b"")
-        return (int(head.split(b" ", 2)[1]), body)
+    def _sent(self):
+        self.sent += 1
 
     def _run(self):
         async def all_of_them():
-            return await asyncio.gather(*(self._one() for _ in range(self.n)), return_exceptions=True)
+            return await asyncio.gather(*(one_request(self.port, self.target, self.timeout, self._sent)
+                                           for _ in range(self.n)), return_exceptions=True)
         try:
             self.results = asyncio.run(all_of_them())
         except BaseException as e:  # noqa: BLE001 - reported by join()
