@@ -30,6 +30,9 @@
     X(TOO_MANY_CONNS, -1045, "connection_limit_reached", "too many client connections")           \
     X(SHUTDOWN, -1046, "proxy_internal_response", "server is shutting down")                      \
     X(UPGRADE_FAILED, -1047, "http_upgrade_failed", "upstream refused the upgrade")                \
+    X(BAD_TARGET, -1048, "http_request_error", "invalid request target")                          \
+    X(BAD_FRAMING, -1049, "http_request_error", "ambiguous or invalid message framing")           \
+    X(TE_UNSUPPORTED, -1053, "http_request_error", "unsupported transfer coding")                 \
     X(BREAKER_OPEN, -1050, "destination_unavailable", "circuit breaker is open")                   \
     X(RETRY_BUDGET, -1051, NULL, "retry budget exhausted")                                         \
     X(RETRY_NO_TIME, -1052, NULL, "retry backoff does not fit in the deadline")

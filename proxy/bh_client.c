@@ -250,6 +250,19 @@ static int on_message_begin(llhttp_t *p)
 {
     bh_client_t *c = parser_client(p);
     c->nheaders = 0;
+    c->url_off = c->url_len = 0;
+    return 0;
+}
+
+/* The target exactly as llhttp delimited it (it may come in pieces across reads; the head stays
+ * contiguous from head_start). Never re-split the request line: llhttp accepts runs of spaces. */
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    bh_client_t *c = parser_client(p);
+    uint32_t off = (uint32_t)(at - (c->rbuf->data + c->head_start));
+    if (c->url_len == 0)
+        c->url_off = off;
+    c->url_len = off + (uint32_t)len - c->url_off;
     return 0;
 }
 
@@ -295,6 +308,7 @@ void bh__client_settings(llhttp_settings_t *s)
 {
     llhttp_settings_init(s);
     s->on_message_begin = on_message_begin;
+    s->on_url = on_url;
     s->on_header_field_complete = on_header_field_complete;
     s->on_headers_complete = on_headers_complete;
     s->on_body = on_body;
@@ -329,6 +343,23 @@ static void handle_pause(bh_client_t *c, int reason)
     } else {
         if (bh__forward_request_done(c) < 0)
             bh__client_close(c);
+    }
+}
+
+/* What a parser error tells the client (Proxy-Status details). */
+static int parse_errno(llhttp_errno_t e)
+{
+    switch (e) {
+    case HPE_INVALID_CONTENT_LENGTH:
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+    case HPE_INVALID_TRANSFER_ENCODING:
+    case HPE_INVALID_CHUNK_SIZE:
+    case HPE_INVALID_EOF_STATE:
+        return BH_EBAD_FRAMING;
+    case HPE_INVALID_URL:
+        return BH_EBAD_TARGET;
+    default:
+        return BH_EBAD_REQUEST;
     }
 }
 
@@ -372,7 +403,7 @@ void bh__client_parse(bh_client_t *c)
             c->paused = true;
             handle_pause(c, c->pause);
         } else {
-            int err = c->parse_error < 0 ? c->parse_error : BH_EBAD_REQUEST;
+            int err = c->parse_error < 0 ? c->parse_error : parse_errno(e);
             bh_log_debug("client %s: bad request: %s (%s)", c->ip, llhttp_errno_name(e),
                          llhttp_get_error_reason(&c->parser));
             if (c->ex.active && c->ex.resp_started && !c->ex.local)

@@ -187,7 +187,7 @@ static void local_reply_after(bh_client_t *c, int err, bool close, uint64_t retr
     detach(ex, false);
     int status = bh_reply_status(err);
     /* Protocol-level errors leave the request stream in an unknown state: close. */
-    if (status == 400 || status == 408 || status == 413 || status == 431)
+    if (status == 400 || status == 408 || status == 413 || status == 431 || status == 501)
         close = true;
     if (close)
         c->close_after = true;
@@ -800,27 +800,98 @@ static void start_attempt(bh_client_t *c)
     attach(c, uc);
 }
 
-/* The request target's path, skipping scheme and authority of an absolute-form target. */
-static bh_span_t target_path(bh_span_t target)
+/* What the request head says besides its start line. */
+typedef struct req_fields {
+    bh_span_t host;
+    int nhost;
+    int n_chunked;                  /* "chunked" tokens over every Transfer-Encoding line */
+    bool other_coding;              /* a transfer coding other than chunked */
+    bool conn_upgrade;              /* Connection (not Proxy-Connection) lists "upgrade" */
+    bool h2c;                       /* Upgrade offers h2c */
+    uint64_t client_timeout_ms;     /* Bulkhead-Timeout; 0: none */
+} req_fields_t;
+
+static void read_fields(bh_client_t *c, const bh_hdr_t *hdrs, int n, req_fields_t *f)
 {
-    if (target.n > 0 && target.p[0] != '/') {
-        const char *s = memchr(target.p, ':', target.n);
-        if (s != NULL && (size_t)(target.p + target.n - s) > 3 && s[1] == '/' && s[2] == '/') {
-            const char *auth = s + 3, *end = target.p + target.n;
-            const char *slash = memchr(auth, '/', (size_t)(end - auth));
-            if (slash == NULL)
-                return (bh_span_t){"/", 1};
-            return (bh_span_t){slash, (size_t)(end - slash)};
+    bh_exchange_t *ex = &c->ex;
+    *f = (req_fields_t){.host = {"", 0}};
+    for (int i = 0; i < n; i++) {
+        bh_span_t name = hdrs[i].name, value = hdrs[i].value;
+        if (bh_span_ieq(name, "host")) {
+            f->host = value;
+            f->nhost++;
+        } else if (bh_span_ieq(name, "transfer-encoding")) {
+            const char *p = value.p, *end = value.p + value.n;
+            while (p <= end) {
+                const char *comma = memchr(p, ',', (size_t)(end - p));
+                const char *e = comma != NULL ? comma : end;
+                bh_span_t tok = {p, (size_t)(e - p)};
+                while (tok.n > 0 && (tok.p[0] == ' ' || tok.p[0] == '\t'))
+                    tok.p++, tok.n--;
+                while (tok.n > 0 && (tok.p[tok.n - 1] == ' ' || tok.p[tok.n - 1] == '\t'))
+                    tok.n--;
+                if (bh_span_ieq(tok, "chunked"))
+                    f->n_chunked++;
+                else if (tok.n > 0)
+                    f->other_coding = true;
+                p = e + 1;
+            }
+        } else if (bh_span_ieq(name, "connection")) {
+            f->conn_upgrade = f->conn_upgrade || bh_http_has_token(value, "upgrade");
+        } else if (bh_span_ieq(name, "upgrade")) {
+            f->h2c = f->h2c || bh_http_has_token(value, "h2c");
+        } else if (bh_span_ieq(name, "expect") && bh_span_ieq(value, "100-continue")) {
+            ex->expect_continue = client_is_http11(c);
+        } else if (bh_span_ieq(name, "idempotency-key")) {
+            ex->idempotency_key = true;
+        } else if (bh_span_ieq(name, "bulkhead-timeout")) {
+            if (bh_deadline_parse_ms(value.p, value.n, &f->client_timeout_ms) < 0)
+                f->client_timeout_ms = 0;
         }
     }
-    return target;
 }
 
-void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
+/* The checks that keep one request from being read two ways (docs/request-handling.md).
+ * Returns 0 or the error to answer with (the connection is then closed). */
+static int check_request(bh_client_t *c, const req_fields_t *f, const bh_target_t *t)
+{
+    uint8_t m = llhttp_get_method(&c->parser);
+    bool http11 = client_is_http11(c);
+    if (llhttp_get_http_major(&c->parser) != 1 || m == HTTP_CONNECT)
+        return BH_EBAD_REQUEST;
+    if (f->nhost > 1 || (f->nhost == 0 && http11))
+        return BH_EBAD_REQUEST; /* RFC 9112 3.2: exactly one Host in HTTP/1.1 */
+    if (t->asterisk && m != HTTP_OPTIONS)
+        return BH_EBAD_TARGET;
+    if (c->parser.flags & F_TRANSFER_ENCODING) {
+        if (!http11)
+            return BH_EBAD_FRAMING; /* RFC 9112 6.1: HTTP/1.0 with Transfer-Encoding is faulty */
+        if (f->n_chunked > 1)
+            return BH_EBAD_FRAMING; /* chunked applied twice */
+        if (f->other_coding)
+            return BH_ETE_UNSUPPORTED; /* RFC 9112 6.1: 501; passing it on would be re-framed */
+    }
+    return 0;
+}
+
+/* The access log's "METHOD target", at most 1 KiB. */
+static char *log_target(bh_span_t method, bh_span_t target)
+{
+    size_t tn = target.n < 1024 ? target.n : 1024;
+    char *s = bh_malloc(method.n + tn + 2);
+    if (s != NULL) {
+        memcpy(s, method.p, method.n);
+        s[method.n] = ' ';
+        memcpy(s + method.n + 1, target.p, tn);
+        s[method.n + 1 + tn] = '\0';
+    }
+    return s;
+}
+
+static void begin_exchange(bh_client_t *c)
 {
     bh_worker_t *w = c->w;
     bh_exchange_t *ex = &c->ex;
-    uint64_t now = now_of(c);
     memset(ex, 0, sizeof(*ex));
     bh_list_init(&ex->waiter.link);
     ex->waiter.cb = on_acquired;
@@ -829,11 +900,47 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
     ex->gen = w->gen;
     ex->gen->refs++;
     ex->route_cells = bh_mentry_cells(w->srv->metrics.no_route, w->id);
-    ex->start_ms = now;
+    ex->start_ms = now_of(c);
     ex->start_ns = uv_hrtime();
     ex->body_limit = w->conf->limits.max_body_bytes;
     ex->out_at_start = c->out.total;
     ex->deadline_ms = BH_DEADLINE_NONE;
+}
+
+/* Writes the head sent upstream into ex->head. Returns 0 or the error to answer with. */
+static int build_head(bh_client_t *c, bh_span_t method, const bh_target_t *t, int n)
+{
+    bh_exchange_t *ex = &c->ex;
+    bh_fwd_req_t req = {
+        .method = method,
+        .target = t->asterisk ? (bh_span_t){"*", 1} : t->path,
+        .host = t->authority.n > 0 ? t->authority : (bh_span_t){NULL, 0},
+        .client_ip = c->ip,
+        .proto = "http",
+        .chunked = ex->req_framing == BH_FRAME_CHUNKED,
+        .upgrade = ex->upgrade,
+        .drop_expect = ex->expect_continue,
+    };
+    if (ex->route->strip_prefix && !t->asterisk) {
+        size_t plen = strlen(ex->route->path_prefix);
+        req.target = (bh_span_t){t->path.p + plen, t->path.n - plen};
+        req.target_slash = req.target.n == 0 || req.target.p[0] != '/';
+    }
+    ex->head = bh_buf_get(&c->w->bufs);
+    if (ex->head == NULL)
+        return BH_ENOMEM;
+    bh_wbuf_t wb = {ex->head->data, 0, ex->head->cap, false};
+    if (!bh_http_write_request(&wb, &req, c->w->hdrs, (size_t)n))
+        return BH_EHEAD_TOO_LARGE;
+    ex->head_len = (uint32_t)wb.n - 2; /* the blank line goes after Bulkhead-Deadline */
+    return 0;
+}
+
+void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
+{
+    bh_worker_t *w = c->w;
+    bh_exchange_t *ex = &c->ex;
+    begin_exchange(c);
 
     bh_span_t start;
     int n = bh_http_split(head, head_len, &start, w->hdrs, w->max_hdrs);
@@ -841,40 +948,26 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
         local_reply(c, n == -2 ? BH_EHEAD_TOO_LARGE : BH_EBAD_REQUEST, true);
         return;
     }
-    /* start line "METHOD target HTTP/1.x", already validated by llhttp */
-    const char *sp1 = memchr(start.p, ' ', start.n);
-    const char *sp2 = start.p + start.n;
-    while (sp2 > sp1 && *--sp2 != ' ')
-        ;
-    bh_span_t method = {start.p, (size_t)(sp1 - start.p)};
-    bh_span_t target = {sp1 + 1, (size_t)(sp2 - sp1 - 1)};
-    if (w->alog != NULL) /* "GET /path?q" for the access log, at most 1 KiB */
-        ex->log_target = bh_strndup(start.p, (size_t)(sp2 - start.p) < 1024 ? (size_t)(sp2 - start.p) : 1024);
-    bh_span_t host = {"", 0};
-    int nhost = 0;
-    uint64_t client_timeout_ms = 0;
-    for (int i = 0; i < n; i++) {
-        if (bh_span_ieq(w->hdrs[i].name, "host")) {
-            host = w->hdrs[i].value;
-            nhost++;
-        } else if (bh_span_ieq(w->hdrs[i].name, "expect") &&
-                   bh_span_ieq(w->hdrs[i].value, "100-continue")) {
-            ex->expect_continue = client_is_http11(c);
-        } else if (bh_span_ieq(w->hdrs[i].name, "idempotency-key")) {
-            ex->idempotency_key = true;
-        } else if (bh_span_ieq(w->hdrs[i].name, "bulkhead-timeout")) {
-            if (bh_deadline_parse_ms(w->hdrs[i].value.p, w->hdrs[i].value.n,
-                                     &client_timeout_ms) < 0)
-                client_timeout_ms = 0;
-        }
-    }
+    /* The start line as llhttp read it; never split again here. */
     uint8_t m = llhttp_get_method(&c->parser);
-    if (llhttp_get_http_major(&c->parser) != 1 || nhost > 1 || (nhost == 0 && client_is_http11(c)) || m == HTTP_CONNECT) {
-        local_reply(c, BH_EBAD_REQUEST, true); /* RFC 9112 3.2: exactly one Host in HTTP/1.1 */
+    const char *mname = llhttp_method_name(m);
+    bh_span_t method = {mname, strlen(mname)};
+    bh_span_t target = {head + c->url_off, c->url_len};
+    if (w->alog != NULL)
+        ex->log_target = log_target(method, target);
+    req_fields_t f;
+    read_fields(c, w->hdrs, n, &f);
+    bh_target_t t;
+    int err = bh_http_parse_target(target, &t) < 0 ? BH_EBAD_TARGET : check_request(c, &f, &t);
+    if (err < 0) {
+        local_reply(c, err, true);
         return;
     }
     ex->is_head = m == HTTP_HEAD;
-    ex->upgrade = llhttp_get_upgrade(&c->parser) != 0;
+    /* An upgrade needs the request's own Connection: upgrade (llhttp also reads Proxy-Connection),
+     * and never to h2c: a cleartext HTTP/2 tunnel would let the client send requests that no
+     * route of bulkhead's ever sees (h2c smuggling); the Upgrade field is then dropped. */
+    ex->upgrade = llhttp_get_upgrade(&c->parser) != 0 && f.conn_upgrade && !f.h2c;
     if (c->parser.flags & F_CHUNKED)
         ex->req_framing = BH_FRAME_CHUNKED;
     else if ((c->parser.flags & F_CONTENT_LENGTH) && c->parser.content_length > 0)
@@ -882,7 +975,9 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
     else
         ex->req_framing = BH_FRAME_NONE;
 
-    bh_span_t path = target_path(target);
+    /* RFC 9112 3.2.2: an absolute-form target's authority wins over Host. */
+    bh_span_t host = t.authority.n > 0 ? t.authority : f.host;
+    bh_span_t path = t.asterisk ? (bh_span_t){"/", 1} : t.path;
     uint32_t mbit = bh_method_bit(method.p, method.n);
     const bh_gen_t *gen = ex->gen;
     const bh_conf_route_t *route = bh_route_match(gen->conf, host, path, mbit ? mbit : BH_M_OTHER);
@@ -894,7 +989,7 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
     ex->route_cells = bh_mentry_cells(gen->snap->route_m[route - gen->conf->routes], w->id);
     if (route->database != NULL) {
         ex->body_limit = UINT64_MAX; /* the SQL exchange enforces max_request_bytes itself */
-        bh__sql_start(c, head, head_len, client_timeout_ms);
+        bh__sql_start(c, head, head_len, method, path, f.client_timeout_ms);
         return;
     }
     if (ex->req_framing == BH_FRAME_LENGTH && c->parser.content_length > ex->body_limit) {
@@ -903,33 +998,12 @@ void bh__forward_start(bh_client_t *c, const char *head, size_t head_len)
     }
     ex->up = &gen->upstreams[route->upstream_index]->up;
     ex->up_cells = bh_mentry_cells(gen->snap->up_m[route->upstream_index], w->id);
-
-    bh_fwd_req_t req = {
-        .method = method,
-        .target = path,
-        .client_ip = c->ip,
-        .proto = "http",
-        .chunked = ex->req_framing == BH_FRAME_CHUNKED,
-        .upgrade = ex->upgrade,
-        .drop_expect = ex->expect_continue,
-    };
-    if (route->strip_prefix) {
-        size_t plen = strlen(route->path_prefix);
-        req.target = (bh_span_t){path.p + plen, path.n - plen};
-        req.target_slash = req.target.n == 0 || req.target.p[0] != '/';
-    }
-    ex->head = bh_buf_get(&w->bufs);
-    if (ex->head == NULL) {
-        local_reply(c, BH_ENOMEM, true);
+    if ((err = build_head(c, method, &t, n)) < 0) {
+        local_reply(c, err, true);
         return;
     }
-    bh_wbuf_t wb = {ex->head->data, 0, ex->head->cap, false};
-    if (!bh_http_write_request(&wb, &req, w->hdrs, (size_t)n)) {
-        local_reply(c, BH_EHEAD_TOO_LARGE, true);
-        return;
-    }
-    ex->head_len = (uint32_t)wb.n - 2; /* the blank line goes after Bulkhead-Deadline */
-    ex->deadline_ms = bh_deadline_for_request(now, route->timeouts.total_ms, client_timeout_ms);
+    uint64_t now = now_of(c);
+    ex->deadline_ms = bh_deadline_for_request(now, route->timeouts.total_ms, f.client_timeout_ms);
     ex->method_bit = mbit ? mbit : BH_M_OTHER;
     ex->failed_ep = BH_BALANCE_NONE;
     ex->replayable = true;

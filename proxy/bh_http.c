@@ -143,9 +143,26 @@ static bool named_by_connection(bh_span_t name, const bh_hdr_t *hdrs, size_t nhd
     return false;
 }
 
+/* Fields that Connection can never remove (RFC 9110 7.6.1 lets it name only hop-by-hop
+ * extensions): the framing fields, Host, what bulkhead reads to decide a retry, and what
+ * it sets itself. Dropping Content-Length while the body still goes on would let the body be read
+ * upstream as a second request; dropping Host would forward a request routed on a Host the
+ * upstream never sees. */
+static bool is_protected(bh_span_t name)
+{
+    static const char *const names[] = {
+        "content-length",   "transfer-encoding", "host", "idempotency-key", "x-forwarded-for",
+        "x-forwarded-proto", "x-forwarded-host", "via",  "forwarded",       "bulkhead-deadline"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (bh_span_ieqn(name, names[i], strlen(names[i])))
+            return true;
+    return false;
+}
+
 static bool skip_field(bh_span_t name, const bh_hdr_t *hdrs, size_t nhdrs, bool has_connection)
 {
-    return is_hop_by_hop(name) || (has_connection && named_by_connection(name, hdrs, nhdrs));
+    return is_hop_by_hop(name) ||
+           (has_connection && named_by_connection(name, hdrs, nhdrs) && !is_protected(name));
 }
 
 static void put_header(bh_wbuf_t *w, bh_span_t name, bh_span_t value)
@@ -180,6 +197,48 @@ static bool has_connection_header(const bh_hdr_t *hdrs, size_t nhdrs)
     return false;
 }
 
+/* RFC 3986 3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) */
+static bool is_scheme_char(char c, bool first)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return true;
+    return !first && ((c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.');
+}
+
+int bh_http_parse_target(bh_span_t t, bh_target_t *out)
+{
+    *out = (bh_target_t){{"", 0}, t, false};
+    if (t.n == 0 || memchr(t.p, '#', t.n) != NULL)
+        return -1;
+    if (t.p[0] == '/')
+        return 0;
+    if (t.n == 1 && t.p[0] == '*') {
+        out->asterisk = true;
+        return 0;
+    }
+    /* absolute-form: scheme "://" authority [path-abempty] ["?" query] */
+    size_t i = 0;
+    while (i < t.n && is_scheme_char(t.p[i], i == 0))
+        i++;
+    bh_span_t scheme = {t.p, i};
+    if (!(bh_span_ieq(scheme, "http") || bh_span_ieq(scheme, "https")) || t.n - i < 3 ||
+        memcmp(t.p + i, "://", 3) != 0)
+        return -1;
+    const char *auth = t.p + i + 3, *end = t.p + t.n, *e = auth;
+    while (e < end && *e != '/' && *e != '?')
+        e++;
+    out->authority = (bh_span_t){auth, (size_t)(e - auth)};
+    if (out->authority.n == 0 || memchr(auth, '@', out->authority.n) != NULL)
+        return -1;
+    if (e == end)
+        out->path = (bh_span_t){"/", 1};
+    else if (*e == '/')
+        out->path = (bh_span_t){e, (size_t)(end - e)};
+    else
+        return -1; /* "http://h?q": valid, but rare enough to refuse than to rewrite */
+    return 0;
+}
+
 bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t *hdrs,
                            size_t nhdrs)
 {
@@ -190,13 +249,19 @@ bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t
     bh_wbuf_put(w, req->target_slash ? " /" : " ", req->target_slash ? 2 : 1);
     bh_wbuf_span(w, req->target);
     bh_wbuf_str(w, " HTTP/1.1\r\n");
+    if (req->host.p != NULL)
+        put_header(w, (bh_span_t){"Host", 4}, req->host);
     for (size_t i = 0; i < nhdrs; i++) {
         bh_span_t name = hdrs[i].name;
-        if (bh_span_ieq(name, "host"))
+        if (bh_span_ieq(name, "host")) {
+            if (req->host.p != NULL)
+                continue; /* the absolute-form target's authority is the Host */
             host = &hdrs[i];
+        }
         if (bh_span_ieq(name, "upgrade"))
             upgrade = &hdrs[i];
-        if (skip_field(name, hdrs, nhdrs, has_conn) || bh_span_ieq(name, "x-forwarded-for") ||
+        if (skip_field(name, hdrs, nhdrs, has_conn) || bh_span_ieq(name, "trailer") ||
+            bh_span_ieq(name, "x-forwarded-for") ||
             bh_span_ieq(name, "x-forwarded-proto") || bh_span_ieq(name, "x-forwarded-host") ||
             bh_span_ieq(name, "via") || bh_span_ieq(name, "bulkhead-deadline") ||
             (req->drop_expect && bh_span_ieq(name, "expect")) ||
@@ -204,12 +269,15 @@ bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t
             continue;
         put_header(w, name, hdrs[i].value);
     }
+    bh_span_t host_value = req->host.p != NULL ? req->host
+                           : host != NULL      ? host->value
+                                               : (bh_span_t){NULL, 0};
     put_joined(w, "X-Forwarded-For", hdrs, nhdrs, req->client_ip);
     bh_wbuf_str(w, "X-Forwarded-Proto: ");
     bh_wbuf_str(w, req->proto);
     bh_wbuf_put(w, "\r\n", 2);
-    if (host != NULL)
-        put_header(w, (bh_span_t){"X-Forwarded-Host", 16}, host->value);
+    if (host_value.p != NULL)
+        put_header(w, (bh_span_t){"X-Forwarded-Host", 16}, host_value);
     put_joined(w, "Via", hdrs, nhdrs, "1.1 bulkhead");
     if (req->chunked)
         bh_wbuf_str(w, "Transfer-Encoding: chunked\r\n");
@@ -240,6 +308,7 @@ bool bh_http_write_response(bh_wbuf_t *w, const bh_fwd_resp_t *resp, const bh_hd
         if (bh_span_ieq(name, "upgrade"))
             upgrade = &hdrs[i];
         if (skip_field(name, hdrs, nhdrs, has_conn) || bh_span_ieq(name, "via") ||
+            bh_span_ieq(name, "trailer") ||
             (resp->chunked && bh_span_ieq(name, "content-length")))
             continue;
         put_header(w, name, hdrs[i].value);

@@ -44,10 +44,24 @@ bool bh_span_ieqn(bh_span_t s, const char *p, size_t n);
 /* True when the comma-separated list in value contains token (case-insensitive). */
 bool bh_http_has_token(bh_span_t value, const char *token);
 
+/* A request target (RFC 9112 3.2) as bulkhead accepts it. */
+typedef struct bh_target {
+    bh_span_t authority;     /* absolute-form: "host[:port]" (it wins over Host); else empty */
+    bh_span_t path;          /* "/path?query"; for absolute-form with no path, "/" */
+    bool asterisk;           /* "*" (OPTIONS only) */
+} bh_target_t;
+
+/* Splits a request target as llhttp delimited it. Refuses (returns -1) what must never be
+ * forwarded or would be read two ways: a fragment (never sent on the wire, RFC 9110 4.2.4), an
+ * absolute-form target that is not http/https, has userinfo (RFC 9110 4.2.4) or an empty
+ * authority, and an absolute-form path that starts with '?'. */
+int bh_http_parse_target(bh_span_t target, bh_target_t *out);
+
 /* What the forwarded request head needs besides the client's headers. */
 typedef struct bh_fwd_req {
     bh_span_t method;
     bh_span_t target;        /* origin-form path?query, already prefix-stripped */
+    bh_span_t host;          /* when p != NULL: sent as Host instead of the client's (absolute-form) */
     bool target_slash;       /* write a '/' before target (stripping left it without one) */
     const char *client_ip;   /* appended to X-Forwarded-For */
     const char *proto;       /* "http" or "https" */

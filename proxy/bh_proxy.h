@@ -223,6 +223,7 @@ struct bh_client {
     bh_buf_t *rbuf;
     uint32_t rlen, rpos;            /* bytes in rbuf; parsed up to */
     uint32_t head_start;            /* offset of the current request head in rbuf */
+    uint32_t url_off, url_len;      /* the request target as llhttp delimited it, from head_start */
     uint32_t nheaders;
     enum bh_client_state state;
     int parse_error;                /* BH_E* set by a parser callback that stopped it */

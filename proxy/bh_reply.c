@@ -8,7 +8,11 @@ int bh_reply_status(int err)
 {
     switch (err) {
     case BH_EBAD_REQUEST:
+    case BH_EBAD_TARGET:
+    case BH_EBAD_FRAMING:
         return 400;
+    case BH_ETE_UNSUPPORTED:
+        return 501;
     case BH_ENO_ROUTE:
         return 404;
     case BH_ECLIENT_TIMEOUT:

@@ -584,7 +584,8 @@ static void run_request(bh_sql_t *s)
     start_attempt(s);
 }
 
-void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, uint64_t client_timeout_ms)
+void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, bh_span_t method,
+                   bh_span_t path, uint64_t client_timeout_ms)
 {
     bh_exchange_t *ex = &c->ex;
     bh_sql_t *s = bh_calloc(1, sizeof(*s));
@@ -608,17 +609,11 @@ void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, uint64_t c
     int n = bh_http_split(s->head, head_len, &start, c->w->hdrs, c->w->max_hdrs);
     for (int i = 0; i < n; i++)
         bh_sql_header(&s->h, c->w->hdrs[i].name, c->w->hdrs[i].value);
-    const char *sp1 = memchr(start.p, ' ', start.n);
-    const char *sp2 = start.p + start.n;
-    while (sp2 > sp1 && *--sp2 != ' ')
-        ;
-    bh_span_t method = {start.p, (size_t)(sp1 - start.p)};
-    bh_span_t target = {sp1 + 1, (size_t)(sp2 - sp1 - 1)};
     s->client_timeout_ms = client_timeout_ms;
     s->deadline_ms = bh_deadline_for_request(ex->start_ms, ex->route->timeouts.total_ms,
                                              client_timeout_ms);
     ex->deadline_ms = s->deadline_ms;
-    switch (bh_sql_route(method, target)) {
+    switch (bh_sql_route(method, path)) {
     case BH_SQL_ROUTE_PREFLIGHT:
         reply(s, 200, BH_SQL_REPLY_PREFLIGHT, 0, 0);
         return;

@@ -26,7 +26,9 @@ void bh_sql_db_destroy(bh_sql_db_t *d);
 
 /* The request head is complete (head/head_len: its bytes, copied); client_timeout_ms: the
  * client's Bulkhead-Timeout, 0 when none. */
-void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, uint64_t client_timeout_ms);
+/* method and path (origin-form) point into the client's read buffer: valid during the call. */
+void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, bh_span_t method,
+                   bh_span_t path, uint64_t client_timeout_ms);
 /* A piece of the request body (0, or < 0 to fail the request). */
 int bh__sql_body(bh_client_t *c, const char *at, size_t len);
 /* The whole request body arrived. */

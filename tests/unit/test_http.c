@@ -141,6 +141,99 @@ static void test_response_rewrite(void **state)
     assert_string_equal(out, "HTTP/1.1 200 OK\r\nVia: 1.1 bulkhead\r\nConnection: keep-alive\r\n\r\n");
 }
 
+/* Connection may name only hop-by-hop extensions: framing fields, Host and what bulkhead reads or
+ * sets itself stay (else "Connection: Content-Length" turns the body into a second request). */
+static void test_connection_cannot_remove_protected(void **state)
+{
+    char out[2048];
+    bh_fwd_req_t req = {.method = {"POST", 4}, .target = {"/", 1}, .client_ip = "10.0.0.9",
+                        .proto = "http"};
+    write_req("POST / HTTP/1.1\r\n"
+              "Host: h\r\n"
+              "Connection: keep-alive, Content-Length, Host, X-Forwarded-For, Via, "
+              "Idempotency-Key, Trailer, X-Ext\r\n"
+              "Content-Length: 40\r\n"
+              "Idempotency-Key: k1\r\n"
+              "X-Forwarded-For: 1.1.1.1\r\n"
+              "Trailer: X-Sum\r\n"
+              "X-Ext: gone\r\n\r\n",
+              &req, out, sizeof(out));
+    assert_string_equal(out, "POST / HTTP/1.1\r\n"
+                             "Host: h\r\n"
+                             "Content-Length: 40\r\n"
+                             "Idempotency-Key: k1\r\n"
+                             "X-Forwarded-For: 1.1.1.1, 10.0.0.9\r\n"
+                             "X-Forwarded-Proto: http\r\n"
+                             "X-Forwarded-Host: h\r\n"
+                             "Via: 1.1 bulkhead\r\n"
+                             "\r\n");
+    /* the same rule on the way back: a response keeps its Content-Length */
+    bh_span_t start;
+    bh_hdr_t h[MAXH];
+    int n = split("HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\n",
+                  &start, h);
+    bh_fwd_resp_t resp = {.status = 200, .reason = {"OK", 2}};
+    bh_wbuf_t w = {out, 0, sizeof(out) - 1, false};
+    assert_true(bh_http_write_response(&w, &resp, h, (size_t)n));
+    out[w.n] = '\0';
+    assert_string_equal(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 bulkhead\r\n\r\n");
+}
+
+/* An absolute-form target's authority replaces the client's Host (RFC 9112 3.2.2). */
+static void test_request_host_override(void **state)
+{
+    char out[2048];
+    bh_fwd_req_t req = {.method = {"GET", 3}, .target = {"/abs", 4}, .host = {"other.example", 13},
+                        .client_ip = "::1", .proto = "http"};
+    write_req("GET http://other.example/abs HTTP/1.1\r\nHost: localhost\r\nX-A: 1\r\n\r\n", &req,
+              out, sizeof(out));
+    assert_string_equal(out, "GET /abs HTTP/1.1\r\n"
+                             "Host: other.example\r\n"
+                             "X-A: 1\r\n"
+                             "X-Forwarded-For: ::1\r\n"
+                             "X-Forwarded-Proto: http\r\n"
+                             "X-Forwarded-Host: other.example\r\n"
+                             "Via: 1.1 bulkhead\r\n\r\n");
+}
+
+static int target(const char *t, bh_target_t *out)
+{
+    return bh_http_parse_target((bh_span_t){t, strlen(t)}, out);
+}
+
+static void assert_span(bh_span_t s, const char *want)
+{
+    assert_int_equal(s.n, strlen(want));
+    assert_memory_equal(s.p, want, s.n);
+}
+
+static void test_parse_target(void **state)
+{
+    bh_target_t t;
+    assert_int_equal(target("/a/b?c=d", &t), 0);
+    assert_span(t.path, "/a/b?c=d");
+    assert_int_equal(t.authority.n, 0);
+    assert_false(t.asterisk);
+    assert_int_equal(target("*", &t), 0);
+    assert_true(t.asterisk);
+    assert_int_equal(target("http://other.example/abs?x=1", &t), 0);
+    assert_span(t.authority, "other.example");
+    assert_span(t.path, "/abs?x=1");
+    assert_int_equal(target("HTTPS://h:8443", &t), 0);
+    assert_span(t.authority, "h:8443");
+    assert_span(t.path, "/");
+    assert_int_equal(target("http://[::1]:80/p", &t), 0);
+    assert_span(t.authority, "[::1]:80");
+    /* refused */
+    const char *bad[] = {"",          "/a#frag",           "http://h/a#f", "#",
+                         "ftp://h/a", "http://user@h/a",   "http:///a",    "http:/h/a",
+                         "h/a",       "http://h?q=1",      "1http://h/",   "**"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (target(bad[i], &t) != -1)
+            fail_msg("target %s accepted", bad[i]);
+    }
+}
+
 static void test_router(void **state)
 {
     const char *yaml = "listeners: [ { address: \"127.0.0.1:1\" } ]\n"
@@ -176,6 +269,9 @@ int main(void)
         cmocka_unit_test(test_request_rewrite),
         cmocka_unit_test(test_request_chunked_upgrade_strip),
         cmocka_unit_test(test_response_rewrite),
+        cmocka_unit_test(test_connection_cannot_remove_protected),
+        cmocka_unit_test(test_request_host_override),
+        cmocka_unit_test(test_parse_target),
         cmocka_unit_test(test_router),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
