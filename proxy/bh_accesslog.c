@@ -1,9 +1,12 @@
 /* Buffered access log writer. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "bh_accesslog.h"
+#include "bh_log.h"
 
 #define FLUSH_AFTER_MS 200
 
@@ -64,4 +67,51 @@ void bh_accesslog_close(bh_accesslog_t *al)
     bh_accesslog_flush(al);
     if (!uv_is_closing((uv_handle_t *)&al->timer))
         uv_close((uv_handle_t *)&al->timer, NULL);
+}
+
+/* ,"key":"escaped" or ,"key":null */
+static void put_str(char *line, size_t cap, size_t *n, const char *key, const char *v)
+{
+    if (*n + 32 >= cap)
+        return; /* only a route name of kilobytes gets here */
+    *n += (size_t)snprintf(line + *n, cap - *n, ",\"%s\":", key);
+    if (*n + 2 >= cap)
+        return;
+    if (v == NULL) {
+        *n += (size_t)snprintf(line + *n, cap - *n, "null");
+        return;
+    }
+    line[(*n)++] = '"';
+    bh_json_escape(line, cap - 2, n, v, strlen(v));
+    line[(*n)++] = '"';
+}
+
+void bh_accesslog_write(bh_accesslog_t *al, const bh_accesslog_rec_t *r)
+{
+    char line[2048], ts[64];
+    size_t n = 0, cap = sizeof(line) - 256; /* room for the numbers at the end */
+    struct timespec tv;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &tv);
+    gmtime_r(&tv.tv_sec, &tm);
+    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tv.tv_nsec / 1000000);
+    n += (size_t)snprintf(line, cap, "{\"time\":\"%s\",\"worker\":%u", ts, r->worker);
+    put_str(line, cap, &n, "client", r->client);
+    put_str(line, cap, &n, "request", r->request);
+    put_str(line, cap, &n, "route", r->route);
+    n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"status\":%d,\"bytes\":%llu", r->status,
+                          (unsigned long long)r->bytes);
+    put_str(line, cap, &n, "upstream", r->upstream);
+    put_str(line, cap, &n, "endpoint", r->endpoint);
+    n += (size_t)snprintf(line + n, sizeof(line) - n,
+                          ",\"attempts\":%u,\"queue_ms\":%lld,\"first_byte_ms\":%lld,"
+                          "\"total_ms\":%llu",
+                          r->attempts, (long long)r->queue_ms, (long long)r->first_byte_ms,
+                          (unsigned long long)r->total_ms);
+    put_str(line, sizeof(line) - 32, &n, "error", r->error);
+    n += (size_t)snprintf(line + n, sizeof(line) - n, "%s}", r->aborted ? ",\"aborted\":true" : "");
+    if (n >= sizeof(line))
+        n = sizeof(line) - 1;
+    bh_accesslog_line(al, line, n);
 }

@@ -4,7 +4,9 @@
 #ifndef BH_ACCESSLOG_H
 #define BH_ACCESSLOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #define BH_ACCESSLOG_BUF 4096
@@ -24,6 +26,25 @@ void bh_accesslog_init(bh_accesslog_t *al, uv_loop_t *loop, int fd);
 /* Appends one line (without its newline; one is added). Lines longer than the buffer are cut. */
 void bh_accesslog_line(bh_accesslog_t *al, const char *line, size_t n);
 void bh_accesslog_flush(bh_accesslog_t *al);
+
+/* One request's line. NULL strings are written as null; -1 times mean "did not happen". */
+typedef struct bh_accesslog_rec {
+    unsigned worker;
+    const char *client;
+    const char *request;     /* "METHOD target" */
+    const char *route;
+    int status;
+    uint64_t bytes;
+    const char *upstream;
+    const char *endpoint;
+    unsigned attempts;
+    int64_t queue_ms, first_byte_ms;
+    uint64_t total_ms;
+    const char *error;       /* the Proxy-Status error type of bulkhead's own reply */
+    bool aborted;
+} bh_accesslog_rec_t;
+
+void bh_accesslog_write(bh_accesslog_t *al, const bh_accesslog_rec_t *r);
 /* Flushes and closes the timer (cb NULL: the handle is closed with the loop's others). */
 void bh_accesslog_close(bh_accesslog_t *al);
 

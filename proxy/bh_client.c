@@ -1,6 +1,7 @@
 /* Client (downstream) connections: accept, read, parse requests with llhttp, enforce limits and
  * client timeouts, and run one exchange at a time (pipelined requests wait in the read buffer,
- * so responses go out in order).
+ * so responses go out in order). The exchange is reached by name (bh_exchange.h); it reaches the
+ * connection back only through bh_conn_ops_t.
  *
  * The read buffer holds a request head contiguously until the head is complete (its size bounds
  * the head: 431 beyond). Body bytes are forwarded as slices of the buffer without copying. When a
@@ -9,13 +10,64 @@
 #include <assert.h>
 #include <string.h>
 #include "bh_alloc.h"
+#include "bh_exchange.h"
 #include "bh_log.h"
 #include "bh_proxy.h"
 #include "bh_reply.h"
 
+enum client_state {
+    CS_IDLE,            /* between requests: keepalive_timeout */
+    CS_HEAD,            /* receiving a request head: header_timeout */
+    CS_EXCHANGE,        /* forwarding a request and its response */
+    CS_TUNNEL,          /* after a 101: bytes piped both ways */
+    CS_CLOSING,
+};
+
+enum { PAUSE_NONE, PAUSE_HEAD, PAUSE_MESSAGE };
+
+typedef struct bh_client {
+    bh_conn_t conn;                 /* what the exchange sees */
+    uv_tcp_t tcp;
+    uv_timer_t timer;               /* keepalive, header, body gap and the exchange deadline */
+    bh_list_t link;                 /* on the worker's client list */
+    uint32_t head_start;            /* offset of the current request head in rbuf */
+    uint32_t url_off, url_len;      /* the request target as llhttp delimited it, from head_start */
+    uint32_t nheaders;
+    enum client_state state;
+    int parse_error;                /* BH_E* set by a parser callback that stopped it */
+    uint8_t pause;                  /* why a parser callback paused it */
+    bool reading;
+    bool in_parse;                  /* parse() is on the stack */
+    bool run_parser;                /* run the parser once more even without new bytes */
+    bool eof;                       /* the client sent FIN or the read failed */
+    bool paused;                    /* parser paused: at a head end or a message end */
+    bool counted;                   /* counted in srv->clients */
+    uint8_t open_handles;
+    uint64_t phase_start_ms;        /* start of the keepalive/header phase; last body read */
+    uint64_t timer_due;             /* when the timer fires (valid while it is active) */
+    bh_exchange_t ex;
+} bh_client_t;
+
+static const bh_conn_ops_t conn_ops;
+static void close_client(bh_client_t *c);
+static void update_reading(bh_client_t *c);
+static void parse(bh_client_t *c);
+static void resume(bh_client_t *c);
+static void rearm_timer(bh_client_t *c);
+
 static bh_client_t *parser_client(llhttp_t *p)
 {
-    return bh_container_of(p, bh_client_t, parser);
+    return bh_container_of(p, bh_client_t, conn.parser);
+}
+
+static bh_client_t *conn_client(bh_conn_t *conn)
+{
+    return bh_container_of(conn, bh_client_t, conn);
+}
+
+static uint64_t now_of(const bh_client_t *c)
+{
+    return uv_now(&c->conn.w->loop);
 }
 
 /* ---- closing ------------------------------------------------------------------------------ */
@@ -25,97 +77,118 @@ static void on_handle_closed(uv_handle_t *h)
     bh_client_t *c = h->data;
     if (--c->open_handles > 0)
         return;
-    bh_buf_unref(c->rbuf);
-    bh_worker_t *w = c->w;
+    bh_buf_unref(c->conn.rbuf);
+    bh_worker_t *w = c->conn.w;
     bh_list_remove(&c->link);
     bh_free(c);
-    bh__worker_client_closed(w, NULL);
+    w->n_clients--;
+    bh_gauge_add(&w->cells->clients, -1);
+    w->client_closed(w);
 }
 
-void bh__client_close(bh_client_t *c)
+static void close_client(bh_client_t *c)
 {
-    if (c->state == BH_CS_CLOSING && uv_is_closing((uv_handle_t *)&c->tcp))
+    if (c->state == CS_CLOSING && uv_is_closing((uv_handle_t *)&c->tcp))
         return;
     if (c->counted) {
-        atomic_fetch_sub(&c->w->srv->clients, 1); /* the slot is free as soon as we close */
+        atomic_fetch_sub(&c->conn.w->srv->clients, 1); /* the slot is free as soon as we close */
         c->counted = false;
     }
+    c->conn.closing = true;
     if (c->ex.active)
-        bh__forward_abort(c, 0);
-    c->state = BH_CS_CLOSING;
-    bh_outq_discard(&c->out);
+        bh_exchange_abort(&c->ex, 0);
+    c->state = CS_CLOSING;
+    bh_outq_discard(&c->conn.out);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
 
 static void on_linger_timeout(uv_timer_t *t)
 {
-    bh__client_close(t->data);
+    close_client(t->data);
 }
 
 /* Close once everything queued has been written (the out queue callback finishes it). */
 static void close_after_flush(bh_client_t *c)
 {
-    c->close_after = true;
-    if (bh_outq_pending(&c->out) == 0 || c->out.error < 0) {
-        bh__client_close(c);
+    c->conn.close_after = true;
+    if (bh_outq_pending(&c->conn.out) == 0 || c->conn.out.error < 0) {
+        close_client(c);
         return;
     }
-    c->state = BH_CS_CLOSING;
+    c->state = CS_CLOSING;
     uv_timer_stop(&c->timer);
-    bh__client_update_reading(c);
+    update_reading(c);
     /* a client that never reads its error response must not hold the connection forever */
-    uv_timer_start(&c->timer, on_linger_timeout, c->w->conf->limits.body_timeout_ms, 0);
+    uv_timer_start(&c->timer, on_linger_timeout, c->conn.w->conf->limits.body_timeout_ms, 0);
 }
 
 /* A request-level error before any response byte was sent: reply and close. */
 static void fail_request(bh_client_t *c, int err)
 {
-    if (c->state == BH_CS_CLOSING) {
+    if (c->state == CS_CLOSING) {
         if (c->ex.active)
-            bh__forward_abort(c, 0);
+            bh_exchange_abort(&c->ex, 0);
         return;
     }
     if (c->ex.active)
-        bh__forward_abort(c, err);
+        bh_exchange_abort(&c->ex, err);
     else
-        bh__forward_count_unrouted(c, err, c->phase_start_ms);
-    if (bh_reply_write(&c->out, 0, err, true, 0) < 0) {
-        bh__client_close(c);
+        bh_exchange_count_unrouted(&c->conn, err, c->phase_start_ms);
+    if (bh_reply_write(&c->conn.out, 0, err, true, 0) < 0) {
+        close_client(c);
         return;
     }
     close_after_flush(c);
 }
 
-void bh__client_drain(bh_client_t *c)
+static void drain(bh_client_t *c)
 {
-    if (c->state == BH_CS_IDLE && c->rlen == c->rpos)
-        bh__client_close(c);
+    if (c->state == CS_IDLE && c->conn.rlen == c->conn.rpos)
+        close_client(c);
     else
-        c->close_after = true;
+        c->conn.close_after = true;
+}
+
+void bh_clients_drain(bh_worker_t *w)
+{
+    bh_list_t *n, *tmp;
+    bh_list_foreach_safe(n, tmp, &w->clients)
+    {
+        drain(bh_container_of(n, bh_client_t, link));
+    }
+}
+
+void bh_clients_close(bh_worker_t *w)
+{
+    bh_list_t *n, *tmp;
+    bh_list_foreach_safe(n, tmp, &w->clients)
+    {
+        close_client(bh_container_of(n, bh_client_t, link));
+    }
 }
 
 /* ---- timers ------------------------------------------------------------------------------- */
 
 static uint64_t client_due(bh_client_t *c)
 {
-    const bh_conf_limits_t *lim = &c->w->conf->limits;
+    const bh_conf_limits_t *lim = &c->conn.w->conf->limits;
     uint64_t due = BH_TIME_NEVER;
     switch (c->state) {
-    case BH_CS_IDLE:
+    case CS_IDLE:
         due = c->phase_start_ms + lim->keepalive_timeout_ms;
         break;
-    case BH_CS_HEAD:
+    case CS_HEAD:
         due = c->phase_start_ms + lim->header_timeout_ms;
         break;
-    case BH_CS_EXCHANGE:
+    case CS_EXCHANGE:
         if (!c->ex.req_done && !c->paused)
             due = c->phase_start_ms + lim->body_timeout_ms;
         break;
     default:
         break;
     }
-    uint64_t ex_due = bh__forward_next_timeout(c);
+    uint64_t ex_due = bh_exchange_next_timeout(&c->ex);
     return ex_due < due ? ex_due : due;
 }
 
@@ -123,25 +196,25 @@ static void on_timer(uv_timer_t *t)
 {
     bh_client_t *c = t->data;
     c->timer_due = BH_TIME_NEVER;
-    uint64_t now = uv_now(&c->w->loop);
-    const bh_conf_limits_t *lim = &c->w->conf->limits;
+    uint64_t now = now_of(c);
+    const bh_conf_limits_t *lim = &c->conn.w->conf->limits;
     switch (c->state) {
-    case BH_CS_IDLE:
+    case CS_IDLE:
         if (now >= c->phase_start_ms + lim->keepalive_timeout_ms) {
-            bh__client_close(c);
+            close_client(c);
             return;
         }
         break;
-    case BH_CS_HEAD:
+    case CS_HEAD:
         if (now >= c->phase_start_ms + lim->header_timeout_ms) {
             fail_request(c, BH_ECLIENT_TIMEOUT);
             return;
         }
         break;
-    case BH_CS_EXCHANGE:
+    case CS_EXCHANGE:
         if (!c->ex.req_done && !c->paused && now >= c->phase_start_ms + lim->body_timeout_ms) {
             if (c->ex.resp_started)
-                bh__client_close(c);
+                close_client(c);
             else
                 fail_request(c, BH_ECLIENT_TIMEOUT);
             return;
@@ -151,20 +224,20 @@ static void on_timer(uv_timer_t *t)
         break;
     }
     if (c->ex.active) {
-        bh__forward_deadline(c, now);
-        if (c->state == BH_CS_CLOSING)
+        bh_exchange_timeout(&c->ex, now);
+        if (c->state == CS_CLOSING)
             return;
     }
-    bh__client_rearm_timer(c);
+    rearm_timer(c);
 }
 
 /* Lazy: a timer already due no later than needed stays; when it fires early, on_timer finds
  * nothing expired and re-arms. Most requests then touch the timer heap once, not per phase. */
-void bh__client_rearm_timer(bh_client_t *c)
+static void rearm_timer(bh_client_t *c)
 {
-    if (c->state == BH_CS_CLOSING)
+    if (c->state == CS_CLOSING)
         return;
-    uint64_t due = client_due(c), now = uv_now(&c->w->loop);
+    uint64_t due = client_due(c), now = now_of(c);
     bool active = uv_is_active((uv_handle_t *)&c->timer);
     if (due == BH_TIME_NEVER || (active && c->timer_due <= due))
         return;
@@ -177,63 +250,66 @@ void bh__client_rearm_timer(bh_client_t *c)
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     bh_client_t *c = h->data;
-    if (c->rbuf != NULL && c->rlen == c->rbuf->cap && c->rpos == c->rlen &&
-        c->state != BH_CS_HEAD) {
-        bh_buf_unref(c->rbuf);
-        c->rbuf = NULL;
+    bh_conn_t *cn = &c->conn;
+    if (cn->rbuf != NULL && cn->rlen == cn->rbuf->cap && cn->rpos == cn->rlen &&
+        c->state != CS_HEAD) {
+        bh_buf_unref(cn->rbuf);
+        cn->rbuf = NULL;
     }
-    if (c->rbuf == NULL) {
-        c->rbuf = bh_buf_get(&c->w->bufs);
-        c->rlen = c->rpos = c->head_start = 0;
-        if (c->rbuf == NULL) {
+    if (cn->rbuf == NULL) {
+        cn->rbuf = bh_buf_get(&cn->w->bufs);
+        cn->rlen = cn->rpos = c->head_start = 0;
+        if (cn->rbuf == NULL) {
             *buf = uv_buf_init(NULL, 0);
             return;
         }
     }
-    *buf = uv_buf_init(c->rbuf->data + c->rlen, c->rbuf->cap - c->rlen);
+    *buf = uv_buf_init(cn->rbuf->data + cn->rlen, cn->rbuf->cap - cn->rlen);
 }
 
 /* Moves the unparsed bytes (from the current head start) to the front of a buffer. */
 static bool compact(bh_client_t *c)
 {
-    uint32_t from = c->state == BH_CS_HEAD ? c->head_start : c->rpos;
-    uint32_t keep = c->rlen - from;
+    bh_conn_t *cn = &c->conn;
+    uint32_t from = c->state == CS_HEAD ? c->head_start : cn->rpos;
+    uint32_t keep = cn->rlen - from;
     if (from == 0)
         return false;
-    if (c->rbuf->refs == 1) {
-        memmove(c->rbuf->data, c->rbuf->data + from, keep);
+    if (cn->rbuf->refs == 1) {
+        memmove(cn->rbuf->data, cn->rbuf->data + from, keep);
     } else {
-        bh_buf_t *nb = bh_buf_get(&c->w->bufs);
+        bh_buf_t *nb = bh_buf_get(&cn->w->bufs);
         if (nb == NULL)
             return false;
-        memcpy(nb->data, c->rbuf->data + from, keep);
-        bh_buf_unref(c->rbuf);
-        c->rbuf = nb;
+        memcpy(nb->data, cn->rbuf->data + from, keep);
+        bh_buf_unref(cn->rbuf);
+        cn->rbuf = nb;
     }
-    c->rlen = keep;
-    c->rpos -= from;
-    c->head_start -= (c->state == BH_CS_HEAD ? from : 0);
-    if (c->state != BH_CS_HEAD)
+    cn->rlen = keep;
+    cn->rpos -= from;
+    c->head_start -= (c->state == CS_HEAD ? from : 0);
+    if (c->state != CS_HEAD)
         c->head_start = 0;
     return true;
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
-void bh__client_update_reading(bh_client_t *c)
+static void update_reading(bh_client_t *c)
 {
-    bool want = c->state != BH_CS_CLOSING && !c->eof;
-    if (want && c->rbuf != NULL && c->rlen == c->rbuf->cap && c->rpos < c->rlen)
+    bh_conn_t *cn = &c->conn;
+    bool want = c->state != CS_CLOSING && !c->eof;
+    if (want && cn->rbuf != NULL && cn->rlen == cn->rbuf->cap && cn->rpos < cn->rlen)
         want = compact(c); /* full of unparsed bytes: only room made at the front helps */
-    if (want && c->ex.uc != NULL && bh_outq_pending(&c->ex.uc->out) > BH_WRITE_HIGH_WATER)
+    if (want && bh_exchange_blocked(&c->ex))
         want = false;
-    if (want && bh_outq_pending(&c->out) > BH_WRITE_HIGH_WATER)
+    if (want && bh_outq_pending(&cn->out) > BH_WRITE_HIGH_WATER)
         want = false; /* a pipelining client that does not read its responses */
     if (want == c->reading)
         return;
     if (want) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
-            bh__client_close(c);
+            close_client(c);
             return;
         }
     } else {
@@ -243,8 +319,6 @@ void bh__client_update_reading(bh_client_t *c)
 }
 
 /* ---- parsing ------------------------------------------------------------------------------ */
-
-enum { PAUSE_NONE, PAUSE_HEAD, PAUSE_MESSAGE };
 
 static int on_message_begin(llhttp_t *p)
 {
@@ -259,7 +333,7 @@ static int on_message_begin(llhttp_t *p)
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     bh_client_t *c = parser_client(p);
-    uint32_t off = (uint32_t)(at - (c->rbuf->data + c->head_start));
+    uint32_t off = (uint32_t)(at - (c->conn.rbuf->data + c->head_start));
     if (c->url_len == 0)
         c->url_off = off;
     c->url_len = off + (uint32_t)len - c->url_off;
@@ -269,7 +343,7 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
 static int on_header_field_complete(llhttp_t *p)
 {
     bh_client_t *c = parser_client(p);
-    if (++c->nheaders > c->w->conf->limits.max_headers) {
+    if (++c->nheaders > c->conn.w->conf->limits.max_headers) {
         c->parse_error = BH_EHEAD_TOO_LARGE;
         return HPE_USER;
     }
@@ -278,71 +352,66 @@ static int on_header_field_complete(llhttp_t *p)
 
 static int on_headers_complete(llhttp_t *p)
 {
-    bh_client_t *c = parser_client(p);
-    c->pause = PAUSE_HEAD;
+    parser_client(p)->pause = PAUSE_HEAD;
     return HPE_PAUSED;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     bh_client_t *c = parser_client(p);
-    c->ex.req_body_bytes += len;
-    if (c->ex.req_body_bytes > c->ex.body_limit) {
-        c->parse_error = BH_EBODY_TOO_LARGE;
+    int rc = bh_exchange_body(&c->ex, at, len);
+    if (rc < 0) {
+        c->parse_error = rc;
         return HPE_USER;
     }
-    if (c->ex.local)
-        return 0; /* bulkhead already answered: the body is read and dropped */
-    int rc = bh__forward_body(c, at, len);
-    return rc < 0 ? HPE_USER : 0;
+    return 0;
 }
 
 static int on_message_complete(llhttp_t *p)
 {
-    bh_client_t *c = parser_client(p);
-    c->pause = PAUSE_MESSAGE;
+    parser_client(p)->pause = PAUSE_MESSAGE;
     return HPE_PAUSED;
 }
 
-void bh__client_settings(llhttp_settings_t *s)
-{
-    llhttp_settings_init(s);
-    s->on_message_begin = on_message_begin;
-    s->on_url = on_url;
-    s->on_header_field_complete = on_header_field_complete;
-    s->on_headers_complete = on_headers_complete;
-    s->on_body = on_body;
-    s->on_message_complete = on_message_complete;
-}
+static const llhttp_settings_t req_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field_complete = on_header_field_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
 
 static void release_consumed_buffer(bh_client_t *c)
 {
-    if (c->rbuf != NULL && c->rpos == c->rlen && c->state != BH_CS_HEAD) {
-        bh_buf_unref(c->rbuf);
-        c->rbuf = NULL;
-        c->rlen = c->rpos = c->head_start = 0;
+    bh_conn_t *cn = &c->conn;
+    if (cn->rbuf != NULL && cn->rpos == cn->rlen && c->state != CS_HEAD) {
+        bh_buf_unref(cn->rbuf);
+        cn->rbuf = NULL;
+        cn->rlen = cn->rpos = c->head_start = 0;
     }
 }
 
 static void handle_pause(bh_client_t *c, int reason)
 {
+    bh_conn_t *cn = &c->conn;
     if (reason == PAUSE_MESSAGE && !c->ex.active) {
         fail_request(c, BH_EBAD_REQUEST); /* a message without a head: HTTP/0.9 */
         return;
     }
     if (reason == PAUSE_HEAD) {
-        const char *head = c->rbuf->data + c->head_start;
-        size_t len = c->rpos - c->head_start;
-        if (len > c->w->conf->limits.max_header_bytes) {
+        const char *head = cn->rbuf->data + c->head_start;
+        size_t len = cn->rpos - c->head_start;
+        if (len > cn->w->conf->limits.max_header_bytes) {
             fail_request(c, BH_EHEAD_TOO_LARGE);
             return;
         }
-        c->state = BH_CS_EXCHANGE;
-        c->phase_start_ms = uv_now(&c->w->loop);
-        bh__forward_start(c, head, len);
+        c->state = CS_EXCHANGE;
+        c->phase_start_ms = now_of(c);
+        bh_exchange_start(&c->ex, cn, head, len, (bh_span_t){head + c->url_off, c->url_len});
     } else {
-        if (bh__forward_request_done(c) < 0)
-            bh__client_close(c);
+        if (bh_exchange_request_done(&c->ex) < 0)
+            close_client(c);
     }
 }
 
@@ -363,94 +432,110 @@ static int parse_errno(llhttp_errno_t e)
     }
 }
 
-void bh__client_parse(bh_client_t *c)
+static void parse_failed(bh_client_t *c, llhttp_errno_t e)
 {
-    const bh_conf_limits_t *lim = &c->w->conf->limits;
+    int err = c->parse_error < 0 ? c->parse_error : parse_errno(e);
+    bh_log_debug("client %s: bad request: %s (%s)", c->conn.ip, llhttp_errno_name(e),
+                 llhttp_get_error_reason(&c->conn.parser));
+    if (c->ex.active && c->ex.resp_started && !c->ex.local)
+        close_client(c);
+    else
+        fail_request(c, err);
+}
+
+/* Runs the parser once over what is buffered. Returns false to stop the parse loop. */
+static bool parse_step(bh_client_t *c)
+{
+    bh_conn_t *cn = &c->conn;
+    const bh_conf_limits_t *lim = &cn->w->conf->limits;
+    if (c->state == CS_IDLE) {
+        c->state = CS_HEAD;
+        c->head_start = cn->rpos;
+        c->phase_start_ms = now_of(c);
+        rearm_timer(c);
+    }
+    c->parse_error = 0;
+    c->pause = PAUSE_NONE;
+    c->run_parser = false;
+    const char *base = cn->rbuf != NULL ? cn->rbuf->data + cn->rpos : "";
+    llhttp_errno_t e = llhttp_execute(&cn->parser, base, cn->rlen - cn->rpos);
+    if (e == HPE_OK) {
+        cn->rpos = cn->rlen;
+        if (c->state == CS_HEAD && cn->rlen - c->head_start > lim->max_header_bytes) {
+            fail_request(c, BH_EHEAD_TOO_LARGE);
+            return false;
+        }
+        return true;
+    }
+    if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+        cn->rpos += (uint32_t)(llhttp_get_error_pos(&cn->parser) - base);
+        if (c->pause == PAUSE_NONE) {
+            /* llhttp stops after an Upgrade request; the upstream declined to switch
+             * protocols (we are not tunneling), so the next bytes are HTTP again. */
+            llhttp_resume_after_upgrade(&cn->parser);
+            return true;
+        }
+        c->paused = true;
+        handle_pause(c, c->pause);
+        return true;
+    }
+    parse_failed(c, e);
+    return false;
+}
+
+static void parse(bh_client_t *c)
+{
+    bh_conn_t *cn = &c->conn;
     if (c->in_parse)
         return; /* the running loop below picks up the new state */
     c->in_parse = true;
-    while (c->state != BH_CS_CLOSING && !c->paused &&
-           ((c->rbuf != NULL && c->rpos < c->rlen) || (c->kick && c->state != BH_CS_IDLE))) {
-        if (c->state == BH_CS_TUNNEL) {
-            bh__forward_tunnel_data(c);
+    while (c->state != CS_CLOSING && !c->paused &&
+           ((cn->rbuf != NULL && cn->rpos < cn->rlen) || (c->run_parser && c->state != CS_IDLE))) {
+        if (c->state == CS_TUNNEL) {
+            bh_exchange_tunnel_data(&c->ex);
             break;
         }
-        if (c->state == BH_CS_IDLE) {
-            c->state = BH_CS_HEAD;
-            c->head_start = c->rpos;
-            c->phase_start_ms = uv_now(&c->w->loop);
-            bh__client_rearm_timer(c);
-        }
-        c->parse_error = 0;
-        c->pause = PAUSE_NONE;
-        c->kick = false;
-        const char *base = c->rbuf != NULL ? c->rbuf->data + c->rpos : "";
-        llhttp_errno_t e = llhttp_execute(&c->parser, base, c->rlen - c->rpos);
-        if (e == HPE_OK) {
-            c->rpos = c->rlen;
-            if (c->state == BH_CS_HEAD && c->rlen - c->head_start > lim->max_header_bytes) {
-                fail_request(c, BH_EHEAD_TOO_LARGE);
-                break;
-            }
-        } else if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
-            c->rpos += (uint32_t)(llhttp_get_error_pos(&c->parser) - base);
-            if (c->pause == PAUSE_NONE) {
-                /* llhttp stops after an Upgrade request; the upstream declined to switch
-                 * protocols (we are not tunneling), so the next bytes are HTTP again. */
-                llhttp_resume_after_upgrade(&c->parser);
-                continue;
-            }
-            c->paused = true;
-            handle_pause(c, c->pause);
-        } else {
-            int err = c->parse_error < 0 ? c->parse_error : parse_errno(e);
-            bh_log_debug("client %s: bad request: %s (%s)", c->ip, llhttp_errno_name(e),
-                         llhttp_get_error_reason(&c->parser));
-            if (c->ex.active && c->ex.resp_started && !c->ex.local)
-                bh__client_close(c);
-            else
-                fail_request(c, err);
+        if (!parse_step(c))
             break;
-        }
     }
     c->in_parse = false;
-    if (c->state == BH_CS_CLOSING)
+    if (c->state == CS_CLOSING)
         return;
-    bh__forward_flush(c);
-    if (c->state == BH_CS_CLOSING)
+    bh_exchange_flush(&c->ex);
+    if (c->state == CS_CLOSING)
         return;
     release_consumed_buffer(c);
-    bh__client_update_reading(c);
+    update_reading(c);
 }
 
 /* Continue parsing after a pause (the exchange is attached, or the next request may start).
  * Called inside the parse loop, it only unpauses: the loop goes on. */
-void bh__client_resume(bh_client_t *c)
+static void resume(bh_client_t *c)
 {
     if (c->paused) {
-        c->kick = true; /* a bodyless request completes without another byte */
-        bh__client_rearm_timer(c); /* the body timeout applies from now */
-        if (llhttp_get_errno(&c->parser) == HPE_PAUSED_UPGRADE)
-            llhttp_resume_after_upgrade(&c->parser);
+        c->run_parser = true; /* a bodyless request completes without another byte */
+        rearm_timer(c);       /* the body timeout applies from now */
+        if (llhttp_get_errno(&c->conn.parser) == HPE_PAUSED_UPGRADE)
+            llhttp_resume_after_upgrade(&c->conn.parser);
         else
-            llhttp_resume(&c->parser);
+            llhttp_resume(&c->conn.parser);
         c->paused = false;
     }
-    bh__client_parse(c);
+    parse(c);
 }
 
-void bh__client_exchange_done(bh_client_t *c)
+static void exchange_done(bh_client_t *c)
 {
-    if (c->state == BH_CS_CLOSING)
+    if (c->state == CS_CLOSING)
         return;
-    if (c->close_after || c->w->draining) {
+    if (c->conn.close_after || c->conn.w->draining) {
         close_after_flush(c);
         return;
     }
-    c->state = BH_CS_IDLE;
-    c->phase_start_ms = uv_now(&c->w->loop);
-    bh__client_rearm_timer(c);
-    bh__client_resume(c);
+    c->state = CS_IDLE;
+    c->phase_start_ms = now_of(c);
+    rearm_timer(c);
+    resume(c);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -460,52 +545,109 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread < 0) {
         c->eof = true;
-        /* An SQL client that closes has its query cancelled: nobody reads a half-close reply. */
-        if (nread != UV_EOF || c->state != BH_CS_EXCHANGE || !c->ex.req_done ||
-            c->ex.sql != NULL) {
-            bh__client_close(c); /* gone mid-request: the exchange is aborted */
+        if (nread != UV_EOF || c->state != CS_EXCHANGE || !c->ex.req_done ||
+            bh_exchange_abort_on_half_close(&c->ex)) {
+            close_client(c); /* gone mid-request: the exchange is aborted */
             return;
         }
         /* Half-close after a complete request: answer it, then close. */
-        c->close_after = true;
-        bh__client_update_reading(c);
+        c->conn.close_after = true;
+        update_reading(c);
         return;
     }
-    c->rlen += (uint32_t)nread;
-    if (c->state == BH_CS_EXCHANGE)
-        c->phase_start_ms = uv_now(&c->w->loop); /* body gap: the timer re-checks lazily */
-    bh__client_parse(c);
+    c->conn.rlen += (uint32_t)nread;
+    if (c->state == CS_EXCHANGE)
+        c->phase_start_ms = now_of(c); /* body gap: the timer re-checks lazily */
+    parse(c);
 }
 
 /* ---- writing ------------------------------------------------------------------------------ */
 
 static void on_out(bh_outq_t *q, int status)
 {
-    bh_client_t *c = bh_container_of(q, bh_client_t, out);
+    bh_client_t *c = bh_container_of(q, bh_client_t, conn.out);
     if (status < 0) {
-        bh__client_close(c);
+        close_client(c);
         return;
     }
-    if (c->state == BH_CS_CLOSING) {
-        if (c->close_after)
-            bh__client_close(c);
+    if (c->state == CS_CLOSING) {
+        if (c->conn.close_after)
+            close_client(c);
         return;
     }
-    bh__forward_client_drained(c);
-    if (c->state != BH_CS_CLOSING)
-        bh__client_update_reading(c);
+    bh_exchange_client_drained(&c->ex);
+    if (c->state != CS_CLOSING)
+        update_reading(c);
 }
+
+/* ---- what the exchange may ask ------------------------------------------------------------ */
+
+static void op_close(bh_conn_t *conn)
+{
+    close_client(conn_client(conn));
+}
+
+static void op_resume(bh_conn_t *conn)
+{
+    resume(conn_client(conn));
+}
+
+static void op_rearm_timer(bh_conn_t *conn)
+{
+    rearm_timer(conn_client(conn));
+}
+
+static void op_update_reading(bh_conn_t *conn)
+{
+    update_reading(conn_client(conn));
+}
+
+static void op_exchange_done(bh_conn_t *conn)
+{
+    exchange_done(conn_client(conn));
+}
+
+static void op_tunnel(bh_conn_t *conn)
+{
+    bh_client_t *c = conn_client(conn);
+    c->state = CS_TUNNEL;
+    c->paused = false; /* no more HTTP on this connection: bytes flow raw */
+    conn->close_after = true;
+}
+
+static const bh_conn_ops_t conn_ops = {
+    .close = op_close,
+    .resume = op_resume,
+    .rearm_timer = op_rearm_timer,
+    .update_reading = op_update_reading,
+    .exchange_done = op_exchange_done,
+    .tunnel = op_tunnel,
+};
 
 /* ---- accepting ---------------------------------------------------------------------------- */
 
-void bh__client_accept(bh_worker_t *w, uv_stream_t *listener)
+static void peer_name(bh_client_t *c)
+{
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    strcpy(c->conn.ip, "unknown");
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->conn.ip, sizeof(c->conn.ip));
+        else
+            uv_ip4_name((struct sockaddr_in *)&ss, c->conn.ip, sizeof(c->conn.ip));
+    }
+}
+
+void bh_client_accept(bh_worker_t *w, uv_stream_t *listener)
 {
     bh_client_t *c = bh_calloc(1, sizeof(*c));
     if (c == NULL) {
         bh_log_error("out of memory accepting a connection");
         return;
     }
-    c->w = w;
+    c->conn.ops = &conn_ops;
+    c->conn.w = w;
     bh_list_init(&c->link);
     uv_tcp_init(&w->loop, &c->tcp);
     uv_timer_init(&w->loop, &c->timer);
@@ -515,37 +657,28 @@ void bh__client_accept(bh_worker_t *w, uv_stream_t *listener)
     w->n_clients++;
     bh_counter_add(&w->cells->accepted, 1);
     bh_gauge_add(&w->cells->clients, 1);
-    bh_outq_init(&c->out, (uv_stream_t *)&c->tcp, &w->wreqs, &w->bufs, on_out);
-    llhttp_init(&c->parser, HTTP_REQUEST, &w->req_settings);
-    c->state = BH_CS_IDLE;
-    c->phase_start_ms = uv_now(&w->loop);
+    bh_outq_init(&c->conn.out, (uv_stream_t *)&c->tcp, &w->wreqs, &w->bufs, on_out);
+    llhttp_init(&c->conn.parser, HTTP_REQUEST, &req_settings);
+    c->state = CS_IDLE;
+    c->phase_start_ms = now_of(c);
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0) {
-        bh__client_close(c);
+        close_client(c);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    struct sockaddr_storage ss;
-    int sl = sizeof(ss);
-    strcpy(c->ip, "unknown");
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
-        else
-            uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
-    }
+    peer_name(c);
     int64_t n = atomic_fetch_add(&w->srv->clients, 1) + 1;
     c->counted = true;
     if (n > (int64_t)w->conf->limits.max_connections || w->draining) {
-        bh__forward_count_unrouted(c, w->draining ? BH_ESHUTDOWN : BH_ETOO_MANY_CONNS,
-                                   c->phase_start_ms);
-        if (bh_reply_write(&c->out, 0, w->draining ? BH_ESHUTDOWN : BH_ETOO_MANY_CONNS, true,
-                           1) < 0) {
-            bh__client_close(c);
+        int err = w->draining ? BH_ESHUTDOWN : BH_ETOO_MANY_CONNS;
+        bh_exchange_count_unrouted(&c->conn, err, c->phase_start_ms);
+        if (bh_reply_write(&c->conn.out, 0, err, true, 1) < 0) {
+            close_client(c);
             return;
         }
         close_after_flush(c);
         return;
     }
-    bh__client_rearm_timer(c);
-    bh__client_update_reading(c);
+    rearm_timer(c);
+    update_reading(c);
 }

@@ -19,7 +19,7 @@ static void on_connection(uv_stream_t *listener, int status)
         bh_log_warn("accept failed: %s", uv_strerror(status));
         return;
     }
-    bh__client_accept(l->w, listener);
+    bh_client_accept(l->w, listener);
 }
 
 /* A listening socket with SO_REUSEPORT, so each worker accepts on its own queue. Returns the fd
@@ -206,10 +206,8 @@ static bh_wup_t *wup_new(bh_worker_t *w, bh_snap_t *snap, size_t i)
     return u;
 }
 
-void bh__gen_unref(bh_gen_t *g)
+static void gen_free(bh_gen_t *g)
 {
-    if (--g->refs > 0)
-        return;
     for (size_t i = 0; g->upstreams != NULL && i < g->conf->n_upstreams; i++)
         if (g->upstreams[i] != NULL)
             wup_unref(g->upstreams[i]);
@@ -228,13 +226,14 @@ static bh_gen_t *gen_new(bh_worker_t *w, bh_snap_t *snap)
         return NULL;
     }
     g->refs = 1;
+    g->free = gen_free;
     g->snap = snap;
     g->conf = snap->conf;
     g->w = w;
     size_t n = snap->conf->n_upstreams;
     g->upstreams = bh_calloc(n ? n : 1, sizeof(*g->upstreams));
     if (g->upstreams == NULL) {
-        bh__gen_unref(g);
+        bh_gen_release(g);
         return NULL;
     }
     const bh_gen_t *old = w->gen;
@@ -246,7 +245,7 @@ static bh_gen_t *gen_new(bh_worker_t *w, bh_snap_t *snap)
                 break;
             }
         if (g->upstreams[i] == NULL && (g->upstreams[i] = wup_new(w, snap, i)) == NULL) {
-            bh__gen_unref(g);
+            bh_gen_release(g);
             return NULL;
         }
     }
@@ -290,7 +289,7 @@ static int switch_to(bh_worker_t *w, bh_snap_t *snap)
     w->conf = g->conf;
     bh_gauge_set(&w->cells->generation, (int64_t)snap->generation);
     if (old != NULL)
-        bh__gen_unref(old); /* in-flight exchanges keep it until they end */
+        bh_gen_release(old); /* in-flight exchanges keep it until they end */
     size_t nd = snap->conf->n_databases;
     uint64_t *live = old != NULL && w->pg_open ? bh_calloc(nd ? nd : 1, sizeof(*live)) : NULL;
     if (live != NULL) { /* pools of replaced database settings empty out */
@@ -325,15 +324,13 @@ static void close_upstreams(bh_worker_t *w)
         bh_gen_t *g = w->gen;
         w->gen = NULL;
         w->last_snap = bh_snap_ref(g->snap); /* w->conf stays valid until worker_destroy */
-        bh__gen_unref(g);
+        bh_gen_release(g);
     }
     object_closed(w);
 }
 
-void bh__worker_client_closed(bh_worker_t *w, bh_client_t *c)
+static void on_client_closed(bh_worker_t *w)
 {
-    w->n_clients--;
-    bh_gauge_add(&w->cells->clients, -1);
     if (w->draining && w->n_clients == 0 && !w->upstreams_closing)
         close_upstreams(w);
 }
@@ -341,12 +338,8 @@ void bh__worker_client_closed(bh_worker_t *w, bh_client_t *c)
 static void on_drain_timeout(uv_timer_t *t)
 {
     bh_worker_t *w = t->data;
-    bh_list_t *n, *tmp;
     bh_log_warn("worker %u: drain timeout, closing %u connections", w->id, w->n_clients);
-    bh_list_foreach_safe(n, tmp, &w->clients)
-    {
-        bh__client_close(bh_container_of(n, bh_client_t, link));
-    }
+    bh_clients_close(w);
 }
 
 static void begin_drain(bh_worker_t *w)
@@ -361,10 +354,7 @@ static void begin_drain(bh_worker_t *w)
     {
         close_listener(bh_container_of(n, bh_listener_t, link));
     }
-    bh_list_foreach_safe(n, tmp, &w->clients)
-    {
-        bh__client_drain(bh_container_of(n, bh_client_t, link));
-    }
+    bh_clients_drain(w);
     if (w->n_clients == 0) {
         close_upstreams(w);
         return;
@@ -428,8 +418,7 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     bh_rng_seed(&w->rng, uv_hrtime() ^ ((uint64_t)(id + 1) * 0x9e3779b97f4a7c15ull));
     w->env =
         (bh_upstream_env_t){.loop = &w->loop, .bufs = &w->bufs, .wreqs = &w->wreqs, .rng = &w->rng};
-    bh__client_settings(&w->req_settings);
-    bh__forward_settings(&w->resp_settings);
+    w->client_closed = on_client_closed;
     w->max_hdrs = conf->limits.max_headers + 1;
     w->hdrs = bh_calloc(w->max_hdrs, sizeof(*w->hdrs));
     if (w->hdrs == NULL)

@@ -13,6 +13,7 @@
 #include "bh_backoff.h"
 #include "bh_deadline.h"
 #include "bh_log.h"
+#include "bh_exchange.h"
 #include "bh_proxy.h"
 #include "bh_reply.h"
 #include "bh_sql.h"
@@ -29,7 +30,7 @@ enum sql_phase {
 };
 
 struct bh_sql {
-    bh_client_t *c;
+    bh_exchange_t *ex;
     const bh_conf_database_t *db;
     bh_sql_db_t *shared;            /* the database's process-wide state (breaker, server) */
     bh_backend_cells_t *cells;      /* this worker's metrics of the database */
@@ -62,7 +63,17 @@ struct bh_sql {
 
 static uint64_t now_of(bh_sql_t *s)
 {
-    return uv_now(&s->c->w->loop);
+    return uv_now(&s->ex->conn->w->loop);
+}
+
+static void close_conn(bh_sql_t *s)
+{
+    s->ex->conn->ops->close(s->ex->conn);
+}
+
+static void rearm(bh_sql_t *s)
+{
+    s->ex->conn->ops->rearm_timer(s->ex->conn);
 }
 
 /* ---- shared per database ------------------------------------------------------------------ */
@@ -121,8 +132,8 @@ static const char *proxy_status_type(int err)
 /* Queues the reply in s->out with its head. err != 0: bulkhead's own error (Proxy-Status). */
 static void reply(bh_sql_t *s, int status, bh_sql_reply_t kind, int err, uint64_t retry_after_s)
 {
-    bh_client_t *c = s->c;
-    bh_exchange_t *ex = &c->ex;
+    bh_exchange_t *ex = s->ex;
+    bh_conn_t *c = ex->conn;
     size_t len = 0;
     char *body = bh_sql_out_take(&s->out, &len);
     char head[1024];
@@ -171,17 +182,17 @@ static void reply(bh_sql_t *s, int status, bh_sql_reply_t kind, int err, uint64_
     ex->resp_started = ex->resp_done = true;
     ex->local = true;
     if (rc < 0) {
-        bh__client_close(c);
+        c->ops->close(c);
         return;
     }
-    bh__forward_finish(c);
+    bh_exchange_finish(ex, false);
 }
 
 /* A bulkhead-made error with the 17-key body (code ""). */
 static void reply_local(bh_sql_t *s, int status, int err, const char *message)
 {
     if (bh_sql_encode_local_error(&s->out, message) < 0) {
-        bh__client_close(s->c);
+        close_conn(s);
         return;
     }
     reply(s, status, BH_SQL_REPLY_OK, err, 1);
@@ -229,7 +240,7 @@ static void finish_statements(bh_sql_t *s)
     bh_counter_add(&s->cells->attempts[s->conn_lost ? BH_OUTCOME_RESET_BEFORE_RESPONSE
                                                     : BH_OUTCOME_OK], 1);
     bh_breaker_record(&s->shared->breaker, &s->ticket, s->conn_lost, now_of(s),
-                      s->c->w->env.rng);
+                      s->ex->conn->w->env.rng);
     if (s->conn_lost) {
         release_conn(s, false);
         if (s->error != NULL) {
@@ -247,7 +258,7 @@ static void finish_statements(bh_sql_t *s)
         s->error = NULL;
         release_conn(s, false);
         if (rc < 0) {
-            bh__client_close(s->c);
+            close_conn(s);
             return;
         }
         reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
@@ -258,7 +269,7 @@ static void finish_statements(bh_sql_t *s)
         release_conn(s, true);
         if (err == BH_SQL_ETOO_LARGE) {
             if (bh_sql_encode_too_large(&s->out, true, s->db->max_response_bytes) < 0) {
-                bh__client_close(s->c);
+                close_conn(s);
                 return;
             }
             reply(s, 507, BH_SQL_REPLY_OK, BH_SQL_ETOO_LARGE, 0);
@@ -368,13 +379,13 @@ static void run_next(bh_sql_t *s)
 static void connected(bh_sql_t *s, bh_pg_conn_t *conn)
 {
     bh_hist_observe(&s->cells->wait, (now_of(s) - s->wait_start_ms) * 1000);
-    if (s->c->ex.attached_ms == 0) /* the access log's queue_ms */
-        s->c->ex.attached_ms = now_of(s);
+    if (s->ex->attached_ms == 0) /* the access log's queue_ms */
+        s->ex->attached_ms = now_of(s);
     s->conn = conn;
     s->phase = SQL_RUNNING;
     s->next_query = 0;
     s->in_tx = false;
-    bh__client_rearm_timer(s->c);
+    rearm(s);
     run_next(s);
 }
 
@@ -386,13 +397,13 @@ static bool schedule_retry(bh_sql_t *s)
         return false;
     uint64_t delay = bh_backoff_delay(policy, s->attempts, 0,
                                       bh_deadline_remaining(s->deadline_ms, now),
-                                      s->c->w->env.rng);
+                                      s->ex->conn->w->env.rng);
     if (delay == BH_BACKOFF_GIVE_UP || !bh_backoff_fits(delay, now, s->deadline_ms))
         return false;
     bh_counter_add(&s->cells->retries, 1);
     s->phase = SQL_BACKOFF;
     s->retry_at_ms = now + delay;
-    bh__client_rearm_timer(s->c);
+    rearm(s);
     return true;
 }
 
@@ -418,7 +429,7 @@ static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *conn, int status, const
     if (err != NULL && status == BH_EPG_REJECTED) {
         bh_breaker_cancel(&s->shared->breaker, &s->ticket); /* the client's credentials */
         if (bh_sql_encode_conn_error(&s->out, err->message) < 0) {
-            bh__client_close(s->c);
+            close_conn(s);
             return;
         }
         reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
@@ -427,14 +438,14 @@ static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *conn, int status, const
     bh_counter_add(&s->cells->attempts[status == BH_ECONNECT_TIMEOUT ? BH_OUTCOME_CONNECT_TIMEOUT
                                                                      : BH_OUTCOME_CONNECT_FAILED],
                    1);
-    bh_breaker_record(&s->shared->breaker, &s->ticket, true, now, s->c->w->env.rng);
+    bh_breaker_record(&s->shared->breaker, &s->ticket, true, now, s->ex->conn->w->env.rng);
     if (bh_pg_error_retriable(status) && schedule_retry(s))
         return;
     if (err != NULL && err->sqlstate[0] != '\0') {
         /* Postgres answered (e.g. 53300 too many connections): 400 with its error, so that the
          * driver's err.code carries the SQLSTATE */
         if (bh_sql_encode_conn_error(&s->out, err->message) < 0) {
-            bh__client_close(s->c);
+            close_conn(s);
             return;
         }
         reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
@@ -450,12 +461,12 @@ static void start_attempt(bh_sql_t *s)
 {
     uint64_t retry_after_ms = 0;
     s->attempts++;
-    s->c->ex.attempts = s->attempts; /* for the access log */
+    s->ex->attempts = s->attempts; /* for the access log */
     s->phase = SQL_WAITING;
-    if (bh_breaker_allow(&s->shared->breaker, now_of(s), s->c->w->env.rng, &s->ticket,
+    if (bh_breaker_allow(&s->shared->breaker, now_of(s), s->ex->conn->w->env.rng, &s->ticket,
                          &retry_after_ms) < 0) {
         if (bh_sql_encode_local_error(&s->out, "the database is unavailable (circuit open)") < 0) {
-            bh__client_close(s->c);
+            close_conn(s);
             return;
         }
         reply(s, 503, BH_SQL_REPLY_OK, BH_EBREAKER_OPEN, (retry_after_ms + 999) / 1000);
@@ -473,7 +484,7 @@ static void start_attempt(bh_sql_t *s)
         server.session = settings;
         server.n_session++;
     }
-    int rc = bh_pg_pool_get(s->c->w->pg_pools, &server, s->dbname, s->user, s->password, &s->pool);
+    int rc = bh_pg_pool_get(s->ex->conn->w->pg_pools, &server, s->dbname, s->user, s->password, &s->pool);
     if (rc < 0) {
         bh_breaker_cancel(&s->shared->breaker, &s->ticket);
         reply_local(s, 500, rc, "cannot open a database pool");
@@ -485,7 +496,7 @@ static void start_attempt(bh_sql_t *s)
     rc = bh_pg_acquire(s->pool, &s->waiter, s->deadline_ms, &conn);
     if (rc == BH_POOL_QUEUED) {
         s->waiting = true;
-        bh__client_rearm_timer(s->c);
+        rearm(s);
         return;
     }
     if (rc < 0) {
@@ -524,36 +535,36 @@ static const bh_conf_database_t *find_database(const bh_conf_t *conf, size_t rou
 
 static void run_request(bh_sql_t *s)
 {
-    bh_client_t *c = s->c;
+    bh_exchange_t *ex = s->ex;
     char err[256];
-    const bh_conf_t *conf = c->ex.gen->conf;
+    const bh_conf_t *conf = ex->gen->conf;
     if (bh_sql_parse_connstr(s->h.connstr.p, s->h.connstr.n, &s->cs, err, sizeof(err)) < 0) {
         reply_local(s, 400, BH_SQL_ECONNSTR, err);
         return;
     }
     s->cs_parsed = true;
     size_t idx = 0;
-    s->db = find_database(conf, c->ex.route->database_index, s->cs.host, &idx);
+    s->db = find_database(conf, ex->route->database_index, s->cs.host, &idx);
     if (s->db == NULL) {
         snprintf(err, sizeof(err), "no database is configured for host \"%s\"", s->cs.host);
         reply_local(s, 400, BH_SQL_ECONNSTR, err);
         return;
     }
-    s->shared = c->ex.gen->snap->databases[idx];
-    s->cells = bh_mentry_cells(c->ex.gen->snap->db_m[idx], c->w->id);
-    c->ex.up_cells = s->cells;
+    s->shared = ex->gen->snap->databases[idx];
+    s->cells = bh_mentry_cells(ex->gen->snap->db_m[idx], ex->conn->w->id);
+    ex->up_cells = s->cells;
     bh_sql_out_init(&s->out, s->db->max_response_bytes);
     if (s->body_len > s->db->max_request_bytes) {
         if (bh_sql_encode_too_large(&s->out, false, s->db->max_request_bytes) < 0) {
-            bh__client_close(c);
+            close_conn(s);
             return;
         }
         reply(s, 413, BH_SQL_REPLY_OK, BH_EBODY_TOO_LARGE, 0);
         return;
     }
-    if (idx != c->ex.route->database_index) /* the entry's own deadline, not the route's */
-        s->deadline_ms = c->ex.deadline_ms = bh_deadline_for_request(
-            c->ex.start_ms, s->db->timeouts.total_ms, s->client_timeout_ms);
+    if (idx != ex->route->database_index) /* the entry's own deadline, not the route's */
+        s->deadline_ms = ex->deadline_ms = bh_deadline_for_request(
+            ex->start_ms, s->db->timeouts.total_ms, s->client_timeout_ms);
     if (s->db->auth == BH_DB_AUTH_FIXED) {
         bh_span_t token;
         bool ok = false;
@@ -584,18 +595,19 @@ static void run_request(bh_sql_t *s)
     start_attempt(s);
 }
 
-void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, bh_span_t method,
-                   bh_span_t path, uint64_t client_timeout_ms)
+static void sql_start(bh_exchange_t *ex, const bh_request_t *req)
 {
-    bh_exchange_t *ex = &c->ex;
+    bh_conn_t *c = ex->conn;
+    ex->body_limit = UINT64_MAX; /* enforced here: max_request_bytes of the database entry */
+    ex->backend = ex->route->database;
     bh_sql_t *s = bh_calloc(1, sizeof(*s));
-    if (s == NULL || (s->head = bh_strndup(head, head_len)) == NULL) {
+    if (s == NULL || (s->head = bh_strndup(req->head, req->head_len)) == NULL) {
         bh_free(s);
-        bh__forward_local_reply(c, BH_ENOMEM, true);
+        bh_exchange_reply(ex, BH_ENOMEM, true, 1);
         return;
     }
-    ex->sql = s;
-    s->c = c;
+    ex->state = s;
+    s->ex = ex;
     s->phase = SQL_BODY;
     uint8_t rnd[16];
     for (int i = 0; i < 16; i += 8) {
@@ -606,20 +618,20 @@ void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, bh_span_t 
     bh_sql_out_init(&s->out, SIZE_MAX);
     bh_sql_headers_init(&s->h);
     bh_span_t start;
-    int n = bh_http_split(s->head, head_len, &start, c->w->hdrs, c->w->max_hdrs);
+    int n = bh_http_split(s->head, req->head_len, &start, c->w->hdrs, c->w->max_hdrs);
     for (int i = 0; i < n; i++)
         bh_sql_header(&s->h, c->w->hdrs[i].name, c->w->hdrs[i].value);
-    s->client_timeout_ms = client_timeout_ms;
+    s->client_timeout_ms = req->client_timeout_ms;
     s->deadline_ms = bh_deadline_for_request(ex->start_ms, ex->route->timeouts.total_ms,
-                                             client_timeout_ms);
+                                             req->client_timeout_ms);
     ex->deadline_ms = s->deadline_ms;
-    switch (bh_sql_route(method, path)) {
+    switch (bh_sql_route(req->method, req->path)) {
     case BH_SQL_ROUTE_PREFLIGHT:
         reply(s, 200, BH_SQL_REPLY_PREFLIGHT, 0, 0);
         return;
     case BH_SQL_ROUTE_UNSUPPORTED:
         if (bh_sql_encode_not_supported(&s->out) < 0) {
-            bh__client_close(c);
+            close_conn(s);
             return;
         }
         reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
@@ -635,27 +647,26 @@ void bh__sql_start(bh_client_t *c, const char *head, size_t head_len, bh_span_t 
     /* the whole body is needed; its size is bounded by the database's max_request_bytes (the
      * entry is only known from the connection string, so the largest of all entries here) */
     uint64_t max = 0;
-    const bh_conf_t *conf = c->ex.gen->conf;
+    const bh_conf_t *conf = ex->gen->conf;
     for (size_t i = 0; i < conf->n_databases; i++)
         if (conf->databases[i].max_request_bytes > max)
             max = conf->databases[i].max_request_bytes;
     if ((c->parser.flags & F_CONTENT_LENGTH) && c->parser.content_length > max) {
         if (bh_sql_encode_too_large(&s->out, false, max) < 0) {
-            bh__client_close(c);
+            close_conn(s);
             return;
         }
         reply(s, 413, BH_SQL_REPLY_OK, BH_EBODY_TOO_LARGE, 0);
         return;
     }
     s->body_cap = max;
-    bh__client_rearm_timer(c);
-    if (c->paused)
-        bh__client_resume(c); /* the body may flow now */
+    rearm(s);
+    c->ops->resume(c); /* the body may flow now */
 }
 
-int bh__sql_body(bh_client_t *c, const char *at, size_t len)
+static int sql_body(bh_exchange_t *ex, const char *at, size_t len)
 {
-    bh_sql_t *s = c->ex.sql;
+    bh_sql_t *s = ex->state;
     if (s->phase != SQL_BODY)
         return 0;
     if (s->body_len + len > s->body_cap) {
@@ -679,25 +690,24 @@ int bh__sql_body(bh_client_t *c, const char *at, size_t len)
     return 0;
 }
 
-void bh__sql_request_done(bh_client_t *c)
+static int sql_request_done(bh_exchange_t *ex)
 {
-    bh_sql_t *s = c->ex.sql;
+    bh_sql_t *s = ex->state;
     if (s->phase != SQL_BODY)
-        return;
+        return 0;
     /* The deadline is the query's: it runs from the complete request (reading the body is
      * bounded by limits.body_timeout between reads). */
-    c->ex.start_ms = uv_now(&c->w->loop);
-    s->deadline_ms = c->ex.deadline_ms = bh_deadline_for_request(
-        c->ex.start_ms, c->ex.route->timeouts.total_ms, s->client_timeout_ms);
+    ex->start_ms = now_of(s);
+    s->deadline_ms = ex->deadline_ms =
+        bh_deadline_for_request(ex->start_ms, ex->route->timeouts.total_ms, s->client_timeout_ms);
     run_request(s);
+    return 0;
 }
 
-void bh__sql_free(bh_client_t *c)
+static void sql_release(bh_exchange_t *ex, bool reusable)
 {
-    bh_sql_t *s = c->ex.sql;
-    if (s == NULL)
-        return;
-    c->ex.sql = NULL;
+    bh_sql_t *s = ex->state;
+    (void)reusable; /* a statement still running is cancelled; connections judge themselves */
     if (s->waiting)
         bh_pg_acquire_cancel(&s->waiter);
     release_conn(s, false); /* mid-statement: bh_pg cancels it on the server */
@@ -714,9 +724,9 @@ void bh__sql_free(bh_client_t *c)
     bh_free(s);
 }
 
-uint64_t bh__sql_next_timeout(bh_client_t *c)
+static uint64_t sql_next_timeout(const bh_exchange_t *ex)
 {
-    bh_sql_t *s = c->ex.sql;
+    const bh_sql_t *s = ex->state;
     if (s->phase == SQL_DONE || s->phase == SQL_BODY)
         return BH_TIME_NEVER;
     if (s->phase == SQL_BACKOFF && s->retry_at_ms < s->deadline_ms)
@@ -724,9 +734,9 @@ uint64_t bh__sql_next_timeout(bh_client_t *c)
     return s->deadline_ms;
 }
 
-void bh__sql_deadline(bh_client_t *c, uint64_t now)
+static void sql_timeout(bh_exchange_t *ex, uint64_t now)
 {
-    bh_sql_t *s = c->ex.sql;
+    bh_sql_t *s = ex->state;
     if (s->phase == SQL_DONE || s->phase == SQL_BODY)
         return;
     if (now >= s->deadline_ms) {
@@ -742,3 +752,14 @@ void bh__sql_deadline(bh_client_t *c, uint64_t now)
     if (s->phase == SQL_BACKOFF && now >= s->retry_at_ms)
         start_attempt(s);
 }
+
+const bh_handler_t bh_sql_handler = {
+    .name = "database",
+    .start = sql_start,
+    .body = sql_body,
+    .request_done = sql_request_done,
+    .next_timeout = sql_next_timeout,
+    .timeout = sql_timeout,
+    .release = sql_release,
+    .abort_on_half_close = true,
+};
