@@ -17,7 +17,9 @@ states) is compared with what the client got:
              of another case; a check on what was forwarded failed (Host, target, body, ...).
   refused    the last response is the proxy's own 4xx/5xx; the upstream parsed only the requests
              answered before it.
-  forwarded  every response came from the upstream and matches, in order, what it parsed.
+  forwarded  every response came from the upstream and matches, in order, what it parsed ("as 1.0": the
+             proxy forwarded an HTTP/1.0 request line, a deviation the upstream records: RFC 9110 2.5
+             wants an intermediary's own version; a failure under bulkhead's rules).
   closed     the proxy closed the connection without any response (nothing complete reached the upstream).
   timeout    the proxy did not close the connection within the bound after the half-close.
 """
@@ -469,6 +471,8 @@ def judge(case, stream, end, half_closed, final):
         if not missing and not foreign:
             unsafe.append("answers out of order: %r vs %r" % (got, up_seqs))
     unsafe += _fwd_checks(case, reqs)
+    deviations = ["upstream got %s %s: %s" % (r["method"], r["target"], d) for r in reqs for d in r["deviations"]]
+    notes += deviations
     if stream.error:
         notes.append("response stream: %s" % stream.error)
     finals = stream.responses
@@ -478,7 +482,8 @@ def judge(case, stream, end, half_closed, final):
            "upstream_requests": [{"seq": r["seq"], "conn": r["conn"], "method": r["method"],
                                   "target": r["target"], "body_len": r["body_len"],
                                   "headers": r["headers"]} for r in reqs],
-           "anomalies": final["anomalies"], "notes": notes, "status": None, "forwarded": len(got)}
+           "anomalies": final["anomalies"], "notes": notes, "deviations": deviations, "status": None,
+           "forwarded": len(got)}
     if unsafe:
         res.update(outcome="unsafe", reasons=unsafe)
     elif not finals:
@@ -522,6 +527,8 @@ def evaluate(case, res, strict=True):
             out.append("forwarded %d request(s), expected %d" % (res["forwarded"], case.forwarded))
     else:
         out.append("%s without any response" % o)
+    if strict and res["deviations"]:
+        out += res["deviations"]
     if res["end"] == "timeout":
         out.append("the connection was still open at the bound%s"
                    % (" after the half-close" if res["half_closed"] else ""))
@@ -535,7 +542,7 @@ def label(res):
         before = " after %d fwd" % res["forwarded"] if res["forwarded"] else ""
         return "refused(%d%s)" % (res["status"], before)
     if o == "forwarded":
-        return "forwarded(%d)" % res["forwarded"]
+        return "forwarded(%d)%s" % (res["forwarded"], " as 1.0" if res["deviations"] else "")
     if o == "unsafe":
         return "UNSAFE(%s)" % short_reason(res["reasons"][0])
     return o

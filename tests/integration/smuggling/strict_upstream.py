@@ -6,7 +6,8 @@ strict RFC 9112 parser (below: `parse_request`), which accepts only what a proxy
 origin server:
 
   - request line exactly `method SP request-target SP HTTP/1.1 CRLF`: a token method, an origin-form
-    target (asterisk-form for OPTIONS only), no other version;
+    target (asterisk-form for OPTIONS only), no other version (HTTP/1.0 is parsed, without
+    Transfer-Encoding, but recorded as a deviation: an intermediary sends its own version);
   - field lines `token ":" OWS value OWS CRLF`: no whitespace before the colon, no obs-fold, no CTL in
     values, CRLF only (a bare LF or bare CR anywhere in the head is an error), no empty line before
     the request line;
@@ -177,7 +178,11 @@ def parse_request(buf):
             raise ParseError("bad-target", "asterisk-form with method %r" % method, 0)
     else:
         _check_origin_form(target, 0)
-    if version != b"HTTP/1.1":
+    deviations = []
+    if version == b"HTTP/1.0":
+        # unambiguous, but an intermediary sends its own version (RFC 9110 2.5): recorded, not an error
+        deviations.append("HTTP/1.0 request line")
+    elif version != b"HTTP/1.1":
         raise ParseError("bad-version", "version %r is not HTTP/1.1" % version, 0)
     headers = []
     while True:
@@ -201,6 +206,8 @@ def parse_request(buf):
                 raise ParseError("connection-names-framing", "Connection: %r names a framing field" % value, at)
     cls = by_name.get("content-length", [])
     tes = by_name.get("transfer-encoding", [])
+    if tes and deviations:
+        raise ParseError("te-in-http10", "Transfer-Encoding in an HTTP/1.0 request", tes[0][0])
     if cls and tes:
         raise ParseError("cl-and-te", "both Content-Length and Transfer-Encoding", tes[0][0])
     if len(cls) > 1:
@@ -209,7 +216,7 @@ def parse_request(buf):
         raise ParseError("te-multiple", "%d Transfer-Encoding field lines" % len(tes), tes[1][0])
     req = {"method": method.decode("latin-1"), "target": target.decode("latin-1"),
            "headers": [[name, value.decode("latin-1")] for _, _, name, value in headers],
-           "trailers": [], "chunked": False}
+           "trailers": [], "chunked": False, "version": version.decode("latin-1"), "deviations": deviations}
     if tes:
         at, value = tes[0]
         if value.lower() != b"chunked":
@@ -254,8 +261,9 @@ def parse_request(buf):
     req["body_len"] = len(body)
     req["body_sha256"] = hashlib.sha256(body).hexdigest()
     req["body"] = body[:MAX_BODY_KEPT].decode("latin-1")
-    req["close"] = any(tok.strip(b" \t").lower() == b"close"
-                       for _, v in by_name.get("connection", []) for tok in v.split(b","))
+    tokens = [tok.strip(b" \t").lower() for _, v in by_name.get("connection", []) for tok in v.split(b",")]
+    req["close"] = b"close" in tokens or (bool(deviations) and b"keep-alive" not in tokens)
+    req["keepalive_10"] = bool(deviations) and not req["close"]
     return req, pos
 
 
@@ -463,6 +471,8 @@ class DataConn:
         if req["close"]:
             head += "Connection: close\r\n"
             self.closing = True
+        elif req["keepalive_10"]:
+            head += "Connection: keep-alive\r\n"
         self.send(head.encode("latin-1") + b"\r\n" + (b"" if req["method"] == "HEAD" else text))
         if self.closing:
             self.after_close += self.buf

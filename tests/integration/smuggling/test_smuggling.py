@@ -127,7 +127,8 @@ REJECT = [
     (b"GET /  HTTP/1.1\r\nHost: a\r\n\r\n", "bad-request-line"),
     (b"GET /a#f HTTP/1.1\r\nHost: a\r\n\r\n", "bad-target"),
     (b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", "bad-target"),
-    (b"GET / HTTP/1.0\r\nHost: a\r\n\r\n", "bad-version"),
+    (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", "bad-version"),
+    (b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "te-in-http10"),
     (b"GET / HTTP/1.1\nHost: a\r\n\r\n", "bare-lf"),
     (b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", "bare-cr"),
     (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", "obs-fold"),
@@ -159,6 +160,13 @@ def test_strict_parser_rejects(data, kind):
     with pytest.raises(strict_upstream.ParseError) as e:
         strict_upstream.parse_request(bytearray(data))
     assert e.value.kind == kind
+
+
+def test_strict_parser_records_http10_as_a_deviation():
+    req, _ = strict_upstream.parse_request(bytearray(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"))
+    assert req["deviations"] and req["close"]
+    req, _ = strict_upstream.parse_request(bytearray(b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"))
+    assert req["deviations"] and not req["close"] and req["keepalive_10"]
 
 
 def test_strict_parser_waits_for_a_partial_request():
