@@ -585,7 +585,7 @@ def format_table(cases, results, strict_names=()):
     fmt = "  ".join("%%-%ds" % w for w in widths)
     lines = [fmt % tuple(head), fmt % tuple("-" * w for w in widths)]
     lines += [fmt % tuple(r) for r in rows]
-    return "\n".join(lines)
+    return "\n".join(x.rstrip() for x in lines)
 
 
 def summarize(cases, results, strict_names=()):
@@ -615,7 +615,7 @@ def summarize(cases, results, strict_names=()):
                     miss += 1
             line += "  %-34s" % ("%d/%d/%d/%d (%d)" % (k["refused"], k["forwarded"], k["unsafe"], k["other"], miss))
         lines.append(line)
-    return "\n".join(lines)
+    return "\n".join(x.rstrip() for x in lines)
 
 
 # ----------------------------------------------------------------------------------------------
