@@ -401,6 +401,7 @@ class DataConn:
         self.id = cid
         self.raw = bytearray()
         self.bytes_in = 0
+        self.bytes_out = 0
         self.buf = bytearray()     # bytes not parsed yet (a request in progress)
         self.nreq = 0
         self.out = bytearray()
@@ -414,7 +415,8 @@ class DataConn:
 
     def describe(self, raw=False):
         return {"id": self.id, "open": self.sock is not None and not self.closing and not self.failed,
-                "socket_open": self.sock is not None, "bytes_in": self.bytes_in, "requests": self.nreq,
+                "socket_open": self.sock is not None, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out, "requests": self.nreq,
                 "buffered": lat(self.buf), "failed": self.failed, "closing": self.closing,
                 "closed": self.closed, "leftover": None if self.leftover is None else lat(self.leftover),
                 "after_close": lat(self.after_close), "raw": lat(self.raw) if raw else None,
@@ -508,6 +510,7 @@ class DataConn:
                 self.out.clear()
                 break
             del self.out[:n]
+            self.bytes_out += n
         if self.sock is not None:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
             self.srv.sel.modify(self.sock, events, ("data", self))

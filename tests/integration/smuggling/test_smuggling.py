@@ -12,7 +12,10 @@ the module's temp dir) that `runner.py --from-json FILE` prints as the compariso
 import importlib.util
 import json
 import os
+import select
+import socket
 import sys
+import threading
 
 import pytest
 
@@ -112,6 +115,105 @@ def test_corpus_shape():
         "control", "cl-te", "content-length", "transfer-encoding", "ws-before-colon", "obs-fold", "bare-lf-cr",
         "chunked", "trailers", "http-version", "expect", "request-line", "upgrade", "connection", "classic"}
     assert len({c.raw for c in corpus.CASES}) == len(corpus.CASES), "two cases send the same bytes"
+
+
+# The judge on its own: a deliberately broken proxy must be caught.
+
+class BlindPool(runner.Target):
+    """A broken "proxy" for the judge's self-test: one upstream connection kept for every client, bytes
+    copied both ways without parsing (what a proxy that mis-frames ends up doing). Settled when it has
+    read every byte of the case, the upstream has read every byte it sent, and the client got every byte
+    the upstream answered (all counted, no timing)."""
+
+    def __init__(self, up):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        super().__init__("blind-pool", self.lsock.getsockname()[1])
+        self.up_port = up.port
+        self.lock = threading.Lock()
+        self.expect_in = 0                    # bytes the current client sends (set by the test)
+        self.client_in = self.sent_up = self.relayed = 0
+        self.upsock = None
+        self.stop = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stop:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.client_in = 0
+            self.relay(c)
+
+    def relay(self, c):
+        with c:
+            while True:
+                socks = [c] + ([self.upsock] if self.upsock else [])
+                for s in select.select(socks, [], [], 30)[0]:
+                    d = s.recv(65536) if s is c else self._recv_up()
+                    if s is c:
+                        if not d:
+                            return  # client done: the upstream connection stays for the next one
+                        if self.upsock is None:
+                            self.upsock = socket.create_connection(("127.0.0.1", self.up_port))
+                            with self.lock:
+                                self.sent_up = self.relayed = 0
+                        self.upsock.sendall(d)
+                        with self.lock:
+                            self.client_in += len(d)
+                            self.sent_up += len(d)
+                    elif d is None:
+                        return  # upstream closed: so does the client connection
+                    else:
+                        c.sendall(d)
+                        with self.lock:
+                            self.relayed += len(d)
+
+    def _recv_up(self):
+        d = self.upsock.recv(65536)
+        if not d:
+            self.upsock.close()
+            self.upsock = None
+            return None
+        return d
+
+    def settled(self, up_state):
+        conns = [c for c in up_state["conns"] if c["socket_open"]]
+        with self.lock:
+            return (self.client_in == self.expect_in and len(conns) == 1 and conns[0]["bytes_in"] == self.sent_up
+                    and conns[0]["bytes_out"] == self.relayed)
+
+    def close(self):
+        self.stop = True
+        self.lsock.close()
+
+
+def test_judge_catches_a_partial_request_left_on_a_pooled_connection(tmp_path):
+    up = runner.StrictUpstream(parent.free_port(), parent.free_port(), str(tmp_path / "strict-upstream.log"))
+    proxy = BlindPool(up)
+    try:
+        def run(name, raw):
+            c = corpus.Case(name, "self-test", raw, "either")
+            proxy.expect_in = len(raw)
+            return runner.run_case(c, proxy, up, io_timeout=parent.IO_TIMEOUT)
+
+        ok = run("pipelined", b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert runner.label(ok) == "forwarded(2)", ok
+        bad = run("partial", b"GET /c HTTP/1.1\r\nHost: x\r\n\r\nGET /d HTTP/1.1\r\nHost: x\r\nX: ")
+        assert bad["outcome"] == "unsafe", bad
+        assert any("holds a partial request" in r for r in bad["reasons"]), bad["reasons"]
+        # the next case starts after a reset: the partial request does not prefix it
+        after = run("after", b"GET /e HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert runner.label(after) == "forwarded(1)", after
+        assert any("reset" in n for n in after["notes"]), after["notes"]
+        assert [r["target"] for r in after["upstream_requests"]] == ["/e"]
+    finally:
+        proxy.close()
+        up.stop()
 
 
 # The strict upstream's parser on its own: what it must accept and what it must report.
