@@ -98,7 +98,11 @@ def explain(case, res, fails):
 
 @pytest.mark.parametrize("case", corpus.CASES, ids=lambda c: c.name)
 def test_case(env, case):
-    res = runner.run_case(case, env.target, env.up, io_timeout=parent.IO_TIMEOUT)
+    try:
+        res = runner.run_case(case, env.target, env.up, io_timeout=parent.IO_TIMEOUT)
+    except Exception:
+        env.check_alive()  # a crash explains the error better than the socket error it caused
+        raise
     env.results[case.name] = res
     env.check_alive()
     fails = runner.evaluate(case, res, strict=True)
