@@ -1,31 +1,40 @@
-/* Comparing upstreams and databases of two snapshots: a reload keeps the state of those that did
- * not change. */
+/* Comparing upstreams and databases of two snapshots (a reload keeps the state of those that did
+ * not change), derived from the key table: no field is listed here by hand.
+ *
+ * A section compares equal when every row of the key table for that section compares equal,
+ * by the storage kind of the row's type (bh_conf_int.h, enum kind); nested sections recurse
+ * into their own rows. Rows a section rejects (F_NA) are compared too: their defaults fill the
+ * fields. What is not a row, the name of an upstream or database (the key of its name map), is
+ * compared by bh_conf_upstream_equal and bh_conf_database_equal themselves. */
 #include <string.h>
 #include "bh_conf_int.h"
 
-#define EQ(f) (a->f == b->f)
+_Static_assert(sizeof(enum bh_log_level) == sizeof(int) &&
+                   sizeof(enum bh_balance_policy) == sizeof(int) &&
+                   sizeof(enum bh_db_auth) == sizeof(int),
+               "K_ENUM fields are compared as int");
+
+static bool rows_equal(enum sec sec, const void *a, const void *b);
 
 static bool str_eq(const char *a, const char *b)
 {
     return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-static bool pool_eq(const bh_conf_pool_t *a, const bh_conf_pool_t *b)
+static bool strs_eq(char *const *a, size_t na, char *const *b, size_t nb)
 {
-    return EQ(max_connections) && EQ(max_pending) && EQ(max_idle) && EQ(min_idle) &&
-           EQ(acquire_timeout_ms) && EQ(idle_timeout_ms) && EQ(max_lifetime_ms);
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++)
+        if (!str_eq(a[i], b[i]))
+            return false;
+    return true;
 }
 
-static bool timeouts_eq(const bh_conf_timeouts_t *a, const bh_conf_timeouts_t *b)
+/* retriable_status: the row's field is the whole bh_conf_retry_t (the list and its length). */
+static bool statuses_eq(const bh_conf_retry_t *a, const bh_conf_retry_t *b)
 {
-    return EQ(connect_ms) && EQ(first_byte_ms) && EQ(idle_ms) && EQ(total_ms);
-}
-
-static bool retry_eq(const bh_conf_retry_t *a, const bh_conf_retry_t *b)
-{
-    if (!(EQ(attempts) && EQ(on) && EQ(n_retriable_status) && EQ(methods_all) &&
-          EQ(max_replay_bytes) && EQ(backoff.base_ms) && EQ(backoff.max_ms) &&
-          EQ(honor_retry_after) && EQ(budget.ratio) && EQ(budget.min_per_second)))
+    if (a->n_retriable_status != b->n_retriable_status)
         return false;
     for (size_t i = 0; i < a->n_retriable_status; i++)
         if (a->retriable_status[i] != b->retriable_status[i])
@@ -33,21 +42,10 @@ static bool retry_eq(const bh_conf_retry_t *a, const bh_conf_retry_t *b)
     return true;
 }
 
-static bool breaker_eq(const bh_conf_breaker_t *a, const bh_conf_breaker_t *b)
+/* Endpoints as written, in order. */
+static bool endpoints_eq(const bh_conf_upstream_t *a, const bh_conf_upstream_t *b)
 {
-    return EQ(consecutive_failures) && EQ(failure_rate) && EQ(window_ms) && EQ(min_requests) &&
-           EQ(open_for_ms) && EQ(max_open_for_ms) && EQ(half_open_probes) && EQ(count);
-}
-
-bool bh_conf_upstream_equal(const bh_conf_upstream_t *a, const bh_conf_upstream_t *b)
-{
-    if (!(str_eq(a->name, b->name) && EQ(n_endpoints) && pool_eq(&a->pool, &b->pool) &&
-          timeouts_eq(&a->timeouts, &b->timeouts) && EQ(dns_refresh_ms) && EQ(balance) &&
-          retry_eq(&a->retry, &b->retry) && breaker_eq(&a->breaker, &b->breaker) &&
-          EQ(outlier.consecutive_failures) && EQ(outlier.eject_for_ms) && EQ(outlier.max_ejected) &&
-          EQ(health_check.enabled) && str_eq(a->health_check.path, b->health_check.path) &&
-          EQ(health_check.interval_ms) && EQ(health_check.timeout_ms) && EQ(health_check.healthy) &&
-          EQ(health_check.unhealthy)))
+    if (a->n_endpoints != b->n_endpoints)
         return false;
     for (size_t i = 0; i < a->n_endpoints; i++)
         if (!str_eq(a->endpoints[i].text, b->endpoints[i].text))
@@ -55,26 +53,73 @@ bool bh_conf_upstream_equal(const bh_conf_upstream_t *a, const bh_conf_upstream_
     return true;
 }
 
-bool bh_conf_database_equal(const bh_conf_database_t *a, const bh_conf_database_t *b)
+/* Session settings in file order (TimeZone appended when not given is part of both). */
+static bool session_eq(const bh_conf_database_t *a, const bh_conf_database_t *b)
 {
-    if (!(str_eq(a->name, b->name) && EQ(n_hosts) && str_eq(a->server, b->server) && EQ(auth) &&
-          str_eq(a->user, b->user) && str_eq(a->password, b->password) &&
-          str_eq(a->dbname, b->dbname) && EQ(n_tokens) && pool_eq(&a->pool, &b->pool) &&
-          timeouts_eq(&a->timeouts, &b->timeouts) && EQ(max_response_bytes) &&
-          EQ(max_request_bytes) && EQ(n_session) && retry_eq(&a->retry, &b->retry) &&
-          EQ(retry_serialization_failures) && breaker_eq(&a->breaker, &b->breaker)))
-        return false;
-    for (size_t i = 0; i < a->n_hosts; i++)
-        if (!str_eq(a->hosts[i], b->hosts[i]))
-            return false;
-    for (size_t i = 0; i < a->n_tokens; i++)
-        if (!str_eq(a->tokens[i], b->tokens[i]))
-            return false;
-    for (size_t i = 0; i < a->n_session; i++)
-        if (!str_eq(a->session_keys[i], b->session_keys[i]) ||
-            !str_eq(a->session_values[i], b->session_values[i]))
+    return strs_eq(a->session_keys, a->n_session, b->session_keys, b->n_session) &&
+           strs_eq(a->session_values, a->n_session, b->session_values, b->n_session);
+}
+
+/* Kinds up to K_SECTION compare the one field at k->off; the later ones are the node
+ * converters that fill a list and its length, or fields of the whole section struct (base). */
+static bool field_equal(const spec_t *k, const void *a, const void *b)
+{
+    switch (k->type->kind) {
+    case K_U32:
+        return *CFIELD(a, k, uint32_t) == *CFIELD(b, k, uint32_t);
+    case K_U64:
+        return *CFIELD(a, k, uint64_t) == *CFIELD(b, k, uint64_t);
+    case K_BOOL:
+        return *CFIELD(a, k, bool) == *CFIELD(b, k, bool);
+    case K_DOUBLE:
+        return *CFIELD(a, k, double) == *CFIELD(b, k, double);
+    case K_ENUM:
+        return *CFIELD(a, k, int) == *CFIELD(b, k, int);
+    case K_STR:
+        return str_eq(*CFIELD(a, k, char *), *CFIELD(b, k, char *));
+    case K_ADDR:
+        return str_eq(CFIELD(a, k, bh_conf_addr_t)->text, CFIELD(b, k, bh_conf_addr_t)->text);
+    case K_SECTION:
+        return rows_equal(k->sub, CFIELD(a, k, char), CFIELD(b, k, char));
+    case K_HEALTH: /* enabled is set by the section's presence, not by a row */
+        return CFIELD(a, k, bh_conf_health_t)->enabled == CFIELD(b, k, bh_conf_health_t)->enabled &&
+               rows_equal(k->sub, CFIELD(a, k, char), CFIELD(b, k, char));
+    case K_STATUSES:
+        return statuses_eq(CFIELD(a, k, bh_conf_retry_t), CFIELD(b, k, bh_conf_retry_t));
+    case K_ENDPOINTS:
+        return endpoints_eq(a, b);
+    case K_DB_HOSTS: {
+        const bh_conf_database_t *x = a, *y = b;
+        return strs_eq(x->hosts, x->n_hosts, y->hosts, y->n_hosts);
+    }
+    case K_DB_TOKENS: {
+        const bh_conf_database_t *x = a, *y = b;
+        return strs_eq(x->tokens, x->n_tokens, y->tokens, y->n_tokens);
+    }
+    case K_SESSION:
+        return session_eq(a, b);
+    case K_NONE: /* not comparable (never in an upstream or database): treat as changed */
+        break;
+    }
+    return false;
+}
+
+/* Every row of sec, a and b being that section's structs. Rows without a type (keys not
+ * supported yet) fill nothing. */
+static bool rows_equal(enum sec sec, const void *a, const void *b)
+{
+    for (const spec_t *k = bh__conf_specs; k < bh__conf_specs + bh__conf_n_specs; k++)
+        if (k->sec == sec && k->type != NULL && !field_equal(k, a, b))
             return false;
     return true;
 }
 
-#undef EQ
+bool bh_conf_upstream_equal(const bh_conf_upstream_t *a, const bh_conf_upstream_t *b)
+{
+    return str_eq(a->name, b->name) && rows_equal(S_UPSTREAM, a, b);
+}
+
+bool bh_conf_database_equal(const bh_conf_database_t *a, const bh_conf_database_t *b)
+{
+    return str_eq(a->name, b->name) && rows_equal(S_DATABASE, a, b);
+}

@@ -12,7 +12,7 @@
  *   bh_conf_db.c     converters of databases.<name> (hosts, tokens, server, session)
  *   bh_conf_check.c  cross-field checks run after a section's keys are set; route resolution
  *   bh_conf_hint.c   typo suggestions ("did you mean") and unknown-key/word messages
- *   bh_conf_equal.c  snapshot comparison for reload
+ *   bh_conf_equal.c  snapshot comparison for reload, derived from the key table
  *   bh_conf_parse.c  the public value parsers (bh_parse_*) the converters build on */
 #ifndef BH_CONF_INT_H
 #define BH_CONF_INT_H
@@ -70,11 +70,33 @@ typedef struct spec spec_t;
  * Returns 0, BH_ECONFIG (c->err filled) or BH_ENOMEM. */
 typedef int (*conv_fn)(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
 
+/* How a type stores its value, which is how bh_conf_equal.c compares two snapshots. The kinds
+ * from K_HEALTH on belong to node converters that fill more than the one field at k->off (a
+ * list and its length, or fields of the whole section struct): each has its own code there. */
+enum kind {
+    K_NONE,      /* not compared (top-level lists, route-only keys): counts as changed */
+    K_U32,       /* uint32_t: whole numbers, flag sets (retry.on, breaker.count), methods */
+    K_U64,       /* uint64_t: durations (ms), sizes (bytes) */
+    K_BOOL,      /* bool */
+    K_DOUBLE,    /* double: percentages */
+    K_ENUM,      /* an int-sized enum (log level, balance, auth) */
+    K_STR,       /* char *, NULL when not given or empty */
+    K_ADDR,      /* bh_conf_addr_t, compared as written */
+    K_SECTION,   /* a nested section: the rows of k->sub, at k->off */
+    K_HEALTH,    /* bh_conf_health_t: enabled, then the rows of k->sub */
+    K_STATUSES,  /* bh_conf_retry_t at k->off: retriable_status[n_retriable_status] */
+    K_ENDPOINTS, /* the upstream's endpoints[n_endpoints], compared as written */
+    K_DB_HOSTS,  /* the database's hosts[n_hosts] */
+    K_DB_TOKENS, /* the database's tokens[n_tokens] */
+    K_SESSION,   /* the database's session_keys/values[n_session] */
+};
+
 enum { T_NODE = 1, T_EMPTY_OK = 2 };
 typedef struct type {
     conv_fn conv;
     const char *expect; /* what a valid value looks like, for messages */
     unsigned flags;     /* T_NODE: conv reads the node itself (mappings, lists) */
+    enum kind kind;
 } type_t;
 
 /* F_NA: a key of the shared shape that this section does not take (databases): giving it is an
@@ -88,7 +110,7 @@ struct spec {
     const char *def;    /* default, in config syntax; NULL: none (or derived, see hooks) */
     uint64_t min, max;  /* bounds for numbers, sizes and durations */
     unsigned flags;
-    enum sec sub; /* nested section for T_SECTION */
+    enum sec sub; /* nested section (K_SECTION, K_HEALTH); S_COUNT otherwise */
 };
 
 /* bh_conf_keys.c: the table, rows of one section in file-documentation order. */

@@ -1,69 +1,75 @@
-/* The schema: every key of every section, its type (converter and expected form), the field it
- * fills and its default written as a user would write it.
+/* The schema: every key of every section, its type (converter, expected form, storage kind), the
+ * field it fills and its default written as a user would write it.
  *
  * One row per key; the rows of a section are those naming it, in documentation order. The walker
  * (bh__conf_parse_section) converts the keys given, then the defaults of the missing ones with
- * the same converters. */
+ * the same converters; bh_conf_equal.c compares two snapshots row by row. A key added here is
+ * parsed, defaulted, suggested in "did you mean" and compared on reload without other code. */
 #include <stddef.h>
 #include "bh_conf_int.h"
 
 #define DUR_MAX (365ull * 86400 * 1000) /* longest duration accepted anywhere: 365d */
 
 /* clang-format off */
-/* The types: converter, what a valid value looks like (for messages), flags. */
+/* The types: converter, what a valid value looks like (for messages), flags, storage kind. */
 #define C(name) bh__conf_conv_##name
-static const type_t T_WORKERS = {C(workers), "auto or a whole number from 1 to 1024", 0};
-static const type_t T_U32 = {C(u32), "a whole number", 0};
+static const type_t T_WORKERS = {C(workers), "auto or a whole number from 1 to 1024", 0, K_U32};
+static const type_t T_U32 = {C(u32), "a whole number", 0, K_U32};
 static const type_t T_SIZE = {C(size), "a size in bytes or with a unit (KiB, MiB, GiB, KB, MB, "
-                                       "GB), e.g. 16KiB or 10MiB", 0};
+                                       "GB), e.g. 16KiB or 10MiB", 0, K_U64};
 static const type_t T_DUR = {C(duration), "a number with a unit (ms, s, m, h, d), "
-                                          "e.g. 250ms or 5s", 0};
-static const type_t T_BOOL = {C(bool), "true or false", 0};
-static const type_t T_STR = {C(str), "a non-empty string", 0};
-static const type_t T_OPT_STR = {C(str), "a string", T_EMPTY_OK};
-static const type_t T_LEVEL = {C(level), "error, warn, info or debug", 0};
+                                          "e.g. 250ms or 5s", 0, K_U64};
+static const type_t T_BOOL = {C(bool), "true or false", 0, K_BOOL};
+static const type_t T_STR = {C(str), "a non-empty string", 0, K_STR};
+static const type_t T_OPT_STR = {C(str), "a string", T_EMPTY_OK, K_STR};
+static const type_t T_LEVEL = {C(level), "error, warn, info or debug", 0, K_ENUM};
 static const type_t T_ADDR = {C(addr), "a numeric address as host:port or [v6]:port, "
-                                       "e.g. 0.0.0.0:8080 or [::1]:8080", 0};
-static const type_t T_PREFIX = {C(prefix), "a path starting with '/', e.g. /api/", 0};
-static const type_t T_HOST = {C(host), "a host name such as api.example.com or *.example.com", 0};
-static const type_t T_SECTION = {C(section), "a mapping", T_NODE};
+                                       "e.g. 0.0.0.0:8080 or [::1]:8080", 0, K_ADDR};
+static const type_t T_PREFIX = {C(prefix), "a path starting with '/', e.g. /api/", 0, K_STR};
+static const type_t T_HOST = {C(host), "a host name such as api.example.com or *.example.com", 0,
+                              K_STR};
+static const type_t T_SECTION = {C(section), "a mapping", T_NODE, K_SECTION};
 static const type_t T_OVERRIDE = {C(override), "a mapping of connect, first_byte, idle, total",
-                                  T_NODE};
-static const type_t T_LISTENERS = {C(listeners), "a list of {name, address}", T_NODE};
+                                  T_NODE, K_NONE};
+static const type_t T_LISTENERS = {C(listeners), "a list of {name, address}", T_NODE, K_NONE};
 static const type_t T_UPSTREAMS = {C(upstreams), "a mapping from upstream name to "
-                                                 "{endpoints, pool, timeouts}", T_NODE};
-static const type_t T_ENDPOINTS = {C(endpoints), "a list of host:port", T_NODE};
+                                                 "{endpoints, pool, timeouts}", T_NODE, K_NONE};
+static const type_t T_ENDPOINTS = {C(endpoints), "a list of host:port", T_NODE, K_ENDPOINTS};
 static const type_t T_ROUTES = {C(routes), "a list of {match, upstream or database, "
-                                "strip_prefix, timeouts, retry}", T_NODE};
-static const type_t T_METHODS = {C(methods), "a list of methods, e.g. [GET, POST]", T_NODE};
+                                "strip_prefix, timeouts, retry}", T_NODE, K_NONE};
+static const type_t T_METHODS = {C(methods), "a list of methods, e.g. [GET, POST]", T_NODE, K_U32};
 static const type_t T_PERCENT = {C(percent), "a percentage such as 50% or a fraction from 0 to "
-                                             "1 such as 0.5", 0};
-static const type_t T_BALANCE = {C(balance), "round_robin, least_request or random", 0};
-static const type_t T_RETRY_METHODS = {C(retry_methods), "idempotent or all", 0};
+                                             "1 such as 0.5", 0, K_DOUBLE};
+static const type_t T_BALANCE = {C(balance), "round_robin, least_request or random", 0, K_ENUM};
+static const type_t T_RETRY_METHODS = {C(retry_methods), "idempotent or all", 0, K_BOOL};
 static const type_t T_RETRY_ON = {C(retry_on), "a list of connect-failure, "
                                   "reset-before-response, first-byte-timeout, gateway-error, "
-                                  "5xx, retriable-status", T_NODE};
+                                  "5xx, retriable-status", T_NODE, K_U32};
 static const type_t T_COUNT = {C(count), "a list of connect-failure, timeout, 5xx, reset",
-                               T_NODE};
-static const type_t T_STATUSES = {C(statuses), "a list of HTTP statuses, e.g. [503]", T_NODE};
-static const type_t T_PATH = {C(path), "a path starting with '/', e.g. /healthz", 0};
+                               T_NODE, K_U32};
+static const type_t T_STATUSES = {C(statuses), "a list of HTTP statuses, e.g. [503]", T_NODE,
+                                  K_STATUSES};
+static const type_t T_PATH = {C(path), "a path starting with '/', e.g. /healthz", 0, K_STR};
 static const type_t T_HEALTH = {C(health), "a mapping of path, interval, timeout, healthy, "
-                                           "unhealthy", T_NODE};
+                                           "unhealthy", T_NODE, K_HEALTH};
 static const type_t T_ROUTE_RETRY = {C(route_retry), "a mapping of retry settings (attempts, "
                                      "on, retriable_status, methods, max_replay_bytes, backoff, "
-                                     "honor_retry_after)", T_NODE};
+                                     "honor_retry_after)", T_NODE, K_NONE};
 
 static const type_t T_DATABASES = {C(databases), "a mapping from database name to "
-                                   "{hosts, server, auth, pool, timeouts}", T_NODE};
+                                   "{hosts, server, auth, pool, timeouts}", T_NODE, K_NONE};
 static const type_t T_DB_HOSTS = {C(db_hosts), "a list of connection-string hosts, e.g. "
-                                               "[ \"db.example.com\" ] or [ \"*\" ]", T_NODE};
+                                               "[ \"db.example.com\" ] or [ \"*\" ]", T_NODE,
+                                  K_DB_HOSTS};
 static const type_t T_DB_TOKENS = {C(db_tokens), "a list of bearer tokens, e.g. "
-                                                 "[ \"${BULKHEAD_SQL_TOKEN}\" ]", T_NODE};
+                                                 "[ \"${BULKHEAD_SQL_TOKEN}\" ]", T_NODE,
+                                   K_DB_TOKENS};
 static const type_t T_SERVER = {C(server), "a libpq conninfo of keyword=value pairs without "
-                                           "credentials, e.g. \"host=127.0.0.1 port=5432\"", 0};
-static const type_t T_AUTH = {C(auth), "passthrough or fixed", 0};
+                                           "credentials, e.g. \"host=127.0.0.1 port=5432\"", 0,
+                                K_STR};
+static const type_t T_AUTH = {C(auth), "passthrough or fixed", 0, K_ENUM};
 static const type_t T_SESSION = {C(session), "a mapping of setting names to values, e.g. "
-                                             "{ TimeZone: UTC }", T_NODE};
+                                             "{ TimeZone: UTC }", T_NODE, K_SESSION};
 #undef C
 
 /* KEY(section, key, type, struct, field, default, min, max); REQ: a required key, no default;
@@ -122,7 +128,8 @@ const spec_t bh__conf_specs[] = {
     SECTION(S_UPSTREAM, "retry", bh_conf_upstream_t, retry, S_RETRY),
     SECTION(S_UPSTREAM, "breaker", bh_conf_upstream_t, breaker, S_BREAKER),
     SECTION(S_UPSTREAM, "outlier", bh_conf_upstream_t, outlier, S_OUTLIER),
-    KEY(S_UPSTREAM, "health_check", T_HEALTH, bh_conf_upstream_t, health_check, NULL, 0, 0),
+    {S_UPSTREAM, "health_check", &T_HEALTH, offsetof(bh_conf_upstream_t, health_check), NULL, 0, 0,
+     0, S_HEALTH}, /* absent: disabled */
 
     KEY(S_RETRY, "attempts", T_U32, bh_conf_retry_t, attempts, "3", 1, 10),
     KEY(S_RETRY, "on", T_RETRY_ON, bh_conf_retry_t, on,

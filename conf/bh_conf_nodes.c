@@ -41,7 +41,7 @@ int bh__conf_conv_health(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *
     if (n->type != YAML_MAPPING_NODE && !bh__conf_is_null(n))
         return bh__conf_type_fail(c, n, k->type->expect);
     h->enabled = true;
-    return bh__conf_parse_section(c, S_HEALTH, n, h, 1);
+    return bh__conf_parse_section(c, k->sub, n, h, 1);
 }
 
 /* A route's retry: the whole section replaces the upstream's (keys not given take the
