@@ -2,7 +2,7 @@
  *
  * A snapshot is built by bh_conf_load(), never modified afterwards, and shared read-only by every
  * worker (a reload builds a new one). Durations are milliseconds, sizes are bytes. Every key that
- * the file does not give takes its default from the one defaults table in bh_conf.c. */
+ * the file does not give takes its default from the one defaults table in bh_conf_keys.c. */
 #ifndef BH_CONF_H
 #define BH_CONF_H
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include "bh_alloc.h"
 #include "bh_conf.h"
+#include "bh_conf_int.h" /* the key table: every key of a section is covered */
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 #define MIN_HEAD "listeners:\n  - address: 127.0.0.1:8080\n"
@@ -1709,6 +1710,250 @@ static void test_example_contents(void **state)
     bh_conf_free(c);
 }
 
+/* ---- reload: which upstreams and databases changed -------------------------------------- */
+
+/* One key given in a test config: its dotted path in the section ("pool.max_idle") and its
+ * value as written; value NULL = the key is not given. */
+typedef struct kv {
+    const char *path, *value;
+} kv_t;
+
+#define MAX_KV 12
+
+/* A section under test: the YAML up to its name, the keys of a config that loads (its base),
+ * and how two loaded configs compare. */
+typedef struct eq_case {
+    enum sec sec;
+    const char *head;
+    kv_t base[MAX_KV];
+    bool (*equal)(const bh_conf_t *a, const bh_conf_t *b);
+} eq_case_t;
+
+static bool upstream0_equal(const bh_conf_t *a, const bh_conf_t *b)
+{
+    return bh_conf_upstream_equal(&a->upstreams[0], &b->upstreams[0]);
+}
+
+static bool database0_equal(const bh_conf_t *a, const bh_conf_t *b)
+{
+    return bh_conf_database_equal(&a->databases[0], &b->databases[0]);
+}
+
+static const char *kv_get(const kv_t *kv, const char *path)
+{
+    for (size_t i = 0; i < MAX_KV && kv[i].path != NULL; i++)
+        if (strcmp(kv[i].path, path) == 0)
+            return kv[i].value;
+    return NULL;
+}
+
+static bool kv_has_under(const kv_t *kv, const char *path)
+{
+    size_t n = strlen(path);
+
+    for (size_t i = 0; i < MAX_KV && kv[i].path != NULL; i++)
+        if (kv[i].value != NULL && strncmp(kv[i].path, path, n) == 0 && kv[i].path[n] == '.')
+            return true;
+    return false;
+}
+
+/* Writes the keys of kv that are rows of sec as block YAML, walking the key table: a row with a
+ * nested section that kv gives keys under becomes a mapping of them. */
+static void emit(FILE *f, enum sec sec, const char *prefix, const kv_t *kv, int indent)
+{
+    for (size_t i = 0; i < bh__conf_n_specs; i++) {
+        const spec_t *k = &bh__conf_specs[i];
+        char path[128];
+        const char *value;
+
+        if (k->sec != sec || k->type == NULL)
+            continue;
+        snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "." : "", k->key);
+        if (k->sub != S_COUNT && kv_has_under(kv, path)) {
+            fprintf(f, "%*s%s:\n", indent, "", k->key);
+            emit(f, k->sub, path, kv, indent + 2);
+        } else if ((value = kv_get(kv, path)) != NULL) {
+            fprintf(f, "%*s%s: %s\n", indent, "", k->key, value);
+        }
+    }
+}
+
+/* Loads the case's config with the keys of kv; NULL when it does not load. */
+static bh_conf_t *load_kv(const eq_case_t *ec, const kv_t *kv)
+{
+    bh_conf_t *conf = NULL;
+    bh_conf_error_t err;
+    char *yaml = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&yaml, &len);
+
+    assert_non_null(f);
+    fputs(ec->head, f);
+    emit(f, ec->sec, "", kv, 4);
+    fclose(f);
+    if (bh_conf_load_string("t.yaml", yaml, len, &conf, &err) != 0)
+        conf = NULL;
+    free(yaml);
+    return conf;
+}
+
+/* Values tried for a key, in order, until one loads and makes the configs unequal; ABSENT
+ * removes a key the base gives. A new key that none of them can change fails the test: add a
+ * value it accepts. */
+static const char ABSENT[] = "(absent)";
+static const char *const CANDIDATES[] = {
+    "1",
+    "2",
+    "100",
+    "1ms",
+    "7s",
+    "true",
+    "false",
+    "round_robin",
+    "all",
+    "[5xx]",
+    "[500]",
+    "[\"127.0.0.1:9001\"]",
+    "/x",
+    "host=10.0.0.9",
+    "{search_path: x}",
+    ABSENT,
+};
+
+/* base with path set to value (ABSENT: without it), in out. */
+static void kv_with(const kv_t *base, const char *path, const char *value, kv_t *out)
+{
+    size_t n = 0;
+    bool done = false;
+
+    for (size_t i = 0; i < MAX_KV && base[i].path != NULL; i++) {
+        bool hit = strcmp(base[i].path, path) == 0;
+        out[n++] = (kv_t){base[i].path, hit ? value : base[i].value};
+        done = done || hit;
+    }
+    if (!done)
+        out[n++] = (kv_t){path, value};
+    assert_true(n < MAX_KV);
+    out[n] = (kv_t){NULL, NULL};
+    for (size_t i = 0; i < n; i++)
+        if (out[i].value == ABSENT)
+            out[i].value = NULL;
+}
+
+/* Some value of the key at path loads and makes the section compare unequal, both ways. */
+static void expect_key_compared(const eq_case_t *ec, const bh_conf_t *base, const char *path)
+{
+    for (size_t i = 0; i < COUNT(CANDIDATES); i++) {
+        kv_t kv[MAX_KV];
+        bh_conf_t *other;
+        bool a, b;
+
+        if (CANDIDATES[i] == ABSENT && kv_get(ec->base, path) == NULL)
+            continue;
+        kv_with(ec->base, path, CANDIDATES[i], kv);
+        if ((other = load_kv(ec, kv)) == NULL)
+            continue;
+        a = ec->equal(base, other);
+        b = ec->equal(other, base);
+        bh_conf_free(other);
+        assert_true(a == b);
+        if (!a)
+            return;
+    }
+    fail_msg("no config differing only in %s compares unequal", path);
+}
+
+/* Every key of sec and of the sections nested in it (rows of the key table, so a key added
+ * later is covered too), except the keys this section rejects (F_NA: never given) and those in
+ * skip, which cannot change alone. */
+static size_t expect_keys_compared(const eq_case_t *ec, const bh_conf_t *base, enum sec sec,
+                                   const char *prefix, const char *skip)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < bh__conf_n_specs; i++) {
+        const spec_t *k = &bh__conf_specs[i];
+        char path[128];
+
+        if (k->sec != sec || k->type == NULL || (k->flags & F_NA))
+            continue;
+        snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "." : "", k->key);
+        if (k->sub != S_COUNT)
+            n += expect_keys_compared(ec, base, k->sub, path, skip);
+        if (k->type->kind != K_SECTION && strcmp(path, skip) != 0) {
+            expect_key_compared(ec, base, path);
+            n++;
+        }
+    }
+    return n;
+}
+
+static void test_equal_upstream(void **state)
+{
+    static const eq_case_t ec = {
+        S_UPSTREAM,
+        MIN_HEAD "upstreams:\n  u:\n",
+        {{"endpoints", "[\"127.0.0.1:9000\"]"},
+         {"pool.max_idle", "8"}, /* so that max_connections does not change it */
+         {"health_check", "{}"}, /* enabled: its keys count */
+         {NULL, NULL}},
+        upstream0_equal,
+    };
+    bh_conf_t *a = load_kv(&ec, ec.base), *b = load_kv(&ec, ec.base), *renamed;
+
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(bh_conf_upstream_equal(&a->upstreams[0], &b->upstreams[0]));
+    assert_true(expect_keys_compared(&ec, a, S_UPSTREAM, "", "") >= 41);
+
+    /* The name is the key of the upstreams mapping, not a row. */
+    renamed = load_ok(MIN_HEAD "upstreams:\n  v:\n    endpoints: [\"127.0.0.1:9000\"]\n"
+                               "    pool: { max_idle: 8 }\n    health_check: {}\n");
+    assert_false(bh_conf_upstream_equal(&a->upstreams[0], &renamed->upstreams[0]));
+    bh_conf_free(renamed);
+    bh_conf_free(a);
+    bh_conf_free(b);
+}
+
+static void test_equal_database(void **state)
+{
+    static const eq_case_t ec = {
+        S_DATABASE,
+        MIN_HEAD "databases:\n  d:\n",
+        {{"hosts", "[db.example.com]"},
+         {"server", "\"host=127.0.0.1 port=5432\""},
+         {"auth", "fixed"}, /* so that user, password, dbname and tokens can be given */
+         {"user", "u"},
+         {"password", "p"},
+         {"dbname", "db"},
+         {"tokens", "[t1]"},
+         {"pool.max_idle", "8"},
+         {NULL, NULL}},
+        database0_equal,
+    };
+    bh_conf_t *a = load_kv(&ec, ec.base), *b = load_kv(&ec, ec.base), *other;
+
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(bh_conf_database_equal(&a->databases[0], &b->databases[0]));
+    assert_true(expect_keys_compared(&ec, a, S_DATABASE, "", "auth") >= 30);
+
+    /* auth cannot change alone: passthrough takes none of the fixed-only keys. */
+    other =
+        load_ok(MIN_HEAD "databases:\n  d:\n    hosts: [db.example.com]\n"
+                         "    server: \"host=127.0.0.1 port=5432\"\n    pool: { max_idle: 8 }\n");
+    assert_false(bh_conf_database_equal(&a->databases[0], &other->databases[0]));
+    bh_conf_free(other);
+    other = load_ok(MIN_HEAD "databases:\n  e:\n    hosts: [db.example.com]\n"
+                             "    server: \"host=127.0.0.1 port=5432\"\n    auth: fixed\n"
+                             "    user: u\n    password: p\n    dbname: db\n    tokens: [t1]\n"
+                             "    pool: { max_idle: 8 }\n");
+    assert_false(bh_conf_database_equal(&a->databases[0], &other->databases[0]));
+    bh_conf_free(other);
+    bh_conf_free(a);
+    bh_conf_free(b);
+}
+
 /* Failing the nth allocation, for every n, gives BH_ENOMEM and leaks nothing (ASan checks). */
 static void check_enomem(const char *yaml)
 {
@@ -1773,6 +2018,8 @@ int main(void)
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_example_contents),
+        cmocka_unit_test(test_equal_upstream),
+        cmocka_unit_test(test_equal_database),
         cmocka_unit_test(test_enomem),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
