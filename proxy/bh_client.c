@@ -42,6 +42,7 @@ typedef struct bh_client {
     bool eof;                       /* the client sent FIN or the read failed */
     bool paused;                    /* parser paused: at a head end or a message end */
     bool counted;                   /* counted in srv->clients */
+    bool version_seen;              /* the request line's version was parsed */
     uint8_t open_handles;
     uint64_t phase_start_ms;        /* start of the keepalive/header phase; last body read */
     uint64_t timer_due;             /* when the timer fires (valid while it is active) */
@@ -325,6 +326,13 @@ static int on_message_begin(llhttp_t *p)
     bh_client_t *c = parser_client(p);
     c->nheaders = 0;
     c->url_off = c->url_len = 0;
+    c->version_seen = false;
+    return 0;
+}
+
+static int on_version_complete(llhttp_t *p)
+{
+    parser_client(p)->version_seen = true;
     return 0;
 }
 
@@ -376,6 +384,7 @@ static int on_message_complete(llhttp_t *p)
 static const llhttp_settings_t req_settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
+    .on_version_complete = on_version_complete,
     .on_header_field_complete = on_header_field_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
@@ -443,6 +452,16 @@ static void parse_failed(bh_client_t *c, llhttp_errno_t e)
         fail_request(c, err);
 }
 
+/* True when the request line ended (empty lines before it do not count, RFC 9112 2.2) while
+ * llhttp saw no version in it. */
+static bool line_without_version(const bh_client_t *c)
+{
+    const char *p = c->conn.rbuf->data + c->head_start, *end = c->conn.rbuf->data + c->conn.rlen;
+    while (p < end && (*p == '\r' || *p == '\n'))
+        p++;
+    return p < end && memchr(p, '\n', (size_t)(end - p)) != NULL;
+}
+
 /* Runs the parser once over what is buffered. Returns false to stop the parse loop. */
 static bool parse_step(bh_client_t *c)
 {
@@ -463,6 +482,12 @@ static bool parse_step(bh_client_t *c)
         cn->rpos = cn->rlen;
         if (c->state == CS_HEAD && cn->rlen - c->head_start > lim->max_header_bytes) {
             fail_request(c, BH_EHEAD_TOO_LARGE);
+            return false;
+        }
+        if (c->state == CS_HEAD && !c->version_seen && line_without_version(c)) {
+            /* "GET /x\r\n" (HTTP/0.9): a line ended without a version, and strict llhttp
+             * waits for more instead of failing */
+            fail_request(c, BH_EBAD_REQUEST);
             return false;
         }
         return true;

@@ -293,6 +293,7 @@ void bh_exchange_start(bh_exchange_t *ex, bh_conn_t *conn, const char *head, siz
     }
     /* RFC 9112 3.2.2: an absolute-form target's authority wins over Host. */
     bh_span_t host = req.target.authority.n > 0 ? req.target.authority : f.host;
+    req.host = f.nhost > 0 ? f.host : (bh_span_t){NULL, 0};
     const bh_gen_t *gen = ex->gen;
     const bh_conf_route_t *route = bh_route_match(gen->conf, host, req.path, req.method_bit);
     if (route == NULL) {

@@ -25,6 +25,7 @@ typedef struct bh_request {
     bh_span_t method;               /* llhttp's name of the method */
     bh_span_t path;                 /* origin-form "/path?query" (for "*": "/") */
     bh_target_t target;             /* the target as received, split */
+    bh_span_t host;                 /* the Host field; p == NULL without one (HTTP/1.0) */
     const char *head;               /* the whole head, as received */
     size_t head_len;
     const bh_hdr_t *hdrs;           /* the head's fields (the worker's scratch array) */

@@ -84,6 +84,7 @@ typedef struct bh_fwd {
     bool replayable;                /* every body byte so far is in replay[] */
     bool idempotency_key;           /* the request carries Idempotency-Key */
     bool continue_sent;             /* 100 Continue went to the client */
+    bool add_host;                  /* an HTTP/1.0 request without Host: name the endpoint */
 } bh_fwd_t;
 
 _Static_assert(sizeof(bh_fwd_t) <= BH_EXCHANGE_STATE_BYTES, "bh_fwd_t fits in the exchange");
@@ -649,15 +650,20 @@ static int send_request(bh_fwd_t *f, bh_upconn_t *uc)
     int rc = bh_outq_slice(&uc->out, f->head, f->head->data, f->head_len);
     if (rc < 0)
         return rc;
-    char tail[64];
+    char tail[320];
     bh_wbuf_t w = {tail, 0, sizeof(tail), false};
+    if (f->add_host) { /* what goes upstream is HTTP/1.1, which needs a Host (RFC 9112 3.2) */
+        bh_wbuf_str(&w, "Host: ");
+        bh_wbuf_str(&w, f->up->conf->endpoints[f->ep].text);
+        bh_wbuf_put(&w, "\r\n", 2);
+    }
     if (ex->deadline_ms != BH_DEADLINE_NONE) {
         bh_wbuf_str(&w, "Bulkhead-Deadline: ");
         bh_wbuf_u64(&w, bh_deadline_remaining(ex->deadline_ms, now_of(f)));
         bh_wbuf_put(&w, "\r\n", 2);
     }
     bh_wbuf_put(&w, "\r\n", 2);
-    rc = bh_outq_copy(&uc->out, tail, w.n);
+    rc = w.overflow ? BH_EHEAD_TOO_LARGE : bh_outq_copy(&uc->out, tail, w.n);
     for (uint32_t i = 0; rc == 0 && i < f->n_replay; i++)
         rc = emit_body(&uc->out, f->req_framing, f->replay[i].buf, f->replay[i].p,
                        f->replay[i].n);
@@ -796,6 +802,7 @@ static void fwd_start(bh_exchange_t *ex, const bh_request_t *req)
     f->upgrade = req->upgrade;
     f->expect_continue = req->expect_continue;
     f->idempotency_key = req->idempotency_key;
+    f->add_host = req->host.p == NULL && req->target.authority.n == 0;
     if (p->flags & F_CHUNKED)
         f->req_framing = FRAME_CHUNKED;
     else if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0)

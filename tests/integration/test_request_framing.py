@@ -255,3 +255,30 @@ def test_h2c_upgrade_is_not_forwarded(bulkhead, upstream):
     (entry,) = forwarded(upstream)
     names = {k.lower() for k, _ in entry["headers"]}
     assert not names & {"upgrade", "connection", "http2-settings"}, names
+
+
+def test_http09_line_is_refused_at_once(bulkhead, upstream):
+    """Strict llhttp waits after "GET /x\r\n" for more; bulkhead answers 400 as soon as the line
+    ended without a version, instead of holding the client until header_timeout."""
+    bh = bulkhead(upstream, limits={"header_timeout": "60s"})
+    assert_refused(bh, upstream, b"GET /echo-head\r\n", 400)
+
+
+def test_empty_lines_before_a_request_are_skipped(bulkhead, upstream):
+    bh = bulkhead(upstream)
+    with RawClient(bh.port) as c:
+        c.send(b"\r\n")  # alone in its read: not a request line without a version
+        c.send(b"\r\nGET /echo-head HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert c.read_response().status == 200
+
+
+def test_http10_without_host_gets_the_endpoint_as_host(bulkhead, upstream):
+    """What goes upstream is HTTP/1.1, which needs a Host: an HTTP/1.0 request without one is sent
+    with the endpoint's authority."""
+    bh = bulkhead(upstream)
+    with RawClient(bh.port) as c:
+        c.send(b"GET /echo-head HTTP/1.0\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200
+    (entry,) = forwarded(upstream)
+    assert [v for k, v in entry["headers"] if k.lower() == "host"] == [upstream.addr]
