@@ -220,10 +220,11 @@ class Upstream:
     def release(self, hold_id="*"):
         return self.control("/release?id=%s" % hold_id)
 
-    def set_mode(self, mode="ok", count=None, retry_after=None):
+    def set_mode(self, mode="ok", count=None, retry_after=None, delay_ms=None):
         """Failure mode of the data port (every path but /healthz): ok, fail-NNN, reset, close, hang,
-        reset-after-head; count=K: for the next K requests only."""
-        body = {"mode": mode, "count": count, "retry_after": retry_after}
+        reset-after-head; count=K: for the next K requests only; delay_ms=N: each answer of the mode
+        comes N ms after the request (the /log entry's mono_answer says when it went out)."""
+        body = {"mode": mode, "count": count, "retry_after": retry_after, "delay_ms": delay_ms}
         req = urllib.request.Request(self.control_url + "/control", data=json.dumps(body).encode(),
                                      method="POST")
         with urllib.request.urlopen(req, timeout=IO_TIMEOUT) as r:
@@ -238,7 +239,8 @@ class Upstream:
 
     def log(self):
         """The requests received on the data port, oldest first: dicts with method, path, target,
-        headers ([name, value] pairs), conn, req, t."""
+        headers ([name, value] pairs), conn, req, t, mono (time.monotonic() when the head arrived) and
+        mono_answer (when a set_mode answer was about to be written, else None)."""
         return json.loads(self.control("/log"))
 
     def count(self, path=None, method=None, stats=None):
