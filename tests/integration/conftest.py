@@ -738,6 +738,34 @@ def resilient_upstream(*ups, **keys):
     return entry
 
 
+def check_access_timings(e, sql=False):
+    """The timing fields of one access log line, as README "Logging" documents them, for every line
+    a test parses: whole milliseconds of one clock, so none is longer than the request (total_ms),
+    and the wait for a connection (queue_ms) and the wait for the response head (first_byte_ms, from
+    sending) do not overlap. -1 only where documented: queue_ms when no connection was needed,
+    first_byte_ms when no response head came. A request that went nowhere (attempts 0) has both at
+    -1; an answer relayed from a backend (no error of bulkhead's own, the client did not leave) came
+    on a connection, and for HTTP (sql=False) after a head. Returns e."""
+    for k in ("queue_ms", "first_byte_ms", "total_ms", "attempts"):
+        assert type(e.get(k)) is int, "%s is not an integer: %r" % (k, e)
+    total, queue, first = e["total_ms"], e["queue_ms"], e["first_byte_ms"]
+    assert total >= 0, e
+    assert queue == -1 or 0 <= queue <= total, "queue_ms outside [0, total_ms] and not -1: %r" % e
+    assert first == -1 or 0 <= first <= total, "first_byte_ms outside [0, total_ms] and not -1: %r" % e
+    if queue >= 0 and first >= 0:
+        assert queue + first <= total, "queue_ms + first_byte_ms > total_ms: %r" % e
+    if first >= 0:
+        assert queue >= 0, "a response head without a connection: %r" % e
+    if e["attempts"] == 0:
+        assert queue == -1 and first == -1, "timings of a request that went nowhere: %r" % e
+    elif e["error"] is None and not e.get("aborted"):
+        assert queue >= 0, "an answer relayed from %r without the wait for its connection: %r" % (
+            e.get("upstream"), e)
+        if not sql:
+            assert first >= 0, "an upstream's answer without its first-byte time: %r" % e
+    return e
+
+
 def fetch(port, method="GET", target="/", headers=(), body=None):
     """One request on a fresh client connection. Returns the RawResponse, or None when the connection
     closed (or was reset) before a complete response."""
