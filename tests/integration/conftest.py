@@ -739,13 +739,13 @@ def resilient_upstream(*ups, **keys):
 
 
 def check_access_timings(e, sql=False):
-    """The timing fields of one access log line, as README "Logging" documents them, for every line
-    a test parses: whole milliseconds of one clock, so none is longer than the request (total_ms),
-    and the wait for a connection (queue_ms) and the wait for the response head (first_byte_ms, from
-    sending) do not overlap. -1 only where documented: queue_ms when no connection was needed,
-    first_byte_ms when no response head came. A request that went nowhere (attempts 0) has both at
-    -1; an answer relayed from a backend (no error of bulkhead's own, the client did not leave) came
-    on a connection, and for HTTP (sql=False) after a head. Returns e."""
+    """The timing fields of one access log line, as README "Operations > Logs" documents them, for
+    every line a test parses: whole milliseconds of one clock, so none is longer than the request
+    (total_ms), and the wait for a connection (queue_ms) and the wait for the response head
+    (first_byte_ms, from sending) do not overlap. -1 only where documented: queue_ms when no
+    connection was needed, first_byte_ms when no response head came. A request that went nowhere
+    (attempts 0) has both at -1; an answer relayed from a backend (no error of bulkhead's own, the
+    client did not leave) came on a connection, and for HTTP (sql=False) after a head. Returns e."""
     for k in ("queue_ms", "first_byte_ms", "total_ms", "attempts"):
         assert type(e.get(k)) is int, "%s is not an integer: %r" % (k, e)
     total, queue, first = e["total_ms"], e["queue_ms"], e["first_byte_ms"]

@@ -62,7 +62,8 @@ def test_access_log_to_stdout_and_client_abort(bulkhead, upstream):
     s.close()
     wait_until(lambda: any(e.get("aborted") for e in parse(bh.stdout_text())), what="the aborted line")
     entries = lines_of(bh.stdout_text())
-    assert [(e["request"], e["status"]) for e in entries] == [("GET /echo-head", 200), ("POST /sink", 499)], entries
+    assert [(e["request"], e["status"]) for e in entries] == [("GET /echo-head", 200),
+                                                              ("POST /sink", 499)], entries
     ok, gone = entries
     assert ok["queue_ms"] >= 0 and ok["first_byte_ms"] >= 0 and "aborted" not in ok, ok
     assert gone["aborted"] is True and gone["attempts"] == 1, gone
@@ -87,7 +88,8 @@ def test_queue_ms_of_a_request_that_needed_a_connection_and_got_none(bulkhead, u
     path = tmp_path / "access.log"
     dead = "127.0.0.1:%d" % free_port()
     bh = bulkhead(log={"access": str(path)}, upstreams={
-        "u": resilient_upstream(upstream, retry={"attempts": 1}, timeouts={"first_byte": "60s", "total": "90s"},
+        "u": resilient_upstream(upstream, retry={"attempts": 1},
+                                timeouts={"first_byte": "60s", "total": "90s"},
                                 pool={"max_connections": 1, "acquire_timeout": "300ms"}),
         "dead": resilient_upstream(dead, retry={"attempts": 1})},
         routes=[{"match": {"path_prefix": "/dead/"}, "upstream": "dead"},
@@ -119,8 +121,8 @@ def test_breaker_refusal_is_logged_without_an_attempt(bulkhead, tmp_path):
     path = tmp_path / "access.log"
     dead = "127.0.0.1:%d" % free_port()
     bh = bulkhead(log={"access": str(path)}, upstreams={
-        "u": resilient_upstream(dead, retry={"attempts": 1},
-                                breaker={"consecutive_failures": 1, "open_for": "60s", "max_open_for": "60s"})})
+        "u": resilient_upstream(dead, retry={"attempts": 1}, breaker={
+            "consecutive_failures": 1, "open_for": "60s", "max_open_for": "60s"})})
     assert fetch(bh.port, "GET", "/tripped").status == 502
     r = fetch(bh.port, "GET", "/refused")
     assert r.status == 503, r

@@ -633,8 +633,9 @@ def test_stats_document(bulkhead, upstream):
     assert st["version"] == version_of_binary()
     # whole seconds of the wall clock: bulkhead started after started_after and answered before
     # read_before, so its uptime cannot exceed the seconds between them
-    assert isinstance(st["uptime_seconds"], int) and 0 <= st["uptime_seconds"] <= read_before - started_after, (
-        st["uptime_seconds"], read_before - started_after)
+    uptime = st["uptime_seconds"]
+    assert isinstance(uptime, int) and 0 <= uptime <= read_before - started_after, (
+        uptime, read_before - started_after)
     assert st["draining"] is False
     assert st["reloads"] == {"success": 0, "failure": 0}
     assert [w["id"] for w in st["workers"]] == [0, 1], st["workers"]
