@@ -23,8 +23,9 @@
 #   TEST_RESULTS_DIR=build-results        logs, junit XML and meson logs go under <dir>/<build>/
 # Each build's suites get: BULKHEAD_BIN=<builddir>/proxy/bulkhead, BULKHEAD_BUILD=normal|asan,
 # BULKHEAD_PORT_BASE (20000 for normal, 30000 for asan: tests that need fixed ports should offset from it,
-# since both builds run at the same time), BULKHEAD_TEST_TMP (a private scratch folder), and for asan
-# BULKHEAD_SANITIZED=1 with the ASAN_OPTIONS/UBSAN_OPTIONS below.
+# since both builds run at the same time), BULKHEAD_TEST_TMP (a private scratch folder),
+# BULKHEAD_REQUIRE_PG=1 (tests that start their own PostgreSQL fail, not skip, when they cannot), and for
+# asan BULKHEAD_SANITIZED=1 with the ASAN_OPTIONS/UBSAN_OPTIONS below.
 #
 # LSan: LeakSanitizer stops the world with ptrace. It works here as root (CAP_SYS_PTRACE, no Yama, no seccomp);
 # it fails with "LeakSanitizer has encountered a fatal error" when the test process is itself being traced
@@ -178,7 +179,7 @@ run_build() {
   local b=$1 dir s t0 t1 log
   dir=$(builddir_of "$b")
   log=$OUT/$b
-  export BULKHEAD_BIN=$dir/proxy/bulkhead BULKHEAD_BUILD=$b BULKHEAD_TEST_TMP=$log/tmp
+  export BULKHEAD_BIN=$dir/proxy/bulkhead BULKHEAD_BUILD=$b BULKHEAD_TEST_TMP=$log/tmp BULKHEAD_REQUIRE_PG=1
   mkdir -p "$BULKHEAD_TEST_TMP"
   if [[ $b == asan ]]; then
     export BULKHEAD_SANITIZED=1 BULKHEAD_PORT_BASE=30000 UBSAN_OPTIONS=$UBSAN_OPTS

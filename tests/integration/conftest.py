@@ -220,10 +220,11 @@ class Upstream:
     def release(self, hold_id="*"):
         return self.control("/release?id=%s" % hold_id)
 
-    def set_mode(self, mode="ok", count=None, retry_after=None):
+    def set_mode(self, mode="ok", count=None, retry_after=None, delay_ms=None):
         """Failure mode of the data port (every path but /healthz): ok, fail-NNN, reset, close, hang,
-        reset-after-head; count=K: for the next K requests only."""
-        body = {"mode": mode, "count": count, "retry_after": retry_after}
+        reset-after-head; count=K: for the next K requests only; delay_ms=N: each answer of the mode
+        comes N ms after the request (the /log entry's mono_answer says when it went out)."""
+        body = {"mode": mode, "count": count, "retry_after": retry_after, "delay_ms": delay_ms}
         req = urllib.request.Request(self.control_url + "/control", data=json.dumps(body).encode(),
                                      method="POST")
         with urllib.request.urlopen(req, timeout=IO_TIMEOUT) as r:
@@ -238,7 +239,8 @@ class Upstream:
 
     def log(self):
         """The requests received on the data port, oldest first: dicts with method, path, target,
-        headers ([name, value] pairs), conn, req, t."""
+        headers ([name, value] pairs), conn, req, t, mono (time.monotonic() when the head arrived) and
+        mono_answer (when a set_mode answer was about to be written, else None)."""
         return json.loads(self.control("/log"))
 
     def count(self, path=None, method=None, stats=None):
@@ -734,6 +736,34 @@ def resilient_upstream(*ups, **keys):
         if v is not None:
             entry[k] = v
     return entry
+
+
+def check_access_timings(e, sql=False):
+    """The timing fields of one access log line, as README "Operations > Logs" documents them, for
+    every line a test parses: whole milliseconds of one clock, so none is longer than the request
+    (total_ms), and the wait for a connection (queue_ms) and the wait for the response head
+    (first_byte_ms, from sending) do not overlap. -1 only where documented: queue_ms when no
+    connection was needed, first_byte_ms when no response head came. A request that went nowhere
+    (attempts 0) has both at -1; an answer relayed from a backend (no error of bulkhead's own, the
+    client did not leave) came on a connection, and for HTTP (sql=False) after a head. Returns e."""
+    for k in ("queue_ms", "first_byte_ms", "total_ms", "attempts"):
+        assert type(e.get(k)) is int, "%s is not an integer: %r" % (k, e)
+    total, queue, first = e["total_ms"], e["queue_ms"], e["first_byte_ms"]
+    assert total >= 0, e
+    assert queue == -1 or 0 <= queue <= total, "queue_ms outside [0, total_ms] and not -1: %r" % e
+    assert first == -1 or 0 <= first <= total, "first_byte_ms outside [0, total_ms] and not -1: %r" % e
+    if queue >= 0 and first >= 0:
+        assert queue + first <= total, "queue_ms + first_byte_ms > total_ms: %r" % e
+    if first >= 0:
+        assert queue >= 0, "a response head without a connection: %r" % e
+    if e["attempts"] == 0:
+        assert queue == -1 and first == -1, "timings of a request that went nowhere: %r" % e
+    elif e["error"] is None and not e.get("aborted"):
+        assert queue >= 0, "an answer relayed from %r without the wait for its connection: %r" % (
+            e.get("upstream"), e)
+        if not sql:
+            assert first >= 0, "an upstream's answer without its first-byte time: %r" % e
+    return e
 
 
 def fetch(port, method="GET", target="/", headers=(), body=None):

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -40,6 +41,7 @@ FAMILIES = {
     "bulkhead_outlier_ejections_total": "counter",
     "bulkhead_config_reloads_total": "counter",
 }
+HELD_WAITERS_S = 0.05  # how long test_busy_and_waiters keeps its two waiters queued at least
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
@@ -135,7 +137,11 @@ class Exposition:
 
     def histogram(self, name, **labels):
         """(count, sum, [(le, cumulative count)]) of one histogram series, checked for shape: the
-        contract's buckets, cumulative, +Inf equal to _count."""
+        contract's buckets, whole counts, cumulative, +Inf equal to _count, and a _sum that the
+        buckets allow: each observation in a bucket is above the bucket before's bound and at most
+        its own, so the sum lies between those bounds times the counts (no upper one when something
+        is in +Inf). Scrape only once the observations are done (a scrape during one may see its
+        bucket before its sum)."""
         buckets = []
         for lab, v in self.series(name + "_bucket"):
             rest = dict(lab)
@@ -149,8 +155,21 @@ class Exposition:
         assert les == BUCKETS, "buckets of %s%r: %r" % (name, labels, les)
         values = [v for _, v in buckets]
         assert values == sorted(values), "buckets of %s%r are not cumulative: %r" % (name, labels, buckets)
+        assert all(v == int(v) for v in values + [count]), "counts of %s%r are not whole: %r" % (
+            name, labels, buckets)
         assert values[-1] == count, "+Inf bucket %r != _count %r" % (values[-1], count)
-        assert total >= 0 and (count > 0 or total == 0), (count, total)
+        low = high = 0.0
+        for i, (le, v) in enumerate(buckets):
+            n = v - (buckets[i - 1][1] if i else 0)
+            if n:  # (0 * inf is nan)
+                low += n * (buckets[i - 1][0] if i else 0.0)
+                high += n * le
+        slack = 1e-6 * (count + 1)  # _sum has 6 decimals
+        assert low - slack <= total, "_sum %r of %s%r is below what its buckets allow (%r): %r" % (
+            total, name, labels, low, buckets)
+        assert total <= high + slack, "_sum %r of %s%r is above what its buckets allow (%r): %r" % (
+            total, name, labels, high, buckets)
+        assert count > 0 or total == 0, (count, total)
         return count, total, buckets
 
 
@@ -307,9 +326,11 @@ def test_exposition_after_mixed_traffic_passes_promtool(bulkhead, upstream):
         assert exp.get("bulkhead_retries_total", upstream=pool) == 0
         assert exp.get("bulkhead_retry_budget_exhausted_total", upstream=pool) == 0
         assert exp.get("bulkhead_outlier_ejections_total", upstream=pool) == 0
-        for state in ("idle", "busy", "connecting"):
-            assert exp.get("bulkhead_pool_connections", pool=pool, state=state) is not None, (pool, state)
-        assert exp.get("bulkhead_pool_connections", pool=pool, state="busy") == 0
+        for state in ("busy", "connecting"):  # every reply is out, no connect in progress
+            assert exp.get("bulkhead_pool_connections", pool=pool, state=state) == 0, (pool, state)
+    # the dead endpoint never gave a connection; u keeps one idle per worker that used it (1 or 2)
+    assert exp.get("bulkhead_pool_connections", pool="dead", state="idle") == 0
+    assert 1 <= exp.get("bulkhead_pool_connections", pool="u", state="idle") <= 2
     count, _, _ = exp.histogram("bulkhead_pool_wait_seconds", pool="u")
     assert count == 7, "7 requests acquired a connection of u: %r" % count
 
@@ -380,6 +401,26 @@ def test_counters_are_summed_over_two_workers(bulkhead, upstream):
     assert nonzero(u["attempts"]) == {"success": n}, u
 
 
+def test_request_duration_holds_the_upstream_delay(bulkhead, upstream):
+    """4 requests the upstream answers only DELAY_MS after it got them: a request cannot end before
+    its upstream answered, so the route's duration histogram has exactly 4 observations, none in a
+    bucket whose bound is below the delay, and a _sum of at least 4 x the delay. (Lower bounds set
+    by the upstream, never an upper bound on how fast bulkhead is.)"""
+    delay_ms, n = 30, 4
+    bh = admin_ready(bulkhead(upstream, workers=2))
+    quiesce(bh)
+    for i in range(n):
+        r = fetch(bh.port, "GET", "/delay?ms=%d&i=%d" % (delay_ms, i))
+        assert r is not None and r.status == 200 and r.body == b"delayed", r
+    exp = settle(bh, bulkhead_requests_total=[({"route": "*/", "code": "200"}, n)],
+                 bulkhead_client_connections=[({}, 0)])
+    count, total, buckets = exp.histogram("bulkhead_request_duration_seconds", route="*/")
+    assert count == n, (count, buckets)
+    assert buckets[-1] == (math.inf, n), buckets
+    assert [v for le, v in buckets if le < delay_ms / 1000.0] == [0] * 5, buckets
+    assert total >= n * delay_ms / 1000.0, "_sum %r for %d requests of at least %d ms" % (total, n, delay_ms)
+
+
 def test_pool_connections_after_keepalive_requests(bulkhead, upstream):
     """One keep-alive client, 6 sequential requests: one upstream connection, idle afterwards (idle 1,
     busy 0, connecting 0 in /metrics and /stats, for the upstream and its endpoint); one client
@@ -411,7 +452,8 @@ def test_pool_connections_after_keepalive_requests(bulkhead, upstream):
 def test_busy_and_waiters_while_requests_are_held(bulkhead, upstream):
     """max_connections 1 over 2 workers: one request held upstream, two more waiting for the
     connection: busy 1 and waiters 2 (summed over the workers) in /metrics and /stats; after the
-    release everything is answered, no waiter is left and 3 acquisitions were observed."""
+    release (at least HELD_WAITERS_S after both were seen queued) everything is answered, no waiter is
+    left, 3 acquisitions were observed, and the wait histogram's sum holds the two waits."""
     bh = admin_ready(bulkhead(upstream, workers=2,
                               pool={"max_connections": 1, "max_pending": 10, "acquire_timeout": "60s"},
                               timeouts={"first_byte": "60s", "total": "90s"}))
@@ -423,6 +465,7 @@ def test_busy_and_waiters_while_requests_are_held(bulkhead, upstream):
         b.request("GET", "/echo-head?who=b")
         c.request("GET", "/echo-head?who=c")
         exp = settle(bh, bulkhead_pool_waiters=[({"pool": "u"}, 2)])
+        queued_by = time.monotonic()  # both waits began before this
         assert exp.get("bulkhead_pool_connections", pool="u", state="busy") == 1
         assert exp.get("bulkhead_pool_connections", pool="u", state="idle") == 0
         assert exp.get("bulkhead_pool_connections", pool="u", state="connecting") == 0
@@ -430,6 +473,10 @@ def test_busy_and_waiters_while_requests_are_held(bulkhead, upstream):
         u = ups_of(stats(bh), "u")
         assert u["waiters"] == 2 and u["pool"] == {"idle": 0, "busy": 1, "connecting": 0}, u
         assert u["endpoints"][0]["busy"] == 1, u
+        # keep them queued a known while (the point of the wait, not a wait for a condition), so
+        # that the wait histogram's sum has a lower bound that says something
+        time.sleep(max(0.0, queued_by + HELD_WAITERS_S - time.monotonic()))
+        waited = time.monotonic() - queued_by  # and neither wait can end before the release
         upstream.release("h")
         assert a.read_response().status == 200
         assert b.read_response().status == 200
@@ -441,7 +488,11 @@ def test_busy_and_waiters_while_requests_are_held(bulkhead, upstream):
     exp = settle(bh, bulkhead_pool_waiters=[({"pool": "u"}, 0)],
                  bulkhead_pool_connections=[({"pool": "u", "state": "busy"}, 0)],
                  bulkhead_client_connections=[({}, 0)])
-    assert exp.histogram("bulkhead_pool_wait_seconds", pool="u")[0] == 3
+    count, total, _ = exp.histogram("bulkhead_pool_wait_seconds", pool="u")
+    assert count == 3
+    # bulkhead's clock ticks in whole ms: each waiter counted at least the whole ms of `waited`
+    assert waited >= HELD_WAITERS_S
+    assert total >= 2 * int(waited * 1000) / 1000.0, (total, waited)
     assert upstream.stats()["max_open_connections"] == 1
 
 
@@ -572,13 +623,19 @@ def test_outlier_ejection_is_counted(bulkhead, upstream_factory):
 
 def test_stats_document(bulkhead, upstream):
     """The shape of /stats before any traffic: every key of the contract, with its type."""
+    started_after = int(time.time())
     bh = admin_ready(bulkhead(upstream, workers=2))
     quiesce(bh)
     st = stats(bh)
+    read_before = int(time.time())
     assert set(st) >= {"version", "uptime_seconds", "draining", "reloads", "workers", "routes", "upstreams",
                        "databases"}, sorted(st)
     assert st["version"] == version_of_binary()
-    assert isinstance(st["uptime_seconds"], (int, float)) and st["uptime_seconds"] >= 0
+    # whole seconds of the wall clock: bulkhead started after started_after and answered before
+    # read_before, so its uptime cannot exceed the seconds between them
+    uptime = st["uptime_seconds"]
+    assert isinstance(uptime, int) and 0 <= uptime <= read_before - started_after, (
+        uptime, read_before - started_after)
     assert st["draining"] is False
     assert st["reloads"] == {"success": 0, "failure": 0}
     assert [w["id"] for w in st["workers"]] == [0, 1], st["workers"]
@@ -587,7 +644,7 @@ def test_stats_document(bulkhead, upstream):
     # the configured routes, and the requests that match none under the name ""
     routes = {r["name"]: (r["requests"], nonzero(r["codes"])) for r in st["routes"]}
     assert routes.pop("*/") == (0, {}), st["routes"]
-    assert routes in ({}, {"": (0, {})}), st["routes"]
+    assert routes == {"": (0, {})}, st["routes"]
     u = ups_of(st, "u")
     assert u["breaker"] == "closed" and u["waiters"] == 0, u
     assert (u["retries"], u["retry_budget_exhausted"], u["outlier_ejections"]) == (0, 0, 0), u

@@ -84,9 +84,10 @@ def test_never_more_than_max_ejected(bulkhead, upstream_factory):
     after = traffic(ups)
     served = [y - x for x, y in zip(before, after)]
     ejected = [u.name for u, n in zip(ups[:3], served[:3]) if n == 0]
-    assert len(ejected) <= 2, "ejected %s out of 4 endpoints with max_ejected 50%%" % ejected
-    assert len(ejected) >= 1, "no failing endpoint was ejected: %r" % served
-    assert served[3] > 0
+    # each failing endpoint reaches 3 consecutive failures within the first 12 requests (round robin)
+    # and an ejection lasts 30 s: exactly the cap, 2, are out; the third failing one and d still serve
+    assert len(ejected) == 2, "ejected %s out of 4 endpoints with max_ejected 50%%: %r" % (ejected, served)
+    assert all(n > 0 for u, n in zip(ups, served) if u.name not in ejected), served
 
 
 def test_all_ejected_panic_sends_to_all(bulkhead, upstream_factory):

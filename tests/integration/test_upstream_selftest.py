@@ -147,6 +147,22 @@ def test_control_modes_and_counts(upstream):
     assert ["Content-Length", "3"] in log[1]["headers"]
 
 
+def test_control_delay(upstream):
+    """delay_ms holds each answer of the mode that long after the head arrived (what /log's mono and
+    mono_answer show), and ends with the mode's count."""
+    upstream.set_mode("fail-503", count=2, delay_ms=80)
+    for i in range(3):
+        with RawClient(upstream.port) as c:
+            c.request("GET", "/echo-head?i=%d" % i)
+            assert c.read_response().status == (503 if i < 2 else 200)
+    log = upstream.log()
+    assert len(log) == 3, log
+    for e in log[:2]:
+        assert e["mono_answer"] - e["mono"] >= 0.080, e
+    assert log[2]["mono_answer"] is None, log[2]
+    assert upstream.set_mode("ok")["delay_ms"] is None
+
+
 def test_control_hang_and_reset_after_head(upstream):
     with RawClient(upstream.port) as c:
         upstream.set_mode("hang")

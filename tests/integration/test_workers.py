@@ -26,11 +26,6 @@ N_CLIENTS = 500
 CAP = 8
 
 
-
-
-
-
-
 def raise_nofile(n):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < n:
@@ -82,7 +77,6 @@ def test_global_cap_holds_under_500_concurrent_clients(bulkhead, upstream, worke
     bh = bulkhead(upstream, workers=workers,
                   pool={"max_connections": CAP, "max_pending": 4 * N_CLIENTS, "acquire_timeout": "120s"},
                   timeouts={"first_byte": "150s", "total": "180s"})
-    bh
     quiesce(bh, workers)
     base = per_worker(admin_stats(bh), "accepted")
     crowd = Crowd(bh.port, "/hold?id=crowd", N_CLIENTS)
@@ -203,7 +197,6 @@ def test_idle_connections_on_one_worker_do_not_starve_another(bulkhead, upstream
                   pool={"max_connections": 2, "max_idle": 2, "idle_timeout": "120s",
                         "acquire_timeout": "60s", "max_pending": 100},
                   timeouts={"first_byte": "90s", "total": "120s"})
-    bh
     quiesce(bh, workers)
     pinned = Pinned(bh)
     try:

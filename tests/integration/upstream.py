@@ -36,9 +36,14 @@ Control port only (not counted):
                             | reset-after-head
                        count=K          the mode applies to the next K requests only, then back to ok
                        retry_after=S    Retry-After on fail-NNN answers
+                       delay_ms=N       the mode's answer (fail-NNN, reset, close, reset-after-head)
+                                        comes N ms after the request head (0 or empty: at once)
                        health=NNN|hang  what /healthz answers (200 by default)
   /log               JSON list of the requests received on the data port, oldest first (last 20000):
-                     {method, path, target, headers, body_len, conn, req, t}
+                     {method, path, target, headers, body_len, conn, req, t, mono, mono_answer}:
+                     t is the wall clock, mono the monotonic clock (time.monotonic(), the clock of
+                     bulkhead's loop) when the head was read; mono_answer the monotonic clock just
+                     before a mode's answer was written (null otherwise)
 --announce-keepalive N adds "Keep-Alive: timeout=N" to every keep-alive response.
   /ws                WebSocket echo (RFC 6455): text, binary, ping->pong, close echo
   /100               reports the Expect header seen and the body length (sends 100 Continue first)
@@ -119,7 +124,7 @@ CONN_SERIAL = 0
 LOG = []
 LOG_MAX = 20000
 # the switchable failure mode (set through /control on the control port)
-CONTROL = {"mode": "ok", "count": None, "retry_after": None, "health": "200"}
+CONTROL = {"mode": "ok", "count": None, "retry_after": None, "health": "200", "delay_ms": None}
 CONTROL_CHANGED = None  # asyncio.Event, replaced on every change (wakes "hang")
 
 
@@ -134,6 +139,11 @@ def control_update(params):
         CONTROL["count"] = None if v in (None, "") else int(v)
     elif "mode" in params:
         CONTROL["count"] = None
+    if "delay_ms" in params:
+        v = params["delay_ms"]
+        CONTROL["delay_ms"] = None if v in (None, "") else int(v)
+    elif "mode" in params:
+        CONTROL["delay_ms"] = None
     mode = CONTROL["mode"] or "ok"
     if not (mode in ("ok", "reset", "close", "hang", "reset-after-head")
             or (mode.startswith("fail-") and mode[5:].isdigit())):
@@ -147,18 +157,19 @@ def control_update(params):
 
 
 def take_mode():
-    """The failure mode for this data-port request ("ok" when none), consuming one of count."""
+    """(mode, delay in ms) for this data-port request (("ok", 0) when none), consuming one of count."""
     mode = CONTROL["mode"] or "ok"
     if mode == "ok":
-        return mode
+        return mode, 0
+    delay = CONTROL["delay_ms"] or 0
     if CONTROL["count"] is not None:
         if CONTROL["count"] <= 0:
-            return "ok"
+            return "ok", 0
         CONTROL["count"] -= 1
         if CONTROL["count"] == 0:
-            CONTROL["mode"], CONTROL["count"] = "ok", None
+            CONTROL["mode"], CONTROL["count"], CONTROL["delay_ms"] = "ok", None, None
     STATS.mode_applied += 1
-    return mode
+    return mode, delay
 
 
 async def wait_control_change(limit=120.0):
@@ -379,7 +390,8 @@ async def handle_request(conn, req, control):
         STATS.requests[key] = STATS.requests.get(key, 0) + 1
         entry = {"method": req.method, "path": path, "target": req.target,
                  "headers": [[k, v] for k, v in req.headers], "body_len": None,
-                 "conn": conn.serial, "req": conn.nreq, "t": time.time()}
+                 "conn": conn.serial, "req": conn.nreq, "t": time.time(), "mono": time.monotonic(),
+                 "mono_answer": None}
         LOG.append(entry)
         if len(LOG) > LOG_MAX:
             del LOG[:len(LOG) - LOG_MAX]
@@ -415,11 +427,13 @@ async def handle_request(conn, req, control):
         await conn.respond(req, status, b"ok" if status == 200 else b"status %d" % status, close=close)
         return not close
     if not control and path != "/stats":
-        mode = take_mode()
+        mode, delay_ms = take_mode()
         if mode != "ok":
             data = await body.read_all()
             entry["body_len"] = len(data)
-            return await apply_mode(conn, req, mode, close)
+            if delay_ms > 0:
+                await asyncio.sleep(delay_ms / 1000.0)
+            return await apply_mode(conn, req, mode, close, entry)
 
     expect = (req.header("expect") or "").lower()
     if expect == "100-continue":
@@ -609,8 +623,11 @@ def rst(conn):
     conn.writer.transport.abort()
 
 
-async def apply_mode(conn, req, mode, close):
-    """Answers a data-port request the way the control mode says. Returns True to keep the connection."""
+async def apply_mode(conn, req, mode, close, entry):
+    """Answers a data-port request the way the control mode says (entry: its /log entry, which gets
+    mono_answer). Returns True to keep the connection."""
+    if mode != "hang":  # taken before the first byte (or the close) goes out
+        entry["mono_answer"] = time.monotonic()
     if mode.startswith("fail-"):
         status = int(mode[5:])
         hdrs = []
@@ -634,6 +651,7 @@ async def apply_mode(conn, req, mode, close):
                 await wait_control_change()
         finally:
             STATS.holding -= 1
+        entry["mono_answer"] = time.monotonic()
         await conn.respond(req, 200, b"released", close=close)
         return not close
     raise BadRequest("unknown mode %r" % mode)

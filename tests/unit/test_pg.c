@@ -7,60 +7,208 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <libgen.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bh_pg.h"
 
-#define PGBIN "/usr/lib/postgresql/15/bin"
 #define NEVER BH_TIME_NEVER
 
-/* ---- the throwaway server ---------------------------------------------------------------- */
+/* ---- the throwaway server ----------------------------------------------------------------
+ * Run like the integration fixtures' (tests/integration/sql/sqlfix.py): a cluster in a temp dir
+ * (tmpfs when there is one) on a free loopback port, run through runuser as $BH_PG_OS_USER (default
+ * postgres) when the test runs as root, since initdb refuses root. The binaries: the folder
+ * $BH_PG_BIN alone when it is set (as in the fixtures), else the newest Debian
+ * /usr/lib/postgresql/<major>/bin, else `pg_config --bindir`, else the folder of an initdb on PATH.
+ *
+ * Without a server the libpq cases skip and say why; when a server is required
+ * (BULKHEAD_REQUIRE_PG=1, which scripts/test.sh exports, or BULKHEAD_BUILD set) they fail instead.
+ * The group teardown stops the cluster and removes its folder; if this process dies before (a
+ * crash, a sanitizer abort, a timeout's kill), a reaper process that waits for it to go does the
+ * same. */
 
 static struct {
     bool ok;
+    bool required;
+    char why[600]; /* why there is no server */
+    char bin[PATH_MAX];
+    char user[64]; /* the OS user the server runs as; "" when not root */
     char base[64];
     char data[96];
     int port;
-    bool as_postgres; /* root: run the server as the postgres OS user */
     char conninfo[128];
-} srv;
+    pid_t reaper;
+    int reaper_fd; /* write end: a byte says "cleaned up", EOF says "clean up" */
+} srv = {.reaper_fd = -1};
 
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh(const char *fmt, ...)
 {
-    char cmd[2048];
+    char cmd[8192];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    int n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
     va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(cmd))
+        return -1;
     return system(cmd);
 }
 
-static const char *as_pg(void)
+static void no_server(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void no_server(const char *fmt, ...)
 {
-    return srv.as_postgres ? "runuser -u postgres -- " : "";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(srv.why, sizeof(srv.why), fmt, ap);
+    va_end(ap);
 }
 
+/* The prefix that runs a command as the server's OS user. */
+static const char *as_pg(void)
+{
+    static char prefix[96];
+    snprintf(prefix, sizeof(prefix), srv.user[0] ? "runuser -u %s -- " : "", srv.user);
+    return prefix;
+}
+
+static bool pg_bin_ok(const char *dir)
+{
+    static const char *const tools[] = {"initdb", "pg_ctl", "postgres"};
+    char p[PATH_MAX + 16];
+    for (size_t i = 0; i < sizeof(tools) / sizeof(tools[0]); i++) {
+        snprintf(p, sizeof(p), "%s/%s", dir, tools[i]);
+        if (access(p, X_OK) != 0)
+            return false;
+    }
+    return true;
+}
+
+static bool use_bin(const char *dir)
+{
+    char real[PATH_MAX];
+    if (dir == NULL || realpath(dir, real) == NULL || !pg_bin_ok(real))
+        return false;
+    snprintf(srv.bin, sizeof(srv.bin), "%s", real);
+    return true;
+}
+
+static bool find_pg_bin(void)
+{
+    const char *env = getenv("BH_PG_BIN");
+    if (env != NULL && env[0] != '\0') {
+        if (use_bin(env))
+            return true;
+        no_server("BH_PG_BIN=%s has no initdb, pg_ctl and postgres", env);
+        return false;
+    }
+    /* Debian: /usr/lib/postgresql/<major>/bin, the newest major first */
+    glob_t g;
+    int best = -1;
+    char best_dir[PATH_MAX] = "";
+    if (glob("/usr/lib/postgresql/*/bin", 0, NULL, &g) == 0) {
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            int major = atoi(g.gl_pathv[i] + strlen("/usr/lib/postgresql/"));
+            if (major > best && pg_bin_ok(g.gl_pathv[i])) {
+                best = major;
+                snprintf(best_dir, sizeof(best_dir), "%s", g.gl_pathv[i]);
+            }
+        }
+        globfree(&g);
+    }
+    if (best >= 0 && use_bin(best_dir))
+        return true;
+    char line[PATH_MAX] = "";
+    FILE *p = popen("pg_config --bindir 2>/dev/null", "r");
+    if (p != NULL) {
+        if (fgets(line, sizeof(line), p) == NULL)
+            line[0] = '\0';
+        pclose(p);
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0] != '\0' && use_bin(line))
+            return true;
+    }
+    const char *path = getenv("PATH");
+    char *copy = strdup(path != NULL ? path : "");
+    assert_non_null(copy);
+    bool found = false;
+    for (char *save = NULL, *d = strtok_r(copy, ":", &save); d != NULL && !found;
+         d = strtok_r(NULL, ":", &save)) {
+        char f[PATH_MAX + 8], real[PATH_MAX];
+        snprintf(f, sizeof(f), "%s/initdb", d);
+        if (access(f, X_OK) == 0 && realpath(f, real) != NULL)
+            found = use_bin(dirname(real));
+    }
+    free(copy);
+    if (!found)
+        no_server("no PostgreSQL server binaries (initdb, pg_ctl, postgres) in "
+                  "/usr/lib/postgresql/*/bin, pg_config --bindir or PATH: install postgresql "
+                  "(scripts/deps.sh) or set BH_PG_BIN");
+    return found;
+}
+
+/* The major version of the server binaries (0 when unknown): names the cached template. */
+static int pg_major(void)
+{
+    char cmd[PATH_MAX + 32], line[256] = "";
+    snprintf(cmd, sizeof(cmd), "'%s/pg_ctl' --version 2>/dev/null", srv.bin);
+    FILE *p = popen(cmd, "r");
+    if (p == NULL)
+        return 0;
+    if (fgets(line, sizeof(line), p) == NULL)
+        line[0] = '\0';
+    pclose(p);
+    const char *v = strstr(line, ") "); /* "pg_ctl (PostgreSQL) 15.14 (Debian ...)" */
+    return v != NULL ? atoi(v + 2) : 0;
+}
+
+/* A port free on 127.0.0.1 now, picked at random below the ephemeral range, like the integration
+ * fixtures' free_port(): a port from that range (what binding port 0 gives) can be taken by any
+ * outgoing connection before the server binds it. */
 static int free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
+    static bool seeded;
+    if (!seeded) {
+        srandom((unsigned)getpid() ^ (unsigned)time(NULL));
+        seeded = true;
     }
-    close(fd);
-    return ntohs(a.sin_port);
+    int low = 32768;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%d", &low) != 1)
+            low = 32768;
+        fclose(f);
+    }
+    int hi = low < 32768 ? low : 32768, lo = hi - 12000 < 1024 ? 1024 : hi - 12000;
+    for (int i = 0; i < 1000; i++) {
+        int port = i < 999 ? lo + (int)(random() % (hi - lo)) : 0; /* the last try: any port */
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                                .sin_port = htons((uint16_t)port)};
+        socklen_t len = sizeof(a);
+        if (fd < 0)
+            return -1;
+        bool ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+                  getsockname(fd, (struct sockaddr *)&a, &len) == 0;
+        close(fd);
+        if (ok)
+            return ntohs(a.sin_port);
+    }
+    return -1;
 }
 
 static PGconn *admin(void)
@@ -93,75 +241,204 @@ static char *admin_value(const char *sql)
     return v;
 }
 
+/* Runs one statement that returns no rows; false (and srv.why) when it failed. */
+static bool admin_command(const char *sql)
+{
+    PGconn *c = admin();
+    if (c == NULL) {
+        no_server("cannot connect to the started server as postgres over %s", srv.base);
+        return false;
+    }
+    PGresult *r = PQexec(c, sql);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok)
+        no_server("%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
+    return ok;
+}
+
 /* mode: "fast" (clients get 57P01, a shutdown checkpoint) or "immediate" (no checkpoint). */
 static int pg_ctl(const char *what, const char *mode)
 {
-    return sh("%s" PGBIN "/pg_ctl -D %s -l %s/log -w -m %s %s >/dev/null 2>&1", as_pg(), srv.data,
-              srv.base, mode, what);
+    return sh("%s'%s/pg_ctl' -D '%s' -l '%s/log' -w -m %s %s >/dev/null 2>&1", as_pg(), srv.bin,
+              srv.data, srv.base, mode, what);
+}
+
+/* Stops the cluster (when it runs) and removes its folder. */
+static void cluster_remove(void)
+{
+    if (srv.base[0] == '\0')
+        return;
+    if (srv.bin[0] != '\0' && access(srv.data, F_OK) == 0)
+        sh("%s'%s/pg_ctl' -D '%s' -m immediate -w stop >/dev/null 2>&1", as_pg(), srv.bin,
+           srv.data);
+    sh("rm -rf '%s'", srv.base);
+}
+
+/* A process in its own session that removes the cluster once this process is gone without saying
+ * it did so itself (the pipe's write end is close-on-exec: no server or shell holds it open). */
+static void start_reaper(void)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return; /* no reaper: the group teardown still cleans up */
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return;
+    }
+    if (pid == 0) {
+        close(fds[1]);
+        setsid(); /* out of the process group a timeout kills */
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) { /* and off the test's output, which its runner reads to the end */
+            dup2(null, 0);
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        char c;
+        ssize_t n;
+        while ((n = read(fds[0], &c, 1)) < 0 && errno == EINTR)
+            ;
+        if (n <= 0)
+            cluster_remove();
+        _exit(0); /* no exit handlers: nothing of the parent's to check or flush */
+    }
+    close(fds[0]);
+    srv.reaper = pid;
+    srv.reaper_fd = fds[1];
+}
+
+static void stop_reaper(void)
+{
+    if (srv.reaper_fd < 0)
+        return;
+    void (*old)(int) = signal(SIGPIPE, SIG_IGN);
+    if (write(srv.reaper_fd, "q", 1) != 1)
+        fprintf(stderr, "test_pg: the reaper is gone: %s\n", strerror(errno));
+    signal(SIGPIPE, old);
+    close(srv.reaper_fd);
+    srv.reaper_fd = -1;
+    waitpid(srv.reaper, NULL, 0);
+}
+
+static bool start_server(void)
+{
+    if (!find_pg_bin())
+        return false;
+    struct passwd *pw = NULL;
+    if (geteuid() == 0) {
+        const char *u = getenv("BH_PG_OS_USER");
+        snprintf(srv.user, sizeof(srv.user), "%s", u != NULL && u[0] != '\0' ? u : "postgres");
+        if ((pw = getpwnam(srv.user)) == NULL) {
+            no_server("running as root, and there is no OS user %s to run the server as (initdb "
+                      "refuses root; set BH_PG_OS_USER)",
+                      srv.user);
+            return false;
+        }
+        if (sh("command -v runuser >/dev/null 2>&1") != 0) {
+            no_server("running as root, and runuser (util-linux) is missing");
+            return false;
+        }
+    }
+    /* tmpfs when there is one: the server's files never need to survive the test. */
+    const char *root = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    snprintf(srv.base, sizeof(srv.base), "%s/bh_test_pg.XXXXXX", root);
+    if (mkdtemp(srv.base) == NULL) {
+        no_server("mkdtemp %s: %s", srv.base, strerror(errno));
+        srv.base[0] = '\0';
+        return false;
+    }
+    snprintf(srv.data, sizeof(srv.data), "%s/data", srv.base);
+    start_reaper();
+    chmod(srv.base, 0755);
+    if (pw != NULL && chown(srv.base, pw->pw_uid, pw->pw_gid) != 0) {
+        no_server("chown %s to %s: %s", srv.base, srv.user, strerror(errno));
+        return false;
+    }
+    /* initdb takes seconds: a pristine cluster is kept as a template per major version
+     * (published by an atomic rename, so a half-written one is never used) and copied per run. */
+    char tmpl[96];
+    snprintf(tmpl, sizeof(tmpl), "%s/bh_test_pg%d_template", root, pg_major());
+    if (sh("test -f %s/PG_VERSION && %scp -a %s %s", tmpl, as_pg(), tmpl, srv.data) != 0) {
+        sh("rm -rf %s", srv.data);
+        if (sh("%s'%s/initdb' -D %s -U postgres --auth-local=trust "
+               "--auth-host=scram-sha-256 --no-sync -E UTF8 --locale=C >%s/initdb.log 2>&1",
+               as_pg(), srv.bin, srv.data, srv.base) != 0) {
+            no_server("%s/initdb failed (as %s): see %s/initdb.log", srv.bin,
+                      srv.user[0] ? srv.user : "this user", srv.base);
+            sh("cat %s/initdb.log >&2", srv.base); /* the folder goes at teardown */
+            return false;
+        }
+        sh("cp -a %s %s.%d && mv -T %s.%d %s 2>/dev/null || rm -rf %s.%d", srv.data, tmpl,
+           (int)getpid(), tmpl, (int)getpid(), tmpl, tmpl, (int)getpid());
+    }
+    char conf[160];
+    snprintf(conf, sizeof(conf), "%s/postgresql.conf", srv.data);
+    /* another process may bind the port between free_port() and the server: then another port */
+    for (int attempt = 0;; attempt++) {
+        srv.port = free_port();
+        FILE *f = fopen(conf, "a");
+        if (f == NULL || srv.port < 0) {
+            no_server("cannot append to %s or find a free port", conf);
+            if (f != NULL)
+                fclose(f);
+            return false;
+        }
+        fprintf(f,
+                "port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n"
+                "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n"
+                "max_connections = 30\nshared_buffers = 16MB\ndynamic_shared_memory_type = mmap\n",
+                srv.port, srv.base);
+        fclose(f);
+        if (pg_ctl("start", "fast") == 0)
+            break;
+        if (attempt < 3 &&
+            sh("grep -q 'could not bind\\|Address already in use' %s/log", srv.base) == 0)
+            continue;
+        no_server("pg_ctl start failed (port %d):", srv.port);
+        sh("cat %s/log >&2", srv.base);
+        return false;
+    }
+    if (!admin_command("CREATE ROLE alice LOGIN PASSWORD 'secret'"))
+        return false;
+    snprintf(srv.conninfo, sizeof(srv.conninfo), "host=127.0.0.1 port=%d", srv.port);
+    return true;
+}
+
+/* Whether the libpq cases must fail rather than skip without a server. */
+static bool pg_required(void)
+{
+    const char *r = getenv("BULKHEAD_REQUIRE_PG");
+    if (r != NULL && r[0] != '\0')
+        return strcmp(r, "0") != 0;
+    const char *b = getenv("BULKHEAD_BUILD");
+    return b != NULL && b[0] != '\0';
 }
 
 static int server_up(void **state)
 {
     (void)state;
-    if (access(PGBIN "/initdb", X_OK) != 0 || access(PGBIN "/pg_ctl", X_OK) != 0)
-        return 0; /* every test skips */
-    srv.as_postgres = geteuid() == 0;
-    struct passwd *pw = srv.as_postgres ? getpwnam("postgres") : NULL;
-    if (srv.as_postgres && pw == NULL)
-        return 0;
-    /* tmpfs when there is one: the server's files never need to survive the test. */
-    const char *root = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    snprintf(srv.base, sizeof(srv.base), "%s/bh_test_pg.XXXXXX", root);
-    if (mkdtemp(srv.base) == NULL)
-        return -1;
-    chmod(srv.base, 0755);
-    if (pw != NULL && chown(srv.base, pw->pw_uid, pw->pw_gid) != 0)
-        return -1;
-    snprintf(srv.data, sizeof(srv.data), "%s/data", srv.base);
-    /* initdb takes seconds: a pristine cluster is kept as a template (published by an atomic
-     * rename, so a half-written one is never used) and copied for each run. */
-    char tmpl[96];
-    snprintf(tmpl, sizeof(tmpl), "%s/bh_test_pg15_template", root);
-    if (sh("test -f %s/PG_VERSION && cp -a %s %s", tmpl, tmpl, srv.data) != 0) {
-        sh("rm -rf %s", srv.data);
-        if (sh("%s" PGBIN "/initdb -D %s -U postgres --auth-local=trust "
-               "--auth-host=scram-sha-256 --no-sync -E UTF8 --locale=C >%s/initdb.log 2>&1",
-               as_pg(), srv.data, srv.base) != 0) {
-            fprintf(stderr, "initdb failed, see %s/initdb.log\n", srv.base);
-            return -1;
-        }
-        sh("cp -a %s %s.%d && mv -T %s.%d %s 2>/dev/null || rm -rf %s.%d", srv.data, tmpl,
-           (int)getpid(), tmpl, (int)getpid(), tmpl, tmpl, (int)getpid());
-    }
-    srv.port = free_port();
-    char conf[160];
-    snprintf(conf, sizeof(conf), "%s/postgresql.conf", srv.data);
-    FILE *f = fopen(conf, "a");
-    if (f == NULL)
-        return -1;
-    fprintf(f,
-            "port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n"
-            "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n"
-            "max_connections = 30\nshared_buffers = 16MB\ndynamic_shared_memory_type = mmap\n",
-            srv.port, srv.base);
-    fclose(f);
-    if (pg_ctl("start", "fast") != 0) {
-        fprintf(stderr, "pg_ctl start failed, see %s/log\n", srv.base);
-        return -1;
-    }
-    free(admin_value("CREATE ROLE alice LOGIN PASSWORD 'secret'"));
-    snprintf(srv.conninfo, sizeof(srv.conninfo), "host=127.0.0.1 port=%d", srv.port);
-    srv.ok = true;
-    return 0;
+    srv.required = pg_required();
+    srv.ok = start_server();
+    if (srv.ok)
+        fprintf(stderr, "test_pg: PostgreSQL from %s on 127.0.0.1:%d in %s\n", srv.bin, srv.port,
+                srv.base);
+    else
+        fprintf(stderr, "test_pg: the libpq cases %s: %s\n", srv.required ? "FAIL" : "skip",
+                srv.why);
+    return 0; /* the cases report it, and the teardown runs */
 }
 
 static int server_down(void **state)
 {
     (void)state;
-    if (srv.base[0] == '\0')
-        return 0;
-    sh("%s" PGBIN "/pg_ctl -D %s -m immediate stop >/dev/null 2>&1", as_pg(), srv.data);
-    sh("rm -rf %s", srv.base);
+    cluster_remove();
+    stop_reaper();
     return 0;
 }
 
@@ -362,10 +639,16 @@ static int backend_pid(bh_pg_conn_t *c)
     return PQbackendPID(bh_pg_conn_pq(c));
 }
 
+/* Without a server: a failure when one is required (scripts/test.sh), else a skip. */
 #define SKIP_WITHOUT_PG()                                                                          \
     do {                                                                                           \
-        if (!srv.ok)                                                                               \
+        if (!srv.ok) {                                                                             \
+            if (srv.required)                                                                      \
+                fail_msg("no PostgreSQL, and BULKHEAD_REQUIRE_PG=1 or BULKHEAD_BUILD requires "    \
+                         "one: %s",                                                                \
+                         srv.why);                                                                 \
             skip();                                                                                \
+        }                                                                                          \
     } while (0)
 
 /* ---- tests ------------------------------------------------------------------------------- */

@@ -52,6 +52,7 @@ per_worker = parent.per_worker
 named = parent.named
 quiesce = parent.quiesce
 sighup_reload = parent.sighup_reload
+check_access_timings = parent.check_access_timings
 READINESS_PROBES = parent.READINESS_PROBES
 IO_TIMEOUT = parent.IO_TIMEOUT
 START_TIMEOUT = parent.START_TIMEOUT

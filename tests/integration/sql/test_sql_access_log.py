@@ -1,22 +1,40 @@
 """The access log line of a POST /sql (issue 5): the database, the route, one attempt, the wait for a
-pooled connection."""
+pooled connection, and timings that fit in the request (check_access_timings)."""
 import json
 
-from sqlfix import SqlClient, ok_json, wait_until
+import pytest
+
+from sqlfix import SqlClient, check_access_timings, ok_json, wait_until
 
 
-def test_sql_request_is_logged_with_attempts_and_queue_time(sql_bulkhead, pg, tmp_path):
+def logged_query(sql_bulkhead, pg, tmp_path, query):
+    """The one access log line of one query."""
     path = tmp_path / "access.log"
     bh = sql_bulkhead(log={"level": "info", "access": str(path)})
-    ok_json(SqlClient(bh, pg).query("SELECT 1"))
+    ok_json(SqlClient(bh, pg).query(query))
 
     def line():
         if not path.exists():
             return None
         lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        return lines[0] if lines else None
-    entry = wait_until(line, what="the access log line")
+        return lines
+    (entry,) = wait_until(line, what="the access log line")
+    return check_access_timings(entry, sql=True)
+
+
+def test_sql_request_is_logged_with_attempts_and_queue_time(sql_bulkhead, pg, tmp_path):
+    # pg_sleep: the query takes 40 ms on the server, so the request does too
+    entry = logged_query(sql_bulkhead, pg, tmp_path, "SELECT pg_sleep(0.04)")
     assert entry["request"] == "POST /sql" and entry["status"] == 200, entry
     assert entry["route"] == "*/sql" and entry["upstream"] == "main", entry
     assert entry["attempts"] == 1 and entry["queue_ms"] >= 0, entry
     assert entry["error"] is None
+    assert entry["total_ms"] >= 40, entry
+
+
+@pytest.mark.xfail(strict=True, reason="bug or undocumented: a /sql line always has first_byte_ms -1, "
+                   "even for a query Postgres answered (proxy/bh_sql.c never sets ex.first_byte_ms, as it "
+                   "did not set attempts and attached_ms before bdc33d3); README documents no -1 there")
+def test_sql_request_is_logged_with_its_first_byte_time(sql_bulkhead, pg, tmp_path):
+    entry = logged_query(sql_bulkhead, pg, tmp_path, "SELECT pg_sleep(0.04)")
+    assert entry["first_byte_ms"] >= 40, entry
