@@ -672,6 +672,13 @@ static int send_request(bh_fwd_t *f, bh_upconn_t *uc)
     return rc == 0 ? bh_outq_flush(&uc->out) : rc;
 }
 
+/* The first wait for a connection ended, with one or without: the access log's queue_ms. */
+static void queue_ended(bh_fwd_t *f)
+{
+    if (f->ex->attached_ms == 0)
+        f->ex->attached_ms = now_of(f);
+}
+
 static void attach(bh_fwd_t *f, bh_upconn_t *uc)
 {
     bh_exchange_t *ex = f->ex;
@@ -700,8 +707,7 @@ static void attach(bh_fwd_t *f, bh_upconn_t *uc)
     }
     f->phase = ex->req_done ? PH_FIRST_BYTE : PH_SENDING;
     f->up_activity_ms = now_of(f);
-    if (ex->attached_ms == 0)
-        ex->attached_ms = f->up_activity_ms;
+    queue_ended(f);
     rearm(f);
     if (!ex->req_done)
         conn->ops->resume(conn); /* paused at the head: the body may flow now */
@@ -712,6 +718,7 @@ static void on_acquired(bh_pool_waiter_t *w, bh_pool_conn_t *pc, int status)
     bh_fwd_t *f = w->data;
     f->waiting = false;
     if (status < 0) {
+        queue_ended(f);
         if (status == BH_EPOOL_TIMEOUT && now_of(f) >= f->ex->deadline_ms)
             status = BH_ETOTAL_TIMEOUT;
         attempt_failed(f, status);
@@ -730,14 +737,15 @@ static void start_attempt(bh_fwd_t *f)
         bh_exchange_reply(ex, BH_EUPSTREAM_RESET, true, 1); /* the body cannot be re-sent */
         return;
     }
-    ex->attempts++;
-    f->phase = PH_WAITING;
     uint64_t retry_after_ms = 0;
-    if (ex->attempts == 1 && bh_breaker_allow(&up->shared->breaker, now, up->env->rng,
+    if (ex->attempts == 0 && bh_breaker_allow(&up->shared->breaker, now, up->env->rng,
                                               &f->ticket, &retry_after_ms) < 0) {
+        /* refused before any attempt: nothing was tried, no endpoint picked */
         bh_exchange_reply(ex, BH_EBREAKER_OPEN, !ex->req_done, (retry_after_ms + 999) / 1000);
         return;
     }
+    ex->attempts++;
+    f->phase = PH_WAITING;
     f->ep = bh_upstream_pick(up, f->failed_ep);
     f->picked = true;
     ex->endpoint = up->conf->endpoints[f->ep].text;
@@ -750,6 +758,7 @@ static void start_attempt(bh_fwd_t *f)
         return;
     }
     if (rc < 0) {
+        queue_ended(f);
         attempt_failed(f, rc);
         return;
     }

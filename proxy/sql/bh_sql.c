@@ -285,6 +285,8 @@ static void finish_statements(bh_sql_t *s)
 static void on_result(bh_pg_conn_t *conn, PGresult *res, void *data)
 {
     bh_sql_t *s = data;
+    if (s->ex->first_byte_ms == 0) /* the access log's first_byte_ms: Postgres answered */
+        s->ex->first_byte_ms = now_of(s);
     ExecStatusType st = PQresultStatus(res);
     if (st == PGRES_FATAL_ERROR || st == PGRES_NONFATAL_ERROR) {
         if (st == PGRES_FATAL_ERROR && s->error == NULL) {

@@ -79,10 +79,6 @@ def test_access_log_off_writes_nothing(bulkhead, upstream):
     assert lines_of(bh.stdout_text()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: queue_ms is -1 whenever no connection was obtained "
-                   "(ex->attached_ms stays 0 in proxy/bh_forward.c log_exchange), so a request that "
-                   "waited acquire_timeout for a pooled connection, or whose connects were refused, logs "
-                   "queue_ms -1 although README documents -1 only when no connection was needed")
 @pytest.mark.parametrize("case", ["pool-timeout", "connect-refused"])
 def test_queue_ms_of_a_request_that_needed_a_connection_and_got_none(bulkhead, upstream, tmp_path, case):
     path = tmp_path / "access.log"
@@ -113,10 +109,6 @@ def test_queue_ms_of_a_request_that_needed_a_connection_and_got_none(bulkhead, u
     assert waiter["queue_ms"] >= 300, waiter
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a request the open breaker refused is logged with "
-                   "attempts 1 and an endpoint (endpoints[0]) although no endpoint was picked or tried: "
-                   "proxy/bh_forward.c start_attempt counts the attempt before bh_breaker_allow, and "
-                   "log_exchange names endpoints[ex->ep] whenever attempts > 0")
 def test_breaker_refusal_is_logged_without_an_attempt(bulkhead, tmp_path):
     path = tmp_path / "access.log"
     dead = "127.0.0.1:%d" % free_port()

@@ -32,9 +32,6 @@ def test_sql_request_is_logged_with_attempts_and_queue_time(sql_bulkhead, pg, tm
     assert entry["total_ms"] >= 40, entry
 
 
-@pytest.mark.xfail(strict=True, reason="bug or undocumented: a /sql line always has first_byte_ms -1, "
-                   "even for a query Postgres answered (proxy/bh_sql.c never sets ex.first_byte_ms, as it "
-                   "did not set attempts and attached_ms before bdc33d3); README documents no -1 there")
 def test_sql_request_is_logged_with_its_first_byte_time(sql_bulkhead, pg, tmp_path):
     entry = logged_query(sql_bulkhead, pg, tmp_path, "SELECT pg_sleep(0.04)")
     assert entry["first_byte_ms"] >= 40, entry
