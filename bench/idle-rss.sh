@@ -6,7 +6,8 @@
 #   bulkhead 127.0.0.1:18090 (the bench/http.sh config)
 # all in front of the upstream nginx on 127.0.0.1:18081 (bench/upstream-nginx.sh); one proxy at a time.
 # Target: bulkhead <= 40 MiB RSS in total with the connections open (ARCHITECTURE.md: <= 0.5 KiB/connection;
-# nginx 1.22 measured ~0.64, HAProxy 2.6 ~1.24 KiB/connection).
+# nginx 1.22 measured ~0.64, HAProxy 2.6 ~1.24 KiB/connection). The clients come in two batches of N/2, so that
+# the slope (the cost of one more idle connection) shows apart from the first burst's one-off costs.
 #
 # usage: bench/idle-rss.sh     needs scripts/deps.sh --bench and a normal build (scripts/build.sh normal)
 # Env (defaults): N=10000 TARGETS="nginx haproxy bulkhead" BULKHEAD_BIN=build/proxy/bulkhead PROXY_WORKERS=1
@@ -39,6 +40,7 @@ UP_PID="" PX_PID=""
 cleanup() {
   trap - EXIT INT TERM
   [[ -n ${CLIENT_PID:-} ]] && kill "$CLIENT_PID" 2>/dev/null
+  [[ -n ${CLIENT2_PID:-} ]] && kill "$CLIENT2_PID" 2>/dev/null
   stop_pid "$PX_PID"
   stop_pid "$UP_PID"
 }
@@ -93,7 +95,7 @@ start_proxy() { # start_proxy NAME -> PX_PID, PX_PORT
 } | log
 fmt='%-9s %7s %7s %11s %11s %11s %11s %9s  %s'
 log "$(printf "$fmt" target conns failed rss_before rss_after pss_before pss_after KiB/conn note)"
-declare -A after_kib
+declare -A after_kib slope_kib
 for t in $TARGETS; do
   PX_PID=""
   if ! start_proxy "$t"; then
@@ -103,30 +105,49 @@ for t in $TARGETS; do
   fi
   sleep 0.5
   read -r rb pb <<<"$(rss_kib "$PX_PID")"
-  coproc CL { exec /usr/bin/python3 "$here/idle-clients.py" 127.0.0.1 "$PX_PORT" "$N"; }
-  CLIENT_PID=$CL_PID
-  exec {cl_out}<&"${CL[0]}" {cl_in}>&"${CL[1]}"   # keep our own copies: bash drops CL[] when the client exits
+  # Two batches of N/2: the first pays the proxy's one-off costs of a burst (buffers, upstream
+  # connections, caches grown to the window of concurrent requests); the second shows what one more
+  # idle connection costs (the slope).
+  half=$((N / 2))
+  { coproc CLA { exec /usr/bin/python3 "$here/idle-clients.py" 127.0.0.1 "$PX_PORT" "$half"; }; } 2>/dev/null
+  CLIENT_PID=$CLA_PID
+  exec {a_out}<&"${CLA[0]}" {a_in}>&"${CLA[1]}"   # keep our own copies: bash drops CLA[] when it exits
   ready=""
-  read -r -t 300 ready <&"$cl_out" || ready=""
-  read -r _ ok failed secs <<<"$ready"
+  read -r -t 300 ready <&"$a_out" || ready=""
+  read -r _ ok1 failed1 secs1 <<<"$ready"
+  sleep "$SETTLE"
+  read -r rh _ <<<"$(rss_kib "$PX_PID")"
+  { coproc CLB { exec /usr/bin/python3 "$here/idle-clients.py" 127.0.0.1 "$PX_PORT" "$((N - half))"; }; } 2>/dev/null
+  CLIENT2_PID=$CLB_PID
+  exec {b_out}<&"${CLB[0]}" {b_in}>&"${CLB[1]}"
+  ready=""
+  read -r -t 300 ready <&"$b_out" || ready=""
+  read -r _ ok2 failed2 secs2 <<<"$ready"
   sleep "$SETTLE"
   read -r ra pa <<<"$(rss_kib "$PX_PID")"
   estab=$(ss -Htn state established "( sport = :$PX_PORT )" | wc -l)
-  echo quit >&"$cl_in"
-  done_line=""
-  read -r -t 60 done_line <&"$cl_out" || true
-  exec {cl_in}>&- {cl_out}<&-
-  wait "$CLIENT_PID" 2>/dev/null
-  CLIENT_PID=""
-  per=$(awk -v a="$ra" -v b="$rb" -v n="${ok:-0}" 'BEGIN { if (n + 0 <= 0) print "-"; else printf "%.2f", (a - b) / n }')
+  ok=$(( ${ok1:-0} + ${ok2:-0} )); failed=$(( ${failed1:-0} + ${failed2:-0} ))
+  done_line="" done2=""
+  echo quit >&"$a_in"; read -r -t 60 done_line <&"$a_out" || true
+  echo quit >&"$b_in"; read -r -t 60 done2 <&"$b_out" || true
+  exec {a_in}>&- {a_out}<&- {b_in}>&- {b_out}<&-
+  wait "$CLIENT_PID" "$CLIENT2_PID" 2>/dev/null
+  CLIENT_PID="" CLIENT2_PID=""
+  per=$(awk -v a="$ra" -v b="$rb" -v n="$ok" 'BEGIN { if (n + 0 <= 0) print "-"; else printf "%.2f", (a - b) / n }')
+  slope=$(awk -v a="$ra" -v h="$rh" -v n="${ok2:-0}" 'BEGIN { if (n + 0 <= 0) print "-"; else printf "%.2f", (a - h) / n }')
   after_kib[$t]=$ra
-  note="open ${secs:-?}s; established at reading: $estab; ${done_line#DONE }"
-  log "$(printf "$fmt" "$t" "${ok:--}" "${failed:--}" "$rb" "$ra" "$pb" "$pa" "$per" "$note")"
+  slope_kib[$t]=$slope
+  note="slope $slope KiB/conn (rss at $half: $rh); open ${secs1:-?}+${secs2:-?}s; established at reading: $estab; ${done_line#DONE }"
+  log "$(printf "$fmt" "$t" "$ok" "$failed" "$rb" "$ra" "$pb" "$pa" "$per" "$note")"
   stop_pid "$PX_PID"; PX_PID=""
   sleep 1
 done
 {
-  echo "columns: rss/pss in KiB summed over the proxy's processes; KiB/conn = (rss_after - rss_before) / conns"
+  echo "columns: rss/pss in KiB summed over the proxy's processes; KiB/conn = (rss_after - rss_before) / conns;"
+  echo "  slope = (rss_after - rss at N/2) / (N/2): one more idle connection, without the first burst's one-off costs"
+  for t in $TARGETS; do
+    [[ -n ${slope_kib[$t]:-} ]] && echo "  $t: ${slope_kib[$t]} KiB per additional idle connection (target for bulkhead: <= 0.5)"
+  done
   if [[ -n ${after_kib[bulkhead]:-} ]]; then
     awk -v k="${after_kib[bulkhead]}" -v lim="$TARGET_MIB" 'BEGIN { m = k / 1024
       printf "bulkhead total RSS with the connections open: %.1f MiB (target <= %d MiB): %s\n", m, lim, (m <= lim ? "MET" : "MISSED") }'

@@ -6,8 +6,17 @@
  * The read buffer holds a request head contiguously until the head is complete (its size bounds
  * the head: 431 beyond). Body bytes are forwarded as slices of the buffer without copying. When a
  * read leaves nothing unparsed the connection drops its reference to the buffer, so an idle
- * keep-alive connection holds none. */
+ * keep-alive connection holds none.
+ *
+ * Idle connections are small: what only a request needs (the timer, the parser, the exchange)
+ * is a busy part from the worker's cache, attached when a request's first byte arrives. When the
+ * connection is idle again, its busy part goes on the worker's pending list, and a uv_check (the
+ * top of the stack, after the loop turn) gives it back: nothing that called into the exchange can
+ * still be looking at it. Idle connections wait on one per-worker timer, in a list ordered by
+ * when they became idle (one keepalive_timeout for all: that is deadline order; after a reload
+ * that shortens it, a connection may wait until the ones before it, at most the old timeout). */
 #include <assert.h>
+#include <stddef.h>
 #include <string.h>
 #include "bh_alloc.h"
 #include "bh_exchange.h"
@@ -25,31 +34,46 @@ enum client_state {
 
 enum { PAUSE_NONE, PAUSE_HEAD, PAUSE_MESSAGE };
 
-typedef struct bh_client {
-    bh_conn_t conn;                 /* what the exchange sees */
-    uv_tcp_t tcp;
-    uv_timer_t timer;               /* keepalive, header, body gap and the exchange deadline */
-    bh_list_t link;                 /* on the worker's client list */
+typedef struct bh_client bh_client_t;
+
+/* What a connection needs only while a request is in flight. */
+typedef struct busy {
+    uv_timer_t timer;               /* header, body gap, exchange deadline, linger */
+    llhttp_t parser;
+    bh_list_t link;                 /* on the cache's free or pending list */
+    bh_client_t *c;                 /* while attached */
+    uint64_t timer_due;             /* when the timer fires (valid while it is active) */
     uint32_t head_start;            /* offset of the current request head in rbuf */
     uint32_t url_off, url_len;      /* the request target as llhttp delimited it, from head_start */
     uint32_t nheaders;
-    enum client_state state;
     int parse_error;                /* BH_E* set by a parser callback that stopped it */
     uint8_t pause;                  /* why a parser callback paused it */
+    bool paused;                    /* parser paused: at a head end or a message end */
+    bool run_parser;                /* run the parser once more even without new bytes */
+    bool version_seen;              /* the request line's version was parsed */
+    bh_exchange_t ex;
+} busy_t;
+
+struct bh_client {
+    bh_conn_t conn;                 /* what the exchange sees */
+    uv_tcp_t tcp;
+    bh_list_t link;                 /* on the worker's client list */
+    bh_list_t idle_link;            /* on the cache's idle list while CS_IDLE */
+    busy_t *b;                      /* NULL while idle */
+    uint64_t phase_start_ms;        /* start of the idle/header phase; last body read */
+    enum client_state state;
     bool reading;
     bool in_parse;                  /* parse() is on the stack */
-    bool run_parser;                /* run the parser once more even without new bytes */
     bool eof;                       /* the client sent FIN or the read failed */
-    bool paused;                    /* parser paused: at a head end or a message end */
     bool counted;                   /* counted in srv->clients */
-    bool version_seen;              /* the request line's version was parsed */
-    uint8_t open_handles;
-    uint64_t phase_start_ms;        /* start of the keepalive/header phase; last body read */
-    uint64_t timer_due;             /* when the timer fires (valid while it is active) */
-    bh_exchange_t ex;
-} bh_client_t;
+};
+
+/* How many busy parts a worker keeps for reuse: a floor, plus twice the requests in flight, so
+ * that a burst does not allocate twice while idle connections hold nothing once it is over. */
+#define BUSY_CACHE_FLOOR 64
 
 static const bh_conn_ops_t conn_ops;
+static const llhttp_settings_t req_settings;
 static void close_client(bh_client_t *c);
 static void update_reading(bh_client_t *c);
 static void parse(bh_client_t *c);
@@ -58,7 +82,12 @@ static void rearm_timer(bh_client_t *c);
 
 static bh_client_t *parser_client(llhttp_t *p)
 {
-    return bh_container_of(p, bh_client_t, conn.parser);
+    return bh_container_of(p, busy_t, parser)->c;
+}
+
+static bool ex_active(const bh_client_t *c)
+{
+    return c->b != NULL && c->b->ex.active;
 }
 
 static bh_client_t *conn_client(bh_conn_t *conn)
@@ -71,15 +100,177 @@ static uint64_t now_of(const bh_client_t *c)
     return uv_now(&c->conn.w->loop);
 }
 
+/* ---- busy parts and idle connections ---------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t);
+
+/* The busy part for a request starting on c (a fresh parser; the timer stopped). */
+static busy_t *attach_busy(bh_client_t *c)
+{
+    if (c->b != NULL)
+        return c->b;
+    bh_client_cache_t *cc = &c->conn.w->cc;
+    busy_t *b;
+    bh_list_t *n = bh_list_first(&cc->free);
+    if (n != NULL) {
+        bh_list_remove(n);
+        cc->n_free--;
+        b = bh_container_of(n, busy_t, link);
+        cc->n_attached++;
+    } else {
+        if ((b = bh_malloc(sizeof(*b))) == NULL)
+            return NULL;
+        uv_timer_init(&c->conn.w->loop, &b->timer);
+        bh_list_init(&b->link);
+        cc->n_attached++;
+    }
+    memset(&b->timer_due, 0, offsetof(busy_t, ex) - offsetof(busy_t, timer_due));
+    b->ex.active = false; /* the rest of the exchange is set when a head arrives */
+    b->ex.handler = NULL;
+    b->c = c;
+    b->timer.data = b;
+    llhttp_init(&b->parser, HTTP_REQUEST, &req_settings);
+    c->b = b;
+    c->conn.parser = &b->parser;
+    return b;
+}
+
+static void on_busy_timer_closed(uv_handle_t *h)
+{
+    bh_free(bh_container_of((uv_timer_t *)h, busy_t, timer));
+}
+
+/* The busy part goes back to the cache (from the top of the stack only: the check, a close
+ * callback). */
+static void give_back(bh_client_cache_t *cc, busy_t *b)
+{
+    uv_timer_stop(&b->timer);
+    bh_list_remove(&b->link);
+    b->c = NULL;
+    cc->n_attached--;
+    bh_list_push_back(&cc->free, &b->link);
+    cc->n_free++;
+}
+
+/* Frees the cached busy parts beyond what the requests in flight justify. */
+static void trim_cache(bh_client_cache_t *cc)
+{
+    bh_list_t *n;
+    while (cc->n_free > BUSY_CACHE_FLOOR + 2 * cc->n_attached &&
+           (n = bh_list_last(&cc->free)) != NULL) {
+        bh_list_remove(n);
+        cc->n_free--;
+        uv_close((uv_handle_t *)&bh_container_of(n, busy_t, link)->timer, on_busy_timer_closed);
+    }
+}
+
+static void on_check(uv_check_t *h)
+{
+    bh_worker_t *w = h->data;
+    bh_client_cache_t *cc = &w->cc;
+    bh_list_t *n, *tmp;
+    bh_list_foreach_safe(n, tmp, &cc->pending)
+    {
+        busy_t *b = bh_container_of(n, busy_t, link);
+        bh_client_t *c = b->c;
+        bh_list_remove(&b->link);
+        if (c->state != CS_IDLE || b->ex.active || c->in_parse)
+            continue; /* a new request began on it meanwhile: it stays */
+        c->b = NULL;
+        c->conn.parser = NULL;
+        give_back(cc, b);
+    }
+    trim_cache(cc);
+    uv_check_stop(h);
+}
+
+static void on_idle_timer(uv_timer_t *t);
+
+static void arm_idle_timer(bh_worker_t *w)
+{
+    bh_client_cache_t *cc = &w->cc;
+    bh_list_t *n = bh_list_first(&cc->idle);
+    if (n == NULL) {
+        uv_timer_stop(&cc->idle_timer);
+        return;
+    }
+    bh_client_t *c = bh_container_of(n, bh_client_t, idle_link);
+    uint64_t due = c->phase_start_ms + w->conf->limits.keepalive_timeout_ms, now = uv_now(&w->loop);
+    uv_timer_start(&cc->idle_timer, on_idle_timer, due > now ? due - now : 0, 0);
+}
+
+static void close_client(bh_client_t *c);
+
+static void on_idle_timer(uv_timer_t *t)
+{
+    bh_worker_t *w = t->data;
+    uint64_t now = uv_now(&w->loop), keepalive = w->conf->limits.keepalive_timeout_ms;
+    bh_list_t *n;
+    while ((n = bh_list_first(&w->cc.idle)) != NULL) {
+        bh_client_t *c = bh_container_of(n, bh_client_t, idle_link);
+        if (c->phase_start_ms + keepalive > now)
+            break;
+        close_client(c); /* takes it off the list */
+    }
+    arm_idle_timer(w);
+}
+
+/* Between requests: on the idle list; the busy part goes back once nothing is left to parse. */
+static void enter_idle(bh_client_t *c)
+{
+    bh_client_cache_t *cc = &c->conn.w->cc;
+    c->state = CS_IDLE;
+    c->phase_start_ms = now_of(c);
+    bool was_empty = bh_list_empty(&cc->idle);
+    bh_list_push_back(&cc->idle, &c->idle_link);
+    if (was_empty)
+        arm_idle_timer(c->conn.w);
+    if (c->b != NULL && !bh_list_linked(&c->b->link)) {
+        uv_timer_stop(&c->b->timer);
+        bh_list_push_back(&cc->pending, &c->b->link);
+        uv_check_start(&cc->check, on_check);
+    }
+}
+
+static void leave_idle(bh_client_t *c)
+{
+    bh_list_remove(&c->idle_link); /* the idle timer finds a later head, or none, by itself */
+}
+
+void bh_clients_init(bh_worker_t *w)
+{
+    bh_client_cache_t *cc = &w->cc;
+    bh_list_init(&cc->idle);
+    bh_list_init(&cc->pending);
+    bh_list_init(&cc->free);
+    cc->n_free = cc->n_attached = 0;
+    uv_timer_init(&w->loop, &cc->idle_timer);
+    cc->idle_timer.data = w;
+    uv_unref((uv_handle_t *)&cc->idle_timer); /* the connections keep the loop alive */
+    uv_check_init(&w->loop, &cc->check);
+    cc->check.data = w;
+    uv_unref((uv_handle_t *)&cc->check);
+}
+
+void bh_clients_fini(bh_worker_t *w)
+{
+    bh_list_t *n;
+    while ((n = bh_list_first(&w->cc.free)) != NULL) {
+        bh_list_remove(n);
+        bh_free(bh_container_of(n, busy_t, link)); /* the loop closed its timer */
+    }
+    w->cc.n_free = 0;
+}
+
 /* ---- closing ------------------------------------------------------------------------------ */
 
-static void on_handle_closed(uv_handle_t *h)
+static void on_tcp_closed(uv_handle_t *h)
 {
     bh_client_t *c = h->data;
-    if (--c->open_handles > 0)
-        return;
-    bh_buf_unref(c->conn.rbuf);
     bh_worker_t *w = c->conn.w;
+    if (c->b != NULL)
+        give_back(&w->cc, c->b); /* also off the pending list */
+    bh_buf_unref(c->conn.rbuf);
     bh_list_remove(&c->link);
     bh_free(c);
     w->n_clients--;
@@ -96,18 +287,23 @@ static void close_client(bh_client_t *c)
         c->counted = false;
     }
     c->conn.closing = true;
-    if (c->ex.active)
-        bh_exchange_abort(&c->ex, 0);
+    if (ex_active(c))
+        bh_exchange_abort(&c->b->ex, 0);
+    if (c->state == CS_IDLE)
+        leave_idle(c);
     c->state = CS_CLOSING;
+    if (c->b != NULL)
+        uv_timer_stop(&c->b->timer);
     bh_outq_discard(&c->conn.out);
-    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
 }
 
 static void on_linger_timeout(uv_timer_t *t)
 {
-    close_client(t->data);
+    close_client(((busy_t *)t->data)->c);
 }
+
+static void update_reading(bh_client_t *c);
 
 /* Close once everything queued has been written (the out queue callback finishes it). */
 static void close_after_flush(bh_client_t *c)
@@ -117,23 +313,29 @@ static void close_after_flush(bh_client_t *c)
         close_client(c);
         return;
     }
+    if (c->state == CS_IDLE)
+        leave_idle(c);
+    busy_t *b = attach_busy(c); /* for its timer */
+    if (b == NULL) {
+        close_client(c);
+        return;
+    }
     c->state = CS_CLOSING;
-    uv_timer_stop(&c->timer);
     update_reading(c);
     /* a client that never reads its error response must not hold the connection forever */
-    uv_timer_start(&c->timer, on_linger_timeout, c->conn.w->conf->limits.body_timeout_ms, 0);
+    uv_timer_start(&b->timer, on_linger_timeout, c->conn.w->conf->limits.body_timeout_ms, 0);
 }
 
 /* A request-level error before any response byte was sent: reply and close. */
 static void fail_request(bh_client_t *c, int err)
 {
     if (c->state == CS_CLOSING) {
-        if (c->ex.active)
-            bh_exchange_abort(&c->ex, 0);
+        if (ex_active(c))
+            bh_exchange_abort(&c->b->ex, 0);
         return;
     }
-    if (c->ex.active)
-        bh_exchange_abort(&c->ex, err);
+    if (ex_active(c))
+        bh_exchange_abort(&c->b->ex, err);
     else
         bh_exchange_count_unrouted(&c->conn, err, c->phase_start_ms);
     if (bh_reply_write(&c->conn.out, 0, err, true, 0) < 0) {
@@ -171,41 +373,37 @@ void bh_clients_close(bh_worker_t *w)
 
 /* ---- timers ------------------------------------------------------------------------------- */
 
+/* While a request is in flight (the idle timeout is the cache's). */
 static uint64_t client_due(bh_client_t *c)
 {
     const bh_conf_limits_t *lim = &c->conn.w->conf->limits;
+    busy_t *b = c->b;
     uint64_t due = BH_TIME_NEVER;
     switch (c->state) {
-    case CS_IDLE:
-        due = c->phase_start_ms + lim->keepalive_timeout_ms;
-        break;
     case CS_HEAD:
         due = c->phase_start_ms + lim->header_timeout_ms;
         break;
     case CS_EXCHANGE:
-        if (!c->ex.req_done && !c->paused)
+        if (!b->ex.req_done && !b->paused)
             due = c->phase_start_ms + lim->body_timeout_ms;
         break;
     default:
         break;
     }
-    uint64_t ex_due = bh_exchange_next_timeout(&c->ex);
+    uint64_t ex_due = bh_exchange_next_timeout(&b->ex);
     return ex_due < due ? ex_due : due;
 }
 
+static void rearm_timer(bh_client_t *c);
+
 static void on_timer(uv_timer_t *t)
 {
-    bh_client_t *c = t->data;
-    c->timer_due = BH_TIME_NEVER;
+    busy_t *b = t->data;
+    bh_client_t *c = b->c;
+    b->timer_due = BH_TIME_NEVER;
     uint64_t now = now_of(c);
     const bh_conf_limits_t *lim = &c->conn.w->conf->limits;
     switch (c->state) {
-    case CS_IDLE:
-        if (now >= c->phase_start_ms + lim->keepalive_timeout_ms) {
-            close_client(c);
-            return;
-        }
-        break;
     case CS_HEAD:
         if (now >= c->phase_start_ms + lim->header_timeout_ms) {
             fail_request(c, BH_ECLIENT_TIMEOUT);
@@ -213,8 +411,8 @@ static void on_timer(uv_timer_t *t)
         }
         break;
     case CS_EXCHANGE:
-        if (!c->ex.req_done && !c->paused && now >= c->phase_start_ms + lim->body_timeout_ms) {
-            if (c->ex.resp_started)
+        if (!b->ex.req_done && !b->paused && now >= c->phase_start_ms + lim->body_timeout_ms) {
+            if (b->ex.resp_started)
                 close_client(c);
             else
                 fail_request(c, BH_ECLIENT_TIMEOUT);
@@ -224,9 +422,9 @@ static void on_timer(uv_timer_t *t)
     default:
         break;
     }
-    if (c->ex.active) {
-        bh_exchange_timeout(&c->ex, now);
-        if (c->state == CS_CLOSING)
+    if (b->ex.active) {
+        bh_exchange_timeout(&b->ex, now);
+        if (c->state == CS_CLOSING || c->state == CS_IDLE)
             return;
     }
     rearm_timer(c);
@@ -236,14 +434,15 @@ static void on_timer(uv_timer_t *t)
  * nothing expired and re-arms. Most requests then touch the timer heap once, not per phase. */
 static void rearm_timer(bh_client_t *c)
 {
-    if (c->state == CS_CLOSING)
+    busy_t *b = c->b;
+    if (c->state == CS_CLOSING || c->state == CS_IDLE || b == NULL)
         return;
     uint64_t due = client_due(c), now = now_of(c);
-    bool active = uv_is_active((uv_handle_t *)&c->timer);
-    if (due == BH_TIME_NEVER || (active && c->timer_due <= due))
+    bool active = uv_is_active((uv_handle_t *)&b->timer);
+    if (due == BH_TIME_NEVER || (active && b->timer_due <= due))
         return;
-    c->timer_due = due;
-    uv_timer_start(&c->timer, on_timer, due > now ? due - now : 0, 0);
+    b->timer_due = due;
+    uv_timer_start(&b->timer, on_timer, due > now ? due - now : 0, 0);
 }
 
 /* ---- reading ------------------------------------------------------------------------------ */
@@ -259,7 +458,9 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     }
     if (cn->rbuf == NULL) {
         cn->rbuf = bh_buf_get(&cn->w->bufs);
-        cn->rlen = cn->rpos = c->head_start = 0;
+        cn->rlen = cn->rpos = 0;
+        if (c->b != NULL)
+            c->b->head_start = 0;
         if (cn->rbuf == NULL) {
             *buf = uv_buf_init(NULL, 0);
             return;
@@ -272,7 +473,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 static bool compact(bh_client_t *c)
 {
     bh_conn_t *cn = &c->conn;
-    uint32_t from = c->state == CS_HEAD ? c->head_start : cn->rpos;
+    uint32_t from = c->state == CS_HEAD ? c->b->head_start : cn->rpos;
     uint32_t keep = cn->rlen - from;
     if (from == 0)
         return false;
@@ -288,9 +489,8 @@ static bool compact(bh_client_t *c)
     }
     cn->rlen = keep;
     cn->rpos -= from;
-    c->head_start -= (c->state == CS_HEAD ? from : 0);
-    if (c->state != CS_HEAD)
-        c->head_start = 0;
+    if (c->b != NULL)
+        c->b->head_start = c->state == CS_HEAD ? c->b->head_start - from : 0;
     return true;
 }
 
@@ -302,7 +502,7 @@ static void update_reading(bh_client_t *c)
     bool want = c->state != CS_CLOSING && !c->eof;
     if (want && cn->rbuf != NULL && cn->rlen == cn->rbuf->cap && cn->rpos < cn->rlen)
         want = compact(c); /* full of unparsed bytes: only room made at the front helps */
-    if (want && bh_exchange_blocked(&c->ex))
+    if (want && c->b != NULL && bh_exchange_blocked(&c->b->ex))
         want = false;
     if (want && bh_outq_pending(&cn->out) > BH_WRITE_HIGH_WATER)
         want = false; /* a pipelining client that does not read its responses */
@@ -323,16 +523,16 @@ static void update_reading(bh_client_t *c)
 
 static int on_message_begin(llhttp_t *p)
 {
-    bh_client_t *c = parser_client(p);
-    c->nheaders = 0;
-    c->url_off = c->url_len = 0;
-    c->version_seen = false;
+    busy_t *b = parser_client(p)->b;
+    b->nheaders = 0;
+    b->url_off = b->url_len = 0;
+    b->version_seen = false;
     return 0;
 }
 
 static int on_version_complete(llhttp_t *p)
 {
-    parser_client(p)->version_seen = true;
+    parser_client(p)->b->version_seen = true;
     return 0;
 }
 
@@ -341,18 +541,19 @@ static int on_version_complete(llhttp_t *p)
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     bh_client_t *c = parser_client(p);
-    uint32_t off = (uint32_t)(at - (c->conn.rbuf->data + c->head_start));
-    if (c->url_len == 0)
-        c->url_off = off;
-    c->url_len = off + (uint32_t)len - c->url_off;
+    busy_t *b = c->b;
+    uint32_t off = (uint32_t)(at - (c->conn.rbuf->data + b->head_start));
+    if (b->url_len == 0)
+        b->url_off = off;
+    b->url_len = off + (uint32_t)len - b->url_off;
     return 0;
 }
 
 static int on_header_field_complete(llhttp_t *p)
 {
     bh_client_t *c = parser_client(p);
-    if (++c->nheaders > c->conn.w->conf->limits.max_headers) {
-        c->parse_error = BH_EHEAD_TOO_LARGE;
+    if (++c->b->nheaders > c->conn.w->conf->limits.max_headers) {
+        c->b->parse_error = BH_EHEAD_TOO_LARGE;
         return HPE_USER;
     }
     return 0;
@@ -360,16 +561,16 @@ static int on_header_field_complete(llhttp_t *p)
 
 static int on_headers_complete(llhttp_t *p)
 {
-    parser_client(p)->pause = PAUSE_HEAD;
+    parser_client(p)->b->pause = PAUSE_HEAD;
     return HPE_PAUSED;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     bh_client_t *c = parser_client(p);
-    int rc = bh_exchange_body(&c->ex, at, len);
+    int rc = bh_exchange_body(&c->b->ex, at, len);
     if (rc < 0) {
-        c->parse_error = rc;
+        c->b->parse_error = rc;
         return HPE_USER;
     }
     return 0;
@@ -377,7 +578,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 
 static int on_message_complete(llhttp_t *p)
 {
-    parser_client(p)->pause = PAUSE_MESSAGE;
+    parser_client(p)->b->pause = PAUSE_MESSAGE;
     return HPE_PAUSED;
 }
 
@@ -397,29 +598,32 @@ static void release_consumed_buffer(bh_client_t *c)
     if (cn->rbuf != NULL && cn->rpos == cn->rlen && c->state != CS_HEAD) {
         bh_buf_unref(cn->rbuf);
         cn->rbuf = NULL;
-        cn->rlen = cn->rpos = c->head_start = 0;
+        cn->rlen = cn->rpos = 0;
+        if (c->b != NULL)
+            c->b->head_start = 0;
     }
 }
 
 static void handle_pause(bh_client_t *c, int reason)
 {
     bh_conn_t *cn = &c->conn;
-    if (reason == PAUSE_MESSAGE && !c->ex.active) {
+    busy_t *b = c->b;
+    if (reason == PAUSE_MESSAGE && !b->ex.active) {
         fail_request(c, BH_EBAD_REQUEST); /* a message without a head: HTTP/0.9 */
         return;
     }
     if (reason == PAUSE_HEAD) {
-        const char *head = cn->rbuf->data + c->head_start;
-        size_t len = cn->rpos - c->head_start;
+        const char *head = cn->rbuf->data + b->head_start;
+        size_t len = cn->rpos - b->head_start;
         if (len > cn->w->conf->limits.max_header_bytes) {
             fail_request(c, BH_EHEAD_TOO_LARGE);
             return;
         }
         c->state = CS_EXCHANGE;
         c->phase_start_ms = now_of(c);
-        bh_exchange_start(&c->ex, cn, head, len, (bh_span_t){head + c->url_off, c->url_len});
+        bh_exchange_start(&b->ex, cn, head, len, (bh_span_t){head + b->url_off, b->url_len});
     } else {
-        if (bh_exchange_request_done(&c->ex) < 0)
+        if (bh_exchange_request_done(&b->ex) < 0)
             close_client(c);
     }
 }
@@ -443,10 +647,10 @@ static int parse_errno(llhttp_errno_t e)
 
 static void parse_failed(bh_client_t *c, llhttp_errno_t e)
 {
-    int err = c->parse_error < 0 ? c->parse_error : parse_errno(e);
+    int err = c->b->parse_error < 0 ? c->b->parse_error : parse_errno(e);
     bh_log_debug("client %s: bad request: %s (%s)", c->conn.ip, llhttp_errno_name(e),
-                 llhttp_get_error_reason(&c->conn.parser));
-    if (c->ex.active && c->ex.resp_started && !c->ex.local)
+                 llhttp_get_error_reason(&c->b->parser));
+    if (c->b->ex.active && c->b->ex.resp_started && !c->b->ex.local)
         close_client(c);
     else
         fail_request(c, err);
@@ -456,10 +660,26 @@ static void parse_failed(bh_client_t *c, llhttp_errno_t e)
  * llhttp saw no version in it. */
 static bool line_without_version(const bh_client_t *c)
 {
-    const char *p = c->conn.rbuf->data + c->head_start, *end = c->conn.rbuf->data + c->conn.rlen;
+    const char *p = c->conn.rbuf->data + c->b->head_start, *end = c->conn.rbuf->data + c->conn.rlen;
     while (p < end && (*p == '\r' || *p == '\n'))
         p++;
     return p < end && memchr(p, '\n', (size_t)(end - p)) != NULL;
+}
+
+/* The first byte of a request: the busy part attaches. Returns false when it cannot. */
+static bool begin_request(bh_client_t *c)
+{
+    leave_idle(c);
+    busy_t *b = attach_busy(c);
+    if (b == NULL) {
+        close_client(c); /* out of memory: this connection, not the process */
+        return false;
+    }
+    c->state = CS_HEAD;
+    b->head_start = c->conn.rpos;
+    c->phase_start_ms = now_of(c);
+    rearm_timer(c);
+    return true;
 }
 
 /* Runs the parser once over what is buffered. Returns false to stop the parse loop. */
@@ -467,24 +687,21 @@ static bool parse_step(bh_client_t *c)
 {
     bh_conn_t *cn = &c->conn;
     const bh_conf_limits_t *lim = &cn->w->conf->limits;
-    if (c->state == CS_IDLE) {
-        c->state = CS_HEAD;
-        c->head_start = cn->rpos;
-        c->phase_start_ms = now_of(c);
-        rearm_timer(c);
-    }
-    c->parse_error = 0;
-    c->pause = PAUSE_NONE;
-    c->run_parser = false;
+    if (c->state == CS_IDLE && !begin_request(c))
+        return false;
+    busy_t *b = c->b;
+    b->parse_error = 0;
+    b->pause = PAUSE_NONE;
+    b->run_parser = false;
     const char *base = cn->rbuf != NULL ? cn->rbuf->data + cn->rpos : "";
-    llhttp_errno_t e = llhttp_execute(&cn->parser, base, cn->rlen - cn->rpos);
+    llhttp_errno_t e = llhttp_execute(&b->parser, base, cn->rlen - cn->rpos);
     if (e == HPE_OK) {
         cn->rpos = cn->rlen;
-        if (c->state == CS_HEAD && cn->rlen - c->head_start > lim->max_header_bytes) {
+        if (c->state == CS_HEAD && cn->rlen - b->head_start > lim->max_header_bytes) {
             fail_request(c, BH_EHEAD_TOO_LARGE);
             return false;
         }
-        if (c->state == CS_HEAD && !c->version_seen && line_without_version(c)) {
+        if (c->state == CS_HEAD && !b->version_seen && line_without_version(c)) {
             /* "GET /x\r\n" (HTTP/0.9): a line ended without a version, and strict llhttp
              * waits for more instead of failing */
             fail_request(c, BH_EBAD_REQUEST);
@@ -493,31 +710,38 @@ static bool parse_step(bh_client_t *c)
         return true;
     }
     if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
-        cn->rpos += (uint32_t)(llhttp_get_error_pos(&cn->parser) - base);
-        if (c->pause == PAUSE_NONE) {
+        cn->rpos += (uint32_t)(llhttp_get_error_pos(&b->parser) - base);
+        if (b->pause == PAUSE_NONE) {
             /* llhttp stops after an Upgrade request; the upstream declined to switch
              * protocols (we are not tunneling), so the next bytes are HTTP again. */
-            llhttp_resume_after_upgrade(&cn->parser);
+            llhttp_resume_after_upgrade(&b->parser);
             return true;
         }
-        c->paused = true;
-        handle_pause(c, c->pause);
+        b->paused = true;
+        handle_pause(c, b->pause);
         return true;
     }
     parse_failed(c, e);
     return false;
 }
 
+static bool more_to_parse(const bh_client_t *c)
+{
+    if (c->state == CS_CLOSING || (c->b != NULL && c->b->paused))
+        return false;
+    if (c->conn.rbuf != NULL && c->conn.rpos < c->conn.rlen)
+        return true;
+    return c->b != NULL && c->b->run_parser && c->state != CS_IDLE;
+}
+
 static void parse(bh_client_t *c)
 {
-    bh_conn_t *cn = &c->conn;
     if (c->in_parse)
         return; /* the running loop below picks up the new state */
     c->in_parse = true;
-    while (c->state != CS_CLOSING && !c->paused &&
-           ((cn->rbuf != NULL && cn->rpos < cn->rlen) || (c->run_parser && c->state != CS_IDLE))) {
+    while (more_to_parse(c)) {
         if (c->state == CS_TUNNEL) {
-            bh_exchange_tunnel_data(&c->ex);
+            bh_exchange_tunnel_data(&c->b->ex);
             break;
         }
         if (!parse_step(c))
@@ -526,9 +750,11 @@ static void parse(bh_client_t *c)
     c->in_parse = false;
     if (c->state == CS_CLOSING)
         return;
-    bh_exchange_flush(&c->ex);
-    if (c->state == CS_CLOSING)
-        return;
+    if (c->b != NULL) {
+        bh_exchange_flush(&c->b->ex);
+        if (c->state == CS_CLOSING)
+            return;
+    }
     release_consumed_buffer(c);
     update_reading(c);
 }
@@ -537,14 +763,15 @@ static void parse(bh_client_t *c)
  * Called inside the parse loop, it only unpauses: the loop goes on. */
 static void resume(bh_client_t *c)
 {
-    if (c->paused) {
-        c->run_parser = true; /* a bodyless request completes without another byte */
+    busy_t *b = c->b;
+    if (b != NULL && b->paused) {
+        b->run_parser = true; /* a bodyless request completes without another byte */
         rearm_timer(c);       /* the body timeout applies from now */
-        if (llhttp_get_errno(&c->conn.parser) == HPE_PAUSED_UPGRADE)
-            llhttp_resume_after_upgrade(&c->conn.parser);
+        if (llhttp_get_errno(&b->parser) == HPE_PAUSED_UPGRADE)
+            llhttp_resume_after_upgrade(&b->parser);
         else
-            llhttp_resume(&c->conn.parser);
-        c->paused = false;
+            llhttp_resume(&b->parser);
+        b->paused = false;
     }
     parse(c);
 }
@@ -557,9 +784,7 @@ static void exchange_done(bh_client_t *c)
         close_after_flush(c);
         return;
     }
-    c->state = CS_IDLE;
-    c->phase_start_ms = now_of(c);
-    rearm_timer(c);
+    enter_idle(c);
     resume(c);
 }
 
@@ -570,8 +795,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread < 0) {
         c->eof = true;
-        if (nread != UV_EOF || c->state != CS_EXCHANGE || !c->ex.req_done ||
-            bh_exchange_abort_on_half_close(&c->ex)) {
+        if (nread != UV_EOF || c->state != CS_EXCHANGE || !c->b->ex.req_done ||
+            bh_exchange_abort_on_half_close(&c->b->ex)) {
             close_client(c); /* gone mid-request: the exchange is aborted */
             return;
         }
@@ -600,7 +825,8 @@ static void on_out(bh_outq_t *q, int status)
             close_client(c);
         return;
     }
-    bh_exchange_client_drained(&c->ex);
+    if (c->b != NULL)
+        bh_exchange_client_drained(&c->b->ex);
     if (c->state != CS_CLOSING)
         update_reading(c);
 }
@@ -636,7 +862,7 @@ static void op_tunnel(bh_conn_t *conn)
 {
     bh_client_t *c = conn_client(conn);
     c->state = CS_TUNNEL;
-    c->paused = false; /* no more HTTP on this connection: bytes flow raw */
+    c->b->paused = false; /* no more HTTP on this connection: bytes flow raw */
     conn->close_after = true;
 }
 
@@ -674,16 +900,14 @@ void bh_client_accept(bh_worker_t *w, uv_stream_t *listener)
     c->conn.ops = &conn_ops;
     c->conn.w = w;
     bh_list_init(&c->link);
+    bh_list_init(&c->idle_link);
     uv_tcp_init(&w->loop, &c->tcp);
-    uv_timer_init(&w->loop, &c->timer);
-    c->tcp.data = c->timer.data = c;
-    c->open_handles = 2;
+    c->tcp.data = c;
     bh_list_push_back(&w->clients, &c->link);
     w->n_clients++;
     bh_counter_add(&w->cells->accepted, 1);
     bh_gauge_add(&w->cells->clients, 1);
     bh_outq_init(&c->conn.out, (uv_stream_t *)&c->tcp, &w->wreqs, &w->bufs, on_out);
-    llhttp_init(&c->conn.parser, HTTP_REQUEST, &req_settings);
     c->state = CS_IDLE;
     c->phase_start_ms = now_of(c);
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0) {
@@ -704,6 +928,6 @@ void bh_client_accept(bh_worker_t *w, uv_stream_t *listener)
         close_after_flush(c);
         return;
     }
-    rearm_timer(c);
+    enter_idle(c);
     update_reading(c);
 }

@@ -39,7 +39,7 @@ struct bh_conn {
     const bh_conn_ops_t *ops;
     bh_worker_t *w;
     bh_outq_t out;          /* bytes to the client */
-    llhttp_t parser;        /* the request parser: version, framing, keep-alive */
+    llhttp_t *parser;       /* the request parser: version, framing, keep-alive (during a request) */
     bh_buf_t *rbuf;         /* the read buffer that body bytes point into (NULL when none) */
     uint32_t rpos, rlen;    /* parsed up to; bytes in rbuf (tunnel_data forwards the rest) */
     bool closing;           /* the connection is closing: the exchange was aborted */
@@ -49,7 +49,7 @@ struct bh_conn {
 
 static inline bool bh_conn_http11(const bh_conn_t *conn)
 {
-    return conn->parser.http_major == 1 && conn->parser.http_minor >= 1;
+    return conn->parser->http_major == 1 && conn->parser->http_minor >= 1;
 }
 
 #endif

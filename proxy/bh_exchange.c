@@ -198,7 +198,7 @@ static void read_fields(const bh_conn_t *conn, bh_request_t *req, req_fields_t *
  * Returns 0 or the error to answer with (the connection is then closed). */
 static int check_request(const bh_conn_t *conn, const req_fields_t *f, const bh_target_t *t)
 {
-    const llhttp_t *p = &conn->parser;
+    const llhttp_t *p = conn->parser;
     uint8_t m = p->method;
     bool http11 = bh_conn_http11(conn);
     if (p->http_major != 1 || m == HTTP_CONNECT)
@@ -259,7 +259,7 @@ static int read_head(bh_exchange_t *ex, const char *head, size_t head_len, bh_sp
     if (n < 0)
         return n == -2 ? BH_EHEAD_TOO_LARGE : BH_EBAD_REQUEST;
     /* The start line as llhttp read it; never split again here. */
-    const char *mname = llhttp_method_name(llhttp_get_method(&conn->parser));
+    const char *mname = llhttp_method_name(llhttp_get_method(conn->parser));
     *req = (bh_request_t){.method = {mname, strlen(mname)}, .head = head, .head_len = head_len,
                           .hdrs = w->hdrs, .nhdrs = n};
     if (w->alog != NULL)
@@ -276,7 +276,7 @@ static int read_head(bh_exchange_t *ex, const char *head, size_t head_len, bh_sp
     /* An upgrade needs the request's own Connection: upgrade (llhttp also reads
      * Proxy-Connection), and never to h2c: a cleartext HTTP/2 tunnel would let the client send
      * requests that no route of bulkhead's ever sees (h2c smuggling). */
-    req->upgrade = llhttp_get_upgrade(&conn->parser) != 0 && f->conn_upgrade && !f->h2c;
+    req->upgrade = llhttp_get_upgrade(conn->parser) != 0 && f->conn_upgrade && !f->h2c;
     return 0;
 }
 

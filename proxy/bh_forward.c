@@ -85,6 +85,7 @@ typedef struct bh_fwd {
     bool idempotency_key;           /* the request carries Idempotency-Key */
     bool continue_sent;             /* 100 Continue went to the client */
     bool add_host;                  /* an HTTP/1.0 request without Host: name the endpoint */
+    bool held;                      /* upstream reads stopped: the client is slow to take them */
 } bh_fwd_t;
 
 _Static_assert(sizeof(bh_fwd_t) <= BH_EXCHANGE_STATE_BYTES, "bh_fwd_t fits in the exchange");
@@ -377,7 +378,7 @@ static void choose_framing(bh_fwd_t *f, int status, bh_fwd_resp_t *resp)
         f->resp_framing = FRAME_LENGTH;
     else
         f->resp_framing = http11 ? FRAME_CHUNKED : FRAME_CLOSE;
-    bool keepalive = llhttp_should_keep_alive(&conn->parser) && !conn->w->draining &&
+    bool keepalive = llhttp_should_keep_alive(conn->parser) && !conn->w->draining &&
                      f->resp_framing != FRAME_CLOSE;
     if (!keepalive)
         conn->close_after = true;
@@ -513,6 +514,14 @@ static int up_parse_step(bh_fwd_t *f, bool *kick)
     return 1;
 }
 
+/* Backpressure: the client has more queued than it takes. The upstream is then silent because
+ * bulkhead stopped reading, not by its own doing: its idle timeout waits (the deadline does not). */
+static void hold_upstream(bh_fwd_t *f)
+{
+    bh_upconn_read_stop(f->uc);
+    f->held = true;
+}
+
 /* Parses what the upstream sent. */
 static void up_parse(bh_fwd_t *f)
 {
@@ -543,7 +552,7 @@ static void up_parse(bh_fwd_t *f)
         f->resp_head_start = 0;
     }
     if (bh_outq_pending(&conn->out) > BH_WRITE_HIGH_WATER)
-        bh_upconn_read_stop(uc); /* resumed by fwd_client_drained */
+        hold_upstream(f); /* resumed by fwd_client_drained */
 }
 
 static void tunnel_to_client(bh_fwd_t *f)
@@ -557,7 +566,7 @@ static void tunnel_to_client(bh_fwd_t *f)
         return;
     }
     if (bh_outq_pending(&conn->out) > BH_WRITE_HIGH_WATER)
-        bh_upconn_read_stop(uc);
+        hold_upstream(f);
 }
 
 static void on_up_read(bh_upconn_t *uc, ssize_t nread)
@@ -799,7 +808,7 @@ static int build_head(bh_fwd_t *f, const bh_request_t *req)
 static void fwd_start(bh_exchange_t *ex, const bh_request_t *req)
 {
     bh_conn_t *conn = ex->conn;
-    const llhttp_t *p = &conn->parser;
+    const llhttp_t *p = conn->parser;
     bh_fwd_t *f = (bh_fwd_t *)ex->state_area;
     memset(f, 0, sizeof(*f));
     ex->state = f;
@@ -898,6 +907,11 @@ static void fwd_client_drained(bh_exchange_t *ex)
         attempt_failed(f, BH_EUPSTREAM_RESET);
         return;
     }
+    if (f->held) {
+        f->held = false;
+        f->up_activity_ms = now_of(f); /* the upstream's idle time starts again now */
+        rearm(f);
+    }
     if (f->phase != PH_TUNNEL)
         up_parse(f);
 }
@@ -921,7 +935,8 @@ static uint64_t fwd_next_timeout(const bh_exchange_t *ex)
     case PH_SENDING:
     case PH_RECEIVING:
     case PH_TUNNEL:
-        phase_due = f->up_activity_ms + t->idle_ms;
+        if (!f->held)
+            phase_due = f->up_activity_ms + t->idle_ms;
         break;
     case PH_BACKOFF:
         phase_due = f->retry_at_ms;
@@ -945,7 +960,7 @@ static void fwd_timeout(bh_exchange_t *ex, uint64_t now)
     else if (f->phase == PH_FIRST_BYTE && now >= f->up_activity_ms + t->first_byte_ms)
         attempt_failed(f, BH_EFIRST_BYTE_TIMEOUT);
     else if ((f->phase == PH_SENDING || f->phase == PH_RECEIVING || f->phase == PH_TUNNEL) &&
-             now >= f->up_activity_ms + t->idle_ms)
+             !f->held && now >= f->up_activity_ms + t->idle_ms)
         attempt_failed(f, BH_EIDLE_TIMEOUT);
 }
 

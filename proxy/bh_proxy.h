@@ -103,6 +103,18 @@ typedef struct bh_listener {
     char *addr;                     /* the configured address text */
 } bh_listener_t;
 
+/* What bh_client.c keeps per worker: an idle keep-alive connection holds no timer, parser or
+ * exchange; those come from `free` when a request starts and go back after it (see bh_client.c). */
+typedef struct bh_client_cache {
+    bh_list_t idle;                 /* idle client connections, longest idle first */
+    uv_timer_t idle_timer;          /* closes those idle for limits.keepalive_timeout */
+    uv_check_t check;               /* after a loop turn: busy parts of idle connections go back */
+    bh_list_t pending;              /* busy parts to look at in the check */
+    bh_list_t free;                 /* busy parts for the next requests (their timers stopped) */
+    uint32_t n_free;
+    uint32_t n_attached;            /* busy parts on connections */
+} bh_client_cache_t;
+
 struct bh_worker {
     bh_server_t *srv;
     const bh_conf_t *conf;          /* gen->conf */
@@ -128,6 +140,7 @@ struct bh_worker {
     bh_rng_t rng;
     bh_upstream_env_t env;
     bh_list_t clients;              /* bh_client.c's, linked through their own list node */
+    bh_client_cache_t cc;
     uint32_t n_clients;
     void (*client_closed)(bh_worker_t *w); /* after n_clients went down */
     bool draining;
@@ -169,6 +182,9 @@ void bh_server_join(bh_server_t *srv);
 void bh_server_destroy(bh_server_t *srv);
 
 /* bh_client.c */
+void bh_clients_init(bh_worker_t *w);
+/* After the loop closed every handle: frees what the cache holds. */
+void bh_clients_fini(bh_worker_t *w);
 void bh_client_accept(bh_worker_t *w, uv_stream_t *listener);
 /* Every client connection of w closes once idle (between requests); new requests still run. */
 void bh_clients_drain(bh_worker_t *w);

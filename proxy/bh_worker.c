@@ -407,6 +407,7 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     if (rc < 0)
         return rc;
     w->srv = srv; /* from here on, worker_destroy cleans up */
+    bh_clients_init(w);
     w->conf = conf;
     w->id = id;
     w->cells = bh_metrics_worker(&srv->metrics, id);
@@ -466,6 +467,7 @@ static void worker_destroy(bh_worker_t *w)
     int rc = uv_loop_close(&w->loop);
     if (rc != 0)
         bh_log_error("worker %u: loop closed with handles still open: %s", w->id, uv_strerror(rc));
+    bh_clients_fini(w);
     bh_wreq_cache_destroy(&w->wreqs);
     bh_bufpool_destroy(&w->bufs);
     if (w->alog != NULL)

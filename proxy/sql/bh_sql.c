@@ -166,7 +166,7 @@ static void reply(bh_sql_t *s, int status, bh_sql_reply_t kind, int err, uint64_
         bh_wbuf_u64(&w, retry_after_s > 0 ? retry_after_s : 1);
         bh_wbuf_put(&w, "\r\n", 2);
     }
-    if (!ex->req_done && ((c->parser.flags & F_CHUNKED) || c->parser.content_length > 0))
+    if (!ex->req_done && ((c->parser->flags & F_CHUNKED) || c->parser->content_length > 0))
         c->close_after = true; /* the rest of a body will not be read */
     if (c->close_after || c->w->draining)
         bh_wbuf_str(&w, "Connection: close\r\n");
@@ -653,7 +653,7 @@ static void sql_start(bh_exchange_t *ex, const bh_request_t *req)
     for (size_t i = 0; i < conf->n_databases; i++)
         if (conf->databases[i].max_request_bytes > max)
             max = conf->databases[i].max_request_bytes;
-    if ((c->parser.flags & F_CONTENT_LENGTH) && c->parser.content_length > max) {
+    if ((c->parser->flags & F_CONTENT_LENGTH) && c->parser->content_length > max) {
         if (bh_sql_encode_too_large(&s->out, false, max) < 0) {
             close_conn(s);
             return;

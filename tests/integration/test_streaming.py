@@ -5,8 +5,10 @@ not timing ones. Under AddressSanitizer the quarantine of freed memory would cou
 bulkhead instances run with a small quarantine."""
 import hashlib
 import os
+import re
 import socket
 import time
+import urllib.request
 
 import pytest
 import requests
@@ -216,3 +218,45 @@ def test_upstream_truncated_response_closes_client(bh, upstream, raw):
             break
         got += len(data)
     assert got == 50000, "client got %d bytes of a truncated 100000-byte body" % got
+
+
+def test_slow_client_is_not_charged_to_the_upstream(bulkhead, upstream, raw):
+    """A client that stops reading for longer than timeouts.idle: bulkhead stopped reading from the
+    upstream (backpressure), so the upstream's silence is bulkhead's doing, not the upstream's. The
+    idle timeout waits while the reads are held: the client gets the whole body, and no idle timeout,
+    outlier ejection or breaker failure is recorded against the endpoint."""
+    bh = bulkhead(upstream, timeouts={"total": "10m", "idle": "300ms", "first_byte": "60s"},
+                  env=small_quarantine_env())
+    n = 64 * MiB
+    sent_before = upstream.stats()["bytes_sent"]
+    c = raw(bh.port)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    c.request("GET", "/bytes?n=%d" % n)
+    # bulkhead holds the upstream once the client's queue is full: the upstream's writes stall (the
+    # kernel still lets a trickle through, never a whole 64 KiB piece between two polls)
+    last = [-1]
+
+    def stalled():
+        s = upstream.stats()["bytes_sent"] - sent_before
+        slow, last[0] = 0 <= s - last[0] < 64 * 1024, s
+        return slow and s > MiB
+
+    wait_until(stalled, interval=0.2, what="the upstream's writes to stall")
+    time.sleep(1.0)  # the slow client itself: it reads nothing for over three idle timeouts
+    version, status, reason, headers, raw_head = c.read_head()
+    assert status == 200
+    got = len(c.buf)
+    c.buf = b""
+    while got < n:
+        data = c.sock.recv(1 << 20)
+        assert data, "connection closed after %d of %d bytes" % (got, n)
+        got += len(data)
+    assert got == n
+    with urllib.request.urlopen(bh.admin_url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    attempts = dict(re.findall(r'bulkhead_upstream_attempts_total\{upstream="u",outcome="(\w+)"\} (\d+)',
+                               text))
+    assert attempts.get("idle_timeout", "0") == "0", attempts
+    assert attempts.get("success") == "1", attempts
+    assert re.search(r'bulkhead_outlier_ejections_total\{upstream="u"\} 0\b', text), text
+    assert re.search(r'bulkhead_breaker_state\{upstream="u"\} 0\b', text), text
