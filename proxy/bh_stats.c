@@ -185,9 +185,8 @@ static void backend_counter(sb_t *b, bh_server_t *srv, const char *name, const c
     }
 }
 
-char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
+static void process_families(sb_t *b, bh_server_t *srv)
 {
-    sb_t b = {0};
     const bh_metrics_t *m = &srv->metrics;
     uint64_t accepted = 0;
     int64_t clients = 0;
@@ -195,20 +194,23 @@ char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
         accepted += bh_counter_get(&bh_metrics_worker(m, i)->accepted);
         clients += bh_gauge_get(&bh_metrics_worker(m, i)->clients);
     }
-    family(&b, "bulkhead_build_info", "gauge", "Build information; always 1.");
-    put(&b, "bulkhead_build_info{version=\"%s\",libuv=\"%s\"} 1\n", BH_VERSION,
+    family(b, "bulkhead_build_info", "gauge", "Build information; always 1.");
+    put(b, "bulkhead_build_info{version=\"%s\",libuv=\"%s\"} 1\n", BH_VERSION,
         uv_version_string());
-    family(&b, "bulkhead_start_time_seconds", "gauge",
+    family(b, "bulkhead_start_time_seconds", "gauge",
            "Process start time, seconds since the epoch.");
-    put(&b, "bulkhead_start_time_seconds %llu\n", (unsigned long long)m->start_unix_s);
-    family(&b, "bulkhead_workers", "gauge", "Worker threads.");
-    put(&b, "bulkhead_workers %u\n", m->n_workers);
-    family(&b, "bulkhead_client_connections", "gauge", "Open client connections.");
-    put(&b, "bulkhead_client_connections %lld\n", (long long)clients);
-    family(&b, "bulkhead_connections_accepted_total", "counter", "Client connections accepted.");
-    put(&b, "bulkhead_connections_accepted_total %llu\n", (unsigned long long)accepted);
+    put(b, "bulkhead_start_time_seconds %llu\n", (unsigned long long)m->start_unix_s);
+    family(b, "bulkhead_workers", "gauge", "Worker threads.");
+    put(b, "bulkhead_workers %u\n", m->n_workers);
+    family(b, "bulkhead_client_connections", "gauge", "Open client connections.");
+    put(b, "bulkhead_client_connections %lld\n", (long long)clients);
+    family(b, "bulkhead_connections_accepted_total", "counter", "Client connections accepted.");
+    put(b, "bulkhead_connections_accepted_total %llu\n", (unsigned long long)accepted);
+}
 
-    family(&b, "bulkhead_requests_total", "counter",
+static void route_families(sb_t *b, bh_server_t *srv)
+{
+    family(b, "bulkhead_requests_total", "counter",
            "Requests answered, by route and the status sent to the client (499: the client left "
            "first).");
     FOREACH_ENTRY(e, e->kind == BH_M_ROUTE)
@@ -217,80 +219,102 @@ char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
             uint64_t n = code_count(srv, e, code);
             if (n == 0)
                 continue;
-            put(&b, "bulkhead_requests_total{");
-            label(&b, "route", e->name);
-            put(&b, ",code=\"%d\"} %llu\n", code, (unsigned long long)n);
+            put(b, "bulkhead_requests_total{");
+            label(b, "route", e->name);
+            put(b, ",code=\"%d\"} %llu\n", code, (unsigned long long)n);
         }
     }
-    family(&b, "bulkhead_request_duration_seconds", "histogram",
+    family(b, "bulkhead_request_duration_seconds", "histogram",
            "Time from the request head to the end of the response, by route.");
     FOREACH_ENTRY(e, e->kind == BH_M_ROUTE)
     {
-        histogram(&b, srv, "bulkhead_request_duration_seconds", "route", e,
+        histogram(b, srv, "bulkhead_request_duration_seconds", "route", e,
                   CELL(bh_route_cells_t, duration));
     }
-    family(&b, "bulkhead_upstream_attempts_total", "counter",
-           "Attempts sent to an upstream or database, by outcome.");
-    FOREACH_ENTRY(e, is_backend(e))
-    {
-        for (int o = 0; o < BH_OUTCOME_N; o++) {
-            put(&b, "bulkhead_upstream_attempts_total{");
-            label(&b, "upstream", e->name);
-            put(&b, ",outcome=\"%s\"} %llu\n", bh_outcome_label((enum bh_outcome)o),
-                (unsigned long long)attempts(srv, e, o));
-        }
-    }
-    family(&b, "bulkhead_pool_connections", "gauge",
+}
+
+static void pool_families(sb_t *b, bh_server_t *srv)
+{
+    family(b, "bulkhead_pool_connections", "gauge",
            "Pooled connections of an upstream or database, by state.");
     FOREACH_ENTRY(e, is_backend(e))
     {
         for (size_t k = 0; k < sizeof(pool_states) / sizeof(pool_states[0]); k++) {
-            put(&b, "bulkhead_pool_connections{");
-            label(&b, "pool", e->name);
-            put(&b, ",state=\"%s\"} %lld\n", pool_states[k].name,
+            put(b, "bulkhead_pool_connections{");
+            label(b, "pool", e->name);
+            put(b, ",state=\"%s\"} %lld\n", pool_states[k].name,
                 (long long)pool_state(srv, e, pool_states[k].state));
         }
     }
-    family(&b, "bulkhead_pool_waiters", "gauge", "Requests queued for a pooled connection.");
+    family(b, "bulkhead_pool_waiters", "gauge", "Requests queued for a pooled connection.");
     FOREACH_ENTRY(e, is_backend(e))
     {
-        put(&b, "bulkhead_pool_waiters{");
-        label(&b, "pool", e->name);
-        put(&b, "} %lld\n", (long long)pool_waiters(srv, e));
+        put(b, "bulkhead_pool_waiters{");
+        label(b, "pool", e->name);
+        put(b, "} %lld\n", (long long)pool_waiters(srv, e));
     }
-    family(&b, "bulkhead_pool_wait_seconds", "histogram",
+    family(b, "bulkhead_pool_wait_seconds", "histogram",
            "Time a request waited for a pooled connection (0 when one was idle).");
     FOREACH_ENTRY(e, is_backend(e))
     {
-        histogram(&b, srv, "bulkhead_pool_wait_seconds", "pool", e, CELL(bh_backend_cells_t, wait));
+        histogram(b, srv, "bulkhead_pool_wait_seconds", "pool", e, CELL(bh_backend_cells_t, wait));
     }
-    family(&b, "bulkhead_breaker_state", "gauge",
+}
+
+static void backend_families(sb_t *b, bh_server_t *srv)
+{
+    family(b, "bulkhead_upstream_attempts_total", "counter",
+           "Attempts sent to an upstream or database, by outcome.");
+    FOREACH_ENTRY(e, is_backend(e))
+    {
+        for (int o = 0; o < BH_OUTCOME_N; o++) {
+            put(b, "bulkhead_upstream_attempts_total{");
+            label(b, "upstream", e->name);
+            put(b, ",outcome=\"%s\"} %llu\n", bh_outcome_label((enum bh_outcome)o),
+                (unsigned long long)attempts(srv, e, o));
+        }
+    }
+    pool_families(b, srv);
+    family(b, "bulkhead_breaker_state", "gauge",
            "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
     FOREACH_ENTRY(e, is_backend(e))
     {
         bh_breaker_t *br = breaker_of(srv, e);
         if (br == NULL)
             continue;
-        put(&b, "bulkhead_breaker_state{");
-        label(&b, "upstream", e->name);
-        put(&b, "} %d\n", (int)bh_breaker_state(br));
+        put(b, "bulkhead_breaker_state{");
+        label(b, "upstream", e->name);
+        put(b, "} %d\n", (int)bh_breaker_state(br));
     }
-    backend_counter(&b, srv, "bulkhead_retries_total", "Retries scheduled.",
+    backend_counter(b, srv, "bulkhead_retries_total", "Retries scheduled.",
                     CELL(bh_backend_cells_t, retries));
-    backend_counter(&b, srv, "bulkhead_retry_budget_exhausted_total",
+    backend_counter(b, srv, "bulkhead_retry_budget_exhausted_total",
                     "Retries the policy allowed but the retry budget refused.",
                     CELL(bh_backend_cells_t, budget_exhausted));
-    backend_counter(&b, srv, "bulkhead_outlier_ejections_total",
+    backend_counter(b, srv, "bulkhead_outlier_ejections_total",
                     "Endpoints ejected by outlier detection.", CELL(bh_backend_cells_t, ejections));
-    family(&b, "bulkhead_config_reloads_total", "counter",
+}
+
+static void config_families(sb_t *b, const bh_metrics_t *m)
+{
+    family(b, "bulkhead_config_reloads_total", "counter",
            "Configuration reloads (SIGHUP), by result.");
-    put(&b, "bulkhead_config_reloads_total{result=\"success\"} %llu\n",
+    put(b, "bulkhead_config_reloads_total{result=\"success\"} %llu\n",
         (unsigned long long)m->reloads_ok);
-    put(&b, "bulkhead_config_reloads_total{result=\"failure\"} %llu\n",
+    put(b, "bulkhead_config_reloads_total{result=\"failure\"} %llu\n",
         (unsigned long long)m->reloads_failed);
-    family(&b, "bulkhead_config_last_reload_successful", "gauge",
+    family(b, "bulkhead_config_last_reload_successful", "gauge",
            "1 when the last reload succeeded (or none was tried), 0 when it failed.");
-    put(&b, "bulkhead_config_last_reload_successful %d\n", m->last_reload_failed ? 0 : 1);
+    put(b, "bulkhead_config_last_reload_successful %d\n", m->last_reload_failed ? 0 : 1);
+}
+
+char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
+{
+    sb_t b = {0};
+    process_families(&b, srv);
+    route_families(&b, srv);
+    backend_families(&b, srv);
+    config_families(&b, &srv->metrics);
     if (b.oom) {
         bh_free(b.p);
         return NULL;
