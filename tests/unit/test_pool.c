@@ -1054,6 +1054,265 @@ static void test_counters_and_arm(void **state)
     assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
+/* ---- several lanes (workers) on one semaphore, driven from this one thread ---------------- */
+
+/* A simulated worker: its inbox (lane i) and how often it was woken. */
+struct worker {
+    bh_sem_inbox_t in;
+    int wakes;
+};
+
+static void worker_wake(bh_sem_inbox_t *in)
+{
+    ((struct worker *)in->data)->wakes++;
+}
+
+static void workers_init(struct worker *w, int n)
+{
+    for (int i = 0; i < n; i++)
+        w[i] = (struct worker){.in = {.lane = (uint32_t)i, .wake = worker_wake, .data = &w[i]}};
+}
+
+static bh_sem_t *new_sem_lanes(int64_t max, uint32_t lanes)
+{
+    assert_true(n_sems < 8);
+    bh_sem_t *sm = bh_sem_new(max, lanes);
+    assert_non_null(sm);
+    return sems[n_sems++] = sm;
+}
+
+static void fake_init_on(struct fake *f, bh_sem_t *sem, struct worker *w,
+                         const bh_pool_limits_t *limits)
+{
+    *f = (struct fake){.last_arm = NEVER};
+    bh_pool_init(&f->pool, &fake_ops, sem, &w->in, limits, f);
+}
+
+/* The last connection f opened, reported connected. */
+static void connect_last(struct fake *f)
+{
+    bh_pool_connected(C(f, f->n_conns - 1), now);
+}
+
+/* Permits held by connections and by lanes (spare, or granted and not yet taken). */
+static int64_t accounted(bh_sem_t *sem, struct fake **f, int n)
+{
+    int64_t sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += held(f[i]);
+    for (uint32_t i = 0; i < sem->n_lanes; i++) {
+        bh_sem_lane_t *l = bh_sem_lane(sem, i);
+        sum += l->spare + (atomic_load(&l->granted) & ~BH_SEM_GONE);
+    }
+    return sum;
+}
+
+/* Worker B keeps every permit busy; a waiter on worker A queued between B's waiters is served
+ * in turn: B keeps a connection for its own head only while that head queued first, then hands
+ * the permit over (close, A's lane is granted it, only A is woken), and A opens. */
+static void test_fifo_across_workers(void **state)
+{
+    bh_sem_t *sem = new_sem_lanes(1, 3);
+    struct worker w[3];
+    workers_init(w, 3);
+    struct fake fa, fb, fc;
+    bh_pool_limits_t lim = default_limits();
+    fake_init_on(&fa, sem, &w[0], &lim);
+    fake_init_on(&fb, sem, &w[1], &lim);
+    fake_init_on(&fc, sem, &w[2], &lim); /* a third worker with nothing to do: never woken */
+    struct fake *all[] = {&fa, &fb, &fc};
+    struct rec b1 = {0}, b2 = {0}, b3 = {0}, a1 = {0};
+
+    get_conns(&fb, &b1, 1);
+    assert_int_equal(acquire(&fb, &b2, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(acquire(&fa, &a1, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(acquire(&fb, &b3, NEVER), BH_POOL_QUEUED);
+    assert_true(b2.w.ticket < a1.w.ticket && a1.w.ticket < b3.w.ticket);
+    assert_int_equal(w[0].wakes + w[1].wakes + w[2].wakes, 0); /* no idle anywhere to ask for */
+
+    bh_pool_release(b1.conn, true, now); /* b2 queued before a1: B keeps it */
+    assert_ptr_equal(b2.conn, b1.conn);
+    assert_int_equal(fb.close_calls, 0);
+
+    bh_pool_release(b2.conn, true, now); /* a1 queued before b3: the permit goes to A */
+    assert_int_equal(b3.calls, 0);
+    assert_int_equal(fb.close_calls, 1);
+    assert_int_equal(w[0].wakes, 1);
+    assert_int_equal(w[1].wakes + w[2].wakes, 0);
+    assert_int_equal(bh_sem_in_use(sem), 1); /* never free on the way */
+    assert_int_equal(accounted(sem, all, 3), 1);
+    assert_int_equal(fa.open_calls, 0);
+    bh_pool_inbox_run(&w[0].in, now);
+    assert_int_equal(fa.open_calls, 1);
+    connect_last(&fa);
+    assert_int_equal(a1.calls, 1);
+    assert_int_equal(a1.status, 0);
+
+    bh_pool_release(a1.conn, true, now); /* A has nobody waiting; b3 needs it */
+    assert_int_equal(fa.close_calls, 1);
+    assert_int_equal(fa.pool.n_idle, 0);
+    assert_int_equal(w[1].wakes, 1);
+    bh_pool_inbox_run(&w[1].in, now);
+    connect_last(&fb);
+    assert_int_equal(b3.status, 0);
+    assert_true(b2.seq < a1.seq && a1.seq < b3.seq);
+    assert_int_equal(w[2].wakes, 0);
+    bh_pool_release(b3.conn, true, now);
+    assert_int_equal(fb.pool.n_idle, 1);
+    for (int i = 0; i < 3; i++) {
+        check(all[i]);
+        fake_finish(all[i]);
+    }
+    assert_int_equal(bh_sem_in_use(sem), 0);
+}
+
+/* Idle connections are yielded only by the worker holding them, only when asked, and one per
+ * waiter that has no connection on the way: waiters with a connection opening do not count. */
+static void test_yield_only_for_needy_waiters(void **state)
+{
+    bh_sem_t *sem = new_sem_lanes(4, 3);
+    struct worker w[3];
+    workers_init(w, 3);
+    struct fake fa, fb, fc;
+    bh_pool_limits_t lim = default_limits();
+    fake_init_on(&fa, sem, &w[0], &lim);
+    fake_init_on(&fb, sem, &w[1], &lim);
+    fake_init_on(&fc, sem, &w[2], &lim);
+    struct fake *all[] = {&fa, &fb, &fc};
+    struct rec b[4] = {0}, a[4] = {0};
+
+    get_conns(&fb, b, 4);
+    for (int i = 0; i < 4; i++)
+        bh_pool_release(b[i].conn, true, now);
+    assert_int_equal(fb.pool.n_idle, 4);
+    w[1].wakes = 0;
+
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(acquire(&fa, &a[i], NEVER), BH_POOL_QUEUED);
+    assert_int_equal(w[1].wakes, 1); /* B, which holds idle connections, is asked once */
+    assert_int_equal(w[0].wakes + w[2].wakes, 0);
+    bh_pool_inbox_run(&w[1].in, now);
+    assert_int_equal(fb.close_calls, 3); /* three waiters without a connection: three permits */
+    assert_int_equal(fb.pool.n_idle, 1);
+    assert_int_equal(accounted(sem, all, 3), 4);
+    assert_int_equal(w[0].wakes, 1);
+    bh_pool_inbox_run(&w[0].in, now);
+    assert_int_equal(fa.pool.n_connecting, 3);
+
+    /* Each of A's waiters has a connection on the way: asked again, B closes nothing. */
+    atomic_store(&bh_sem_lane(sem, 1)->asked, 1);
+    bh_sem_post(bh_sem_lane(sem, 1));
+    bh_pool_inbox_run(&w[1].in, now);
+    assert_int_equal(fb.close_calls, 3);
+
+    /* A fourth waiter: one more. */
+    assert_int_equal(acquire(&fa, &a[3], NEVER), BH_POOL_QUEUED);
+    bh_pool_inbox_run(&w[1].in, now);
+    assert_int_equal(fb.close_calls, 4);
+    assert_int_equal(fb.pool.n_idle, 0);
+    bh_pool_inbox_run(&w[0].in, now);
+    assert_int_equal(fa.pool.n_connecting, 4);
+    assert_int_equal(w[2].wakes, 0);
+    for (int i = 0; i < fa.n_conns; i++)
+        bh_pool_connected(C(&fa, i), now);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(a[i].status, 0);
+    for (int i = 0; i < 3; i++) {
+        check(all[i]);
+        fake_finish(all[i]);
+    }
+    assert_int_equal(bh_sem_in_use(sem), 0);
+}
+
+/* A permit handed to a worker whose waiter left meanwhile goes on to the next oldest waiter;
+ * one handed to a worker whose last pool is gone too. Nothing is lost or counted twice. */
+static void test_handover_to_a_waiter_that_left(void **state)
+{
+    bh_sem_t *sem = new_sem_lanes(1, 3);
+    struct worker w[3];
+    workers_init(w, 3);
+    struct fake fa, fb, fc;
+    bh_pool_limits_t lim = default_limits();
+    fake_init_on(&fa, sem, &w[0], &lim);
+    fake_init_on(&fb, sem, &w[1], &lim);
+    fake_init_on(&fc, sem, &w[2], &lim);
+    struct fake *all[] = {&fa, &fb, &fc};
+    struct rec b1 = {0}, a1 = {0}, c1 = {0};
+
+    get_conns(&fb, &b1, 1);
+    assert_int_equal(acquire(&fa, &a1, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(acquire(&fc, &c1, NEVER), BH_POOL_QUEUED);
+    bh_pool_release(b1.conn, true, now); /* to A (oldest), B closes its connection */
+    assert_int_equal(w[0].wakes, 1);
+    bh_pool_cancel(&a1.w); /* A's waiter leaves before A's thread runs */
+    assert_int_equal(accounted(sem, all, 3), 1);
+    bh_pool_inbox_run(&w[0].in, now);
+    assert_int_equal(fa.open_calls, 0);
+    assert_int_equal(w[2].wakes, 1); /* passed on to C */
+    assert_int_equal(bh_sem_in_use(sem), 1);
+    bh_pool_inbox_run(&w[2].in, now);
+    connect_last(&fc);
+    assert_int_equal(c1.status, 0);
+
+    /* Granted to a lane whose last pool detaches before it runs: passed on as well. */
+    struct rec b2 = {0};
+    assert_int_equal(acquire(&fb, &b2, NEVER), BH_POOL_QUEUED);
+    struct rec a2 = {0};
+    assert_int_equal(acquire(&fa, &a2, NEVER), BH_POOL_QUEUED);
+    bh_pool_release(c1.conn, true, now); /* to B (oldest) */
+    assert_int_equal(bh_sem_lane(sem, 1)->granted, 1);
+    bh_pool_cancel(&b2.w);
+    bh_pool_detach(&fb.pool); /* B's pool is gone (a reload replaced it) */
+    assert_int_equal(bh_sem_lane(sem, 1)->granted, BH_SEM_GONE);
+    assert_int_equal(bh_sem_lane(sem, 0)->granted, 1); /* to A's a2 */
+    bh_pool_inbox_run(&w[1].in, now);                  /* B's message is only dropped */
+    bh_pool_inbox_run(&w[0].in, now);
+    connect_last(&fa);
+    assert_int_equal(a2.status, 0);
+    bh_pool_release(a2.conn, false, now);
+    assert_int_equal(bh_sem_in_use(sem), 0);
+    for (int i = 0; i < 3; i++) {
+        if (all[i] == &fb) {
+            for (int j = 0; j < fb.n_conns; j++)
+                free(fb.conns[j]);
+            continue;
+        }
+        fake_finish(all[i]);
+    }
+    assert_int_equal(bh_sem_in_use(sem), 0);
+}
+
+/* Two pools of one worker on one semaphore (two endpoints): a connection given back on one while
+ * the other has an older waiter is closed for it, and the other opens from the inbox. */
+static void test_fifo_across_pools_of_one_worker(void **state)
+{
+    bh_sem_t *sem = new_sem(1);
+    struct fake fa, fb;
+    bh_pool_limits_t lim = default_limits();
+    fake_init(&fa, sem, &lim);
+    fake_init(&fb, sem, &lim);
+    struct rec a1 = {0}, b1 = {0}, a2 = {0};
+
+    get_conns(&fa, &a1, 1);
+    assert_int_equal(acquire(&fb, &b1, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(acquire(&fa, &a2, NEVER), BH_POOL_QUEUED);
+    bh_pool_release(a1.conn, true, now); /* b1 queued before a2 */
+    assert_int_equal(a2.calls, 0);
+    assert_int_equal(fa.close_calls, 1);
+    assert_int_equal(wakes, 1);
+    bh_pool_inbox_run(&inbox0, now);
+    connect_last(&fb);
+    assert_int_equal(b1.status, 0);
+    bh_pool_release(b1.conn, true, now);
+    bh_pool_inbox_run(&inbox0, now);
+    connect_last(&fa);
+    assert_int_equal(a2.status, 0);
+    assert_true(b1.seq < a2.seq);
+    fake_finish(&fa);
+    fake_finish(&fb);
+    assert_int_equal(bh_sem_in_use(sem), 0);
+}
+
 static void test_sem_over_release_aborts(void **state)
 {
 #ifdef NDEBUG
@@ -1099,6 +1358,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reentrant_callbacks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reentry_during_dispatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counters_and_arm, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fifo_across_workers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_yield_only_for_needy_waiters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_handover_to_a_waiter_that_left, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fifo_across_pools_of_one_worker, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sem_over_release_aborts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
