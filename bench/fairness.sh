@@ -22,7 +22,7 @@
 #   Binaries are copied at start, so a rebuild during the run changes nothing.
 # Output: one row per run, printed and appended to $RESULTS (with the raw wrk output); every process started
 # here is stopped by PID on exit.
-# shellcheck disable=SC2059  # the row format is a variable on purpose, as in bench/http.sh
+# shellcheck disable=SC2059,SC2119  # the row format is a variable on purpose; log reads stdin (as in bench/http.sh)
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=bench/lib.sh
