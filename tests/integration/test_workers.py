@@ -196,7 +196,7 @@ def hold_on(bh, up, clients, hold_id, opened_before):
 @pytest.mark.parametrize("workers", [2, 4])
 def test_idle_connections_on_one_worker_do_not_starve_another(bulkhead, upstream, workers):
     """A cap of 2: two idle connections parked on worker X; two requests then arrive on other workers
-    and must both get a connection, which can only happen if X closes its idle ones (bulkhead kicks
+    and must both get a connection, which can only happen if X closes its idle ones (bulkhead asks
     it). The idle timeout (120 s) is longer than the acquire timeout (60 s), so a waiter left alone
     would get a 503 instead. Then back again, from the other workers to X."""
     bh = bulkhead(upstream, workers=workers,
