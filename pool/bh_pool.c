@@ -325,9 +325,12 @@ static void lane_sync(bh_sem_lane_t *l)
         lane_publish(l, need, idle);
         if (need > l->spare) {
             atomic_thread_fence(memory_order_seq_cst);
+            uint32_t coming = atomic_load_explicit(&l->granted, memory_order_relaxed);
+            coming &= ~BH_SEM_GONE; /* granted, not taken yet */
             if (bh_sem_in_use(s) < s->max)
                 run_here = true; /* freed after our pools last tried: take it from the inbox */
-            bh_sem_ask_idle(s, l, need - l->spare);
+            else if (need > l->spare + coming)
+                bh_sem_ask_idle(s, l, need - l->spare - coming);
         }
         if (idle > was_idle && bh_sem_waiting(s) > l->n_waiters) {
             atomic_thread_fence(memory_order_seq_cst);
@@ -752,8 +755,13 @@ static void lane_run(bh_sem_lane_t *l, uint64_t now_ms)
 {
     if (l->n_pools == 0)
         return; /* the lane's pools are gone; nothing was granted to it since (GONE) */
-    l->spare += bh_sem_lane_take(l);
+    uint32_t got = bh_sem_lane_take(l);
     atomic_store_explicit(&l->asked, 0, memory_order_relaxed);
+    if (got > 0) {
+        l->spare += got;
+        /* What others read now skips the waiters these permits are for. */
+        lane_publish(l, lane_needy(l), lane_idle(l));
+    }
     for (;;) {
         /* Permits held here open connections for the oldest needy waiters here, in order. */
         bh_pool_t *q;
