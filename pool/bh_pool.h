@@ -42,7 +42,7 @@ enum bh_pool_conn_state {
     BH_PCONN_CONNECTING,  /* opening; holds a permit */
     BH_PCONN_IDLE,        /* open, unused, on the idle list (LIFO) */
     BH_PCONN_BUSY,        /* handed to a user */
-    BH_PCONN_CLOSING,     /* permit returned; waiting for the concrete close to finish */
+    BH_PCONN_CLOSING,     /* socket closed, permit moved on; the concrete close finishing */
 };
 
 struct bh_pool_conn {
@@ -79,7 +79,8 @@ typedef struct bh_pool_ops {
     bh_pool_conn_t *(*open)(bh_pool_t *pool, int *err);
     /* Cheap check that an idle connection is still usable (peer has not closed it). */
     bool (*alive)(bh_pool_conn_t *conn);
-    /* Close a connection the pool has moved to CLOSING (its permit is already returned). The
+    /* Close a connection the pool has moved to CLOSING. Its socket must be closed before this
+     * returns: the permit moves on right after (another worker may open in its place). The
      * concrete layer calls bh_pool_conn_closed() from its close callback, then frees it. */
     void (*close)(bh_pool_conn_t *conn);
     /* The earliest time bh_pool_expire() must run changed (BH_TIME_NEVER: no timer needed). */
