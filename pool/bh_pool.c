@@ -216,10 +216,12 @@ static void lane_publish(bh_sem_lane_t *l, uint32_t need, uint32_t idle)
 {
     uint64_t t[BH_SEM_SHOWN];
     uint32_t skip = l->spare < need ? l->spare : need;
-    lane_tickets(l, skip, t, BH_SEM_SHOWN);
-    for (int k = 0; k < BH_SEM_SHOWN; k++)
-        if (t[k] != l->shown[k])
-            atomic_store_explicit(&l->tickets[k], l->shown[k] = t[k], memory_order_relaxed);
+    if (need > skip || l->shown[0] != BH_SEM_NONE) { /* the common case: none to show, none shown */
+        lane_tickets(l, skip, t, BH_SEM_SHOWN);
+        for (int k = 0; k < BH_SEM_SHOWN; k++)
+            if (t[k] != l->shown[k])
+                atomic_store_explicit(&l->tickets[k], l->shown[k] = t[k], memory_order_relaxed);
+    }
     if (need - skip != l->shown_need)
         atomic_store_explicit(&l->need, l->shown_need = need - skip, memory_order_relaxed);
     if (idle != l->shown_idle)
