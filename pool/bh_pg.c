@@ -128,7 +128,7 @@ void bh_pg_error_parse(bh_pg_error_t *e, const char *msg)
 typedef struct sem_entry {
     bh_list_t link;
     uint8_t key[KEY_LEN];
-    bh_sem_t sem;
+    bh_sem_t *sem;
     unsigned refs;
 } sem_entry_t;
 
@@ -136,13 +136,13 @@ struct bh_pg_shared {
     pthread_mutex_t mu;
     bh_list_t entries;
     size_t n;
-    void (*kick)(bh_sem_t *sem);
-    void *kick_data;
+    uint32_t n_workers;
 };
 
 struct bh_pg_pools {
     uv_loop_t *loop;
     bh_pg_shared_t *shared;
+    bh_sem_inbox_t *inbox;
     bh_pg_pool_t **buckets;
     size_t n_buckets, n_pools;
     uv_timer_t sweep;
@@ -238,15 +238,14 @@ static bh_pg_conn_t *conn_of(bh_pool_conn_t *pc)
 
 /* ---- process-wide permits ---------------------------------------------------------------- */
 
-bh_pg_shared_t *bh_pg_shared_new(void (*kick)(bh_sem_t *sem), void *kick_data)
+bh_pg_shared_t *bh_pg_shared_new(uint32_t n_workers)
 {
     bh_pg_shared_t *s = bh_calloc(1, sizeof(*s));
     if (s == NULL)
         return NULL;
     pthread_mutex_init(&s->mu, NULL);
     bh_list_init(&s->entries);
-    s->kick = kick;
-    s->kick_data = kick_data;
+    s->n_workers = n_workers ? n_workers : 1;
     return s;
 }
 
@@ -255,7 +254,12 @@ void bh_pg_shared_free(bh_pg_shared_t *s)
     if (s == NULL)
         return;
     bh_list_t *n, *t;
-    bh_list_foreach_safe(n, t, &s->entries) bh_free(bh_container_of(n, sem_entry_t, link));
+    bh_list_foreach_safe(n, t, &s->entries)
+    {
+        sem_entry_t *e = bh_container_of(n, sem_entry_t, link);
+        bh_sem_unref(e->sem);
+        bh_free(e);
+    }
     pthread_mutex_destroy(&s->mu);
     bh_free(s);
 }
@@ -972,14 +976,19 @@ static void on_pool_timer_closed(uv_handle_t *h)
     bh_pg_pools_t *pools = p->pools;
     bh_pg_shared_t *s = pools->shared;
     unlink_pool(p);
+    bh_pool_detach(&p->base); /* empty: the timer closes only then */
+    sem_entry_t *gone = NULL;
     pthread_mutex_lock(&s->mu);
-    atomic_fetch_sub_explicit(&p->sem->sem.sharers, 1, memory_order_relaxed);
     if (--p->sem->refs == 0) {
         bh_list_remove(&p->sem->link);
         s->n--;
-        bh_free(p->sem);
+        gone = p->sem;
     }
     pthread_mutex_unlock(&s->mu);
+    if (gone != NULL) {
+        bh_sem_unref(gone->sem); /* messages about it still queued on a worker keep it a while */
+        bh_free(gone);
+    }
     pool_free(p);
     pools_one_closed(pools);
 }
@@ -1266,7 +1275,7 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
         .max_lifetime_ms = pc->max_lifetime_ms,
     };
 
-    /* The permit counter is per key and process-wide; bh_pool_init counts its sharers. */
+    /* The permit counter is per key and process-wide, one lane per worker. */
     bh_pg_shared_t *s = pools->shared;
     pthread_mutex_lock(&s->mu);
     sem_entry_t *e = NULL;
@@ -1281,15 +1290,17 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
     }
     if (e == NULL && (e = bh_calloc(1, sizeof(*e))) != NULL) {
         memcpy(e->key, key, KEY_LEN);
-        bh_sem_init(&e->sem, max);
-        e->sem.kick = s->kick;
-        e->sem.data = s->kick_data;
-        bh_list_push_back(&s->entries, &e->link);
-        s->n++;
+        if ((e->sem = bh_sem_new(max, s->n_workers)) == NULL) {
+            bh_free(e);
+            e = NULL;
+        } else {
+            bh_list_push_back(&s->entries, &e->link);
+            s->n++;
+        }
     }
     if (e != NULL) {
         e->refs++;
-        bh_pool_init(&p->base, &pg_pool_ops, &e->sem, &limits, p);
+        bh_pool_init(&p->base, &pg_pool_ops, e->sem, pools->inbox, &limits, p);
         p->base.gauges = srv->gauges;
     }
     pthread_mutex_unlock(&s->mu);
@@ -1350,7 +1361,7 @@ static void on_sweep(uv_timer_t *t)
     bh_pg_pools_sweep(t->data);
 }
 
-bh_pg_pools_t *bh_pg_pools_new(uv_loop_t *loop, bh_pg_shared_t *shared)
+bh_pg_pools_t *bh_pg_pools_new(uv_loop_t *loop, bh_pg_shared_t *shared, bh_sem_inbox_t *inbox)
 {
     bh_pg_pools_t *pools = bh_calloc(1, sizeof(*pools));
     if (pools == NULL)
@@ -1363,6 +1374,7 @@ bh_pg_pools_t *bh_pg_pools_new(uv_loop_t *loop, bh_pg_shared_t *shared)
     }
     pools->loop = loop;
     pools->shared = shared;
+    pools->inbox = inbox;
     uv_timer_init(loop, &pools->sweep);
     pools->sweep.data = pools;
     uv_timer_start(&pools->sweep, on_sweep, BH_PG_SWEEP_MS, BH_PG_SWEEP_MS);
@@ -1407,16 +1419,6 @@ void bh_pg_pools_sweep(bh_pg_pools_t *pools)
             }
         }
     }
-}
-
-void bh_pg_pools_kick(bh_pg_pools_t *pools)
-{
-    if (pools->closing)
-        return;
-    for (size_t i = 0; i < pools->n_buckets; i++)
-        for (bh_pg_pool_t *p = pools->buckets[i]; p != NULL; p = p->next)
-            if (!p->timer_closing)
-                bh_pool_kick(&p->base, pool_now(p));
 }
 
 static void on_sweep_closed(uv_handle_t *h)

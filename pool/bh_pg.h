@@ -10,7 +10,8 @@
  *
  * Layers, outermost first:
  *   bh_pg_shared_t  process-wide: one permit counter (bh_sem_t) per key, so max_connections is
- *                   global across workers; a mutex is taken only when a worker creates a pool.
+ *                   global across workers, with one FIFO of waiters across them; a mutex is taken
+ *                   only when a worker creates or frees a pool.
  *   bh_pg_pools_t   per worker: its keyed pools, created on demand, and their timers.
  *   bh_pg_pool_t    one key on one worker: a bh_pool_t plus what opening a connection needs. */
 #ifndef BH_PG_H
@@ -97,9 +98,9 @@ typedef struct bh_pg_server {
 
 typedef struct bh_pg_shared bh_pg_shared_t;
 
-/* kick (may be NULL) is installed as the kick of every permit counter it creates: it should make
- * every worker run bh_pg_pools_kick() soon (a uv_async_t). NULL on allocation failure. */
-bh_pg_shared_t *bh_pg_shared_new(void (*kick)(bh_sem_t *sem), void *kick_data);
+/* n_workers: the threads that will create pools from it (each with its own inbox, whose lane
+ * index is below n_workers). NULL on allocation failure. */
+bh_pg_shared_t *bh_pg_shared_new(uint32_t n_workers);
 /* Only once every bh_pg_pools_t using it is closed. */
 void bh_pg_shared_free(bh_pg_shared_t *s);
 /* Number of keys with a permit counter (for tests and stats). */
@@ -116,8 +117,9 @@ typedef struct bh_pg_conn bh_pg_conn_t;
  * and no longer found by bh_pg_pool_get. */
 void bh_pg_pools_retire(bh_pg_pools_t *pools, const uint64_t *live, size_t n);
 
-/* NULL on allocation failure. Starts a sweep timer on loop (closed by bh_pg_pools_close). */
-bh_pg_pools_t *bh_pg_pools_new(uv_loop_t *loop, bh_pg_shared_t *shared);
+/* NULL on allocation failure. Starts a sweep timer on loop (closed by bh_pg_pools_close).
+ * inbox: the loop thread's (see bh_pool_init); the caller drains it with bh_pool_inbox_run. */
+bh_pg_pools_t *bh_pg_pools_new(uv_loop_t *loop, bh_pg_shared_t *shared, bh_sem_inbox_t *inbox);
 
 /* The pool for a key, created on demand (and pre-warmed to min_idle). password may be NULL (no
  * password sent); it is kept in memory to open connections, compared only through a SHA-256
@@ -139,10 +141,6 @@ size_t bh_pg_pools_count(const bh_pg_pools_t *pools);
  * sweep. Runs by itself every BH_PG_SWEEP_MS; exposed for tests. */
 #define BH_PG_SWEEP_MS 10000
 void bh_pg_pools_sweep(bh_pg_pools_t *pools);
-
-/* After a permit counter's kick: each pool sheds idle connections for waiters on other workers,
- * or uses a permit freed elsewhere (bh_pool_kick). Loop thread only. */
-void bh_pg_pools_kick(bh_pg_pools_t *pools);
 
 /* Shuts every pool down: waiters get BH_EPOOL_CLOSED, idle connections close, BUSY connections
  * close when released (they must still be released). cb(data) runs once everything is closed

@@ -2,12 +2,22 @@
  *
  * A connection is on exactly one list, the one of its state, and only set_state() moves it:
  *   NONE -> CONNECTING -> IDLE <-> BUSY, and CONNECTING | IDLE | BUSY -> CLOSING -> NONE (gone).
- * It takes its permit just before ops->open and gives it back when it enters CLOSING, so
- * connecting + idle + busy always equals the permits this pool holds.
+ * It takes its permit just before ops->open and gives it up once ops->close has closed it (while
+ * it is CLOSING), so connecting + idle + busy always equals the permits this pool holds.
  * Waiters are queued FIFO and carry w->pool while queued. Whenever something changes, dispatch()
  * hands idle connections to waiters, then opens what waiters and min_idle still need. Every
  * callback, ops->close included, may re-enter the pool: a waiter is detached before its
- * callback runs, a connection is not touched after ops->close, and loops re-read the lists. */
+ * callback runs, a connection is not touched after ops->close, and loops re-read the lists.
+ *
+ * Across pools (bh_sem.h): the pools of one thread sharing a semaphore form its lane. A waiter is
+ * "needy" while no connection is on the way for it: a pool's connecting connections serve its
+ * head first, so its needy waiters are those behind the first n_connecting. Each top-level
+ * operation ends in finish(), which publishes the lane's needy tickets and idle count and does
+ * the needy side of the handshake (ask lanes with idle connections, notice a free permit). A
+ * permit without a connection (one closed, an open that failed, a grant nobody here can use)
+ * goes through give(): to the lane with the oldest needy waiter, this one included (then it is
+ * held as lane->spare until a pool here opens with it), or back to the free count. A pool with
+ * a single lane and no sibling skips all of it ("solo"): the path of one worker is unchanged. */
 #include "bh_pool.h"
 
 #include <assert.h>
@@ -98,16 +108,257 @@ static uint64_t idle_deadline(const bh_pool_t *p, const bh_pool_conn_t *c)
     return t;
 }
 
-/* The only way into CLOSING, entered once per connection: its permit comes back exactly once,
- * and only after ops->close has closed the socket, so that a pool on another thread cannot
- * open a connection in its place while this one is still open (the cap counts sockets). */
+/* ---- lanes: this thread's pools on one semaphore ---------------------------------------- */
+
+/* One worker and one pool on the semaphore: nobody else to be fair to. */
+static bool solo(const bh_pool_t *p)
+{
+    return p->sem->n_lanes == 1 && p->lane->n_pools == 1;
+}
+
+static bh_pool_t *pool_of_lane_link(bh_list_t *n)
+{
+    return bh_container_of(n, bh_pool_t, lane_link);
+}
+
+/* Waiters of p with no connection on the way. */
+static uint32_t needy(const bh_pool_t *p)
+{
+    return p->n_waiters > p->n_connecting ? p->n_waiters - p->n_connecting : 0;
+}
+
+/* The ticket of p's first needy waiter, or NONE. */
+static uint64_t needy_ticket(const bh_pool_t *p)
+{
+    if (needy(p) == 0)
+        return BH_SEM_NONE;
+    const bh_list_t *n = p->waiters.next;
+    for (uint32_t i = 0; i < p->n_connecting; i++)
+        n = n->next;
+    return bh_container_of(n, bh_pool_waiter_t, link)->ticket;
+}
+
+static uint32_t lane_needy(const bh_sem_lane_t *l)
+{
+    uint32_t n = 0;
+    const bh_list_t *it;
+    bh_list_foreach(it, &l->pools) n += needy(pool_of_lane_link((bh_list_t *)it));
+    return n;
+}
+
+static uint32_t lane_idle(const bh_sem_lane_t *l)
+{
+    uint32_t n = 0;
+    const bh_list_t *it;
+    bh_list_foreach(it, &l->pools) n += pool_of_lane_link((bh_list_t *)it)->n_idle;
+    return n;
+}
+
+/* The pool of the lane whose first needy waiter is the oldest (NULL: none is needy), and its
+ * ticket. */
+static bh_pool_t *lane_oldest(const bh_sem_lane_t *l, uint64_t *ticket)
+{
+    bh_pool_t *best = NULL;
+    uint64_t bt = BH_SEM_NONE;
+    const bh_list_t *it;
+    bh_list_foreach(it, &l->pools) {
+        bh_pool_t *q = pool_of_lane_link((bh_list_t *)it);
+        uint64_t t = needy_ticket(q);
+        if (t < bt) {
+            best = q;
+            bt = t;
+        }
+    }
+    if (ticket != NULL)
+        *ticket = bt;
+    return best;
+}
+
+#define MERGE_MAX 32
+
+/* The tickets of the lane's needy waiters in queue order, from the skip-th on: out[0..k). */
+static void lane_tickets(const bh_sem_lane_t *l, uint32_t skip, uint64_t *out, uint32_t k)
+{
+    uint64_t buf[MERGE_MAX];
+    uint32_t want = skip + k < MERGE_MAX ? skip + k : MERGE_MAX, have = 0;
+    const bh_list_t *it;
+    bh_list_foreach(it, &l->pools) {
+        const bh_pool_t *q = pool_of_lane_link((bh_list_t *)it);
+        if (needy(q) == 0)
+            continue;
+        const bh_list_t *n = q->waiters.next;
+        for (uint32_t i = 0; i < q->n_connecting; i++)
+            n = n->next;
+        /* Each pool's waiters are in ticket order: insert them into the sorted buffer, which
+         * keeps the `want` smallest. */
+        for (uint32_t i = 0; i < want && n != &q->waiters; i++, n = n->next) {
+            uint64_t t = bh_container_of(n, bh_pool_waiter_t, link)->ticket;
+            if (have == want) {
+                if (t >= buf[want - 1])
+                    break; /* later than all we keep, and so are the rest of this pool's */
+                have--;    /* the latest one kept makes room */
+            }
+            uint32_t j = have++;
+            while (j > 0 && buf[j - 1] > t) {
+                buf[j] = buf[j - 1];
+                j--;
+            }
+            buf[j] = t;
+        }
+    }
+    for (uint32_t i = 0; i < k; i++)
+        out[i] = skip + i < have ? buf[skip + i] : BH_SEM_NONE;
+}
+
+/* What other threads read about this lane: its needy waiters beyond those a spare permit here
+ * already covers, and its idle connections. Only stores what changed. */
+static void lane_publish(bh_sem_lane_t *l, uint32_t need, uint32_t idle)
+{
+    uint64_t t[BH_SEM_SHOWN];
+    uint32_t skip = l->spare < need ? l->spare : need;
+    if (need > skip || l->shown[0] != BH_SEM_NONE) { /* the common case: none to show, none shown */
+        lane_tickets(l, skip, t, BH_SEM_SHOWN);
+        for (int k = 0; k < BH_SEM_SHOWN; k++)
+            if (t[k] != l->shown[k])
+                atomic_store_explicit(&l->tickets[k], l->shown[k] = t[k], memory_order_relaxed);
+    }
+    if (need - skip != l->shown_need)
+        atomic_store_explicit(&l->need, l->shown_need = need - skip, memory_order_relaxed);
+    if (idle != l->shown_idle)
+        atomic_store_explicit(&l->idle, l->shown_idle = idle, memory_order_relaxed);
+}
+
+/* A permit lane l holds and no connection uses: to the oldest needy waiter, on another lane
+ * (handed over) or here (kept as spare), else back to the free count. */
+static void give(bh_sem_lane_t *l)
+{
+    bh_sem_t *s = l->sem;
+    if (s->n_lanes == 1) {
+        if (l->n_pools > 1 && lane_needy(l) > l->spare)
+            l->spare++; /* a sibling pool's waiter: finish() has it served */
+        else
+            bh_sem_release(s);
+        return;
+    }
+    uint64_t own = BH_SEM_NONE;
+    if (lane_needy(l) > l->spare)
+        lane_tickets(l, l->spare, &own, 1);
+    /* Only look when other lanes have waiters: the common case reads two counters. */
+    bool look = bh_sem_waiting(s) > l->n_waiters;
+    for (;;) {
+        if (look && bh_sem_claim(s, l, own) != NULL)
+            return;
+        if (own != BH_SEM_NONE) {
+            l->spare++;
+            return;
+        }
+        bh_sem_release(s);
+        /* Free now. A lane that published its need before this fence is seen below; one that
+         * publishes after it sees the free permit (lane_sync). */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (bh_sem_oldest(s, l, BH_SEM_NONE, NULL) == NULL || !bh_sem_try_acquire(s))
+            return;
+        look = true; /* we hold it again: hand it to the lane just seen */
+    }
+}
+
+/* The oldest needy waiter that p's own waiters would overtake if p kept a connection: on a
+ * sibling pool of the lane, or on another lane (NONE: nobody). */
+static uint64_t oldest_elsewhere(const bh_pool_t *p)
+{
+    bh_sem_lane_t *l = p->lane;
+    uint64_t best = BH_SEM_NONE;
+    if (l->n_pools > 1) {
+        const bh_list_t *it;
+        bh_list_foreach(it, &l->pools) {
+            bh_pool_t *q = pool_of_lane_link((bh_list_t *)it);
+            uint64_t t = q != p ? needy_ticket(q) : BH_SEM_NONE;
+            best = t < best ? t : best;
+        }
+    }
+    if (p->sem->n_lanes > 1 && bh_sem_waiting(p->sem) > l->n_waiters)
+        bh_sem_oldest(p->sem, l, best, &best);
+    return best;
+}
+
+/* A connection was given back to p, which has waiters: true when its head should have it, i.e.
+ * p's first needy waiter queued before every needy waiter elsewhere. When all of p's waiters have
+ * a connection on the way, a needy waiter elsewhere comes first. */
+static bool keep_for_own(const bh_pool_t *p)
+{
+    if (solo(p))
+        return true;
+    uint64_t other = oldest_elsewhere(p);
+    return other == BH_SEM_NONE || needy_ticket(p) < other;
+}
+
+/* A connection of p would go idle: true when a needy waiter elsewhere should have its permit. */
+static bool wanted_elsewhere(const bh_pool_t *p)
+{
+    return !solo(p) && oldest_elsewhere(p) != BH_SEM_NONE;
+}
+
+/* p's dispatch may open with a spare permit of the lane if p has its oldest needy waiter. */
+static bool take_spare(bh_pool_t *p)
+{
+    bh_sem_lane_t *l = p->lane;
+    if (l->spare == 0 || (l->n_pools > 1 && lane_oldest(l, NULL) != p))
+        return false;
+    l->spare--;
+    return true;
+}
+
+/* The end of every top-level operation on a pool of lane l (not solo). */
+static void lane_sync(bh_sem_lane_t *l)
+{
+    bh_sem_t *s = l->sem;
+    uint32_t need = lane_needy(l), idle = lane_idle(l), was_idle = l->shown_idle;
+    if (l->spare > 0 && need == 0) {
+        uint32_t n = l->spare; /* nobody here needs them any more */
+        l->spare = 0;
+        while (n-- > 0)
+            give(l);
+    }
+    /* Left over: a sibling pool has the oldest waiter; it is served from the inbox. */
+    bool run_here = l->spare > 0;
+    if (l->n_pools > 1 && need > l->spare && idle > 0)
+        run_here = true; /* idle connections here, a needy waiter on a sibling pool */
+    if (s->n_lanes > 1) {
+        lane_publish(l, need, idle);
+        if (need > l->spare) {
+            atomic_thread_fence(memory_order_seq_cst);
+            uint32_t coming = atomic_load_explicit(&l->granted, memory_order_relaxed);
+            coming &= ~BH_SEM_GONE; /* granted, not taken yet */
+            if (bh_sem_in_use(s) < s->max)
+                run_here = true; /* freed after our pools last tried: take it from the inbox */
+            else if (need > l->spare + coming)
+                bh_sem_ask_idle(s, l, need - l->spare - coming);
+        }
+        if (idle > was_idle && bh_sem_waiting(s) > l->n_waiters) {
+            atomic_thread_fence(memory_order_seq_cst);
+            if (bh_sem_oldest(s, l, BH_SEM_NONE, NULL) != NULL)
+                run_here = true; /* became idle while a waiter elsewhere needed a permit */
+        }
+    }
+    if (run_here) {
+        atomic_store_explicit(&l->asked, 1, memory_order_relaxed);
+        bh_sem_post(l);
+    }
+}
+
+/* ---- connections and waiters ---------------------------------------------------------------- */
+
+/* The only way into CLOSING, entered once per connection: its permit moves on exactly once, and
+ * only after ops->close has closed the socket, so that a pool on another thread cannot open a
+ * connection in its place while this one is still open (the cap counts sockets). */
 static void close_conn(bh_pool_conn_t *c)
 {
     bh_pool_t *p = c->pool;
+    bh_sem_lane_t *l = p->lane;
     set_state(c, BH_PCONN_CLOSING);
     p->closed++;
     p->ops->close(c); /* may finish synchronously and free c */
-    bh_sem_release(p->sem);
+    give(l);
 }
 
 static void dequeue(bh_pool_t *p, bh_pool_waiter_t *w)
@@ -115,23 +366,10 @@ static void dequeue(bh_pool_t *p, bh_pool_waiter_t *w)
     bh_list_remove(&w->link);
     w->pool = NULL;
     p->n_waiters--;
-    atomic_fetch_sub_explicit(&p->sem->waiting, 1, memory_order_relaxed);
+    p->lane->n_waiters--;
+    bh_sem_left(p->sem);
     if (p->gauges != NULL)
         bh_gauge_add(&p->gauges->waiters, -1);
-}
-
-/* Other pools sharing the semaphore may be able to act (shed idle, or use a freed permit). */
-static void kick_sharers(bh_pool_t *p)
-{
-    if (bh_sem_sharers(p->sem) > 1 && p->sem->kick != NULL)
-        p->sem->kick(p->sem);
-}
-
-/* Waiters of other pools need a permit this pool's idle connections hold. */
-static bool others_waiting(bh_pool_t *p)
-{
-    return p->n_waiters == 0 && bh_sem_sharers(p->sem) > 1 && bh_sem_waiting(p->sem) > 0 &&
-           bh_sem_in_use(p->sem) >= p->sem->max;
 }
 
 /* Detach first: the callback may free w or call back into the pool. */
@@ -179,12 +417,12 @@ static bool wants_conn(const bh_pool_t *p)
 /* 1: a connection is opening; 0: no permit (or shut); < 0: open() failed at once. */
 static int open_one(bh_pool_t *p)
 {
-    if (p->shut || !bh_sem_try_acquire(p->sem))
+    if (p->shut || (!take_spare(p) && !bh_sem_try_acquire(p->sem)))
         return 0;
     int err = BH_ECONNECT_FAILED;
     bh_pool_conn_t *c = p->ops->open(p, &err);
     if (c == NULL) {
-        bh_sem_release(p->sem);
+        give(p->lane);
         return err < 0 ? err : BH_ECONNECT_FAILED;
     }
     assert(c->pool == p && c->state == BH_PCONN_NONE);
@@ -230,35 +468,62 @@ static void dispatch(bh_pool_t *p, uint64_t now_ms)
     p->dispatching = false;
 }
 
-static void rearm(bh_pool_t *p)
+/* The end of every top-level operation: the timer, and what other pools must learn. */
+static void finish(bh_pool_t *p)
 {
     if (p->dispatching)
-        return; /* the outer operation re-arms once it is done */
+        return; /* the outer operation finishes once it is done */
     uint64_t at = bh_pool_next_deadline(p);
     if (at != p->armed_ms) {
         p->armed_ms = at;
         p->ops->arm(p, at);
     }
+    if (!solo(p))
+        lane_sync(p->lane);
 }
 
 static void settle(bh_pool_t *p, uint64_t now_ms)
 {
     dispatch(p, now_ms);
-    rearm(p);
+    finish(p);
 }
 
-void bh_pool_init(bh_pool_t *p, const bh_pool_ops_t *ops, bh_sem_t *sem,
+void bh_pool_init(bh_pool_t *p, const bh_pool_ops_t *ops, bh_sem_t *sem, bh_sem_inbox_t *inbox,
                   const bh_pool_limits_t *limits, void *data)
 {
-    atomic_fetch_add_explicit(&sem->sharers, 1, memory_order_relaxed);
     assert(ops->open && ops->alive && ops->close && ops->arm);
-    *p = (bh_pool_t){.ops = ops, .sem = sem, .limits = *limits, .data = data,
-                     .armed_ms = BH_TIME_NEVER};
+    *p = (bh_pool_t){.ops = ops, .sem = bh_sem_ref(sem), .lane = bh_sem_lane(sem, inbox->lane),
+                     .limits = *limits, .data = data, .armed_ms = BH_TIME_NEVER};
     bh_list_init(&p->connecting);
     bh_list_init(&p->idle);
     bh_list_init(&p->busy);
     bh_list_init(&p->closing);
     bh_list_init(&p->waiters);
+    if (p->lane->n_pools++ == 0)
+        bh_sem_lane_open(p->lane, inbox);
+    bh_list_push_back(&p->lane->pools, &p->lane_link);
+}
+
+void bh_pool_detach(bh_pool_t *p)
+{
+    bh_sem_lane_t *l = p->lane;
+    bh_sem_t *s = p->sem;
+    assert(bh_pool_empty(p));
+    bh_list_remove(&p->lane_link);
+    if (--l->n_pools == 0) {
+        /* Nothing can be granted to the lane from here on; what was, goes on. */
+        uint32_t n = l->spare + bh_sem_lane_close(l);
+        l->spare = 0;
+        if (s->n_lanes > 1)
+            lane_publish(l, 0, 0);
+        while (n-- > 0)
+            give(l);
+    } else {
+        lane_sync(l);
+    }
+    p->sem = NULL;
+    p->lane = NULL;
+    bh_sem_unref(s);
 }
 
 void bh_pool_conn_init(bh_pool_conn_t *c, bh_pool_t *p, uint64_t now_ms)
@@ -287,21 +552,22 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
         p->reused++;
         *out = c;
         open_wanted(p);
-        rearm(p);
+        finish(p);
         return 0;
     }
     if (p->n_waiters >= p->limits.max_pending) {
         p->overflows++;
-        rearm(p); /* take_idle may have closed idle connections */
+        finish(p); /* take_idle may have closed idle connections */
         return BH_EPOOL_FULL;
     }
 
     w->pool = p;
     w->queued_ms = now_ms;
     w->deadline_ms = min_ms(add_ms(now_ms, p->limits.acquire_timeout_ms), deadline_ms);
+    w->ticket = bh_sem_ticket(p->sem);
     bh_list_push_back(&p->waiters, &w->link);
     p->n_waiters++;
-    atomic_fetch_add_explicit(&p->sem->waiting, 1, memory_order_relaxed);
+    p->lane->n_waiters++;
     if (p->gauges != NULL)
         bh_gauge_add(&p->gauges->waiters, 1);
 
@@ -311,14 +577,12 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
         if (r < 0) {
             /* w's arrival asked for this connection: it hears why, now, and is not queued. */
             dequeue(p, w);
-            rearm(p);
+            finish(p);
             return r;
         }
     }
     open_wanted(p);
-    if (p->n_waiters > p->n_connecting)
-        kick_sharers(p); /* no permit here: another pool may be sitting on idle ones */
-    rearm(p);
+    finish(p); /* no permit here: ask the pools that sit on idle ones */
     return BH_POOL_QUEUED;
 }
 
@@ -328,7 +592,7 @@ void bh_pool_cancel(bh_pool_waiter_t *w)
     if (p == NULL)
         return;
     dequeue(p, w);
-    rearm(p);
+    finish(p);
 }
 
 void bh_pool_release(bh_pool_conn_t *c, bool reusable, uint64_t now_ms)
@@ -338,13 +602,14 @@ void bh_pool_release(bh_pool_conn_t *c, bool reusable, uint64_t now_ms)
     if (!reusable || p->shut || now_ms >= conn_expiry(p, c)) {
         close_conn(c);
     } else if (p->n_waiters > 0) {
-        p->reused++;
-        serve_head(p, c); /* straight to the next user: it was just in use, no need to check */
-    } else if (p->n_idle >= p->limits.max_idle) {
+        if (keep_for_own(p)) {
+            p->reused++;
+            serve_head(p, c); /* straight to the next user: just in use, no need to check */
+        } else {
+            close_conn(c); /* its permit goes to an older waiter elsewhere, who opens one */
+        }
+    } else if (p->n_idle >= p->limits.max_idle || wanted_elsewhere(p)) {
         close_conn(c);
-    } else if (others_waiting(p)) {
-        close_conn(c); /* its permit serves a waiter of another pool sooner than idling here */
-        kick_sharers(p);
     } else {
         c->idle_since_ms = now_ms;
         set_state(c, BH_PCONN_IDLE);
@@ -359,9 +624,9 @@ void bh_pool_connected(bh_pool_conn_t *c, uint64_t now_ms)
     if (p->shut) {
         close_conn(c);
     } else if (p->n_waiters > 0) {
-        serve_head(p, c);
-    } else if (p->n_idle >= p->limits.max_idle) {
-        close_conn(c); /* its waiter went away and idle is full */
+        serve_head(p, c); /* the waiter it was opened for (connections serve the head first) */
+    } else if (p->n_idle >= p->limits.max_idle || wanted_elsewhere(p)) {
+        close_conn(c); /* its waiter went away, and idle is full or a waiter elsewhere needs it */
     } else {
         c->idle_since_ms = now_ms;
         set_state(c, BH_PCONN_IDLE);
@@ -416,8 +681,7 @@ void bh_pool_expire(bh_pool_t *p, uint64_t now_ms)
         if (idle_deadline(p, c) <= now_ms)
             close_conn(c);
     }
-    /* Also the place where min_idle is first met, and where a permit freed by another worker's
-     * pool (shared semaphore) is noticed: dispatch unconditionally. */
+    /* Also the place where min_idle is first met: dispatch unconditionally. */
     settle(p, now_ms);
 }
 
@@ -449,30 +713,87 @@ void bh_pool_shutdown(bh_pool_t *p, uint64_t now_ms)
     settle(p, now_ms);
 }
 
-void bh_pool_kick(bh_pool_t *p, uint64_t now_ms)
-{
-    bh_list_t *n;
-    int64_t shed = bh_sem_waiting(p->sem);
-    while (shed-- > 0 && p->n_waiters == 0 && (n = bh_list_last(&p->idle)) != NULL) {
-        close_conn(bh_container_of(n, bh_pool_conn_t, link)); /* the coldest first */
-        kick_sharers(p);
-    }
-    settle(p, now_ms); /* and use a permit another pool freed */
-}
-
 void bh_pool_retire(bh_pool_t *p, uint64_t now_ms)
 {
     p->limits.max_idle = 0;
     p->limits.min_idle = 0;
     bh_list_t *n;
-    while ((n = bh_list_first(&p->idle)) != NULL) {
-        close_conn(bh_container_of(n, bh_pool_conn_t, link));
-        kick_sharers(p);
-    }
+    while ((n = bh_list_first(&p->idle)) != NULL)
+        close_conn(bh_container_of(n, bh_pool_conn_t, link)); /* each permit to a waiter */
     settle(p, now_ms);
 }
 
 bool bh_pool_empty(const bh_pool_t *p)
 {
     return p->n_connecting + p->n_idle + p->n_busy + p->n_closing + p->n_waiters == 0;
+}
+
+/* ---- the inbox: what other threads asked of this one -------------------------------------- */
+
+/* A needy waiter anywhere (beyond those a spare permit here covers)? */
+static bool permit_wanted(bh_sem_lane_t *l)
+{
+    return lane_needy(l) > l->spare ||
+           (l->sem->n_lanes > 1 && bh_sem_oldest(l->sem, l, BH_SEM_NONE, NULL) != NULL);
+}
+
+/* The lane's coldest idle connection (the tail with the earliest idle_since), or NULL. */
+static bh_pool_conn_t *lane_coldest_idle(bh_sem_lane_t *l)
+{
+    bh_pool_conn_t *best = NULL;
+    bh_list_t *it, *n;
+    bh_list_foreach(it, &l->pools) {
+        bh_pool_t *q = pool_of_lane_link(it);
+        if ((n = bh_list_last(&q->idle)) == NULL)
+            continue;
+        bh_pool_conn_t *c = bh_container_of(n, bh_pool_conn_t, link);
+        if (best == NULL || c->idle_since_ms < best->idle_since_ms)
+            best = c;
+    }
+    return best;
+}
+
+static void lane_run(bh_sem_lane_t *l, uint64_t now_ms)
+{
+    if (l->n_pools == 0)
+        return; /* the lane's pools are gone; nothing was granted to it since (GONE) */
+    uint32_t got = bh_sem_lane_take(l);
+    atomic_store_explicit(&l->asked, 0, memory_order_relaxed);
+    if (got > 0) {
+        l->spare += got;
+        /* What others read now skips the waiters these permits are for. */
+        lane_publish(l, lane_needy(l), lane_idle(l));
+    }
+    for (;;) {
+        /* Permits held here open connections for the oldest needy waiters here, in order. */
+        bh_pool_t *q;
+        while (l->spare > 0 && (q = lane_oldest(l, NULL)) != NULL) {
+            uint32_t before = l->spare;
+            dispatch(q, now_ms);
+            if (l->spare == before)
+                break;
+        }
+        /* Then yield: one idle connection per needy waiter (here or elsewhere) that has no
+         * permit on the way. Its permit goes to the oldest of them (close_conn -> give). */
+        bh_pool_conn_t *c = lane_coldest_idle(l);
+        if (c == NULL || !permit_wanted(l))
+            break;
+        close_conn(c);
+    }
+    bh_list_t *it, *tmp;
+    bh_list_foreach_safe(it, tmp, &l->pools) settle(pool_of_lane_link(it), now_ms);
+}
+
+void bh_pool_inbox_run(bh_sem_inbox_t *in, uint64_t now_ms)
+{
+    bh_sem_lane_t *l = bh_sem_inbox_take(in);
+    while (l != NULL) {
+        bh_sem_lane_t *next = l->next; /* before it can be queued again */
+        bh_sem_t *s = l->sem;
+        /* An exchange, so that what a poster wrote before it found the lane queued is seen. */
+        atomic_exchange_explicit(&l->queued, 0, memory_order_acq_rel);
+        lane_run(l, now_ms);
+        bh_sem_unref(s); /* the inbox's reference */
+        l = next;
+    }
 }

@@ -1,20 +1,23 @@
 /* The generic bounded connection pool: policy only, no I/O, time passed in.
  *
- * One pool serves one destination (an upstream endpoint now, a Postgres key later). The concrete
- * layer (HTTP upstream connections, libpq connections) embeds a bh_pool_conn_t in its connection
- * object, performs the I/O and reports events to the pool; the pool decides which connection serves
- * which waiter, when to open and when to close.
+ * One pool serves one destination on one thread (an upstream endpoint, or a Postgres key, on one
+ * worker). The concrete layer (HTTP upstream connections, libpq connections) embeds a
+ * bh_pool_conn_t in its connection object, performs the I/O and reports events to the pool; the
+ * pool decides which connection serves which waiter, when to open and when to close.
  *
  * Invariants:
  * - Every connection holds one permit of the pool's semaphore from the moment it is opened until
- *   it starts closing; connecting + idle + busy <= max_connections, across every pool sharing the
- *   semaphore (the workers of one process).
+ *   ops->close has closed it; connecting + idle + busy <= max_connections, across every pool
+ *   sharing the semaphore (the endpoints of an upstream on every worker).
  * - A connection's state equals the list it is on (connecting, idle, busy, closing), changed only
  *   by one transition function that asserts the move is legal.
  * - Idle connections are reused LIFO (the most recently used first: warm, and lets the oldest
  *   reach idle_timeout) and checked with ops->alive() before reuse.
- * - Waiters are served FIFO. A waiter is queued only while fewer than max_pending are queued, and
- *   leaves after acquire_timeout with BH_EPOOL_TIMEOUT, or when its owner cancels it.
+ * - Waiters are served FIFO, across the pools sharing the semaphore too: a connection given back
+ *   while a waiter that queued earlier on another pool (another worker) has no connection on the
+ *   way is closed and its permit handed to that waiter's pool (bh_sem.h), which opens one. A
+ *   waiter is queued only while fewer than max_pending are queued, and leaves after
+ *   acquire_timeout with BH_EPOOL_TIMEOUT, or when its owner cancels it.
  * - A waiter's callback is invoked exactly once (unless cancelled first), never from inside
  *   bh_pool_acquire(), always with the pool in a consistent state; it may call back into the
  *   pool (release, acquire, cancel) and may free the waiter. */
@@ -39,7 +42,7 @@ enum bh_pool_conn_state {
     BH_PCONN_CONNECTING,  /* opening; holds a permit */
     BH_PCONN_IDLE,        /* open, unused, on the idle list (LIFO) */
     BH_PCONN_BUSY,        /* handed to a user */
-    BH_PCONN_CLOSING,     /* permit returned; waiting for the concrete close to finish */
+    BH_PCONN_CLOSING,     /* socket closed, permit moved on; the concrete close finishing */
 };
 
 struct bh_pool_conn {
@@ -61,6 +64,7 @@ struct bh_pool_waiter {
     bh_list_t link;          /* on the pool's waiter queue while queued */
     bh_pool_acquire_cb cb;
     uint64_t queued_ms;      /* set by the pool when queued */
+    uint64_t ticket;         /* its place in the queue of every pool sharing the semaphore */
     uint64_t deadline_ms;    /* min(queued + acquire_timeout, deadline given to acquire) */
     void *data;              /* for the owner */
     bh_pool_t *pool;         /* set by the pool while queued, NULL otherwise (for bh_pool_cancel) */
@@ -75,7 +79,8 @@ typedef struct bh_pool_ops {
     bh_pool_conn_t *(*open)(bh_pool_t *pool, int *err);
     /* Cheap check that an idle connection is still usable (peer has not closed it). */
     bool (*alive)(bh_pool_conn_t *conn);
-    /* Close a connection the pool has moved to CLOSING (its permit is already returned). The
+    /* Close a connection the pool has moved to CLOSING. Its socket must be closed before this
+     * returns: the permit moves on right after (another worker may open in its place). The
      * concrete layer calls bh_pool_conn_closed() from its close callback, then frees it. */
     void (*close)(bh_pool_conn_t *conn);
     /* The earliest time bh_pool_expire() must run changed (BH_TIME_NEVER: no timer needed). */
@@ -102,6 +107,8 @@ typedef struct bh_pool_limits {
 struct bh_pool {
     const bh_pool_ops_t *ops;
     bh_sem_t *sem;                /* permits; may be shared by the pools of several workers */
+    bh_sem_lane_t *lane;          /* this thread's lane of sem */
+    bh_list_t lane_link;          /* on lane->pools */
     bh_pool_limits_t limits;
     bh_list_t connecting, idle, busy, closing, waiters;
     uint32_t n_connecting, n_idle, n_busy, n_closing, n_waiters;
@@ -114,9 +121,16 @@ struct bh_pool {
     uint64_t opened, reused, timeouts, overflows, closed;
 };
 
-/* sem: the permit counter (its max is max_connections). The pool does not own it. */
-void bh_pool_init(bh_pool_t *p, const bh_pool_ops_t *ops, bh_sem_t *sem,
+/* sem: the permit counter (its max is max_connections); the pool holds a reference until
+ * bh_pool_detach(). inbox: the calling thread's, whose lane index selects the pool's lane of sem
+ * (every pool of one thread on one semaphore uses the same inbox); the thread must drain it with
+ * bh_pool_inbox_run() whenever inbox->wake() is called. */
+void bh_pool_init(bh_pool_t *p, const bh_pool_ops_t *ops, bh_sem_t *sem, bh_sem_inbox_t *inbox,
                   const bh_pool_limits_t *limits, void *data);
+
+/* The pool is empty (bh_pool_empty) and about to be freed: it leaves its semaphore and drops
+ * its reference. */
+void bh_pool_detach(bh_pool_t *p);
 
 /* For the concrete layer's open(): prepares an embedded conn. */
 void bh_pool_conn_init(bh_pool_conn_t *c, bh_pool_t *p, uint64_t now_ms);
@@ -156,8 +170,7 @@ void bh_pool_conn_closed(bh_pool_conn_t *c);
 
 /* Runs timeouts due at now: waiters past their deadline get BH_EPOOL_TIMEOUT, idle connections
  * past idle_timeout or expires_ms are closed. Re-arms through ops->arm. It then serves waiters and
- * opens what they and min_idle need: call it once after bh_pool_init() to pre-warm, and when a
- * permit of a shared semaphore was freed by another pool. */
+ * opens what they and min_idle need: call it once after bh_pool_init() to pre-warm. */
 void bh_pool_expire(bh_pool_t *p, uint64_t now_ms);
 
 /* Earliest time bh_pool_expire() has something to do, or BH_TIME_NEVER. */
@@ -167,10 +180,12 @@ uint64_t bh_pool_next_deadline(const bh_pool_t *p);
  * when released, no new connection is opened. The pool may be destroyed once it is empty. */
 void bh_pool_shutdown(bh_pool_t *p, uint64_t now_ms);
 
-/* Runs on the pool's own thread after the semaphore's kick: when waiters of other pools need a
- * permit, idle connections are closed (coldest first) to free theirs; then waiters here are
- * served with any permit another pool freed. */
-void bh_pool_kick(bh_pool_t *p, uint64_t now_ms);
+/* On the inbox's thread, after inbox->wake(): handles the lanes queued there, and only those. A
+ * lane that was handed permits opens connections with them for its oldest waiters (a permit it
+ * cannot use goes on to the next oldest waiter anywhere); a lane asked to yield closes idle
+ * connections (coldest first), one per waiter elsewhere that has no connection on the way, and
+ * hands each permit to the oldest of them. */
+void bh_pool_inbox_run(bh_sem_inbox_t *in, uint64_t now_ms);
 
 /* The pool's configuration was replaced (a reload): its idle connections are closed now, busy
  * ones when released (unless a waiter of this pool takes them), so it empties as its last users

@@ -288,20 +288,22 @@ static void resolve(bh_endpoint_t *ep)
 }
 
 int bh_upstream_shared_init(bh_upstream_shared_t *s, const bh_conf_upstream_t *conf,
-                            uint64_t now_ms)
+                            uint32_t n_workers, uint64_t now_ms)
 {
-    bh_sem_init(&s->sem, conf->pool.max_connections);
+    s->sem = bh_sem_new(conf->pool.max_connections, n_workers);
     /* A probe is only "stuck" once it has outlived any request: the longest total timeout. */
     bh_breaker_init(&s->breaker, &conf->breaker, conf->timeouts.total_ms, now_ms);
     bh_budget_init(&s->budget, &conf->retry.budget);
     s->outlier = bh_outlier_new(&conf->outlier, conf->n_endpoints);
-    return s->outlier != NULL ? 0 : BH_ENOMEM;
+    return s->outlier != NULL && s->sem != NULL ? 0 : BH_ENOMEM;
 }
 
 void bh_upstream_shared_destroy(bh_upstream_shared_t *s)
 {
     bh_outlier_free(s->outlier);
     s->outlier = NULL;
+    bh_sem_unref(s->sem); /* messages about it still queued on a worker keep it a while */
+    s->sem = NULL;
 }
 
 int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
@@ -319,7 +321,7 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
     if (up->eps == NULL || up->in_flight == NULL || up->eligible == NULL)
         return BH_ENOMEM;
     up->n_eps = conf->n_endpoints;
-    bh_sem_t *sem = &shared->sem;
+    bh_sem_t *sem = shared->sem;
     bh_pool_limits_t limits = {
         .max_pending = conf->pool.max_pending,
         .max_idle = conf->pool.max_idle,
@@ -333,7 +335,7 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
         ep->up = up;
         ep->addr = &conf->endpoints[i];
         resolve(ep);
-        bh_pool_init(&ep->pool, &pool_ops, sem, &limits, ep);
+        bh_pool_init(&ep->pool, &pool_ops, sem, env->inbox, &limits, ep);
         ep->pool.gauges = gauges != NULL ? gauges[i] : NULL;
         uv_timer_init(env->loop, &ep->timer);
         ep->timer.data = ep;
@@ -441,14 +443,6 @@ int bh_upstream_acquire(bh_upstream_t *up, size_t ep, bh_pool_waiter_t *w, uint6
     return rc;
 }
 
-void bh_upstream_kick(bh_upstream_t *up)
-{
-    if (up->closing)
-        return;
-    for (size_t i = 0; i < up->n_eps; i++)
-        bh_pool_kick(&up->eps[i].pool, now_ms(&up->eps[i]));
-}
-
 void bh_upstream_retire(bh_upstream_t *up)
 {
     if (up->closing)
@@ -474,6 +468,7 @@ static void one_closed(bh_upstream_t *up)
 static void on_ep_timer_closed(uv_handle_t *h)
 {
     bh_endpoint_t *ep = h->data;
+    bh_pool_detach(&ep->pool); /* empty: the timer closes only then */
     one_closed(ep->up);
 }
 

@@ -25,15 +25,16 @@ typedef struct bh_upstream bh_upstream_t;
 /* What the workers share about one configured upstream: the connection cap, the breaker, the
  * retry budget and the per-endpoint outlier/health state. Lock-free (atomics). */
 typedef struct bh_upstream_shared {
-    bh_sem_t sem;
+    bh_sem_t *sem;                /* one lane per worker */
     bh_breaker_t breaker;
     bh_budget_t budget;
     bh_outlier_t *outlier;
 } bh_upstream_shared_t;
 
-/* now_ms: the monotonic clock in ms (uv_hrtime based, like the loops' clocks). */
+/* n_workers: the threads whose pools share it (lanes of the semaphore, one per worker id).
+ * now_ms: the monotonic clock in ms (uv_hrtime based, like the loops' clocks). */
 BH_MUST_CHECK int bh_upstream_shared_init(bh_upstream_shared_t *s, const bh_conf_upstream_t *conf,
-                                          uint64_t now_ms);
+                                          uint32_t n_workers, uint64_t now_ms);
 void bh_upstream_shared_destroy(bh_upstream_shared_t *s);
 
 typedef struct bh_endpoint {
@@ -55,6 +56,7 @@ typedef struct bh_upstream_env {
     bh_bufpool_t *bufs;
     bh_wreq_cache_t *wreqs;
     bh_rng_t *rng;                /* the worker's */
+    bh_sem_inbox_t *inbox;        /* the worker's: its lane in each semaphore, its wakeup */
 } bh_upstream_env_t;
 
 struct bh_upstream {
@@ -141,10 +143,6 @@ void bh_upconn_read_stop(bh_upconn_t *uc);
 /* Gives a BUSY connection back. reusable: a complete response on a connection both sides keep
  * alive, and nothing unread. Any unread buffer is dropped. */
 void bh_upconn_release(bh_upconn_t *uc, bool reusable);
-
-/* After the shared semaphore's kick: lets each endpoint pool shed idle connections for waiters
- * elsewhere, or use a permit freed elsewhere. */
-void bh_upstream_kick(bh_upstream_t *up);
 
 /* Begins closing every pool; cb runs once every connection and timer is closed. Connections
  * still BUSY are closed when released. */

@@ -125,6 +125,7 @@ struct bh_worker {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wakeup;              /* the main thread asks for a drain or a reload */
+    bh_sem_inbox_t inbox;           /* other workers' pools ask for permits (drained on wakeup) */
     _Atomic int stop_requested;
     uv_timer_t drain_timer;
     bh_list_t listeners;            /* bh_listener_t */

@@ -66,13 +66,6 @@ void bh_snap_unref(bh_snap_t *s)
     bh_free(s);
 }
 
-static void on_sem_kick(bh_sem_t *sem)
-{
-    bh_server_t *srv = sem->data;
-    for (uint32_t i = 0; i < srv->n_workers; i++)
-        uv_async_send(&srv->workers[i].wakeup);
-}
-
 static bh_ushared_t *upstream_for(bh_server_t *srv, bh_snap_t *s, size_t i, const bh_snap_t *old,
                                   uint64_t now)
 {
@@ -87,13 +80,12 @@ static bh_ushared_t *upstream_for(bh_server_t *srv, bh_snap_t *s, size_t i, cons
     bh_ushared_t *u = bh_calloc(1, sizeof(*u));
     if (u == NULL)
         return NULL;
-    if (bh_upstream_shared_init(&u->s, uc, now) < 0) {
+    /* conf->workers: a reload keeps the running count (bh_server_reload) */
+    if (bh_upstream_shared_init(&u->s, uc, s->conf->workers, now) < 0) {
         bh_upstream_shared_destroy(&u->s);
         bh_free(u);
         return NULL;
     }
-    u->s.sem.kick = on_sem_kick;
-    u->s.sem.data = srv;
     atomic_init(&u->refs, 1);
     u->origin = cref_ref(s->cref);
     u->index = i;

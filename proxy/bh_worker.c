@@ -366,6 +366,9 @@ static void begin_drain(bh_worker_t *w)
 static void on_wakeup(uv_async_t *a)
 {
     bh_worker_t *w = a->data;
+    /* Permits handed over, or idle connections asked for, by pools of other workers (or of this
+     * one): only the pools that asked are looked at. Also while draining: waiters still wait. */
+    bh_pool_inbox_run(&w->inbox, uv_now(&w->loop));
     if (atomic_load(&w->stop_requested)) {
         begin_drain(w);
         return;
@@ -375,25 +378,14 @@ static void on_wakeup(uv_async_t *a)
         switch_to(w, snap);
     else if (snap != NULL)
         bh_snap_unref(snap);
-    /* also objects of older generations: their in-flight requests may wait for a permit */
-    bh_list_t *n;
-    bh_list_foreach(n, &w->wups)
-    {
-        bh_wup_t *u = bh_container_of(n, bh_wup_t, link);
-        if (!u->up.closing)
-            bh_upstream_kick(&u->up);
-    }
-    if (w->pg_open)
-        bh_pg_pools_kick(w->pg_pools);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
-static void on_pg_kick(bh_sem_t *sem)
+static void on_inbox_wake(bh_sem_inbox_t *in)
 {
-    bh_server_t *srv = sem->data;
-    for (uint32_t i = 0; i < srv->n_workers; i++)
-        uv_async_send(&srv->workers[i].wakeup);
+    bh_worker_t *w = in->data;
+    uv_async_send(&w->wakeup);
 }
 
 static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
@@ -417,8 +409,9 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     bh_bufpool_init(&w->bufs, (uint32_t)cap, 1024);
     bh_wreq_cache_init(&w->wreqs, 1024);
     bh_rng_seed(&w->rng, uv_hrtime() ^ ((uint64_t)(id + 1) * 0x9e3779b97f4a7c15ull));
-    w->env =
-        (bh_upstream_env_t){.loop = &w->loop, .bufs = &w->bufs, .wreqs = &w->wreqs, .rng = &w->rng};
+    w->inbox = (bh_sem_inbox_t){.lane = id, .wake = on_inbox_wake, .data = w};
+    w->env = (bh_upstream_env_t){.loop = &w->loop, .bufs = &w->bufs, .wreqs = &w->wreqs,
+                                 .rng = &w->rng, .inbox = &w->inbox};
     w->client_closed = on_client_closed;
     w->max_hdrs = conf->limits.max_headers + 1;
     w->hdrs = bh_calloc(w->max_hdrs, sizeof(*w->hdrs));
@@ -434,7 +427,7 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
             return BH_ENOMEM;
         bh_accesslog_init(w->alog, &w->loop, srv->access_fd);
     }
-    w->pg_pools = bh_pg_pools_new(&w->loop, srv->pg);
+    w->pg_pools = bh_pg_pools_new(&w->loop, srv->pg, &w->inbox);
     if (w->pg_pools == NULL)
         return BH_ENOMEM;
     w->pg_open = true;
@@ -464,6 +457,7 @@ static void worker_destroy(bh_worker_t *w)
     /* After a normal drain every handle is closed already; after a failed init, close here. */
     uv_walk(&w->loop, on_walk_close, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    bh_pool_inbox_run(&w->inbox, uv_now(&w->loop)); /* drops what other workers still posted */
     int rc = uv_loop_close(&w->loop);
     if (rc != 0)
         bh_log_error("worker %u: loop closed with handles still open: %s", w->id, uv_strerror(rc));
@@ -500,7 +494,7 @@ int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
         bh_log_error("access log %s: %s", conf->log.access, strerror(-srv->access_fd - 1));
         return BH_ECONFIG;
     }
-    srv->pg = bh_pg_shared_new(on_pg_kick, srv);
+    srv->pg = bh_pg_shared_new(n_workers);
     if (srv->pg == NULL)
         return BH_ENOMEM;
     for (uint32_t i = 0; i < n_workers; i++) {

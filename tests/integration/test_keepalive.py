@@ -46,9 +46,12 @@ def test_concurrent_requests_bounded_connections(bulkhead, upstream, workers):
         # bulkhead never holds more than 4 sockets, but a connection one worker sheds for another
         # is still open in the upstream's eyes until its FIN is read: allow one per other worker.
         assert st["max_open_connections"] <= 4 + workers - 1, st
-        # Idle connections may be closed on one worker so that another can open one (the global cap
-        # is shared), so some churn is by design; connections must still be reused on average.
-        assert st["connections_accepted"] <= 100, st
+        # Waiters form one FIFO across the workers: a connection given back on one worker while the
+        # oldest waiter without a connection is on the other is closed, and its permit lets the other
+        # open one (connections cannot move between loops). With the 10 clients spread over both
+        # workers that is up to about half of the 400 requests (measured: 23 to 201 connections), so
+        # churn is by design; connections must still serve more than one request on average.
+        assert st["connections_accepted"] <= 300, st
 
 
 def test_client_keepalive_many_requests_one_connection(bulkhead, upstream, raw):

@@ -190,7 +190,7 @@ def hold_on(bh, up, clients, hold_id, opened_before):
 @pytest.mark.parametrize("workers", [2, 4])
 def test_idle_connections_on_one_worker_do_not_starve_another(bulkhead, upstream, workers):
     """A cap of 2: two idle connections parked on worker X; two requests then arrive on other workers
-    and must both get a connection, which can only happen if X closes its idle ones (bulkhead kicks
+    and must both get a connection, which can only happen if X closes its idle ones (bulkhead asks
     it). The idle timeout (120 s) is longer than the acquire timeout (60 s), so a waiter left alone
     would get a 503 instead. Then back again, from the other workers to X."""
     bh = bulkhead(upstream, workers=workers,
@@ -214,6 +214,76 @@ def test_idle_connections_on_one_worker_do_not_starve_another(bulkhead, upstream
 
         opened = hold_on(bh, upstream, [x1, x2], "back", opened)
         assert opened == 6
+    finally:
+        upstream.release("*")
+        pinned.close_all()
+
+
+def held_ids(up):
+    """The ids of the /hold requests the upstream received, in the order they arrived."""
+    ids = []
+    for r in up.log():
+        if r["path"] == "/hold":
+            ids.append(r["target"].split("id=", 1)[1])
+    return ids
+
+
+@pytest.mark.parametrize("cap", [1, 2])
+def test_waiter_on_quiet_worker_is_served_in_turn_while_busy_worker_keeps_permits_warm(
+        bulkhead, upstream, cap):
+    """Cross-worker FIFO. Every permit is busy on worker B, which keeps reusing its connections for its
+    own queue: a request on a quiet worker A, queued after B's `early` and before B's `late1`, `late2`,
+    must reach the upstream right after `early`. Before, a worker handed a connection it gave back to
+    its own next waiter as long as it had one, so `quiet` waited until B's queue was empty (and with a
+    busier B, until acquire_timeout: a 503).
+
+    Structural, no timing: the upstream holds each request until the test releases it; the test
+    releases one at a time, the oldest first, and after each release waits until the upstream holds
+    the next request, so every permit frees up only when the test says so. The queue order is made
+    certain by waiting for bulkhead's `waiters` count after each request."""
+    bh = bulkhead(upstream, workers=2,
+                  pool={"max_connections": cap, "max_idle": cap, "max_pending": 100,
+                        "idle_timeout": "120s", "acquire_timeout": "60s"},
+                  timeouts={"first_byte": "90s", "total": "120s"})
+    quiesce(bh, 2)
+    pinned = Pinned(bh)
+
+    def waiters():
+        return named(admin_stats(bh)["upstreams"], "u")["waiters"]
+
+    try:
+        b, _ = pinned.two_on_one_worker()
+        on_b = pinned.on(lambda w: w == b, cap + 3)
+        (on_a,) = pinned.on(lambda w: w != b, 1)
+        a = [w for c, w in pinned.clients if c is on_a][0]
+        order = ["hold%d" % i for i in range(cap)] + ["early", "quiet", "late1", "late2"]
+        client = dict(zip(order, on_b[:cap + 1] + [on_a] + on_b[cap + 1:]))
+
+        for i in range(cap):  # B holds every permit
+            client["hold%d" % i].request("GET", "/hold?id=hold%d" % i)
+            wait_until(lambda: upstream.stats()["holding"] == i + 1,
+                       what="hold%d to be held upstream" % i)
+        for n, name in enumerate(["early", "quiet", "late1", "late2"], 1):
+            client[name].request("GET", "/hold?id=%s" % name)
+            wait_until(lambda: waiters() == n, what="%s to be queued (waiters == %d)" % (name, n))
+        assert held_ids(upstream) == order[:cap]
+
+        # Release the oldest held request, one at a time; each time exactly one queued request
+        # gets the freed permit and reaches the upstream, in the order the requests queued.
+        for i, name in enumerate(order):
+            upstream.release(name)
+            r = client[name].read_response()
+            assert r.status == 200 and r.body == b"released", (name, r)
+            arrived = min(cap + i + 1, len(order))
+            wait_until(lambda: len(held_ids(upstream)) == arrived,
+                       what="the next queued request to reach the upstream after %s" % name)
+            got = held_ids(upstream)
+            assert got == order[:arrived], (
+                "requests reached the upstream in the order %r, not in the order they queued %r "
+                "(quiet was queued on worker %d, the others on worker %d)"
+                % (got, order[:arrived], a, b))
+        st = upstream.stats()
+        assert st["max_in_flight"] <= cap and st["max_open_connections"] <= cap, st
     finally:
         upstream.release("*")
         pinned.close_all()

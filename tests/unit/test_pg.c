@@ -452,7 +452,20 @@ typedef struct ctx {
     bh_pg_server_t server;
     bh_pg_setting_t session[2];
     bool closed;
+    uv_async_t wakeup;     /* drains inbox: the pools' messages to this thread */
+    bh_sem_inbox_t inbox;
 } ctx_t;
+
+static void on_inbox_wake(bh_sem_inbox_t *in)
+{
+    uv_async_send(&((ctx_t *)in->data)->wakeup);
+}
+
+static void on_wakeup(uv_async_t *a)
+{
+    ctx_t *x = a->data;
+    bh_pool_inbox_run(&x->inbox, uv_now(&x->loop));
+}
 
 static uint64_t mono_ms(void)
 {
@@ -473,8 +486,11 @@ static int ctx_setup(void **state)
     assert_int_equal(uv_loop_init(&x->loop), 0);
     uv_timer_init(&x->loop, &x->tick);
     uv_timer_start(&x->tick, on_tick, 10, 10); /* run_until re-checks its condition */
-    x->shared = bh_pg_shared_new(NULL, NULL);
-    x->pools = bh_pg_pools_new(&x->loop, x->shared);
+    uv_async_init(&x->loop, &x->wakeup, on_wakeup);
+    x->wakeup.data = x;
+    x->inbox = (bh_sem_inbox_t){.lane = 0, .wake = on_inbox_wake, .data = x};
+    x->shared = bh_pg_shared_new(1);
+    x->pools = bh_pg_pools_new(&x->loop, x->shared, &x->inbox);
     assert_non_null(x->pools);
     x->session[0] = (bh_pg_setting_t){"statement_timeout", "5s"};
     x->session[1] = (bh_pg_setting_t){"search_path", "public, pg_catalog"};
@@ -517,8 +533,10 @@ static int ctx_teardown(void **state)
     run_until(x, x->closed, 5000);
     assert_int_equal(bh_pg_shared_count(x->shared), 0);
     uv_close((uv_handle_t *)&x->tick, NULL);
+    uv_close((uv_handle_t *)&x->wakeup, NULL);
     uv_run(&x->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&x->loop), 0);
+    bh_pool_inbox_run(&x->inbox, 0); /* drops what is still queued (every pool has detached) */
     bh_pg_shared_free(x->shared);
     free(x);
     *state = NULL;
@@ -1158,8 +1176,10 @@ static void test_shutdown_and_sweep(void **state)
     /* teardown: already closed */
     assert_int_equal(bh_pg_shared_count(x->shared), 0);
     uv_close((uv_handle_t *)&x->tick, NULL);
+    uv_close((uv_handle_t *)&x->wakeup, NULL);
     uv_run(&x->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&x->loop), 0);
+    bh_pool_inbox_run(&x->inbox, 0); /* drops what is still queued (every pool has detached) */
     bh_pg_shared_free(x->shared);
     free(x);
     *state = NULL;

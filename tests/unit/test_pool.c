@@ -86,10 +86,33 @@ static bh_pool_limits_t default_limits(void)
     return (bh_pool_limits_t){.max_pending = 16, .max_idle = 16, .acquire_timeout_ms = 1000};
 }
 
+/* The test thread's inbox (lane 0): wakes are counted, the test drains it by hand. */
+static int wakes;
+
+static void count_wake(bh_sem_inbox_t *in)
+{
+    (void)in;
+    wakes++;
+}
+
+static bh_sem_inbox_t inbox0 = {.lane = 0, .wake = count_wake};
+
+/* Semaphores made by a test, unreferenced by the teardown (fake_finish detached the pools). */
+static bh_sem_t *sems[8];
+static int n_sems;
+
+static bh_sem_t *new_sem(int64_t max)
+{
+    assert_true(n_sems < 8);
+    bh_sem_t *s = bh_sem_new(max, 1);
+    assert_non_null(s);
+    return sems[n_sems++] = s;
+}
+
 static void fake_init(struct fake *f, bh_sem_t *sem, const bh_pool_limits_t *limits)
 {
     *f = (struct fake){.last_arm = NEVER};
-    bh_pool_init(&f->pool, &fake_ops, sem, limits, f);
+    bh_pool_init(&f->pool, &fake_ops, sem, &inbox0, limits, f);
 }
 
 static bh_pool_conn_t *C(struct fake *f, int i)
@@ -156,6 +179,7 @@ static void fake_finish(struct fake *f)
     check(f);
     assert_true(bh_pool_empty(&f->pool));
     assert_int_equal(f->last_arm, NEVER);
+    bh_pool_detach(&f->pool);
     for (int i = 0; i < f->n_conns; i++)
         free(f->conns[i]);
 }
@@ -218,6 +242,18 @@ static int setup(void **state)
     (void)state;
     now = 0;
     seq = 0;
+    wakes = 0;
+    n_sems = 0;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    bh_pool_inbox_run(&inbox0, now); /* drops what is still queued (pools are detached) */
+    for (int i = 0; i < n_sems; i++)
+        bh_sem_unref(sems[i]);
+    n_sems = 0;
     return 0;
 }
 
@@ -225,11 +261,10 @@ static int setup(void **state)
 
 static void test_waiters_fifo_and_direct_handoff(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 1);
+    bh_sem_t *sem = new_sem(1);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec a = {0}, b = {0}, c = {0};
 
     assert_int_equal(acquire(&f, &a, NEVER), BH_POOL_QUEUED);
@@ -264,16 +299,15 @@ static void test_waiters_fifo_and_direct_handoff(void **state)
     assert_int_equal(f.pool.reused, 2);
     check(&f);
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_idle_reuse_is_lifo(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 3);
+    bh_sem_t *sem = new_sem(3);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec r[3] = {0}, x = {0}, y = {0};
 
     get_conns(&f, r, 3);
@@ -293,61 +327,60 @@ static void test_idle_reuse_is_lifo(void **state)
     assert_int_equal(f.open_calls, 3);
     check(&f);
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_cap_is_exact(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 2);
+    bh_sem_t *sem = new_sem(2);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec r[5] = {0};
 
     for (int i = 0; i < 5; i++)
         assert_int_equal(acquire(&f, &r[i], NEVER), BH_POOL_QUEUED);
     assert_int_equal(f.open_calls, 2);
-    assert_int_equal(bh_sem_in_use(&sem), 2);
+    assert_int_equal(bh_sem_in_use(sem), 2);
     bh_pool_connected(C(&f, 0), now);
     bh_pool_connect_failed(C(&f, 1), BH_ECONNECT_FAILED, now); /* frees a permit, reused at once */
     assert_int_equal(held(&f), 2);
-    assert_int_equal(bh_sem_in_use(&sem), 2);
+    assert_int_equal(bh_sem_in_use(sem), 2);
     check(&f);
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_cap_shared_by_two_pools(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 3);
+    bh_sem_t *sem = new_sem(3);
     struct fake fa, fb;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&fa, &sem, &lim);
-    fake_init(&fb, &sem, &lim);
+    fake_init(&fa, sem, &lim);
+    fake_init(&fb, sem, &lim);
     struct rec a[4] = {0}, b = {0};
 
     get_conns(&fa, a, 3);
     assert_int_equal(acquire(&fa, &a[3], NEVER), BH_POOL_QUEUED);
     assert_int_equal(acquire(&fb, &b, NEVER), BH_POOL_QUEUED);
     assert_int_equal(fa.open_calls + fb.open_calls, 3);
-    assert_int_equal(bh_sem_in_use(&sem), 3);
+    assert_int_equal(bh_sem_in_use(sem), 3);
 
     bh_pool_release(a[0].conn, true, now); /* to a[3], its own waiter */
     assert_int_equal(a[3].calls, 1);
-    bh_pool_release(a[1].conn, false, now); /* a permit frees up; pool b hears nothing yet */
+    bh_pool_release(a[1].conn, false, now); /* a permit frees up, held for b's waiter */
     assert_int_equal(held(&fa) + held(&fb), 2);
     assert_int_equal(fb.open_calls, 0);
-    bh_pool_expire(&fb.pool, now); /* what the worker does when told a permit is free */
+    assert_int_equal(wakes, 1);                /* the thread is told to serve b */
+    bh_pool_inbox_run(&inbox0, now);           /* what the worker does when woken */
     assert_int_equal(fb.open_calls, 1);
     assert_int_equal(held(&fa) + held(&fb), 3);
-    assert_int_equal(bh_sem_in_use(&sem), 3);
+    assert_int_equal(bh_sem_in_use(sem), 3);
     check(&fa);
     check(&fb);
     fake_finish(&fa);
     fake_finish(&fb);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 /* Random events on two pools sharing one semaphore; the invariants hold after each of them. */
@@ -355,7 +388,7 @@ static void test_cap_shared_by_two_pools(void **state)
 struct stress {
     struct fake f[2];
     struct rec r[2][STRESS_RECS];
-    bh_sem_t sem;
+    bh_sem_t *sem;
     uint32_t rng;
 };
 
@@ -390,12 +423,13 @@ static void then_maybe_release(struct rec *r)
 static void stress_run(uint32_t seed)
 {
     s = (struct stress){.rng = seed};
-    bh_sem_init(&s.sem, 4);
+    s.sem = bh_sem_new(4, 1);
+    assert_non_null(s.sem);
     bh_pool_limits_t lim = {.max_pending = 5, .max_idle = 2, .min_idle = 1,
                             .acquire_timeout_ms = 30, .idle_timeout_ms = 50,
                             .max_lifetime_ms = 200};
     for (int i = 0; i < 2; i++)
-        fake_init(&s.f[i], &s.sem, &lim);
+        fake_init(&s.f[i], s.sem, &lim);
 
     for (int step = 0; step < 3000; step++) {
         int i = (int)rnd(&s, 2);
@@ -434,36 +468,45 @@ static void stress_run(uint32_t seed)
             break;
         case 4:
             now += rnd(&s, 12);
+            bh_pool_inbox_run(&inbox0, now); /* what the worker does when woken */
             bh_pool_expire(&s.f[0].pool, now);
             bh_pool_expire(&s.f[1].pool, now);
             /* No waiter waits while a permit is free and nothing is opening for it. */
             if (s.f[1].pool.n_waiters > s.f[1].pool.n_connecting)
-                assert_int_equal(bh_sem_in_use(&s.sem), 4);
+                assert_int_equal(bh_sem_in_use(s.sem), 4);
             bh_pool_expire(&s.f[0].pool, now);
             if (s.f[0].pool.n_waiters > s.f[0].pool.n_connecting)
-                assert_int_equal(bh_sem_in_use(&s.sem), 4);
+                assert_int_equal(bh_sem_in_use(s.sem), 4);
             break;
         case 5:
             bh_pool_cancel(&r->w);
+            break;
+        case 6:
+            bh_pool_inbox_run(&inbox0, now);
             break;
         default:
             break;
         }
         check(&s.f[0]);
         check(&s.f[1]);
-        assert_int_equal(held(&s.f[0]) + held(&s.f[1]), bh_sem_in_use(&s.sem));
-        assert_true(bh_sem_in_use(&s.sem) <= 4);
+        /* every permit is a connection's, or held by the lane for a waiter of one of them */
+        assert_int_equal(held(&s.f[0]) + held(&s.f[1]) + bh_sem_lane(s.sem, 0)->spare,
+                         bh_sem_in_use(s.sem));
+        assert_true(bh_sem_in_use(s.sem) <= 4);
         for (int k = 0; k < 2; k++)
             for (int j = 0; j < STRESS_RECS; j++)
                 assert_true(s.r[k][j].calls <= 1);
     }
     assert_true(s.f[0].pool.opened > 10 && s.f[0].pool.reused > 10 && s.f[0].pool.timeouts > 0);
+    bh_pool_inbox_run(&inbox0, now);
     for (int i = 0; i < 2; i++) {
         fake_finish(&s.f[i]);
         for (int j = 0; j < STRESS_RECS; j++)
             assert_null(s.r[i][j].w.pool);
     }
-    assert_int_equal(bh_sem_in_use(&s.sem), 0);
+    assert_int_equal(bh_sem_in_use(s.sem), 0);
+    bh_pool_inbox_run(&inbox0, now);
+    bh_sem_unref(s.sem);
 }
 
 static void test_stress_shared_semaphore(void **state)
@@ -474,12 +517,11 @@ static void test_stress_shared_semaphore(void **state)
 
 static void test_max_pending_overflow(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 1);
+    bh_sem_t *sem = new_sem(1);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
     lim.max_pending = 2;
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec a = {0}, b = {0}, c = {0};
 
     assert_int_equal(acquire(&f, &a, NEVER), BH_POOL_QUEUED);
@@ -497,12 +539,11 @@ static void test_max_pending_overflow(void **state)
 
 static void test_acquire_timeout_and_deadline(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 1);
+    bh_sem_t *sem = new_sem(1);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
     lim.acquire_timeout_ms = 100;
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec a = {0}, b = {0}, c = {0};
 
     assert_int_equal(acquire(&f, &a, NEVER), BH_POOL_QUEUED);
@@ -545,11 +586,10 @@ static void test_acquire_timeout_and_deadline(void **state)
 
 static void test_cancel(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 1);
+    bh_sem_t *sem = new_sem(1);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec a = {0}, b = {0}, never_used = {0};
 
     bh_pool_cancel(&never_used.w);
@@ -576,16 +616,15 @@ static void test_cancel(void **state)
     check(&f);
     fake_finish(&f);
     assert_int_equal(c.calls, 0);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_connect_failure_goes_to_head_waiter(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 1);
+    bh_sem_t *sem = new_sem(1);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec a = {0}, b = {0};
 
     assert_int_equal(acquire(&f, &a, NEVER), BH_POOL_QUEUED);
@@ -602,16 +641,15 @@ static void test_connect_failure_goes_to_head_waiter(void **state)
     assert_ptr_equal(b.conn, C(&f, 1));
     check(&f);
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_open_failing_at_once(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 1);
+    bh_sem_t *sem = new_sem(1);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec a = {0}, b = {0}, c = {0};
 
     /* In acquire: the caller hears it at once, nothing is queued, the permit is back. */
@@ -620,7 +658,7 @@ static void test_open_failing_at_once(void **state)
     assert_int_equal(a.calls, 0);
     assert_null(a.w.pool);
     assert_int_equal(f.pool.n_waiters, 0);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
     assert_int_equal(f.last_arm, NEVER);
 
     /* In dispatch, after a connect failure: one waiter per failed attempt. */
@@ -632,18 +670,17 @@ static void test_open_failing_at_once(void **state)
     assert_int_equal(b.status, BH_ECONNECT_TIMEOUT);
     assert_int_equal(c.status, BH_ECONNECT_FAILED);
     assert_int_equal(f.pool.n_waiters, 0);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
     check(&f);
     fake_finish(&f);
 }
 
 static void test_dead_idle_is_skipped(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 2);
+    bh_sem_t *sem = new_sem(2);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec r[2] = {0}, x = {0}, y = {0}, z = {0};
 
     get_conns(&f, r, 2);
@@ -675,17 +712,16 @@ static void test_dead_idle_is_skipped(void **state)
     check(&f);
     fake_finish(&f);
     assert_int_equal(f.pool.closed, 4);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_idle_timeout(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 2);
+    bh_sem_t *sem = new_sem(2);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
     lim.idle_timeout_ms = 1000;
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec r[2] = {0}, x = {0};
 
     get_conns(&f, r, 2);
@@ -709,17 +745,16 @@ static void test_idle_timeout(void **state)
     assert_int_equal(f.last_arm, 2600);
     check(&f);
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_lifetime_prevents_reuse(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 1);
+    bh_sem_t *sem = new_sem(1);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
     lim.max_lifetime_ms = 1000;
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec r = {0}, x = {0}, y = {0}, z = {0};
 
     get_conns(&f, &r, 1);
@@ -746,17 +781,16 @@ static void test_lifetime_prevents_reuse(void **state)
     assert_int_equal(f.open_calls, 3);
     check(&f);
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_max_idle(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 3);
+    bh_sem_t *sem = new_sem(3);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
     lim.max_idle = 1;
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec r[2] = {0}, a = {0};
 
     get_conns(&f, r, 2);
@@ -778,18 +812,17 @@ static void test_max_idle(void **state)
     assert_int_equal(f.pool.closed, 2);
     check(&f);
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_min_idle_prewarms(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 5);
+    bh_sem_t *sem = new_sem(5);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
     lim.min_idle = 2;
     lim.max_idle = 4;
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec x = {0};
 
     assert_int_equal(f.open_calls, 0); /* init never calls ops */
@@ -810,17 +843,17 @@ static void test_min_idle_prewarms(void **state)
     assert_int_equal(f.open_calls, 4);
     bh_pool_expire(&f.pool, now);
     assert_int_equal(f.open_calls, 5);
-    assert_int_equal(bh_sem_in_use(&sem), 2);
+    assert_int_equal(bh_sem_in_use(sem), 2);
     f.fail_open = 0;
     check(&f);
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 
     /* min_idle above max_idle keeps max_idle: otherwise each connected() would close one. */
     struct fake g;
     lim.min_idle = 3;
     lim.max_idle = 1;
-    fake_init(&g, &sem, &lim);
+    fake_init(&g, sem, &lim);
     bh_pool_expire(&g.pool, now);
     assert_int_equal(g.open_calls, 1);
     fake_finish(&g);
@@ -828,11 +861,10 @@ static void test_min_idle_prewarms(void **state)
 
 static void test_shutdown(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 3);
+    bh_sem_t *sem = new_sem(3);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     f.async_close = true;
     struct rec r[2] = {0}, b = {0}, c = {0}, after = {0};
 
@@ -850,7 +882,7 @@ static void test_shutdown(void **state)
     bh_pool_release(r[0].conn, true, now); /* closed when released */
     bh_pool_release(r[1].conn, true, now);
     assert_int_equal(held(&f), 0);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
     assert_int_equal(f.open_calls, 3);
     assert_false(bh_pool_empty(&f.pool)); /* until the concrete closes finish */
     for (int i = 0; i < 3; i++)
@@ -862,7 +894,7 @@ static void test_shutdown(void **state)
     /* Idle connections are closed at once. */
     struct fake g;
     struct rec q[2] = {0};
-    fake_init(&g, &sem, &lim);
+    fake_init(&g, sem, &lim);
     get_conns(&g, q, 2);
     bh_pool_release(q[0].conn, true, now);
     bh_pool_release(q[1].conn, true, now);
@@ -870,7 +902,7 @@ static void test_shutdown(void **state)
     assert_int_equal(g.close_calls, 2);
     assert_true(bh_pool_empty(&g.pool));
     fake_finish(&g);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 /* Callbacks that call back into the pool. */
@@ -899,11 +931,10 @@ static void then_shutdown(struct rec *r)
 
 static void test_reentrant_callbacks(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 1);
+    bh_sem_t *sem = new_sem(1);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec a = {.then = then_cancel_release_acquire}, b = {0}, d = {0}, a2 = {0};
     struct rec *c = calloc(1, sizeof(*c));
     assert_non_null(c);
@@ -942,7 +973,7 @@ static void test_reentrant_callbacks(void **state)
     bh_pool_release(x.conn, true, now);
     assert_int_equal(f.pool.n_busy + f.pool.n_idle, 0);
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 /* A callback run by the dispatch loop itself (an open failing at once) that re-enters. */
@@ -958,11 +989,10 @@ static void then_release_and_acquire(struct rec *r)
 
 static void test_reentry_during_dispatch(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 2);
+    bh_sem_t *sem = new_sem(2);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec x = {0}, b = {0}, c = {.then = then_release_and_acquire}, d = {0};
     rd_x = &x;
     rd_d = &d;
@@ -982,19 +1012,18 @@ static void test_reentry_during_dispatch(void **state)
     bh_pool_connected(C(&f, 2), now);
     assert_ptr_equal(d.conn, C(&f, 2));
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_counters_and_arm(void **state)
 {
-    bh_sem_t sem;
-    bh_sem_init(&sem, 1);
+    bh_sem_t *sem = new_sem(1);
     struct fake f;
     bh_pool_limits_t lim = default_limits();
     lim.max_pending = 1;
     lim.acquire_timeout_ms = 100;
     lim.idle_timeout_ms = 300;
-    fake_init(&f, &sem, &lim);
+    fake_init(&f, sem, &lim);
     struct rec a = {0}, b = {0}, c = {0}, d = {0};
 
     assert_int_equal(acquire(&f, &a, NEVER), BH_POOL_QUEUED);
@@ -1022,7 +1051,266 @@ static void test_counters_and_arm(void **state)
     assert_int_equal(bh_pool_next_deadline(&f.pool), NEVER);
     check(&f);
     fake_finish(&f);
-    assert_int_equal(bh_sem_in_use(&sem), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
+}
+
+/* ---- several lanes (workers) on one semaphore, driven from this one thread ---------------- */
+
+/* A simulated worker: its inbox (lane i) and how often it was woken. */
+struct worker {
+    bh_sem_inbox_t in;
+    int wakes;
+};
+
+static void worker_wake(bh_sem_inbox_t *in)
+{
+    ((struct worker *)in->data)->wakes++;
+}
+
+static void workers_init(struct worker *w, int n)
+{
+    for (int i = 0; i < n; i++)
+        w[i] = (struct worker){.in = {.lane = (uint32_t)i, .wake = worker_wake, .data = &w[i]}};
+}
+
+static bh_sem_t *new_sem_lanes(int64_t max, uint32_t lanes)
+{
+    assert_true(n_sems < 8);
+    bh_sem_t *sm = bh_sem_new(max, lanes);
+    assert_non_null(sm);
+    return sems[n_sems++] = sm;
+}
+
+static void fake_init_on(struct fake *f, bh_sem_t *sem, struct worker *w,
+                         const bh_pool_limits_t *limits)
+{
+    *f = (struct fake){.last_arm = NEVER};
+    bh_pool_init(&f->pool, &fake_ops, sem, &w->in, limits, f);
+}
+
+/* The last connection f opened, reported connected. */
+static void connect_last(struct fake *f)
+{
+    bh_pool_connected(C(f, f->n_conns - 1), now);
+}
+
+/* Permits held by connections and by lanes (spare, or granted and not yet taken). */
+static int64_t accounted(bh_sem_t *sem, struct fake **f, int n)
+{
+    int64_t sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += held(f[i]);
+    for (uint32_t i = 0; i < sem->n_lanes; i++) {
+        bh_sem_lane_t *l = bh_sem_lane(sem, i);
+        sum += l->spare + (atomic_load(&l->granted) & ~BH_SEM_GONE);
+    }
+    return sum;
+}
+
+/* Worker B keeps every permit busy; a waiter on worker A queued between B's waiters is served
+ * in turn: B keeps a connection for its own head only while that head queued first, then hands
+ * the permit over (close, A's lane is granted it, only A is woken), and A opens. */
+static void test_fifo_across_workers(void **state)
+{
+    bh_sem_t *sem = new_sem_lanes(1, 3);
+    struct worker w[3];
+    workers_init(w, 3);
+    struct fake fa, fb, fc;
+    bh_pool_limits_t lim = default_limits();
+    fake_init_on(&fa, sem, &w[0], &lim);
+    fake_init_on(&fb, sem, &w[1], &lim);
+    fake_init_on(&fc, sem, &w[2], &lim); /* a third worker with nothing to do: never woken */
+    struct fake *all[] = {&fa, &fb, &fc};
+    struct rec b1 = {0}, b2 = {0}, b3 = {0}, a1 = {0};
+
+    get_conns(&fb, &b1, 1);
+    assert_int_equal(acquire(&fb, &b2, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(acquire(&fa, &a1, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(acquire(&fb, &b3, NEVER), BH_POOL_QUEUED);
+    assert_true(b2.w.ticket < a1.w.ticket && a1.w.ticket < b3.w.ticket);
+    assert_int_equal(w[0].wakes + w[1].wakes + w[2].wakes, 0); /* no idle anywhere to ask for */
+
+    bh_pool_release(b1.conn, true, now); /* b2 queued before a1: B keeps it */
+    assert_ptr_equal(b2.conn, b1.conn);
+    assert_int_equal(fb.close_calls, 0);
+
+    bh_pool_release(b2.conn, true, now); /* a1 queued before b3: the permit goes to A */
+    assert_int_equal(b3.calls, 0);
+    assert_int_equal(fb.close_calls, 1);
+    assert_int_equal(w[0].wakes, 1);
+    assert_int_equal(w[1].wakes + w[2].wakes, 0);
+    assert_int_equal(bh_sem_in_use(sem), 1); /* never free on the way */
+    assert_int_equal(accounted(sem, all, 3), 1);
+    assert_int_equal(fa.open_calls, 0);
+    bh_pool_inbox_run(&w[0].in, now);
+    assert_int_equal(fa.open_calls, 1);
+    connect_last(&fa);
+    assert_int_equal(a1.calls, 1);
+    assert_int_equal(a1.status, 0);
+
+    bh_pool_release(a1.conn, true, now); /* A has nobody waiting; b3 needs it */
+    assert_int_equal(fa.close_calls, 1);
+    assert_int_equal(fa.pool.n_idle, 0);
+    assert_int_equal(w[1].wakes, 1);
+    bh_pool_inbox_run(&w[1].in, now);
+    connect_last(&fb);
+    assert_int_equal(b3.status, 0);
+    assert_true(b2.seq < a1.seq && a1.seq < b3.seq);
+    assert_int_equal(w[2].wakes, 0);
+    bh_pool_release(b3.conn, true, now);
+    assert_int_equal(fb.pool.n_idle, 1);
+    for (int i = 0; i < 3; i++) {
+        check(all[i]);
+        fake_finish(all[i]);
+    }
+    assert_int_equal(bh_sem_in_use(sem), 0);
+}
+
+/* Idle connections are yielded only by the worker holding them, only when asked, and one per
+ * waiter that has no connection on the way: waiters with a connection opening do not count. */
+static void test_yield_only_for_needy_waiters(void **state)
+{
+    bh_sem_t *sem = new_sem_lanes(4, 3);
+    struct worker w[3];
+    workers_init(w, 3);
+    struct fake fa, fb, fc;
+    bh_pool_limits_t lim = default_limits();
+    fake_init_on(&fa, sem, &w[0], &lim);
+    fake_init_on(&fb, sem, &w[1], &lim);
+    fake_init_on(&fc, sem, &w[2], &lim);
+    struct fake *all[] = {&fa, &fb, &fc};
+    struct rec b[4] = {0}, a[4] = {0};
+
+    get_conns(&fb, b, 4);
+    for (int i = 0; i < 4; i++)
+        bh_pool_release(b[i].conn, true, now);
+    assert_int_equal(fb.pool.n_idle, 4);
+    w[1].wakes = 0;
+
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(acquire(&fa, &a[i], NEVER), BH_POOL_QUEUED);
+    assert_int_equal(w[1].wakes, 1); /* B, which holds idle connections, is asked once */
+    assert_int_equal(w[0].wakes + w[2].wakes, 0);
+    bh_pool_inbox_run(&w[1].in, now);
+    assert_int_equal(fb.close_calls, 3); /* three waiters without a connection: three permits */
+    assert_int_equal(fb.pool.n_idle, 1);
+    assert_int_equal(accounted(sem, all, 3), 4);
+    assert_int_equal(w[0].wakes, 1);
+    bh_pool_inbox_run(&w[0].in, now);
+    assert_int_equal(fa.pool.n_connecting, 3);
+
+    /* Each of A's waiters has a connection on the way: asked again, B closes nothing. */
+    atomic_store(&bh_sem_lane(sem, 1)->asked, 1);
+    bh_sem_post(bh_sem_lane(sem, 1));
+    bh_pool_inbox_run(&w[1].in, now);
+    assert_int_equal(fb.close_calls, 3);
+
+    /* A fourth waiter: one more. */
+    assert_int_equal(acquire(&fa, &a[3], NEVER), BH_POOL_QUEUED);
+    bh_pool_inbox_run(&w[1].in, now);
+    assert_int_equal(fb.close_calls, 4);
+    assert_int_equal(fb.pool.n_idle, 0);
+    bh_pool_inbox_run(&w[0].in, now);
+    assert_int_equal(fa.pool.n_connecting, 4);
+    assert_int_equal(w[2].wakes, 0);
+    for (int i = 0; i < fa.n_conns; i++)
+        bh_pool_connected(C(&fa, i), now);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(a[i].status, 0);
+    for (int i = 0; i < 3; i++) {
+        check(all[i]);
+        fake_finish(all[i]);
+    }
+    assert_int_equal(bh_sem_in_use(sem), 0);
+}
+
+/* A permit handed to a worker whose waiter left meanwhile goes on to the next oldest waiter;
+ * one handed to a worker whose last pool is gone too. Nothing is lost or counted twice. */
+static void test_handover_to_a_waiter_that_left(void **state)
+{
+    bh_sem_t *sem = new_sem_lanes(1, 3);
+    struct worker w[3];
+    workers_init(w, 3);
+    struct fake fa, fb, fc;
+    bh_pool_limits_t lim = default_limits();
+    fake_init_on(&fa, sem, &w[0], &lim);
+    fake_init_on(&fb, sem, &w[1], &lim);
+    fake_init_on(&fc, sem, &w[2], &lim);
+    struct fake *all[] = {&fa, &fb, &fc};
+    struct rec b1 = {0}, a1 = {0}, c1 = {0};
+
+    get_conns(&fb, &b1, 1);
+    assert_int_equal(acquire(&fa, &a1, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(acquire(&fc, &c1, NEVER), BH_POOL_QUEUED);
+    bh_pool_release(b1.conn, true, now); /* to A (oldest), B closes its connection */
+    assert_int_equal(w[0].wakes, 1);
+    bh_pool_cancel(&a1.w); /* A's waiter leaves before A's thread runs */
+    assert_int_equal(accounted(sem, all, 3), 1);
+    bh_pool_inbox_run(&w[0].in, now);
+    assert_int_equal(fa.open_calls, 0);
+    assert_int_equal(w[2].wakes, 1); /* passed on to C */
+    assert_int_equal(bh_sem_in_use(sem), 1);
+    bh_pool_inbox_run(&w[2].in, now);
+    connect_last(&fc);
+    assert_int_equal(c1.status, 0);
+
+    /* Granted to a lane whose last pool detaches before it runs: passed on as well. */
+    struct rec b2 = {0};
+    assert_int_equal(acquire(&fb, &b2, NEVER), BH_POOL_QUEUED);
+    struct rec a2 = {0};
+    assert_int_equal(acquire(&fa, &a2, NEVER), BH_POOL_QUEUED);
+    bh_pool_release(c1.conn, true, now); /* to B (oldest) */
+    assert_int_equal(bh_sem_lane(sem, 1)->granted, 1);
+    bh_pool_cancel(&b2.w);
+    bh_pool_detach(&fb.pool); /* B's pool is gone (a reload replaced it) */
+    assert_int_equal(bh_sem_lane(sem, 1)->granted, BH_SEM_GONE);
+    assert_int_equal(bh_sem_lane(sem, 0)->granted, 1); /* to A's a2 */
+    bh_pool_inbox_run(&w[1].in, now);                  /* B's message is only dropped */
+    bh_pool_inbox_run(&w[0].in, now);
+    connect_last(&fa);
+    assert_int_equal(a2.status, 0);
+    bh_pool_release(a2.conn, false, now);
+    assert_int_equal(bh_sem_in_use(sem), 0);
+    for (int i = 0; i < 3; i++) {
+        if (all[i] == &fb) {
+            for (int j = 0; j < fb.n_conns; j++)
+                free(fb.conns[j]);
+            continue;
+        }
+        fake_finish(all[i]);
+    }
+    assert_int_equal(bh_sem_in_use(sem), 0);
+}
+
+/* Two pools of one worker on one semaphore (two endpoints): a connection given back on one while
+ * the other has an older waiter is closed for it, and the other opens from the inbox. */
+static void test_fifo_across_pools_of_one_worker(void **state)
+{
+    bh_sem_t *sem = new_sem(1);
+    struct fake fa, fb;
+    bh_pool_limits_t lim = default_limits();
+    fake_init(&fa, sem, &lim);
+    fake_init(&fb, sem, &lim);
+    struct rec a1 = {0}, b1 = {0}, a2 = {0};
+
+    get_conns(&fa, &a1, 1);
+    assert_int_equal(acquire(&fb, &b1, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(acquire(&fa, &a2, NEVER), BH_POOL_QUEUED);
+    bh_pool_release(a1.conn, true, now); /* b1 queued before a2 */
+    assert_int_equal(a2.calls, 0);
+    assert_int_equal(fa.close_calls, 1);
+    assert_int_equal(wakes, 1);
+    bh_pool_inbox_run(&inbox0, now);
+    connect_last(&fb);
+    assert_int_equal(b1.status, 0);
+    bh_pool_release(b1.conn, true, now);
+    bh_pool_inbox_run(&inbox0, now);
+    connect_last(&fa);
+    assert_int_equal(a2.status, 0);
+    assert_true(b1.seq < a2.seq);
+    fake_finish(&fa);
+    fake_finish(&fb);
+    assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
 static void test_sem_over_release_aborts(void **state)
@@ -1030,16 +1318,15 @@ static void test_sem_over_release_aborts(void **state)
 #ifdef NDEBUG
     skip();
 #else
-    bh_sem_t sem;
-    bh_sem_init(&sem, 2);
-    assert_true(bh_sem_try_acquire(&sem));
-    bh_sem_release(&sem);
+    bh_sem_t *sem = new_sem(2);
+    assert_true(bh_sem_try_acquire(sem));
+    bh_sem_release(sem);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
         if (freopen("/dev/null", "w", stderr) == NULL) /* hide the expected assertion message */
             _exit(1);
-        bh_sem_release(&sem); /* one more than was acquired */
+        bh_sem_release(sem); /* one more than was acquired */
         _exit(0);
     }
     int status = 0;
@@ -1052,26 +1339,30 @@ static void test_sem_over_release_aborts(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup(test_waiters_fifo_and_direct_handoff, setup),
-        cmocka_unit_test_setup(test_idle_reuse_is_lifo, setup),
-        cmocka_unit_test_setup(test_cap_is_exact, setup),
-        cmocka_unit_test_setup(test_cap_shared_by_two_pools, setup),
-        cmocka_unit_test_setup(test_stress_shared_semaphore, setup),
-        cmocka_unit_test_setup(test_max_pending_overflow, setup),
-        cmocka_unit_test_setup(test_acquire_timeout_and_deadline, setup),
-        cmocka_unit_test_setup(test_cancel, setup),
-        cmocka_unit_test_setup(test_connect_failure_goes_to_head_waiter, setup),
-        cmocka_unit_test_setup(test_open_failing_at_once, setup),
-        cmocka_unit_test_setup(test_dead_idle_is_skipped, setup),
-        cmocka_unit_test_setup(test_idle_timeout, setup),
-        cmocka_unit_test_setup(test_lifetime_prevents_reuse, setup),
-        cmocka_unit_test_setup(test_max_idle, setup),
-        cmocka_unit_test_setup(test_min_idle_prewarms, setup),
-        cmocka_unit_test_setup(test_shutdown, setup),
-        cmocka_unit_test_setup(test_reentrant_callbacks, setup),
-        cmocka_unit_test_setup(test_reentry_during_dispatch, setup),
-        cmocka_unit_test_setup(test_counters_and_arm, setup),
-        cmocka_unit_test_setup(test_sem_over_release_aborts, setup),
+        cmocka_unit_test_setup_teardown(test_waiters_fifo_and_direct_handoff, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_reuse_is_lifo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cap_is_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cap_shared_by_two_pools, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stress_shared_semaphore, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_pending_overflow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_acquire_timeout_and_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connect_failure_goes_to_head_waiter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_failing_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_idle_is_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lifetime_prevents_reuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_idle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_min_idle_prewarms, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reentrant_callbacks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reentry_during_dispatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_counters_and_arm, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fifo_across_workers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_yield_only_for_needy_waiters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_handover_to_a_waiter_that_left, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fifo_across_pools_of_one_worker, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sem_over_release_aborts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

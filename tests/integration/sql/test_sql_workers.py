@@ -180,7 +180,7 @@ class Pinned:
 def test_idle_server_connection_on_one_worker_does_not_starve_another(sql_bulkhead, pg, workers):
     """A pool of 1: after a request on worker X its server connection stays idle there (idle_timeout 5
     minutes). A request on another worker must still be served (X closes its idle connection when
-    kicked) well before acquire_timeout (60 s), on a new server connection; then back on X again."""
+    asked) well before acquire_timeout (60 s), on a new server connection; then back on X again."""
     role, pw = pg.make_role("wkick")
     bh = ready(sql_bulkhead(workers=workers,
                       db={"pool": {"max_connections": 1, "idle_timeout": "5m", "acquire_timeout": "60s"},
