@@ -107,6 +107,19 @@ def test_download_100mib_chunked(bh, upstream):
     assert bh.hwm() - before < GROWTH_BOUND
 
 
+def read_whole_body(c, n):
+    """Reads a 200 response's head and its n body bytes, counting them without keeping them."""
+    version, status, reason, headers, raw_head = c.read_head()
+    assert status == 200
+    got = len(c.buf)
+    c.buf = b""
+    while got < n:
+        data = c.sock.recv(1 << 20)
+        assert data, "connection closed after %d of %d bytes" % (got, n)
+        got += len(data)
+    assert got == n
+
+
 def test_slow_reader_backpressure(bh, upstream, raw):
     """A client that stops reading a 128 MiB response: bulkhead must stop reading from the upstream
     (the upstream's writes stall after kernel buffers fill) instead of buffering the body itself.
@@ -130,16 +143,7 @@ def test_slow_reader_backpressure(bh, upstream, raw):
         assert sent < 64 * MiB, "upstream wrote %d MiB to a stalled client: no backpressure" % (
             sent // MiB)
         time.sleep(0.05)
-    # now read everything: the response is complete and correct
-    version, status, reason, headers, raw_head = c.read_head()
-    assert status == 200
-    got = len(c.buf)
-    c.buf = b""
-    while got < n:
-        data = c.sock.recv(1 << 20)
-        assert data, "connection closed after %d of %d bytes" % (got, n)
-        got += len(data)
-    assert got == n
+    read_whole_body(c, n)  # now read everything: the response is complete
     assert bh.hwm() - before < GROWTH_BOUND
 
 
@@ -243,15 +247,7 @@ def test_slow_client_is_not_charged_to_the_upstream(bulkhead, upstream, raw):
 
     wait_until(stalled, interval=0.2, what="the upstream's writes to stall")
     time.sleep(1.0)  # the slow client itself: it reads nothing for over three idle timeouts
-    version, status, reason, headers, raw_head = c.read_head()
-    assert status == 200
-    got = len(c.buf)
-    c.buf = b""
-    while got < n:
-        data = c.sock.recv(1 << 20)
-        assert data, "connection closed after %d of %d bytes" % (got, n)
-        got += len(data)
-    assert got == n
+    read_whole_body(c, n)
     with urllib.request.urlopen(bh.admin_url + "/metrics", timeout=30) as r:
         text = r.read().decode()
     attempts = dict(re.findall(r'bulkhead_upstream_attempts_total\{upstream="u",outcome="(\w+)"\} (\d+)',
