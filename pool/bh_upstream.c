@@ -313,6 +313,11 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
     up->env = env;
     up->shared = shared;
     bh_balance_init(&up->balance, conf->balance);
+    /* The DNS timer first: whatever fails below, bh_upstream_close() closes only initialised
+     * handles (this one, and the timers of n_eps endpoints, which stays 0 until they exist). */
+    uv_timer_init(env->loop, &up->dns_timer);
+    up->dns_timer.data = up;
+    up->open_timers = 1;
     up->eps = bh_calloc(conf->n_endpoints, sizeof(*up->eps));
     up->in_flight = bh_calloc(conf->n_endpoints, sizeof(*up->in_flight));
     up->eligible = bh_calloc(conf->n_endpoints, sizeof(*up->eligible));
@@ -340,9 +345,6 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
         up->open_timers++;
         up->has_names |= ep->addr->salen == 0;
     }
-    uv_timer_init(env->loop, &up->dns_timer);
-    up->dns_timer.data = up;
-    up->open_timers++;
     if (up->has_names && conf->dns_refresh_ms > 0)
         uv_timer_start(&up->dns_timer, on_dns_timer, conf->dns_refresh_ms, conf->dns_refresh_ms);
     return 0;

@@ -101,7 +101,9 @@ struct bh_upconn {
 };
 
 /* Sets up the per-worker state of one configured upstream (resolving endpoint names now).
- * gauges (may be NULL): per endpoint, where its pool reports connection counts. */
+ * gauges (may be NULL): per endpoint, where its pool reports connection counts. On failure
+ * (BH_ENOMEM) as on success, up must be closed with bh_upstream_close() and the loop run until
+ * its callback. */
 BH_MUST_CHECK int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
                                    const bh_upstream_env_t *env, bh_upstream_shared_t *shared,
                                    bh_pool_gauges_t *const *gauges);
