@@ -141,6 +141,10 @@ static void on_due(uv_timer_t *t)
     const bh_endpoint_t *ep = &h->up->eps[p->i];
     if (h->stopping || p->busy)
         return;
+    if (ep->dns_state == BH_EP_DNS_PENDING) {
+        uv_timer_start(&p->timer, on_due, 100, 0); /* no answer yet, so no result: soon again */
+        return;
+    }
     if (ep->salen == 0) {
         p->result_given = false;
         h->checks++;

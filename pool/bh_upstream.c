@@ -1,4 +1,14 @@
-/* Upstream HTTP connections on libuv, pooled by bh_pool. */
+/* Upstream HTTP connections on libuv, pooled by bh_pool.
+ *
+ * Endpoint names are looked up on libuv's threadpool, never on the loop: a worker applying a
+ * reload keeps serving while DNS answers. Until a name's first answer the endpoint is PENDING
+ * (bh_ep_dns_t): like an Envoy STRICT_DNS host it takes no traffic while another endpoint of the
+ * upstream has an address (bh_upstream_pick), and when none has one yet a request does not fail
+ * at once: its connection is opened CONNECTING without a socket connect (awaiting_dns) and
+ * connects when the answer comes (connect_waiting), or fails as a connect failure the retry
+ * policy may retry. Waiting inside the connection rather than beside the pool keeps every bound
+ * the request already has: timeouts.connect (which covers the lookup, as for a client that
+ * resolves before it connects), the pool's acquire timeout and the request's deadline. */
 #include <assert.h>
 #include <errno.h>
 #include <netdb.h>
@@ -93,13 +103,22 @@ static void on_connect(uv_connect_t *req, int status)
     bh_pool_connected(&uc->pc, now_ms(uc->ep));
 }
 
+/* Returns 0 or a libuv error. */
+static int connect_start(bh_upconn_t *uc)
+{
+    bh_endpoint_t *ep = uc->ep;
+    uc->awaiting_dns = false;
+    uc->generation = ep->generation;
+    return uv_tcp_connect(&uc->connect_req, &uc->tcp, (struct sockaddr *)&ep->sa, on_connect);
+}
+
 static bh_pool_conn_t *pool_open(bh_pool_t *pool, int *err)
 {
     bh_endpoint_t *ep = pool->data;
     const bh_conf_upstream_t *conf = ep->up->conf;
     uv_loop_t *loop = ep->up->env->loop;
-    if (ep->salen == 0) {
-        *err = BH_ECONNECT_FAILED;
+    if (ep->salen == 0 && ep->dns_state != BH_EP_DNS_PENDING) {
+        *err = BH_ECONNECT_FAILED; /* the name does not resolve */
         return NULL;
     }
     bh_upconn_t *uc = bh_calloc(1, sizeof(*uc));
@@ -119,7 +138,11 @@ static bh_pool_conn_t *pool_open(bh_pool_t *pool, int *err)
     uc->tcp.data = uc->timer.data = uc->connect_req.data = uc;
     uc->open_handles = 2;
     bh_outq_init(&uc->out, (uv_stream_t *)&uc->tcp, ep->up->env->wreqs, ep->up->env->bufs, NULL);
-    int rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (struct sockaddr *)&ep->sa, on_connect);
+    int rc = 0;
+    if (ep->dns_state == BH_EP_DNS_PENDING)
+        uc->awaiting_dns = true; /* connect_waiting() connects it; the timer below bounds that */
+    else
+        rc = connect_start(uc);
     if (rc < 0) {
         *err = map_connect_error(rc);
         uv_close((uv_handle_t *)&uc->tcp, on_orphan_closed);
@@ -264,27 +287,21 @@ void bh_upconn_release(bh_upconn_t *uc, bool reusable)
 
 /* ---- upstreams ---------------------------------------------------------------------------- */
 
-static void resolve(bh_endpoint_t *ep)
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
+
+/* Starts looking the endpoint's name up on the threadpool. Returns 0 or a libuv error. */
+static int lookup_start(bh_endpoint_t *ep)
 {
-    const bh_conf_addr_t *a = ep->addr;
-    if (a->salen > 0) {
-        memcpy(&ep->sa, &a->sa, a->salen);
-        ep->salen = a->salen;
-        return;
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     char port[8];
-    snprintf(port, sizeof(port), "%u", a->port);
-    int rc = getaddrinfo(a->host, port, &hints, &res);
-    if (rc != 0 || res == NULL) {
-        bh_log_warn("upstream %s: cannot resolve %s: %s", ep->up->conf->name, a->text,
-                    gai_strerror(rc));
-        ep->salen = 0;
-        return;
+    snprintf(port, sizeof(port), "%u", ep->addr->port);
+    ep->dns.data = ep;
+    int rc = uv_getaddrinfo(ep->up->env->loop, &ep->dns, on_resolved, ep->addr->host, port, &hints);
+    if (rc == 0) {
+        ep->resolving = true;
+        ep->up->open_timers++; /* the lookup must finish before the endpoints are freed */
     }
-    memcpy(&ep->sa, res->ai_addr, res->ai_addrlen);
-    ep->salen = res->ai_addrlen;
-    freeaddrinfo(res);
+    return rc;
 }
 
 int bh_upstream_shared_init(bh_upstream_shared_t *s, const bh_conf_upstream_t *conf,
@@ -315,6 +332,11 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
     up->env = env;
     up->shared = shared;
     bh_balance_init(&up->balance, conf->balance);
+    /* The DNS timer first: whatever fails below, bh_upstream_close() closes only initialised
+     * handles (this one, and the timers of n_eps endpoints, which stays 0 until they exist). */
+    uv_timer_init(env->loop, &up->dns_timer);
+    up->dns_timer.data = up;
+    up->open_timers = 1;
     up->eps = bh_calloc(conf->n_endpoints, sizeof(*up->eps));
     up->in_flight = bh_calloc(conf->n_endpoints, sizeof(*up->in_flight));
     up->eligible = bh_calloc(conf->n_endpoints, sizeof(*up->eligible));
@@ -334,23 +356,32 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
         bh_endpoint_t *ep = &up->eps[i];
         ep->up = up;
         ep->addr = &conf->endpoints[i];
-        resolve(ep);
         bh_pool_init(&ep->pool, &pool_ops, sem, env->inbox, &limits, ep);
         ep->pool.gauges = gauges != NULL ? gauges[i] : NULL;
         uv_timer_init(env->loop, &ep->timer);
         ep->timer.data = ep;
         up->open_timers++;
-        up->has_names |= ep->addr->salen == 0;
+        if (ep->addr->salen > 0) {
+            memcpy(&ep->sa, &ep->addr->sa, ep->addr->salen);
+            ep->salen = ep->addr->salen;
+            ep->dns_state = BH_EP_DNS_STATIC;
+            continue;
+        }
+        up->has_names = true;
+        ep->dns_state = BH_EP_DNS_PENDING;
+        int rc = lookup_start(ep);
+        if (rc < 0) { /* as if it did not resolve: the DNS timer tries again */
+            ep->dns_state = BH_EP_DNS_FAILED;
+            bh_log_warn("upstream %s: cannot resolve %s: %s", conf->name, ep->addr->text,
+                        uv_strerror(rc));
+        }
     }
-    uv_timer_init(env->loop, &up->dns_timer);
-    up->dns_timer.data = up;
-    up->open_timers++;
     if (up->has_names && conf->dns_refresh_ms > 0)
         uv_timer_start(&up->dns_timer, on_dns_timer, conf->dns_refresh_ms, conf->dns_refresh_ms);
     return 0;
 }
 
-/* ---- DNS refresh -------------------------------------------------------------------------- */
+/* ---- names -------------------------------------------------------------------------------- */
 
 /* The address changed: idle connections to the old one are closed; busy ones finish there. */
 static void retire_idle(bh_endpoint_t *ep)
@@ -362,30 +393,72 @@ static void retire_idle(bh_endpoint_t *ep)
     bh_pool_expire(&ep->pool, now);
 }
 
+/* The first of the connections opened while the name was pending, or NULL. */
+static bh_upconn_t *first_awaiting(bh_endpoint_t *ep)
+{
+    bh_list_t *n;
+    bh_list_foreach(n, &ep->pool.connecting)
+    {
+        bh_upconn_t *uc = bh_upconn_of(bh_container_of(n, bh_pool_conn_t, link));
+        if (uc->awaiting_dns)
+            return uc;
+    }
+    return NULL;
+}
+
+/* The name answered (or the upstream is closing): the connections that waited for it connect
+ * now, or fail as a connect would. A failure calls a waiter back, and its request may open or
+ * close connections here: the next one is looked for afresh each time. */
+static void connect_waiting(bh_endpoint_t *ep)
+{
+    bh_upconn_t *uc;
+    while ((uc = first_awaiting(ep)) != NULL) {
+        uc->awaiting_dns = false;
+        int rc = BH_ECONNECT_FAILED;
+        if (!ep->up->closing && ep->salen > 0 && (rc = connect_start(uc)) < 0)
+            rc = map_connect_error(rc);
+        if (rc < 0)
+            bh_pool_connect_failed(&uc->pc, rc, now_ms(ep));
+    }
+}
+
+/* Applies a lookup's answer to the endpoint. */
+static void answered(bh_endpoint_t *ep, int status, const struct addrinfo *res)
+{
+    const char *up_name = ep->up->conf->name;
+    if (status < 0 || res == NULL) {
+        if (ep->dns_state == BH_EP_DNS_PENDING)
+            bh_log_warn("upstream %s: cannot resolve %s: %s", up_name, ep->addr->text,
+                        uv_strerror(status));
+        else if (ep->dns_state == BH_EP_DNS_RESOLVED)
+            bh_log_warn("upstream %s: %s stopped resolving (%s): draining it", up_name,
+                        ep->addr->text, uv_strerror(status));
+        ep->dns_state = BH_EP_DNS_FAILED;
+        return;
+    }
+    ep->dns_state = BH_EP_DNS_RESOLVED;
+    if (res->ai_addrlen == ep->salen && memcmp(res->ai_addr, &ep->sa, res->ai_addrlen) == 0)
+        return;
+    bool had_one = ep->salen > 0;
+    memcpy(&ep->sa, res->ai_addr, res->ai_addrlen);
+    ep->salen = res->ai_addrlen;
+    if (had_one) { /* (no connection can be open to the address of a name never resolved) */
+        ep->generation++;
+        bh_log_info("upstream %s: %s has a new address", up_name, ep->addr->text);
+        retire_idle(ep);
+    }
+}
+
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     bh_endpoint_t *ep = req->data;
     bh_upstream_t *up = ep->up;
     ep->resolving = false;
-    if (!up->closing) {
-        if (status < 0 || res == NULL) {
-            if (!ep->unresolved)
-                bh_log_warn("upstream %s: %s stopped resolving (%s): draining it", up->conf->name,
-                            ep->addr->text, uv_strerror(status));
-            ep->unresolved = true;
-        } else {
-            ep->unresolved = false;
-            if (res->ai_addrlen != ep->salen || memcmp(res->ai_addr, &ep->sa, res->ai_addrlen)) {
-                memcpy(&ep->sa, res->ai_addr, res->ai_addrlen);
-                ep->salen = res->ai_addrlen;
-                ep->generation++;
-                bh_log_info("upstream %s: %s has a new address", up->conf->name, ep->addr->text);
-                retire_idle(ep);
-            }
-        }
-    }
+    if (!up->closing)
+        answered(ep, status, res);
     uv_freeaddrinfo(res);
-    one_closed(up);
+    connect_waiting(ep);
+    one_closed(up); /* ep stays valid until here: the lookup held the endpoints */
 }
 
 static void on_dns_timer(uv_timer_t *t)
@@ -393,18 +466,24 @@ static void on_dns_timer(uv_timer_t *t)
     bh_upstream_t *up = t->data;
     for (size_t i = 0; i < up->n_eps; i++) {
         bh_endpoint_t *ep = &up->eps[i];
-        if (ep->addr->salen > 0 || ep->resolving)
-            continue;
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-        char port[8];
-        snprintf(port, sizeof(port), "%u", ep->addr->port);
-        ep->dns.data = ep;
-        if (uv_getaddrinfo(up->env->loop, &ep->dns, on_resolved, ep->addr->host, port, &hints) ==
-            0) {
-            ep->resolving = true;
-            up->open_timers++; /* the lookup must finish before the endpoints are freed */
-        }
+        if (ep->dns_state != BH_EP_DNS_STATIC && !ep->resolving)
+            (void)lookup_start(ep); /* when it cannot start, the next period tries again */
     }
+}
+
+/* How usable an endpoint's address is for a new attempt, best first. */
+static int addr_rank(const bh_endpoint_t *ep)
+{
+    switch (ep->dns_state) {
+    case BH_EP_DNS_STATIC:
+    case BH_EP_DNS_RESOLVED:
+        return 2;
+    case BH_EP_DNS_PENDING:
+        return 1; /* the attempt waits for the first answer */
+    case BH_EP_DNS_FAILED:
+        break;
+    }
+    return 0; /* drained; used only when no endpoint is better off */
 }
 
 size_t bh_upstream_pick(bh_upstream_t *up, size_t prefer_not)
@@ -415,12 +494,13 @@ size_t bh_upstream_pick(bh_upstream_t *up, size_t prefer_not)
     }
     bool panic = false;
     bh_outlier_eligible(up->shared->outlier, uv_now(up->env->loop), up->eligible, &panic);
-    if (up->has_names) {
-        bool any = false;
+    if (up->has_names) { /* among the eligible, those with the most usable address */
+        int best = 0;
         for (size_t i = 0; i < up->n_eps; i++)
-            any |= up->eligible[i] && !up->eps[i].unresolved;
-        for (size_t i = 0; any && i < up->n_eps; i++)
-            up->eligible[i] = up->eligible[i] && !up->eps[i].unresolved;
+            if (up->eligible[i] && addr_rank(&up->eps[i]) > best)
+                best = addr_rank(&up->eps[i]);
+        for (size_t i = 0; i < up->n_eps; i++)
+            up->eligible[i] = up->eligible[i] && addr_rank(&up->eps[i]) >= best;
     }
     size_t i = bh_balance_pick(&up->balance, up->n_eps, up->eligible, up->in_flight, prefer_not,
                                up->env->rng);

@@ -37,16 +37,26 @@ BH_MUST_CHECK int bh_upstream_shared_init(bh_upstream_shared_t *s, const bh_conf
                                           uint32_t n_workers, uint64_t now_ms);
 void bh_upstream_shared_destroy(bh_upstream_shared_t *s);
 
+/* Where an endpoint's address stands. Names are resolved on libuv's threadpool (uv_getaddrinfo),
+ * never on the loop: first by bh_upstream_init(), then every dns_refresh. */
+typedef enum bh_ep_dns {
+    BH_EP_DNS_STATIC,   /* a numeric address from the config: never resolved */
+    BH_EP_DNS_PENDING,  /* a name not answered yet: no address; its connections wait for it */
+    BH_EP_DNS_RESOLVED, /* a name whose last answer is sa */
+    BH_EP_DNS_FAILED,   /* a name whose last lookup failed: drained. sa keeps the previous
+                           address, if any (salen > 0), for connections still there */
+} bh_ep_dns_t;
+
 typedef struct bh_endpoint {
     bh_upstream_t *up;
     const bh_conf_addr_t *addr;
     struct sockaddr_storage sa;
-    socklen_t salen;              /* 0: the name did not resolve; connects fail */
+    socklen_t salen;              /* 0: no address yet, or the name never resolved */
     bh_pool_t pool;
     uv_timer_t timer;             /* runs bh_pool_expire */
-    uv_getaddrinfo_t dns;         /* re-resolution of a name (dns_refresh) */
-    bool resolving;
-    bool unresolved;              /* the name stopped resolving: drained, no new attempts */
+    uv_getaddrinfo_t dns;         /* the lookup of a name, first and every dns_refresh */
+    bool resolving;               /* dns is in flight */
+    bh_ep_dns_t dns_state;
     uint32_t generation;          /* bumped when the name resolves to a new address */
 } bh_endpoint_t;
 
@@ -93,6 +103,7 @@ struct bh_upconn {
     uint64_t lifetime_end_ms;     /* from max_lifetime; BH_TIME_NEVER when unlimited */
     uint64_t keepalive_ms;        /* the upstream's own idle timeout (Keep-Alive: timeout=N); 0 */
     uint32_t generation;          /* the endpoint's address generation it was opened to */
+    bool awaiting_dns;            /* CONNECTING, waiting for the endpoint's first address */
     /* while BUSY */
     void *owner;
     bh_upconn_read_cb read_cb;
@@ -102,14 +113,19 @@ struct bh_upconn {
     char idle_scratch[8];         /* read target while IDLE: any byte means the conn is unusable */
 };
 
-/* Sets up the per-worker state of one configured upstream (resolving endpoint names now).
- * gauges (may be NULL): per endpoint, where its pool reports connection counts. */
+/* Sets up the per-worker state of one configured upstream and starts looking up endpoint names
+ * (without waiting: a connection to an endpoint whose name is not answered yet waits for the
+ * answer, within timeouts.connect). gauges (may be NULL): per endpoint, where its pool reports
+ * connection counts. On failure (BH_ENOMEM) as on success, up must be closed with
+ * bh_upstream_close() and the loop run until its callback. */
 BH_MUST_CHECK int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
                                    const bh_upstream_env_t *env, bh_upstream_shared_t *shared,
                                    bh_pool_gauges_t *const *gauges);
 
 /* Picks an endpoint for a new attempt: among those not ejected and healthy (all of them when
- * none is: panic), by the configured balance policy, avoiding prefer_not (the endpoint whose
+ * none is: panic), the ones with a usable address (numeric, or a name that resolves) if any,
+ * else the ones whose name has not answered yet (the attempt waits for it), else all of them;
+ * by the configured balance policy, avoiding prefer_not (the endpoint whose
  * attempt just failed; BH_BALANCE_NONE for none) when another one is eligible. The attempt counts
  * as in flight on the endpoint (for least_request) from here, while it waits for a connection or
  * connects too, until bh_upstream_unpick(). */
@@ -144,7 +160,8 @@ void bh_upconn_read_stop(bh_upconn_t *uc);
  * alive, and nothing unread. Any unread buffer is dropped. */
 void bh_upconn_release(bh_upconn_t *uc, bool reusable);
 
-/* Begins closing every pool; cb runs once every connection and timer is closed. Connections
+/* Begins closing every pool; cb runs once every connection and timer is closed and every name
+ * lookup has returned (one already running on the threadpool cannot be cancelled). Connections
  * still BUSY are closed when released. */
 void bh_upstream_close(bh_upstream_t *up, void (*cb)(bh_upstream_t *up));
 
