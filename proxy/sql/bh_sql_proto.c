@@ -13,7 +13,7 @@
 #include <string.h>
 #include <jansson.h>
 #include "bh_alloc.h"
-#include "bh_sql_proto.h"
+#include "bh_sql_proto_int.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* errors */
@@ -44,10 +44,7 @@ const char *bh_sql_strerror(int err)
     }
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
+void bh__sql_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err == NULL || errlen == 0)
         return;
@@ -167,11 +164,11 @@ int bh_sql_headers_check(const bh_sql_headers_t *h, char *err, size_t errlen)
             ok = false;
     }
     if (!ok) {
-        set_err(err, errlen, "invalid header: neon-connection-string");
+        bh__sql_set_err(err, errlen, "invalid header: neon-connection-string");
         return BH_SQL_EHEADER;
     }
     if (h->isolation == BH_SQL_ISO_INVALID) {
-        set_err(err, errlen, "invalid isolation level");
+        bh__sql_set_err(err, errlen, "invalid isolation level");
         return BH_SQL_EISOLATION;
     }
     return 0;
@@ -296,19 +293,19 @@ int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *e
     /* scheme */
     const char *colon = memchr(s, ':', n);
     if (colon == NULL || colon == s) {
-        set_err(err, errlen, "invalid connection string: relative URL without a base");
+        bh__sql_set_err(err, errlen, "invalid connection string: relative URL without a base");
         return BH_SQL_ECONNSTR;
     }
     size_t slen = (size_t)(colon - s);
     if (!((slen == 8 && strncasecmp(s, "postgres", 8) == 0) ||
           (slen == 10 && strncasecmp(s, "postgresql", 10) == 0))) {
-        set_err(err, errlen, "incorrect scheme");
+        bh__sql_set_err(err, errlen, "incorrect scheme");
         return BH_SQL_ECONNSTR;
     }
     const char *p = colon + 1;
     if (end - p < 2 || p[0] != '/' || p[1] != '/') {
         /* "postgres:db" has no authority and no hierarchical path */
-        set_err(err, errlen, "missing database name");
+        bh__sql_set_err(err, errlen, "missing database name");
         return BH_SQL_ECONNSTR;
     }
     p += 2;
@@ -330,25 +327,25 @@ int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *e
     if (hp < auth_end && *hp == '[') {
         const char *rb = memchr(hp, ']', (size_t)(auth_end - hp));
         if (rb == NULL) {
-            set_err(err, errlen, "invalid connection string: invalid IPv6 address");
+            bh__sql_set_err(err, errlen, "invalid connection string: invalid IPv6 address");
             return BH_SQL_ECONNSTR;
         }
         host = hp + 1;
         host_end = rb;
         for (const char *q = host; q < host_end; q++) {
             if (!(hexval(*q) >= 0 || *q == ':' || *q == '.')) {
-                set_err(err, errlen, "invalid connection string: invalid IPv6 address");
+                bh__sql_set_err(err, errlen, "invalid connection string: invalid IPv6 address");
                 return BH_SQL_ECONNSTR;
             }
         }
         if (host == host_end) {
-            set_err(err, errlen, "invalid connection string: invalid IPv6 address");
+            bh__sql_set_err(err, errlen, "invalid connection string: invalid IPv6 address");
             return BH_SQL_ECONNSTR;
         }
         v6 = true;
         if (rb + 1 < auth_end) {
             if (rb[1] != ':') {
-                set_err(err, errlen, "invalid connection string: invalid IPv6 address");
+                bh__sql_set_err(err, errlen, "invalid connection string: invalid IPv6 address");
                 return BH_SQL_ECONNSTR;
             }
             port_s = rb + 2;
@@ -361,7 +358,7 @@ int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *e
             port_s = host_end + 1;
         for (const char *q = host; q < host_end; q++) {
             if (!host_char(*q)) {
-                set_err(err, errlen, "invalid connection string: invalid domain character");
+                bh__sql_set_err(err, errlen, "invalid connection string: invalid domain character");
                 return BH_SQL_ECONNSTR;
             }
         }
@@ -372,7 +369,7 @@ int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *e
         port = 0;
         for (const char *q = port_s; q < port_end; q++) {
             if (*q < '0' || *q > '9' || (port = port * 10 + (uint32_t)(*q - '0')) > 65535) {
-                set_err(err, errlen, "invalid connection string: invalid port number");
+                bh__sql_set_err(err, errlen, "invalid connection string: invalid port number");
                 return BH_SQL_ECONNSTR;
             }
         }
@@ -429,7 +426,7 @@ int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *e
     if (bad != NULL) {
         bh_free(mem);
         memset(out, 0, sizeof(*out));
-        set_err(err, errlen, "invalid connection string: %s", bad);
+        bh__sql_set_err(err, errlen, "invalid connection string: %s", bad);
         return BH_SQL_ECONNSTR;
     }
     size_t hlen = (size_t)(host_end - host);
@@ -469,7 +466,7 @@ int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *e
         missing = "missing hostname";
     if (missing != NULL) {
         bh_sql_connstr_free(out);
-        set_err(err, errlen, "%s", missing);
+        bh__sql_set_err(err, errlen, "%s", missing);
         return BH_SQL_ECONNSTR;
     }
     return 0;
@@ -479,279 +476,6 @@ void bh_sql_connstr_free(bh_sql_connstr_t *c)
 {
     bh_free(c->mem_);
     memset(c, 0, sizeof(*c));
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* the bounded output buffer */
-
-enum { ST_IDLE, ST_BATCH, ST_ROWS, ST_DONE };
-
-void bh_sql_out_init(bh_sql_out_t *o, size_t max_bytes)
-{
-    memset(o, 0, sizeof(*o));
-    o->max = max_bytes;
-}
-
-static void set_max(bh_sql_out_t *o, size_t max)
-{
-    o->max = max;
-    o->lim_ = o->cap < max ? o->cap : max;
-}
-
-void bh_sql_out_reset(bh_sql_out_t *o)
-{
-    o->n = 0;
-    o->err = 0;
-    o->state_ = ST_IDLE;
-    o->batch_ = false;
-    o->nresults_ = 0;
-    o->nrows_ = 0;
-}
-
-void bh_sql_out_free(bh_sql_out_t *o)
-{
-    bh_free(o->p);
-    size_t max = o->max;
-    bh_sql_out_init(o, max);
-}
-
-char *bh_sql_out_take(bh_sql_out_t *o, size_t *len)
-{
-    char *p = o->p;
-    *len = o->n;
-    o->p = NULL;
-    o->cap = 0;
-    o->lim_ = 0;
-    bh_sql_out_reset(o);
-    return p;
-}
-
-/* Slow path of reserve: grows the buffer (doubling, never past max). */
-static bool grow(bh_sql_out_t *o, size_t k)
-{
-    if (o->err != 0)
-        return false;
-    if (k > o->max - o->n || o->n + k < o->n) {
-        o->err = BH_SQL_ETOO_LARGE;
-        return false;
-    }
-    size_t want = o->n + k;
-    size_t cap = o->cap ? o->cap : 1024;
-    while (cap < want)
-        cap = cap > SIZE_MAX / 2 ? want : cap * 2;
-    if (cap > o->max)
-        cap = o->max;
-    char *p = bh_realloc(o->p, cap);
-    if (p == NULL) {
-        o->err = BH_ENOMEM;
-        return false;
-    }
-    o->p = p;
-    o->cap = cap;
-    o->lim_ = cap < o->max ? cap : o->max;
-    return true;
-}
-
-static inline bool reserve(bh_sql_out_t *o, size_t k)
-{
-    if (o->err == 0 && k <= o->lim_ - o->n)
-        return true;
-    return grow(o, k);
-}
-
-static inline void put(bh_sql_out_t *o, const void *p, size_t k)
-{
-    if (reserve(o, k)) {
-        memcpy(o->p + o->n, p, k);
-        o->n += k;
-    }
-}
-
-static inline void putc_(bh_sql_out_t *o, char c)
-{
-    if (reserve(o, 1))
-        o->p[o->n++] = c;
-}
-
-#define PUTLIT(o, lit) put((o), "" lit, sizeof(lit) - 1)
-
-static void put_str(bh_sql_out_t *o, const char *s)
-{
-    put(o, s, strlen(s));
-}
-
-static void put_i64(bh_sql_out_t *o, int64_t v)
-{
-    char tmp[24];
-    size_t i = sizeof(tmp);
-    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    if (v < 0)
-        tmp[--i] = '-';
-    put(o, tmp + i, sizeof(tmp) - i);
-}
-
-/* 0: copy; 1: non-ASCII (validate); other: the letter after '\'; 'u': \u00xx */
-static const unsigned char esc_tab[256] = {
-    ['\0'] = 'u', [0x01] = 'u', [0x02] = 'u', [0x03] = 'u',  [0x04] = 'u',        [0x05] = 'u',
-    [0x06] = 'u', [0x07] = 'u', ['\b'] = 'b', ['\t'] = 't',  ['\n'] = 'n',        [0x0b] = 'u',
-    ['\f'] = 'f', ['\r'] = 'r', [0x0e] = 'u', [0x0f] = 'u',  [0x10] = 'u',        [0x11] = 'u',
-    [0x12] = 'u', [0x13] = 'u', [0x14] = 'u', [0x15] = 'u',  [0x16] = 'u',        [0x17] = 'u',
-    [0x18] = 'u', [0x19] = 'u', [0x1a] = 'u', [0x1b] = 'u',  [0x1c] = 'u',        [0x1d] = 'u',
-    [0x1e] = 'u', [0x1f] = 'u', ['"'] = '"',  ['\\'] = '\\', [0x80 ... 0xff] = 1,
-};
-
-/* Length of the valid UTF-8 sequence at s (s[0] >= 0x80), or 0 when invalid (overlong,
- * surrogate, above U+10FFFF, truncated). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    if (c >= 0xc2 && c <= 0xdf)
-        return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
-    if (c >= 0xe0 && c <= 0xef) {
-        if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0))
-            return 0;
-        return 3;
-    }
-    if (c >= 0xf0 && c <= 0xf4) {
-        if (n < 4 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90))
-            return 0;
-        return 4;
-    }
-    return 0;
-}
-
-/* The body of a JSON string (no quotes), escaped as serde_json does. Invalid UTF-8 sets
- * BH_SQL_EBAD_UTF8. */
-static void put_escaped(bh_sql_out_t *o, const char *str, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0, run = 0;
-    while (i < n) {
-        unsigned char e = esc_tab[s[i]];
-        if (e == 0) {
-            i++;
-            continue;
-        }
-        if (e == 1) {
-            size_t k = utf8_seq(s + i, n - i);
-            if (k == 0) {
-                if (o->err == 0)
-                    o->err = BH_SQL_EBAD_UTF8;
-                return;
-            }
-            i += k;
-            continue;
-        }
-        put(o, s + run, i - run);
-        if (e == 'u') {
-            char u[6] = {'\\', 'u', '0', '0', hex[s[i] >> 4], hex[s[i] & 15]};
-            put(o, u, 6);
-        } else {
-            char b[2] = {'\\', (char)e};
-            put(o, b, 2);
-        }
-        run = ++i;
-    }
-    put(o, s + run, n - run);
-}
-
-static void put_jstr(bh_sql_out_t *o, const char *s, size_t n)
-{
-    /* one reservation covers the common case of nothing to escape */
-    if (!reserve(o, n + 2))
-        return;
-    o->p[o->n++] = '"';
-    put_escaped(o, s, n);
-    putc_(o, '"');
-}
-
-static void put_jstrz(bh_sql_out_t *o, const char *s)
-{
-    put_jstr(o, s, strlen(s));
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* floats as serde_json prints them (ryu's "pretty" format) */
-
-/* Shortest round-trip digits of a finite non-zero |d|: writes them to digits (no dot, no
- * trailing zeros) and returns their count; *e10 is the decimal exponent of the first digit. */
-static int shortest_digits(double d, char digits[20], int *e10)
-{
-    char buf[40];
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(buf, sizeof(buf), "%.*e", prec - 1, d);
-        if (strtod(buf, NULL) == d || prec == 17)
-            break;
-    }
-    int nd = 0;
-    const char *q = buf;
-    for (; *q && *q != 'e'; q++)
-        if (*q >= '0' && *q <= '9')
-            digits[nd++] = *q;
-    *e10 = atoi(q + 1);
-    while (nd > 1 && digits[nd - 1] == '0')
-        nd--;
-    digits[nd] = '\0';
-    return nd;
-}
-
-/* Writes d (finite) into buf in ryu's pretty format: 1.0, 2.5, 1000.0, 0.001, 1e100, 1.5e-7. */
-static size_t fmt_double(double d, char buf[40])
-{
-    size_t i = 0;
-    if (signbit(d)) {
-        buf[i++] = '-';
-        d = -d;
-    }
-    if (d == 0) {
-        memcpy(buf + i, "0.0", 4);
-        return i + 3;
-    }
-    char dg[20];
-    int e10;
-    int len = shortest_digits(d, dg, &e10);
-    int kk = e10 + 1; /* 10^(kk-1) <= d < 10^kk */
-    int k = kk - len; /* exponent of the last digit */
-    if (k >= 0 && kk <= 16) {
-        memcpy(buf + i, dg, (size_t)len);
-        i += (size_t)len;
-        for (int z = len; z < kk; z++)
-            buf[i++] = '0';
-        buf[i++] = '.';
-        buf[i++] = '0';
-    } else if (kk > 0 && kk <= 16) {
-        memcpy(buf + i, dg, (size_t)kk);
-        i += (size_t)kk;
-        buf[i++] = '.';
-        memcpy(buf + i, dg + kk, (size_t)(len - kk));
-        i += (size_t)(len - kk);
-    } else if (kk > -5 && kk <= 0) {
-        buf[i++] = '0';
-        buf[i++] = '.';
-        for (int z = kk; z < 0; z++)
-            buf[i++] = '0';
-        memcpy(buf + i, dg, (size_t)len);
-        i += (size_t)len;
-    } else {
-        buf[i++] = dg[0];
-        if (len > 1) {
-            buf[i++] = '.';
-            memcpy(buf + i, dg + 1, (size_t)(len - 1));
-            i += (size_t)(len - 1);
-        }
-        i += (size_t)snprintf(buf + i, 8, "e%d", kk - 1);
-    }
-    buf[i] = '\0';
-    return i;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -814,48 +538,48 @@ static void put_json_object(bh_sql_out_t *o, json_t *v)
     json_t *val;
     json_object_foreach(v, key, val) keys[i++] = key;
     qsort(keys, n, sizeof(*keys), cmp_keys);
-    putc_(o, '{');
+    bh__sql_putc(o, '{');
     for (i = 0; i < n; i++) {
         if (i > 0)
-            putc_(o, ',');
-        put_jstrz(o, keys[i]);
-        putc_(o, ':');
+            bh__sql_putc(o, ',');
+        bh__sql_put_jstrz(o, keys[i]);
+        bh__sql_putc(o, ':');
         put_json_value(o, json_object_get(v, keys[i]));
     }
-    putc_(o, '}');
+    bh__sql_putc(o, '}');
     bh_free(keys);
 }
 
 static void put_json_value(bh_sql_out_t *o, json_t *v)
 {
-    char buf[40];
+    char buf[BH__SQL_DOUBLE_MAX];
     switch (json_typeof(v)) {
     case JSON_NULL:
-        PUTLIT(o, "null");
+        BH__SQL_PUTLIT(o, "null");
         break;
     case JSON_TRUE:
-        PUTLIT(o, "true");
+        BH__SQL_PUTLIT(o, "true");
         break;
     case JSON_FALSE:
-        PUTLIT(o, "false");
+        BH__SQL_PUTLIT(o, "false");
         break;
     case JSON_INTEGER:
-        put_i64(o, (int64_t)json_integer_value(v));
+        bh__sql_put_i64(o, (int64_t)json_integer_value(v));
         break;
     case JSON_REAL:
-        put(o, buf, fmt_double(json_real_value(v), buf));
+        bh__sql_put(o, buf, bh__sql_fmt_double(json_real_value(v), buf));
         break;
     case JSON_STRING:
-        put_jstr(o, json_string_value(v), json_string_length(v));
+        bh__sql_put_jstr(o, json_string_value(v), json_string_length(v));
         break;
     case JSON_ARRAY: {
-        putc_(o, '[');
+        bh__sql_putc(o, '[');
         for (size_t i = 0; i < json_array_size(v); i++) {
             if (i > 0)
-                putc_(o, ',');
+                bh__sql_putc(o, ',');
             put_json_value(o, json_array_get(v, i));
         }
-        putc_(o, ']');
+        bh__sql_putc(o, ']');
         break;
     }
     case JSON_OBJECT:
@@ -871,7 +595,7 @@ static void put_pg_array(bh_sql_out_t *o, json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_NULL:
-        PUTLIT(o, "NULL");
+        BH__SQL_PUTLIT(o, "NULL");
         break;
     case JSON_OBJECT: {
         bh_sql_out_t tmp;
@@ -879,18 +603,18 @@ static void put_pg_array(bh_sql_out_t *o, json_t *v)
         put_json_object(&tmp, v);
         if (tmp.err != 0 && o->err == 0)
             o->err = tmp.err;
-        put_jstr(o, tmp.p ? tmp.p : "", tmp.n);
+        bh__sql_put_jstr(o, tmp.p ? tmp.p : "", tmp.n);
         bh_sql_out_free(&tmp);
         break;
     }
     case JSON_ARRAY:
-        putc_(o, '{');
+        bh__sql_putc(o, '{');
         for (size_t i = 0; i < json_array_size(v); i++) {
             if (i > 0)
-                putc_(o, ',');
+                bh__sql_putc(o, ',');
             put_pg_array(o, json_array_get(v, i));
         }
-        putc_(o, '}');
+        bh__sql_putc(o, '}');
         break;
     default:
         put_json_value(o, v);
@@ -962,8 +686,9 @@ static int fill_query(chunk_t **arena, bh_sql_out_t *tmp, json_t *v, bh_sql_quer
     json_t *params = json_object_get(v, "params");
     size_t np = params ? json_array_size(params) : 0;
     if (np > 65535) {
-        set_err(err, errlen,
-                "could not parse the HTTP request body: too many parameters (%zu, max 65535)", np);
+        bh__sql_set_err(
+            err, errlen,
+            "could not parse the HTTP request body: too many parameters (%zu, max 65535)", np);
         return BH_SQL_EBODY;
     }
     const char **vals = arena_alloc(arena, (np ? np : 1) * sizeof(*vals));
@@ -1042,8 +767,9 @@ int bh_sql_parse_body(const char *json, size_t n, bh_sql_request_t **out, char *
     if (root == NULL) {
         if (json_error_code(&jerr) == json_error_out_of_memory)
             return BH_ENOMEM;
-        set_err(err, errlen, "could not parse the HTTP request body: %s at line %d column %d",
-                jerr.text, jerr.line, jerr.column);
+        bh__sql_set_err(err, errlen,
+                        "could not parse the HTTP request body: %s at line %d column %d", jerr.text,
+                        jerr.line, jerr.column);
         return BH_SQL_EBODY;
     }
     json_t *queries = NULL;
@@ -1055,9 +781,9 @@ int bh_sql_parse_body(const char *json, size_t n, bh_sql_request_t **out, char *
             ok = is_single(json_array_get(queries, i));
         if (!ok) {
             json_decref(root);
-            set_err(err, errlen,
-                    "could not parse the HTTP request body: data did not match any "
-                    "variant of untagged enum Payload");
+            bh__sql_set_err(err, errlen,
+                            "could not parse the HTTP request body: data did not match any "
+                            "variant of untagged enum Payload");
             return BH_SQL_EBODY;
         }
     }
@@ -1162,15 +888,15 @@ static void put_pg_array_literal(bh_sql_out_t *o, const char *s, size_t n, size_
     size_t count = 0;
     bool quote = false, quoted = false;
     size_t start = scratch->n; /* this level's entry occupies scratch[start..) */
-    putc_(o, '[');
+    bh__sql_putc(o, '[');
 #define PUSH_ENTRY(force)                                                                          \
     do {                                                                                           \
         size_t len_ = scratch->n - start;                                                          \
         if ((force) || len_ > 0) {                                                                 \
             if (count++ > 0)                                                                       \
-                putc_(o, ',');                                                                     \
+                bh__sql_putc(o, ',');                                                              \
             if (!quoted && len_ == 4 && memcmp(scratch->p + start, "NULL", 4) == 0)                \
-                PUTLIT(o, "null");                                                                 \
+                BH__SQL_PUTLIT(o, "null");                                                         \
             else                                                                                   \
                 put_pg_value(o, scratch->p ? scratch->p + start : "", len_, elem);                 \
         }                                                                                          \
@@ -1186,7 +912,7 @@ static void put_pg_array_literal(bh_sql_out_t *o, const char *s, size_t n, size_
         }
         if (!quote && !escaped && c == '{') {
             if (count++ > 0)
-                putc_(o, ',');
+                bh__sql_putc(o, ',');
             size_t sub = i - 1;
             put_pg_array_literal(o, s, n, &sub, elem, scratch);
             i = sub;
@@ -1202,30 +928,30 @@ static void put_pg_array_literal(bh_sql_out_t *o, const char *s, size_t n, size_
         } else if (!quote && !escaped && c == ',') {
             PUSH_ENTRY(false);
         } else {
-            putc_(scratch, c);
+            bh__sql_putc(scratch, c);
         }
     }
 #undef PUSH_ENTRY
     scratch->n = start;
-    putc_(o, ']');
+    bh__sql_putc(o, ']');
     *pos = i;
 }
 
 /* One non-NULL value in non-raw mode (section 5.2). */
 static void put_pg_value(bh_sql_out_t *o, const char *s, size_t n, Oid type)
 {
-    char buf[40];
+    char buf[BH__SQL_DOUBLE_MAX];
     switch (type) {
     case OID_BOOL:
         if (n == 1 && s[0] == 't')
-            PUTLIT(o, "true");
+            BH__SQL_PUTLIT(o, "true");
         else
-            PUTLIT(o, "false");
+            BH__SQL_PUTLIT(o, "false");
         return;
     case OID_INT2:
     case OID_INT4:
         if (is_int_text(s, n)) {
-            put(o, s, n);
+            bh__sql_put(o, s, n);
             return;
         }
         break;
@@ -1239,12 +965,12 @@ static void put_pg_value(bh_sql_out_t *o, const char *s, size_t n, Oid type)
         double d = strtod(buf, &end);
         if (*end != '\0' || !isfinite(d))
             break;
-        put(o, buf, fmt_double(d, buf));
+        bh__sql_put(o, buf, bh__sql_fmt_double(d, buf));
         return;
     }
     case OID_JSON:
     case OID_JSONB:
-        put(o, s, n); /* verbatim, as Neon */
+        bh__sql_put(o, s, n); /* verbatim, as Neon */
         return;
     default: {
         Oid elem = array_elem(type);
@@ -1267,7 +993,7 @@ static void put_pg_value(bh_sql_out_t *o, const char *s, size_t n, Oid type)
         break;
     }
     }
-    put_jstr(o, s, n);
+    bh__sql_put_jstr(o, s, n);
 }
 
 static int state_err(bh_sql_out_t *o)
@@ -1281,10 +1007,10 @@ int bh_sql_batch_begin(bh_sql_out_t *o)
 {
     if (o->err != 0)
         return o->err;
-    if (o->state_ != ST_IDLE)
+    if (o->state_ != BH__SQL_ST_IDLE)
         return state_err(o);
-    PUTLIT(o, "{\"results\":[");
-    o->state_ = ST_BATCH;
+    BH__SQL_PUTLIT(o, "{\"results\":[");
+    o->state_ = BH__SQL_ST_BATCH;
     o->batch_ = true;
     o->nresults_ = 0;
     return o->err;
@@ -1294,10 +1020,10 @@ int bh_sql_batch_end(bh_sql_out_t *o)
 {
     if (o->err != 0)
         return o->err;
-    if (o->state_ != ST_BATCH)
+    if (o->state_ != BH__SQL_ST_BATCH)
         return state_err(o);
-    PUTLIT(o, "]}");
-    o->state_ = ST_DONE;
+    BH__SQL_PUTLIT(o, "]}");
+    o->state_ = BH__SQL_ST_DONE;
     return o->err;
 }
 
@@ -1305,34 +1031,34 @@ int bh_sql_result_begin(bh_sql_out_t *o, const PGresult *res, bool raw_text, boo
 {
     if (o->err != 0)
         return o->err;
-    if (o->state_ != ST_IDLE && o->state_ != ST_BATCH)
+    if (o->state_ != BH__SQL_ST_IDLE && o->state_ != BH__SQL_ST_BATCH)
         return state_err(o);
     if (o->batch_ && o->nresults_ > 0)
-        putc_(o, ',');
-    PUTLIT(o, "{\"fields\":[");
+        bh__sql_putc(o, ',');
+    BH__SQL_PUTLIT(o, "{\"fields\":[");
     int nf = res ? PQnfields(res) : 0;
     for (int i = 0; i < nf; i++) {
         if (i > 0)
-            putc_(o, ',');
-        PUTLIT(o, "{\"name\":");
-        put_jstrz(o, PQfname(res, i));
-        PUTLIT(o, ",\"dataTypeID\":");
-        put_i64(o, (int64_t)PQftype(res, i));
-        PUTLIT(o, ",\"tableID\":");
-        put_i64(o, (int64_t)PQftable(res, i));
-        PUTLIT(o, ",\"columnID\":");
-        put_i64(o, PQftablecol(res, i));
-        PUTLIT(o, ",\"dataTypeSize\":");
-        put_i64(o, PQfsize(res, i));
-        PUTLIT(o, ",\"dataTypeModifier\":");
-        put_i64(o, PQfmod(res, i));
-        PUTLIT(o, ",\"format\":\"text\"}");
+            bh__sql_putc(o, ',');
+        BH__SQL_PUTLIT(o, "{\"name\":");
+        bh__sql_put_jstrz(o, PQfname(res, i));
+        BH__SQL_PUTLIT(o, ",\"dataTypeID\":");
+        bh__sql_put_i64(o, (int64_t)PQftype(res, i));
+        BH__SQL_PUTLIT(o, ",\"tableID\":");
+        bh__sql_put_i64(o, (int64_t)PQftable(res, i));
+        BH__SQL_PUTLIT(o, ",\"columnID\":");
+        bh__sql_put_i64(o, PQftablecol(res, i));
+        BH__SQL_PUTLIT(o, ",\"dataTypeSize\":");
+        bh__sql_put_i64(o, PQfsize(res, i));
+        BH__SQL_PUTLIT(o, ",\"dataTypeModifier\":");
+        bh__sql_put_i64(o, PQfmod(res, i));
+        BH__SQL_PUTLIT(o, ",\"format\":\"text\"}");
     }
-    PUTLIT(o, "],\"rows\":[");
+    BH__SQL_PUTLIT(o, "],\"rows\":[");
     o->raw_ = raw_text;
     o->array_ = array_mode;
     o->nrows_ = 0;
-    o->state_ = ST_ROWS;
+    o->state_ = BH__SQL_ST_ROWS;
     return o->err;
 }
 
@@ -1340,32 +1066,32 @@ int bh_sql_result_rows(bh_sql_out_t *o, const PGresult *res)
 {
     if (o->err != 0)
         return o->err;
-    if (o->state_ != ST_ROWS)
+    if (o->state_ != BH__SQL_ST_ROWS)
         return state_err(o);
     int nt = PQntuples(res), nf = PQnfields(res);
     for (int r = 0; r < nt && o->err == 0; r++) {
         if (o->nrows_++ > 0)
-            putc_(o, ',');
-        putc_(o, o->array_ ? '[' : '{');
+            bh__sql_putc(o, ',');
+        bh__sql_putc(o, o->array_ ? '[' : '{');
         for (int c = 0; c < nf; c++) {
             if (c > 0)
-                putc_(o, ',');
+                bh__sql_putc(o, ',');
             if (!o->array_) {
-                put_jstrz(o, PQfname(res, c));
-                putc_(o, ':');
+                bh__sql_put_jstrz(o, PQfname(res, c));
+                bh__sql_putc(o, ':');
             }
             if (PQgetisnull(res, r, c)) {
-                PUTLIT(o, "null");
+                BH__SQL_PUTLIT(o, "null");
                 continue;
             }
             const char *v = PQgetvalue(res, r, c);
             size_t len = (size_t)PQgetlength(res, r, c);
             if (o->raw_)
-                put_jstr(o, v, len);
+                bh__sql_put_jstr(o, v, len);
             else
                 put_pg_value(o, v, len, PQftype(res, c));
         }
-        putc_(o, o->array_ ? ']' : '}');
+        bh__sql_putc(o, o->array_ ? ']' : '}');
     }
     return o->err;
 }
@@ -1396,7 +1122,7 @@ int bh_sql_result_end(bh_sql_out_t *o, const char *tag)
 {
     if (o->err != 0)
         return o->err;
-    if (o->state_ != ST_ROWS)
+    if (o->state_ != BH__SQL_ST_ROWS)
         return state_err(o);
     if (tag == NULL)
         tag = "";
@@ -1412,21 +1138,21 @@ int bh_sql_result_end(bh_sql_out_t *o, const char *tag)
             words[nw++] = p + 1;
         }
     }
-    PUTLIT(o, "],\"command\":");
-    put_jstr(o, words[0], lens[0]);
-    PUTLIT(o, ",\"rowCount\":");
+    BH__SQL_PUTLIT(o, "],\"command\":");
+    bh__sql_put_jstr(o, words[0], lens[0]);
+    BH__SQL_PUTLIT(o, ",\"rowCount\":");
     int idx = (lens[0] == 6 && memcmp(words[0], "INSERT", 6) == 0) ? 2 : 1;
     int64_t count;
     if (idx < nw && tag_count(words[idx], lens[idx], &count))
-        put_i64(o, count);
+        bh__sql_put_i64(o, count);
     else
-        PUTLIT(o, "null");
+        BH__SQL_PUTLIT(o, "null");
     if (o->array_)
-        PUTLIT(o, ",\"rowAsArray\":true}");
+        BH__SQL_PUTLIT(o, ",\"rowAsArray\":true}");
     else
-        PUTLIT(o, ",\"rowAsArray\":false}");
+        BH__SQL_PUTLIT(o, ",\"rowAsArray\":false}");
     o->nresults_++;
-    o->state_ = o->batch_ ? ST_BATCH : ST_DONE;
+    o->state_ = o->batch_ ? BH__SQL_ST_BATCH : BH__SQL_ST_DONE;
     return o->err;
 }
 
@@ -1478,29 +1204,29 @@ static int put_error(bh_sql_out_t *o, err_fields_t *f)
 {
     bh_sql_out_reset(o);
     size_t max = o->max;
-    set_max(o, SIZE_MAX); /* error bodies are not bounded by max_response_bytes */
+    bh__sql_set_max(o, SIZE_MAX); /* error bodies are not bounded by max_response_bytes */
     /* position wins over internalPosition/internalQuery (tokio-postgres ErrorPosition) */
     if (f->v[4].p != NULL)
         f->v[5].p = f->v[6].p = NULL;
     else if (f->v[5].p == NULL)
         f->v[6].p = NULL;
     for (size_t i = 0; i < sizeof(err_keys) / sizeof(err_keys[0]); i++) {
-        putc_(o, i == 0 ? '{' : ',');
-        putc_(o, '"');
-        put_str(o, err_keys[i].key);
-        PUTLIT(o, "\":");
+        bh__sql_putc(o, i == 0 ? '{' : ',');
+        bh__sql_putc(o, '"');
+        bh__sql_put_str(o, err_keys[i].key);
+        BH__SQL_PUTLIT(o, "\":");
         bh_span_t s = f->v[i];
         bool always = i == 0 || i == 1 || i == 7; /* message, code, severity */
         if (s.p == NULL && always)
             s = (bh_span_t){"", 0};
         if (s.p == NULL)
-            PUTLIT(o, "null");
+            BH__SQL_PUTLIT(o, "null");
         else
-            put_jstr(o, s.p, s.n);
+            bh__sql_put_jstr(o, s.p, s.n);
     }
-    putc_(o, '}');
-    set_max(o, max);
-    o->state_ = ST_DONE;
+    bh__sql_putc(o, '}');
+    bh__sql_set_max(o, max);
+    o->state_ = BH__SQL_ST_DONE;
     if (o->err == BH_SQL_EBAD_UTF8) {
         /* a Postgres message that is not UTF-8 (SQL_ASCII database): say so instead */
         bh_sql_out_reset(o);
@@ -1556,10 +1282,10 @@ int bh_sql_encode_not_supported(bh_sql_out_t *o)
 {
     bh_sql_out_reset(o);
     size_t max = o->max;
-    set_max(o, SIZE_MAX);
-    PUTLIT(o, "\"" BH_SQL_MSG_NOT_SUPPORTED "\"");
-    set_max(o, max);
-    o->state_ = ST_DONE;
+    bh__sql_set_max(o, SIZE_MAX);
+    BH__SQL_PUTLIT(o, "\"" BH_SQL_MSG_NOT_SUPPORTED "\"");
+    bh__sql_set_max(o, max);
+    o->state_ = BH__SQL_ST_DONE;
     return o->err;
 }
 
