@@ -64,185 +64,244 @@ static bool is_ipv4(const char *s)
     return dots == 3 && digits > 0;
 }
 
+/* Where the parts of the URL lie in the input, before decoding. The ranges are disjoint and
+ * inside s[0..n): that bounds the decoded copies (see bh_sql_parse_connstr). */
+typedef struct url_parts {
+    const char *end;                     /* s + n */
+    const char *auth_end;                /* end of the authority: at '/', '?', '#' or end */
+    const char *userinfo, *userinfo_end; /* before the authority's last '@'; empty without one */
+    const char *host, *host_end;         /* without an IPv6 literal's brackets */
+    const char *db, *db_end;             /* the first path segment, possibly empty */
+    const char *query, *query_end;       /* after the first '?' up to '#'; NULL without '?' */
+    uint32_t port;                       /* 5432 unless has_port */
+    bool has_port, v6;
+} url_parts_t;
+
+/* "postgres://" or "postgresql://", the scheme case-insensitive. *rest: just after the "//".
+ * Returns NULL or the 400 message. */
+static const char *parse_scheme(const char *s, const char *end, const char **rest)
+{
+    const char *colon = memchr(s, ':', (size_t)(end - s));
+    if (colon == NULL || colon == s)
+        return "invalid connection string: relative URL without a base";
+    size_t slen = (size_t)(colon - s);
+    if (!((slen == 8 && strncasecmp(s, "postgres", 8) == 0) ||
+          (slen == 10 && strncasecmp(s, "postgresql", 10) == 0)))
+        return "incorrect scheme";
+    const char *p = colon + 1;
+    if (end - p < 2 || p[0] != '/' || p[1] != '/')
+        return "missing database name"; /* "postgres:db": no authority, no hierarchical path */
+    *rest = p + 2;
+    return NULL;
+}
+
+/* "[v6]" or "[v6]:port" from hp to the end of the authority; *port: where the port starts. */
+static const char *parse_ipv6_host(const char *hp, url_parts_t *u, const char **port)
+{
+    static const char bad[] = "invalid connection string: invalid IPv6 address";
+    const char *rb = memchr(hp, ']', (size_t)(u->auth_end - hp));
+    if (rb == NULL)
+        return bad;
+    u->host = hp + 1;
+    u->host_end = rb;
+    for (const char *q = u->host; q < u->host_end; q++)
+        if (!(hexval(*q) >= 0 || *q == ':' || *q == '.'))
+            return bad;
+    if (u->host == u->host_end)
+        return bad;
+    u->v6 = true;
+    if (rb + 1 < u->auth_end) {
+        if (rb[1] != ':')
+            return bad;
+        *port = rb + 2;
+    }
+    return NULL;
+}
+
+/* A name or IPv4 literal, then an optional ":port" (everything after the first ':'). */
+static const char *parse_reg_host(const char *hp, url_parts_t *u, const char **port)
+{
+    const char *e = hp;
+    while (e < u->auth_end && *e != ':')
+        e++;
+    if (e < u->auth_end)
+        *port = e + 1;
+    u->host = hp;
+    u->host_end = e;
+    for (const char *q = hp; q < e; q++)
+        if (!host_char(*q))
+            return "invalid connection string: invalid domain character";
+    return NULL;
+}
+
+/* Decimal digits from p (NULL: no ':') to the end of the authority, at most 65535. Empty counts
+ * as absent, as in the WHATWG parser. */
+static const char *parse_port(const char *p, url_parts_t *u)
+{
+    u->port = 5432;
+    if (p == NULL || p >= u->auth_end)
+        return NULL;
+    uint32_t port = 0;
+    for (const char *q = p; q < u->auth_end; q++)
+        if (*q < '0' || *q > '9' || (port = port * 10 + (uint32_t)(*q - '0')) > 65535)
+            return "invalid connection string: invalid port number";
+    u->port = port;
+    u->has_port = true;
+    return NULL;
+}
+
+/* "[userinfo@]host[:port]" from p up to '/', '?', '#' or the end. The userinfo ends at the LAST
+ * '@', so a password may contain '@'. Host errors come before port errors. */
+static const char *parse_authority(const char *p, url_parts_t *u)
+{
+    const char *e = p;
+    while (e < u->end && *e != '/' && *e != '?' && *e != '#')
+        e++;
+    u->auth_end = e;
+    const char *at = NULL;
+    for (const char *q = p; q < e; q++)
+        if (*q == '@')
+            at = q;
+    u->userinfo = p;
+    u->userinfo_end = at ? at : p;
+    const char *hp = at ? at + 1 : p, *port = NULL;
+    const char *msg =
+        (hp < e && *hp == '[') ? parse_ipv6_host(hp, u, &port) : parse_reg_host(hp, u, &port);
+    return msg != NULL ? msg : parse_port(port, u);
+}
+
+/* The database is the first path segment after the authority; the query runs from the first '?'
+ * after the authority to the next '#' (so a '?' inside the fragment starts one too). */
+static void find_path_and_query(url_parts_t *u)
+{
+    const char *path = u->auth_end, *path_end = u->auth_end;
+    if (path < u->end && *path == '/') {
+        path++;
+        path_end = path;
+        while (path_end < u->end && *path_end != '/' && *path_end != '?' && *path_end != '#')
+            path_end++;
+    }
+    u->db = path;
+    u->db_end = path_end;
+    const char *qm = memchr(u->auth_end, '?', (size_t)(u->end - u->auth_end));
+    if (qm != NULL) {
+        u->query = qm + 1;
+        u->query_end = memchr(u->query, '#', (size_t)(u->end - u->query));
+        if (u->query_end == NULL)
+            u->query_end = u->end;
+    }
+}
+
+/* Decodes [p, e) at *w as the next NUL-terminated part and moves *w past it. Returns the part, or
+ * NULL (*w unchanged) when it would hold a NUL byte. len: the decoded length, may be NULL. */
+static const char *take_decoded(const char *p, const char *e, bool form, char **w, size_t *len)
+{
+    long k = pct_decode(p, (size_t)(e - p), *w, form);
+    if (k < 0)
+        return NULL;
+    const char *part = *w;
+    *w += k + 1;
+    if (len != NULL)
+        *len = (size_t)k;
+    return part;
+}
+
+/* User (up to the userinfo's first ':'), password (after it; absent without ':') and database,
+ * in that order. Returns NULL or why a part is unusable. */
+static const char *decode_credentials(const url_parts_t *u, char **w, bh_sql_connstr_t *out)
+{
+    const char *sep = memchr(u->userinfo, ':', (size_t)(u->userinfo_end - u->userinfo));
+    out->user = take_decoded(u->userinfo, sep ? sep : u->userinfo_end, false, w, NULL);
+    if (out->user == NULL)
+        return "NUL byte in user name";
+    if (sep != NULL) {
+        out->password = take_decoded(sep + 1, u->userinfo_end, false, w, &out->password_len);
+        if (out->password == NULL)
+            return "NUL byte in password";
+    }
+    out->dbname = take_decoded(u->db, u->db_end, false, w, NULL);
+    if (out->dbname == NULL)
+        return "NUL byte in database name";
+    return NULL;
+}
+
+/* The host is not percent-decoded (host_char admits no '%'), only lowercased. */
+static void copy_host(const url_parts_t *u, char **w, bh_sql_connstr_t *out)
+{
+    size_t n = (size_t)(u->host_end - u->host);
+    for (size_t i = 0; i < n; i++) {
+        char c = u->host[i];
+        (*w)[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+    }
+    (*w)[n] = '\0';
+    out->host = *w;
+    *w += n + 1;
+}
+
+/* The first "application_name=" of the query (exact key) whose value decodes without a NUL byte,
+ * '+' meaning space; every other parameter is ignored. */
+static void find_application_name(const url_parts_t *u, char **w, bh_sql_connstr_t *out)
+{
+    for (const char *q = u->query; q != NULL && q < u->query_end;) {
+        const char *amp = memchr(q, '&', (size_t)(u->query_end - q));
+        const char *pe = amp ? amp : u->query_end;
+        const char *eq = memchr(q, '=', (size_t)(pe - q));
+        if (eq != NULL && eq - q == 16 && memcmp(q, "application_name", 16) == 0) {
+            out->application_name = take_decoded(eq + 1, pe, true, w, NULL);
+            if (out->application_name != NULL)
+                return;
+        }
+        q = amp ? amp + 1 : u->query_end;
+    }
+}
+
+/* Neon's order of checks: database, user, host. */
+static const char *missing_part(const bh_sql_connstr_t *c)
+{
+    if (c->dbname[0] == '\0')
+        return "missing database name";
+    if (c->user[0] == '\0')
+        return "missing username";
+    if (c->host[0] == '\0')
+        return "missing hostname";
+    return NULL;
+}
+
+/* Syntax first (scheme, host, port: nothing allocated), then decoding, then the missing parts. */
 int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
-    const char *end = s + n;
-
-    /* scheme */
-    const char *colon = memchr(s, ':', n);
-    if (colon == NULL || colon == s) {
-        bh__sql_set_err(err, errlen, "invalid connection string: relative URL without a base");
+    url_parts_t u = {.end = s + n};
+    const char *rest = NULL;
+    const char *msg = parse_scheme(s, u.end, &rest);
+    if (msg == NULL)
+        msg = parse_authority(rest, &u);
+    if (msg != NULL) {
+        bh__sql_set_err(err, errlen, "%s", msg);
         return BH_SQL_ECONNSTR;
     }
-    size_t slen = (size_t)(colon - s);
-    if (!((slen == 8 && strncasecmp(s, "postgres", 8) == 0) ||
-          (slen == 10 && strncasecmp(s, "postgresql", 10) == 0))) {
-        bh__sql_set_err(err, errlen, "incorrect scheme");
-        return BH_SQL_ECONNSTR;
-    }
-    const char *p = colon + 1;
-    if (end - p < 2 || p[0] != '/' || p[1] != '/') {
-        /* "postgres:db" has no authority and no hierarchical path */
-        bh__sql_set_err(err, errlen, "missing database name");
-        return BH_SQL_ECONNSTR;
-    }
-    p += 2;
+    find_path_and_query(&u);
 
-    /* authority ends at '/', '?' or '#'; userinfo ends at its last '@' */
-    const char *auth_end = p;
-    while (auth_end < end && *auth_end != '/' && *auth_end != '?' && *auth_end != '#')
-        auth_end++;
-    const char *at = NULL;
-    for (const char *q = p; q < auth_end; q++)
-        if (*q == '@')
-            at = q;
-    const char *ui = p, *ui_end = at ? at : p;
-    const char *hp = at ? at + 1 : p;
-
-    /* host and port */
-    const char *host = hp, *host_end, *port_s = NULL, *port_end = auth_end;
-    bool v6 = false;
-    if (hp < auth_end && *hp == '[') {
-        const char *rb = memchr(hp, ']', (size_t)(auth_end - hp));
-        if (rb == NULL) {
-            bh__sql_set_err(err, errlen, "invalid connection string: invalid IPv6 address");
-            return BH_SQL_ECONNSTR;
-        }
-        host = hp + 1;
-        host_end = rb;
-        for (const char *q = host; q < host_end; q++) {
-            if (!(hexval(*q) >= 0 || *q == ':' || *q == '.')) {
-                bh__sql_set_err(err, errlen, "invalid connection string: invalid IPv6 address");
-                return BH_SQL_ECONNSTR;
-            }
-        }
-        if (host == host_end) {
-            bh__sql_set_err(err, errlen, "invalid connection string: invalid IPv6 address");
-            return BH_SQL_ECONNSTR;
-        }
-        v6 = true;
-        if (rb + 1 < auth_end) {
-            if (rb[1] != ':') {
-                bh__sql_set_err(err, errlen, "invalid connection string: invalid IPv6 address");
-                return BH_SQL_ECONNSTR;
-            }
-            port_s = rb + 2;
-        }
-    } else {
-        host_end = hp;
-        while (host_end < auth_end && *host_end != ':')
-            host_end++;
-        if (host_end < auth_end)
-            port_s = host_end + 1;
-        for (const char *q = host; q < host_end; q++) {
-            if (!host_char(*q)) {
-                bh__sql_set_err(err, errlen, "invalid connection string: invalid domain character");
-                return BH_SQL_ECONNSTR;
-            }
-        }
-    }
-    uint32_t port = 5432;
-    bool has_port = false;
-    if (port_s != NULL && port_s < port_end) {
-        port = 0;
-        for (const char *q = port_s; q < port_end; q++) {
-            if (*q < '0' || *q > '9' || (port = port * 10 + (uint32_t)(*q - '0')) > 65535) {
-                bh__sql_set_err(err, errlen, "invalid connection string: invalid port number");
-                return BH_SQL_ECONNSTR;
-            }
-        }
-        has_port = true;
-    }
-
-    /* path: first segment is the database */
-    const char *path = auth_end, *path_end = auth_end;
-    if (path < end && *path == '/') {
-        path++;
-        path_end = path;
-        while (path_end < end && *path_end != '/' && *path_end != '?' && *path_end != '#')
-            path_end++;
-    }
-    /* query: only application_name */
-    const char *query = NULL, *query_end = NULL;
-    const char *qm = memchr(auth_end, '?', (size_t)(end - auth_end));
-    if (qm != NULL) {
-        query = qm + 1;
-        query_end = memchr(query, '#', (size_t)(end - query));
-        if (query_end == NULL)
-            query_end = end;
-    }
-
-    /* every decoded part fits in n bytes plus its NUL */
+    /* Every part is decoded from its own range of s and decoding never lengthens, so the parts
+     * and their five NULs (user, password, database, host, application_name) fit in n + 8. */
     char *mem = bh_malloc(n + 8);
     if (mem == NULL)
         return BH_ENOMEM;
     char *w = mem;
-    const char *bad = NULL;
-
-    const char *pw_sep = memchr(ui, ':', (size_t)(ui_end - ui));
-    const char *user_end = pw_sep ? pw_sep : ui_end;
-    long len = pct_decode(ui, (size_t)(user_end - ui), w, false);
-    if (len < 0)
-        bad = "NUL byte in user name";
-    out->user = w;
-    w += len + 1;
-    if (bad == NULL && pw_sep != NULL) {
-        len = pct_decode(pw_sep + 1, (size_t)(ui_end - pw_sep - 1), w, false);
-        if (len < 0)
-            bad = "NUL byte in password";
-        out->password = w;
-        out->password_len = (size_t)len;
-        w += len + 1;
-    }
-    if (bad == NULL) {
-        len = pct_decode(path, (size_t)(path_end - path), w, false);
-        if (len < 0)
-            bad = "NUL byte in database name";
-        out->dbname = w;
-        w += len + 1;
-    }
+    const char *bad = decode_credentials(&u, &w, out);
     if (bad != NULL) {
         bh_free(mem);
         memset(out, 0, sizeof(*out));
         bh__sql_set_err(err, errlen, "invalid connection string: %s", bad);
         return BH_SQL_ECONNSTR;
     }
-    size_t hlen = (size_t)(host_end - host);
-    for (size_t i = 0; i < hlen; i++) {
-        char c = host[i];
-        w[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-    }
-    w[hlen] = '\0';
-    out->host = w;
-    w += hlen + 1;
-    for (const char *q = query; q != NULL && q < query_end;) {
-        const char *amp = memchr(q, '&', (size_t)(query_end - q));
-        const char *pe = amp ? amp : query_end;
-        const char *eq = memchr(q, '=', (size_t)(pe - q));
-        if (eq != NULL && eq - q == 16 && memcmp(q, "application_name", 16) == 0 &&
-            out->application_name == NULL) {
-            len = pct_decode(eq + 1, (size_t)(pe - eq - 1), w, true);
-            if (len >= 0) {
-                out->application_name = w;
-                w += len + 1;
-            }
-        }
-        q = amp ? amp + 1 : query_end;
-    }
-    out->port = (uint16_t)port;
-    out->has_port = has_port;
-    out->host_ip = v6 || is_ipv4(out->host);
+    copy_host(&u, &w, out);
+    find_application_name(&u, &w, out);
+    out->port = (uint16_t)u.port;
+    out->has_port = u.has_port;
+    out->host_ip = u.v6 || is_ipv4(out->host);
     out->mem_ = mem;
-
-    /* Neon's order of checks: database, user, host. */
-    const char *missing = NULL;
-    if (out->dbname[0] == '\0')
-        missing = "missing database name";
-    else if (out->user[0] == '\0')
-        missing = "missing username";
-    else if (out->host[0] == '\0')
-        missing = "missing hostname";
+    const char *missing = missing_part(out);
     if (missing != NULL) {
         bh_sql_connstr_free(out);
         bh__sql_set_err(err, errlen, "%s", missing);
