@@ -1,4 +1,4 @@
-/* The Neon SQL-over-HTTP protocol, pure half (proxy/bh_sql_proto.c): every example response of
+/* The Neon SQL-over-HTTP protocol, pure half (proxy/sql/bh_sql_proto.h): every example response of
  * the spec byte for byte, from PGresults built with libpq's PQmakeEmptyPGresult/PQsetResultAttrs/
  * PQsetvalue; parameter conversion; connection strings; bodies; error bodies; the 507 bound. */
 #include <setjmp.h>

@@ -1,22 +1,17 @@
-/* Neon SQL-over-HTTP protocol, pure part: headers, connection string, body, and response bytes.
+/* Success bodies (section 5): {"fields","rows","command","rowCount","rowAsArray"} per result,
+ * {"results":[...]} around a batch, rows written as libpq hands them over (single-row mode) and
+ * values converted to JSON types in non-raw mode (5.2).
  *
  * Byte-exactness comes from Neon's proxy (serde_json + its own writer): compact JSON, fixed key
- * orders, lowercase \u00xx escapes, raw UTF-8, floats in ryu's shortest form. The body encoder is
- * a small state machine (IDLE -> [BATCH] -> RESULT_ROWS -> [BATCH] -> DONE) over one bounded
- * buffer whose errors are sticky, so the caller checks only the last return value. */
-#include <assert.h>
-#include <errno.h>
-#include <stdarg.h>
+ * orders. The encoder is a small state machine on bh_sql_out_t.state_ (IDLE -> [BATCH] -> ROWS ->
+ * [BATCH] -> DONE); a call in the wrong state sets the sticky BH_SQL_ESTATE, so like every other
+ * buffer error it shows in the last return value. */
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <jansson.h>
-#include "bh_alloc.h"
 #include "bh_sql_proto_int.h"
 
-/* ------------------------------------------------------------------------------------------ */
-/* success bodies */
+/* ---- values in non-raw mode (5.2) ---- */
 
 enum {
     OID_BOOL = 16,
@@ -193,6 +188,8 @@ static void put_pg_value(bh_sql_out_t *o, const char *s, size_t n, Oid type)
     }
     bh__sql_put_jstr(o, s, n);
 }
+
+/* ---- results and batches ---- */
 
 static int state_err(bh_sql_out_t *o)
 {
