@@ -1,11 +1,12 @@
-/* The protocol's error codes (BH_SQL_ERRNO_MAP) and its error bodies: the 17-key object of
- * section 6.2 from a Postgres ErrorResponse, from a libpq connect error message, or from a local
- * message, and the bare string "query is not supported".
+/* The protocol's error codes and its error bodies (section 6).
  *
- * An error body replaces whatever the buffer held and is not bounded by max_response_bytes (a 507
- * must still be sayable). message, code and severity are always strings ("" when unknown), every
- * other key is a string or null. A message that is not valid UTF-8 (SQL_ASCII database) turns the
- * whole body into the local error "could not parse postgres response". */
+ * A body is the 17-key object of 6.2, built from a Postgres ErrorResponse, from a libpq connect
+ * error message (parsed here, section 12) or from a local message; or the bare JSON string "query
+ * is not supported". An error body replaces whatever the buffer held and is not bounded by
+ * max_response_bytes (a 507 must still be sayable). message, code and severity are always strings
+ * ("" when unknown), every other key a string or null. A message that is not valid UTF-8
+ * (SQL_ASCII database) turns the whole body into the local error "could not parse postgres
+ * response". */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -49,35 +50,56 @@ void bh__sql_set_err(char *err, size_t errlen, const char *fmt, ...)
 
 /* ---- error bodies (6.2) ---- */
 
-/* The 17 keys of section 6.2 in order, with the ErrorResponse field each comes from ('\0': none,
- * handled separately). */
+/* The 17 keys of section 6.2, in the order they are written. */
+enum {
+    EK_MESSAGE,
+    EK_CODE,
+    EK_DETAIL,
+    EK_HINT,
+    EK_POSITION,
+    EK_INTERNAL_POSITION,
+    EK_INTERNAL_QUERY,
+    EK_SEVERITY,
+    EK_WHERE,
+    EK_TABLE,
+    EK_COLUMN,
+    EK_SCHEMA,
+    EK_DATA_TYPE,
+    EK_CONSTRAINT,
+    EK_FILE,
+    EK_LINE,
+    EK_ROUTINE,
+    EK_COUNT
+};
+
+/* Each key's name and the ErrorResponse field it comes from. */
 static const struct {
     const char *key;
     char field;
-} err_keys[] = {
-    {"message", PG_DIAG_MESSAGE_PRIMARY},
-    {"code", PG_DIAG_SQLSTATE},
-    {"detail", PG_DIAG_MESSAGE_DETAIL},
-    {"hint", PG_DIAG_MESSAGE_HINT},
-    {"position", PG_DIAG_STATEMENT_POSITION},
-    {"internalPosition", PG_DIAG_INTERNAL_POSITION},
-    {"internalQuery", PG_DIAG_INTERNAL_QUERY},
-    {"severity", PG_DIAG_SEVERITY},
-    {"where", PG_DIAG_CONTEXT},
-    {"table", PG_DIAG_TABLE_NAME},
-    {"column", PG_DIAG_COLUMN_NAME},
-    {"schema", PG_DIAG_SCHEMA_NAME},
-    {"dataType", PG_DIAG_DATATYPE_NAME},
-    {"constraint", PG_DIAG_CONSTRAINT_NAME},
-    {"file", PG_DIAG_SOURCE_FILE},
-    {"line", PG_DIAG_SOURCE_LINE},
-    {"routine", PG_DIAG_SOURCE_FUNCTION},
+} err_keys[EK_COUNT] = {
+    [EK_MESSAGE] = {"message", PG_DIAG_MESSAGE_PRIMARY},
+    [EK_CODE] = {"code", PG_DIAG_SQLSTATE},
+    [EK_DETAIL] = {"detail", PG_DIAG_MESSAGE_DETAIL},
+    [EK_HINT] = {"hint", PG_DIAG_MESSAGE_HINT},
+    [EK_POSITION] = {"position", PG_DIAG_STATEMENT_POSITION},
+    [EK_INTERNAL_POSITION] = {"internalPosition", PG_DIAG_INTERNAL_POSITION},
+    [EK_INTERNAL_QUERY] = {"internalQuery", PG_DIAG_INTERNAL_QUERY},
+    [EK_SEVERITY] = {"severity", PG_DIAG_SEVERITY},
+    [EK_WHERE] = {"where", PG_DIAG_CONTEXT},
+    [EK_TABLE] = {"table", PG_DIAG_TABLE_NAME},
+    [EK_COLUMN] = {"column", PG_DIAG_COLUMN_NAME},
+    [EK_SCHEMA] = {"schema", PG_DIAG_SCHEMA_NAME},
+    [EK_DATA_TYPE] = {"dataType", PG_DIAG_DATATYPE_NAME},
+    [EK_CONSTRAINT] = {"constraint", PG_DIAG_CONSTRAINT_NAME},
+    [EK_FILE] = {"file", PG_DIAG_SOURCE_FILE},
+    [EK_LINE] = {"line", PG_DIAG_SOURCE_LINE},
+    [EK_ROUTINE] = {"routine", PG_DIAG_SOURCE_FUNCTION},
 };
 
-/* Field values by ErrorResponse code; NULL = absent. message, code and severity are never NULL
- * when written. */
+/* The value of each key, indexed by EK_*; p == NULL: absent (written as null, except message,
+ * code and severity, which are written as ""). */
 typedef struct err_fields {
-    bh_span_t v[sizeof(err_keys) / sizeof(err_keys[0])];
+    bh_span_t v[EK_COUNT];
 } err_fields_t;
 
 static int put_error(bh_sql_out_t *o, err_fields_t *f)
@@ -86,17 +108,17 @@ static int put_error(bh_sql_out_t *o, err_fields_t *f)
     size_t max = o->max;
     bh__sql_set_max(o, SIZE_MAX); /* error bodies are not bounded by max_response_bytes */
     /* position wins over internalPosition/internalQuery (tokio-postgres ErrorPosition) */
-    if (f->v[4].p != NULL)
-        f->v[5].p = f->v[6].p = NULL;
-    else if (f->v[5].p == NULL)
-        f->v[6].p = NULL;
-    for (size_t i = 0; i < sizeof(err_keys) / sizeof(err_keys[0]); i++) {
+    if (f->v[EK_POSITION].p != NULL)
+        f->v[EK_INTERNAL_POSITION].p = f->v[EK_INTERNAL_QUERY].p = NULL;
+    else if (f->v[EK_INTERNAL_POSITION].p == NULL)
+        f->v[EK_INTERNAL_QUERY].p = NULL;
+    for (size_t i = 0; i < EK_COUNT; i++) {
         bh__sql_putc(o, i == 0 ? '{' : ',');
         bh__sql_putc(o, '"');
         bh__sql_put_str(o, err_keys[i].key);
         BH__SQL_PUTLIT(o, "\":");
         bh_span_t s = f->v[i];
-        bool always = i == 0 || i == 1 || i == 7; /* message, code, severity */
+        bool always = i == EK_MESSAGE || i == EK_CODE || i == EK_SEVERITY;
         if (s.p == NULL && always)
             s = (bh_span_t){"", 0};
         if (s.p == NULL)
@@ -131,13 +153,13 @@ static size_t trimmed_len(const char *s)
 int bh_sql_encode_pg_error(bh_sql_out_t *o, const PGresult *res)
 {
     err_fields_t f;
-    for (size_t i = 0; i < sizeof(err_keys) / sizeof(err_keys[0]); i++)
+    for (size_t i = 0; i < EK_COUNT; i++)
         f.v[i] = zspan(res ? PQresultErrorField(res, err_keys[i].field) : NULL);
-    if (f.v[0].p == NULL) {
+    if (f.v[EK_MESSAGE].p == NULL) {
         const char *m = res ? PQresultErrorMessage(res) : "";
-        f.v[0] = (bh_span_t){m, trimmed_len(m)};
-        if (f.v[0].n == 0)
-            f.v[0] = zspan("unknown error");
+        f.v[EK_MESSAGE] = (bh_span_t){m, trimmed_len(m)};
+        if (f.v[EK_MESSAGE].n == 0)
+            f.v[EK_MESSAGE] = zspan("unknown error");
     }
     return put_error(o, &f);
 }
@@ -146,7 +168,7 @@ int bh_sql_encode_local_error(bh_sql_out_t *o, const char *message)
 {
     err_fields_t f;
     memset(&f, 0, sizeof(f));
-    f.v[0] = zspan(message);
+    f.v[EK_MESSAGE] = zspan(message);
     return put_error(o, &f);
 }
 
@@ -269,17 +291,17 @@ int bh_sql_encode_conn_error(bh_sql_out_t *o, const char *msg)
     bool db = bh_sql_conn_error_parse(msg, &ce);
     err_fields_t f;
     memset(&f, 0, sizeof(f));
-    f.v[0] = ce.message;
-    if (f.v[0].n == 0)
-        f.v[0] = zspan("could not connect to the database");
+    f.v[EK_MESSAGE] = ce.message;
+    if (f.v[EK_MESSAGE].n == 0)
+        f.v[EK_MESSAGE] = zspan("could not connect to the database");
     if (db) {
-        f.v[1] = ce.code;
-        f.v[2] = ce.detail;
-        f.v[3] = ce.hint;
-        f.v[7] = ce.severity;
-        f.v[14] = ce.file;
-        f.v[15] = ce.line;
-        f.v[16] = ce.routine;
+        f.v[EK_CODE] = ce.code;
+        f.v[EK_DETAIL] = ce.detail;
+        f.v[EK_HINT] = ce.hint;
+        f.v[EK_SEVERITY] = ce.severity;
+        f.v[EK_FILE] = ce.file;
+        f.v[EK_LINE] = ce.line;
+        f.v[EK_ROUTINE] = ce.routine;
     }
     return put_error(o, &f);
 }
