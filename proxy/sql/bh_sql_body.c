@@ -1,8 +1,9 @@
-/* The request body (section 3): {"query","params","arrayMode"} or {"queries":[...]} parsed with
- * jansson into a bh_sql_request_t, every JSON param turned into the text Neon would bind (3.4).
+/* Parsing of the request body and its parameters (section 3).
  *
- * A request and everything it points to (query texts, param arrays, param texts) live in one arena
- * of chunks, freed at once by bh_sql_request_free; no allocation outlives a failed parse. */
+ * {"query","params","arrayMode"} or {"queries":[...]} is read with jansson, and every JSON param
+ * becomes the text Neon would bind (3.4). A request and everything it points to (query texts,
+ * param arrays, param texts) live in one arena of chunks, freed at once by bh_sql_request_free;
+ * nothing allocated survives a failed parse. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -234,8 +235,10 @@ static int fill_query(chunk_t **arena, bh_sql_out_t *tmp, json_t *v, bh_sql_quer
 }
 
 /* jansson refuses integers beyond int64. Neon passes a parameter's number text through as-is, so
- * such an integer is turned into a string holding the same digits (which converts to the same
- * parameter text); only inside a JSON object parameter would it then render quoted. Returns a
+ * every integer of 19 or more digits outside a string is turned into a string holding the same
+ * digits, which converts to the same parameter text. Inside an array param it then renders
+ * quoted, which Postgres reads as the same element; only inside an object param does the text
+ * differ. Quoting adds 2 bytes per number of at least 19, so n * 3 + 1 bytes are plenty. Returns a
  * new buffer (bh_free) or NULL. */
 static char *quote_big_integers(const char *json, size_t n, size_t *out_n)
 {

@@ -1,5 +1,8 @@
-/* The Neon-Connection-String header (section 2.1): a postgres:// URL parsed into user, password,
- * database, host and port, percent-decoded as Neon's proxy does. */
+/* Parsing of the Neon-Connection-String header, a postgres:// URL (section 2.1).
+ *
+ * User, password and database are percent-decoded as Neon's proxy does (invalid escapes stay
+ * literal); the host is lowercased, never decoded; of the query only application_name is read.
+ * Errors are the 400 messages of section 6.1, in Neon's order (see bh_sql_parse_connstr). */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>

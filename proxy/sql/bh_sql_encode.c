@@ -1,11 +1,13 @@
-/* Success bodies (section 5): {"fields","rows","command","rowCount","rowAsArray"} per result,
- * {"results":[...]} around a batch, rows written as libpq hands them over (single-row mode) and
- * values converted to JSON types in non-raw mode (5.2).
+/* Success bodies (section 5): result fields, rows, command tags, and batch framing.
  *
- * Byte-exactness comes from Neon's proxy (serde_json + its own writer): compact JSON, fixed key
- * orders. The encoder is a small state machine on bh_sql_out_t.state_ (IDLE -> [BATCH] -> ROWS ->
- * [BATCH] -> DONE); a call in the wrong state sets the sticky BH_SQL_ESTATE, so like every other
- * buffer error it shows in the last return value. */
+ * One {"fields","rows","command","rowCount","rowAsArray"} object per result and {"results":[...]}
+ * around a batch, rows appended as libpq hands them over (single-row mode), values converted to
+ * JSON types in non-raw mode (5.2). Byte-exactness comes from Neon's proxy (serde_json and its own
+ * writer): compact JSON, fixed key orders.
+ *
+ * The encoder is a state machine on bh_sql_out_t.state_ (IDLE -> [BATCH] -> ROWS -> [BATCH] ->
+ * DONE). A call in the wrong state sets the sticky BH_SQL_ESTATE, so like every other buffer error
+ * it shows in the last return value. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,7 +75,10 @@ static void put_pg_value(bh_sql_out_t *o, const char *s, size_t n, Oid type);
 
 /* A Postgres array literal as a JSON array (Neon pg_array_parse): "[l:u]=" bounds dropped,
  * unquoted NULL -> null, quoted elements unescaped, elements converted with the element type.
- * *pos starts at '{' and ends after the matching '}'. */
+ * *pos starts at '{' and ends after the matching '}'.
+ * scratch collects the current element's unescaped bytes from scratch->n on entry (start); a
+ * nested level uses the space above and gives it back, so scratch->n == start again on return.
+ * quote: inside "..."; quoted: the element was quoted, so "NULL" stays a string. */
 static void put_pg_array_literal(bh_sql_out_t *o, const char *s, size_t n, size_t *pos, Oid elem,
                                  bh_sql_out_t *scratch)
 {

@@ -1,5 +1,6 @@
-/* The HTTP side of the protocol: routing of /sql, the Neon request headers (with the bearer
- * token and the batch's START TRANSACTION they imply), and the header lines of every reply. */
+/* Routing of /sql, the Neon request headers, and the header lines of replies.
+ *
+ * Also what the request headers imply: the bearer token and the batch's START TRANSACTION. */
 #include <stdio.h>
 #include <string.h>
 #include "bh_sql_proto_int.h"

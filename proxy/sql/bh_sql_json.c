@@ -1,6 +1,7 @@
-/* The bounded output buffer of bh_sql_out_t and the JSON writers on it: serde_json's string
- * escaping (lowercase \u00xx, raw UTF-8 validated, '/' and DEL unescaped), plain decimal
- * integers, and floats in ryu's shortest round-trip form.
+/* The bounded body buffer (bh_sql_out_t) and the JSON writers on it.
+ *
+ * Strings are escaped as serde_json does (lowercase \u00xx, UTF-8 validated and copied raw, '/'
+ * and DEL unescaped), integers are plain decimal, floats ryu's shortest round-trip form.
  *
  * Errors are sticky: the first failure (BH_ENOMEM, BH_SQL_ETOO_LARGE, BH_SQL_EBAD_UTF8) is kept in
  * o->err and every later write is a no-op, so a whole body is written without checks and the
@@ -137,6 +138,7 @@ static void put_escaped(bh_sql_out_t *o, const char *str, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *s = (const unsigned char *)str;
+    /* s[run..i) needs no escaping and is copied in one put when an escape or the end comes */
     size_t i = 0, run = 0;
     while (i < n) {
         unsigned char e = esc_tab[s[i]];
