@@ -12,7 +12,13 @@
  *   bh_sql_result_begin / bh_sql_result_rows (any number of times) / bh_sql_result_end;
  *   [bh_sql_batch_end]                                     (5; BH_SQL_ETOO_LARGE -> 507)
  *   on a Postgres error: bh_sql_encode_pg_error (400), connect errors: bh_sql_encode_conn_error.
- *   bh_sql_write_headers for the head (content-type, CORS, neon-request-id, batch echo). */
+ *   bh_sql_write_headers for the head (content-type, CORS, neon-request-id, batch echo).
+ *
+ * Implemented by concern: bh_sql_headers.c (routing, request headers, BEGIN, response heads),
+ * bh_sql_connstr.c (connection string), bh_sql_body.c (request body and params), bh_sql_json.c
+ * (the output buffer, JSON strings and numbers), bh_sql_encode.c (success bodies),
+ * bh_sql_errors.c (error codes and error bodies); their shared internals (bh__sql_*) are in
+ * bh_sql_proto_int.h. */
 #ifndef BH_SQL_PROTO_H
 #define BH_SQL_PROTO_H
 

@@ -1,4 +1,4 @@
-/* The Neon SQL-over-HTTP protocol, pure half (proxy/bh_sql_proto.c): every example response of
+/* The Neon SQL-over-HTTP protocol, pure half (proxy/sql/bh_sql_proto.h): every example response of
  * the spec byte for byte, from PGresults built with libpq's PQmakeEmptyPGresult/PQsetResultAttrs/
  * PQsetvalue; parameter conversion; connection strings; bodies; error bodies; the 507 bound. */
 #include <setjmp.h>
@@ -837,6 +837,75 @@ static void test_body_params(void **state)
     bh_sql_request_free(r);
 }
 
+/* Floats in ryu's pretty format (serde_json), through non-raw float8/float4 columns and through
+ * non-string JSON params; texts that are not a finite float stay strings. */
+static void test_float_format(void **state)
+{
+    nonraw(701, "-2.5", "-2.5");
+    nonraw(701, "-1e-07", "-1e-7");
+    nonraw(701, "-0.0001", "-0.0001");
+    nonraw(701, "100", "100.0");
+    nonraw(701, "12.5", "12.5");
+    nonraw(701, "123456.789", "123456.789");
+    nonraw(701, "0.30000000000000004", "0.30000000000000004");
+    nonraw(701, "1.234e-05", "0.00001234");                /* down to 10^-5: positional */
+    nonraw(701, "1.234e-06", "1.234e-6");                  /* below: exponent */
+    nonraw(701, "9999999999999998", "9999999999999998.0"); /* 16 integer digits: positional */
+    nonraw(701, "12345678901234567", "1.2345678901234568e16");
+    nonraw(701, "1.2345678901234568e+20", "1.2345678901234568e20");
+    nonraw(701, "1e+21", "1e21");
+    nonraw(701, "2.2250738585072014e-308", "2.2250738585072014e-308");
+    nonraw(700, "3.4028235e+38", "3.4028235e38");
+    nonraw(701, "abc", "\"abc\"");
+    nonraw(701, "", "\"\"");
+    nonraw(701, "1.5 ", "\"1.5 \"");
+    nonraw(701, "0.1000000000000000000000000000000000000001",
+           "\"0.1000000000000000000000000000000000000001\""); /* too long to convert */
+    /* int2/int4 that are not plain integers of at most 10 digits stay strings */
+    nonraw(23, "12345678901", "\"12345678901\"");
+    nonraw(23, "-", "\"-\"");
+    nonraw(23, "+5", "\"+5\"");
+    nonraw(21, "1.0", "\"1.0\"");
+
+    bh_sql_request_t *r = NULL;
+    char err[256];
+    const char *body = "{\"query\":\"x\",\"params\":[1.5e300,-2.5,1e-7,123456789.0,1e16,0.5,"
+                       "1e15,-0.001]}";
+    assert_int_equal(bh_sql_parse_body(body, strlen(body), &r, err, sizeof(err)), 0);
+    const char *want[] = {
+        "1.5e300", "-2.5", "1e-7", "123456789.0", "1e16", "0.5", "1000000000000000.0", "-0.001"};
+    assert_int_equal(r->queries[0].nparams, 8);
+    for (int i = 0; i < 8; i++)
+        assert_param(&r->queries[0], i, want[i]);
+    bh_sql_request_free(r);
+}
+
+/* Integers beyond int64 (jansson refuses them) are passed through as their digits; outside strings
+ * only: a string that holds digits is copied as it is. */
+static void test_body_big_integers(void **state)
+{
+    bh_sql_request_t *r = parse_ok(
+        "{\"query\":\"SELECT \\\"12345678901234567890\\\"\",\"params\":[12345678901234567890,"
+        "-9223372036854775809,{\"a\":12345678901234567890},[99999999999999999999],"
+        "\"12345678901234567890\",1000000000000000000,1.5,7]}");
+    const bh_sql_query_t *q = &r->queries[0];
+    assert_string_equal(q->text, "SELECT \"12345678901234567890\"");
+    assert_int_equal(q->nparams, 8);
+    assert_param(q, 0, "12345678901234567890");
+    assert_param(q, 1, "-9223372036854775809");
+    assert_param(q, 2, "{\"a\":\"12345678901234567890\"}"); /* quoted inside an object */
+    assert_param(q, 3, "{\"99999999999999999999\"}");       /* same element for Postgres */
+    assert_param(q, 4, "12345678901234567890");
+    assert_param(q, 5, "1000000000000000000");
+    assert_param(q, 6, "1.5");
+    assert_param(q, 7, "7");
+    bh_sql_request_free(r);
+    /* a float overflow is still a syntax error */
+    parse_fails("{\"query\":\"x\",\"params\":[1e400]}", "could not parse the HTTP request body: ");
+    parse_fails("{\"query\":\"x\",\"params\":[12345678901234567890", /* truncated */
+                "could not parse the HTTP request body: ");
+}
+
 static void test_body_shapes(void **state)
 {
     bh_sql_request_t *r = parse_ok("{\"query\":\"SELECT 1\"}"); /* params optional */
@@ -1050,6 +1119,164 @@ static void test_connstr(void **state)
     }
 }
 
+static void connstr_ok(const char *s, bh_sql_connstr_t *c)
+{
+    char err[128] = "";
+    int rc = bh_sql_parse_connstr(s, strlen(s), c, err, sizeof(err));
+    if (rc != 0)
+        fail_msg("%s: rc %d err [%s]", s, rc, err);
+}
+
+static void connstr_fails(const char *s, const char *want_err)
+{
+    bh_sql_connstr_t c;
+    char err[128] = "";
+    int rc = bh_sql_parse_connstr(s, strlen(s), &c, err, sizeof(err));
+    if (rc != BH_SQL_ECONNSTR || strcmp(err, want_err) != 0)
+        fail_msg("%s: rc %d err [%s], want [%s]", s, rc, err, want_err);
+    assert_null(c.mem_);
+    assert_null(c.user);
+}
+
+/* Ports, IPv6 and IPv4 literals, userinfo, percent-decoding, application_name, and which error
+ * wins when several apply. */
+static void test_connstr_edges(void **state)
+{
+    bh_sql_connstr_t c;
+    connstr_ok("postgres://u@h:0/d", &c);
+    assert_int_equal(c.port, 0);
+    assert_true(c.has_port);
+    bh_sql_connstr_free(&c);
+    assert_null(c.mem_);
+    connstr_ok("postgres://u@h:65535/d", &c);
+    assert_int_equal(c.port, 65535);
+    bh_sql_connstr_free(&c);
+    connstr_fails("postgres://u@h:65536/d", "invalid connection string: invalid port number");
+    connstr_fails("postgres://u@h:1:2/d", "invalid connection string: invalid port number");
+    connstr_fails("postgres://u@h:-1/d", "invalid connection string: invalid port number");
+
+    /* IPv6: brackets dropped, lowercased, optional (possibly empty) port */
+    connstr_ok("postgres://u@[::1]/d", &c);
+    assert_string_equal(c.host, "::1");
+    assert_int_equal(c.port, 5432);
+    assert_false(c.has_port);
+    assert_true(c.host_ip);
+    bh_sql_connstr_free(&c);
+    connstr_ok("postgres://u@[::1]:/d", &c);
+    assert_false(c.has_port);
+    bh_sql_connstr_free(&c);
+    connstr_ok("postgres://u@[FE80::A:1.2.3.4]:7/d", &c);
+    assert_string_equal(c.host, "fe80::a:1.2.3.4");
+    assert_int_equal(c.port, 7);
+    assert_true(c.has_port);
+    bh_sql_connstr_free(&c);
+    connstr_fails("postgres://u@[]/d", "invalid connection string: invalid IPv6 address");
+    connstr_fails("postgres://u@[::1]:x/d", "invalid connection string: invalid port number");
+
+    /* IPv4: four dot-separated groups of 1-3 digits */
+    static const struct {
+        const char *host;
+        bool ip;
+    } v4[] = {
+        {"1.2.3.4", true},     {"127.0.0.1", true}, {"1.2.3", false},  {"1.2.3.4.5", false},
+        {"1234.1.1.1", false}, {"1..2.3", false},   {"1.2.3.", false}, {"a.b.c.d", false},
+        {"localhost", false},  {"1.2.3.4a", false},
+    };
+    for (size_t i = 0; i < sizeof(v4) / sizeof(v4[0]); i++) {
+        char s[128];
+        snprintf(s, sizeof(s), "postgres://u@%s/d", v4[i].host);
+        connstr_ok(s, &c);
+        if (c.host_ip != v4[i].ip)
+            fail_msg("%s: host_ip %d", v4[i].host, c.host_ip);
+        bh_sql_connstr_free(&c);
+    }
+    connstr_ok("postgres://u@a_b~c-d.E/d", &c); /* unreserved characters */
+    assert_string_equal(c.host, "a_b~c-d.e");
+    bh_sql_connstr_free(&c);
+
+    /* userinfo: the first ':' splits user and password; '+' is literal outside the query */
+    connstr_ok("postgres://u:p:q@h/d", &c);
+    assert_string_equal(c.user, "u");
+    assert_string_equal(c.password, "p:q");
+    assert_int_equal(c.password_len, 3);
+    bh_sql_connstr_free(&c);
+    connstr_ok("postgres://%41l%69ce+%4a@h/%", &c);
+    assert_string_equal(c.user, "Alice+J");
+    assert_null(c.password);
+    assert_string_equal(c.dbname, "%");
+    bh_sql_connstr_free(&c);
+    connstr_ok("postgres://u:%E6%97%A5@h/d#frag", &c);
+    assert_int_equal(c.password_len, 3);
+    assert_string_equal(c.dbname, "d");
+    bh_sql_connstr_free(&c);
+    connstr_ok("postgres://u@h/d?x", &c);
+    assert_string_equal(c.dbname, "d");
+    assert_null(c.application_name);
+    bh_sql_connstr_free(&c);
+
+    /* application_name: exact key, first usable occurrence, '+' is a space, up to '#' */
+    static const struct {
+        const char *query;
+        const char *want; /* NULL: absent */
+    } app[] = {
+        {"?application_name=a&application_name=b", "a"},
+        {"?Application_Name=x", NULL},
+        {"?application_name", NULL},
+        {"?application_name=", ""},
+        {"?application_name=x#y&application_name=z", "x"},
+        {"?x=1&&application_name=%41+b", "A b"},
+        {"?application_name=%00&application_name=b", "b"}, /* a NUL cannot reach libpq */
+        {"?application_namex=a", NULL},
+        {"#?application_name=a", "a"}, /* quirk: the query is searched past the fragment */
+    };
+    for (size_t i = 0; i < sizeof(app) / sizeof(app[0]); i++) {
+        char s[128];
+        snprintf(s, sizeof(s), "postgres://u@h/d%s", app[i].query);
+        connstr_ok(s, &c);
+        if (app[i].want == NULL
+                ? c.application_name != NULL
+                : (c.application_name == NULL || strcmp(c.application_name, app[i].want) != 0))
+            fail_msg("%s: application_name [%s]", s,
+                     c.application_name ? c.application_name : "(null)");
+        bh_sql_connstr_free(&c);
+    }
+
+    /* which error wins: scheme, then host and port, then decoding, then database/user/host */
+    connstr_fails(":x", "invalid connection string: relative URL without a base");
+    connstr_fails("postgresql:", "missing database name");
+    connstr_fails("postgresql:/d", "missing database name");
+    connstr_fails("mysql:/d", "incorrect scheme");
+    connstr_fails("postgres://u@h o/", "invalid connection string: invalid domain character");
+    connstr_fails("postgres://u@h:x/", "invalid connection string: invalid port number");
+    connstr_fails("postgres://%00@h/", "invalid connection string: NUL byte in user name");
+    connstr_fails("postgres://u%00:p%00@h/d%00",
+                  "invalid connection string: NUL byte in user name");
+    connstr_fails("postgres://u:p%00@h/d%00", "invalid connection string: NUL byte in password");
+    connstr_fails("postgres://@/", "missing database name");
+    connstr_fails("postgres://@/d", "missing username");
+    connstr_fails("postgres://u@/d", "missing hostname");
+    connstr_fails("postgres://u@[/d", "invalid connection string: invalid IPv6 address");
+
+    /* the message is truncated to errlen; err may be NULL */
+    char small[8];
+    const char *s = "mysql://u@h/d";
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, small, sizeof(small)), BH_SQL_ECONNSTR);
+    assert_string_equal(small, "incorre");
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, NULL, 0), BH_SQL_ECONNSTR);
+    /* not NUL-terminated input: only n bytes are read */
+    s = "postgres://u@h/dXYZ";
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s) - 3, &c, NULL, 0), 0);
+    assert_string_equal(c.dbname, "d");
+    bh_sql_connstr_free(&c);
+    /* out of memory */
+    s = "postgres://u@h/d";
+    bh_alloc_fail_after(1);
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, NULL, 0), BH_ENOMEM);
+    bh_alloc_fail_after(0);
+    assert_null(c.mem_);
+    assert_null(c.user);
+}
+
 /* ---- headers, BEGIN, response heads, routing ---- */
 
 static bh_span_t sp(const char *s)
@@ -1234,6 +1461,87 @@ static void test_route(void **state)
     assert_int_equal(bh_sql_route(sp("POST"), sp("/")), BH_SQL_ROUTE_UNSUPPORTED);
 }
 
+/* Smaller edges of the heads: absent values, control bytes, routing suffixes, an invalid isolation
+ * level in BEGIN, extreme field metadata, a non-UTF-8 error message. */
+static void test_heads_edges(void **state)
+{
+    bh_sql_headers_t h;
+    char err[128];
+    bh_sql_headers_init(&h);
+    bh_sql_header(&h, sp("neon-connection-string"), (bh_span_t){NULL, 0});
+    bh_sql_header(&h, sp("neon-raw-text-output"), (bh_span_t){NULL, 0});
+    assert_non_null(h.connstr.p);
+    assert_int_equal(h.connstr.n, 0);
+    assert_false(h.raw_text);
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    bh_sql_headers_init(&h);
+    bh_sql_header(&h, sp("neon-connection-string"), sp("postgres://u@h/d\t"));
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    bh_sql_headers_init(&h);
+    bh_sql_header(&h, sp("neon-connection-string"), sp("postgres://u@h/d\x7f"));
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    bh_sql_headers_init(&h);
+    bh_sql_header(&h, sp("neon-connection-string"), sp("postgres://u@h/d"));
+    bh_sql_header(&h, sp("neon-batch-isolation-level"), sp("Serializable"));
+    bh_sql_header(&h, sp("neon-batch-isolation-level"), sp("bogus")); /* first wins */
+    bh_sql_header(&h, sp("neon"), sp("true"));
+    assert_int_equal(h.isolation, BH_SQL_ISO_SERIALIZABLE);
+    assert_int_equal(bh_sql_headers_check(&h, NULL, 0), 0);
+    bh_span_t tok;
+    bh_sql_header(&h, sp("authorization"), sp("Bearer "));
+    assert_true(bh_sql_bearer(&h, &tok));
+    assert_int_equal(tok.n, 0);
+    assert_true(bh_sql_token_eq(tok, ""));
+
+    bh_sql_headers_init(&h);
+    bh_sql_header(&h, sp("neon-batch-isolation-level"), sp("bogus"));
+    bh_sql_header(&h, sp("neon-batch-read-only"), sp("true"));
+    char buf[BH_SQL_BEGIN_MAX];
+    assert_int_equal(bh_sql_begin_statement(&h, buf), strlen("START TRANSACTION READ ONLY"));
+    assert_string_equal(buf, "START TRANSACTION READ ONLY");
+    char hb[256];
+    bh_wbuf_t w = {hb, 0, sizeof(hb) - 1, false};
+    bh_sql_write_headers(&w, BH_SQL_REPLY_BATCH_OK, &h, NULL); /* no isolation echo */
+    hb[w.n] = '\0';
+    assert_string_equal(hb, "content-type: application/json\r\n"
+                            "access-control-allow-origin: *\r\n"
+                            "neon-batch-read-only: true\r\n");
+
+    assert_int_equal(bh_sql_route(sp("POST"), sp("/sql#x")), BH_SQL_ROUTE_QUERY);
+    assert_int_equal(bh_sql_route(sp("POST"), sp("/sql?")), BH_SQL_ROUTE_QUERY);
+    assert_int_equal(bh_sql_route(sp("OPTIONS"), sp("/sql?a=b")), BH_SQL_ROUTE_PREFLIGHT);
+    assert_int_equal(bh_sql_route(sp("POST"), sp("")), BH_SQL_ROUTE_UNSUPPORTED);
+    assert_int_equal(bh_sql_route((bh_span_t){NULL, 0}, sp("/sql")), BH_SQL_ROUTE_UNSUPPORTED);
+
+    col_t cols[] = {{"m", 4294967295u, 4294967295u, 32767, -1, 2147483647}};
+    PGresult *r = mkres(1, cols, 0, NULL);
+    check_result(r, true, true, "SELECT 0",
+                 "{\"fields\":[{\"name\":\"m\",\"dataTypeID\":4294967295,\"tableID\":4294967295,"
+                 "\"columnID\":32767,\"dataTypeSize\":-1,\"dataTypeModifier\":2147483647,"
+                 "\"format\":\"text\"}],\"rows\":[],\"command\":\"SELECT\",\"rowCount\":0,"
+                 "\"rowAsArray\":true}");
+    PQclear(r);
+
+    bh_sql_out_t o;
+    bh_sql_out_init(&o, 1 << 20);
+    assert_int_equal(bh_sql_encode_local_error(&o, "bad \xff byte"), 0);
+    assert_non_null(strstr(body_str(&o), "{\"message\":\"could not parse postgres response\","
+                                         "\"code\":\"\","));
+    assert_int_equal(bh_sql_encode_conn_error(&o, ""), 0);
+    assert_non_null(strstr(body_str(&o), "{\"message\":\"could not connect to the database\","));
+    bh_sql_out_free(&o);
+
+    bh_sql_conn_error_t ce;
+    assert_true(bh_sql_conn_error_parse("x failed: FATAL:  28000: no entry\n\tcontinued\n"
+                                        "LOCATION:  routine_only\nLOCATION:  r, file.c\n",
+                                        &ce));
+    assert_true(span_is(ce.routine, "r") && span_is(ce.file, "file.c") && span_is(ce.line, NULL));
+    assert_true(bh_sql_conn_error_parse("x failed: FATAL:  28000: m\nother line\nHINT:  h\n", &ce));
+    assert_true(span_is(ce.hint, NULL)); /* an unknown line ends the scan */
+    assert_string_equal(bh_sql_strerror(-999999), bh_strerror(-999999));
+    assert_int_equal(bh_sql_status(-999999), 500);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1252,13 +1560,17 @@ int main(void)
         cmocka_unit_test(test_local_errors),
         cmocka_unit_test(test_conn_error),
         cmocka_unit_test(test_body_params),
+        cmocka_unit_test(test_float_format),
+        cmocka_unit_test(test_body_big_integers),
         cmocka_unit_test(test_body_shapes),
         cmocka_unit_test(test_out_of_memory),
         cmocka_unit_test(test_connstr),
+        cmocka_unit_test(test_connstr_edges),
         cmocka_unit_test(test_headers),
         cmocka_unit_test(test_begin_statement),
         cmocka_unit_test(test_response_heads),
         cmocka_unit_test(test_route),
+        cmocka_unit_test(test_heads_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -61,7 +61,7 @@ def test_query_in_flight_across_a_reload_finishes(sql_bulkhead, pg):
     assert result and result[0] is not None and result[0].status == 200, result
     assert rows_of(result[0])[0][1] == marker
     # SqlClient sends Neon-Raw-Text-Output: true (and array mode), so the int4 comes as its Postgres
-    # text, a JSON string (spec section 5.1; bh_sql_proto.c put_jstr in raw mode), never the number
+    # text, a JSON string (spec section 5.1; bh_sql_encode.c, raw mode), never the number
     assert rows_of(client.query("SELECT 1")) == [["1"]]
     wait_until(lambda: len(pg.backends(role)) == 1,
                what="the old pool's connection closed once its query ended")
