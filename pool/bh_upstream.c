@@ -299,7 +299,7 @@ static int lookup_start(bh_endpoint_t *ep)
     int rc = uv_getaddrinfo(ep->up->env->loop, &ep->dns, on_resolved, ep->addr->host, port, &hints);
     if (rc == 0) {
         ep->resolving = true;
-        ep->up->open_timers++; /* the lookup must finish before the endpoints are freed */
+        ep->up->pending_closes++; /* the lookup must finish before the endpoints are freed */
     }
     return rc;
 }
@@ -336,7 +336,7 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
      * handles (this one, and the timers of n_eps endpoints, which stays 0 until they exist). */
     uv_timer_init(env->loop, &up->dns_timer);
     up->dns_timer.data = up;
-    up->open_timers = 1;
+    up->pending_closes = 1;
     up->eps = bh_calloc(conf->n_endpoints, sizeof(*up->eps));
     up->in_flight = bh_calloc(conf->n_endpoints, sizeof(*up->in_flight));
     up->eligible = bh_calloc(conf->n_endpoints, sizeof(*up->eligible));
@@ -360,7 +360,7 @@ int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
         ep->pool.gauges = gauges != NULL ? gauges[i] : NULL;
         uv_timer_init(env->loop, &ep->timer);
         ep->timer.data = ep;
-        up->open_timers++;
+        up->pending_closes++;
         if (ep->addr->salen > 0) {
             memcpy(&ep->sa, &ep->addr->sa, ep->addr->salen);
             ep->salen = ep->addr->salen;
@@ -533,7 +533,7 @@ void bh_upstream_retire(bh_upstream_t *up)
 
 static void one_closed(bh_upstream_t *up)
 {
-    if (--up->open_timers == 0) {
+    if (--up->pending_closes == 0) {
         bh_free(up->eps);
         bh_free(up->in_flight);
         bh_free(up->eligible);

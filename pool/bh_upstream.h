@@ -78,7 +78,8 @@ struct bh_upstream {
     bh_balance_t balance;         /* this worker's cursor */
     uint32_t *in_flight;          /* per endpoint: this worker's attempts (bh_upstream_pick) */
     bool *eligible;               /* per endpoint: scratch for picking */
-    unsigned open_timers;         /* endpoint timers, the DNS timer, DNS lookups in flight */
+    unsigned pending_closes;      /* what must end before the close completes: endpoint timers,
+                                   * the DNS timer, DNS lookups in flight */
     uv_timer_t dns_timer;
     bool has_names;
     bool closing;

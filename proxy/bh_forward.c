@@ -475,7 +475,7 @@ static void response_done(bh_fwd_t *f)
 }
 
 /* One step of the response parser. Returns 1 to go on, 0 to stop (the exchange may be over). */
-static int up_parse_step(bh_fwd_t *f, bool *kick)
+static int up_parse_step(bh_fwd_t *f, bool *again)
 {
     bh_upconn_t *uc = f->uc;
     const char *base = uc->rbuf->data + uc->rpos;
@@ -503,7 +503,7 @@ static int up_parse_step(bh_fwd_t *f, bool *kick)
         }
         if (rc == BH_RETRY_SCHEDULED || !f->ex->active || f->phase == PH_TUNNEL)
             return -1;
-        *kick = true;
+        *again = true;
     } else if (reason == RP_PAUSE_MESSAGE) {
         if (f->ex->resp_started) {
             response_done(f);
@@ -527,10 +527,10 @@ static void up_parse(bh_fwd_t *f)
 {
     bh_exchange_t *ex = f->ex;
     bh_conn_t *conn = conn_of(f);
-    bool kick = false; /* after a head, a bodyless message completes without another byte */
-    while (f->uc->rbuf != NULL && (f->uc->rpos < f->uc->rlen || kick)) {
-        kick = false;
-        int rc = up_parse_step(f, &kick);
+    bool again = false; /* after a head, a bodyless message completes without another byte */
+    while (f->uc->rbuf != NULL && (f->uc->rpos < f->uc->rlen || again)) {
+        again = false;
+        int rc = up_parse_step(f, &again);
         if (rc < 0)
             return; /* failed, done, retried or tunneling: the exchange may be over */
         if (rc == 0)
