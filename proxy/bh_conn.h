@@ -38,13 +38,13 @@ typedef struct bh_conn_ops {
 struct bh_conn {
     const bh_conn_ops_t *ops;
     bh_worker_t *w;
-    bh_outq_t out;          /* bytes to the client */
-    llhttp_t *parser;       /* the request parser: version, framing, keep-alive (during a request) */
-    bh_buf_t *rbuf;         /* the read buffer that body bytes point into (NULL when none) */
-    uint32_t rpos, rlen;    /* parsed up to; bytes in rbuf (tunnel_data forwards the rest) */
-    bool closing;           /* the connection is closing: the exchange was aborted */
-    bool close_after;       /* close once the current response is written */
-    char ip[46];            /* the client's address, for X-Forwarded-For and the log */
+    bh_outq_t out;       /* bytes to the client */
+    llhttp_t *parser;    /* the request parser: version, framing, keep-alive (during a request) */
+    bh_buf_t *rbuf;      /* the read buffer that body bytes point into (NULL when none) */
+    uint32_t rpos, rlen; /* parsed up to; bytes in rbuf (tunnel_data forwards the rest) */
+    bool closing;        /* the connection is closing: the exchange was aborted */
+    bool close_after;    /* close once the current response is written */
+    char ip[46];         /* the client's address, for X-Forwarded-For and the log */
 };
 
 static inline bool bh_conn_http11(const bh_conn_t *conn)

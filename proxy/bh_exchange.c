@@ -18,7 +18,6 @@
 #include "bh_router.h"
 #include "bh_sql.h"
 
-
 static uint64_t now_of(const bh_exchange_t *ex)
 {
     return uv_now(&ex->conn->w->loop);
@@ -139,10 +138,10 @@ void bh_exchange_reply(bh_exchange_t *ex, int err, bool close, uint64_t retry_af
 typedef struct req_fields {
     bh_span_t host;
     int nhost;
-    int n_chunked;                  /* "chunked" tokens over every Transfer-Encoding line */
-    bool other_coding;              /* a transfer coding other than chunked */
-    bool conn_upgrade;              /* Connection (not Proxy-Connection) lists "upgrade" */
-    bool h2c;                       /* Upgrade offers h2c */
+    int n_chunked;     /* "chunked" tokens over every Transfer-Encoding line */
+    bool other_coding; /* a transfer coding other than chunked */
+    bool conn_upgrade; /* Connection (not Proxy-Connection) lists "upgrade" */
+    bool h2c;          /* Upgrade offers h2c */
 } req_fields_t;
 
 static bh_span_t trim_ows(bh_span_t t)
@@ -260,8 +259,11 @@ static int read_head(bh_exchange_t *ex, const char *head, size_t head_len, bh_sp
         return n == -2 ? BH_EHEAD_TOO_LARGE : BH_EBAD_REQUEST;
     /* The start line as llhttp read it; never split again here. */
     const char *mname = llhttp_method_name(llhttp_get_method(conn->parser));
-    *req = (bh_request_t){.method = {mname, strlen(mname)}, .head = head, .head_len = head_len,
-                          .hdrs = w->hdrs, .nhdrs = n};
+    *req = (bh_request_t){.method = {mname, strlen(mname)},
+                          .head = head,
+                          .head_len = head_len,
+                          .hdrs = w->hdrs,
+                          .nhdrs = n};
     if (w->alog != NULL)
         ex->log_target = log_target(req->method, target);
     read_fields(conn, req, f);

@@ -22,18 +22,18 @@ typedef struct bh_gen bh_gen_t;
 /* What the head says that every handler needs; spans point into the client's read buffer and
  * are valid during start() only. */
 typedef struct bh_request {
-    bh_span_t method;               /* llhttp's name of the method */
-    bh_span_t path;                 /* origin-form "/path?query" (for "*": "/") */
-    bh_target_t target;             /* the target as received, split */
-    bh_span_t host;                 /* the Host field; p == NULL without one (HTTP/1.0) */
-    const char *head;               /* the whole head, as received */
+    bh_span_t method;   /* llhttp's name of the method */
+    bh_span_t path;     /* origin-form "/path?query" (for "*": "/") */
+    bh_target_t target; /* the target as received, split */
+    bh_span_t host;     /* the Host field; p == NULL without one (HTTP/1.0) */
+    const char *head;   /* the whole head, as received */
     size_t head_len;
-    const bh_hdr_t *hdrs;           /* the head's fields (the worker's scratch array) */
+    const bh_hdr_t *hdrs; /* the head's fields (the worker's scratch array) */
     int nhdrs;
-    uint32_t method_bit;            /* BH_M_* */
-    uint64_t client_timeout_ms;     /* Bulkhead-Timeout; 0: none */
+    uint32_t method_bit;        /* BH_M_* */
+    uint64_t client_timeout_ms; /* Bulkhead-Timeout; 0: none */
     bool expect_continue, idempotency_key;
-    bool upgrade;                   /* a protocol switch bulkhead lets through */
+    bool upgrade; /* a protocol switch bulkhead lets through */
 } bh_request_t;
 
 /* A backend kind. Every function but start may be NULL when the handler has nothing to do. */
@@ -72,29 +72,29 @@ typedef struct bh_handler {
 
 struct bh_exchange {
     bh_conn_t *conn;
-    const bh_handler_t *handler;    /* NULL until routed, and for bulkhead's own replies */
-    void *state;                    /* the handler's (in state_area or its own) */
-    bh_gen_t *gen;                  /* referenced while active */
+    const bh_handler_t *handler; /* NULL until routed, and for bulkhead's own replies */
+    void *state;                 /* the handler's (in state_area or its own) */
+    bh_gen_t *gen;               /* referenced while active */
     const bh_conf_route_t *route;
-    bh_route_cells_t *route_cells;  /* this worker's metrics of the route (or of "no route") */
-    bh_backend_cells_t *up_cells;   /* ... of the upstream or database; NULL before routing */
-    const char *backend;            /* the upstream or database name, for the log */
-    const char *endpoint;           /* the endpoint of the last attempt, for the log */
+    bh_route_cells_t *route_cells; /* this worker's metrics of the route (or of "no route") */
+    bh_backend_cells_t *up_cells;  /* ... of the upstream or database; NULL before routing */
+    const char *backend;           /* the upstream or database name, for the log */
+    const char *endpoint;          /* the endpoint of the last attempt, for the log */
     uint64_t start_ms, deadline_ms;
-    uint64_t start_ns;              /* for the duration histogram (the loop clock is in ms) */
+    uint64_t start_ns;                   /* for the duration histogram (the loop clock is in ms) */
     uint64_t attached_ms, first_byte_ms; /* for the access log: queue_ms, first_byte_ms */
     uint64_t req_body_bytes;
-    uint64_t body_limit;            /* 413 beyond: limits.max_body_bytes (none for /sql) */
-    uint64_t out_at_start;          /* conn->out.total when the request began */
-    char *log_target;               /* method and target for the access log (only when on) */
+    uint64_t body_limit;   /* 413 beyond: limits.max_body_bytes (none for /sql) */
+    uint64_t out_at_start; /* conn->out.total when the request began */
+    char *log_target;      /* method and target for the access log (only when on) */
     unsigned attempts;
-    int last_err;                   /* bulkhead's reply: why */
+    int last_err; /* bulkhead's reply: why */
     int status;
-    bool active;                    /* between head received and exchange end */
-    bool req_done;                  /* the whole request was received */
-    bool resp_started;              /* response bytes went to the client */
+    bool active;       /* between head received and exchange end */
+    bool req_done;     /* the whole request was received */
+    bool resp_started; /* response bytes went to the client */
     bool resp_done;
-    bool local;                     /* bulkhead answered itself; the request body is discarded */
+    bool local; /* bulkhead answered itself; the request body is discarded */
     _Alignas(16) unsigned char state_area[BH_EXCHANGE_STATE_BYTES];
 };
 

@@ -1,0 +1,184 @@
+/* What every attempt of the upstream handler ends with: the outcome classified, recorded for the
+ * endpoint (outlier detection) and the upstream (breaker), then a retry under the budget or
+ * bulkhead's own reply; and the body framing both directions write. */
+#include <string.h>
+#include "bh_alloc.h"
+#include "bh_backoff.h"
+#include "bh_deadline.h"
+#include "bh_forward_int.h"
+#include "bh_log.h"
+#include "bh_retry.h"
+
+/* Ends the current attempt's hold on pool resources. */
+void bh__fwd_drop_attempt(bh_fwd_t *f, bool reusable)
+{
+    if (f->waiting) {
+        bh_pool_cancel(&f->waiter);
+        f->waiting = false;
+    }
+    if (f->uc != NULL) {
+        bh_upconn_release(f->uc, reusable);
+        f->uc = NULL;
+    }
+    if (f->picked) {
+        bh_upstream_unpick(f->up, f->ep);
+        f->picked = false;
+    }
+}
+
+void bh__fwd_drop_replay(bh_fwd_t *f)
+{
+    for (uint32_t i = 0; i < f->n_replay; i++)
+        bh_buf_unref(f->replay[i].buf);
+    bh_free(f->replay);
+    f->replay = NULL;
+    f->n_replay = 0;
+    f->replayable = false;
+}
+
+/* ---- attempts ------------------------------------------------------------------------------ */
+
+/* What a failure cause means for the retry policy. */
+static bh_attempt_t classify(const bh_fwd_t *f, int err)
+{
+    bh_attempt_t a = {.outcome = BH_OUTCOME_LOCAL, .safety = BH_SAFETY_SENT_NO_RESPONSE};
+    switch (err) {
+    case BH_ECONNECT_REFUSED:
+    case BH_ECONNECT_FAILED:
+        a.outcome = BH_OUTCOME_CONNECT_FAILED;
+        a.safety = BH_SAFETY_NOT_SENT;
+        break;
+    case BH_ECONNECT_TIMEOUT:
+        a.outcome = BH_OUTCOME_CONNECT_TIMEOUT;
+        a.safety = BH_SAFETY_NOT_SENT;
+        break;
+    case BH_EUPSTREAM_RESET:
+    case BH_EUPSTREAM_WRITE:
+        a.outcome = BH_OUTCOME_RESET_BEFORE_RESPONSE;
+        break;
+    case BH_EFIRST_BYTE_TIMEOUT:
+        a.outcome = BH_OUTCOME_FIRST_BYTE_TIMEOUT;
+        break;
+    case BH_EIDLE_TIMEOUT:
+        a.outcome = BH_OUTCOME_IDLE_TIMEOUT;
+        break;
+    case BH_EUPSTREAM_PROTOCOL:
+    case BH_EUPSTREAM_HEAD_SIZE:
+        a.outcome = BH_OUTCOME_PROTOCOL_ERROR;
+        break;
+    case BH_ETOTAL_TIMEOUT:
+        a.outcome = BH_OUTCOME_TOTAL_TIMEOUT;
+        break;
+    default:
+        a.safety = BH_SAFETY_NOT_SENT; /* pool full or wait timeout: never reached upstream */
+        break;
+    }
+    if (f->ex->resp_started)
+        a.safety = BH_SAFETY_PARTIAL;
+    return a;
+}
+
+/* An attempt's outcome counts for its endpoint (outlier detection)... */
+void bh__fwd_record_attempt(bh_fwd_t *f, const bh_attempt_t *a, uint64_t now)
+{
+    bh_counter_add(&f->ex->up_cells->attempts[a->outcome], 1);
+    if (a->outcome == BH_OUTCOME_LOCAL || a->outcome == BH_OUTCOME_TOTAL_TIMEOUT)
+        return; /* not the endpoint's doing */
+    bool failed = bh_retry_counts_as_failure(f->up->conf->breaker.count, a);
+    if (bh_outlier_record(f->up->shared->outlier, f->ep, failed, now))
+        bh_counter_add(&f->ex->up_cells->ejections, 1);
+}
+
+/* ...and the request's final outcome for the upstream (the breaker). Counting attempts would let
+ * one dead endpoint of three open the whole upstream: its in-flight requests fail together, yet
+ * each is retried elsewhere and succeeds; the outlier detector is what takes that endpoint out. */
+void bh__fwd_record_request(bh_fwd_t *f, const bh_attempt_t *a, uint64_t now)
+{
+    bh_upstream_shared_t *sh = f->up->shared;
+    if (a->outcome == BH_OUTCOME_LOCAL || a->outcome == BH_OUTCOME_TOTAL_TIMEOUT) {
+        bh_breaker_cancel(&sh->breaker, &f->ticket); /* not the upstream's doing */
+        return;
+    }
+    bool failed = bh_retry_counts_as_failure(f->up->conf->breaker.count, a);
+    bh_breaker_record(&sh->breaker, &f->ticket, failed, now, f->up->env->rng);
+}
+
+/* Schedules another attempt when everything allows it: the policy (outcome, safety, attempts,
+ * replayable body), a backoff that fits in the deadline, and the retry budget (counted now, when
+ * the retry is scheduled). retry_after_ms: the upstream's Retry-After, 0 when none. */
+bool bh__fwd_schedule_retry(bh_fwd_t *f, const bh_attempt_t *a, uint64_t retry_after_ms)
+{
+    bh_exchange_t *ex = f->ex;
+    const bh_conf_retry_t *policy = &ex->route->retry;
+    uint64_t now = now_of(f);
+    bh_retry_request_t req = {
+        .method = f->method_bit,
+        .idempotency_key = f->idempotency_key,
+        .body_replayable = ex->req_body_bytes == 0 || f->replayable,
+    };
+    if (bh_retry_decide(policy, ex->attempts, a, &req) != BH_RETRY_YES)
+        return false;
+    /* An open breaker (maybe opened by this very failure) would refuse the retry: keep the
+     * failure, so that an upstream 5xx reaches the client as it was. */
+    if (bh_breaker_state(&f->up->shared->breaker) == BH_BREAKER_OPEN)
+        return false;
+    uint64_t delay =
+        bh_backoff_delay(policy, ex->attempts, retry_after_ms,
+                         bh_deadline_remaining(ex->deadline_ms, now), conn_of(f)->w->env.rng);
+    if (delay == BH_BACKOFF_GIVE_UP || !bh_backoff_fits(delay, now, ex->deadline_ms))
+        return false;
+    if (!bh_budget_try_acquire_retry(&f->up->shared->budget, now)) {
+        bh_counter_add(&ex->up_cells->budget_exhausted, 1);
+        return false;
+    }
+    bh_counter_add(&ex->up_cells->retries, 1);
+    f->failed_ep = f->ep;
+    f->phase = PH_BACKOFF;
+    f->retry_at_ms = now + delay;
+    rearm(f);
+    return true;
+}
+
+/* The current attempt failed with err (before any response byte reached the client, or after:
+ * then only the connection can be cut). */
+void bh__fwd_attempt_failed(bh_fwd_t *f, int err)
+{
+    bh_exchange_t *ex = f->ex;
+    uint64_t now = now_of(f);
+    bh_attempt_t a = classify(f, err);
+    bh_log_debug("client %s: upstream %s attempt %u: %s", conn_of(f)->ip, f->up->conf->name,
+                 ex->attempts, bh_strerror(err));
+    bh__fwd_drop_attempt(f, false);
+    bh__fwd_record_attempt(f, &a, now);
+    if (a.safety == BH_SAFETY_PARTIAL) {
+        cut(f); /* the client already has part of a response */
+        return;
+    }
+    if (bh__fwd_schedule_retry(f, &a, 0))
+        return;
+    bh__fwd_record_request(f, &a, now);
+    bh_exchange_reply(ex, err, !ex->req_done, 1);
+}
+
+/* ---- body framing ------------------------------------------------------------------------- */
+
+int bh__fwd_emit_body(bh_outq_t *q, enum fwd_framing fr, bh_buf_t *b, const char *at, size_t len)
+{
+    if (fr != FRAME_CHUNKED)
+        return bh_outq_slice(q, b, at, len);
+    char hex[24];
+    bh_wbuf_t w = {hex, 0, sizeof(hex), false};
+    bh_wbuf_hex(&w, len);
+    bh_wbuf_put(&w, "\r\n", 2);
+    int rc = bh_outq_copy(q, hex, w.n);
+    if (rc == 0)
+        rc = bh_outq_slice(q, b, at, len);
+    if (rc == 0)
+        rc = bh_outq_copy(q, "\r\n", 2);
+    return rc;
+}
+
+int bh__fwd_emit_end(bh_outq_t *q, enum fwd_framing fr)
+{
+    return fr == FRAME_CHUNKED ? bh_outq_copy(q, "0\r\n\r\n", 5) : 0;
+}
