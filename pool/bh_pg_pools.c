@@ -49,42 +49,6 @@ static size_t key_bucket(const uint8_t key[BH__PG_KEY_LEN], size_t n_buckets)
     return (size_t)(h % n_buckets);
 }
 
-/* ---- process-wide permits ---------------------------------------------------------------- */
-
-bh_pg_shared_t *bh_pg_shared_new(uint32_t n_workers)
-{
-    bh_pg_shared_t *s = bh_calloc(1, sizeof(*s));
-    if (s == NULL)
-        return NULL;
-    pthread_mutex_init(&s->mu, NULL);
-    bh_list_init(&s->entries);
-    s->n_workers = n_workers ? n_workers : 1;
-    return s;
-}
-
-void bh_pg_shared_free(bh_pg_shared_t *s)
-{
-    if (s == NULL)
-        return;
-    bh_list_t *n, *t;
-    bh_list_foreach_safe(n, t, &s->entries)
-    {
-        sem_entry_t *e = bh_container_of(n, sem_entry_t, link);
-        bh_sem_unref(e->sem);
-        bh_free(e);
-    }
-    pthread_mutex_destroy(&s->mu);
-    bh_free(s);
-}
-
-size_t bh_pg_shared_count(bh_pg_shared_t *s)
-{
-    pthread_mutex_lock(&s->mu);
-    size_t n = s->n;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
 /* ---- the pool timer ---------------------------------------------------------------------- */
 
 static void on_pool_timer(uv_timer_t *t)
@@ -128,6 +92,115 @@ static const bh_pool_ops_t pg_pool_ops = {
     .arm = pool_arm,
 };
 
+/* ---- process-wide permits ---------------------------------------------------------------- */
+
+bh_pg_shared_t *bh_pg_shared_new(uint32_t n_workers)
+{
+    bh_pg_shared_t *s = bh_calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    pthread_mutex_init(&s->mu, NULL);
+    bh_list_init(&s->entries);
+    s->n_workers = n_workers ? n_workers : 1;
+    return s;
+}
+
+void bh_pg_shared_free(bh_pg_shared_t *s)
+{
+    if (s == NULL)
+        return;
+    bh_list_t *n, *t;
+    bh_list_foreach_safe(n, t, &s->entries)
+    {
+        sem_entry_t *e = bh_container_of(n, sem_entry_t, link);
+        bh_sem_unref(e->sem);
+        bh_free(e);
+    }
+    pthread_mutex_destroy(&s->mu);
+    bh_free(s);
+}
+
+size_t bh_pg_shared_count(bh_pg_shared_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->n;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* The key's entry, created with a semaphore of max permits when the key has none yet. NULL:
+ * out of memory. */
+static sem_entry_t *sem_entry_get_locked(bh_pg_shared_t *s, const uint8_t key[BH__PG_KEY_LEN],
+                                         uint32_t max)
+{
+    bh_list_t *n;
+    bh_list_foreach(n, &s->entries)
+    {
+        sem_entry_t *x = bh_container_of(n, sem_entry_t, link);
+        if (memcmp(x->key, key, BH__PG_KEY_LEN) == 0)
+            return x;
+    }
+    sem_entry_t *e = bh_calloc(1, sizeof(*e));
+    if (e == NULL)
+        return NULL;
+    memcpy(e->key, key, BH__PG_KEY_LEN);
+    if ((e->sem = bh_sem_new(max, s->n_workers)) == NULL) {
+        bh_free(e);
+        return NULL;
+    }
+    bh_list_push_back(&s->entries, &e->link);
+    s->n++;
+    return e;
+}
+
+/* Initialises p's bh_pool on its key's permit counter: per key and process-wide, one lane per
+ * worker. 0 or BH_ENOMEM (then p->base is untouched). */
+static int attach_permits(bh_pg_pool_t *p, const bh_pg_server_t *srv)
+{
+    const bh_conf_pool_t *pc = &srv->pool;
+    uint32_t max = pc->max_connections ? pc->max_connections : 1;
+    bh_pool_limits_t limits = {
+        .max_pending = pc->max_pending,
+        .max_idle = pc->max_idle ? pc->max_idle : max,
+        .min_idle = pc->min_idle,
+        .acquire_timeout_ms = pc->acquire_timeout_ms,
+        .idle_timeout_ms = pc->idle_timeout_ms,
+        .max_lifetime_ms = pc->max_lifetime_ms,
+    };
+    bh_pg_shared_t *s = p->pools->shared;
+    pthread_mutex_lock(&s->mu);
+    sem_entry_t *e = sem_entry_get_locked(s, p->key, max);
+    if (e != NULL) {
+        e->refs++;
+        bh_pool_init(&p->base, &pg_pool_ops, e->sem, p->pools->inbox, &limits, p);
+        p->base.gauges = srv->gauges;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (e == NULL)
+        return BH_ENOMEM;
+    p->sem = e;
+    return 0;
+}
+
+/* An empty pool leaves its permit counter; the key's last pool on any worker frees the entry. */
+static void detach_permits(bh_pg_pool_t *p)
+{
+    bh_pg_shared_t *s = p->pools->shared;
+    bh_pool_detach(&p->base); /* empty: the timer closes only then */
+    sem_entry_t *gone = NULL;
+    pthread_mutex_lock(&s->mu);
+    if (--p->sem->refs == 0) {
+        bh_list_remove(&p->sem->link);
+        s->n--;
+        gone = p->sem;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (gone != NULL) {
+        bh_sem_unref(gone->sem); /* messages about it still queued on a worker keep it a while */
+        bh_free(gone);
+    }
+}
+
 /* ---- a pool's lifetime ------------------------------------------------------------------- */
 
 static void pool_free(bh_pg_pool_t *p)
@@ -150,6 +223,19 @@ static void pools_one_closed(bh_pg_pools_t *pools)
         cb(data);
 }
 
+/* p's timer is initialised, p counts in pools->open and is found by its key from now on. */
+static void link_pool(bh_pg_pool_t *p)
+{
+    bh_pg_pools_t *pools = p->pools;
+    uv_timer_init(pools->loop, &p->timer);
+    p->timer.data = p;
+    pools->open++;
+    size_t b = key_bucket(p->key, pools->n_buckets);
+    p->next = pools->buckets[b];
+    pools->buckets[b] = p;
+    pools->n_pools++;
+}
+
 static void unlink_pool(bh_pg_pool_t *p)
 {
     bh_pg_pools_t *pools = p->pools;
@@ -164,21 +250,8 @@ static void on_pool_timer_closed(uv_handle_t *h)
 {
     bh_pg_pool_t *p = h->data;
     bh_pg_pools_t *pools = p->pools;
-    bh_pg_shared_t *s = pools->shared;
     unlink_pool(p);
-    bh_pool_detach(&p->base); /* empty: the timer closes only then */
-    sem_entry_t *gone = NULL;
-    pthread_mutex_lock(&s->mu);
-    if (--p->sem->refs == 0) {
-        bh_list_remove(&p->sem->link);
-        s->n--;
-        gone = p->sem;
-    }
-    pthread_mutex_unlock(&s->mu);
-    if (gone != NULL) {
-        bh_sem_unref(gone->sem); /* messages about it still queued on a worker keep it a while */
-        bh_free(gone);
-    }
+    detach_permits(p);
     pool_free(p);
     pools_one_closed(pools);
 }
@@ -228,45 +301,35 @@ static int grow_buckets(bh_pg_pools_t *pools)
     return 0;
 }
 
-int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *dbname,
-                   const char *user, const char *password, bh_pg_pool_t **out)
+/* The key of a pool, and the startup options it is derived from (*options: the caller's to
+ * free, NULL on failure). */
+static int pool_key(const bh_pg_server_t *srv, const char *dbname, const char *user,
+                    const char *password, uint8_t key[BH__PG_KEY_LEN], char **options)
 {
-    *out = NULL;
-    if (pools->closing)
-        return BH_EPOOL_CLOSED;
-    if (dbname == NULL || user == NULL)
-        return BH_EINVAL;
-    char *options = NULL;
-    int rc = bh__pg_options_build(srv, &options);
+    int rc = bh__pg_options_build(srv, options);
     if (rc < 0)
         return rc;
-    uint8_t key[BH__PG_KEY_LEN];
-    if (bh__pg_key_digest(key, srv, options, dbname, user, password) < 0) {
-        bh_free(options);
+    if (bh__pg_key_digest(key, srv, *options, dbname, user, password) < 0) {
+        bh_free(*options);
+        *options = NULL;
         return BH_ENOMEM;
     }
-    bh_pg_pool_t *p = find_pool(pools, key);
-    if (p != NULL) {
-        bh_free(options);
-        p->marked = false;
-        *out = p;
-        return 0;
-    }
+    return 0;
+}
 
-    if (pools->n_pools >= pools->n_buckets * 2 && grow_buckets(pools) < 0) {
-        bh_free(options);
+/* A pool for key with what opening its connections needs (parameters, label, timeouts), not yet
+ * attached to permits nor linked. */
+static int pool_new(bh_pg_pools_t *pools, const bh_pg_server_t *srv,
+                    const uint8_t key[BH__PG_KEY_LEN], const char *options, const char *dbname,
+                    const char *user, const char *password, bh_pg_pool_t **out)
+{
+    bh_pg_pool_t *p = bh_calloc(1, sizeof(*p));
+    if (p == NULL)
         return BH_ENOMEM;
-    }
-    p = bh_calloc(1, sizeof(*p));
-    if (p == NULL) {
-        bh_free(options);
-        return BH_ENOMEM;
-    }
     p->pools = pools;
     p->tag = srv->tag;
     memcpy(p->key, key, BH__PG_KEY_LEN);
-    rc = bh__pg_params_build(&p->params, srv, options, dbname, user, password);
-    bh_free(options);
+    int rc = bh__pg_params_build(&p->params, srv, options, dbname, user, password);
     size_t ll = strlen(user) + strlen(dbname) + 2;
     if (rc == 0 && (p->label = bh_malloc(ll)) == NULL)
         rc = BH_ENOMEM;
@@ -278,61 +341,53 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
     p->connect_timeout_ms = srv->connect_timeout_ms ? srv->connect_timeout_ms : 2000;
     p->reset_timeout_ms = srv->reset_timeout_ms ? srv->reset_timeout_ms : p->connect_timeout_ms;
     p->armed_at = BH_TIME_NEVER;
+    *out = p;
+    return 0;
+}
 
-    const bh_conf_pool_t *pc = &srv->pool;
-    uint32_t max = pc->max_connections ? pc->max_connections : 1;
-    bh_pool_limits_t limits = {
-        .max_pending = pc->max_pending,
-        .max_idle = pc->max_idle ? pc->max_idle : max,
-        .min_idle = pc->min_idle,
-        .acquire_timeout_ms = pc->acquire_timeout_ms,
-        .idle_timeout_ms = pc->idle_timeout_ms,
-        .max_lifetime_ms = pc->max_lifetime_ms,
-    };
-
-    /* The permit counter is per key and process-wide, one lane per worker. */
-    bh_pg_shared_t *s = pools->shared;
-    pthread_mutex_lock(&s->mu);
-    sem_entry_t *e = NULL;
-    bh_list_t *n;
-    bh_list_foreach(n, &s->entries)
-    {
-        sem_entry_t *x = bh_container_of(n, sem_entry_t, link);
-        if (memcmp(x->key, key, BH__PG_KEY_LEN) == 0) {
-            e = x;
-            break;
-        }
-    }
-    if (e == NULL && (e = bh_calloc(1, sizeof(*e))) != NULL) {
-        memcpy(e->key, key, BH__PG_KEY_LEN);
-        if ((e->sem = bh_sem_new(max, s->n_workers)) == NULL) {
-            bh_free(e);
-            e = NULL;
-        } else {
-            bh_list_push_back(&s->entries, &e->link);
-            s->n++;
-        }
-    }
-    if (e != NULL) {
-        e->refs++;
-        bh_pool_init(&p->base, &pg_pool_ops, e->sem, pools->inbox, &limits, p);
-        p->base.gauges = srv->gauges;
-    }
-    pthread_mutex_unlock(&s->mu);
-    if (e == NULL) {
+/* A pool for a key this worker has none for: created, attached to the key's permits, linked,
+ * and pre-warmed to min_idle. */
+static int pool_create(bh_pg_pools_t *pools, const bh_pg_server_t *srv,
+                       const uint8_t key[BH__PG_KEY_LEN], const char *options, const char *dbname,
+                       const char *user, const char *password, bh_pg_pool_t **out)
+{
+    if (pools->n_pools >= pools->n_buckets * 2 && grow_buckets(pools) < 0)
+        return BH_ENOMEM;
+    bh_pg_pool_t *p;
+    int rc = pool_new(pools, srv, key, options, dbname, user, password, &p);
+    if (rc < 0)
+        return rc;
+    if (attach_permits(p, srv) < 0) {
         pool_free(p);
         return BH_ENOMEM;
     }
-    p->sem = e;
-
-    uv_timer_init(pools->loop, &p->timer);
-    p->timer.data = p;
-    pools->open++;
-    size_t b = key_bucket(key, pools->n_buckets);
-    p->next = pools->buckets[b];
-    pools->buckets[b] = p;
-    pools->n_pools++;
+    link_pool(p);
     bh_pool_expire(&p->base, bh__pg_now(p)); /* pre-warms to min_idle */
+    *out = p;
+    return 0;
+}
+
+int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *dbname,
+                   const char *user, const char *password, bh_pg_pool_t **out)
+{
+    *out = NULL;
+    if (pools->closing)
+        return BH_EPOOL_CLOSED;
+    if (dbname == NULL || user == NULL)
+        return BH_EINVAL;
+    uint8_t key[BH__PG_KEY_LEN];
+    char *options = NULL;
+    int rc = pool_key(srv, dbname, user, password, key, &options);
+    if (rc < 0)
+        return rc;
+    bh_pg_pool_t *p = find_pool(pools, key);
+    if (p != NULL)
+        p->marked = false;
+    else
+        rc = pool_create(pools, srv, key, options, dbname, user, password, &p);
+    bh_free(options);
+    if (rc < 0)
+        return rc;
     *out = p;
     return 0;
 }
