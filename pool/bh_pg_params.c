@@ -109,28 +109,60 @@ int bh__pg_key_digest(uint8_t out[BH__PG_KEY_LEN], const bh_pg_server_t *srv, co
     return ok == 1 && n == BH__PG_KEY_LEN ? 0 : BH_ENOMEM;
 }
 
-/* ---- keyword/value arrays ----------------------------------------------------------------- */
+/* ---- keyword/value arrays ---------------------------------------------------------------- */
 
-/* Keyword/value arrays: the server's conninfo (parsed here, so that nothing taken from a request
- * is ever expanded as a conninfo), then the credentials and the session. */
-int bh__pg_params_build(bh__pg_params_t *pp, const bh_pg_server_t *srv, const char *options,
-                        const char *dbname, const char *user, const char *password)
+/* Slots after the server's own settings: hostaddr, user, dbname, password, passfile,
+ * application_name, options, and the terminating NULL. */
+#define OUR_SLOTS 8
+
+typedef struct builder {
+    bh__pg_params_t *pp;
+    size_t k; /* the next slot */
+    int rc;   /* the first failure; later puts do nothing */
+} builder_t;
+
+static void put(builder_t *b, const char *key, const char *val)
+{
+    if (b->rc != 0)
+        return;
+    b->pp->kw[b->k] = bh_strdup(key);
+    b->pp->vals[b->k] = bh_strdup(val);
+    if (b->pp->kw[b->k] == NULL || b->pp->vals[b->k] == NULL)
+        b->rc = BH_ENOMEM;
+    b->k++;
+}
+
+/* The server's conninfo, parsed here so that nothing taken from a request is ever expanded as
+ * a conninfo. NULL (logged) when libpq cannot parse it. */
+static PQconninfoOption *parse_conninfo(const char *conninfo)
 {
     char *errmsg = NULL;
-    PQconninfoOption *opts = PQconninfoParse(srv->conninfo != NULL ? srv->conninfo : "", &errmsg);
-    if (opts == NULL) {
-        if (errmsg != NULL) {
-            bh_log_warn("postgres server conninfo: %.*s", (int)strcspn(errmsg, "\n"), errmsg);
-            PQfreemem(errmsg);
-        }
-        return BH_EINVAL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo != NULL ? conninfo : "", &errmsg);
+    if (opts == NULL && errmsg != NULL) {
+        bh_log_warn("postgres server conninfo: %.*s", (int)strcspn(errmsg, "\n"), errmsg);
+        PQfreemem(errmsg);
     }
-    static const char *const ours[] = {"user", "password", "dbname", "options", "application_name"};
-    size_t n = 0;
-    bool has_passfile = false;
+    return opts;
+}
+
+/* A single host name, not an IP literal, a socket path or a list, with no hostaddr: resolved
+ * by the connection layer rather than by libpq's blocking getaddrinfo. */
+static bool resolve_here(const char *host, const char *hostaddr, const char *port)
+{
+    unsigned char ip[sizeof(struct in6_addr)];
+    return host != NULL && *host != '\0' && *host != '/' && *host != '@' &&
+           strchr(host, ',') == NULL && (hostaddr == NULL || *hostaddr == '\0') &&
+           (port == NULL || strchr(port, ',') == NULL) && inet_pton(AF_INET, host, ip) != 1 &&
+           inet_pton(AF_INET6, host, ip) != 1;
+}
+
+/* *n: the keywords libpq knows (set or not). Returns the host name to resolve here, or NULL. */
+static const char *scan_conninfo(const PQconninfoOption *opts, size_t *n)
+{
     const char *host = NULL, *hostaddr = NULL, *port = NULL;
-    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
-        n++;
+    *n = 0;
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        (*n)++;
         if (strcmp(o->keyword, "host") == 0)
             host = o->val;
         else if (strcmp(o->keyword, "hostaddr") == 0)
@@ -138,68 +170,87 @@ int bh__pg_params_build(bh__pg_params_t *pp, const bh_pg_server_t *srv, const ch
         else if (strcmp(o->keyword, "port") == 0)
             port = o->val;
     }
-    unsigned char ip[sizeof(struct in6_addr)];
-    bool resolve_here = host != NULL && *host != '\0' && *host != '/' && *host != '@' &&
-                        strchr(host, ',') == NULL && (hostaddr == NULL || *hostaddr == '\0') &&
-                        (port == NULL || strchr(port, ',') == NULL) &&
-                        inet_pton(AF_INET, host, ip) != 1 && inet_pton(AF_INET6, host, ip) != 1;
-    pp->kw = bh_calloc(n + 8, sizeof(char *));
-    pp->vals = bh_calloc(n + 8, sizeof(char *));
-    pp->password_at = SIZE_MAX;
-    int rc = pp->kw != NULL && pp->vals != NULL ? 0 : BH_ENOMEM;
-    size_t k = 0;
-#define PUT(key, val)                                                                              \
-    do {                                                                                           \
-        if (rc == 0) {                                                                             \
-            pp->kw[k] = bh_strdup(key);                                                            \
-            pp->vals[k] = bh_strdup(val);                                                          \
-            if (pp->kw[k] == NULL || pp->vals[k] == NULL)                                          \
-                rc = BH_ENOMEM;                                                                    \
-            k++;                                                                                   \
-        }                                                                                          \
-    } while (0)
-    for (PQconninfoOption *o = opts; rc == 0 && o->keyword != NULL; o++) {
+    return resolve_here(host, hostaddr, port) ? host : NULL;
+}
+
+/* The server's settings that are set, except those bh_pg sets itself (and hostaddr when the
+ * host name is resolved here). Returns whether a passfile was among them. */
+static bool put_conninfo(builder_t *b, const PQconninfoOption *opts, const char *dns_host)
+{
+    static const char *const ours[] = {"user", "password", "dbname", "options", "application_name"};
+    bool has_passfile = false;
+    for (const PQconninfoOption *o = opts; b->rc == 0 && o->keyword != NULL; o++) {
         if (o->val == NULL)
             continue;
         bool skip = false;
         for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++)
             skip |= strcmp(o->keyword, ours[i]) == 0;
         has_passfile |= strcmp(o->keyword, "passfile") == 0;
-        if (resolve_here && strcmp(o->keyword, "hostaddr") == 0)
+        if (dns_host != NULL && strcmp(o->keyword, "hostaddr") == 0)
             skip = true;
-        if (resolve_here && strcmp(o->keyword, "host") == 0)
-            pp->host_at = k;
+        if (dns_host != NULL && strcmp(o->keyword, "host") == 0)
+            b->pp->host_at = b->k;
         if (!skip)
-            PUT(o->keyword, o->val);
+            put(b, o->keyword, o->val);
     }
-    if (resolve_here && rc == 0) {
-        pp->hostaddr_at = k;
-        PUT("hostaddr", "");
-        pp->dns_name = bh_strdup(host);
-        if (pp->dns_name == NULL)
-            rc = BH_ENOMEM;
-    }
-    PQconninfoFree(opts);
-    PUT("user", user);
-    PUT("dbname", dbname);
+    return has_passfile;
+}
+
+/* An empty hostaddr slot for the addresses resolved later, and the name to resolve. */
+static void put_dns_slot(builder_t *b, const char *dns_host)
+{
+    b->pp->hostaddr_at = b->k;
+    put(b, "hostaddr", "");
+    b->pp->dns_name = bh_strdup(dns_host);
+    if (b->pp->dns_name == NULL)
+        b->rc = BH_ENOMEM;
+}
+
+/* The credentials and the session, which override the server's conninfo. */
+static void put_ours(builder_t *b, const bh_pg_server_t *srv, const char *options,
+                     const char *dbname, const char *user, const char *password, bool has_passfile)
+{
+    put(b, "user", user);
+    put(b, "dbname", dbname);
     if (password != NULL) {
-        pp->password_at = k;
-        PUT("password", password);
+        b->pp->password_at = b->k;
+        put(b, "password", password);
     }
     /* Never fall back to this process's ~/.pgpass for someone else's credentials. */
     if (!has_passfile)
-        PUT("passfile", "/dev/null/bulkhead"); /* cannot exist; silent */
+        put(b, "passfile", "/dev/null/bulkhead"); /* cannot exist; silent */
     /* A configured or client-given application_name is the startup parameter itself: as an
      * options -c setting it would lose to this keyword. */
     const char *app = "bulkhead";
     for (size_t i = 0; i < srv->n_session; i++)
         if (strcasecmp(srv->session[i].name, "application_name") == 0)
             app = srv->session[i].value;
-    PUT("application_name", app);
-    PUT("options", options);
-#undef PUT
-    return rc;
+    put(b, "application_name", app);
+    put(b, "options", options);
 }
+
+/* Keyword/value arrays: the server's conninfo, then the credentials and the session. */
+int bh__pg_params_build(bh__pg_params_t *pp, const bh_pg_server_t *srv, const char *options,
+                        const char *dbname, const char *user, const char *password)
+{
+    PQconninfoOption *opts = parse_conninfo(srv->conninfo);
+    if (opts == NULL)
+        return BH_EINVAL;
+    size_t n;
+    const char *dns_host = scan_conninfo(opts, &n); /* points into opts */
+    pp->kw = bh_calloc(n + OUR_SLOTS, sizeof(char *));
+    pp->vals = bh_calloc(n + OUR_SLOTS, sizeof(char *));
+    pp->password_at = SIZE_MAX;
+    builder_t b = {.pp = pp, .rc = pp->kw != NULL && pp->vals != NULL ? 0 : BH_ENOMEM};
+    bool has_passfile = put_conninfo(&b, opts, dns_host);
+    if (dns_host != NULL && b.rc == 0)
+        put_dns_slot(&b, dns_host);
+    PQconninfoFree(opts);
+    put_ours(&b, srv, options, dbname, user, password, has_passfile);
+    return b.rc;
+}
+
+/* ---- a host name resolved by the connection layer ---------------------------------------- */
 
 /* host=name,name hostaddr=a,b for up to DNS_MAX_ADDRS addresses (libpq tries them in order). */
 int bh__pg_params_set_addresses(bh__pg_params_t *pp, const struct addrinfo *res)
@@ -239,6 +290,8 @@ int bh__pg_params_set_addresses(bh__pg_params_t *pp, const struct addrinfo *res)
     pp->vals[pp->hostaddr_at] = hostaddr;
     return 0;
 }
+
+/* ---- freeing ----------------------------------------------------------------------------- */
 
 static void free_strings(char **v, size_t wipe_at)
 {
