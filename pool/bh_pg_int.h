@@ -1,0 +1,110 @@
+/* Private to the bh_pg files: the pool structs they share and the bh__pg_* functions they call
+ * across files. Not part of the API (that is bh_pg.h).
+ *
+ * The files:
+ *   bh_pg_conn.c    the connection state machine on the loop: connect (DNS, PQconnectPoll),
+ *                   idle watch, statements and results, cancel on the thread pool, reset before
+ *                   reuse, close; the bh_pool ops behind it; acquire
+ *   bh_pg_pools.c   the registry: a worker's pools by key (hash buckets), the process-wide permit
+ *                   counter per key, the pool timer, retire, sweep, close
+ *   bh_pg_params.c  what a pool connects with: libpq keyword/value arrays from the server's
+ *                   conninfo and the credentials, the startup options, the key digest, the
+ *                   addresses resolved for a host name
+ *   bh_pg_error.c   connect error text -> code, SQLSTATE, severity; bh_pg_strerror; retriable */
+#ifndef BH_PG_INT_H
+#define BH_PG_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include "bh_pg.h"
+
+#define BH__PG_KEY_LEN 32 /* SHA-256 of the pool key */
+
+struct addrinfo;
+
+/* What PQconnectStartParams gets, built once per pool (bh_pg_params.c). libpq resolves host
+ * names with a blocking getaddrinfo: a single server name is resolved by the connection layer
+ * instead (uv_getaddrinfo) and passed as hostaddr, with host kept for TLS. */
+typedef struct bh__pg_params {
+    char **kw, **vals;           /* NULL-terminated, same length */
+    size_t password_at;          /* index of the password in vals (wiped when freed), or SIZE_MAX */
+    char *dns_name;              /* NULL: IP literal, socket path, list, or hostaddr given */
+    size_t host_at, hostaddr_at; /* their slots in kw/vals, when dns_name is set */
+} bh__pg_params_t;
+
+struct bh_pg_pools {
+    uv_loop_t *loop;
+    bh_pg_shared_t *shared;
+    bh_sem_inbox_t *inbox;
+    bh_pg_pool_t **buckets; /* hash chains of every pool not yet freed (retired and closing too) */
+    size_t n_buckets, n_pools;
+    uv_timer_t sweep;
+    unsigned open;    /* the sweep timer + pools not yet freed */
+    unsigned cancels; /* on the thread pool */
+    bool closing;
+    void (*closed_cb)(void *data);
+    void *closed_data;
+};
+
+struct bh_pg_pool {
+    bh_pool_t base;
+    bh_pg_pools_t *pools;
+    bh_pg_pool_t *next; /* hash chain */
+    uint8_t key[BH__PG_KEY_LEN];
+    struct bh__pg_sem_entry *sem; /* the key's permit counter (bh_pg_pools.c) */
+    uv_timer_t timer;             /* bh_pool_expire, and the pre-warm retry */
+    bh__pg_params_t params;
+    char *label; /* user@dbname, for logs */
+    uint64_t connect_timeout_ms, reset_timeout_ms;
+    uint64_t armed_at, retry_at;  /* what bh_pool asked for; the pre-warm backoff's end */
+    uint64_t dns_until;           /* params' hostaddr is fresh until then */
+    const bh_pg_error_t *failing; /* set while bh_pool_connect_failed runs */
+    bool marked;                  /* empty at the last sweep */
+    bool timer_closing;
+    bool retired; /* bh_pg_pools_retire: not found by bh_pg_pool_get */
+    uint64_t tag; /* the server's */
+};
+
+static inline uint64_t bh__pg_now(const bh_pg_pool_t *p)
+{
+    return uv_now(p->pools->loop);
+}
+
+/* ---- bh_pg_conn.c: the bh_pool ops of a pool's connections ------------------------------ */
+
+bh_pool_conn_t *bh__pg_conn_open(bh_pool_t *bp, int *err);
+bool bh__pg_conn_alive(bh_pool_conn_t *pc);
+void bh__pg_conn_close(bh_pool_conn_t *pc);
+
+/* ---- bh_pg_pools.c ----------------------------------------------------------------------- */
+
+/* Re-arms the pool timer for the earlier of what bh_pool asked for and the pre-warm retry. */
+void bh__pg_pool_timer_set(bh_pg_pool_t *p);
+/* A connection of p was freed: while the worker's pools close, an empty pool closes too. */
+void bh__pg_pool_maybe_done(bh_pg_pool_t *p);
+
+/* ---- bh_pg_params.c ---------------------------------------------------------------------- */
+
+/* The startup packet's options, "-c name=value ..." (defaults, then the server's session).
+ * *out is the caller's to free. BH_EINVAL for a bad setting name, BH_ENOMEM. */
+int bh__pg_options_build(const bh_pg_server_t *srv, char **out);
+
+/* The pool key: where and as whom it connects, and the pool's own settings. 0 or BH_ENOMEM. */
+int bh__pg_key_digest(uint8_t out[BH__PG_KEY_LEN], const bh_pg_server_t *srv, const char *options,
+                      const char *dbname, const char *user, const char *password);
+
+/* Fills a zeroed pp from the server's conninfo, the credentials (password may be NULL) and
+ * options. 0, BH_EINVAL (unparsable conninfo) or BH_ENOMEM; pp must be freed either way. */
+int bh__pg_params_build(bh__pg_params_t *pp, const bh_pg_server_t *srv, const char *options,
+                        const char *dbname, const char *user, const char *password);
+
+/* dns_name resolved: host and hostaddr become lists of up to 4 addresses. 0, BH_ECONNECT_FAILED
+ * (no usable address) or BH_ENOMEM (then pp is unchanged). */
+int bh__pg_params_set_addresses(bh__pg_params_t *pp, const struct addrinfo *res);
+
+/* Frees what bh__pg_params_build allocated, wiping the password. */
+void bh__pg_params_free(bh__pg_params_t *pp);
+
+#endif
