@@ -285,7 +285,7 @@ SQL_CONNSTR=$BH_CONNSTR SQL_ACCOUNTS=$ACCOUNTS wrk -t"$THREADS" -c32 -d"${WARMUP
   >"$dir/warmup.out" 2>&1
 grep -q 'non200=0 badbody=0' "$dir/warmup.out" || { echo "warning: bulkhead warm-up had errors:" >&2; cat "$dir/warmup.out" >&2; }
 
-# bulkhead's release path (pool/bh_pg.c RESET_SQL), run after each select in the DIAG rows
+# bulkhead's release path (pool/bh_pg_conn.c RESET_SQL), run after each select in the DIAG rows
 reset_sql="CLOSE ALL \\; SET SESSION AUTHORIZATION DEFAULT \\; RESET ALL \\; DEALLOCATE ALL \\; UNLISTEN * \\; SELECT pg_advisory_unlock_all() \\; DISCARD TEMP \\; DISCARD SEQUENCES;"
 printf '\\set aid random(1, 100000 * :scale)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n%s\n' "$reset_sql" \
   > "$dir/select-reset.sql"
@@ -330,7 +330,7 @@ verdicts=$dir/verdicts.txt
   echo "  pgus/q = postgres CPU us per query; cores = busy % of each core over the run"
   echo "  direct at high client counts: each pgbench run opens that many fresh backends, whose warm-up (page faults"
   echo "  on shared_buffers, catalog caches) can dominate a short run on a small host: check pgus/q before reading vs_dx there"
-  [[ $DIAG == 1 ]] && echo "  DIAG rows (conn $POOL): direct simple -S, and sel+reset = the same select followed by bulkhead's session reset (pool/bh_pg.c RESET_SQL) on the same connection, both -M simple"
+  [[ $DIAG == 1 ]] && echo "  DIAG rows (conn $POOL): direct simple -S, and sel+reset = the same select followed by bulkhead's session reset (pool/bh_pg_conn.c RESET_SQL) on the same connection, both -M simple"
   echo
   echo "bulkhead vs targets (ratio per rep, joined by /; verdict on the mean)"
   awk 'function add(a, k, v) { a[k] = a[k] (a[k] == "" ? "" : "/") v }

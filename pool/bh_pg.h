@@ -27,15 +27,10 @@
 #include "bh_pool.h"
 #include "bh_sem.h"
 
-/* Postgres-specific causes. TODO(integrator): move these rows into BH_ERRNO_MAP (bh_error.h),
- * e.g. X(PG_REJECTED, -1060, "destination_unavailable", "Postgres refused the session") and
- * X(PG_CONN_LOST, -1061, "connection_terminated", "connection to Postgres lost"). Until then
- * bh_strerror() says "unknown error" for them; bh_pg_strerror() knows them. */
-enum {
-    BH_EPG_REJECTED = -1060,  /* the server refused the session at connect (28P01, 28000,
-                                 3D000, ...): the request's own fault, not retriable */
-    BH_EPG_CONN_LOST = -1061, /* the connection broke (EOF, reset, libpq failure) */
-};
+/* Postgres-specific causes are rows of the one error table (bh_error.h):
+ *   BH_EPG_REJECTED   the server refused the session at connect (28P01, 28000, 3D000, ...): the
+ *                     request's own fault, not retriable
+ *   BH_EPG_CONN_LOST  the connection broke (EOF, reset, libpq failure) */
 
 /* Connect failures that never reached Postgres, or that Postgres refused only because it was
  * overloaded or not ready, return existing codes:
@@ -44,9 +39,6 @@ enum {
  *   BH_ECONNECT_FAILED   anything else without a server answer (DNS, unreachable), and the
  *                        server's 53300 (too many connections) and 57P03 (starting up, shutting
  *                        down), whose sqlstate is then set in bh_pg_error_t. */
-
-/* Message for bh_pg's own codes, else bh_strerror(err). Never NULL. */
-const char *bh_pg_strerror(int err);
 
 /* True for failures that provably never ran anything on the server: safe to retry. */
 bool bh_pg_error_retriable(int err);

@@ -3,18 +3,6 @@
 
 #include <string.h>
 
-const char *bh_pg_strerror(int err)
-{
-    switch (err) {
-    case BH_EPG_REJECTED:
-        return "Postgres refused the session";
-    case BH_EPG_CONN_LOST:
-        return "connection to Postgres lost";
-    default:
-        return bh_strerror(err);
-    }
-}
-
 bool bh_pg_error_retriable(int err)
 {
     return err == BH_ECONNECT_REFUSED || err == BH_ECONNECT_TIMEOUT || err == BH_ECONNECT_FAILED;

@@ -10,7 +10,7 @@
  *   bh_pg_params.c  what a pool connects with: libpq keyword/value arrays from the server's
  *                   conninfo and the credentials, the startup options, the key digest, the
  *                   addresses resolved for a host name
- *   bh_pg_error.c   connect error text -> code, SQLSTATE, severity; bh_pg_strerror; retriable */
+ *   bh_pg_error.c   connect error text -> code, SQLSTATE, severity, retriable */
 #ifndef BH_PG_INT_H
 #define BH_PG_INT_H
 

@@ -6,38 +6,7 @@
 
 int bh_reply_status(int err)
 {
-    switch (err) {
-    case BH_EBAD_REQUEST:
-    case BH_EBAD_TARGET:
-    case BH_EBAD_FRAMING:
-        return 400;
-    case BH_ETE_UNSUPPORTED:
-        return 501;
-    case BH_ENO_ROUTE:
-        return 404;
-    case BH_ECLIENT_TIMEOUT:
-        return 408;
-    case BH_EBODY_TOO_LARGE:
-        return 413;
-    case BH_EHEAD_TOO_LARGE:
-        return 431;
-    case BH_EBREAKER_OPEN:
-    case BH_EPOOL_FULL:
-    case BH_EPOOL_TIMEOUT:
-    case BH_EPOOL_CLOSED:
-    case BH_ETOO_MANY_CONNS:
-    case BH_ESHUTDOWN:
-        return 503;
-    case BH_ECONNECT_TIMEOUT:
-    case BH_EFIRST_BYTE_TIMEOUT:
-    case BH_EIDLE_TIMEOUT:
-    case BH_ETOTAL_TIMEOUT:
-        return 504;
-    case BH_ENOMEM:
-        return 500;
-    default:
-        return 502;
-    }
+    return bh_err_status(err);
 }
 
 int bh_reply_write(bh_outq_t *q, int status, int err, bool close, uint64_t retry_after_s)

@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include "bh_outq.h"
 
-/* The status bulkhead answers with for a failure cause (BH_E*). */
+/* The status bulkhead answers with for a failure cause (BH_E*): the error table's. */
 int bh_reply_status(int err);
 
 /* Queues a complete response for cause err (status from bh_reply_status unless status != 0).

@@ -107,28 +107,6 @@ void bh_sql_db_destroy(bh_sql_db_t *d)
 
 /* ---- replies ------------------------------------------------------------------------------ */
 
-/* RFC 9209 error type for the causes of this module's own replies. */
-static const char *proxy_status_type(int err)
-{
-    switch (err) {
-    case BH_EPG_CONN_LOST:
-        return "connection_terminated";
-    case BH_EPG_REJECTED:
-        return "destination_unavailable";
-    case BH_SQL_ETOO_LARGE:
-        return "http_response_body_size";
-    case BH_SQL_EHEADER:
-    case BH_SQL_ECONNSTR:
-    case BH_SQL_EISOLATION:
-    case BH_SQL_EBODY:
-        return "http_request_error";
-    default: {
-        const char *t = bh_err_proxy_status(err);
-        return t != NULL ? t : "proxy_internal_error";
-    }
-    }
-}
-
 /* Queues the reply in s->out with its head. err != 0: bulkhead's own error (Proxy-Status). */
 static void reply(bh_sql_t *s, int status, bh_sql_reply_t kind, int err, uint64_t retry_after_s)
 {
@@ -153,10 +131,10 @@ static void reply(bh_sql_t *s, int status, bh_sql_reply_t kind, int err, uint64_
     }
     if (err != 0) {
         bh_wbuf_str(&w, "Proxy-Status: bulkhead; error=");
-        bh_wbuf_str(&w, proxy_status_type(err));
+        const char *type = bh_err_proxy_status(err);
+        bh_wbuf_str(&w, type != NULL ? type : "proxy_internal_error");
         bh_wbuf_str(&w, "; details=\"");
-        bh_wbuf_str(&w, status == 401 ? "bearer token required"
-                        : err <= -1200 ? bh_sql_strerror(err) : bh_pg_strerror(err));
+        bh_wbuf_str(&w, bh_strerror(err));
         bh_wbuf_str(&w, "\"\r\n");
     }
     if (status == 401)
@@ -188,14 +166,20 @@ static void reply(bh_sql_t *s, int status, bh_sql_reply_t kind, int err, uint64_
     bh_exchange_finish(ex, false);
 }
 
-/* A bulkhead-made error with the 17-key body (code ""). */
+/* A bulkhead-made error with the 17-key body, with a status other than the table's. */
 static void reply_local(bh_sql_t *s, int status, int err, const char *message)
 {
-    if (bh_sql_encode_local_error(&s->out, message) < 0) {
+    if (bh_sql_encode_cause(&s->out, err, message) < 0) {
         close_conn(s);
         return;
     }
     reply(s, status, BH_SQL_REPLY_OK, err, 1);
+}
+
+/* A bulkhead-made error for cause err: status, Proxy-Status and body code from the table. */
+static void reply_error(bh_sql_t *s, int err, const char *message)
+{
+    reply_local(s, bh_err_status(err), err, message);
 }
 
 /* ---- statements --------------------------------------------------------------------------- */
@@ -247,7 +231,7 @@ static void finish_statements(bh_sql_t *s)
             PQclear(s->error);
             s->error = NULL;
         }
-        reply_local(s, 502, BH_EPG_CONN_LOST, "connection to the database was lost");
+        reply_error(s, BH_EPG_CONN_LOST, "connection to the database was lost");
         return;
     }
     if (failed && rerun_batch(s))
@@ -267,14 +251,14 @@ static void finish_statements(bh_sql_t *s)
     if (s->out.err < 0) { /* 507 or out of memory while encoding */
         int err = s->out.err;
         release_conn(s, true);
-        if (err == BH_SQL_ETOO_LARGE) {
+        if (err == BH_ESQL_TOO_LARGE) {
             if (bh_sql_encode_too_large(&s->out, true, s->db->max_response_bytes) < 0) {
                 close_conn(s);
                 return;
             }
-            reply(s, 507, BH_SQL_REPLY_OK, BH_SQL_ETOO_LARGE, 0);
+            reply(s, 507, BH_SQL_REPLY_OK, BH_ESQL_TOO_LARGE, 0);
         } else {
-            reply_local(s, 500, err, bh_sql_strerror(err));
+            reply_error(s, err, bh_strerror(err));
         }
         return;
     }
@@ -301,7 +285,7 @@ static void on_result(bh_pg_conn_t *conn, PGresult *res, void *data)
         (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY)) {
         const bh_sql_query_t *q = &s->req->queries[s->next_query - 1];
         if (bh_sql_encode_result(&s->out, res, s->h.raw_text, bh_sql_array_mode(&s->h, q)) < 0)
-            bh_log_debug("sql: result not encoded: %s", bh_sql_strerror(s->out.err));
+            bh_log_debug("sql: result not encoded: %s", bh_strerror(s->out.err));
     }
     PQclear(res);
 }
@@ -422,9 +406,9 @@ static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *conn, int status, const
         bh_counter_add(&s->cells->attempts[BH_OUTCOME_LOCAL], 1);
         bh_breaker_cancel(&s->shared->breaker, &s->ticket);
         if (status == BH_EPOOL_TIMEOUT && now >= s->deadline_ms)
-            reply_local(s, 504, BH_ETOTAL_TIMEOUT, "the request deadline passed");
+            reply_error(s, BH_ETOTAL_TIMEOUT, "the request deadline passed");
         else
-            reply_local(s, 503, status, "timed out waiting for a database connection");
+            reply_error(s, status, "timed out waiting for a database connection");
         return;
     }
     /* a connect failure */
@@ -454,6 +438,7 @@ static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *conn, int status, const
         return;
     }
     /* never reached Postgres (refused, timed out, unresolvable): unavailable, try again later */
+    /* 503, not the table's 502/504: for /sql these never reached Postgres, try again later */
     reply_local(s, 503, status,
                 err != NULL && err->message != NULL ? err->message
                                                     : "could not connect to the database");
@@ -503,7 +488,7 @@ static void start_attempt(bh_sql_t *s)
     }
     if (rc < 0) {
         bh_breaker_cancel(&s->shared->breaker, &s->ticket);
-        reply_local(s, 503, rc, "too many requests waiting for a database connection");
+        reply_error(s, rc, "too many requests waiting for a database connection");
         return;
     }
     connected(s, conn);
@@ -541,7 +526,7 @@ static void run_request(bh_sql_t *s)
     char err[256];
     const bh_conf_t *conf = ex->gen->conf;
     if (bh_sql_parse_connstr(s->h.connstr.p, s->h.connstr.n, &s->cs, err, sizeof(err)) < 0) {
-        reply_local(s, 400, BH_SQL_ECONNSTR, err);
+        reply_error(s, BH_ESQL_CONNSTR, err);
         return;
     }
     s->cs_parsed = true;
@@ -549,7 +534,7 @@ static void run_request(bh_sql_t *s)
     s->db = find_database(conf, ex->route->database_index, s->cs.host, &idx);
     if (s->db == NULL) {
         snprintf(err, sizeof(err), "no database is configured for host \"%s\"", s->cs.host);
-        reply_local(s, 400, BH_SQL_ECONNSTR, err);
+        reply_error(s, BH_ESQL_CONNSTR, err);
         return;
     }
     s->shared = ex->gen->snap->databases[idx];
@@ -574,7 +559,7 @@ static void run_request(bh_sql_t *s)
             for (size_t i = 0; i < s->db->n_tokens && !ok; i++)
                 ok = bh_sql_token_eq(token, s->db->tokens[i]);
         if (!ok) {
-            reply_local(s, 401, BH_SQL_EHEADER, "authentication required: a valid bearer token");
+            reply_error(s, BH_ESQL_AUTH, "authentication required: a valid bearer token");
             return;
         }
         s->user = s->db->user;
@@ -582,7 +567,7 @@ static void run_request(bh_sql_t *s)
         s->dbname = s->db->dbname;
     } else {
         if (s->cs.password == NULL) {
-            reply_local(s, 400, BH_SQL_EHEADER, BH_SQL_MSG_MISSING_PASSWORD);
+            reply_error(s, BH_ESQL_HEADER, BH_SQL_MSG_MISSING_PASSWORD);
             return;
         }
         s->user = s->cs.user;
@@ -591,7 +576,7 @@ static void run_request(bh_sql_t *s)
     }
     if (bh_sql_parse_body(s->body != NULL ? s->body : "", s->body_len, &s->req, err, sizeof(err)) <
         0) {
-        reply_local(s, 400, BH_SQL_EBODY, err);
+        reply_error(s, BH_ESQL_BODY, err);
         return;
     }
     start_attempt(s);
@@ -643,7 +628,7 @@ static void sql_start(bh_exchange_t *ex, const bh_request_t *req)
     }
     char err[256];
     if (bh_sql_headers_check(&s->h, err, sizeof(err)) < 0) {
-        reply_local(s, 400, BH_SQL_EHEADER, err);
+        reply_error(s, BH_ESQL_HEADER, err);
         return;
     }
     /* the whole body is needed; its size is bounded by the database's max_request_bytes (the
@@ -748,7 +733,7 @@ static void sql_timeout(bh_exchange_t *ex, uint64_t now)
         }
         bh_breaker_cancel(&s->shared->breaker, &s->ticket);
         release_conn(s, false); /* cancels the statement on the server */
-        reply_local(s, 504, BH_ETOTAL_TIMEOUT, "the request deadline passed: the query was cancelled");
+        reply_error(s, BH_ETOTAL_TIMEOUT, "the request deadline passed: the query was cancelled");
         return;
     }
     if (s->phase == SQL_BACKOFF && now >= s->retry_at_ms)

@@ -219,7 +219,7 @@ static int fill_query(chunk_t **arena, bh_sql_out_t *tmp, json_t *v, bh_sql_quer
         bh__sql_set_err(
             err, errlen,
             "could not parse the HTTP request body: too many parameters (%zu, max 65535)", np);
-        return BH_SQL_EBODY;
+        return BH_ESQL_BODY;
     }
     const char **vals = arena_alloc(arena, (np ? np : 1) * sizeof(*vals));
     if (vals == NULL)
@@ -302,7 +302,7 @@ int bh_sql_parse_body(const char *json, size_t n, bh_sql_request_t **out, char *
         bh__sql_set_err(err, errlen,
                         "could not parse the HTTP request body: %s at line %d column %d", jerr.text,
                         jerr.line, jerr.column);
-        return BH_SQL_EBODY;
+        return BH_ESQL_BODY;
     }
     json_t *queries = NULL;
     bool single = is_single(root);
@@ -316,7 +316,7 @@ int bh_sql_parse_body(const char *json, size_t n, bh_sql_request_t **out, char *
             bh__sql_set_err(err, errlen,
                             "could not parse the HTTP request body: data did not match any "
                             "variant of untagged enum Payload");
-            return BH_SQL_EBODY;
+            return BH_ESQL_BODY;
         }
     }
     size_t nq = single ? 1 : json_array_size(queries);

@@ -281,7 +281,7 @@ int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *e
         msg = parse_authority(rest, &u);
     if (msg != NULL) {
         bh__sql_set_err(err, errlen, "%s", msg);
-        return BH_SQL_ECONNSTR;
+        return BH_ESQL_CONNSTR;
     }
     find_path_and_query(&u);
 
@@ -296,7 +296,7 @@ int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *e
         bh_free(mem);
         memset(out, 0, sizeof(*out));
         bh__sql_set_err(err, errlen, "invalid connection string: %s", bad);
-        return BH_SQL_ECONNSTR;
+        return BH_ESQL_CONNSTR;
     }
     copy_host(&u, &w, out);
     find_application_name(&u, &w, out);
@@ -308,7 +308,7 @@ int bh_sql_parse_connstr(const char *s, size_t n, bh_sql_connstr_t *out, char *e
     if (missing != NULL) {
         bh_sql_connstr_free(out);
         bh__sql_set_err(err, errlen, "%s", missing);
-        return BH_SQL_ECONNSTR;
+        return BH_ESQL_CONNSTR;
     }
     return 0;
 }

@@ -6,7 +6,7 @@
  * writer): compact JSON, fixed key orders.
  *
  * The encoder is a state machine on bh_sql_out_t.state_ (IDLE -> [BATCH] -> ROWS -> [BATCH] ->
- * DONE). A call in the wrong state sets the sticky BH_SQL_ESTATE, so like every other buffer error
+ * DONE). A call in the wrong state sets the sticky BH_ESQL_STATE, so like every other buffer error
  * it shows in the last return value. */
 #include <math.h>
 #include <stdlib.h>
@@ -199,7 +199,7 @@ static void put_pg_value(bh_sql_out_t *o, const char *s, size_t n, Oid type)
 static int state_err(bh_sql_out_t *o)
 {
     if (o->err == 0)
-        o->err = BH_SQL_ESTATE;
+        o->err = BH_ESQL_STATE;
     return o->err;
 }
 

@@ -1,4 +1,4 @@
-/* The protocol's error codes and its error bodies (section 6).
+/* The protocol's error bodies (section 6); the error codes are rows of bh_error.h.
  *
  * A body is the 17-key object of 6.2, built from a Postgres ErrorResponse, from a libpq connect
  * error message (parsed here, section 12) or from a local message; or the bare JSON string "query
@@ -11,32 +11,6 @@
 #include <stdio.h>
 #include <string.h>
 #include "bh_sql_proto_int.h"
-
-int bh_sql_status(int err)
-{
-    switch (err) {
-#define BH_SQL_ERR_STATUS(name, val, status, msg)                                                  \
-    case val:                                                                                      \
-        return status;
-        BH_SQL_ERRNO_MAP(BH_SQL_ERR_STATUS)
-#undef BH_SQL_ERR_STATUS
-    default:
-        return 500;
-    }
-}
-
-const char *bh_sql_strerror(int err)
-{
-    switch (err) {
-#define BH_SQL_ERR_MSG(name, val, status, msg)                                                     \
-    case val:                                                                                      \
-        return msg;
-        BH_SQL_ERRNO_MAP(BH_SQL_ERR_MSG)
-#undef BH_SQL_ERR_MSG
-    default:
-        return bh_strerror(err);
-    }
-}
 
 void bh__sql_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -129,10 +103,10 @@ static int put_error(bh_sql_out_t *o, err_fields_t *f)
     bh__sql_putc(o, '}');
     bh__sql_set_max(o, max);
     o->state_ = BH__SQL_ST_DONE;
-    if (o->err == BH_SQL_EBAD_UTF8) {
+    if (o->err == BH_ESQL_BAD_UTF8) {
         /* a Postgres message that is not UTF-8 (SQL_ASCII database): say so instead */
         bh_sql_out_reset(o);
-        return bh_sql_encode_local_error(o, bh_sql_strerror(BH_SQL_EBAD_UTF8));
+        return bh_sql_encode_local_error(o, bh_strerror(BH_ESQL_BAD_UTF8));
     }
     return o->err;
 }
@@ -166,9 +140,17 @@ int bh_sql_encode_pg_error(bh_sql_out_t *o, const PGresult *res)
 
 int bh_sql_encode_local_error(bh_sql_out_t *o, const char *message)
 {
+    return bh_sql_encode_cause(o, 0, message);
+}
+
+int bh_sql_encode_cause(bh_sql_out_t *o, int err, const char *message)
+{
     err_fields_t f;
     memset(&f, 0, sizeof(f));
     f.v[EK_MESSAGE] = zspan(message);
+    const char *code = bh_err_sql_code(err);
+    if (code[0] != '\0')
+        f.v[EK_CODE] = zspan(code);
     return put_error(o, &f);
 }
 

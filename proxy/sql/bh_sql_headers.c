@@ -118,11 +118,11 @@ int bh_sql_headers_check(const bh_sql_headers_t *h, char *err, size_t errlen)
     }
     if (!ok) {
         bh__sql_set_err(err, errlen, "invalid header: neon-connection-string");
-        return BH_SQL_EHEADER;
+        return BH_ESQL_HEADER;
     }
     if (h->isolation == BH_SQL_ISO_INVALID) {
         bh__sql_set_err(err, errlen, "invalid isolation level");
-        return BH_SQL_EISOLATION;
+        return BH_ESQL_ISOLATION;
     }
     return 0;
 }

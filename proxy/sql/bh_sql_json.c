@@ -3,7 +3,7 @@
  * Strings are escaped as serde_json does (lowercase \u00xx, UTF-8 validated and copied raw, '/'
  * and DEL unescaped), integers are plain decimal, floats ryu's shortest round-trip form.
  *
- * Errors are sticky: the first failure (BH_ENOMEM, BH_SQL_ETOO_LARGE, BH_SQL_EBAD_UTF8) is kept in
+ * Errors are sticky: the first failure (BH_ENOMEM, BH_ESQL_TOO_LARGE, BH_ESQL_BAD_UTF8) is kept in
  * o->err and every later write is a no-op, so a whole body is written without checks and the
  * caller looks at o->err once. The buffer never grows past max: lim_ = min(cap, max) is the bound
  * of the inline fast path (bh__sql_reserve in bh_sql_proto_int.h). */
@@ -59,7 +59,7 @@ bool bh__sql_grow(bh_sql_out_t *o, size_t k)
     if (o->err != 0)
         return false;
     if (k > o->max - o->n || o->n + k < o->n) {
-        o->err = BH_SQL_ETOO_LARGE;
+        o->err = BH_ESQL_TOO_LARGE;
         return false;
     }
     size_t want = o->n + k;
@@ -133,7 +133,7 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
 }
 
 /* The body of a JSON string (no quotes), escaped as serde_json does. Invalid UTF-8 sets
- * BH_SQL_EBAD_UTF8. */
+ * BH_ESQL_BAD_UTF8. */
 static void put_escaped(bh_sql_out_t *o, const char *str, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -150,7 +150,7 @@ static void put_escaped(bh_sql_out_t *o, const char *str, size_t n)
             size_t k = utf8_seq(s + i, n - i);
             if (k == 0) {
                 if (o->err == 0)
-                    o->err = BH_SQL_EBAD_UTF8;
+                    o->err = BH_ESQL_BAD_UTF8;
                 return;
             }
             i += k;

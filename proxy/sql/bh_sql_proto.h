@@ -10,7 +10,7 @@
  *   batch: bh_sql_begin_statement, PQsendQuery of it, each query, COMMIT        (4.2)
  *   bh_sql_out_init(max_response_bytes); [bh_sql_batch_begin]; per query
  *   bh_sql_result_begin / bh_sql_result_rows (any number of times) / bh_sql_result_end;
- *   [bh_sql_batch_end]                                     (5; BH_SQL_ETOO_LARGE -> 507)
+ *   [bh_sql_batch_end]                                     (5; BH_ESQL_TOO_LARGE -> 507)
  *   on a Postgres error: bh_sql_encode_pg_error (400), connect errors: bh_sql_encode_conn_error.
  *   bh_sql_write_headers for the head (content-type, CORS, neon-request-id, batch echo).
  *
@@ -29,26 +29,8 @@
 #include "bh_error.h"
 #include "bh_http.h"
 
-/* X(NAME, value, http_status, message). Out of memory is BH_ENOMEM (500). */
-#define BH_SQL_ERRNO_MAP(X)                                                                        \
-    X(HEADER, -1201, 400, "invalid header")                                                        \
-    X(CONNSTR, -1202, 400, "invalid connection string")                                            \
-    X(ISOLATION, -1203, 400, "invalid isolation level")                                            \
-    X(BODY, -1204, 400, "could not parse the HTTP request body")                                   \
-    X(TOO_LARGE, -1205, 507, "response is too large")                                              \
-    X(BAD_UTF8, -1206, 500, "could not parse postgres response")                                   \
-    X(STATE, -1207, 500, "SQL encoder used out of order")
-
-enum {
-#define BH_SQL_ERR_ENUM(name, val, status, msg) BH_SQL_E##name = (val),
-    BH_SQL_ERRNO_MAP(BH_SQL_ERR_ENUM)
-#undef BH_SQL_ERR_ENUM
-};
-
-/* HTTP status for a BH_SQL_E* code (BH_ENOMEM and unknown codes: 500). */
-int bh_sql_status(int err);
-/* Message for a BH_SQL_E* code, else bh_strerror(err). Never NULL. */
-const char *bh_sql_strerror(int err);
+/* The gateway's failure causes are the BH_ESQL_* rows of the one error table (bh_error.h), with
+ * their HTTP status (bh_err_status) and message (bh_strerror). */
 
 /* Messages of section 6.1 that the caller may need for its own 400s. */
 #define BH_SQL_MSG_MISSING_PASSWORD "missing authentication credentials: required password"
@@ -97,8 +79,8 @@ void bh_sql_headers_init(bh_sql_headers_t *h);
  * surrounding whitespace). Booleans are true only for the exact bytes "true". Unknown names are
  * ignored (Neon-Pool-Opt-In is accepted and ignored). */
 void bh_sql_header(bh_sql_headers_t *h, bh_span_t name, bh_span_t value);
-/* After the last header: 0, or BH_SQL_EHEADER ("invalid header: neon-connection-string", missing
- * or not printable ASCII) or BH_SQL_EISOLATION ("invalid isolation level"; checked even for
+/* After the last header: 0, or BH_ESQL_HEADER ("invalid header: neon-connection-string", missing
+ * or not printable ASCII) or BH_ESQL_ISOLATION ("invalid isolation level"; checked even for
  * single queries), with the 400 message in err (NUL-terminated, truncated to errlen). */
 BH_MUST_CHECK int bh_sql_headers_check(const bh_sql_headers_t *h, char *err, size_t errlen);
 /* The token of "Authorization: Bearer <token>" (prefix case-sensitive, as Neon). False when the
@@ -127,7 +109,7 @@ typedef struct bh_sql_connstr {
 } bh_sql_connstr_t;
 
 /* Parses a postgres:// or postgresql:// URL (scheme case-insensitive). Query parameters other
- * than application_name and the fragment are ignored. Returns 0, BH_ENOMEM, or BH_SQL_ECONNSTR
+ * than application_name and the fragment are ignored. Returns 0, BH_ENOMEM, or BH_ESQL_CONNSTR
  * with one of the 400 messages of section 6.1 in err: "incorrect scheme", "missing database
  * name", "missing username", "missing hostname", "invalid connection string: <reason>". A
  * missing password is NOT an error here (auth: passthrough should answer 400
@@ -157,7 +139,7 @@ typedef struct bh_sql_request {
  * ignored. Params are converted per section 3.4: strings as-is, null -> NULL, booleans, numbers
  * and objects -> their JSON text (objects compact with sorted keys, floats like serde/ryu:
  * 1e3 -> "1000.0"), arrays -> a Postgres array literal. Returns 0 with *out set (free with
- * bh_sql_request_free), BH_ENOMEM, or BH_SQL_EBODY with "could not parse the HTTP request body:
+ * bh_sql_request_free), BH_ENOMEM, or BH_ESQL_BODY with "could not parse the HTTP request body:
  * ..." in err. Integers beyond the int64 range are refused (jansson); the driver sends strings. */
 BH_MUST_CHECK int bh_sql_parse_body(const char *json, size_t n, bh_sql_request_t **out, char *err,
                                     size_t errlen);
@@ -174,7 +156,7 @@ size_t bh_sql_begin_statement(const bh_sql_headers_t *h, char *buf);
 /* ---- Response body encoder (5, 6) ---- */
 
 /* A growable body buffer bounded by max bytes. Errors are sticky: after the first failure
- * (BH_ENOMEM, BH_SQL_ETOO_LARGE, BH_SQL_EBAD_UTF8, BH_SQL_ESTATE) every call is a no-op returning
+ * (BH_ENOMEM, BH_ESQL_TOO_LARGE, BH_ESQL_BAD_UTF8, BH_ESQL_STATE) every call is a no-op returning
  * the same code, so checking the last call (or o->err) is enough. The caller embeds it; fields
  * other than p, n and err are private. */
 typedef struct bh_sql_out {
@@ -188,7 +170,7 @@ typedef struct bh_sql_out {
     uint64_t nrows_;
 } bh_sql_out_t;
 
-/* max_bytes: max_response_bytes; a success body longer than this fails with BH_SQL_ETOO_LARGE
+/* max_bytes: max_response_bytes; a success body longer than this fails with BH_ESQL_TOO_LARGE
  * (answer 507 with bh_sql_encode_too_large). */
 void bh_sql_out_init(bh_sql_out_t *o, size_t max_bytes);
 /* Empties the body and clears the error and state; keeps the memory and the bound. */
@@ -234,6 +216,8 @@ bool bh_sql_conn_error_parse(const char *msg, bh_sql_conn_error_t *ce);
 int bh_sql_encode_conn_error(bh_sql_out_t *o, const char *libpq_error_message);
 /* 17-key body with code "" and severity "" (bad headers/body, 503, 504, 500). */
 int bh_sql_encode_local_error(bh_sql_out_t *o, const char *message);
+/* The same for cause err (a BH_E* code): its "code" comes from the error table. */
+int bh_sql_encode_cause(bh_sql_out_t *o, int err, const char *message);
 /* "request is too large (max is N bytes)" (413) or "response is too large (max is N bytes)"
  * (507) as a local error body. */
 int bh_sql_encode_too_large(bh_sql_out_t *o, bool response, size_t max);

@@ -60,7 +60,7 @@ void bh__sql_put_str(bh_sql_out_t *o, const char *s);
 /* Plain decimal. */
 void bh__sql_put_i64(bh_sql_out_t *o, int64_t v);
 /* A quoted JSON string escaped as serde_json does (section 5); invalid UTF-8 sets
- * BH_SQL_EBAD_UTF8. s need not be NUL-terminated and may contain NUL bytes (\u0000). */
+ * BH_ESQL_BAD_UTF8. s need not be NUL-terminated and may contain NUL bytes (\u0000). */
 void bh__sql_put_jstr(bh_sql_out_t *o, const char *s, size_t n);
 void bh__sql_put_jstrz(bh_sql_out_t *o, const char *s);
 

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <cmocka.h>
 #include "bh_conf.h"
+#include "bh_error.h"
 #include "bh_http.h"
 #include "bh_router.h"
 
@@ -234,6 +235,38 @@ static void test_parse_target(void **state)
     }
 }
 
+/* The one error table: every row a reply can carry has a real status and an RFC 9209 type, names
+ * and messages are there, and the accessors agree with the table for codes outside it. */
+static void test_error_table(void **state)
+{
+    static const struct {
+        int err, status;
+        const char *name, *type;
+    } rows[] = {
+#define ROW(name, val, status, ps, code, msg) {val, status, #name, ps},
+        BH_ERRNO_MAP(ROW)
+#undef ROW
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        int st = bh_err_status(rows[i].err);
+        if (rows[i].status == 0) {
+            assert_int_equal(st, 500);
+            continue;
+        }
+        assert_int_equal(st, rows[i].status);
+        assert_true(st >= 400 && st <= 599);
+        if (rows[i].err != BH_EINVAL && rows[i].type == NULL)
+            fail_msg("%s is a reply without a Proxy-Status type", rows[i].name);
+        assert_string_equal(bh_errname(rows[i].err), rows[i].name);
+        assert_string_not_equal(bh_strerror(rows[i].err), "unknown error");
+        assert_string_equal(bh_err_sql_code(rows[i].err), "");
+    }
+    assert_int_equal(bh_err_status(BH_ETE_UNSUPPORTED), 501);
+    assert_int_equal(bh_err_status(BH_ESQL_TOO_LARGE), 507);
+    assert_int_equal(bh_err_status(-104 /* ECONNRESET */), 502);
+    assert_string_equal(bh_errname(-104), "UNKNOWN");
+}
+
 static void test_router(void **state)
 {
     const char *yaml = "listeners: [ { address: \"127.0.0.1:1\" } ]\n"
@@ -272,6 +305,7 @@ int main(void)
         cmocka_unit_test(test_connection_cannot_remove_protected),
         cmocka_unit_test(test_request_host_override),
         cmocka_unit_test(test_parse_target),
+        cmocka_unit_test(test_error_table),
         cmocka_unit_test(test_router),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

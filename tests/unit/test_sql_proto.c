@@ -265,11 +265,11 @@ static void test_escaping(void **state)
         int rc;
     } bad[] = {
         {"a\0b", 3, 0},                            /* \u0000 */
-        {"\xc0\x80", 2, BH_SQL_EBAD_UTF8},         /* overlong */
-        {"\xed\xa0\x80", 3, BH_SQL_EBAD_UTF8},     /* surrogate */
-        {"\xe6\x97", 2, BH_SQL_EBAD_UTF8},         /* truncated */
-        {"\xf4\x90\x80\x80", 4, BH_SQL_EBAD_UTF8}, /* above U+10FFFF */
-        {"\xff", 1, BH_SQL_EBAD_UTF8},
+        {"\xc0\x80", 2, BH_ESQL_BAD_UTF8},         /* overlong */
+        {"\xed\xa0\x80", 3, BH_ESQL_BAD_UTF8},     /* surrogate */
+        {"\xe6\x97", 2, BH_ESQL_BAD_UTF8},         /* truncated */
+        {"\xf4\x90\x80\x80", 4, BH_ESQL_BAD_UTF8}, /* above U+10FFFF */
+        {"\xff", 1, BH_ESQL_BAD_UTF8},
         {"\xf0\x9f\x98\x80", 4, 0},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -283,7 +283,7 @@ static void test_escaping(void **state)
             assert_non_null(strstr(body_str(&o), "[[\"a\\u0000b\"]"));
         if (bad[i].rc != 0) {
             assert_int_equal(bh_sql_result_end(&o, "SELECT 1"), bad[i].rc); /* sticky */
-            assert_int_equal(bh_sql_status(bad[i].rc), 500);
+            assert_int_equal(bh_err_status(bad[i].rc), 500);
         }
         bh_sql_out_free(&o);
         PQclear(rr);
@@ -394,13 +394,13 @@ static void test_incremental_rows(void **state)
     /* out of order calls */
     bh_sql_out_t bad;
     bh_sql_out_init(&bad, 1024);
-    assert_int_equal(bh_sql_result_rows(&bad, none), BH_SQL_ESTATE);
-    assert_int_equal(bh_sql_result_end(&bad, "SELECT 0"), BH_SQL_ESTATE);
+    assert_int_equal(bh_sql_result_rows(&bad, none), BH_ESQL_STATE);
+    assert_int_equal(bh_sql_result_end(&bad, "SELECT 0"), BH_ESQL_STATE);
     bh_sql_out_reset(&bad);
     assert_int_equal(bh_sql_encode_result(&bad, none, true, true), 0);
-    assert_int_equal(bh_sql_result_begin(&bad, none, true, true), BH_SQL_ESTATE); /* not a batch */
+    assert_int_equal(bh_sql_result_begin(&bad, none, true, true), BH_ESQL_STATE); /* not a batch */
     bh_sql_out_reset(&bad);
-    assert_int_equal(bh_sql_batch_end(&bad), BH_SQL_ESTATE);
+    assert_int_equal(bh_sql_batch_end(&bad), BH_ESQL_STATE);
     bh_sql_out_free(&bad);
     PQclear(none);
     PQclear(whole);
@@ -424,16 +424,16 @@ static void test_bound_507(void **state)
     assert_int_equal(o.n, need);
     bh_sql_out_free(&o);
     bh_sql_out_init(&o, need - 1);
-    assert_int_equal(bh_sql_encode_result(&o, r, true, true), BH_SQL_ETOO_LARGE);
+    assert_int_equal(bh_sql_encode_result(&o, r, true, true), BH_ESQL_TOO_LARGE);
     assert_true(o.n <= need - 1);
-    assert_int_equal(bh_sql_status(BH_SQL_ETOO_LARGE), 507);
+    assert_int_equal(bh_err_status(BH_ESQL_TOO_LARGE), 507);
     /* sticky across calls, and the bound is cumulative across a batch */
-    assert_int_equal(bh_sql_batch_end(&o), BH_SQL_ETOO_LARGE);
+    assert_int_equal(bh_sql_batch_end(&o), BH_ESQL_TOO_LARGE);
     bh_sql_out_free(&o);
     bh_sql_out_init(&o, 2 * need);
     assert_int_equal(bh_sql_batch_begin(&o), 0);
     assert_int_equal(bh_sql_encode_result(&o, r, true, true), 0);
-    assert_int_equal(bh_sql_encode_result(&o, r, true, true), BH_SQL_ETOO_LARGE);
+    assert_int_equal(bh_sql_encode_result(&o, r, true, true), BH_ESQL_TOO_LARGE);
     /* the 507 body replaces the partial one and is not bounded */
     assert_int_equal(bh_sql_encode_too_large(&o, true, 10485760), 0);
     assert_string_equal(
@@ -452,7 +452,7 @@ static void test_bound_507(void **state)
         assert_int_equal(PQsetvalue(big, i, 0, "12345", 5), 1);
     bh_sql_out_init(&o, 20000);
     assert_int_equal(bh_sql_result_begin(&o, big, true, true), 0);
-    assert_int_equal(bh_sql_result_rows(&o, big), BH_SQL_ETOO_LARGE);
+    assert_int_equal(bh_sql_result_rows(&o, big), BH_ESQL_TOO_LARGE);
     assert_true(o.n <= 20000 && o.cap <= 20000);
     bh_sql_out_free(&o);
     bh_sql_out_init(&o, 10 << 20);
@@ -532,7 +532,7 @@ static void check_pg_error(const char *const *fields, const char *want)
     PGresult *r = mkerr(fields);
     bh_sql_out_t o;
     bh_sql_out_init(&o, 10);
-    assert_int_equal(bh_sql_encode_result(&o, NULL, true, true), BH_SQL_ETOO_LARGE);
+    assert_int_equal(bh_sql_encode_result(&o, NULL, true, true), BH_ESQL_TOO_LARGE);
     assert_int_equal(bh_sql_encode_pg_error(&o, r), 0); /* replaces, unbounded */
     assert_string_equal(body_str(&o), want);
     bh_sql_out_free(&o);
@@ -643,11 +643,11 @@ static void test_local_errors(void **state)
     assert_string_equal(body_str(&o), "\"query is not supported\"");
     /* then a success body still works on the same buffer after a reset (and respects max) */
     bh_sql_out_reset(&o);
-    assert_int_equal(bh_sql_encode_result(&o, NULL, true, true), BH_SQL_ETOO_LARGE);
+    assert_int_equal(bh_sql_encode_result(&o, NULL, true, true), BH_ESQL_TOO_LARGE);
     bh_sql_out_free(&o);
-    assert_int_equal(bh_sql_status(BH_SQL_EBODY), 400);
-    assert_int_equal(bh_sql_status(BH_ENOMEM), 500);
-    assert_string_equal(bh_sql_strerror(BH_SQL_EISOLATION), "invalid isolation level");
+    assert_int_equal(bh_err_status(BH_ESQL_BODY), 400);
+    assert_int_equal(bh_err_status(BH_ENOMEM), 500);
+    assert_string_equal(bh_strerror(BH_ESQL_ISOLATION), "invalid isolation level");
 }
 
 /* ---- connect errors (section 12), real libpq 15 VERBOSE messages ---- */
@@ -747,7 +747,7 @@ static void parse_fails(const char *json, const char *want_err)
 {
     bh_sql_request_t *r = (void *)1;
     char err[256] = "";
-    assert_int_equal(bh_sql_parse_body(json, strlen(json), &r, err, sizeof(err)), BH_SQL_EBODY);
+    assert_int_equal(bh_sql_parse_body(json, strlen(json), &r, err, sizeof(err)), BH_ESQL_BODY);
     assert_null(r);
     if (strncmp(err, want_err, strlen(want_err)) != 0)
         fail_msg("%s: got error %s, want %s", json, err, want_err);
@@ -982,7 +982,7 @@ static void test_body_shapes(void **state)
         n += (size_t)snprintf(big + n, cap - n, "%s\"\"", i ? "," : "");
     n += (size_t)snprintf(big + n, cap - n, "]}");
     char err[256];
-    assert_int_equal(bh_sql_parse_body(big, n, &r, err, sizeof(err)), BH_SQL_EBODY);
+    assert_int_equal(bh_sql_parse_body(big, n, &r, err, sizeof(err)), BH_ESQL_BODY);
     assert_string_equal(err, "could not parse the HTTP request body: too many parameters (65536, "
                              "max 65535)");
     /* drop one: accepted */
@@ -1021,7 +1021,7 @@ static void test_out_of_memory(void **state)
     bh_alloc_fail_after(1);
     assert_int_equal(bh_sql_encode_result(&o, res, true, true), BH_ENOMEM);
     bh_alloc_fail_after(0);
-    assert_int_equal(bh_sql_status(o.err), 500);
+    assert_int_equal(bh_err_status(o.err), 500);
     bh_sql_out_free(&o);
     PQclear(res);
 }
@@ -1113,7 +1113,7 @@ static void test_connstr(void **state)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         err[0] = '\0';
         int rc = bh_sql_parse_connstr(bad[i].s, strlen(bad[i].s), &c, err, sizeof(err));
-        if (rc != BH_SQL_ECONNSTR || strcmp(err, bad[i].err) != 0)
+        if (rc != BH_ESQL_CONNSTR || strcmp(err, bad[i].err) != 0)
             fail_msg("%s: rc %d err [%s], want [%s]", bad[i].s, rc, err, bad[i].err);
         assert_null(c.mem_);
     }
@@ -1132,7 +1132,7 @@ static void connstr_fails(const char *s, const char *want_err)
     bh_sql_connstr_t c;
     char err[128] = "";
     int rc = bh_sql_parse_connstr(s, strlen(s), &c, err, sizeof(err));
-    if (rc != BH_SQL_ECONNSTR || strcmp(err, want_err) != 0)
+    if (rc != BH_ESQL_CONNSTR || strcmp(err, want_err) != 0)
         fail_msg("%s: rc %d err [%s], want [%s]", s, rc, err, want_err);
     assert_null(c.mem_);
     assert_null(c.user);
@@ -1260,9 +1260,9 @@ static void test_connstr_edges(void **state)
     /* the message is truncated to errlen; err may be NULL */
     char small[8];
     const char *s = "mysql://u@h/d";
-    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, small, sizeof(small)), BH_SQL_ECONNSTR);
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, small, sizeof(small)), BH_ESQL_CONNSTR);
     assert_string_equal(small, "incorre");
-    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, NULL, 0), BH_SQL_ECONNSTR);
+    assert_int_equal(bh_sql_parse_connstr(s, strlen(s), &c, NULL, 0), BH_ESQL_CONNSTR);
     /* not NUL-terminated input: only n bytes are read */
     s = "postgres://u@h/dXYZ";
     assert_int_equal(bh_sql_parse_connstr(s, strlen(s) - 3, &c, NULL, 0), 0);
@@ -1289,7 +1289,7 @@ static void test_headers(void **state)
     bh_sql_headers_t h;
     char err[128];
     bh_sql_headers_init(&h);
-    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_ESQL_HEADER);
     assert_string_equal(err, "invalid header: neon-connection-string");
     bh_sql_header(&h, sp("NEON-CONNECTION-STRING"), sp("postgresql://a:b@h/d"));
     bh_sql_header(&h, sp("neon-connection-string"), sp("postgresql://second@h/d"));
@@ -1329,7 +1329,7 @@ static void test_headers(void **state)
         assert_int_equal(h2.isolation, iso[i].iso);
         int rc = bh_sql_headers_check(&h2, err, sizeof(err));
         if (iso[i].iso == BH_SQL_ISO_INVALID) {
-            assert_int_equal(rc, BH_SQL_EISOLATION);
+            assert_int_equal(rc, BH_ESQL_ISOLATION);
             assert_string_equal(err, "invalid isolation level");
         } else {
             assert_int_equal(rc, 0);
@@ -1338,10 +1338,10 @@ static void test_headers(void **state)
     /* non-ASCII or empty connection string */
     bh_sql_headers_init(&h);
     bh_sql_header(&h, sp("neon-connection-string"), sp("postgres://ü@h/d"));
-    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_ESQL_HEADER);
     bh_sql_headers_init(&h);
     bh_sql_header(&h, sp("neon-connection-string"), sp(""));
-    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_ESQL_HEADER);
 
     /* bearer tokens */
     bh_span_t tok;
@@ -1473,13 +1473,13 @@ static void test_heads_edges(void **state)
     assert_non_null(h.connstr.p);
     assert_int_equal(h.connstr.n, 0);
     assert_false(h.raw_text);
-    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_ESQL_HEADER);
     bh_sql_headers_init(&h);
     bh_sql_header(&h, sp("neon-connection-string"), sp("postgres://u@h/d\t"));
-    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_ESQL_HEADER);
     bh_sql_headers_init(&h);
     bh_sql_header(&h, sp("neon-connection-string"), sp("postgres://u@h/d\x7f"));
-    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_SQL_EHEADER);
+    assert_int_equal(bh_sql_headers_check(&h, err, sizeof(err)), BH_ESQL_HEADER);
     bh_sql_headers_init(&h);
     bh_sql_header(&h, sp("neon-connection-string"), sp("postgres://u@h/d"));
     bh_sql_header(&h, sp("neon-batch-isolation-level"), sp("Serializable"));
@@ -1538,8 +1538,8 @@ static void test_heads_edges(void **state)
     assert_true(span_is(ce.routine, "r") && span_is(ce.file, "file.c") && span_is(ce.line, NULL));
     assert_true(bh_sql_conn_error_parse("x failed: FATAL:  28000: m\nother line\nHINT:  h\n", &ce));
     assert_true(span_is(ce.hint, NULL)); /* an unknown line ends the scan */
-    assert_string_equal(bh_sql_strerror(-999999), bh_strerror(-999999));
-    assert_int_equal(bh_sql_status(-999999), 500);
+    assert_string_equal(bh_strerror(-999999), "unknown error");
+    assert_int_equal(bh_err_status(-999999), 502); /* outside the table: the upstream's doing */
 }
 
 int main(void)
