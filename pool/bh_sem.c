@@ -60,11 +60,14 @@ void bh_sem_unref(bh_sem_t *s)
     bh_free(s);
 }
 
-bh_sem_lane_t *bh_sem_oldest(bh_sem_t *s, const bh_sem_lane_t *self, uint64_t below,
-                             uint64_t *ticket)
+/* The lane (not self) whose oldest needy waiter has the smallest ticket below `below`, with that
+ * ticket and the lane's granted count as read; NULL when none. */
+static bh_sem_lane_t *scan_oldest(bh_sem_t *s, const bh_sem_lane_t *self, uint64_t below,
+                                  uint64_t *ticket, uint32_t *granted)
 {
     bh_sem_lane_t *best = NULL;
     uint64_t bt = below;
+    uint32_t bg = 0;
     for (uint32_t i = 0; i < s->n_lanes; i++) {
         bh_sem_lane_t *l = &s->lanes[i];
         uint32_t g;
@@ -72,8 +75,20 @@ bh_sem_lane_t *bh_sem_oldest(bh_sem_t *s, const bh_sem_lane_t *self, uint64_t be
         if (l != self && (t = bh_sem_lane_next(l, &g)) < bt) {
             best = l;
             bt = t;
+            bg = g;
         }
     }
+    *ticket = bt;
+    *granted = bg;
+    return best;
+}
+
+bh_sem_lane_t *bh_sem_oldest(bh_sem_t *s, const bh_sem_lane_t *self, uint64_t below,
+                             uint64_t *ticket)
+{
+    uint64_t bt;
+    uint32_t bg;
+    bh_sem_lane_t *best = scan_oldest(s, self, below, &bt, &bg);
     if (ticket != NULL)
         *ticket = bt;
     return best;
@@ -82,19 +97,9 @@ bh_sem_lane_t *bh_sem_oldest(bh_sem_t *s, const bh_sem_lane_t *self, uint64_t be
 bh_sem_lane_t *bh_sem_claim(bh_sem_t *s, const bh_sem_lane_t *self, uint64_t below)
 {
     for (;;) {
-        bh_sem_lane_t *best = NULL;
-        uint64_t bt = below;
-        uint32_t bg = 0;
-        for (uint32_t i = 0; i < s->n_lanes; i++) {
-            bh_sem_lane_t *l = &s->lanes[i];
-            uint32_t g;
-            uint64_t t;
-            if (l != self && (t = bh_sem_lane_next(l, &g)) < bt) {
-                best = l;
-                bt = t;
-                bg = g;
-            }
-        }
+        uint64_t bt;
+        uint32_t bg;
+        bh_sem_lane_t *best = scan_oldest(s, self, below, &bt, &bg);
         if (best == NULL)
             return NULL;
         /* Fails only when another thread changed that lane's count meanwhile: look again. */
