@@ -57,9 +57,14 @@ def free_port():
     the ephemeral range (what binding port 0 gives) can be taken by any outgoing connection before
     the process it is meant for binds it, and the suites run in parallel with thousands of
     connections. A port handed out recently is not handed out again (the callers of one test bind
-    theirs only later). What is left is two suites picking the same port within the same moment."""
+    theirs only later). The normal and ASan suites run at the same time: each picks from its own half
+    of the range (BULKHEAD_BUILD), so one suite's listener never lands on the other's port."""
     low = _ephemeral_low()
     hi, lo = min(low, 32768), max(1024, min(low, 32768) - 12000)
+    build = os.environ.get("BULKHEAD_BUILD")
+    if build in ("normal", "asan"):
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if build == "normal" else (mid, hi)
     for _ in range(1000):
         port = _PORT_RNG.randrange(lo, hi)
         if port in _RECENT_PORTS:
@@ -199,11 +204,20 @@ class Upstream:
         try:
             # the data port is bound before the control port, and probing the data port would count
             # as a connection in the statistics: probe the control port only
-            wait_until(lambda: self._check_alive() and can_connect(self.control_port),
-                       what="upstream %s to listen" % name)
+            wait_until(lambda: self._check_alive() and can_connect(self.control_port) and
+                       self._is_ours(), what="upstream %s to listen" % name)
         except BaseException:
             self.stop()
             raise
+
+    def _is_ours(self):
+        """The control port answers as this upstream does (not some other process that got the port
+        between free_port() and the bind), and the process is still running after it answered."""
+        try:
+            st = json.loads(self.control("/stats"))
+        except (OSError, ValueError):
+            return False
+        return "requests" in st and self._check_alive()
 
     def _check_alive(self):
         if self.proc.poll() is not None:
