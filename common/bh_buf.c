@@ -3,9 +3,6 @@
 #include "bh_alloc.h"
 #include "bh_buf.h"
 
-/* Free buffers kept however quiet the worker is. */
-#define BH_BUF_KEEP_MIN 16
-
 void bh_bufpool_init(bh_bufpool_t *p, uint32_t cap, uint32_t max_free)
 {
     bh_list_init(&p->free);
@@ -57,9 +54,7 @@ void bh_buf_unref(bh_buf_t *b)
         return;
     bh_bufpool_t *p = b->pool;
     p->in_use--;
-    /* Keep what the traffic in flight may soon need again, so that a burst's buffers do not stay
-     * cached (and resident) once it is over. */
-    if (p->nfree < p->max_free && p->nfree < BH_BUF_KEEP_MIN + 2 * p->in_use) {
+    if (p->nfree < p->max_free) {
         bh_list_push_front(&p->free, &b->link);
         p->nfree++;
     } else {

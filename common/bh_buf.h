@@ -28,8 +28,7 @@ struct bh_bufpool {
     uint64_t in_use;     /* buffers handed out and not yet returned */
 };
 
-/* cap: bytes per buffer; max_free: how many free buffers to keep cached at most (fewer when few
- * are in use: 16 plus twice those in use). */
+/* cap: bytes per buffer; max_free: how many free buffers to keep cached. */
 void bh_bufpool_init(bh_bufpool_t *p, uint32_t cap, uint32_t max_free);
 /* Frees the cached buffers. Every buffer must have been returned (asserted). */
 void bh_bufpool_destroy(bh_bufpool_t *p);

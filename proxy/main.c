@@ -1,6 +1,5 @@
 /* bulkhead: command line, config loading, and the main thread's signal loop. */
 #include <getopt.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,9 +139,6 @@ int main(int argc, char **argv)
     };
     const char *config = NULL, *check = NULL;
     int opt;
-    /* Read buffers (16 KiB and up) get pages of their own, so a burst's buffers, freed once it is
-     * over (bh_buf.c keeps what the traffic in flight needs), leave the resident set too. */
-    mallopt(M_MMAP_THRESHOLD, 16 * 1024);
     while ((opt = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
