@@ -325,15 +325,12 @@ static void run_next(bh_sql_t *s)
             return;
         }
         s->in_tx = true;
-        s->next_query = 0;
+        s->next_query = SIZE_MAX; /* marker: BEGIN in flight; next time the first user statement */
         rc = bh_pg_exec(s->conn, begin, on_result, on_done, s);
-        s->next_query = 0;
         if (rc < 0) {
             s->conn_lost = true;
-            finish_statements(s);
+            finish_statements(s); /* may answer, end the exchange and free s: touch nothing after */
         }
-        /* next time: the first user statement */
-        s->next_query = SIZE_MAX; /* marker: BEGIN in flight */
         return;
     }
     if (s->next_query == SIZE_MAX)

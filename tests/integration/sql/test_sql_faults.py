@@ -369,3 +369,22 @@ def test_batch_not_rerun_by_default(sql_bulkhead, pg):
     assert body["code"] == "40001", body
     assert pg.app_sql("SELECT last_value FROM %s" % seq) == [(1,)]
     assert pg.app_sql("SELECT count(*) FROM %s" % t) == [(0,)]
+
+
+def test_batch_after_the_idle_connection_was_terminated(sql_bulkhead, pg):
+    """Issue 10: a pooled connection whose backend was terminated while idle, then batches. When the
+    BEGIN cannot even be sent, the gateway answers and frees the request, and must not write to it
+    afterwards (a use after free under ASan before the fix). Every batch gets an answer (run on a new
+    connection, or 502 connection lost), and bulkhead serves on."""
+    role, pw = pg.make_role("term")
+    c = SqlClient(sql_bulkhead(), pg, user=role, password=pw)
+    for _ in range(3):
+        r = c.query("SELECT 1")
+        assert status(r) == 200, describe(r)  # the pool holds an idle connection of this key
+        pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+        wait_until(lambda: pg.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+                                  (role,))[0][0] == 0, what="the backend to end")
+        r = c.batch(["SELECT 1", "SELECT 2"])
+        assert status(r) in (200, 502), describe(r)
+    r = c.batch(["SELECT 1", "SELECT 2"])
+    assert status(r) == 200 and len(r.json()["results"]) == 2, describe(r)
