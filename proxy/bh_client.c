@@ -25,10 +25,10 @@
 #include "bh_reply.h"
 
 enum client_state {
-    CS_IDLE,            /* between requests: keepalive_timeout */
-    CS_HEAD,            /* receiving a request head: header_timeout */
-    CS_EXCHANGE,        /* forwarding a request and its response */
-    CS_TUNNEL,          /* after a 101: bytes piped both ways */
+    CS_IDLE,     /* between requests: keepalive_timeout */
+    CS_HEAD,     /* receiving a request head: header_timeout */
+    CS_EXCHANGE, /* forwarding a request and its response */
+    CS_TUNNEL,   /* after a 101: bytes piped both ways */
     CS_CLOSING,
 };
 
@@ -38,34 +38,34 @@ typedef struct bh_client bh_client_t;
 
 /* What a connection needs only while a request is in flight. */
 typedef struct busy {
-    uv_timer_t timer;               /* header, body gap, exchange deadline, linger */
+    uv_timer_t timer; /* header, body gap, exchange deadline, linger */
     llhttp_t parser;
-    bh_list_t link;                 /* on the cache's free or pending list */
-    bh_client_t *c;                 /* while attached */
-    uint64_t timer_due;             /* when the timer fires (valid while it is active) */
-    uint32_t head_start;            /* offset of the current request head in rbuf */
-    uint32_t url_off, url_len;      /* the request target as llhttp delimited it, from head_start */
+    bh_list_t link;            /* on the cache's free or pending list */
+    bh_client_t *c;            /* while attached */
+    uint64_t timer_due;        /* when the timer fires (valid while it is active) */
+    uint32_t head_start;       /* offset of the current request head in rbuf */
+    uint32_t url_off, url_len; /* the request target as llhttp delimited it, from head_start */
     uint32_t nheaders;
-    int parse_error;                /* BH_E* set by a parser callback that stopped it */
-    uint8_t pause;                  /* why a parser callback paused it */
-    bool paused;                    /* parser paused: at a head end or a message end */
-    bool run_parser;                /* run the parser once more even without new bytes */
-    bool version_seen;              /* the request line's version was parsed */
+    int parse_error;   /* BH_E* set by a parser callback that stopped it */
+    uint8_t pause;     /* why a parser callback paused it */
+    bool paused;       /* parser paused: at a head end or a message end */
+    bool run_parser;   /* run the parser once more even without new bytes */
+    bool version_seen; /* the request line's version was parsed */
     bh_exchange_t ex;
 } busy_t;
 
 struct bh_client {
-    bh_conn_t conn;                 /* what the exchange sees */
+    bh_conn_t conn; /* what the exchange sees */
     uv_tcp_t tcp;
-    bh_list_t link;                 /* on the worker's client list */
-    bh_list_t idle_link;            /* on the cache's idle list while CS_IDLE */
-    busy_t *b;                      /* NULL while idle */
-    uint64_t phase_start_ms;        /* start of the idle/header phase; last body read */
+    bh_list_t link;          /* on the worker's client list */
+    bh_list_t idle_link;     /* on the cache's idle list while CS_IDLE */
+    busy_t *b;               /* NULL while idle */
+    uint64_t phase_start_ms; /* start of the idle/header phase; last body read */
     enum client_state state;
     bool reading;
-    bool in_parse;                  /* parse() is on the stack */
-    bool eof;                       /* the client sent FIN or the read failed */
-    bool counted;                   /* counted in srv->clients */
+    bool in_parse; /* parse() is on the stack */
+    bool eof;      /* the client sent FIN or the read failed */
+    bool counted;  /* counted in srv->clients */
 };
 
 /* How many busy parts a worker keeps for reuse: a floor, plus twice the requests in flight, so
@@ -100,7 +100,8 @@ static uint64_t now_of(const bh_client_t *c)
     return uv_now(&c->conn.w->loop);
 }
 
-/* ---- busy parts and idle connections ---------------------------------------------------------- */
+/* ---- busy parts and idle connections ----------------------------------------------------------
+ */
 
 static void on_timer(uv_timer_t *t);
 

@@ -64,7 +64,7 @@ static int send_request(bh_fwd_t *f, bh_upconn_t *uc)
     rc = w.overflow ? BH_EHEAD_TOO_LARGE : bh_outq_copy(&uc->out, tail, w.n);
     for (uint32_t i = 0; rc == 0 && i < f->n_replay; i++)
         rc = bh__fwd_emit_body(&uc->out, f->req_framing, f->replay[i].buf, f->replay[i].p,
-                       f->replay[i].n);
+                               f->replay[i].n);
     if (rc == 0 && ex->req_done)
         rc = bh__fwd_emit_end(&uc->out, f->req_framing);
     return rc == 0 ? bh_outq_flush(&uc->out) : rc;
@@ -133,8 +133,8 @@ static void start_attempt(bh_fwd_t *f)
         return;
     }
     uint64_t retry_after_ms = 0;
-    if (ex->attempts == 0 && bh_breaker_allow(&up->shared->breaker, now, up->env->rng,
-                                              &f->ticket, &retry_after_ms) < 0) {
+    if (ex->attempts == 0 && bh_breaker_allow(&up->shared->breaker, now, up->env->rng, &f->ticket,
+                                              &retry_after_ms) < 0) {
         /* refused before any attempt: nothing was tried, no endpoint picked */
         bh_exchange_reply(ex, BH_EBREAKER_OPEN, !ex->req_done, (retry_after_ms + 999) / 1000);
         return;
