@@ -201,8 +201,13 @@ static bh_wup_t *wup_new(bh_worker_t *w, bh_snap_t *snap, size_t i)
         wup_unref(u);
         return NULL;
     }
-    if (w->id == 0 && (u->health = bh_health_start(&u->up)) != NULL)
-        w->health_running++;
+    if (w->id == 0) {
+        if ((u->health = bh_health_start(&u->up)) != NULL)
+            w->health_running++;
+        else if (u->up.conf->health_check.enabled) /* NULL without health checks is normal */
+            bh_log_error("upstream %s: out of memory starting its health checks: none will run",
+                         u->up.conf->name);
+    }
     return u;
 }
 
@@ -454,6 +459,11 @@ static void worker_destroy(bh_worker_t *w)
         return;
     if (!w->upstreams_closing) /* a failed start */
         close_upstreams(w);
+    bh_list_t *n, *tmp;
+    bh_list_foreach_safe(n, tmp, &w->listeners) /* never started: closed with their callbacks */
+    {
+        close_listener(bh_container_of(n, bh_listener_t, link));
+    }
     /* After a normal drain every handle is closed already; after a failed init, close here. */
     uv_walk(&w->loop, on_walk_close, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);

@@ -70,9 +70,32 @@ static void test_server_init_out_of_memory(void **state)
     assert_true(nth > 10);
 }
 
+/* A server set up but never started (main() when the admin listener cannot open) is destroyed with
+ * its listeners closed through their callbacks: under the unit suite's leak check nothing is left. */
+static void test_server_destroyed_without_start(void **state)
+{
+    (void)state;
+    char yaml[512];
+    snprintf(yaml, sizeof(yaml),
+             "workers: 2\n"
+             "listeners:\n  - address: 127.0.0.1:%d\n"
+             "log: { access: off }\n"
+             "upstreams:\n  u:\n    endpoints: [ \"127.0.0.1:1\" ]\n"
+             "routes:\n  - { match: { path_prefix: / }, upstream: u }\n",
+             free_port());
+    static bh_server_t srv;
+    bh_conf_t *conf;
+    bh_conf_error_t err;
+    if (bh_conf_load_string("t.yaml", yaml, strlen(yaml), &conf, &err) != 0)
+        fail_msg("config: %s", err.msg);
+    assert_int_equal(bh_server_init(&srv, conf), 0);
+    bh_server_destroy(&srv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_server_destroyed_without_start),
         cmocka_unit_test(test_server_init_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
