@@ -29,6 +29,22 @@ static int free_port(void)
     return ntohs(sin.sin_port);
 }
 
+/* Two workers, a listener on a free port, upstream u with these endpoints (and extra lines of its
+ * section), one route to it. */
+static void server_yaml(char *yaml, size_t cap, const char *endpoints, const char *extra)
+{
+    snprintf(yaml, cap,
+             "workers: 2\n"
+             "listeners:\n  - address: 127.0.0.1:%d\n"
+             "log: { access: off }\n"
+             "upstreams:\n"
+             "  u:\n"
+             "    endpoints: [ %s ]\n"
+             "%s"
+             "routes:\n  - { match: { path_prefix: / }, upstream: u }\n",
+             free_port(), endpoints, extra);
+}
+
 /* Every allocation of bh_server_init fails in turn: two workers, an upstream with a numeric and
  * a named endpoint and health checks. A failed start is destroyed like main() does; the start
  * that succeeds runs its workers, stops and is destroyed. */
@@ -36,16 +52,8 @@ static void test_server_init_out_of_memory(void **state)
 {
     (void)state;
     char yaml[1024];
-    snprintf(yaml, sizeof(yaml),
-             "workers: 2\n"
-             "listeners:\n  - address: 127.0.0.1:%d\n"
-             "log: { access: off }\n"
-             "upstreams:\n"
-             "  u:\n"
-             "    endpoints: [ \"127.0.0.1:1\", \"localhost:1\" ]\n"
-             "    health_check: { path: /healthz }\n"
-             "routes:\n  - { match: { path_prefix: / }, upstream: u }\n",
-             free_port());
+    server_yaml(yaml, sizeof(yaml), "\"127.0.0.1:1\", \"localhost:1\"",
+                "    health_check: { path: /healthz }\n");
     static bh_server_t srv; /* large */
     unsigned long nth;
     for (nth = 1;; nth++) {
@@ -75,14 +83,8 @@ static void test_server_init_out_of_memory(void **state)
 static void test_server_destroyed_without_start(void **state)
 {
     (void)state;
-    char yaml[512];
-    snprintf(yaml, sizeof(yaml),
-             "workers: 2\n"
-             "listeners:\n  - address: 127.0.0.1:%d\n"
-             "log: { access: off }\n"
-             "upstreams:\n  u:\n    endpoints: [ \"127.0.0.1:1\" ]\n"
-             "routes:\n  - { match: { path_prefix: / }, upstream: u }\n",
-             free_port());
+    char yaml[1024];
+    server_yaml(yaml, sizeof(yaml), "\"127.0.0.1:1\"", "");
     static bh_server_t srv;
     bh_conf_t *conf;
     bh_conf_error_t err;
