@@ -55,6 +55,7 @@ typedef struct bh_conf_pool {
     uint64_t acquire_timeout_ms;      /* 1s */
     uint64_t idle_timeout_ms;         /* 4s */
     uint64_t max_lifetime_ms;         /* 10m; 0 = unlimited */
+    uint32_t max_per_user;            /* databases: max_connections_per_user (one pool key) */
 } bh_conf_pool_t;
 
 typedef struct bh_conf_timeouts {

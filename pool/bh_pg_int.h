@@ -53,7 +53,8 @@ struct bh_pg_pool {
     bh_pg_pools_t *pools;
     bh_pg_pool_t *next; /* hash chain */
     uint8_t key[BH__PG_KEY_LEN];
-    struct bh__pg_sem_entry *sem; /* the key's permit counter (bh_pg_pools.c) */
+    struct bh__pg_sem_entry *sem; /* the database entry's permits (bh_pg_pools.c) */
+    struct bh__pg_sem_entry *cap; /* the key's own cap; NULL when max_per_user >= the entry's */
     uv_timer_t timer;             /* bh_pool_expire, and the pre-warm retry */
     bh__pg_params_t params;
     char *label; /* user@dbname, for logs */
@@ -94,6 +95,10 @@ int bh__pg_options_build(const bh_pg_server_t *srv, char **out);
 /* The pool key: where and as whom it connects, and the pool's own settings. 0 or BH_ENOMEM. */
 int bh__pg_key_digest(uint8_t out[BH__PG_KEY_LEN], const bh_pg_server_t *srv, const char *options,
                       const char *dbname, const char *user, const char *password);
+
+/* The identity of a database entry's permits: its name, server and connection cap (a reload
+ * that keeps them keeps the counter, so old and new pools count against one cap). */
+int bh__pg_db_digest(uint8_t out[BH__PG_KEY_LEN], const bh_pg_server_t *srv);
 
 /* Fills a zeroed pp from the server's conninfo, the credentials (password may be NULL) and
  * options. 0, BH_EINVAL (unparsable conninfo) or BH_ENOMEM; pp must be freed either way. */

@@ -10,8 +10,8 @@
  *   the worker's pools close, as soon as it is empty (bh__pg_pool_maybe_done).
  * - pools->open counts the sweep timer and the pools not yet freed; the last one to go frees
  *   pools and runs the close callback.
- * - The process-wide bh_pg_shared_t holds one entry per key: its bh_sem_t, counted by the pools
- *   (of every worker) attached to it. Its mutex is taken only when a pool is created or freed
+ * - The process-wide bh_pg_shared_t holds one entry per database entry (its bh_sem_t) and one per
+ *   key with a cap of its own, each counted by the pools (of every worker) attached to it. Its mutex is taken only when a pool is created or freed
  *   (and by bh_pg_shared_count), never on the request path. */
 #include "bh_pg_int.h"
 
@@ -23,10 +23,13 @@
 #include "bh_list.h"
 #include "bh_log.h"
 
+/* A process-wide entry: the permit counter of a database entry (sem), or the narrower cap of one
+ * pool key inside it (cap). Counted by the pools (of every worker) attached to it. */
 typedef struct bh__pg_sem_entry {
     bh_list_t link;
-    uint8_t key[BH__PG_KEY_LEN];
-    bh_sem_t *sem;
+    uint8_t key[BH__PG_KEY_LEN]; /* the database digest, or the pool key */
+    bh_sem_t *sem;               /* a database's; NULL for a key's */
+    bh_pool_cap_t cap;           /* a key's */
     unsigned refs;
 } sem_entry_t;
 
@@ -94,6 +97,15 @@ static const bh_pool_ops_t pg_pool_ops = {
 
 /* ---- process-wide permits ---------------------------------------------------------------- */
 
+static void sem_entry_free(sem_entry_t *e)
+{
+    if (e == NULL)
+        return;
+    if (e->sem != NULL)
+        bh_sem_unref(e->sem); /* messages about it still queued on a worker keep it a while */
+    bh_free(e);
+}
+
 bh_pg_shared_t *bh_pg_shared_new(uint32_t n_workers)
 {
     bh_pg_shared_t *s = bh_calloc(1, sizeof(*s));
@@ -111,11 +123,7 @@ void bh_pg_shared_free(bh_pg_shared_t *s)
         return;
     bh_list_t *n, *t;
     bh_list_foreach_safe(n, t, &s->entries)
-    {
-        sem_entry_t *e = bh_container_of(n, sem_entry_t, link);
-        bh_sem_unref(e->sem);
-        bh_free(e);
-    }
+    sem_entry_free(bh_container_of(n, sem_entry_t, link));
     pthread_mutex_destroy(&s->mu);
     bh_free(s);
 }
@@ -128,10 +136,10 @@ size_t bh_pg_shared_count(bh_pg_shared_t *s)
     return n;
 }
 
-/* The key's entry, created with a semaphore of max permits when the key has none yet. NULL:
- * out of memory. */
+/* The entry for key, created when there is none: with a semaphore of max permits (with_sem), or
+ * with a cap of max. NULL: out of memory. */
 static sem_entry_t *sem_entry_get_locked(bh_pg_shared_t *s, const uint8_t key[BH__PG_KEY_LEN],
-                                         uint32_t max)
+                                         uint32_t max, bool with_sem)
 {
     bh_list_t *n;
     bh_list_foreach(n, &s->entries)
@@ -144,7 +152,8 @@ static sem_entry_t *sem_entry_get_locked(bh_pg_shared_t *s, const uint8_t key[BH
     if (e == NULL)
         return NULL;
     memcpy(e->key, key, BH__PG_KEY_LEN);
-    if ((e->sem = bh_sem_new(max, s->n_workers)) == NULL) {
+    e->cap.max = max;
+    if (with_sem && (e->sem = bh_sem_new(max, s->n_workers)) == NULL) {
         bh_free(e);
         return NULL;
     }
@@ -153,12 +162,23 @@ static sem_entry_t *sem_entry_get_locked(bh_pg_shared_t *s, const uint8_t key[BH
     return e;
 }
 
-/* Initialises p's bh_pool on its key's permit counter: per key and process-wide, one lane per
- * worker. 0 or BH_ENOMEM (then p->base is untouched). */
+static void sem_entry_put_locked(bh_pg_shared_t *s, sem_entry_t *e, sem_entry_t **gone)
+{
+    if (e == NULL || --e->refs > 0)
+        return;
+    bh_list_remove(&e->link);
+    s->n--;
+    *gone = e;
+}
+
+/* Initialises p's bh_pool on the permits of its database entry (process-wide, one lane per
+ * worker: every key of the entry shares them, so max_connections bounds the entry) and, when
+ * max_per_user is below that, on its key's own cap. 0 or BH_ENOMEM (then p->base is untouched). */
 static int attach_permits(bh_pg_pool_t *p, const bh_pg_server_t *srv)
 {
     const bh_conf_pool_t *pc = &srv->pool;
     uint32_t max = pc->max_connections ? pc->max_connections : 1;
+    uint32_t per_key = pc->max_per_user && pc->max_per_user < max ? pc->max_per_user : max;
     bh_pool_limits_t limits = {
         .max_pending = pc->max_pending,
         .max_idle = pc->max_idle ? pc->max_idle : max,
@@ -167,38 +187,49 @@ static int attach_permits(bh_pg_pool_t *p, const bh_pg_server_t *srv)
         .idle_timeout_ms = pc->idle_timeout_ms,
         .max_lifetime_ms = pc->max_lifetime_ms,
     };
+    uint8_t dkey[BH__PG_KEY_LEN];
+    if (bh__pg_db_digest(dkey, srv) < 0)
+        return BH_ENOMEM;
     bh_pg_shared_t *s = p->pools->shared;
     pthread_mutex_lock(&s->mu);
-    sem_entry_t *e = sem_entry_get_locked(s, p->key, max);
-    if (e != NULL) {
+    sem_entry_t *e = sem_entry_get_locked(s, dkey, max, true);
+    sem_entry_t *k = e != NULL && per_key < max ? sem_entry_get_locked(s, p->key, per_key, false)
+                                                : NULL;
+    bool ok = e != NULL && (per_key == max || k != NULL);
+    if (ok) {
         e->refs++;
+        if (k != NULL)
+            k->refs++;
         bh_pool_init(&p->base, &pg_pool_ops, e->sem, p->pools->inbox, &limits, p);
         p->base.gauges = srv->gauges;
+        p->base.cap = k != NULL ? &k->cap : NULL;
+    }
+    sem_entry_t *gone = NULL;
+    if (!ok && e != NULL && e->refs == 0) { /* created just now for nothing */
+        e->refs = 1;
+        sem_entry_put_locked(s, e, &gone);
     }
     pthread_mutex_unlock(&s->mu);
-    if (e == NULL)
+    sem_entry_free(gone);
+    if (!ok)
         return BH_ENOMEM;
     p->sem = e;
+    p->cap = k;
     return 0;
 }
 
-/* An empty pool leaves its permit counter; the key's last pool on any worker frees the entry. */
+/* An empty pool leaves its permits; the last pool of an entry or key on any worker frees it. */
 static void detach_permits(bh_pg_pool_t *p)
 {
     bh_pg_shared_t *s = p->pools->shared;
     bh_pool_detach(&p->base); /* empty: the timer closes only then */
-    sem_entry_t *gone = NULL;
+    sem_entry_t *gone_db = NULL, *gone_key = NULL;
     pthread_mutex_lock(&s->mu);
-    if (--p->sem->refs == 0) {
-        bh_list_remove(&p->sem->link);
-        s->n--;
-        gone = p->sem;
-    }
+    sem_entry_put_locked(s, p->sem, &gone_db);
+    sem_entry_put_locked(s, p->cap, &gone_key);
     pthread_mutex_unlock(&s->mu);
-    if (gone != NULL) {
-        bh_sem_unref(gone->sem); /* messages about it still queued on a worker keep it a while */
-        bh_free(gone);
-    }
+    sem_entry_free(gone_db);
+    sem_entry_free(gone_key);
 }
 
 /* ---- a pool's lifetime ------------------------------------------------------------------- */

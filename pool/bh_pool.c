@@ -121,21 +121,67 @@ static bh_pool_t *pool_of_lane_link(bh_list_t *n)
     return bh_container_of(n, bh_pool_t, lane_link);
 }
 
-/* Waiters of p with no connection on the way. */
-static uint32_t needy(const bh_pool_t *p)
+/* ---- the pool's own cap (bh_pool_cap_t) ---------------------------------------------------- */
+
+static bool capped(const bh_pool_t *p)
 {
-    return p->n_waiters > p->n_connecting ? p->n_waiters - p->n_connecting : 0;
+    return p->cap != NULL && atomic_load_explicit(&p->cap->used, memory_order_relaxed) >= p->cap->max;
 }
 
-/* The ticket of p's first needy waiter, or NONE. */
-static uint64_t needy_ticket(const bh_pool_t *p)
+static bool cap_take(bh_pool_t *p)
 {
-    if (needy(p) == 0)
+    if (p->cap == NULL)
+        return true;
+    int64_t used = atomic_load_explicit(&p->cap->used, memory_order_relaxed);
+    while (used < p->cap->max)
+        if (atomic_compare_exchange_weak_explicit(&p->cap->used, &used, used + 1,
+                                                  memory_order_acq_rel, memory_order_relaxed))
+            return true;
+    return false;
+}
+
+/* A unit goes back. When the cap was full, the pools of this key on other threads did not
+ * publish their waiters as needy, and nothing else would tell them that they may open now: wake
+ * every other lane of the semaphore (rare: only at the cap) to settle its pools again. */
+static void cap_put(bh_pool_t *p)
+{
+    if (p->cap == NULL)
+        return;
+    int64_t prev = atomic_fetch_sub_explicit(&p->cap->used, 1, memory_order_acq_rel);
+    assert(prev > 0);
+    if (prev < p->cap->max || p->sem->n_lanes == 1)
+        return;
+    for (uint32_t i = 0; i < p->sem->n_lanes; i++) {
+        bh_sem_lane_t *l = bh_sem_lane(p->sem, i);
+        if (l != p->lane && atomic_load_explicit(&l->inbox, memory_order_acquire) != NULL)
+            bh_sem_post(l);
+    }
+}
+
+/* The ticket of p's first waiter with no connection on the way, or NONE. */
+static uint64_t first_unserved_ticket(const bh_pool_t *p)
+{
+    if (p->n_waiters <= p->n_connecting)
         return BH_SEM_NONE;
     const bh_list_t *n = p->waiters.next;
     for (uint32_t i = 0; i < p->n_connecting; i++)
         n = n->next;
     return bh_container_of(n, bh_pool_waiter_t, link)->ticket;
+}
+
+/* Waiters of p with no connection on the way that a permit would help: none while p's own cap
+ * is full (they wait for one of p's connections). */
+static uint32_t needy(const bh_pool_t *p)
+{
+    if (p->n_waiters <= p->n_connecting || capped(p))
+        return 0;
+    return p->n_waiters - p->n_connecting;
+}
+
+/* The ticket of p's first needy waiter, or NONE. */
+static uint64_t needy_ticket(const bh_pool_t *p)
+{
+    return needy(p) == 0 ? BH_SEM_NONE : first_unserved_ticket(p);
 }
 
 static uint32_t lane_needy(const bh_sem_lane_t *l)
@@ -289,7 +335,8 @@ static bool keep_for_own(const bh_pool_t *p)
     if (solo(p))
         return true;
     uint64_t other = oldest_elsewhere(p);
-    return other == BH_SEM_NONE || needy_ticket(p) < other;
+    /* p's waiters count even while its cap is full: this connection is what they wait for */
+    return other == BH_SEM_NONE || first_unserved_ticket(p) < other;
 }
 
 /* A connection of p would go idle: true when a needy waiter elsewhere should have its permit. */
@@ -358,6 +405,7 @@ static void close_conn(bh_pool_conn_t *c)
     set_state(c, BH_PCONN_CLOSING);
     p->closed++;
     p->ops->close(c); /* may finish synchronously and free c */
+    cap_put(p);       /* first: the permit may go to a waiter of this very key */
     give(l);
 }
 
@@ -417,11 +465,16 @@ static bool wants_conn(const bh_pool_t *p)
 /* 1: a connection is opening; 0: no permit (or shut); < 0: open() failed at once. */
 static int open_one(bh_pool_t *p)
 {
-    if (p->shut || (!take_spare(p) && !bh_sem_try_acquire(p->sem)))
+    if (p->shut || !cap_take(p))
         return 0;
+    if (!take_spare(p) && !bh_sem_try_acquire(p->sem)) {
+        cap_put(p);
+        return 0;
+    }
     int err = BH_ECONNECT_FAILED;
     bh_pool_conn_t *c = p->ops->open(p, &err);
     if (c == NULL) {
+        cap_put(p);
         give(p->lane);
         return err < 0 ? err : BH_ECONNECT_FAILED;
     }

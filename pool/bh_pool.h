@@ -95,6 +95,16 @@ typedef struct bh_pool_gauges {
     bh_gauge_t waiters;
 } bh_pool_gauges_t;
 
+/* A second, narrower cap shared by pools of several threads (a Postgres pool key inside its
+ * database's semaphore): a connection holds one unit of it from just before ops->open until
+ * ops->close has closed it, exactly like its permit. While it is full, the pool's waiters are not
+ * needy (a permit would not help them): they wait for a connection of their own pool, and when a
+ * unit frees up the lanes of the semaphore are woken to look again. */
+typedef struct bh_pool_cap {
+    _Atomic int64_t used;
+    int64_t max;
+} bh_pool_cap_t;
+
 typedef struct bh_pool_limits {
     uint32_t max_pending;         /* waiters queued; beyond: BH_EPOOL_FULL */
     uint32_t max_idle;            /* idle connections kept; beyond: the released one is closed */
@@ -117,6 +127,7 @@ struct bh_pool {
     bool shut;                    /* bh_pool_shutdown() was called */
     void *data;                   /* for the concrete layer */
     bh_pool_gauges_t *gauges;     /* NULL: not reported */
+    bh_pool_cap_t *cap;           /* NULL: the semaphore alone caps it; set after bh_pool_init */
     /* counters, monotonically increasing */
     uint64_t opened, reused, timeouts, overflows, closed;
 };

@@ -19,8 +19,6 @@
 #include "bh_sql.h"
 #include "bh_sql_proto.h"
 
-#define BH_SQL_MAX_SETTINGS 64
-
 enum sql_phase {
     SQL_BODY,       /* reading the request body */
     SQL_WAITING,    /* for a pooled connection */
@@ -89,6 +87,7 @@ int bh_sql_db_init(bh_sql_db_t *d, const bh_conf_database_t *conf, uint64_t now_
     for (size_t i = 0; i < conf->n_session; i++)
         d->settings[i] = (bh_pg_setting_t){conf->session_keys[i], conf->session_values[i]};
     d->server = (bh_pg_server_t){
+        .name = conf->name,
         .conninfo = conf->server,
         .session = d->settings,
         .n_session = conf->n_session,
@@ -456,18 +455,12 @@ static void start_attempt(bh_sql_t *s)
         reply(s, 503, BH_SQL_REPLY_OK, BH_EBREAKER_OPEN, (retry_after_ms + 999) / 1000);
         return;
     }
-    /* The client's application_name (from its connection string) is a session setting of the
-     * server connection, so it is part of the pool key. */
+    /* The client's application_name (from its connection string) is not a setting of the
+     * server connection: it would split the entry's pools by client version. It goes on the
+     * access-log line instead; the server sees the configured one. */
     bh_pg_server_t server = s->shared->server;
     server.gauges = &s->cells->pool;
     s->wait_start_ms = now_of(s);
-    bh_pg_setting_t settings[BH_SQL_MAX_SETTINGS];
-    if (s->cs.application_name != NULL && server.n_session < BH_SQL_MAX_SETTINGS) {
-        memcpy(settings, server.session, server.n_session * sizeof(settings[0]));
-        settings[server.n_session] = (bh_pg_setting_t){"application_name", s->cs.application_name};
-        server.session = settings;
-        server.n_session++;
-    }
     int rc = bh_pg_pool_get(s->ex->conn->w->pg_pools, &server, s->dbname, s->user, s->password, &s->pool);
     if (rc < 0) {
         bh_breaker_cancel(&s->shared->breaker, &s->ticket);
@@ -527,6 +520,8 @@ static void run_request(bh_sql_t *s)
         return;
     }
     s->cs_parsed = true;
+    if (s->cs.application_name != NULL && ex->app_name == NULL)
+        ex->app_name = bh_strdup(s->cs.application_name); /* NULL when out of memory: not logged */
     size_t idx = 0;
     s->db = find_database(conf, ex->route->database_index, s->cs.host, &idx);
     if (s->db == NULL) {
