@@ -102,8 +102,15 @@ typedef struct bh_pg_shared bh_pg_shared_t;
 bh_pg_shared_t *bh_pg_shared_new(uint32_t n_workers);
 /* Only once every bh_pg_pools_t using it is closed. */
 void bh_pg_shared_free(bh_pg_shared_t *s);
-/* Number of keys with a permit counter (for tests and stats). */
+/* Number of permit counters (database entries and keys, for tests). */
 size_t bh_pg_shared_count(bh_pg_shared_t *s);
+
+/* Every pool key with a pool on some worker: its database entry's name, "user@dbname", its
+ * connections over every worker and its cap. Any thread; cb runs under the registry's mutex (it
+ * must not call into bh_pg). */
+typedef void (*bh_pg_key_cb)(void *data, const char *database, const char *label,
+                             uint32_t connections, uint32_t max);
+void bh_pg_shared_keys(bh_pg_shared_t *s, bh_pg_key_cb cb, void *data);
 
 /* ---- per-worker pools -------------------------------------------------------------------- */
 

@@ -90,8 +90,8 @@ int bh__pg_key_digest(uint8_t out[BH__PG_KEY_LEN], const bh_pg_server_t *srv, co
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL)
         return BH_ENOMEM;
-    const char *parts[] = {"bulkhead-pg-key-2", srv->conninfo != NULL ? srv->conninfo : "", options,
-                           dbname, user};
+    const char *parts[] = {"bulkhead-pg-key-3", srv->name != NULL ? srv->name : "",
+                           srv->conninfo != NULL ? srv->conninfo : "", options, dbname, user};
     const bh_conf_pool_t *pc = &srv->pool;
     const uint64_t limits[] = {pc->max_connections, pc->max_pending,         pc->max_idle,
                                pc->max_per_user,

@@ -23,14 +23,18 @@
 #include "bh_list.h"
 #include "bh_log.h"
 
-/* A process-wide entry: the permit counter of a database entry (sem), or the narrower cap of one
- * pool key inside it (cap). Counted by the pools (of every worker) attached to it. */
+/* A process-wide entry: the permit counter of a database entry (sem), or the cap of one pool
+ * key inside it (cap: max_per_user, or the entry's max_connections when that is lower; its count
+ * is also the key's connections over every worker, for /stats). Counted by the pools (of every
+ * worker) attached to it. */
 typedef struct bh__pg_sem_entry {
     bh_list_t link;
     uint8_t key[BH__PG_KEY_LEN]; /* the database digest, or the pool key */
     bh_sem_t *sem;               /* a database's; NULL for a key's */
     bh_pool_cap_t cap;           /* a key's */
     unsigned refs;
+    char *database;              /* a key's: its entry's name, and "user@dbname" */
+    char *label;
 } sem_entry_t;
 
 struct bh_pg_shared {
@@ -103,6 +107,8 @@ static void sem_entry_free(sem_entry_t *e)
         return;
     if (e->sem != NULL)
         bh_sem_unref(e->sem); /* messages about it still queued on a worker keep it a while */
+    bh_free(e->database);
+    bh_free(e->label);
     bh_free(e);
 }
 
@@ -126,6 +132,21 @@ void bh_pg_shared_free(bh_pg_shared_t *s)
     sem_entry_free(bh_container_of(n, sem_entry_t, link));
     pthread_mutex_destroy(&s->mu);
     bh_free(s);
+}
+
+void bh_pg_shared_keys(bh_pg_shared_t *s, bh_pg_key_cb cb, void *data)
+{
+    pthread_mutex_lock(&s->mu);
+    bh_list_t *n;
+    bh_list_foreach(n, &s->entries)
+    {
+        const sem_entry_t *e = bh_container_of(n, sem_entry_t, link);
+        if (e->sem == NULL)
+            cb(data, e->database, e->label,
+               (uint32_t)atomic_load_explicit(&e->cap.used, memory_order_relaxed),
+               (uint32_t)e->cap.max);
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 size_t bh_pg_shared_count(bh_pg_shared_t *s)
@@ -171,9 +192,27 @@ static void sem_entry_put_locked(bh_pg_shared_t *s, sem_entry_t *e, sem_entry_t 
     *gone = e;
 }
 
+/* The key entry of p, created with its cap and names when there is none. NULL: no memory. */
+static sem_entry_t *key_entry_get_locked(bh_pg_shared_t *s, const bh_pg_pool_t *p,
+                                         const bh_pg_server_t *srv, uint32_t cap)
+{
+    sem_entry_t *k = sem_entry_get_locked(s, p->key, cap, false);
+    if (k == NULL || k->label != NULL)
+        return k;
+    k->database = bh_strdup(srv->name != NULL ? srv->name : "");
+    k->label = bh_strdup(p->label);
+    if (k->database == NULL || k->label == NULL) {
+        bh_list_remove(&k->link);
+        s->n--;
+        sem_entry_free(k);
+        return NULL;
+    }
+    return k;
+}
+
 /* Initialises p's bh_pool on the permits of its database entry (process-wide, one lane per
- * worker: every key of the entry shares them, so max_connections bounds the entry) and, when
- * max_per_user is below that, on its key's own cap. 0 or BH_ENOMEM (then p->base is untouched). */
+ * worker: every key of the entry shares them, so max_connections bounds the entry) and on its
+ * key's cap. 0 or BH_ENOMEM (then p->base is untouched). */
 static int attach_permits(bh_pg_pool_t *p, const bh_pg_server_t *srv)
 {
     const bh_conf_pool_t *pc = &srv->pool;
@@ -193,16 +232,14 @@ static int attach_permits(bh_pg_pool_t *p, const bh_pg_server_t *srv)
     bh_pg_shared_t *s = p->pools->shared;
     pthread_mutex_lock(&s->mu);
     sem_entry_t *e = sem_entry_get_locked(s, dkey, max, true);
-    sem_entry_t *k = e != NULL && per_key < max ? sem_entry_get_locked(s, p->key, per_key, false)
-                                                : NULL;
-    bool ok = e != NULL && (per_key == max || k != NULL);
+    sem_entry_t *k = e != NULL ? key_entry_get_locked(s, p, srv, per_key) : NULL;
+    bool ok = k != NULL;
     if (ok) {
         e->refs++;
-        if (k != NULL)
-            k->refs++;
+        k->refs++;
         bh_pool_init(&p->base, &pg_pool_ops, e->sem, p->pools->inbox, &limits, p);
         p->base.gauges = srv->gauges;
-        p->base.cap = k != NULL ? &k->cap : NULL;
+        p->base.cap = &k->cap;
     }
     sem_entry_t *gone = NULL;
     if (!ok && e != NULL && e->refs == 0) { /* created just now for nothing */

@@ -125,7 +125,30 @@ static bh_pool_t *pool_of_lane_link(bh_list_t *n)
 
 static bool capped(const bh_pool_t *p)
 {
-    return p->cap != NULL && atomic_load_explicit(&p->cap->used, memory_order_relaxed) >= p->cap->max;
+    return p->cap != NULL && p->cap->max < p->sem->max &&
+           atomic_load_explicit(&p->cap->used, memory_order_relaxed) >= p->cap->max;
+}
+
+/* Tells the other threads to settle their pools again (their view of the cap changed). */
+static void cap_wake_others(bh_pool_t *p)
+{
+    for (uint32_t i = 0; i < p->sem->n_lanes; i++) {
+        bh_sem_lane_t *l = bh_sem_lane(p->sem, i);
+        if (l != p->lane && atomic_load_explicit(&l->inbox, memory_order_acquire) != NULL) {
+            atomic_store_explicit(&l->asked, 1, memory_order_relaxed);
+            bh_sem_post(l);
+        }
+    }
+}
+
+/* The key's waiters on other threads that p's idle connections could serve (closed, their unit
+ * lets those threads open): only while the cap is full. */
+static uint32_t cap_waiting_elsewhere(const bh_pool_t *p)
+{
+    if (!capped(p))
+        return 0;
+    uint32_t all = atomic_load_explicit(&p->cap->waiting, memory_order_relaxed);
+    return all > p->n_waiters ? all - p->n_waiters : 0;
 }
 
 static bool cap_take(bh_pool_t *p)
@@ -149,13 +172,9 @@ static void cap_put(bh_pool_t *p)
         return;
     int64_t prev = atomic_fetch_sub_explicit(&p->cap->used, 1, memory_order_acq_rel);
     assert(prev > 0);
-    if (prev < p->cap->max || p->sem->n_lanes == 1)
-        return;
-    for (uint32_t i = 0; i < p->sem->n_lanes; i++) {
-        bh_sem_lane_t *l = bh_sem_lane(p->sem, i);
-        if (l != p->lane && atomic_load_explicit(&l->inbox, memory_order_acquire) != NULL)
-            bh_sem_post(l);
-    }
+    if (prev >= p->cap->max && p->cap->max < p->sem->max && p->sem->n_lanes > 1 &&
+        atomic_load_explicit(&p->cap->waiting, memory_order_relaxed) > p->n_waiters)
+        cap_wake_others(p);
 }
 
 /* The ticket of p's first waiter with no connection on the way, or NONE. */
@@ -342,7 +361,7 @@ static bool keep_for_own(const bh_pool_t *p)
 /* A connection of p would go idle: true when a needy waiter elsewhere should have its permit. */
 static bool wanted_elsewhere(const bh_pool_t *p)
 {
-    return !solo(p) && oldest_elsewhere(p) != BH_SEM_NONE;
+    return !solo(p) && (oldest_elsewhere(p) != BH_SEM_NONE || cap_waiting_elsewhere(p) > 0);
 }
 
 /* p's dispatch may open with a spare permit of the lane if p has its oldest needy waiter. */
@@ -416,6 +435,8 @@ static void dequeue(bh_pool_t *p, bh_pool_waiter_t *w)
     p->n_waiters--;
     p->lane->n_waiters--;
     bh_sem_left(p->sem);
+    if (p->cap != NULL)
+        atomic_fetch_sub_explicit(&p->cap->waiting, 1, memory_order_relaxed);
     if (p->gauges != NULL)
         bh_gauge_add(&p->gauges->waiters, -1);
 }
@@ -621,6 +642,11 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
     bh_list_push_back(&p->waiters, &w->link);
     p->n_waiters++;
     p->lane->n_waiters++;
+    if (p->cap != NULL) {
+        atomic_fetch_add_explicit(&p->cap->waiting, 1, memory_order_relaxed);
+        if (capped(p) && p->sem->n_lanes > 1)
+            cap_wake_others(p); /* the key's idle connections elsewhere can make room */
+    }
     if (p->gauges != NULL)
         bh_gauge_add(&p->gauges->waiters, 1);
 
@@ -834,6 +860,12 @@ static void lane_run(bh_sem_lane_t *l, uint64_t now_ms)
         close_conn(c);
     }
     bh_list_t *it, *tmp;
+    /* A key at its own cap: idle connections here for its waiters on other threads. */
+    bh_list_foreach_safe(it, tmp, &l->pools) {
+        bh_pool_t *q = pool_of_lane_link(it);
+        for (uint32_t n = cap_waiting_elsewhere(q); n > 0 && q->n_idle > 0; n--)
+            close_conn(bh_container_of(bh_list_last(&q->idle), bh_pool_conn_t, link));
+    }
     bh_list_foreach_safe(it, tmp, &l->pools) settle(pool_of_lane_link(it), now_ms);
 }
 

@@ -95,14 +95,18 @@ typedef struct bh_pool_gauges {
     bh_gauge_t waiters;
 } bh_pool_gauges_t;
 
-/* A second, narrower cap shared by pools of several threads (a Postgres pool key inside its
+/* A second cap shared by the pools of one key on several threads (a Postgres pool key inside its
  * database's semaphore): a connection holds one unit of it from just before ops->open until
- * ops->close has closed it, exactly like its permit. While it is full, the pool's waiters are not
- * needy (a permit would not help them): they wait for a connection of their own pool, and when a
- * unit frees up the lanes of the semaphore are woken to look again. */
+ * ops->close has closed it, exactly like its permit, so `used` is also the key's connections.
+ * It binds only when max is below the semaphore's. While it is full, the pool's waiters are not
+ * needy (a permit would not help them): they wait for a connection of the key. A pool whose
+ * connection would go idle while the key's waiters wait elsewhere closes it instead, a waiter
+ * queued at the cap asks the other threads to close the key's idle connections, and a unit coming
+ * back at the cap wakes them to look again. */
 typedef struct bh_pool_cap {
     _Atomic int64_t used;
     int64_t max;
+    _Atomic uint32_t waiting; /* waiters queued on the key's pools, every thread */
 } bh_pool_cap_t;
 
 typedef struct bh_pool_limits {

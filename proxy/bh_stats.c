@@ -341,6 +341,35 @@ static void json_pool(sb_t *b, bh_server_t *srv, const bh_mentry_t *e)
     put(b, "},\"waiters\":%lld", (long long)pool_waiters(srv, e));
 }
 
+struct keys_of {
+    sb_t *b;
+    const char *database;
+    bool first;
+};
+
+static void json_key(void *data, const char *database, const char *label, uint32_t connections,
+                     uint32_t max)
+{
+    struct keys_of *k = data;
+    if (strcmp(database, k->database) != 0)
+        return;
+    put(k->b, "%s{", k->first ? "" : ",");
+    k->first = false;
+    jstr(k->b, "key", label);
+    put(k->b, ",\"connections\":%u,\"max\":%u}", connections, max);
+}
+
+/* A database's pool keys (user@dbname) with their connections over every worker: the entry's
+ * pool above is their sum, capped by max_connections. */
+static void json_db_keys(sb_t *b, bh_server_t *srv, const bh_mentry_t *e)
+{
+    struct keys_of k = {b, e->name, true};
+    put(b, ",\"keys\":[");
+    if (srv->pg != NULL)
+        bh_pg_shared_keys(srv->pg, json_key, &k);
+    put(b, "]");
+}
+
 static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *first)
 {
     put(b, "%s{", *first ? "" : ",");
@@ -360,6 +389,8 @@ static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *
             (unsigned long long)attempts(srv, e, o));
     put(b, "},");
     json_pool(b, srv, e);
+    if (e->kind == BH_M_DATABASE)
+        json_db_keys(b, srv, e);
     if (e->kind != BH_M_UPSTREAM) {
         put(b, "}");
         return;

@@ -1345,6 +1345,27 @@ static void test_pool_cap_across_workers(void **state)
     connect_last(&f1);
     assert_int_equal(r1.status, 0);
     assert_int_equal(atomic_load(&cap.used), 1);
+
+    /* The key's connection sits idle on worker 1 when worker 0 needs one: worker 1 is asked to
+     * close it, and worker 0 is woken to open. */
+    bh_pool_release(r1.conn, true, now);
+    assert_int_equal(f1.pool.n_idle, 1);
+    struct rec r2 = {0};
+    before = w[1].wakes;
+    assert_int_equal(acquire(&f0, &r2, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(f0.open_calls, 1);
+    assert_int_equal(w[1].wakes, before + 1);
+    bh_pool_inbox_run(&w[0].in, now); /* nothing to do yet */
+    assert_int_equal(f0.open_calls, 1);
+    before = w[0].wakes;
+    bh_pool_inbox_run(&w[1].in, now);
+    assert_int_equal(f1.pool.n_idle, 0);
+    assert_int_equal(w[0].wakes, before + 1);
+    bh_pool_inbox_run(&w[0].in, now);
+    assert_int_equal(f0.open_calls, 2);
+    connect_last(&f0);
+    assert_int_equal(r2.status, 0);
+    assert_int_equal(atomic_load(&cap.used), 1);
     fake_finish(&f0);
     fake_finish(&f1);
     assert_int_equal(atomic_load(&cap.used), 0);
