@@ -229,7 +229,9 @@ static void put_dns_slot(builder_t *b, const char *dns_host)
 static void put_ours(builder_t *b, const bh_pg_server_t *srv, const char *options,
                      const char *dbname, const char *user, const char *password, bool has_passfile)
 {
+    b->pp->user_at = b->k;
     put(b, "user", user);
+    b->pp->dbname_at = b->k;
     put(b, "dbname", dbname);
     if (password != NULL) {
         b->pp->password_at = b->k;

@@ -16,6 +16,7 @@
 #include "bh_pg_int.h"
 
 #include <assert.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -54,6 +55,73 @@ static size_t key_bucket(const uint8_t key[BH__PG_KEY_LEN], size_t n_buckets)
     uint64_t h;
     memcpy(&h, key, sizeof(h));
     return (size_t)(h % n_buckets);
+}
+
+/* ---- the fast index: a known pool without building its key ---------------------------------
+ * A request names its pool by the server's configuration (tag) and its credentials. Building the
+ * key costs the startup options (an allocation) and a SHA-256 per request; a pool already found
+ * once is indexed by a cheap hash of exactly those inputs, and found again by comparing them
+ * (the password in constant time for its length). The key stays the identity: a pool enters the
+ * index only after the key found or made it. */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t fast_hash(uint64_t tag, const char *dbname, const char *user, const char *password)
+{
+    uint64_t h = fnv(0xcbf29ce484222325ull, &tag, sizeof(tag));
+    h = fnv(h, dbname, strlen(dbname) + 1);
+    h = fnv(h, user, strlen(user) + 1);
+    return password != NULL ? fnv(h, password, strlen(password)) : fnv(h, "\1", 1);
+}
+
+static bool same_password(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    size_t n = strlen(a);
+    return strlen(b) == n && CRYPTO_memcmp(a, b, n) == 0;
+}
+
+static bh_pg_pool_t *find_fast(bh_pg_pools_t *pools, uint64_t tag, uint64_t h, const char *dbname,
+                               const char *user, const char *password)
+{
+    for (bh_pg_pool_t *p = pools->fast[h % pools->n_buckets]; p != NULL; p = p->fast_next) {
+        const bh__pg_params_t *pp = &p->params;
+        if (p->fast_hash == h && p->tag == tag && !p->timer_closing && !p->retired &&
+            strcmp(pp->vals[pp->dbname_at], dbname) == 0 &&
+            strcmp(pp->vals[pp->user_at], user) == 0 &&
+            same_password(pp->password_at != SIZE_MAX ? pp->vals[pp->password_at] : NULL,
+                          password))
+            return p;
+    }
+    return NULL;
+}
+
+static void link_fast(bh_pg_pool_t *p, uint64_t h)
+{
+    bh_pg_pools_t *pools = p->pools;
+    size_t b = h % pools->n_buckets;
+    p->fast_hash = h;
+    p->fast_next = pools->fast[b];
+    pools->fast[b] = p;
+    p->fast_linked = true;
+}
+
+static void unlink_fast(bh_pg_pool_t *p)
+{
+    if (!p->fast_linked)
+        return;
+    bh_pg_pool_t **pp = &p->pools->fast[p->fast_hash % p->pools->n_buckets];
+    while (*pp != p)
+        pp = &(*pp)->fast_next;
+    *pp = p->fast_next;
+    p->fast_linked = false;
 }
 
 /* ---- the pool timer ---------------------------------------------------------------------- */
@@ -286,6 +354,7 @@ static void pools_one_closed(bh_pg_pools_t *pools)
     void (*cb)(void *) = pools->closed_cb;
     void *data = pools->closed_data;
     bh_free(pools->buckets);
+    bh_free(pools->fast);
     bh_free(pools);
     if (cb != NULL)
         cb(data);
@@ -311,6 +380,7 @@ static void unlink_pool(bh_pg_pool_t *p)
     while (*pp != p)
         pp = &(*pp)->next;
     *pp = p->next;
+    unlink_fast(p);
     pools->n_pools--;
 }
 
@@ -352,19 +422,28 @@ static bh_pg_pool_t *find_pool(bh_pg_pools_t *pools, const uint8_t key[BH__PG_KE
 static int grow_buckets(bh_pg_pools_t *pools)
 {
     size_t nb = pools->n_buckets * 2;
-    bh_pg_pool_t **b = bh_calloc(nb, sizeof(*b));
-    if (b == NULL)
+    bh_pg_pool_t **b = bh_calloc(nb, sizeof(*b)), **f = bh_calloc(nb, sizeof(*f));
+    if (b == NULL || f == NULL) {
+        bh_free(b);
+        bh_free(f);
         return BH_ENOMEM;
+    }
     for (size_t i = 0; i < pools->n_buckets; i++) {
         bh_pg_pool_t *p = pools->buckets[i], *next;
         for (; p != NULL; p = next) {
             next = p->next;
             p->next = b[key_bucket(p->key, nb)];
             b[key_bucket(p->key, nb)] = p;
+            if (p->fast_linked) {
+                p->fast_next = f[p->fast_hash % nb];
+                f[p->fast_hash % nb] = p;
+            }
         }
     }
     bh_free(pools->buckets);
+    bh_free(pools->fast);
     pools->buckets = b;
+    pools->fast = f;
     pools->n_buckets = nb;
     return 0;
 }
@@ -443,12 +522,19 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
         return BH_EPOOL_CLOSED;
     if (dbname == NULL || user == NULL)
         return BH_EINVAL;
+    uint64_t h = fast_hash(srv->tag, dbname, user, password);
+    bh_pg_pool_t *p = find_fast(pools, srv->tag, h, dbname, user, password);
+    if (p != NULL) {
+        p->marked = false;
+        *out = p;
+        return 0;
+    }
     uint8_t key[BH__PG_KEY_LEN];
     char *options = NULL;
     int rc = pool_key(srv, dbname, user, password, key, &options);
     if (rc < 0)
         return rc;
-    bh_pg_pool_t *p = find_pool(pools, key);
+    p = find_pool(pools, key);
     if (p != NULL)
         p->marked = false;
     else
@@ -456,6 +542,8 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
     bh_free(options);
     if (rc < 0)
         return rc;
+    if (!p->fast_linked && p->tag == srv->tag && srv->tag != 0)
+        link_fast(p, h);
     *out = p;
     return 0;
 }
@@ -479,7 +567,10 @@ bh_pg_pools_t *bh_pg_pools_new(uv_loop_t *loop, bh_pg_shared_t *shared, bh_sem_i
         return NULL;
     pools->n_buckets = 16;
     pools->buckets = bh_calloc(pools->n_buckets, sizeof(*pools->buckets));
-    if (pools->buckets == NULL) {
+    pools->fast = bh_calloc(pools->n_buckets, sizeof(*pools->fast));
+    if (pools->buckets == NULL || pools->fast == NULL) {
+        bh_free(pools->buckets);
+        bh_free(pools->fast);
         bh_free(pools);
         return NULL;
     }
