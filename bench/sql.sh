@@ -105,9 +105,10 @@ mkdir -p "$dir/data" "$dir/log"
 chown -R postgres:postgres "$dir"
 "${as_pg[@]}" "$PGBIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
   || die "initdb failed, see $dir/initdb.log"
+# max_connections 400: 256 direct clients while PgBouncer's and both bulkheads' pools ($POOL each) stay open
 "${as_pg[@]}" "$PGBIN/postgres" -D "$dir/data" \
   -c port="$PG_PORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$dir" \
-  -c max_connections=300 -c shared_buffers=256MB \
+  -c max_connections=400 -c shared_buffers=256MB \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
   -c logging_collector=off -c log_min_messages=warning \
   >"$dir/postgres.log" 2>&1 &
@@ -179,7 +180,7 @@ CONF
 )"
 }
 # check_reason OUTPUT: the message of a --check error without its FILE:LINE:COL and list of expected keys
-check_reason() { sed -n 's/^[^ ]*:[0-9]*:[0-9]*: \([^,]*\).*/\1/p' <<<"$1" | head -n1; }
+check_reason() { sed -n 's/.*:[0-9]*:[0-9]*: \([^,]*\).*/\1/p' <<<"$1" | head -n1; }
 # bulkhead:http, statement cache off. Before issue 10 D, --check rejects reset/statement_cache: run without them
 # (then it is today's bulkhead: reset after every request, no cache) rather than not at all, and say so.
 BH_NOTE="reset: auto, statement_cache: 0"
@@ -253,7 +254,7 @@ ms() { awk -v u="$1" 'BEGIN { printf "%.3f", u / 1000 }'; }
   echo "  bulkhead:cached :$BH2_PORT pid ${BH2_PID:--}, role bhc: $BH2_NOTE"
   echo "pgbench -i -s $SCALE took ${init_s}s; pgbench -n -S -j $JOBS -T $DURATION -M {extended,prepared,simple} -c N;"
   echo "  pgbouncer pool_mode=transaction default_pool_size=$POOL; wrk -t$THREADS -c N -d${DURATION}s -s bench/sql.lua (POST /sql, aid 1..$ACCOUNTS)"
-  echo "postgres: shared_buffers=256MB fsync=off synchronous_commit=off max_connections=300; all connections TCP 127.0.0.1"
+  echo "postgres: shared_buffers=256MB fsync=off synchronous_commit=off max_connections=400; all connections TCP 127.0.0.1"
   echo "conns: $CONNS; runs: $RUNS; reps: $REPS; warm-up ${WARMUP}s per target (not recorded)"
   echo "NOTE: shared, noisy host ($NCPU cores, other work running): compare rows of the same round only"
 } | log
