@@ -66,6 +66,8 @@ class ActivitySampler(threading.Thread):
         self.max_total = 0
         self.max_by_role = {r: 0 for r in self.roles}
         self.worst = []
+        self.gone_next = None  # pids of the fullest sample no longer listed in the sample after it
+        self._check_next = False
         self.errors = []
         self._stop_ev = threading.Event()
 
@@ -77,10 +79,20 @@ class ActivitySampler(threading.Thread):
             per[row[1]] += 1
         for r, n in per.items():
             self.max_by_role[r] = max(self.max_by_role[r], n)
+        if self._check_next:
+            pids = {row[0] for row in rows}
+            self.gone_next = sorted(row[0] for row in self.worst if row[0] not in pids)
+            self._check_next = False
         if len(rows) > self.max_total:
             self.max_total = len(rows)
             self.worst = rows
+            self._check_next = True
         return rows
+
+    def describe_worst(self):
+        """The fullest sample, and which of its backends were gone one sample later (exiting ones)."""
+        return "the fullest sample (pid, role, state, application_name): %r; gone by the next sample: %r" % (
+            self.worst, self.gone_next)
 
     def run(self):
         while not self._stop_ev.is_set():

@@ -74,8 +74,7 @@ def backends_of(pg, roles):
 
 
 def over_cap(sampler, cap):
-    return "sampled max %d > %d server connections; the fullest sample (pid, role, state, " \
-           "application_name): %r" % (sampler.max_total, cap, sampler.worst)
+    return "sampled max %d > %d server connections; %s" % (sampler.max_total, cap, sampler.describe_worst())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,8 +268,8 @@ def test_per_user_cap(sql_bulkhead, pg):
                 results = [f.result() for f in fa] + [f.result() for f in fb]
     finally:
         lock.close()
-    assert sampler.max_by_role[a] <= per_user, "sampled max %d connections of user A > %d: %r" % (
-        sampler.max_by_role[a], per_user, sampler.worst)
+    assert sampler.max_by_role[a] <= per_user, "sampled max %d connections of user A > %d; %s" % (
+        sampler.max_by_role[a], per_user, sampler.describe_worst())
     assert (busy_a, waiting_a, running_a) == (per_user, n - per_user, per_user), (busy_a, waiting_a, running_a)
     assert not early, "answered while the lock was held: %r" % early[:3]
     assert both == (cap, n - per_user), "busy, waiting with B's requests in: %r" % (both,)

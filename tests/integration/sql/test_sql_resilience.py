@@ -39,6 +39,11 @@ def assert_unavailable(r):
     assert_proxy_error(r, 503)
 
 
+# Proxy-Status error= of the two answers (common/bh_error.h): an attempt that was refused, and the breaker
+REFUSED = "connection_refused"
+BREAKER = "destination_unavailable"
+
+
 def attempts(bh, db="main"):
     """Attempts of the database so far, every outcome."""
     return int(msum(metrics(bh), "bulkhead_upstream_attempts_total", upstream=db))
@@ -109,6 +114,7 @@ def test_breaker_is_asked_once_per_request(sql_bulkhead, pg):
         made = attempts(bh) - before
         assert made == 3, "request %d made %d attempts (the breaker opened after %d requests' attempts; " \
                           "Proxy-Status %r)" % (i, made, i - 1, r.header("Proxy-Status"))
+        assert proxy_status_error(r) == REFUSED, describe(r)
         if i < 3:
             assert breaker_state(bh) == 0, "breaker state %r after %d requests" % (breaker_state(bh), i)
     assert breaker_state(bh) == 1, "breaker state %r after 3 failed requests" % breaker_state(bh)
@@ -116,6 +122,7 @@ def test_breaker_is_asked_once_per_request(sql_bulkhead, pg):
     r = c.query("SELECT 1 AS x")
     assert_unavailable(r)
     assert attempts(bh) == before, "an attempt behind an open breaker"
+    assert proxy_status_error(r) == BREAKER, describe(r)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,6 +162,7 @@ def test_breaker_count_decides_whether_deadlines_open_it(sql_bulkhead, pg, count
                                        "their deadline (then: %s)" % (count, breaker_state(bh), describe(r))
         assert_unavailable(r)
         assert attempts(bh) == before, "an attempt behind an open breaker"
+        assert proxy_status_error(r) == BREAKER, describe(r)
     else:
         assert r is not None and r.status == 200, "breaker.count %r: %s" % (count, describe(r))
         assert breaker_state(bh) == 0
