@@ -188,6 +188,34 @@ def test_idle_connections_of_another_user_make_room(sql_bulkhead, pg):
     assert sampler.max_total <= cap, over_cap(sampler, cap)
 
 
+def test_eviction_closes_the_least_recently_used_idle_connection(sql_bulkhead, pg):
+    """Cap 2, idle_timeout 5 minutes: user B's connection, then user A's, sit idle (A's used last). User C's
+    request must close B's (the least recently used), not A's: afterwards B has no backend and A keeps the
+    one it had."""
+    cap = 2
+    users = {k: pg.make_role("lru" + k) for k in "abc"}
+    bh = sql_bulkhead(db={"pool": {"max_connections": cap, "idle_timeout": "5m", "acquire_timeout": "3s",
+                                   "min_idle": 0}})
+    cl = {k: SqlClient(bh, pg, user=u, password=p) for k, (u, p) in users.items()}
+    pid = {}
+    with ActivitySampler(pg, [u for u, _ in users.values()]) as sampler:
+        for k in "ba":
+            pid[k] = int(rows_of(cl[k].query("SELECT pg_backend_pid() AS p"))[0][0])
+            wait_until(lambda: [x["state"] for x in pg.backends(users[k][0])] == ["idle"]
+                       and mval(metrics(bh), "bulkhead_pool_connections", pool="main", state="busy") == 0,
+                       timeout=IO_TIMEOUT, what="%s's connection idle" % k.upper())
+        r = cl["c"].query("SELECT current_user AS u")
+        assert r is not None and r.status == 200, "C not served while A's and B's connections sat idle: " + \
+            describe(r)
+        held = pool_total(metrics(bh))
+        assert held <= cap, "bulkhead holds %d server connections of an entry capped at %d" % (held, cap)
+        wait_until(lambda: not pg.backends(users["b"][0]), timeout=IO_TIMEOUT,
+                   what="B's connection (the least recently used) to be closed for C")
+        assert [x["pid"] for x in pg.backends(users["a"][0])] == [pid["a"]], \
+            "A's connection (used after B's) was closed or replaced"
+    assert sampler.max_total <= cap, over_cap(sampler, cap)
+
+
 def test_one_fifo_across_keys(sql_bulkhead, pg):
     """Cap 1, held by a request of user A blocked on the test's advisory lock. Six requests, users B and
     A alternating, are sent one at a time, each once the previous one is visibly queued (the waiters

@@ -15,6 +15,7 @@ the test holds (sqlfix.Lock), so the deadline is the only thing that ends them.
 import math
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -80,6 +81,29 @@ def test_retry_budget_bounds_retries_against_a_refusing_server(sql_bulkhead, pg)
     assert tried == n + retries, "%d connect attempts for %d requests and %d retries" % (tried, n, retries)
     assert exhausted > 0 and retries + exhausted >= n, \
         "every request wanted a retry: %d retries, %d refused by the budget" % (retries, exhausted)
+
+
+def test_budget_counts_retries_when_scheduled(sql_bulkhead, pg):
+    """20 requests at once against the refusing server all want a retry at the same moment; the backoff
+    (400 ms) keeps the retries from starting at once. The budget (ratio 0, 1/s: at most 10 in its 10 s
+    window) must count each retry when it is scheduled, as for upstreams (test_retries.py): counting only
+    retries that have started lets all 20, and then their second retries, through."""
+    n = 20
+    bh = sql_bulkhead(db={"server": refused_server(), "breaker": NO_BREAKER,
+                          "pool": {"max_connections": 64, "max_pending": 64},
+                          "retry": {"attempts": 3, "backoff": {"base": "400ms", "max": "400ms"},
+                                    "budget": {"ratio": 0, "min_per_second": 1}}})
+    c = SqlClient(bh, pg)
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=n) as ex:
+        results = list(ex.map(lambda _: c.query("SELECT 1 AS x"), range(n)))
+    elapsed = time.monotonic() - t0
+    for r in results:
+        assert_unavailable(r)
+    retries = int(mval(metrics(bh), "bulkhead_retries_total", upstream="main"))
+    bound = 10 + max(0, math.ceil(elapsed - 10))
+    assert retries <= bound, "%d retries of %d requests at once for a budget of at most %d" % (retries, n, bound)
+    assert attempts(bh) == n + retries
 
 
 def test_zero_budget_means_no_retries(sql_bulkhead, pg):
