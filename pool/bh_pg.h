@@ -105,11 +105,11 @@ void bh_pg_shared_free(bh_pg_shared_t *s);
 /* Number of permit counters (database entries and keys, for tests). */
 size_t bh_pg_shared_count(bh_pg_shared_t *s);
 
-/* Every pool key with a pool on some worker: its database entry's name, "user@dbname", its
- * connections over every worker and its cap. Any thread; cb runs under the registry's mutex (it
- * must not call into bh_pg). */
-typedef void (*bh_pg_key_cb)(void *data, const char *database, const char *label,
-                             uint32_t connections, uint32_t max);
+/* Every pool key with a pool on some worker: its database entry's name, its user and database
+ * name, its connections over every worker and its cap. Any thread; cb runs under the registry's
+ * mutex (it must not call into bh_pg). */
+typedef void (*bh_pg_key_cb)(void *data, const char *database, const char *user,
+                             const char *dbname, uint32_t connections, uint32_t max);
 void bh_pg_shared_keys(bh_pg_shared_t *s, bh_pg_key_cb cb, void *data);
 
 /* ---- per-worker pools -------------------------------------------------------------------- */

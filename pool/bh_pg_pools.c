@@ -34,8 +34,8 @@ typedef struct bh__pg_sem_entry {
     bh_sem_t *sem;               /* a database's; NULL for a key's */
     bh_pool_cap_t cap;           /* a key's */
     unsigned refs;
-    char *database;              /* a key's: its entry's name, and "user@dbname" */
-    char *label;
+    char *database;              /* a key's: its entry's name, user and database name */
+    char *user, *dbname;
 } sem_entry_t;
 
 struct bh_pg_shared {
@@ -176,7 +176,8 @@ static void sem_entry_free(sem_entry_t *e)
     if (e->sem != NULL)
         bh_sem_unref(e->sem); /* messages about it still queued on a worker keep it a while */
     bh_free(e->database);
-    bh_free(e->label);
+    bh_free(e->user);
+    bh_free(e->dbname);
     bh_free(e);
 }
 
@@ -210,7 +211,7 @@ void bh_pg_shared_keys(bh_pg_shared_t *s, bh_pg_key_cb cb, void *data)
     {
         const sem_entry_t *e = bh_container_of(n, sem_entry_t, link);
         if (e->sem == NULL)
-            cb(data, e->database, e->label,
+            cb(data, e->database, e->user, e->dbname,
                (uint32_t)atomic_load_explicit(&e->cap.used, memory_order_relaxed),
                (uint32_t)e->cap.max);
     }
@@ -265,11 +266,13 @@ static sem_entry_t *key_entry_get_locked(bh_pg_shared_t *s, const bh_pg_pool_t *
                                          const bh_pg_server_t *srv, uint32_t cap)
 {
     sem_entry_t *k = sem_entry_get_locked(s, p->key, cap, false);
-    if (k == NULL || k->label != NULL)
+    if (k == NULL || k->database != NULL)
         return k;
+    const bh__pg_params_t *pp = &p->params;
     k->database = bh_strdup(srv->name != NULL ? srv->name : "");
-    k->label = bh_strdup(p->label);
-    if (k->database == NULL || k->label == NULL) {
+    k->user = bh_strdup(pp->vals[pp->user_at]);
+    k->dbname = bh_strdup(pp->vals[pp->dbname_at]);
+    if (k->database == NULL || k->user == NULL || k->dbname == NULL) {
         bh_list_remove(&k->link);
         s->n--;
         sem_entry_free(k);

@@ -347,20 +347,23 @@ struct keys_of {
     bool first;
 };
 
-static void json_key(void *data, const char *database, const char *label, uint32_t connections,
-                     uint32_t max)
+static void json_key(void *data, const char *database, const char *user, const char *dbname,
+                     uint32_t connections, uint32_t max)
 {
     struct keys_of *k = data;
     if (strcmp(database, k->database) != 0)
         return;
     put(k->b, "%s{", k->first ? "" : ",");
     k->first = false;
-    jstr(k->b, "key", label);
+    jstr(k->b, "user", user);
+    put(k->b, ",");
+    jstr(k->b, "dbname", dbname);
     put(k->b, ",\"connections\":%u,\"max\":%u}", connections, max);
 }
 
-/* A database's pool keys (user@dbname) with their connections over every worker: the entry's
- * pool above is their sum, capped by max_connections. */
+/* A database's pool keys (user and database name; a password is never shown) with their
+ * connections over every worker: the entry's pool above is their sum, capped by max_connections.
+ * A key is listed while some worker has a pool for it. */
 static void json_db_keys(sb_t *b, bh_server_t *srv, const bh_mentry_t *e)
 {
     struct keys_of k = {b, e->name, true};

@@ -309,7 +309,10 @@ def test_per_user_cap(sql_bulkhead, pg):
 
 
 def connection_counts(item):
-    """idle + busy + connecting of one /stats pool-key item (flat or under "pool"), or None."""
+    """The connections of one /stats pool-key item ("connections", or idle + busy + connecting flat
+    or under "pool"), or None."""
+    if isinstance(item.get("connections"), int):
+        return item["connections"]
     src = item.get("pool") if isinstance(item.get("pool"), dict) else item
     vals = [src[k] for k in ("idle", "busy", "connecting") if isinstance(src.get(k), int)]
     return sum(vals) if vals else None

@@ -158,13 +158,26 @@ def test_breaker_is_asked_once_per_request(sql_bulkhead, pg):
     (["connect-failure", "timeout"], True),
 ])
 def test_breaker_count_decides_whether_deadlines_open_it(sql_bulkhead, pg, count, opens):
-    """3 requests ended by their deadline (Bulkhead-Timeout: 300 ms; the query blocks on the test's
-    advisory lock, the only thing that ends it is the deadline): with `timeout` in breaker.count they
-    open a breaker of consecutive_failures 3 and the next request fails fast, without an attempt; with
-    `[connect-failure]` only, the breaker stays closed and the next request is served."""
+    """3 requests ended by the database's own deadline (timeouts.total: 300 ms; the query blocks on
+    the test's advisory lock, the only thing that ends it is the deadline): with `timeout` in
+    breaker.count they open a breaker of consecutive_failures 3 and the next request fails fast,
+    without an attempt; with `[connect-failure]` only, the breaker stays closed and the next request
+    is served."""
+    check_deadlines_and_breaker(sql_bulkhead, pg, count, opens, db_total="300ms", header=None)
+
+
+def test_a_clients_tighter_deadline_never_opens_the_breaker(sql_bulkhead, pg):
+    """A query cut by the client's own Bulkhead-Timeout (tighter than the database's total) spent the
+    client's budget, not the database's: like an upstream's total timeout it is not counted, even with
+    `timeout` in breaker.count."""
+    check_deadlines_and_breaker(sql_bulkhead, pg, ["connect-failure", "timeout"], False,
+                                db_total="60s", header=("Bulkhead-Timeout", "300"))
+
+
+def check_deadlines_and_breaker(sql_bulkhead, pg, count, opens, db_total, header):
     role, pw = pg.make_role("bcnt")
     bh = sql_bulkhead(db={"pool": {"max_connections": 2},
-                          "timeouts": {"connect": "2s", "total": "60s"},
+                          "timeouts": {"connect": "2s", "total": db_total},
                           "breaker": {"consecutive_failures": 3, "failure_rate": 0, "open_for": "60s",
                                       "max_open_for": "60s", "half_open_probes": 1, "count": count}})
     c = SqlClient(bh, pg, user=role, password=pw)
@@ -173,7 +186,7 @@ def test_breaker_count_decides_whether_deadlines_open_it(sql_bulkhead, pg, count
         for i in range(3):
             marker = unique("dl")
             r = c.query("SELECT pg_advisory_xact_lock_shared($1::bigint) AS %s" % marker, [str(lock.key)],
-                        headers=[("Bulkhead-Timeout", "300")], timeout=IO_TIMEOUT)
+                        headers=[header] if header else [], timeout=IO_TIMEOUT)
             assert r is not None and r.status == 504, describe(r)
             wait_until(lambda: not pg.active_with(marker), timeout=IO_TIMEOUT,
                        what="the timed-out query %d to be cancelled" % (i + 1))
