@@ -21,6 +21,7 @@
 #include "bh_pool.h"
 
 #include <assert.h>
+#include "bh_alloc.h"
 
 static uint64_t add_ms(uint64_t t, uint64_t d)
 {
@@ -106,6 +107,81 @@ static uint64_t idle_deadline(const bh_pool_t *p, const bh_pool_conn_t *c)
     if (p->limits.idle_timeout_ms)
         t = min_ms(t, add_ms(c->idle_since_ms, p->limits.idle_timeout_ms));
     return t;
+}
+
+/* ---- waiter deadlines ------------------------------------------------------------------------
+ * Waiters are served in FIFO order, but a caller's own deadline can make a later waiter expire
+ * first, so the earliest deadline is not the head's. A min-heap of the queued waiters by deadline
+ * keeps bh_pool_next_deadline O(1) and queueing or leaving O(log n): it runs at the end of every
+ * operation, and a scan of hundreds of waiters there was a fifth of the proxy's CPU under load. */
+
+static void heap_set(bh_pool_t *p, uint32_t i, bh_pool_waiter_t *w)
+{
+    p->heap[i] = w;
+    w->heap_at = i;
+}
+
+static void heap_up(bh_pool_t *p, uint32_t i)
+{
+    bh_pool_waiter_t *w = p->heap[i];
+    while (i > 0 && p->heap[(i - 1) / 2]->deadline_ms > w->deadline_ms) {
+        heap_set(p, i, p->heap[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    heap_set(p, i, w);
+}
+
+/* n: the heap's size */
+static void heap_down(bh_pool_t *p, uint32_t i, uint32_t n)
+{
+    bh_pool_waiter_t *w = p->heap[i];
+    for (;;) {
+        uint32_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && p->heap[c + 1]->deadline_ms < p->heap[c]->deadline_ms)
+            c++;
+        if (p->heap[c]->deadline_ms >= w->deadline_ms)
+            break;
+        heap_set(p, i, p->heap[c]);
+        i = c;
+    }
+    heap_set(p, i, w);
+}
+
+/* Room for one more waiter in the heap. 0 or BH_ENOMEM. */
+static int heap_reserve(bh_pool_t *p)
+{
+    if (p->n_waiters < p->heap_cap)
+        return 0;
+    uint32_t cap = p->heap_cap ? p->heap_cap * 2 : 16;
+    bh_pool_waiter_t **h = bh_realloc(p->heap, (size_t)cap * sizeof(*h));
+    if (h == NULL)
+        return BH_ENOMEM;
+    p->heap = h;
+    p->heap_cap = cap;
+    return 0;
+}
+
+/* w was just counted in n_waiters (room reserved). */
+static void heap_push(bh_pool_t *p, bh_pool_waiter_t *w)
+{
+    heap_set(p, p->n_waiters - 1, w);
+    heap_up(p, p->n_waiters - 1);
+}
+
+/* w leaves; n_waiters still counts it. The last waiter of the heap takes its place. */
+static void heap_remove(bh_pool_t *p, bh_pool_waiter_t *w)
+{
+    uint32_t i = w->heap_at, last = p->n_waiters - 1;
+    assert(i <= last && p->heap[i] == w);
+    if (i == last)
+        return;
+    bh_pool_waiter_t *m = p->heap[last];
+    heap_set(p, i, m);
+    heap_up(p, i);
+    if (m->heap_at == i)
+        heap_down(p, i, last);
 }
 
 /* ---- lanes: this thread's pools on one semaphore ---------------------------------------- */
@@ -427,6 +503,7 @@ static void close_conn(bh_pool_conn_t *c)
 
 static void dequeue(bh_pool_t *p, bh_pool_waiter_t *w)
 {
+    heap_remove(p, w);
     bh_list_remove(&w->link);
     w->pool = NULL;
     p->n_waiters--;
@@ -601,6 +678,9 @@ void bh_pool_detach(bh_pool_t *p)
     }
     p->sem = NULL;
     p->lane = NULL;
+    bh_free(p->heap);
+    p->heap = NULL;
+    p->heap_cap = 0;
     bh_sem_unref(s);
 }
 
@@ -638,6 +718,10 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
         finish(p); /* take_idle may have closed idle connections */
         return BH_EPOOL_FULL;
     }
+    if (heap_reserve(p) < 0) {
+        finish(p);
+        return BH_ENOMEM;
+    }
 
     w->pool = p;
     w->queued_ms = now_ms;
@@ -645,6 +729,7 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
     w->ticket = bh_sem_ticket(p->sem);
     bh_list_push_back(&p->waiters, &w->link);
     p->n_waiters++;
+    heap_push(p, w);
     p->lane->n_waiters++;
     if (p->cap != NULL) {
         atomic_fetch_add_explicit(&p->cap->waiting, 1, memory_order_relaxed);
@@ -745,19 +830,10 @@ void bh_pool_expire(bh_pool_t *p, uint64_t now_ms)
 {
     bh_list_t *n, *tmp;
 
-    /* Restart from the head after each callback: it may have cancelled or freed any waiter.
-     * Expired waiters sit near the head, so this stays short. */
-    for (bool again = true; again;) {
-        again = false;
-        bh_list_foreach(n, &p->waiters) {
-            bh_pool_waiter_t *w = bh_container_of(n, bh_pool_waiter_t, link);
-            if (w->deadline_ms <= now_ms) {
-                p->timeouts++;
-                notify(p, w, NULL, BH_EPOOL_TIMEOUT);
-                again = true;
-                break;
-            }
-        }
+    /* The heap's top after each callback: it may have cancelled or freed any waiter. */
+    while (p->n_waiters > 0 && p->heap[0]->deadline_ms <= now_ms) {
+        p->timeouts++;
+        notify(p, p->heap[0], NULL, BH_EPOOL_TIMEOUT);
     }
     bh_list_foreach_safe(n, tmp, &p->idle) {
         bh_pool_conn_t *c = bh_container_of(n, bh_pool_conn_t, link);
@@ -773,13 +849,12 @@ uint64_t bh_pool_next_deadline(const bh_pool_t *p)
     uint64_t at = BH_TIME_NEVER;
     const bh_list_t *n;
 
-    /* Waiters: a scan, since a caller's own deadline_ms breaks FIFO order; the queue is short
-     * whenever it is not empty for long. Idle connections: only the coldest one (the tail of the
-     * LIFO list) is looked at, so a pool of hundreds of idle connections costs O(1) per
-     * operation. Another idle connection whose own expiry (lifetime, learned keep-alive) comes
-     * sooner is still never reused past it (take_idle checks) and is closed by a later expire. */
-    bh_list_foreach(n, &p->waiters)
-        at = min_ms(at, bh_container_of(n, bh_pool_waiter_t, link)->deadline_ms);
+    /* Waiters: the heap's top. Idle connections: only the coldest one (the tail of the LIFO
+     * list) is looked at, so a pool of hundreds of idle connections costs O(1) per operation.
+     * Another idle connection whose own expiry (lifetime, learned keep-alive) comes sooner is
+     * still never reused past it (take_idle checks) and is closed by a later expire. */
+    if (p->n_waiters > 0)
+        at = p->heap[0]->deadline_ms;
     if ((n = bh_list_last(&p->idle)) != NULL)
         at = min_ms(at, idle_deadline(p, bh_container_of(n, bh_pool_conn_t, link)));
     return at;

@@ -68,6 +68,7 @@ struct bh_pool_waiter {
     uint64_t deadline_ms;    /* min(queued + acquire_timeout, deadline given to acquire) */
     void *data;              /* for the owner */
     bh_pool_t *pool;         /* set by the pool while queued, NULL otherwise (for bh_pool_cancel) */
+    uint32_t heap_at;        /* its place in the pool's deadline heap while queued */
 };
 
 typedef struct bh_pool_ops {
@@ -126,6 +127,8 @@ struct bh_pool {
     bh_pool_limits_t limits;
     bh_list_t connecting, idle, busy, closing, waiters;
     uint32_t n_connecting, n_idle, n_busy, n_closing, n_waiters;
+    bh_pool_waiter_t **heap;      /* the queued waiters again, a min-heap by deadline_ms */
+    uint32_t heap_cap;
     uint64_t armed_ms;            /* what ops->arm was last told */
     bool dispatching;             /* re-entrancy guard for the dispatch loop */
     bool shut;                    /* bh_pool_shutdown() was called */
@@ -156,8 +159,8 @@ void bh_pool_conn_init(bh_pool_conn_t *c, bh_pool_t *p, uint64_t now_ms);
  * Returns 0 with *out set: an idle connection, now BUSY (w is not used).
  * Returns BH_POOL_QUEUED: w is queued (a new connection may be opening for it); w->cb runs later
  *   exactly once, unless bh_pool_cancel(w) comes first.
- * Returns < 0: BH_EPOOL_FULL (max_pending waiters already queued), BH_EPOOL_CLOSED, or the error
- *   of an open() that failed at once.
+ * Returns < 0: BH_EPOOL_FULL (max_pending waiters already queued), BH_EPOOL_CLOSED, BH_ENOMEM, or
+ *   the error of an open() that failed at once.
  * deadline_ms caps the wait below acquire_timeout (the request's own deadline; NEVER for none). */
 BH_MUST_CHECK int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms,
                                   uint64_t deadline_ms, bh_pool_conn_t **out);

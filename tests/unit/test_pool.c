@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1283,6 +1284,49 @@ static void test_handover_to_a_waiter_that_left(void **state)
 }
 
 
+/* The earliest deadline among many waiters with their own deadlines (a heap beside the FIFO): the
+ * pool's timer always names the earliest, waiters that leave (cancelled) leave the heap, and each
+ * waiter times out at its own deadline, none early. */
+static void test_many_waiters_time_out_at_their_own_deadlines(void **state)
+{
+    enum { N = 200 };
+    bh_sem_t *sem = new_sem(1);
+    struct fake f;
+    bh_pool_limits_t lim = default_limits();
+    lim.max_pending = N;
+    lim.acquire_timeout_ms = 100000;
+    fake_init(&f, sem, &lim);
+    struct rec hold = {0};
+    static struct rec r[N];
+    memset(r, 0, sizeof(r));
+    get_conns(&f, &hold, 1);
+    uint32_t x = 12345;
+    for (int i = 0; i < N; i++) {
+        x = x * 1103515245u + 12345u;
+        assert_int_equal(acquire(&f, &r[i], 1000 + (x >> 16) % 5000), BH_POOL_QUEUED);
+    }
+    for (int i = 0; i < N; i += 7)
+        bh_pool_cancel(&r[i].w);
+    while (f.pool.n_waiters > 0) {
+        uint64_t at = bh_pool_next_deadline(&f.pool), min = NEVER;
+        for (int i = 0; i < N; i++)
+            if (r[i].w.pool != NULL && r[i].w.deadline_ms < min)
+                min = r[i].w.deadline_ms;
+        assert_int_equal(at, min);
+        assert_int_equal(f.last_arm, at);
+        now = at;
+        bh_pool_expire(&f.pool, now);
+        for (int i = 0; i < N; i++)
+            if (r[i].calls > 0)
+                assert_true(r[i].status == BH_EPOOL_TIMEOUT && r[i].w.deadline_ms <= now);
+        check(&f);
+    }
+    for (int i = 0; i < N; i++)
+        assert_int_equal(r[i].calls, i % 7 == 0 ? 0 : 1);
+    bh_pool_release(hold.conn, true, now);
+    fake_finish(&f);
+}
+
 /* A key's own cap inside a shared semaphore (a Postgres user inside its database's cap): the
  * capped pool opens no more than its cap, its extra waiters wait for its own connections without
  * taking permits, and the other pool still gets the rest of the semaphore. */
@@ -1452,6 +1496,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_yield_only_for_needy_waiters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_handover_to_a_waiter_that_left, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fifo_across_pools_of_one_worker, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_waiters_time_out_at_their_own_deadlines, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_pool_cap_inside_shared_semaphore, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_cap_across_workers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sem_over_release_aborts, setup, teardown),
