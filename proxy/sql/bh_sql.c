@@ -221,8 +221,8 @@ static bool rerun_batch(bh_sql_t *s)
 static void finish_statements(bh_sql_t *s)
 {
     bool failed = s->error != NULL || s->conn_lost;
-    bh_counter_add(&s->cells->attempts[s->conn_lost ? BH_OUTCOME_RESET_BEFORE_RESPONSE
-                                                    : BH_OUTCOME_OK], 1);
+    bh_counter_add(
+        &s->cells->attempts[s->conn_lost ? BH_OUTCOME_RESET_BEFORE_RESPONSE : BH_OUTCOME_OK], 1);
     bh_breaker_record(&s->shared->breaker, &s->ticket, s->conn_lost, now_of(s),
                       s->ex->conn->w->env.rng);
     if (s->conn_lost) {
@@ -266,6 +266,50 @@ static void finish_statements(bh_sql_t *s)
     reply(s, 200, s->req->batch ? BH_SQL_REPLY_BATCH_OK : BH_SQL_REPLY_OK, 0, 0);
 }
 
+/* The response outgrew max_response_bytes while rows were arriving: stop here instead of reading
+ * the rest into memory. Releasing the connection mid-statement cancels the query on the server
+ * and discards the session (a batch's transaction is rolled back with it: nothing is committed
+ * that the client cannot see). The 507 is the client's doing, not the database's failure. */
+static void stop_too_large(bh_sql_t *s)
+{
+    bh_counter_add(&s->cells->attempts[BH_OUTCOME_OK], 1);
+    bh_breaker_record(&s->shared->breaker, &s->ticket, false, now_of(s), s->ex->conn->w->env.rng);
+    if (s->error != NULL) {
+        PQclear(s->error);
+        s->error = NULL;
+    }
+    release_conn(s, false);
+    if (bh_sql_encode_too_large(&s->out, true, s->db->max_response_bytes) < 0) {
+        close_conn(s);
+        return;
+    }
+    reply(s, 507, BH_SQL_REPLY_OK, BH_ESQL_TOO_LARGE, 0);
+}
+
+/* One result of a user statement, streamed: single-row mode hands every row over as its own
+ * PGRES_SINGLE_TUPLE, then a final PGRES_TUPLES_OK without rows carries the command tag. The
+ * fields come from the first result of the statement (rows_begun says whether they were
+ * written). Returns false when the statement must stop (the reply outgrew its bound). */
+static bool encode_streamed(bh_sql_t *s, const bh_sql_query_t *q, const PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    if (!s->rows_begun) {
+        bh_sql_result_begin(&s->out, res, s->h.raw_text, bh_sql_array_mode(&s->h, q));
+        s->rows_begun = true;
+    }
+    if (st == PGRES_SINGLE_TUPLE || st == PGRES_TUPLES_OK)
+        bh_sql_result_rows(&s->out, res);
+    if (st != PGRES_SINGLE_TUPLE) {
+        bh_sql_result_end(&s->out, PQcmdStatus((PGresult *)res));
+        s->rows_begun = false;
+    }
+    if (s->out.err == BH_ESQL_TOO_LARGE)
+        return false;
+    if (s->out.err < 0)
+        bh_log_debug("sql: result not encoded: %s", bh_strerror(s->out.err));
+    return true;
+}
+
 static void on_result(bh_pg_conn_t *conn, PGresult *res, void *data)
 {
     bh_sql_t *s = data;
@@ -281,13 +325,14 @@ static void on_result(bh_pg_conn_t *conn, PGresult *res, void *data)
         return;
     }
     /* Only results of the user's statements reach here (see run_next's bookkeeping). */
+    bool go_on = true;
     if (s->next_query > 0 && s->next_query <= s->req->nqueries && s->error == NULL &&
-        (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY)) {
-        const bh_sql_query_t *q = &s->req->queries[s->next_query - 1];
-        if (bh_sql_encode_result(&s->out, res, s->h.raw_text, bh_sql_array_mode(&s->h, q)) < 0)
-            bh_log_debug("sql: result not encoded: %s", bh_strerror(s->out.err));
-    }
+        (st == PGRES_SINGLE_TUPLE || st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK ||
+         st == PGRES_EMPTY_QUERY))
+        go_on = encode_streamed(s, &s->req->queries[s->next_query - 1], res);
     PQclear(res);
+    if (!go_on)
+        stop_too_large(s); /* may free s */
 }
 
 /* Statement states: next_query counts user statements sent; a batch is wrapped in START
@@ -337,7 +382,9 @@ static void run_next(bh_sql_t *s)
         s->next_query = 0;
     if (s->next_query < req->nqueries) {
         const bh_sql_query_t *q = &req->queries[s->next_query++];
-        rc = bh_pg_query(s->conn, q->text, q->nparams, q->params, 0, on_result, on_done, s);
+        s->rows_begun = false;
+        rc = bh_pg_query(s->conn, q->text, q->nparams, q->params, BH_PG_SINGLE_ROW, on_result,
+                         on_done, s);
         if (rc < 0) {
             s->conn_lost = true;
             finish_statements(s);
@@ -378,9 +425,9 @@ static bool schedule_retry(bh_sql_t *s)
     uint64_t now = now_of(s);
     if (s->attempts >= policy->attempts)
         return false;
-    uint64_t delay = bh_backoff_delay(policy, s->attempts, 0,
-                                      bh_deadline_remaining(s->deadline_ms, now),
-                                      s->ex->conn->w->env.rng);
+    uint64_t delay =
+        bh_backoff_delay(policy, s->attempts, 0, bh_deadline_remaining(s->deadline_ms, now),
+                         s->ex->conn->w->env.rng);
     if (delay == BH_BACKOFF_GIVE_UP || !bh_backoff_fits(delay, now, s->deadline_ms))
         return false;
     bh_counter_add(&s->cells->retries, 1);
@@ -468,7 +515,8 @@ static void start_attempt(bh_sql_t *s)
         server.session = settings;
         server.n_session++;
     }
-    int rc = bh_pg_pool_get(s->ex->conn->w->pg_pools, &server, s->dbname, s->user, s->password, &s->pool);
+    int rc = bh_pg_pool_get(s->ex->conn->w->pg_pools, &server, s->dbname, s->user, s->password,
+                            &s->pool);
     if (rc < 0) {
         bh_breaker_cancel(&s->shared->breaker, &s->ticket);
         reply_local(s, 500, rc, "cannot open a database pool");
@@ -547,8 +595,8 @@ static void run_request(bh_sql_t *s)
         return;
     }
     if (idx != ex->route->database_index) /* the entry's own deadline, not the route's */
-        s->deadline_ms = ex->deadline_ms = bh_deadline_for_request(
-            ex->start_ms, s->db->timeouts.total_ms, s->client_timeout_ms);
+        s->deadline_ms = ex->deadline_ms =
+            bh_deadline_for_request(ex->start_ms, s->db->timeouts.total_ms, s->client_timeout_ms);
     if (s->db->auth == BH_DB_AUTH_FIXED) {
         bh_span_t token;
         bool ok = false;
@@ -606,8 +654,8 @@ static void sql_start(bh_exchange_t *ex, const bh_request_t *req)
     for (int i = 0; i < n; i++)
         bh_sql_header(&s->h, c->w->hdrs[i].name, c->w->hdrs[i].value);
     s->client_timeout_ms = req->client_timeout_ms;
-    s->deadline_ms = bh_deadline_for_request(ex->start_ms, ex->route->timeouts.total_ms,
-                                             req->client_timeout_ms);
+    s->deadline_ms =
+        bh_deadline_for_request(ex->start_ms, ex->route->timeouts.total_ms, req->client_timeout_ms);
     ex->deadline_ms = s->deadline_ms;
     switch (bh_sql_route(req->method, req->path)) {
     case BH_SQL_ROUTE_PREFLIGHT:
