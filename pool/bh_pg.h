@@ -171,8 +171,9 @@ void bh_pg_acquire_cancel(bh_pg_waiter_t *w);
 
 /* Each PGresult of the statement, in order. The callee owns res and must PQclear() it. A
  * PGRES_FATAL_ERROR result is the statement's error (PQresultErrorField works); the connection
- * is then still usable but must be released as not reusable (bh_pg_release does so on its own
- * when the session is left inside a failed transaction). COPY results are not delivered. */
+ * is then still usable and may be released as reusable: bh_pg_release discards it on its own
+ * when the session is left inside a (failed) transaction, was cancelled or broke. COPY results
+ * are not delivered. */
 typedef void (*bh_pg_result_cb)(bh_pg_conn_t *c, PGresult *res, void *data);
 /* The statement is over (libpq has no more results). status 0: every result was delivered;
  * BH_EPG_CONN_LOST: the connection broke (bh_pg_conn_error_message says how; some results may

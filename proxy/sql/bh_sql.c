@@ -240,7 +240,10 @@ static void finish_statements(bh_sql_t *s)
         int rc = bh_sql_encode_pg_error(&s->out, s->error);
         PQclear(s->error);
         s->error = NULL;
-        release_conn(s, false);
+        /* An ordinary SQL error keeps the connection: autocommit (or the batch's ROLLBACK) left
+         * the session idle, and bh_pg_release still discards one that was cancelled, lost or
+         * left inside a transaction. A new connection costs far more than the query. */
+        release_conn(s, true);
         if (rc < 0) {
             close_conn(s);
             return;
