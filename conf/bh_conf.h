@@ -163,6 +163,12 @@ enum bh_db_auth {
 };
 
 /* databases.<name>: a Postgres server behind SQL over HTTP (the Neon protocol). */
+/* databases.<x>.reset: when a pooled session is reset before its next request. */
+enum bh_db_reset {
+    BH_DB_RESET_AUTO,   /* only after a request that may have changed it */
+    BH_DB_RESET_ALWAYS, /* before every reuse (Neon's behaviour) */
+};
+
 typedef struct bh_conf_database {
     char *name;
     char **hosts;                     /* connection-string hosts mapped here (lower case, no
@@ -195,6 +201,9 @@ typedef struct bh_conf_database {
     bool retry_serialization_failures;/* retry.serialization_failures: false */
     bh_conf_breaker_t breaker;        /* consecutive_failures 5, open_for 2s, max_open_for 30s,
                                          half_open_probes 1; others as an upstream's defaults */
+    uint32_t statement_cache;         /* prepared statements per server connection (LRU): 256;
+                                         0 = off */
+    enum bh_db_reset reset;           /* auto */
 } bh_conf_database_t;
 
 /* HTTP method bits for route matching (bit = 1 << llhttp method number is NOT used: own enum). */

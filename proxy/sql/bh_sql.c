@@ -29,6 +29,13 @@ enum sql_phase {
     SQL_DONE,       /* the reply is queued */
 };
 
+enum sql_stage {
+    SQL_ST_RESET, /* the session reset alone, before a statement that changes the session */
+    SQL_ST_MAIN,  /* a single statement (and the reset in front) */
+    SQL_ST_BATCH, /* BEGIN, the reset, the batch's statements */
+    SQL_ST_END,   /* the batch's COMMIT or ROLLBACK */
+};
+
 struct bh_sql {
     bh_exchange_t *ex;
     const bh_conf_database_t *db;
@@ -53,7 +60,8 @@ struct bh_sql {
     uint64_t deadline_ms, retry_at_ms;
     uint64_t client_timeout_ms;     /* Bulkhead-Timeout, 0 when none */
     unsigned attempts;
-    size_t next_query;              /* batch: the next statement to send */
+    enum sql_stage stage;           /* which pipeline of the request is in flight */
+    bool reset_alone;               /* the reset ran in a round trip of its own */
     bool in_tx;                     /* START TRANSACTION succeeded, COMMIT not yet */
     PGresult *error;                /* the statement error that ends the request */
     bool conn_lost;
@@ -94,6 +102,10 @@ int bh_sql_db_init(bh_sql_db_t *d, const bh_conf_database_t *conf, uint64_t now_
         .n_session = conf->n_session,
         .pool = conf->pool,
         .connect_timeout_ms = conf->timeouts.connect_ms,
+        /* TEMPORARY: 256 stands for "unset" until the conf key statement_cache is merged (its
+         * default is 256 and 0 turns the cache off then). */
+        .statement_cache = conf->statement_cache ? conf->statement_cache : 256,
+        .reset_auto = conf->reset == BH_DB_RESET_AUTO,
         .tag = atomic_fetch_add(&next_tag, 1),
     };
     return 0;
@@ -313,33 +325,146 @@ static bool encode_streamed(bh_sql_t *s, const bh_sql_query_t *q, const PGresult
     return true;
 }
 
-static void on_result(bh_pg_conn_t *conn, PGresult *res, void *data)
+/* Tags of the pipeline items (a user statement's tag is its index in the request). */
+#define TAG_BEGIN 0xfffffff0u
+#define TAG_END 0xfffffff1u /* COMMIT or ROLLBACK */
+#define TAG_SYNC 0xfffffff2u
+
+/* TEMPORARY, until bh_sql_scan.h (bh_sql_leaves_state, a token scanner) is merged from main:
+ * a conservative stand-in. True unless the first word is a data-statement keyword and the text
+ * names none of the session-changing functions or INTO. */
+static bool leaves_state_tmp(const char *sql)
+{
+    static const char *const data_kw[] = {"select", "insert", "update", "delete", "with",
+                                          "values", "table",  "merge"};
+    static const char *const risky[] = {"set_config", "advisory", "nextval", "currval",
+                                        "setval",     "lastval",  "into",    "pg_settings"};
+    while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r' || *sql == '(')
+        sql++;
+    size_t n = 0;
+    while ((sql[n] >= 'a' && sql[n] <= 'z') || (sql[n] >= 'A' && sql[n] <= 'Z'))
+        n++;
+    bool data = false;
+    for (size_t i = 0; i < sizeof(data_kw) / sizeof(data_kw[0]) && !data; i++)
+        data = strlen(data_kw[i]) == n && strncasecmp(sql, data_kw[i], n) == 0;
+    if (!data || strchr(sql, ';') != NULL || strstr(sql, "--") != NULL ||
+        strstr(sql, "/*") != NULL)
+        return true;
+    for (size_t i = 0; i < sizeof(risky) / sizeof(risky[0]); i++)
+        if (strcasestr(sql, risky[i]) != NULL)
+            return true;
+    return false;
+}
+
+static void on_result(bh_pg_conn_t *conn, uint32_t tag, PGresult *res, void *data)
 {
     bh_sql_t *s = data;
     if (s->ex->first_byte_ms == 0) /* the access log's first_byte_ms: Postgres answered */
         s->ex->first_byte_ms = now_of(s);
     ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_FATAL_ERROR || st == PGRES_NONFATAL_ERROR) {
-        if (st == PGRES_FATAL_ERROR && s->error == NULL) {
-            s->error = res;
+    if (st == PGRES_FATAL_ERROR) {
+        if (s->error == NULL) {
+            s->error = res; /* the first error ends the request (BEGIN's and COMMIT's too) */
             return;
         }
         PQclear(res);
         return;
     }
-    /* Only results of the user's statements reach here (see run_next's bookkeeping). */
     bool go_on = true;
-    if (s->next_query > 0 && s->next_query <= s->req->nqueries && s->error == NULL &&
+    if (tag < s->req->nqueries && s->error == NULL &&
         (st == PGRES_SINGLE_TUPLE || st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK ||
          st == PGRES_EMPTY_QUERY))
-        go_on = encode_streamed(s, &s->req->queries[s->next_query - 1], res);
+        go_on = encode_streamed(s, &s->req->queries[tag], res);
     PQclear(res);
     if (!go_on)
         stop_too_large(s); /* may free s */
 }
 
-/* Statement states: next_query counts user statements sent; a batch is wrapped in START
- * TRANSACTION (next_query 0, in_tx false) and COMMIT (next_query == nqueries + 1). */
+static void on_done(bh_pg_conn_t *conn, int status, void *data);
+static const bh_pg_pipe_cbs_t pipe_cbs = {.result = on_result, .done = on_done};
+
+/* Queues the session reset when the connection needs one, and counts it. */
+static int push_reset(bh_sql_t *s)
+{
+    int rc = bh_pg_push_reset(s->conn);
+    if (rc > 0)
+        bh_counter_add(&s->cells->sql_resets, 1);
+    return rc < 0 ? rc : 0;
+}
+
+/* Queues one user statement: rows one by one; the cache for plain data statements outside a
+ * batch (inside one, a stale plan would abort the whole transaction). */
+static int push_query(bh_sql_t *s, uint32_t i, bool cacheable)
+{
+    const bh_sql_query_t *q = &s->req->queries[i];
+    unsigned flags = BH_PG_SINGLE_ROW;
+    if (leaves_state_tmp(q->text))
+        flags |= BH_PG_LEAVES_STATE;
+    /* A session advisory lock must not stay held by an idle pooled session while other clients
+     * wait for it, and a listening one would take notifications while idle; UNLISTEN also takes
+     * effect only when the transaction it runs in commits, so a reset in front of the next
+     * statement would not hide the channel from it. Texts naming either (conservatively:
+     * "advisory", "listen" anywhere) reset at release. */
+    if ((flags & BH_PG_LEAVES_STATE) &&
+        (strcasestr(q->text, "advisory") != NULL || strcasestr(q->text, "listen") != NULL))
+        flags |= BH_PG_RESET_NOW;
+    else if (cacheable)
+        flags |= BH_PG_CACHE;
+    int rc = bh_pg_push(s->conn, i, q->text, q->nparams, q->params, flags);
+    if (rc == BH_PG_CACHE_HIT || rc == BH_PG_CACHE_MISS)
+        bh_counter_add(&s->cells->sql_cache[rc == BH_PG_CACHE_HIT ? 0 : 1], 1);
+    return rc < 0 ? rc : 0;
+}
+
+/* A single statement: (reset +) statement + sync, one round trip. A statement that may change
+ * the session might also be one that cannot run inside a transaction block (VACUUM, CREATE
+ * DATABASE, ...): a reset it needs then goes first, in a round trip of its own. */
+static int push_single(bh_sql_t *s)
+{
+    if (!s->reset_alone && bh_pg_needs_reset(s->conn) &&
+        leaves_state_tmp(s->req->queries[0].text)) {
+        s->reset_alone = true;
+        s->stage = SQL_ST_RESET;
+        int rc = push_reset(s);
+        return rc < 0 ? rc : bh_pg_push_sync(s->conn, TAG_SYNC);
+    }
+    s->stage = SQL_ST_MAIN;
+    int rc = push_reset(s);
+    if (rc == 0)
+        rc = push_query(s, 0, true);
+    return rc < 0 ? rc : bh_pg_push_sync(s->conn, TAG_SYNC);
+}
+
+/* A batch's first round trip: BEGIN, the reset (inside the transaction, so that a failed reset
+ * stops the statements), every statement, one sync. COMMIT follows in a second one, only once
+ * every result fitted in the reply. */
+static int push_batch(bh_sql_t *s)
+{
+    char begin[BH_SQL_BEGIN_MAX];
+    bh_sql_begin_statement(&s->h, begin);
+    s->stage = SQL_ST_BATCH;
+    int rc = bh_pg_push(s->conn, TAG_BEGIN, begin, 0, NULL, 0);
+    if (rc == 0)
+        rc = push_reset(s);
+    for (uint32_t i = 0; rc == 0 && i < s->req->nqueries; i++)
+        rc = push_query(s, i, false);
+    return rc < 0 ? rc : bh_pg_push_sync(s->conn, TAG_SYNC);
+}
+
+/* COMMIT (or ROLLBACK, after an error or a reply that outgrew its bound) and a sync. */
+static void end_batch(bh_sql_t *s, bool commit)
+{
+    s->stage = SQL_ST_END;
+    s->in_tx = false;
+    if (bh_pg_push(s->conn, TAG_END, commit ? "COMMIT" : "ROLLBACK", 0, NULL, 0) < 0 ||
+        bh_pg_push_sync(s->conn, TAG_SYNC) < 0 || bh_pg_send(s->conn, &pipe_cbs, s) < 0) {
+        s->conn_lost = true;
+        finish_statements(s); /* may free s */
+    }
+}
+
+/* The pipeline states: SQL_ST_RESET (the reset alone) -> SQL_ST_MAIN (a single statement), or
+ * SQL_ST_BATCH (BEGIN and the statements) -> SQL_ST_END (COMMIT or ROLLBACK). */
 static void on_done(bh_pg_conn_t *conn, int status, void *data)
 {
     bh_sql_t *s = data;
@@ -348,63 +473,41 @@ static void on_done(bh_pg_conn_t *conn, int status, void *data)
         finish_statements(s);
         return;
     }
-    if (s->error != NULL) {
-        if (s->req->batch && s->in_tx) {
-            s->in_tx = false; /* the transaction failed: roll back, then reply with the error */
-            if (bh_pg_exec(s->conn, "ROLLBACK", on_result, on_done, s) == 0)
-                return;
-            s->conn_lost = true;
-        }
+    switch (s->stage) {
+    case SQL_ST_RESET:
+        s->stage = SQL_ST_MAIN;
+        run_next(s);
+        return;
+    case SQL_ST_BATCH:
+        /* The transaction is open, or failed: an error (or a 507 pending) rolls it back. */
+        end_batch(s, s->error == NULL && bh_sql_batch_end(&s->out) == 0);
+        return;
+    default:
         finish_statements(s);
         return;
     }
-    run_next(s);
 }
 
+/* Builds and sends the request's next pipeline. */
 static void run_next(bh_sql_t *s)
 {
-    const bh_sql_request_t *req = s->req;
     int rc;
-    if (req->batch && !s->in_tx && s->next_query == 0) {
-        char begin[BH_SQL_BEGIN_MAX];
-        bh_sql_begin_statement(&s->h, begin);
+    if (s->req->batch) {
         if (bh_sql_batch_begin(&s->out) < 0) {
             finish_statements(s);
             return;
         }
         s->in_tx = true;
-        s->next_query = SIZE_MAX; /* marker: BEGIN in flight; next time the first user statement */
-        rc = bh_pg_exec(s->conn, begin, on_result, on_done, s);
-        if (rc < 0) {
-            s->conn_lost = true;
-            finish_statements(s); /* may answer, end the exchange and free s: touch nothing after */
-        }
-        return;
+        rc = push_batch(s);
+    } else {
+        rc = push_single(s);
     }
-    if (s->next_query == SIZE_MAX)
-        s->next_query = 0;
-    if (s->next_query < req->nqueries) {
-        const bh_sql_query_t *q = &req->queries[s->next_query++];
-        s->rows_begun = false;
-        rc = bh_pg_query(s->conn, q->text, q->nparams, q->params, BH_PG_SINGLE_ROW, on_result,
-                         on_done, s);
-        if (rc < 0) {
-            s->conn_lost = true;
-            finish_statements(s);
-        }
-        return;
-    }
-    if (req->batch && s->in_tx) {
-        /* An encoding failure (507) undoes the batch: nothing is committed that the client
-         * cannot see. */
-        bool ok = bh_sql_batch_end(&s->out) == 0;
-        s->in_tx = false;
-        s->next_query = req->nqueries + 1;
-        if (bh_pg_exec(s->conn, ok ? "COMMIT" : "ROLLBACK", on_result, on_done, s) == 0)
-            return;
+    if (rc == 0)
+        rc = bh_pg_send(s->conn, &pipe_cbs, s);
+    if (rc < 0) {
         s->conn_lost = true;
+        finish_statements(s); /* may answer, end the exchange and free s: touch nothing after */
     }
-    finish_statements(s);
 }
 
 /* ---- connections -------------------------------------------------------------------------- */
@@ -416,7 +519,9 @@ static void connected(bh_sql_t *s, bh_pg_conn_t *conn)
         s->ex->attached_ms = now_of(s);
     s->conn = conn;
     s->phase = SQL_RUNNING;
-    s->next_query = 0;
+    s->stage = SQL_ST_MAIN;
+    s->reset_alone = false;
+    s->rows_begun = false;
     s->in_tx = false;
     rearm(s);
     run_next(s);

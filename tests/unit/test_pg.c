@@ -452,7 +452,7 @@ typedef struct ctx {
     bh_pg_server_t server;
     bh_pg_setting_t session[2];
     bool closed;
-    uv_async_t wakeup;     /* drains inbox: the pools' messages to this thread */
+    uv_async_t wakeup; /* drains inbox: the pools' messages to this thread */
     bh_sem_inbox_t inbox;
 } ctx_t;
 
@@ -609,16 +609,31 @@ typedef struct q {
     bool done;
     int status;
     int n;
-    PGresult *res[8];
+    PGresult *res[16];
+    uint32_t tags[16];
+    int nsteps;
+    uint32_t step_tags[16];
+    int step_status[16];
 } q_t;
 
-static void on_result(bh_pg_conn_t *c, PGresult *res, void *data)
+static void on_result(bh_pg_conn_t *c, uint32_t tag, PGresult *res, void *data)
 {
     q_t *q = data;
-    if (q->n < 8)
+    if (q->n < 16) {
+        q->tags[q->n] = tag;
         q->res[q->n++] = res;
-    else
+    } else {
         PQclear(res);
+    }
+}
+
+static void on_step(bh_pg_conn_t *c, uint32_t tag, int status, void *data)
+{
+    q_t *q = data;
+    if (q->nsteps < 16) {
+        q->step_tags[q->nsteps] = tag;
+        q->step_status[q->nsteps++] = status;
+    }
 }
 
 static void on_done(bh_pg_conn_t *c, int status, void *data)
@@ -628,6 +643,8 @@ static void on_done(bh_pg_conn_t *c, int status, void *data)
     q->status = status;
 }
 
+static const bh_pg_pipe_cbs_t cbs = {.result = on_result, .step = on_step, .done = on_done};
+
 static void q_clear(q_t *q)
 {
     for (int i = 0; i < q->n; i++)
@@ -635,19 +652,42 @@ static void q_clear(q_t *q)
     memset(q, 0, sizeof(*q));
 }
 
+/* One statement (after the reset when the connection needs one) and a sync; the first error. */
+static int send_one(bh_pg_conn_t *c, q_t *q, const char *sql, int n, const char *const *vals,
+                    unsigned flags)
+{
+    memset(q, 0, sizeof(*q));
+    int rc = bh_pg_push_reset(c);
+    if (rc >= 0)
+        rc = bh_pg_push(c, 0, sql, n, vals, flags);
+    if (rc >= 0)
+        rc = bh_pg_push_sync(c, 100);
+    if (rc >= 0)
+        rc = bh_pg_send(c, &cbs, q);
+    return rc;
+}
+
 static void query(ctx_t *x, bh_pg_conn_t *c, q_t *q, const char *sql, int n,
                   const char *const *vals)
 {
-    memset(q, 0, sizeof(*q));
-    assert_int_equal(bh_pg_query(c, sql, n, vals, 0, on_result, on_done, q), 0);
+    assert_int_equal(send_one(c, q, sql, n, vals, 0), 0);
     run_until(x, q->done, 3000);
     assert_int_equal(q->status, 0);
 }
 
+/* "; "-separated statements (no ';' inside them), tagged 0, 1, ..., in one transaction. */
 static void exec_sql(ctx_t *x, bh_pg_conn_t *c, q_t *q, const char *sql)
 {
     memset(q, 0, sizeof(*q));
-    assert_int_equal(bh_pg_exec(c, sql, on_result, on_done, q), 0);
+    assert_true(bh_pg_push_reset(c) >= 0);
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", sql);
+    uint32_t tag = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ";", &save); t != NULL;
+         t = strtok_r(NULL, ";", &save))
+        assert_int_equal(bh_pg_push(c, tag++, t, 0, NULL, 0), 0);
+    assert_int_equal(bh_pg_push_sync(c, 100), 0);
+    assert_int_equal(bh_pg_send(c, &cbs, q), 0);
     run_until(x, q->done, 3000);
     assert_int_equal(q->status, 0);
 }
@@ -745,7 +785,7 @@ static void test_connect_and_query(void **state)
     assert_string_equal(PQresultErrorField(q.res[0], PG_DIAG_SQLSTATE), "42601");
     q_clear(&q);
 
-    /* A SQL error leaves the connection usable; the simple protocol runs several statements. */
+    /* A SQL error leaves the connection usable; a pipeline runs several statements. */
     exec_sql(x, c, &q, "BEGIN; SELECT 7; COMMIT");
     assert_int_equal(q.n, 3);
     assert_int_equal(PQresultStatus(q.res[0]), PGRES_COMMAND_OK);
@@ -754,10 +794,7 @@ static void test_connect_and_query(void **state)
     q_clear(&q);
 
     /* Single-row mode: one result per row, then the final empty one. */
-    memset(&q, 0, sizeof(q));
-    assert_int_equal(bh_pg_query(c, "SELECT generate_series(1, 3)", 0, NULL, BH_PG_SINGLE_ROW,
-                                 on_result, on_done, &q),
-                     0);
+    assert_int_equal(send_one(c, &q, "SELECT generate_series(1, 3)", 0, NULL, BH_PG_SINGLE_ROW), 0);
     run_until(x, q.done, 3000);
     assert_int_equal(q.n, 4);
     assert_int_equal(PQresultStatus(q.res[0]), PGRES_SINGLE_TUPLE);
@@ -985,8 +1022,13 @@ static void test_session_reset(void **state)
     assert_int_equal(PQresultStatus(q.res[0]), PGRES_TUPLES_OK);
     assert_string_equal(PQgetvalue(q.res[0], 0, 0), "UTC");
     assert_string_equal(PQgetvalue(q.res[0], 0, 1), "5s"); /* back to the session's own */
-    for (int i = 2; i < 6; i++)
+    for (int i = 2; i < 5; i++)
         assert_string_equal(PQgetvalue(q.res[0], 0, i), "0");
+    q_clear(&q);
+    /* The reset ran in the same transaction as that statement, and UNLISTEN takes effect when
+     * it commits (notifications are only delivered between transactions anyway). */
+    query(x, c, &q, "SELECT count(*) FROM pg_listening_channels()", 0, NULL);
+    assert_string_equal(PQgetvalue(q.res[0], 0, 0), "0");
     q_clear(&q);
 
     /* An open transaction is never handed to the next user: the connection is discarded. */
@@ -1046,9 +1088,8 @@ static void test_cancel(void **state)
     bh_pg_conn_t *c = acquire_ok(x, p, &a);
     assert_int_equal(bh_pg_cancel(c, on_cancelled, NULL), BH_EINVAL); /* nothing running */
     q_t q;
-    memset(&q, 0, sizeof(q));
     uint64_t t0 = mono_ms();
-    assert_int_equal(bh_pg_query(c, "SELECT pg_sleep(10)", 0, NULL, 0, on_result, on_done, &q), 0);
+    assert_int_equal(send_one(c, &q, "SELECT pg_sleep(10)", 0, NULL, 0), 0);
     static uv_timer_t t; /* closed by the teardown's loop run */
     uv_timer_init(&x->loop, &t);
     t.data = c;
@@ -1069,8 +1110,7 @@ static void test_cancel(void **state)
 
     /* The user goes away mid-statement: released at once, cancelled on the server. */
     c = acquire_ok(x, p, &a);
-    memset(&q, 0, sizeof(q));
-    assert_int_equal(bh_pg_query(c, "SELECT pg_sleep(10)", 0, NULL, 0, on_result, on_done, &q), 0);
+    assert_int_equal(send_one(c, &q, "SELECT pg_sleep(10)", 0, NULL, 0), 0);
     for (uint64_t end = mono_ms() + 2000; active_sleeps() != 1 && mono_ms() < end;)
         uv_run(&x->loop, UV_RUN_NOWAIT);
     assert_int_equal(active_sleeps(), 1);
@@ -1117,8 +1157,7 @@ static void test_restart(void **state)
     uint32_t idle = b->n_idle;
     assert_int_equal(pg_ctl("restart", "immediate"), 0);
     run_until(x, b->closed >= closed + idle && b->n_idle >= 2 && b->n_connecting == 0, 3000);
-    memset(&q, 0, sizeof(q));
-    int rc = bh_pg_query(c, "SELECT 3", 0, NULL, 0, on_result, on_done, &q);
+    int rc = send_one(c, &q, "SELECT 3", 0, NULL, 0);
     if (rc == 0) {
         run_until(x, q.done, 3000);
         assert_int_equal(q.status, BH_EPG_CONN_LOST);
