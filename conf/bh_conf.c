@@ -21,8 +21,8 @@
 
 /* ---- the section walker ---------------------------------------------------------------- */
 
-/* A key of the shared shape (upstreams) that a database section does not take. */
-static int not_applicable(ctx_t *c, enum sec sec, yaml_node_t *kn, const char *key)
+/* A key of the shared shape (upstreams) that a database section does not take, and why. */
+static int not_applicable(ctx_t *c, enum sec sec, yaml_node_t *kn, const spec_t *na)
 {
     char list[300] = "", buf[300];
     size_t len = 0;
@@ -30,8 +30,9 @@ static int not_applicable(ctx_t *c, enum sec sec, yaml_node_t *kn, const char *k
     for (const spec_t *k = bh__conf_specs; k < bh__conf_specs + bh__conf_n_specs; k++)
         if (k->sec == sec && k->type != NULL && !(k->flags & F_NA) && len < sizeof list)
             len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", len ? ", " : "", k->key);
-    return bh__conf_fail(c, kn, "key '%s' %s is not applicable to databases, expected only: %s",
-                         key, bh__conf_where(c, buf, sizeof buf), list);
+    return bh__conf_fail(c, kn,
+                         "key '%s' %s is not applicable to databases (%s), expected only: %s",
+                         na->key, bh__conf_where(c, buf, sizeof buf), na->why, list);
 }
 
 /* Converts one key: scalar types get their substituted text (or their default's). */
@@ -79,7 +80,7 @@ static int given_key(ctx_t *c, enum sec sec, yaml_node_t *map, yaml_node_pair_t 
                              "(bulkhead %s), expected it removed",
                              key, bh__conf_where(c, buf, sizeof buf), BH_VERSION);
     if (k->flags & F_NA)
-        return not_applicable(c, sec, kn, key);
+        return not_applicable(c, sec, kn, k);
     old = bh__conf_path_key(c, key);
     rc = convert(c, k, bh__conf_node(c, p->value), base);
     bh__conf_path_pop(c, old);

@@ -55,6 +55,10 @@ typedef struct bh_conf_pool {
     uint64_t acquire_timeout_ms;      /* 1s */
     uint64_t idle_timeout_ms;         /* 4s */
     uint64_t max_lifetime_ms;         /* 10m; 0 = unlimited */
+    uint32_t max_per_user;            /* databases: pool.max_connections_per_user, connections
+                                         of one pool key (user, password, database name);
+                                         default and at most max_connections. Upstreams have
+                                         no such key: always max_connections, unused */
 } bh_conf_pool_t;
 
 typedef struct bh_conf_timeouts {
@@ -162,13 +166,14 @@ enum bh_db_auth {
                                "Authorization: Bearer <one of tokens>" */
 };
 
-/* databases.<name>: a Postgres server behind SQL over HTTP (the Neon protocol). */
-/* databases.<x>.reset: when a pooled session is reset before its next request. */
+/* When a server connection's session is reset before it serves another request. */
 enum bh_db_reset {
-    BH_DB_RESET_AUTO,   /* only after a request that may have changed it */
-    BH_DB_RESET_ALWAYS, /* before every reuse (Neon's behaviour) */
+    BH_DB_RESET_AUTO,   /* default: only after a request that may have left session state
+                           (bh_sql_leaves_state, a changed ParameterStatus, an open transaction) */
+    BH_DB_RESET_ALWAYS, /* after every request, as Neon does */
 };
 
+/* databases.<name>: a Postgres server behind SQL over HTTP (the Neon protocol). */
 typedef struct bh_conf_database {
     char *name;
     char **hosts;                     /* connection-string hosts mapped here (lower case, no
@@ -184,26 +189,28 @@ typedef struct bh_conf_database {
     char **tokens;                    /* fixed auth: bearer tokens clients must send (at least
                                          one); NULL/0 for passthrough */
     size_t n_tokens;
-    bh_conf_pool_t pool;              /* max_connections 20, min_idle 0, max_pending 1000,
-                                         acquire_timeout 5s, idle_timeout 5m, max_lifetime 1h,
-                                         max_idle = max_connections */
+    bh_conf_pool_t pool;              /* max_connections 20 (all keys together), min_idle 0,
+                                         max_pending 1000, acquire_timeout 5s, idle_timeout 5m,
+                                         max_lifetime 1h, max_idle = max_per_user =
+                                         max_connections */
     bh_conf_timeouts_t timeouts;      /* connect 2s, total 30s; first_byte/idle: not
                                          configurable here, hold the generic defaults 15s/60s */
     uint64_t max_response_bytes;      /* 10MiB: 507 beyond */
     uint64_t max_request_bytes;       /* 10MiB: 413 beyond (Neon's limit) */
+    enum bh_db_reset reset;           /* auto */
+    uint32_t statement_cache;         /* 256: prepared statements per server connection (LRU);
+                                         0 = off; at most 65536 */
     char **session_keys;              /* `session:` settings in file order, then "TimeZone" ->
                                          "UTC" when TimeZone was not given (so n_session >= 1) */
     char **session_values;
     size_t n_session;
-    bh_conf_retry_t retry;            /* attempts 3, backoff {25ms, 250ms}, budget {20%, 10/s};
-                                         fixed: on = connect-failure, no statuses, methods all,
+    bh_conf_retry_t retry;            /* attempts 3, backoff {25ms, 250ms}, budget {20%, 10/s}
+                                         as upstreams'; not configurable here: on =
+                                         connect-failure, no statuses, methods all,
                                          max_replay_bytes 0, honor_retry_after false */
     bool retry_serialization_failures;/* retry.serialization_failures: false */
     bh_conf_breaker_t breaker;        /* consecutive_failures 5, open_for 2s, max_open_for 30s,
                                          half_open_probes 1; others as an upstream's defaults */
-    uint32_t statement_cache;         /* prepared statements per server connection (LRU): 256;
-                                         0 = off */
-    enum bh_db_reset reset;           /* auto */
 } bh_conf_database_t;
 
 /* HTTP method bits for route matching (bit = 1 << llhttp method number is NOT used: own enum). */

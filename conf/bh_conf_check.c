@@ -12,12 +12,24 @@
 
 /* ---- one section ----------------------------------------------------------------------- */
 
-/* max_idle defaults to max_connections; min_idle <= max_idle <= max_connections. */
+/* max_idle and max_connections_per_user (databases only: an upstream pool has no such key, so
+ * the lookup finds nothing) default to max_connections and may not exceed it; min_idle is at
+ * most either. */
 static int check_pool(ctx_t *c, yaml_node_t *map, void *base)
 {
     bh_conf_pool_t *p = base;
     yaml_node_t *max_idle = bh__conf_lookup(c, map, "max_idle");
+    yaml_node_t *per_user = bh__conf_lookup(c, map, "max_connections_per_user");
     char buf[300];
+
+    if (per_user == NULL)
+        p->max_per_user = p->max_connections;
+    else if (p->max_per_user > p->max_connections)
+        return bh__conf_fail(c, per_user,
+                             "max_connections_per_user %" PRIu32 " %s is larger than "
+                             "max_connections %" PRIu32 ", expected at most max_connections",
+                             p->max_per_user, bh__conf_where(c, buf, sizeof buf),
+                             p->max_connections);
 
     if (max_idle == NULL)
         p->max_idle = p->max_connections;
@@ -31,6 +43,13 @@ static int check_pool(ctx_t *c, yaml_node_t *map, void *base)
                              "min_idle %" PRIu32 " %s is larger than "
                              "max_idle %" PRIu32 ", expected at most max_idle",
                              p->min_idle, bh__conf_where(c, buf, sizeof buf), p->max_idle);
+    /* A database pool warms min_idle connections per key: more than one key may hold. */
+    if (p->min_idle > p->max_per_user)
+        return bh__conf_fail(c, bh__conf_lookup(c, map, "min_idle"),
+                             "min_idle %" PRIu32 " %s is larger than "
+                             "max_connections_per_user %" PRIu32
+                             ", expected at most max_connections_per_user",
+                             p->min_idle, bh__conf_where(c, buf, sizeof buf), p->max_per_user);
     return 0;
 }
 

@@ -1,5 +1,5 @@
 /* Scalar converters: one value (its substituted text) -> one field, with its range checked.
- * Word sets (balance, retry.on, breaker.count, auth ...) and lists of words or statuses live
+ * Word sets (balance, retry.on, breaker.count, auth, reset ...) and lists of words or statuses live
  * here too: a list converter calls an item converter per word. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -280,6 +280,21 @@ int bh__conf_conv_auth(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *te
     if (lookup_word(text, AUTH_NAMES, COUNT(AUTH_NAMES), &v) != 0)
         return bh__conf_word_fail(c, n, "auth mode", text, AUTH_NAMES, COUNT(AUTH_NAMES));
     *FIELD(base, k, enum bh_db_auth) = (enum bh_db_auth)v;
+    return 0;
+}
+
+static const name_bit_t RESET_NAMES[] = {
+    {"auto", BH_DB_RESET_AUTO},
+    {"always", BH_DB_RESET_ALWAYS},
+};
+
+int bh__conf_conv_reset(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
+{
+    uint32_t v;
+
+    if (lookup_word(text, RESET_NAMES, COUNT(RESET_NAMES), &v) != 0)
+        return bh__conf_word_fail(c, n, "reset mode", text, RESET_NAMES, COUNT(RESET_NAMES));
+    *FIELD(base, k, enum bh_db_reset) = (enum bh_db_reset)v;
     return 0;
 }
 

@@ -11,7 +11,8 @@
 
 _Static_assert(sizeof(enum bh_log_level) == sizeof(int) &&
                    sizeof(enum bh_balance_policy) == sizeof(int) &&
-                   sizeof(enum bh_db_auth) == sizeof(int),
+                   sizeof(enum bh_db_auth) == sizeof(int) &&
+                   sizeof(enum bh_db_reset) == sizeof(int),
                "K_ENUM fields are compared as int");
 
 static bool rows_equal(enum sec sec, const void *a, const void *b);

@@ -110,7 +110,8 @@ struct spec {
     const char *def;    /* default, in config syntax; NULL: none (or derived, see hooks) */
     uint64_t min, max;  /* bounds for numbers, sizes and durations */
     unsigned flags;
-    enum sec sub; /* nested section (K_SECTION, K_HEALTH); S_COUNT otherwise */
+    enum sec sub;    /* nested section (K_SECTION, K_HEALTH); S_COUNT otherwise */
+    const char *why; /* F_NA: why the section does not take the key, for the message */
 };
 
 /* bh_conf_keys.c: the table, rows of one section in file-documentation order. */
@@ -202,6 +203,7 @@ int bh__conf_conv_retry_methods(ctx_t *c, const spec_t *k, yaml_node_t *n, const
 int bh__conf_conv_retry_on(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
 int bh__conf_conv_count(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
 int bh__conf_conv_auth(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
+int bh__conf_conv_reset(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
 int bh__conf_conv_statuses(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
 /* "5s", "250ms", "1h" ... : a duration as a user would write it (for messages). */
 void bh__conf_show_duration(uint64_t v, char *buf, size_t n);

@@ -68,21 +68,23 @@ static const type_t T_SERVER = {C(server), "a libpq conninfo of keyword=value pa
                                            "credentials, e.g. \"host=127.0.0.1 port=5432\"", 0,
                                 K_STR};
 static const type_t T_AUTH = {C(auth), "passthrough or fixed", 0, K_ENUM};
+static const type_t T_RESET = {C(reset), "auto or always", 0, K_ENUM};
 static const type_t T_SESSION = {C(session), "a mapping of setting names to values, e.g. "
                                              "{ TimeZone: UTC }", T_NODE, K_SESSION};
 #undef C
 
 /* KEY(section, key, type, struct, field, default, min, max); REQ: a required key, no default;
- * NA: a key of the shared shape this section rejects, whose default still fills the field. */
+ * NA: a key of the shared shape this section rejects (why: the reason, in the message), whose
+ * default still fills the field. */
 #define KEY(sec, key, type, T, field, def, lo, hi)                                                 \
-    {sec, key, &type, offsetof(T, field), def, lo, hi, 0, S_COUNT}
+    {sec, key, &type, offsetof(T, field), def, lo, hi, 0, S_COUNT, NULL}
 #define REQ(sec, key, type, T, field)                                                             \
-    {sec, key, &type, offsetof(T, field), NULL, 0, 0, F_REQUIRED, S_COUNT}
+    {sec, key, &type, offsetof(T, field), NULL, 0, 0, F_REQUIRED, S_COUNT, NULL}
 #define SECTION(sec, key, T, field, sub)                                                          \
-    {sec, key, &T_SECTION, offsetof(T, field), NULL, 0, 0, 0, sub}
-#define NA(sec, key, type, T, field, def, lo, hi)                                                  \
-    {sec, key, &type, offsetof(T, field), def, lo, hi, F_NA, S_COUNT}
-#define LATER(sec, key) {sec, key, NULL, 0, NULL, 0, 0, 0, S_COUNT}
+    {sec, key, &T_SECTION, offsetof(T, field), NULL, 0, 0, 0, sub, NULL}
+#define NA(sec, key, type, T, field, def, lo, hi, why)                                             \
+    {sec, key, &type, offsetof(T, field), def, lo, hi, F_NA, S_COUNT, why}
+#define LATER(sec, key) {sec, key, NULL, 0, NULL, 0, 0, 0, S_COUNT, NULL}
 #define U32MAX UINT32_MAX
 #define U64MAX UINT64_MAX
 #define MiB (1u << 20)
@@ -129,12 +131,12 @@ const spec_t bh__conf_specs[] = {
     SECTION(S_UPSTREAM, "breaker", bh_conf_upstream_t, breaker, S_BREAKER),
     SECTION(S_UPSTREAM, "outlier", bh_conf_upstream_t, outlier, S_OUTLIER),
     {S_UPSTREAM, "health_check", &T_HEALTH, offsetof(bh_conf_upstream_t, health_check), NULL, 0, 0,
-     0, S_HEALTH}, /* absent: disabled */
+     0, S_HEALTH, NULL}, /* absent: disabled */
 
     KEY(S_RETRY, "attempts", T_U32, bh_conf_retry_t, attempts, "3", 1, 10),
     KEY(S_RETRY, "on", T_RETRY_ON, bh_conf_retry_t, on,
         "connect-failure, reset-before-response, gateway-error", 0, 0),
-    {S_RETRY, "retriable_status", &T_STATUSES, 0, "503", 100, 599, 0, S_COUNT},
+    {S_RETRY, "retriable_status", &T_STATUSES, 0, "503", 100, 599, 0, S_COUNT, NULL},
     KEY(S_RETRY, "methods", T_RETRY_METHODS, bh_conf_retry_t, methods_all, "idempotent", 0, 0),
     KEY(S_RETRY, "max_replay_bytes", T_SIZE, bh_conf_retry_t, max_replay_bytes, "64KiB", 0, GiB),
     SECTION(S_RETRY, "backoff", bh_conf_retry_t, backoff, S_BACKOFF),
@@ -183,7 +185,7 @@ const spec_t bh__conf_specs[] = {
     KEY(S_TIMEOUTS, "total", T_DUR, bh_conf_timeouts_t, total_ms, "30s", 1, DUR),
 
     KEY(S_ROUTE, "name", T_STR, bh_conf_route_t, name, NULL, 0, 0), /* "<host or *><prefix>" */
-    {S_ROUTE, "match", &T_SECTION, 0, NULL, 0, 0, 0, S_MATCH}, /* its fields live in the route */
+    {S_ROUTE, "match", &T_SECTION, 0, NULL, 0, 0, 0, S_MATCH, NULL}, /* fields in the route */
     KEY(S_ROUTE, "upstream", T_STR, bh_conf_route_t, upstream, NULL, 0, 0),  /* or database: */
     KEY(S_ROUTE, "database", T_STR, bh_conf_route_t, database, NULL, 0, 0),  /* check_route */
     KEY(S_ROUTE, "strip_prefix", T_BOOL, bh_conf_route_t, strip_prefix, "false", 0, 0),
@@ -210,9 +212,12 @@ const spec_t bh__conf_specs[] = {
         "10MiB", 1, U64MAX),
     KEY(S_DATABASE, "max_request_bytes", T_SIZE, bh_conf_database_t, max_request_bytes,
         "10MiB", 1, U64MAX),
+    KEY(S_DATABASE, "reset", T_RESET, bh_conf_database_t, reset, "auto", 0, 0),
+    KEY(S_DATABASE, "statement_cache", T_U32, bh_conf_database_t, statement_cache, "256", 0,
+        65536),
     /* session: the default is TimeZone's (conv_session) */
     KEY(S_DATABASE, "session", T_SESSION, bh_conf_database_t, session_keys, "UTC", 0, 0),
-    {S_DATABASE, "retry", &T_SECTION, 0, NULL, 0, 0, 0, S_DB_RETRY}, /* fields in the database */
+    {S_DATABASE, "retry", &T_SECTION, 0, NULL, 0, 0, 0, S_DB_RETRY, NULL}, /* in the database */
     SECTION(S_DATABASE, "breaker", bh_conf_database_t, breaker, S_DB_BREAKER),
 
     KEY(S_DB_POOL, "max_connections", T_U32, bh_conf_pool_t, max_connections, "20", 1, 1000000),
@@ -222,10 +227,14 @@ const spec_t bh__conf_specs[] = {
     KEY(S_DB_POOL, "acquire_timeout", T_DUR, bh_conf_pool_t, acquire_timeout_ms, "5s", 0, DUR),
     KEY(S_DB_POOL, "idle_timeout", T_DUR, bh_conf_pool_t, idle_timeout_ms, "5m", 1, DUR),
     KEY(S_DB_POOL, "max_lifetime", T_DUR, bh_conf_pool_t, max_lifetime_ms, "1h", 0, DUR),
+    KEY(S_DB_POOL, "max_connections_per_user", T_U32, bh_conf_pool_t, max_per_user, NULL,
+        1, 1000000), /* default max_connections: check_pool */
 
     KEY(S_DB_TIMEOUTS, "connect", T_DUR, bh_conf_timeouts_t, connect_ms, "2s", 1, DUR),
-    NA(S_DB_TIMEOUTS, "first_byte", T_DUR, bh_conf_timeouts_t, first_byte_ms, "15s", 1, DUR),
-    NA(S_DB_TIMEOUTS, "idle", T_DUR, bh_conf_timeouts_t, idle_ms, "60s", 1, DUR),
+    NA(S_DB_TIMEOUTS, "first_byte", T_DUR, bh_conf_timeouts_t, first_byte_ms, "15s", 1, DUR,
+       "a query may rightly run long before its first row; total bounds it"),
+    NA(S_DB_TIMEOUTS, "idle", T_DUR, bh_conf_timeouts_t, idle_ms, "60s", 1, DUR,
+       "a query may rightly be silent between rows; total bounds it"),
     KEY(S_DB_TIMEOUTS, "total", T_DUR, bh_conf_timeouts_t, total_ms, "30s", 1, DUR),
 
     /* only failures that never reached Postgres are retried: the rest of the shape is fixed */
@@ -233,16 +242,17 @@ const spec_t bh__conf_specs[] = {
     SECTION(S_DB_RETRY, "backoff", bh_conf_database_t, retry.backoff, S_BACKOFF),
     KEY(S_DB_RETRY, "serialization_failures", T_BOOL, bh_conf_database_t,
         retry_serialization_failures, "false", 0, 0),
-    NA(S_DB_RETRY, "on", T_RETRY_ON, bh_conf_database_t, retry.on, "connect-failure", 0, 0),
-    NA(S_DB_RETRY, "retriable_status", T_STATUSES, bh_conf_database_t, retry, "", 100, 599),
+    SECTION(S_DB_RETRY, "budget", bh_conf_database_t, retry.budget, S_BUDGET),
+    NA(S_DB_RETRY, "on", T_RETRY_ON, bh_conf_database_t, retry.on, "connect-failure", 0, 0,
+       "only failures that never reached Postgres are retried"),
+    NA(S_DB_RETRY, "retriable_status", T_STATUSES, bh_conf_database_t, retry, "", 100, 599,
+       "Postgres answers have no HTTP status"),
     NA(S_DB_RETRY, "methods", T_RETRY_METHODS, bh_conf_database_t, retry.methods_all, "all",
-       0, 0),
+       0, 0, "a retried query never reached Postgres, whatever it does"),
     NA(S_DB_RETRY, "max_replay_bytes", T_SIZE, bh_conf_database_t, retry.max_replay_bytes,
-       "0", 0, GiB),
+       "0", 0, GiB, "the request body is read whole, up to max_request_bytes"),
     NA(S_DB_RETRY, "honor_retry_after", T_BOOL, bh_conf_database_t, retry.honor_retry_after,
-       "false", 0, 0),
-    {S_DB_RETRY, "budget", &T_SECTION, offsetof(bh_conf_database_t, retry.budget), NULL, 0, 0,
-     F_NA, S_BUDGET},
+       "false", 0, 0, "Postgres sends no Retry-After"),
 
     KEY(S_DB_BREAKER, "consecutive_failures", T_U32, bh_conf_breaker_t, consecutive_failures,
         "5", 0, 1000000),

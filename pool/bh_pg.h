@@ -1,5 +1,6 @@
 /* Postgres connections on libuv: non-blocking libpq driven by one worker's loop, pooled by
- * bh_pool, one pool per key (server, session settings, database, user, password digest).
+ * bh_pool, one pool per key (server, session settings, database, user, password digest), every
+ * key of a configured database entry under the entry's one connection cap.
  *
  * A connection (bh_pg_conn_t) is CONNECTING, IDLE, BUSY or CLOSING as its pool says. While BUSY
  * it belongs to one user, who runs pipelines of statements on it (bh_pg_push, bh_pg_send) and
@@ -9,9 +10,12 @@
  * the operation.
  *
  * Layers, outermost first:
- *   bh_pg_shared_t  process-wide: one permit counter (bh_sem_t) per key, so max_connections is
- *                   global across workers, with one FIFO of waiters across them; a mutex is taken
- *                   only when a worker creates or frees a pool.
+ *   bh_pg_shared_t  process-wide: one permit counter (bh_sem_t) per database entry, so
+ *                   max_connections bounds the entry's connections over every key and worker,
+ *                   with one FIFO of waiters across them (a waiter whose key has no idle
+ *                   connection gets room by closing the coldest idle connection of another key);
+ *                   and, when max_per_user is below it, a cap per key; a mutex is taken only
+ *                   when a worker creates or frees a pool.
  *   bh_pg_pools_t   per worker: its keyed pools, created on demand, and their timers.
  *   bh_pg_pool_t    one key on one worker: a bh_pool_t plus what opening a connection needs. */
 #ifndef BH_PG_H
@@ -77,7 +81,10 @@ typedef struct bh_pg_server {
                                        UTF8, DateStyle ISO,MDY, IntervalStyle postgres,
                                        bytea_output hex, TimeZone UTC); may override them */
     size_t n_session;
-    bh_conf_pool_t pool;         /* max_connections is per key, across workers */
+    const char *name;            /* the database entry's name: with conninfo and
+                                    max_connections, the identity of its connection cap */
+    bh_conf_pool_t pool;         /* max_connections: the entry's, over every key and worker;
+                                    max_per_user (0: none): one key's, over every worker */
     uint64_t connect_timeout_ms; /* connect start -> session ready; 0 = 2000 */
     uint64_t reset_timeout_ms;   /* unused: the reset rides in front of the next statements */
     uint32_t statement_cache;    /* prepared statements cached per connection (LRU); 0 = off */
@@ -98,8 +105,15 @@ typedef struct bh_pg_shared bh_pg_shared_t;
 bh_pg_shared_t *bh_pg_shared_new(uint32_t n_workers);
 /* Only once every bh_pg_pools_t using it is closed. */
 void bh_pg_shared_free(bh_pg_shared_t *s);
-/* Number of keys with a permit counter (for tests and stats). */
+/* Number of permit counters (database entries and keys, for tests). */
 size_t bh_pg_shared_count(bh_pg_shared_t *s);
+
+/* Every pool key with a pool on some worker: its database entry's name, its user and database
+ * name, its connections over every worker and its cap. Any thread; cb runs under the registry's
+ * mutex (it must not call into bh_pg). */
+typedef void (*bh_pg_key_cb)(void *data, const char *database, const char *user,
+                             const char *dbname, uint32_t connections, uint32_t max);
+void bh_pg_shared_keys(bh_pg_shared_t *s, bh_pg_key_cb cb, void *data);
 
 /* ---- per-worker pools -------------------------------------------------------------------- */
 

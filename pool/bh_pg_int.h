@@ -31,6 +31,7 @@ struct addrinfo;
 typedef struct bh__pg_params {
     char **kw, **vals;           /* NULL-terminated, same length */
     size_t password_at;          /* index of the password in vals (wiped when freed), or SIZE_MAX */
+    size_t user_at, dbname_at;   /* indexes of the user and database name in vals */
     char *dns_name;              /* NULL: IP literal, socket path, list, or hostaddr given */
     size_t host_at, hostaddr_at; /* their slots in kw/vals, when dns_name is set */
 } bh__pg_params_t;
@@ -40,6 +41,7 @@ struct bh_pg_pools {
     bh_pg_shared_t *shared;
     bh_sem_inbox_t *inbox;
     bh_pg_pool_t **buckets; /* hash chains of every pool not yet freed (retired and closing too) */
+    bh_pg_pool_t **fast;    /* [n_buckets] the same pools by their credentials (fast_hash) */
     size_t n_buckets, n_pools;
     uv_timer_t sweep;
     unsigned open;    /* the sweep timer + pools not yet freed */
@@ -53,8 +55,12 @@ struct bh_pg_pool {
     bh_pool_t base;
     bh_pg_pools_t *pools;
     bh_pg_pool_t *next; /* hash chain */
+    bh_pg_pool_t *fast_next; /* chain of pools->fast, once found by its credentials */
+    uint64_t fast_hash;
+    bool fast_linked;
     uint8_t key[BH__PG_KEY_LEN];
-    struct bh__pg_sem_entry *sem; /* the key's permit counter (bh_pg_pools.c) */
+    struct bh__pg_sem_entry *sem; /* the database entry's permits (bh_pg_pools.c) */
+    struct bh__pg_sem_entry *cap; /* the key's own cap; NULL when max_per_user >= the entry's */
     uv_timer_t timer;             /* bh_pool_expire, and the pre-warm retry */
     bh__pg_params_t params;
     char *label; /* user@dbname, for logs */
@@ -125,6 +131,10 @@ int bh__pg_options_build(const bh_pg_server_t *srv, char **out);
 /* The pool key: where and as whom it connects, and the pool's own settings. 0 or BH_ENOMEM. */
 int bh__pg_key_digest(uint8_t out[BH__PG_KEY_LEN], const bh_pg_server_t *srv, const char *options,
                       const char *dbname, const char *user, const char *password);
+
+/* The identity of a database entry's permits: its name, server and connection cap (a reload
+ * that keeps them keeps the counter, so old and new pools count against one cap). */
+int bh__pg_db_digest(uint8_t out[BH__PG_KEY_LEN], const bh_pg_server_t *srv);
 
 /* Fills a zeroed pp from the server's conninfo, the credentials (password may be NULL) and
  * options. 0, BH_EINVAL (unparsable conninfo) or BH_ENOMEM; pp must be freed either way. */

@@ -90,10 +90,11 @@ int bh__pg_key_digest(uint8_t out[BH__PG_KEY_LEN], const bh_pg_server_t *srv, co
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL)
         return BH_ENOMEM;
-    const char *parts[] = {"bulkhead-pg-key-2", srv->conninfo != NULL ? srv->conninfo : "", options,
-                           dbname, user};
+    const char *parts[] = {"bulkhead-pg-key-3", srv->name != NULL ? srv->name : "",
+                           srv->conninfo != NULL ? srv->conninfo : "", options, dbname, user};
     const bh_conf_pool_t *pc = &srv->pool;
     const uint64_t limits[] = {pc->max_connections, pc->max_pending,         pc->max_idle,
+                               pc->max_per_user,
                                pc->min_idle,        pc->acquire_timeout_ms,  pc->idle_timeout_ms,
                                pc->max_lifetime_ms, srv->connect_timeout_ms, srv->reset_timeout_ms};
     EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
@@ -103,6 +104,24 @@ int bh__pg_key_digest(uint8_t out[BH__PG_KEY_LEN], const bh_pg_server_t *srv, co
     EVP_DigestUpdate(ctx, password != NULL ? "P" : "N", 1);
     if (password != NULL)
         EVP_DigestUpdate(ctx, password, strlen(password));
+    unsigned int n = BH__PG_KEY_LEN;
+    int ok = EVP_DigestFinal_ex(ctx, out, &n);
+    EVP_MD_CTX_free(ctx);
+    return ok == 1 && n == BH__PG_KEY_LEN ? 0 : BH_ENOMEM;
+}
+
+int bh__pg_db_digest(uint8_t out[BH__PG_KEY_LEN], const bh_pg_server_t *srv)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL)
+        return BH_ENOMEM;
+    const char *parts[] = {"bulkhead-pg-db-1", srv->name != NULL ? srv->name : "",
+                           srv->conninfo != NULL ? srv->conninfo : ""};
+    const uint64_t max = srv->pool.max_connections;
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        EVP_DigestUpdate(ctx, parts[i], strlen(parts[i]) + 1);
+    EVP_DigestUpdate(ctx, &max, sizeof(max));
     unsigned int n = BH__PG_KEY_LEN;
     int ok = EVP_DigestFinal_ex(ctx, out, &n);
     EVP_MD_CTX_free(ctx);
@@ -210,7 +229,9 @@ static void put_dns_slot(builder_t *b, const char *dns_host)
 static void put_ours(builder_t *b, const bh_pg_server_t *srv, const char *options,
                      const char *dbname, const char *user, const char *password, bool has_passfile)
 {
+    b->pp->user_at = b->k;
     put(b, "user", user);
+    b->pp->dbname_at = b->k;
     put(b, "dbname", dbname);
     if (password != NULL) {
         b->pp->password_at = b->k;

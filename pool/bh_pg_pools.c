@@ -10,12 +10,13 @@
  *   the worker's pools close, as soon as it is empty (bh__pg_pool_maybe_done).
  * - pools->open counts the sweep timer and the pools not yet freed; the last one to go frees
  *   pools and runs the close callback.
- * - The process-wide bh_pg_shared_t holds one entry per key: its bh_sem_t, counted by the pools
- *   (of every worker) attached to it. Its mutex is taken only when a pool is created or freed
+ * - The process-wide bh_pg_shared_t holds one entry per database entry (its bh_sem_t) and one per
+ *   key with a cap of its own, each counted by the pools (of every worker) attached to it. Its mutex is taken only when a pool is created or freed
  *   (and by bh_pg_shared_count), never on the request path. */
 #include "bh_pg_int.h"
 
 #include <assert.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,11 +24,18 @@
 #include "bh_list.h"
 #include "bh_log.h"
 
+/* A process-wide entry: the permit counter of a database entry (sem), or the cap of one pool
+ * key inside it (cap: max_per_user, or the entry's max_connections when that is lower; its count
+ * is also the key's connections over every worker, for /stats). Counted by the pools (of every
+ * worker) attached to it. */
 typedef struct bh__pg_sem_entry {
     bh_list_t link;
-    uint8_t key[BH__PG_KEY_LEN];
-    bh_sem_t *sem;
+    uint8_t key[BH__PG_KEY_LEN]; /* the database digest, or the pool key */
+    bh_sem_t *sem;               /* a database's; NULL for a key's */
+    bh_pool_cap_t cap;           /* a key's */
     unsigned refs;
+    char *database;              /* a key's: its entry's name, user and database name */
+    char *user, *dbname;
 } sem_entry_t;
 
 struct bh_pg_shared {
@@ -47,6 +55,73 @@ static size_t key_bucket(const uint8_t key[BH__PG_KEY_LEN], size_t n_buckets)
     uint64_t h;
     memcpy(&h, key, sizeof(h));
     return (size_t)(h % n_buckets);
+}
+
+/* ---- the fast index: a known pool without building its key ---------------------------------
+ * A request names its pool by the server's configuration (tag) and its credentials. Building the
+ * key costs the startup options (an allocation) and a SHA-256 per request; a pool already found
+ * once is indexed by a cheap hash of exactly those inputs, and found again by comparing them
+ * (the password in constant time for its length). The key stays the identity: a pool enters the
+ * index only after the key found or made it. */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t fast_hash(uint64_t tag, const char *dbname, const char *user, const char *password)
+{
+    uint64_t h = fnv(0xcbf29ce484222325ull, &tag, sizeof(tag));
+    h = fnv(h, dbname, strlen(dbname) + 1);
+    h = fnv(h, user, strlen(user) + 1);
+    return password != NULL ? fnv(h, password, strlen(password)) : fnv(h, "\1", 1);
+}
+
+static bool same_password(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    size_t n = strlen(a);
+    return strlen(b) == n && CRYPTO_memcmp(a, b, n) == 0;
+}
+
+static bh_pg_pool_t *find_fast(bh_pg_pools_t *pools, uint64_t tag, uint64_t h, const char *dbname,
+                               const char *user, const char *password)
+{
+    for (bh_pg_pool_t *p = pools->fast[h % pools->n_buckets]; p != NULL; p = p->fast_next) {
+        const bh__pg_params_t *pp = &p->params;
+        if (p->fast_hash == h && p->tag == tag && !p->timer_closing && !p->retired &&
+            strcmp(pp->vals[pp->dbname_at], dbname) == 0 &&
+            strcmp(pp->vals[pp->user_at], user) == 0 &&
+            same_password(pp->password_at != SIZE_MAX ? pp->vals[pp->password_at] : NULL,
+                          password))
+            return p;
+    }
+    return NULL;
+}
+
+static void link_fast(bh_pg_pool_t *p, uint64_t h)
+{
+    bh_pg_pools_t *pools = p->pools;
+    size_t b = h % pools->n_buckets;
+    p->fast_hash = h;
+    p->fast_next = pools->fast[b];
+    pools->fast[b] = p;
+    p->fast_linked = true;
+}
+
+static void unlink_fast(bh_pg_pool_t *p)
+{
+    if (!p->fast_linked)
+        return;
+    bh_pg_pool_t **pp = &p->pools->fast[p->fast_hash % p->pools->n_buckets];
+    while (*pp != p)
+        pp = &(*pp)->fast_next;
+    *pp = p->fast_next;
+    p->fast_linked = false;
 }
 
 /* ---- the pool timer ---------------------------------------------------------------------- */
@@ -94,6 +169,18 @@ static const bh_pool_ops_t pg_pool_ops = {
 
 /* ---- process-wide permits ---------------------------------------------------------------- */
 
+static void sem_entry_free(sem_entry_t *e)
+{
+    if (e == NULL)
+        return;
+    if (e->sem != NULL)
+        bh_sem_unref(e->sem); /* messages about it still queued on a worker keep it a while */
+    bh_free(e->database);
+    bh_free(e->user);
+    bh_free(e->dbname);
+    bh_free(e);
+}
+
 bh_pg_shared_t *bh_pg_shared_new(uint32_t n_workers)
 {
     bh_pg_shared_t *s = bh_calloc(1, sizeof(*s));
@@ -111,13 +198,24 @@ void bh_pg_shared_free(bh_pg_shared_t *s)
         return;
     bh_list_t *n, *t;
     bh_list_foreach_safe(n, t, &s->entries)
-    {
-        sem_entry_t *e = bh_container_of(n, sem_entry_t, link);
-        bh_sem_unref(e->sem);
-        bh_free(e);
-    }
+    sem_entry_free(bh_container_of(n, sem_entry_t, link));
     pthread_mutex_destroy(&s->mu);
     bh_free(s);
+}
+
+void bh_pg_shared_keys(bh_pg_shared_t *s, bh_pg_key_cb cb, void *data)
+{
+    pthread_mutex_lock(&s->mu);
+    bh_list_t *n;
+    bh_list_foreach(n, &s->entries)
+    {
+        const sem_entry_t *e = bh_container_of(n, sem_entry_t, link);
+        if (e->sem == NULL)
+            cb(data, e->database, e->user, e->dbname,
+               (uint32_t)atomic_load_explicit(&e->cap.used, memory_order_relaxed),
+               (uint32_t)e->cap.max);
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 size_t bh_pg_shared_count(bh_pg_shared_t *s)
@@ -128,10 +226,10 @@ size_t bh_pg_shared_count(bh_pg_shared_t *s)
     return n;
 }
 
-/* The key's entry, created with a semaphore of max permits when the key has none yet. NULL:
- * out of memory. */
+/* The entry for key, created when there is none: with a semaphore of max permits (with_sem), or
+ * with a cap of max. NULL: out of memory. */
 static sem_entry_t *sem_entry_get_locked(bh_pg_shared_t *s, const uint8_t key[BH__PG_KEY_LEN],
-                                         uint32_t max)
+                                         uint32_t max, bool with_sem)
 {
     bh_list_t *n;
     bh_list_foreach(n, &s->entries)
@@ -144,7 +242,8 @@ static sem_entry_t *sem_entry_get_locked(bh_pg_shared_t *s, const uint8_t key[BH
     if (e == NULL)
         return NULL;
     memcpy(e->key, key, BH__PG_KEY_LEN);
-    if ((e->sem = bh_sem_new(max, s->n_workers)) == NULL) {
+    e->cap.max = max;
+    if (with_sem && (e->sem = bh_sem_new(max, s->n_workers)) == NULL) {
         bh_free(e);
         return NULL;
     }
@@ -153,12 +252,43 @@ static sem_entry_t *sem_entry_get_locked(bh_pg_shared_t *s, const uint8_t key[BH
     return e;
 }
 
-/* Initialises p's bh_pool on its key's permit counter: per key and process-wide, one lane per
- * worker. 0 or BH_ENOMEM (then p->base is untouched). */
+static void sem_entry_put_locked(bh_pg_shared_t *s, sem_entry_t *e, sem_entry_t **gone)
+{
+    if (e == NULL || --e->refs > 0)
+        return;
+    bh_list_remove(&e->link);
+    s->n--;
+    *gone = e;
+}
+
+/* The key entry of p, created with its cap and names when there is none. NULL: no memory. */
+static sem_entry_t *key_entry_get_locked(bh_pg_shared_t *s, const bh_pg_pool_t *p,
+                                         const bh_pg_server_t *srv, uint32_t cap)
+{
+    sem_entry_t *k = sem_entry_get_locked(s, p->key, cap, false);
+    if (k == NULL || k->database != NULL)
+        return k;
+    const bh__pg_params_t *pp = &p->params;
+    k->database = bh_strdup(srv->name != NULL ? srv->name : "");
+    k->user = bh_strdup(pp->vals[pp->user_at]);
+    k->dbname = bh_strdup(pp->vals[pp->dbname_at]);
+    if (k->database == NULL || k->user == NULL || k->dbname == NULL) {
+        bh_list_remove(&k->link);
+        s->n--;
+        sem_entry_free(k);
+        return NULL;
+    }
+    return k;
+}
+
+/* Initialises p's bh_pool on the permits of its database entry (process-wide, one lane per
+ * worker: every key of the entry shares them, so max_connections bounds the entry) and on its
+ * key's cap. 0 or BH_ENOMEM (then p->base is untouched). */
 static int attach_permits(bh_pg_pool_t *p, const bh_pg_server_t *srv)
 {
     const bh_conf_pool_t *pc = &srv->pool;
     uint32_t max = pc->max_connections ? pc->max_connections : 1;
+    uint32_t per_key = pc->max_per_user && pc->max_per_user < max ? pc->max_per_user : max;
     bh_pool_limits_t limits = {
         .max_pending = pc->max_pending,
         .max_idle = pc->max_idle ? pc->max_idle : max,
@@ -167,38 +297,47 @@ static int attach_permits(bh_pg_pool_t *p, const bh_pg_server_t *srv)
         .idle_timeout_ms = pc->idle_timeout_ms,
         .max_lifetime_ms = pc->max_lifetime_ms,
     };
+    uint8_t dkey[BH__PG_KEY_LEN];
+    if (bh__pg_db_digest(dkey, srv) < 0)
+        return BH_ENOMEM;
     bh_pg_shared_t *s = p->pools->shared;
     pthread_mutex_lock(&s->mu);
-    sem_entry_t *e = sem_entry_get_locked(s, p->key, max);
-    if (e != NULL) {
+    sem_entry_t *e = sem_entry_get_locked(s, dkey, max, true);
+    sem_entry_t *k = e != NULL ? key_entry_get_locked(s, p, srv, per_key) : NULL;
+    bool ok = k != NULL;
+    if (ok) {
         e->refs++;
+        k->refs++;
         bh_pool_init(&p->base, &pg_pool_ops, e->sem, p->pools->inbox, &limits, p);
         p->base.gauges = srv->gauges;
+        p->base.cap = &k->cap;
+    }
+    sem_entry_t *gone = NULL;
+    if (!ok && e != NULL && e->refs == 0) { /* created just now for nothing */
+        e->refs = 1;
+        sem_entry_put_locked(s, e, &gone);
     }
     pthread_mutex_unlock(&s->mu);
-    if (e == NULL)
+    sem_entry_free(gone);
+    if (!ok)
         return BH_ENOMEM;
     p->sem = e;
+    p->cap = k;
     return 0;
 }
 
-/* An empty pool leaves its permit counter; the key's last pool on any worker frees the entry. */
+/* An empty pool leaves its permits; the last pool of an entry or key on any worker frees it. */
 static void detach_permits(bh_pg_pool_t *p)
 {
     bh_pg_shared_t *s = p->pools->shared;
     bh_pool_detach(&p->base); /* empty: the timer closes only then */
-    sem_entry_t *gone = NULL;
+    sem_entry_t *gone_db = NULL, *gone_key = NULL;
     pthread_mutex_lock(&s->mu);
-    if (--p->sem->refs == 0) {
-        bh_list_remove(&p->sem->link);
-        s->n--;
-        gone = p->sem;
-    }
+    sem_entry_put_locked(s, p->sem, &gone_db);
+    sem_entry_put_locked(s, p->cap, &gone_key);
     pthread_mutex_unlock(&s->mu);
-    if (gone != NULL) {
-        bh_sem_unref(gone->sem); /* messages about it still queued on a worker keep it a while */
-        bh_free(gone);
-    }
+    sem_entry_free(gone_db);
+    sem_entry_free(gone_key);
 }
 
 /* ---- a pool's lifetime ------------------------------------------------------------------- */
@@ -218,6 +357,7 @@ static void pools_one_closed(bh_pg_pools_t *pools)
     void (*cb)(void *) = pools->closed_cb;
     void *data = pools->closed_data;
     bh_free(pools->buckets);
+    bh_free(pools->fast);
     bh_free(pools);
     if (cb != NULL)
         cb(data);
@@ -243,6 +383,7 @@ static void unlink_pool(bh_pg_pool_t *p)
     while (*pp != p)
         pp = &(*pp)->next;
     *pp = p->next;
+    unlink_fast(p);
     pools->n_pools--;
 }
 
@@ -284,19 +425,28 @@ static bh_pg_pool_t *find_pool(bh_pg_pools_t *pools, const uint8_t key[BH__PG_KE
 static int grow_buckets(bh_pg_pools_t *pools)
 {
     size_t nb = pools->n_buckets * 2;
-    bh_pg_pool_t **b = bh_calloc(nb, sizeof(*b));
-    if (b == NULL)
+    bh_pg_pool_t **b = bh_calloc(nb, sizeof(*b)), **f = bh_calloc(nb, sizeof(*f));
+    if (b == NULL || f == NULL) {
+        bh_free(b);
+        bh_free(f);
         return BH_ENOMEM;
+    }
     for (size_t i = 0; i < pools->n_buckets; i++) {
         bh_pg_pool_t *p = pools->buckets[i], *next;
         for (; p != NULL; p = next) {
             next = p->next;
             p->next = b[key_bucket(p->key, nb)];
             b[key_bucket(p->key, nb)] = p;
+            if (p->fast_linked) {
+                p->fast_next = f[p->fast_hash % nb];
+                f[p->fast_hash % nb] = p;
+            }
         }
     }
     bh_free(pools->buckets);
+    bh_free(pools->fast);
     pools->buckets = b;
+    pools->fast = f;
     pools->n_buckets = nb;
     return 0;
 }
@@ -377,12 +527,19 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
         return BH_EPOOL_CLOSED;
     if (dbname == NULL || user == NULL)
         return BH_EINVAL;
+    uint64_t h = fast_hash(srv->tag, dbname, user, password);
+    bh_pg_pool_t *p = find_fast(pools, srv->tag, h, dbname, user, password);
+    if (p != NULL) {
+        p->marked = false;
+        *out = p;
+        return 0;
+    }
     uint8_t key[BH__PG_KEY_LEN];
     char *options = NULL;
     int rc = pool_key(srv, dbname, user, password, key, &options);
     if (rc < 0)
         return rc;
-    bh_pg_pool_t *p = find_pool(pools, key);
+    p = find_pool(pools, key);
     if (p != NULL)
         p->marked = false;
     else
@@ -390,6 +547,8 @@ int bh_pg_pool_get(bh_pg_pools_t *pools, const bh_pg_server_t *srv, const char *
     bh_free(options);
     if (rc < 0)
         return rc;
+    if (!p->fast_linked && p->tag == srv->tag && srv->tag != 0)
+        link_fast(p, h);
     *out = p;
     return 0;
 }
@@ -413,7 +572,10 @@ bh_pg_pools_t *bh_pg_pools_new(uv_loop_t *loop, bh_pg_shared_t *shared, bh_sem_i
         return NULL;
     pools->n_buckets = 16;
     pools->buckets = bh_calloc(pools->n_buckets, sizeof(*pools->buckets));
-    if (pools->buckets == NULL) {
+    pools->fast = bh_calloc(pools->n_buckets, sizeof(*pools->fast));
+    if (pools->buckets == NULL || pools->fast == NULL) {
+        bh_free(pools->buckets);
+        bh_free(pools->fast);
         bh_free(pools);
         return NULL;
     }

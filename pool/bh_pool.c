@@ -121,21 +121,86 @@ static bh_pool_t *pool_of_lane_link(bh_list_t *n)
     return bh_container_of(n, bh_pool_t, lane_link);
 }
 
-/* Waiters of p with no connection on the way. */
-static uint32_t needy(const bh_pool_t *p)
+/* ---- the pool's own cap (bh_pool_cap_t) ---------------------------------------------------- */
+
+static bool capped(const bh_pool_t *p)
 {
-    return p->n_waiters > p->n_connecting ? p->n_waiters - p->n_connecting : 0;
+    return p->cap != NULL && p->cap->max < p->sem->max &&
+           atomic_load_explicit(&p->cap->used, memory_order_relaxed) >= p->cap->max;
 }
 
-/* The ticket of p's first needy waiter, or NONE. */
-static uint64_t needy_ticket(const bh_pool_t *p)
+/* Tells the other threads to settle their pools again (their view of the cap changed). */
+static void cap_wake_others(bh_pool_t *p)
 {
-    if (needy(p) == 0)
+    for (uint32_t i = 0; i < p->sem->n_lanes; i++) {
+        bh_sem_lane_t *l = bh_sem_lane(p->sem, i);
+        if (l != p->lane && atomic_load_explicit(&l->inbox, memory_order_acquire) != NULL) {
+            atomic_store_explicit(&l->asked, 1, memory_order_relaxed);
+            bh_sem_post(l);
+        }
+    }
+}
+
+/* The key's waiters on other threads that p's idle connections could serve (closed, their unit
+ * lets those threads open): only while the cap is full. */
+static uint32_t cap_waiting_elsewhere(const bh_pool_t *p)
+{
+    if (!capped(p))
+        return 0;
+    uint32_t all = atomic_load_explicit(&p->cap->waiting, memory_order_relaxed);
+    return all > p->n_waiters ? all - p->n_waiters : 0;
+}
+
+static bool cap_take(bh_pool_t *p)
+{
+    if (p->cap == NULL)
+        return true;
+    int64_t used = atomic_load_explicit(&p->cap->used, memory_order_relaxed);
+    while (used < p->cap->max)
+        if (atomic_compare_exchange_weak_explicit(&p->cap->used, &used, used + 1,
+                                                  memory_order_acq_rel, memory_order_relaxed))
+            return true;
+    return false;
+}
+
+/* A unit goes back. When the cap was full, the pools of this key on other threads did not
+ * publish their waiters as needy, and nothing else would tell them that they may open now: wake
+ * every other lane of the semaphore (rare: only at the cap) to settle its pools again. */
+static void cap_put(bh_pool_t *p)
+{
+    if (p->cap == NULL)
+        return;
+    int64_t prev = atomic_fetch_sub_explicit(&p->cap->used, 1, memory_order_acq_rel);
+    assert(prev > 0);
+    if (prev >= p->cap->max && p->cap->max < p->sem->max && p->sem->n_lanes > 1 &&
+        atomic_load_explicit(&p->cap->waiting, memory_order_relaxed) > p->n_waiters)
+        cap_wake_others(p);
+}
+
+/* The ticket of p's first waiter with no connection on the way, or NONE. */
+static uint64_t first_unserved_ticket(const bh_pool_t *p)
+{
+    if (p->n_waiters <= p->n_connecting)
         return BH_SEM_NONE;
     const bh_list_t *n = p->waiters.next;
     for (uint32_t i = 0; i < p->n_connecting; i++)
         n = n->next;
     return bh_container_of(n, bh_pool_waiter_t, link)->ticket;
+}
+
+/* Waiters of p with no connection on the way that a permit would help: none while p's own cap
+ * is full (they wait for one of p's connections). */
+static uint32_t needy(const bh_pool_t *p)
+{
+    if (p->n_waiters <= p->n_connecting || capped(p))
+        return 0;
+    return p->n_waiters - p->n_connecting;
+}
+
+/* The ticket of p's first needy waiter, or NONE. */
+static uint64_t needy_ticket(const bh_pool_t *p)
+{
+    return needy(p) == 0 ? BH_SEM_NONE : first_unserved_ticket(p);
 }
 
 static uint32_t lane_needy(const bh_sem_lane_t *l)
@@ -289,13 +354,14 @@ static bool keep_for_own(const bh_pool_t *p)
     if (solo(p))
         return true;
     uint64_t other = oldest_elsewhere(p);
-    return other == BH_SEM_NONE || needy_ticket(p) < other;
+    /* p's waiters count even while its cap is full: this connection is what they wait for */
+    return other == BH_SEM_NONE || first_unserved_ticket(p) < other;
 }
 
 /* A connection of p would go idle: true when a needy waiter elsewhere should have its permit. */
 static bool wanted_elsewhere(const bh_pool_t *p)
 {
-    return !solo(p) && oldest_elsewhere(p) != BH_SEM_NONE;
+    return !solo(p) && (oldest_elsewhere(p) != BH_SEM_NONE || cap_waiting_elsewhere(p) > 0);
 }
 
 /* p's dispatch may open with a spare permit of the lane if p has its oldest needy waiter. */
@@ -358,6 +424,7 @@ static void close_conn(bh_pool_conn_t *c)
     set_state(c, BH_PCONN_CLOSING);
     p->closed++;
     p->ops->close(c); /* may finish synchronously and free c */
+    cap_put(p);       /* first: the permit may go to a waiter of this very key */
     give(l);
 }
 
@@ -368,6 +435,8 @@ static void dequeue(bh_pool_t *p, bh_pool_waiter_t *w)
     p->n_waiters--;
     p->lane->n_waiters--;
     bh_sem_left(p->sem);
+    if (p->cap != NULL)
+        atomic_fetch_sub_explicit(&p->cap->waiting, 1, memory_order_relaxed);
     if (p->gauges != NULL)
         bh_gauge_add(&p->gauges->waiters, -1);
 }
@@ -417,11 +486,16 @@ static bool wants_conn(const bh_pool_t *p)
 /* 1: a connection is opening; 0: no permit (or shut); < 0: open() failed at once. */
 static int open_one(bh_pool_t *p)
 {
-    if (p->shut || (!take_spare(p) && !bh_sem_try_acquire(p->sem)))
+    if (p->shut || !cap_take(p))
         return 0;
+    if (!take_spare(p) && !bh_sem_try_acquire(p->sem)) {
+        cap_put(p);
+        return 0;
+    }
     int err = BH_ECONNECT_FAILED;
     bh_pool_conn_t *c = p->ops->open(p, &err);
     if (c == NULL) {
+        cap_put(p);
         give(p->lane);
         return err < 0 ? err : BH_ECONNECT_FAILED;
     }
@@ -568,6 +642,11 @@ int bh_pool_acquire(bh_pool_t *p, bh_pool_waiter_t *w, uint64_t now_ms, uint64_t
     bh_list_push_back(&p->waiters, &w->link);
     p->n_waiters++;
     p->lane->n_waiters++;
+    if (p->cap != NULL) {
+        atomic_fetch_add_explicit(&p->cap->waiting, 1, memory_order_relaxed);
+        if (capped(p) && p->sem->n_lanes > 1)
+            cap_wake_others(p); /* the key's idle connections elsewhere can make room */
+    }
     if (p->gauges != NULL)
         bh_gauge_add(&p->gauges->waiters, 1);
 
@@ -781,6 +860,12 @@ static void lane_run(bh_sem_lane_t *l, uint64_t now_ms)
         close_conn(c);
     }
     bh_list_t *it, *tmp;
+    /* A key at its own cap: idle connections here for its waiters on other threads. */
+    bh_list_foreach_safe(it, tmp, &l->pools) {
+        bh_pool_t *q = pool_of_lane_link(it);
+        for (uint32_t n = cap_waiting_elsewhere(q); n > 0 && q->n_idle > 0; n--)
+            close_conn(bh_container_of(bh_list_last(&q->idle), bh_pool_conn_t, link));
+    }
     bh_list_foreach_safe(it, tmp, &l->pools) settle(pool_of_lane_link(it), now_ms);
 }
 

@@ -95,6 +95,20 @@ typedef struct bh_pool_gauges {
     bh_gauge_t waiters;
 } bh_pool_gauges_t;
 
+/* A second cap shared by the pools of one key on several threads (a Postgres pool key inside its
+ * database's semaphore): a connection holds one unit of it from just before ops->open until
+ * ops->close has closed it, exactly like its permit, so `used` is also the key's connections.
+ * It binds only when max is below the semaphore's. While it is full, the pool's waiters are not
+ * needy (a permit would not help them): they wait for a connection of the key. A pool whose
+ * connection would go idle while the key's waiters wait elsewhere closes it instead, a waiter
+ * queued at the cap asks the other threads to close the key's idle connections, and a unit coming
+ * back at the cap wakes them to look again. */
+typedef struct bh_pool_cap {
+    _Atomic int64_t used;
+    int64_t max;
+    _Atomic uint32_t waiting; /* waiters queued on the key's pools, every thread */
+} bh_pool_cap_t;
+
 typedef struct bh_pool_limits {
     uint32_t max_pending;         /* waiters queued; beyond: BH_EPOOL_FULL */
     uint32_t max_idle;            /* idle connections kept; beyond: the released one is closed */
@@ -117,6 +131,7 @@ struct bh_pool {
     bool shut;                    /* bh_pool_shutdown() was called */
     void *data;                   /* for the concrete layer */
     bh_pool_gauges_t *gauges;     /* NULL: not reported */
+    bh_pool_cap_t *cap;           /* NULL: the semaphore alone caps it; set after bh_pool_init */
     /* counters, monotonically increasing */
     uint64_t opened, reused, timeouts, overflows, closed;
 };

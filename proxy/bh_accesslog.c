@@ -110,6 +110,8 @@ void bh_accesslog_write(bh_accesslog_t *al, const bh_accesslog_rec_t *r)
                           r->attempts, (long long)r->queue_ms, (long long)r->first_byte_ms,
                           (unsigned long long)r->total_ms);
     put_str(line, sizeof(line) - 32, &n, "error", r->error);
+    if (r->application_name != NULL)
+        put_str(line, sizeof(line) - 32, &n, "application_name", r->application_name);
     n += (size_t)snprintf(line + n, sizeof(line) - n, "%s}", r->aborted ? ",\"aborted\":true" : "");
     if (n >= sizeof(line))
         n = sizeof(line) - 1;

@@ -42,6 +42,8 @@ typedef struct bh_accesslog_rec {
     uint64_t total_ms;
     const char *error;       /* the Proxy-Status error type of bulkhead's own reply */
     bool aborted;
+    const char *application_name; /* an SQL client's (from its connection string); the key is
+                                     written only when it is not NULL */
 } bh_accesslog_rec_t;
 
 void bh_accesslog_write(bh_accesslog_t *al, const bh_accesslog_rec_t *r);

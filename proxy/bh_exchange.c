@@ -57,6 +57,7 @@ static void log_exchange(const bh_exchange_t *ex, bool aborted, int status)
         .total_ms = now_of(ex) - ex->start_ms,
         .error = ex->local && ex->last_err < 0 ? bh_err_proxy_status(ex->last_err) : NULL,
         .aborted = aborted,
+        .application_name = ex->app_name,
     };
     bh_accesslog_write(w->alog, &r);
 }
@@ -69,6 +70,8 @@ static void end(bh_exchange_t *ex, bool aborted, bool reusable)
     log_exchange(ex, aborted, status);
     bh_free(ex->log_target);
     ex->log_target = NULL;
+    bh_free(ex->app_name);
+    ex->app_name = NULL;
     ex->active = false;
     bh_gen_t *g = ex->gen;
     ex->gen = NULL;

@@ -80,6 +80,7 @@ struct bh_exchange {
     bh_backend_cells_t *up_cells;  /* ... of the upstream or database; NULL before routing */
     const char *backend;           /* the upstream or database name, for the log */
     const char *endpoint;          /* the endpoint of the last attempt, for the log */
+    char *app_name;                /* the SQL client's application_name, for the log (owned) */
     uint64_t start_ms, deadline_ms;
     uint64_t start_ns;                   /* for the duration histogram (the loop clock is in ms) */
     uint64_t attached_ms, first_byte_ms; /* for the access log: queue_ms, first_byte_ms */

@@ -30,8 +30,10 @@ static void fwd_release(bh_exchange_t *ex, bool reusable)
 {
     bh_fwd_t *f = fwd_of(ex);
     bh__fwd_drop_attempt(f, reusable);
-    if (f->up != NULL)
-        bh_breaker_cancel(&f->up->shared->breaker, &f->ticket); /* no-op once recorded */
+    if (f->up != NULL) {
+        bh_guard_t g = guard_of(f);
+        bh_call_abandon(&g, &f->call); /* no-op once recorded */
+    }
     bh_buf_unref(f->head);
     f->head = NULL;
     bh__fwd_drop_replay(f);
@@ -133,8 +135,8 @@ static void start_attempt(bh_fwd_t *f)
         return;
     }
     uint64_t retry_after_ms = 0;
-    if (ex->attempts == 0 && bh_breaker_allow(&up->shared->breaker, now, up->env->rng, &f->ticket,
-                                              &retry_after_ms) < 0) {
+    bh_guard_t g = guard_of(f);
+    if (ex->attempts == 0 && bh_call_begin(&g, &f->call, now, up->env->rng, &retry_after_ms) < 0) {
         /* refused before any attempt: nothing was tried, no endpoint picked */
         bh_exchange_reply(ex, BH_EBREAKER_OPEN, !ex->req_done, (retry_after_ms + 999) / 1000);
         return;
@@ -231,7 +233,6 @@ static void fwd_start(bh_exchange_t *ex, const bh_request_t *req)
     f->method_bit = req->method_bit;
     f->failed_ep = BH_BALANCE_NONE;
     f->replayable = true;
-    bh_budget_on_request(&f->up->shared->budget, now);
     start_attempt(f);
 }
 

@@ -8,6 +8,7 @@
 #ifndef BH_FORWARD_INT_H
 #define BH_FORWARD_INT_H
 
+#include "bh_call.h"
 #include "bh_exchange.h"
 #include "bh_proxy.h"
 
@@ -57,7 +58,7 @@ typedef struct bh_fwd {
     uint32_t method_bit;        /* BH_M_* */
     size_t ep;                  /* endpoint of the current attempt */
     size_t failed_ep;           /* endpoint of the last failed attempt, or BH_BALANCE_NONE */
-    bh_breaker_ticket_t ticket; /* the current attempt's, until recorded */
+    bh_call_t call;             /* the request's passage through breaker and budget */
     replay_t *replay;           /* allocated once the request has a body */
     uint32_t n_replay;
     uint64_t replay_bytes;
@@ -87,6 +88,13 @@ static inline bh_fwd_t *rp_fwd(llhttp_t *p)
 static inline bh_conn_t *conn_of(const bh_fwd_t *f)
 {
     return f->ex->conn;
+}
+
+/* The upstream's breaker, budget and breaker.count, as the pipeline (bh_call.h) asks them. */
+static inline bh_guard_t guard_of(const bh_fwd_t *f)
+{
+    return (bh_guard_t){&f->up->shared->breaker, &f->up->shared->budget,
+                        f->up->conf->breaker.count};
 }
 
 static inline uint64_t now_of(const bh_fwd_t *f)

@@ -94,18 +94,13 @@ void bh__fwd_record_attempt(bh_fwd_t *f, const bh_attempt_t *a, uint64_t now)
  * each is retried elsewhere and succeeds; the outlier detector is what takes that endpoint out. */
 void bh__fwd_record_request(bh_fwd_t *f, const bh_attempt_t *a, uint64_t now)
 {
-    bh_upstream_shared_t *sh = f->up->shared;
-    if (a->outcome == BH_OUTCOME_LOCAL || a->outcome == BH_OUTCOME_TOTAL_TIMEOUT) {
-        bh_breaker_cancel(&sh->breaker, &f->ticket); /* not the upstream's doing */
-        return;
-    }
-    bool failed = bh_retry_counts_as_failure(f->up->conf->breaker.count, a);
-    bh_breaker_record(&sh->breaker, &f->ticket, failed, now, f->up->env->rng);
+    bh_guard_t g = guard_of(f);
+    bh_call_end(&g, &f->call, a, now, f->up->env->rng);
 }
 
-/* Schedules another attempt when everything allows it: the policy (outcome, safety, attempts,
- * replayable body), a backoff that fits in the deadline, and the retry budget (counted now, when
- * the retry is scheduled). retry_after_ms: the upstream's Retry-After, 0 when none. */
+/* Schedules another attempt when the pipeline allows it (bh_call_retry: the policy with the
+ * request's method, Idempotency-Key and replayable body; the breaker; a backoff that fits in the
+ * deadline; the retry budget). retry_after_ms: the upstream's Retry-After, 0 when none. */
 bool bh__fwd_schedule_retry(bh_fwd_t *f, const bh_attempt_t *a, uint64_t retry_after_ms)
 {
     bh_exchange_t *ex = f->ex;
@@ -116,21 +111,14 @@ bool bh__fwd_schedule_retry(bh_fwd_t *f, const bh_attempt_t *a, uint64_t retry_a
         .idempotency_key = f->idempotency_key,
         .body_replayable = ex->req_body_bytes == 0 || f->replayable,
     };
-    if (bh_retry_decide(policy, ex->attempts, a, &req) != BH_RETRY_YES)
-        return false;
-    /* An open breaker (maybe opened by this very failure) would refuse the retry: keep the
-     * failure, so that an upstream 5xx reaches the client as it was. */
-    if (bh_breaker_state(&f->up->shared->breaker) == BH_BREAKER_OPEN)
-        return false;
-    uint64_t delay =
-        bh_backoff_delay(policy, ex->attempts, retry_after_ms,
-                         bh_deadline_remaining(ex->deadline_ms, now), conn_of(f)->w->env.rng);
-    if (delay == BH_BACKOFF_GIVE_UP || !bh_backoff_fits(delay, now, ex->deadline_ms))
-        return false;
-    if (!bh_budget_try_acquire_retry(&f->up->shared->budget, now)) {
+    bh_guard_t g = guard_of(f);
+    uint64_t delay = 0;
+    bh_call_verdict_t v = bh_call_retry(&g, policy, ex->attempts, a, &req, retry_after_ms, now,
+                                        ex->deadline_ms, conn_of(f)->w->env.rng, &delay);
+    if (v == BH_CALL_BUDGET_EXHAUSTED)
         bh_counter_add(&ex->up_cells->budget_exhausted, 1);
+    if (v != BH_CALL_RETRY)
         return false;
-    }
     bh_counter_add(&ex->up_cells->retries, 1);
     f->failed_ep = f->ep;
     f->phase = PH_BACKOFF;

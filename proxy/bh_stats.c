@@ -368,6 +368,38 @@ static void json_pool(sb_t *b, bh_server_t *srv, const bh_mentry_t *e)
     put(b, "},\"waiters\":%lld", (long long)pool_waiters(srv, e));
 }
 
+struct keys_of {
+    sb_t *b;
+    const char *database;
+    bool first;
+};
+
+static void json_key(void *data, const char *database, const char *user, const char *dbname,
+                     uint32_t connections, uint32_t max)
+{
+    struct keys_of *k = data;
+    if (strcmp(database, k->database) != 0)
+        return;
+    put(k->b, "%s{", k->first ? "" : ",");
+    k->first = false;
+    jstr(k->b, "user", user);
+    put(k->b, ",");
+    jstr(k->b, "dbname", dbname);
+    put(k->b, ",\"connections\":%u,\"max\":%u}", connections, max);
+}
+
+/* A database's pool keys (user and database name; a password is never shown) with their
+ * connections over every worker: the entry's pool above is their sum, capped by max_connections.
+ * A key is listed while some worker has a pool for it. */
+static void json_db_keys(sb_t *b, bh_server_t *srv, const bh_mentry_t *e)
+{
+    struct keys_of k = {b, e->name, true};
+    put(b, ",\"keys\":[");
+    if (srv->pg != NULL)
+        bh_pg_shared_keys(srv->pg, json_key, &k);
+    put(b, "]");
+}
+
 static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *first)
 {
     put(b, "%s{", *first ? "" : ",");
@@ -387,6 +419,8 @@ static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *
             (unsigned long long)attempts(srv, e, o));
     put(b, "},");
     json_pool(b, srv, e);
+    if (e->kind == BH_M_DATABASE)
+        json_db_keys(b, srv, e);
     if (e->kind != BH_M_UPSTREAM) {
         put(b, "}");
         return;

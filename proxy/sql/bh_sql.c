@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include "bh_alloc.h"
-#include "bh_backoff.h"
+#include "bh_call.h"
 #include "bh_deadline.h"
 #include "bh_log.h"
 #include "bh_exchange.h"
@@ -18,8 +18,7 @@
 #include "bh_reply.h"
 #include "bh_sql.h"
 #include "bh_sql_proto.h"
-
-#define BH_SQL_MAX_SETTINGS 64
+#include "bh_sql_scan.h"
 
 enum sql_phase {
     SQL_BODY,       /* reading the request body */
@@ -55,7 +54,8 @@ struct bh_sql {
     bh_pg_waiter_t waiter;
     bool waiting;
     bh_pg_conn_t *conn;
-    bh_breaker_ticket_t ticket;
+    bh_call_t call;                 /* the request's passage through breaker and budget */
+    bh_attempt_t last;              /* how the last attempt ended */
     enum sql_phase phase;
     uint64_t deadline_ms, retry_at_ms;
     uint64_t client_timeout_ms;     /* Bulkhead-Timeout, 0 when none */
@@ -84,6 +84,64 @@ static void rearm(bh_sql_t *s)
     s->ex->conn->ops->rearm_timer(s->ex->conn);
 }
 
+static bh_rng_t *rng_of(bh_sql_t *s)
+{
+    return s->ex->conn->w->env.rng;
+}
+
+/* ---- the resilience pipeline (bh_call.h), the same as an upstream's ------------------------- */
+
+static bh_guard_t guard_of(const bh_sql_t *s)
+{
+    return (bh_guard_t){&s->shared->breaker, &s->shared->budget, s->db->breaker.count};
+}
+
+/* An attempt ended: counted by outcome, remembered for the request's outcome. */
+static void attempt_ended(bh_sql_t *s, bh_outcome_t outcome, bh_safety_t safety)
+{
+    s->last = (bh_attempt_t){.outcome = outcome, .safety = safety};
+    bh_counter_add(&s->cells->attempts[outcome], 1);
+}
+
+/* The request's outcome for the breaker, once (as breaker.count says). */
+static void end_call(bh_sql_t *s, const bh_attempt_t *a)
+{
+    bh_guard_t g = guard_of(s);
+    bh_call_end(&g, &s->call, a, now_of(s), rng_of(s));
+}
+
+/* Another attempt after a backoff, when the pipeline allows it. a NULL: a batch rolled back by
+ * a serialization failure (retry.serialization_failures), which nothing of it survived. */
+static bool schedule_retry(bh_sql_t *s, const bh_attempt_t *a)
+{
+    bh_guard_t g = guard_of(s);
+    bh_retry_request_t req = {.method = BH_M_POST, .body_replayable = true};
+    uint64_t now = now_of(s), delay = 0;
+    bh_call_verdict_t v = bh_call_retry(&g, &s->db->retry, s->attempts, a, &req, 0, now,
+                                        s->deadline_ms, rng_of(s), &delay);
+    if (v == BH_CALL_BUDGET_EXHAUSTED)
+        bh_counter_add(&s->cells->budget_exhausted, 1);
+    if (v != BH_CALL_RETRY)
+        return false;
+    bh_counter_add(&s->cells->retries, 1);
+    s->phase = SQL_BACKOFF;
+    s->retry_at_ms = now + delay;
+    rearm(s);
+    return true;
+}
+
+/* Whether a statement error is the server failing rather than the statement (counted as `5xx`
+ * by breaker.count): insufficient resources (53), operator intervention such as a shutdown (57P),
+ * system errors (58) and internal errors (XX). */
+static bool server_side_error(const PGresult *res)
+{
+    const char *c = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (c == NULL)
+        return false;
+    return strncmp(c, "53", 2) == 0 || strncmp(c, "57P", 3) == 0 || strncmp(c, "58", 2) == 0 ||
+           strncmp(c, "XX", 2) == 0;
+}
+
 /* ---- shared per database ------------------------------------------------------------------ */
 
 int bh_sql_db_init(bh_sql_db_t *d, const bh_conf_database_t *conf, uint64_t now_ms)
@@ -91,20 +149,20 @@ int bh_sql_db_init(bh_sql_db_t *d, const bh_conf_database_t *conf, uint64_t now_
     static _Atomic uint64_t next_tag = 1;
     memset(d, 0, sizeof(*d));
     bh_breaker_init(&d->breaker, &conf->breaker, conf->timeouts.total_ms, now_ms);
+    bh_budget_init(&d->budget, &conf->retry.budget);
     d->settings = bh_calloc(conf->n_session ? conf->n_session : 1, sizeof(*d->settings));
     if (d->settings == NULL)
         return BH_ENOMEM;
     for (size_t i = 0; i < conf->n_session; i++)
         d->settings[i] = (bh_pg_setting_t){conf->session_keys[i], conf->session_values[i]};
     d->server = (bh_pg_server_t){
+        .name = conf->name,
         .conninfo = conf->server,
         .session = d->settings,
         .n_session = conf->n_session,
         .pool = conf->pool,
         .connect_timeout_ms = conf->timeouts.connect_ms,
-        /* TEMPORARY: 256 stands for "unset" until the conf key statement_cache is merged (its
-         * default is 256 and 0 turns the cache off then). */
-        .statement_cache = conf->statement_cache ? conf->statement_cache : 256,
+        .statement_cache = conf->statement_cache,
         .reset_auto = conf->reset == BH_DB_RESET_AUTO,
         .tag = atomic_fetch_add(&next_tag, 1),
     };
@@ -207,8 +265,6 @@ static void release_conn(bh_sql_t *s, bool reusable)
     }
 }
 
-static bool schedule_retry(bh_sql_t *s);
-
 /* retry.serialization_failures: a batch that failed with 40001 or 40P01 (already rolled back)
  * runs again, whole, after a backoff, while attempts and the deadline allow. */
 static bool rerun_batch(bh_sql_t *s)
@@ -220,7 +276,7 @@ static bool rerun_batch(bh_sql_t *s)
         return false;
     if (PQtransactionStatus(bh_pg_conn_pq(s->conn)) != PQTRANS_IDLE)
         return false; /* the rollback did not complete */
-    if (!schedule_retry(s))
+    if (!schedule_retry(s, NULL))
         return false;
     PQclear(s->error);
     s->error = NULL;
@@ -233,11 +289,13 @@ static bool rerun_batch(bh_sql_t *s)
 static void finish_statements(bh_sql_t *s)
 {
     bool failed = s->error != NULL || s->conn_lost;
-    bh_counter_add(
-        &s->cells->attempts[s->conn_lost ? BH_OUTCOME_RESET_BEFORE_RESPONSE : BH_OUTCOME_OK], 1);
-    bh_breaker_record(&s->shared->breaker, &s->ticket, s->conn_lost, now_of(s),
-                      s->ex->conn->w->env.rng);
+    if (s->conn_lost)
+        attempt_ended(s, BH_OUTCOME_RESET_BEFORE_RESPONSE, BH_SAFETY_SENT_NO_RESPONSE);
+    else
+        attempt_ended(s, server_side_error(s->error) ? BH_OUTCOME_HTTP_5XX : BH_OUTCOME_OK,
+                      BH_SAFETY_SENT_NO_RESPONSE);
     if (s->conn_lost) {
+        end_call(s, &s->last);
         release_conn(s, false);
         if (s->error != NULL) {
             PQclear(s->error);
@@ -247,7 +305,8 @@ static void finish_statements(bh_sql_t *s)
         return;
     }
     if (failed && rerun_batch(s))
-        return;
+        return; /* the request's outcome is its last run's */
+    end_call(s, &s->last);
     if (failed) {
         int rc = bh_sql_encode_pg_error(&s->out, s->error);
         PQclear(s->error);
@@ -287,8 +346,8 @@ static void finish_statements(bh_sql_t *s)
  * that the client cannot see). The 507 is the client's doing, not the database's failure. */
 static void stop_too_large(bh_sql_t *s)
 {
-    bh_counter_add(&s->cells->attempts[BH_OUTCOME_OK], 1);
-    bh_breaker_record(&s->shared->breaker, &s->ticket, false, now_of(s), s->ex->conn->w->env.rng);
+    attempt_ended(s, BH_OUTCOME_OK, BH_SAFETY_SENT_NO_RESPONSE);
+    end_call(s, &s->last);
     if (s->error != NULL) {
         PQclear(s->error);
         s->error = NULL;
@@ -330,30 +389,10 @@ static bool encode_streamed(bh_sql_t *s, const bh_sql_query_t *q, const PGresult
 #define TAG_END 0xfffffff1u /* COMMIT or ROLLBACK */
 #define TAG_SYNC 0xfffffff2u
 
-/* TEMPORARY, until bh_sql_scan.h (bh_sql_leaves_state, a token scanner) is merged from main:
- * a conservative stand-in. True unless the first word is a data-statement keyword and the text
- * names none of the session-changing functions or INTO. */
-static bool leaves_state_tmp(const char *sql)
+/* A statement that may leave session state on its server connection (reset: auto). */
+static bool leaves_state(const char *sql)
 {
-    static const char *const data_kw[] = {"select", "insert", "update", "delete", "with",
-                                          "values", "table",  "merge"};
-    static const char *const risky[] = {"set_config", "advisory", "nextval", "currval",
-                                        "setval",     "lastval",  "into",    "pg_settings"};
-    while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r' || *sql == '(')
-        sql++;
-    size_t n = 0;
-    while ((sql[n] >= 'a' && sql[n] <= 'z') || (sql[n] >= 'A' && sql[n] <= 'Z'))
-        n++;
-    bool data = false;
-    for (size_t i = 0; i < sizeof(data_kw) / sizeof(data_kw[0]) && !data; i++)
-        data = strlen(data_kw[i]) == n && strncasecmp(sql, data_kw[i], n) == 0;
-    if (!data || strchr(sql, ';') != NULL || strstr(sql, "--") != NULL ||
-        strstr(sql, "/*") != NULL)
-        return true;
-    for (size_t i = 0; i < sizeof(risky) / sizeof(risky[0]); i++)
-        if (strcasestr(sql, risky[i]) != NULL)
-            return true;
-    return false;
+    return bh_sql_leaves_state(sql, strlen(sql));
 }
 
 static void on_result(bh_pg_conn_t *conn, uint32_t tag, PGresult *res, void *data)
@@ -398,7 +437,7 @@ static int push_query(bh_sql_t *s, uint32_t i, bool cacheable)
 {
     const bh_sql_query_t *q = &s->req->queries[i];
     unsigned flags = BH_PG_SINGLE_ROW;
-    if (leaves_state_tmp(q->text))
+    if (leaves_state(q->text))
         flags |= BH_PG_LEAVES_STATE;
     /* A session advisory lock must not stay held by an idle pooled session while other clients
      * wait for it, and a listening one would take notifications while idle; UNLISTEN also takes
@@ -422,7 +461,7 @@ static int push_query(bh_sql_t *s, uint32_t i, bool cacheable)
 static int push_single(bh_sql_t *s)
 {
     if (!s->reset_alone && bh_pg_needs_reset(s->conn) &&
-        leaves_state_tmp(s->req->queries[0].text)) {
+        leaves_state(s->req->queries[0].text)) {
         s->reset_alone = true;
         s->stage = SQL_ST_RESET;
         int rc = push_reset(s);
@@ -527,22 +566,40 @@ static void connected(bh_sql_t *s, bh_pg_conn_t *conn)
     run_next(s);
 }
 
-static bool schedule_retry(bh_sql_t *s)
+/* A connect failure that Postgres answered (e.g. 53300 too many connections, 28P01): 400 with its
+ * error, so that the driver's err.code carries the SQLSTATE. */
+static void reply_conn_error(bh_sql_t *s, const bh_pg_error_t *err)
 {
-    const bh_conf_retry_t *policy = &s->db->retry;
-    uint64_t now = now_of(s);
-    if (s->attempts >= policy->attempts)
-        return false;
-    uint64_t delay =
-        bh_backoff_delay(policy, s->attempts, 0, bh_deadline_remaining(s->deadline_ms, now),
-                         s->ex->conn->w->env.rng);
-    if (delay == BH_BACKOFF_GIVE_UP || !bh_backoff_fits(delay, now, s->deadline_ms))
-        return false;
-    bh_counter_add(&s->cells->retries, 1);
-    s->phase = SQL_BACKOFF;
-    s->retry_at_ms = now + delay;
-    rearm(s);
-    return true;
+    if (bh_sql_encode_conn_error(&s->out, err->message) < 0) {
+        close_conn(s);
+        return;
+    }
+    reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
+}
+
+static void connect_failed(bh_sql_t *s, int status, const bh_pg_error_t *err)
+{
+    if (status == BH_EPG_REJECTED && err != NULL) {
+        /* the server answered: the client's credentials or database, not a failure of it */
+        attempt_ended(s, BH_OUTCOME_OK, BH_SAFETY_NOT_SENT);
+        end_call(s, &s->last);
+        reply_conn_error(s, err);
+        return;
+    }
+    attempt_ended(s, status == BH_ECONNECT_TIMEOUT ? BH_OUTCOME_CONNECT_TIMEOUT
+                                                   : BH_OUTCOME_CONNECT_FAILED,
+                  BH_SAFETY_NOT_SENT);
+    if (bh_pg_error_retriable(status) && schedule_retry(s, &s->last))
+        return;
+    end_call(s, &s->last);
+    if (err != NULL && err->sqlstate[0] != '\0') {
+        reply_conn_error(s, err);
+        return;
+    }
+    /* 503, not the table's 502/504: for /sql these never reached Postgres, try again later */
+    reply_local(s, 503, status,
+                err != NULL && err->message != NULL ? err->message
+                                                    : "could not connect to the database");
 }
 
 static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *conn, int status, const bh_pg_error_t *err)
@@ -553,80 +610,35 @@ static void on_acquired(bh_pg_waiter_t *w, bh_pg_conn_t *conn, int status, const
         connected(s, conn);
         return;
     }
-    uint64_t now = now_of(s);
     if (status == BH_EPOOL_TIMEOUT || status == BH_EPOOL_CLOSED) {
-        bh_counter_add(&s->cells->attempts[BH_OUTCOME_LOCAL], 1);
-        bh_breaker_cancel(&s->shared->breaker, &s->ticket);
-        if (status == BH_EPOOL_TIMEOUT && now >= s->deadline_ms)
+        attempt_ended(s, BH_OUTCOME_LOCAL, BH_SAFETY_NOT_SENT); /* not the database's doing */
+        end_call(s, &s->last);
+        if (status == BH_EPOOL_TIMEOUT && now_of(s) >= s->deadline_ms)
             reply_error(s, BH_ETOTAL_TIMEOUT, "the request deadline passed");
         else
             reply_error(s, status, "timed out waiting for a database connection");
         return;
     }
-    /* a connect failure */
-    if (err != NULL && status == BH_EPG_REJECTED) {
-        bh_breaker_cancel(&s->shared->breaker, &s->ticket); /* the client's credentials */
-        if (bh_sql_encode_conn_error(&s->out, err->message) < 0) {
-            close_conn(s);
-            return;
-        }
-        reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
-        return;
-    }
-    bh_counter_add(&s->cells->attempts[status == BH_ECONNECT_TIMEOUT ? BH_OUTCOME_CONNECT_TIMEOUT
-                                                                     : BH_OUTCOME_CONNECT_FAILED],
-                   1);
-    bh_breaker_record(&s->shared->breaker, &s->ticket, true, now, s->ex->conn->w->env.rng);
-    if (bh_pg_error_retriable(status) && schedule_retry(s))
-        return;
-    if (err != NULL && err->sqlstate[0] != '\0') {
-        /* Postgres answered (e.g. 53300 too many connections): 400 with its error, so that the
-         * driver's err.code carries the SQLSTATE */
-        if (bh_sql_encode_conn_error(&s->out, err->message) < 0) {
-            close_conn(s);
-            return;
-        }
-        reply(s, 400, BH_SQL_REPLY_OK, 0, 0);
-        return;
-    }
-    /* never reached Postgres (refused, timed out, unresolvable): unavailable, try again later */
-    /* 503, not the table's 502/504: for /sql these never reached Postgres, try again later */
-    reply_local(s, 503, status,
-                err != NULL && err->message != NULL ? err->message
-                                                    : "could not connect to the database");
+    connect_failed(s, status, err);
 }
 
+/* One attempt: a pooled connection (the breaker was asked once, when the request began). */
 static void start_attempt(bh_sql_t *s)
 {
-    uint64_t retry_after_ms = 0;
     s->attempts++;
     s->ex->attempts = s->attempts; /* for the access log */
     s->phase = SQL_WAITING;
-    if (bh_breaker_allow(&s->shared->breaker, now_of(s), s->ex->conn->w->env.rng, &s->ticket,
-                         &retry_after_ms) < 0) {
-        if (bh_sql_encode_local_error(&s->out, "the database is unavailable (circuit open)") < 0) {
-            close_conn(s);
-            return;
-        }
-        reply(s, 503, BH_SQL_REPLY_OK, BH_EBREAKER_OPEN, (retry_after_ms + 999) / 1000);
-        return;
-    }
-    /* The client's application_name (from its connection string) is a session setting of the
-     * server connection, so it is part of the pool key. */
+    /* The client's application_name (from its connection string) is not a setting of the
+     * server connection: it would split the entry's pools by client version. It goes on the
+     * access-log line instead; the server sees the configured one. */
     bh_pg_server_t server = s->shared->server;
     server.gauges = &s->cells->pool;
     s->wait_start_ms = now_of(s);
-    bh_pg_setting_t settings[BH_SQL_MAX_SETTINGS];
-    if (s->cs.application_name != NULL && server.n_session < BH_SQL_MAX_SETTINGS) {
-        memcpy(settings, server.session, server.n_session * sizeof(settings[0]));
-        settings[server.n_session] = (bh_pg_setting_t){"application_name", s->cs.application_name};
-        server.session = settings;
-        server.n_session++;
-    }
     int rc = bh_pg_pool_get(s->ex->conn->w->pg_pools, &server, s->dbname, s->user, s->password,
                             &s->pool);
     if (rc < 0) {
-        bh_breaker_cancel(&s->shared->breaker, &s->ticket);
+        attempt_ended(s, BH_OUTCOME_LOCAL, BH_SAFETY_NOT_SENT);
+        end_call(s, &s->last);
         reply_local(s, 500, rc, "cannot open a database pool");
         return;
     }
@@ -640,11 +652,28 @@ static void start_attempt(bh_sql_t *s)
         return;
     }
     if (rc < 0) {
-        bh_breaker_cancel(&s->shared->breaker, &s->ticket);
+        attempt_ended(s, BH_OUTCOME_LOCAL, BH_SAFETY_NOT_SENT);
+        end_call(s, &s->last);
         reply_error(s, rc, "too many requests waiting for a database connection");
         return;
     }
     connected(s, conn);
+}
+
+/* The request begins its passage: the breaker is asked once, and it counts for the budget. */
+static void start_call(bh_sql_t *s)
+{
+    bh_guard_t g = guard_of(s);
+    uint64_t retry_after_ms = 0;
+    if (bh_call_begin(&g, &s->call, now_of(s), rng_of(s), &retry_after_ms) < 0) {
+        if (bh_sql_encode_local_error(&s->out, "the database is unavailable (circuit open)") < 0) {
+            close_conn(s);
+            return;
+        }
+        reply(s, 503, BH_SQL_REPLY_OK, BH_EBREAKER_OPEN, (retry_after_ms + 999) / 1000);
+        return;
+    }
+    start_attempt(s);
 }
 
 /* ---- the request -------------------------------------------------------------------------- */
@@ -683,6 +712,8 @@ static void run_request(bh_sql_t *s)
         return;
     }
     s->cs_parsed = true;
+    if (s->cs.application_name != NULL && ex->app_name == NULL)
+        ex->app_name = bh_strdup(s->cs.application_name); /* NULL when out of memory: not logged */
     size_t idx = 0;
     s->db = find_database(conf, ex->route->database_index, s->cs.host, &idx);
     if (s->db == NULL) {
@@ -732,7 +763,7 @@ static void run_request(bh_sql_t *s)
         reply_error(s, BH_ESQL_BODY, err);
         return;
     }
-    start_attempt(s);
+    start_call(s);
 }
 
 static void sql_start(bh_exchange_t *ex, const bh_request_t *req)
@@ -851,8 +882,10 @@ static void sql_release(bh_exchange_t *ex, bool reusable)
     if (s->waiting)
         bh_pg_acquire_cancel(&s->waiter);
     release_conn(s, false); /* mid-statement: bh_pg cancels it on the server */
-    if (s->shared != NULL)
-        bh_breaker_cancel(&s->shared->breaker, &s->ticket);
+    if (s->shared != NULL) {
+        bh_guard_t g = guard_of(s);
+        bh_call_abandon(&g, &s->call); /* the client left before an outcome: nothing counted */
+    }
     if (s->error != NULL)
         PQclear(s->error);
     bh_sql_request_free(s->req);
@@ -874,19 +907,36 @@ static uint64_t sql_next_timeout(const bh_exchange_t *ex)
     return s->deadline_ms;
 }
 
+/* The request's deadline passed. Its outcome for the breaker: a statement still running past the
+ * database's own timeouts.total is the database not answering in time (counted as `timeout`, like
+ * an upstream's first-byte timeout); one cut by the client's tighter Bulkhead-Timeout is the
+ * client's budget (not counted, as an upstream's total timeout); a wait for a pooled connection
+ * is local congestion (not counted); during a backoff, the failure that caused it stands. */
+static void deadline_passed(bh_sql_t *s)
+{
+    const char *msg = "the request deadline passed";
+    if (s->waiting) {
+        bh_pg_acquire_cancel(&s->waiter);
+        s->waiting = false;
+        attempt_ended(s, BH_OUTCOME_LOCAL, BH_SAFETY_NOT_SENT);
+    } else if (s->phase == SQL_RUNNING) {
+        bool clients = s->client_timeout_ms != 0 && s->client_timeout_ms < s->db->timeouts.total_ms;
+        attempt_ended(s, clients ? BH_OUTCOME_TOTAL_TIMEOUT : BH_OUTCOME_FIRST_BYTE_TIMEOUT,
+                      BH_SAFETY_SENT_NO_RESPONSE);
+        msg = "the request deadline passed: the query was cancelled";
+    }
+    end_call(s, &s->last);
+    release_conn(s, false); /* cancels the statement on the server */
+    reply_error(s, BH_ETOTAL_TIMEOUT, msg);
+}
+
 static void sql_timeout(bh_exchange_t *ex, uint64_t now)
 {
     bh_sql_t *s = ex->state;
     if (s->phase == SQL_DONE || s->phase == SQL_BODY)
         return;
     if (now >= s->deadline_ms) {
-        if (s->waiting) {
-            bh_pg_acquire_cancel(&s->waiter);
-            s->waiting = false;
-        }
-        bh_breaker_cancel(&s->shared->breaker, &s->ticket);
-        release_conn(s, false); /* cancels the statement on the server */
-        reply_error(s, BH_ETOTAL_TIMEOUT, "the request deadline passed: the query was cancelled");
+        deadline_passed(s);
         return;
     }
     if (s->phase == SQL_BACKOFF && now >= s->retry_at_ms)

@@ -4,16 +4,18 @@
 #define BH_SQL_H
 
 #include "bh_breaker.h"
+#include "bh_budget.h"
 #include "bh_exchange.h"
 #include "bh_pg.h"
 
 typedef struct bh_sql bh_sql_t;
 
-/* What the workers share about one configured database: its breaker and the libpq server
- * description (settings array owned here; strings point into the origin config). Kept across
- * reloads while the database's settings do not change. */
+/* What the workers share about one configured database: its breaker, retry budget and the libpq
+ * server description (settings array owned here; strings point into the origin config). Kept
+ * across reloads while the database's settings do not change. */
 typedef struct bh_sql_db {
     bh_breaker_t breaker;
+    bh_budget_t budget;
     bh_pg_server_t server;
     bh_pg_setting_t *settings;
     _Atomic uint32_t refs;          /* snapshots listing it */

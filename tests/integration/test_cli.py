@@ -142,6 +142,43 @@ def test_check_route_to_unknown_upstream(tmp_path):
     _, _, msg = check_error(tmp_path, text, line, col=15, words=["apj"])
 
 
+DB = GOOD + """\
+databases:
+  main:
+    hosts: [ "*" ]
+    server: "host=127.0.0.1 port=5432"
+    reset: always
+    statement_cache: 64
+    pool:
+      max_connections: 4
+      max_connections_per_user: 2
+    retry:
+      budget: { ratio: 10%, min_per_second: 5 }
+"""
+
+
+def test_check_database_keys(tmp_path):
+    r = run_bulkhead("--check", str(write(tmp_path, DB)))
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_database_per_user_above_max(tmp_path):
+    text = DB.replace("      max_connections_per_user: 2", "      max_connections_per_user: 5")
+    line = text.splitlines().index("      max_connections_per_user: 5") + 1
+    check_error(tmp_path, text, line, col=33, words=["max_connections_per_user", "max_connections 4"])
+
+
+@pytest.mark.parametrize("key,value,col,words", [
+    ("reset", "sometimes", 12, ["auto or always"]),
+    ("statement_cache", "65537", 22, ["0 to 65536"]),
+])
+def test_check_database_bad_value(tmp_path, key, value, col, words):
+    old = [ln for ln in DB.splitlines() if ln.startswith("    %s: " % key)][0]
+    text = DB.replace(old, "    %s: %s" % (key, value))
+    line = text.splitlines().index("    %s: %s" % (key, value)) + 1
+    check_error(tmp_path, text, line, col=col, words=[key] + words)
+
+
 def test_check_yaml_syntax_error(tmp_path):
     text = GOOD.replace('endpoints: [ "127.0.0.1:9000" ]', 'endpoints: [ "127.0.0.1:9000"')
     bad_line = text.splitlines().index('    endpoints: [ "127.0.0.1:9000"') + 1

@@ -393,6 +393,7 @@ static void test_defaults(void **state)
     c = load_ok(MIN_HEAD
                 "upstreams:\n  a:\n    endpoints: [a:1]\n    pool: { max_connections: 5 }\n");
     assert_int_equal(c->upstreams[0].pool.max_idle, 5);
+    assert_int_equal(c->upstreams[0].pool.max_per_user, 5); /* no such key: unused */
     bh_conf_free(c);
 
     c = load_ok(MIN_HEAD "workers: auto\n");
@@ -1164,15 +1165,19 @@ static const char DB_FULL[] =
     "      acquire_timeout: 250ms\n"
     "      idle_timeout: 1m\n"
     "      max_lifetime: 2h\n"
+    "      max_connections_per_user: 3\n"
     "    timeouts: { connect: 500ms, total: 20s }\n"
     "    max_response_bytes: 1MiB\n"
     "    max_request_bytes: 64KiB\n"
+    "    reset: always\n"
+    "    statement_cache: 0\n"
     "    session: { TimeZone: Europe/Paris, statement_timeout: 5s, search_path: \"\", "
     "myapp.tenant: \"42\" }\n"
     "    retry:\n"
     "      attempts: 2\n"
     "      backoff: { base: 10ms, max: 100ms }\n"
     "      serialization_failures: true\n"
+    "      budget: { ratio: 5%, min_per_second: 2 }\n"
     "    breaker:\n"
     "      consecutive_failures: 3\n"
     "      failure_rate: 25%\n"
@@ -1225,12 +1230,15 @@ static void test_database_full(void **state)
     assert_int_equal(d->pool.acquire_timeout_ms, 250);
     assert_int_equal(d->pool.idle_timeout_ms, 60000);
     assert_int_equal(d->pool.max_lifetime_ms, 7200000);
+    assert_int_equal(d->pool.max_per_user, 3);
     assert_int_equal(d->timeouts.connect_ms, 500);
     assert_int_equal(d->timeouts.total_ms, 20000);
     assert_int_equal(d->timeouts.first_byte_ms, 15000);
     assert_int_equal(d->timeouts.idle_ms, 60000);
     assert_int_equal(d->max_response_bytes, 1u << 20);
     assert_int_equal(d->max_request_bytes, 64u << 10);
+    assert_int_equal(d->reset, BH_DB_RESET_ALWAYS);
+    assert_int_equal(d->statement_cache, 0);
     assert_int_equal(d->n_session, 4); /* TimeZone given: not added again */
     assert_string_equal(d->session_keys[0], "TimeZone");
     assert_string_equal(d->session_values[0], "Europe/Paris");
@@ -1245,6 +1253,8 @@ static void test_database_full(void **state)
     assert_int_equal(d->retry.backoff.max_ms, 100);
     assert_true(d->retry_serialization_failures);
     assert_int_equal(d->retry.on, BH_RETRY_ON_CONNECT_FAILURE);
+    assert_true(fabs(d->retry.budget.ratio - 0.05) < 1e-9);
+    assert_int_equal(d->retry.budget.min_per_second, 2);
     assert_int_equal(d->breaker.consecutive_failures, 3);
     assert_true(fabs(d->breaker.failure_rate - 0.25) < 1e-9);
     assert_int_equal(d->breaker.window_ms, 5000);
@@ -1256,6 +1266,9 @@ static void test_database_full(void **state)
 
     assert_string_equal(c->databases[1].name, "other");
     assert_string_equal(c->databases[1].server, "host=/var/run/postgresql");
+    assert_int_equal(c->databases[1].reset, BH_DB_RESET_AUTO);
+    assert_int_equal(c->databases[1].statement_cache, 256);
+    assert_int_equal(c->databases[1].pool.max_per_user, 20);
 
     assert_int_equal(c->n_routes, 3);
     r = &c->routes[0];
@@ -1270,6 +1283,7 @@ static void test_database_full(void **state)
     assert_int_equal(r->timeouts.first_byte_ms, 15000);
     assert_int_equal(r->retry.attempts, 2);        /* a copy of the database's */
     assert_int_equal(r->retry.backoff.max_ms, 100);
+    assert_int_equal(r->retry.budget.min_per_second, 2);
     r = &c->routes[1];
     assert_string_equal(r->database, "other");
     assert_int_equal(r->database_index, 1);
@@ -1307,12 +1321,15 @@ static void test_database_defaults(void **state)
     assert_int_equal(d->pool.acquire_timeout_ms, 5000);
     assert_int_equal(d->pool.idle_timeout_ms, 300000);
     assert_int_equal(d->pool.max_lifetime_ms, 3600000);
+    assert_int_equal(d->pool.max_per_user, 20);
     assert_int_equal(d->timeouts.connect_ms, 2000);
     assert_int_equal(d->timeouts.total_ms, 30000);
     assert_int_equal(d->timeouts.first_byte_ms, 15000);
     assert_int_equal(d->timeouts.idle_ms, 60000);
     assert_int_equal(d->max_response_bytes, 10u << 20);
     assert_int_equal(d->max_request_bytes, 10u << 20);
+    assert_int_equal(d->reset, BH_DB_RESET_AUTO);
+    assert_int_equal(d->statement_cache, 256);
     assert_int_equal(d->n_session, 1);
     assert_string_equal(d->session_keys[0], "TimeZone");
     assert_string_equal(d->session_values[0], "UTC");
@@ -1336,6 +1353,16 @@ static void test_database_defaults(void **state)
     assert_int_equal(d->breaker.min_requests, 20);
     assert_int_equal(d->breaker.count,
                      BH_COUNT_CONNECT_FAILURE | BH_COUNT_TIMEOUT | BH_COUNT_5XX);
+    bh_conf_free(c);
+
+    /* max_connections_per_user follows max_connections when not given */
+    c = load_ok(MIN_HEAD "databases:\n  db:\n    hosts: [\"*\"]\n    server: host=localhost\n"
+                         "    pool: { max_connections: 7 }\n");
+    assert_int_equal(c->databases[0].pool.max_per_user, 7);
+    bh_conf_free(c);
+    c = load_ok(MIN_HEAD "databases:\n  db:\n    hosts: [\"*\"]\n    server: host=localhost\n"
+                         "    pool: { max_connections: 7, max_connections_per_user: 7 }\n");
+    assert_int_equal(c->databases[0].pool.max_per_user, 7);
     bh_conf_free(c);
 
     /* session given without TimeZone: TimeZone UTC is added after the given ones; empty
@@ -1404,7 +1431,7 @@ static void test_database_errors(void **state)
         {DB_HEAD "    colour: red\n",
          "t.yaml:7:5: unknown key 'colour' in databases.main, expected one of: hosts, server, "
          "auth, user, password, dbname, tokens, pool, timeouts, max_response_bytes, "
-         "max_request_bytes, session, retry, breaker"},
+         "max_request_bytes, reset, statement_cache, session, retry, breaker"},
         {DB_HEAD "    sesion: {}\n",
          "t.yaml:7:5: unknown key 'sesion' in databases.main, did you mean 'session'?"},
         /* hosts */
@@ -1512,15 +1539,45 @@ static void test_database_errors(void **state)
         {DB_HEAD "    pool: { min_idle: 21 }\n",
          "t.yaml:7:23: min_idle 21 in databases.main.pool is larger than max_idle 20, expected "
          "at most max_idle"},
+        {DB_HEAD "    pool: { max_connections_per_user: 21 }\n",
+         "t.yaml:7:39: max_connections_per_user 21 in databases.main.pool is larger than "
+         "max_connections 20, expected at most max_connections"},
+        {DB_HEAD "    pool:\n      max_connections_per_user: 5\n      max_connections: 4\n",
+         "t.yaml:8:33: max_connections_per_user 5 in databases.main.pool is larger than "
+         "max_connections 4, expected at most max_connections"},
+        {DB_HEAD "    pool: { max_connections_per_user: 2, min_idle: 3 }\n",
+         "t.yaml:7:52: min_idle 3 in databases.main.pool is larger than max_connections_per_user "
+         "2, expected at most max_connections_per_user"},
+        {DB_HEAD "    pool: { max_connections_per_user: 0 }\n",
+         "t.yaml:7:39: 0 for databases.main.pool.max_connections_per_user is out of range, "
+         "expected 1 to 1000000"},
+        {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n"
+                  "    pool: { max_connections_per_user: 2 }\n",
+         "t.yaml:6:13: unknown key 'max_connections_per_user' in upstreams.a.pool, expected one "
+         "of: max_connections, max_pending, max_idle, min_idle, acquire_timeout, idle_timeout, "
+         "max_lifetime"},
+        {DB_HEAD "    reset: sometimes\n",
+         "t.yaml:7:12: unknown reset mode 'sometimes' in databases.main.reset, expected auto or "
+         "always"},
+        {DB_HEAD "    reset: alway\n",
+         "t.yaml:7:12: unknown reset mode 'alway' in databases.main.reset, did you mean 'always'?"},
+        {DB_HEAD "    statement_cache: 65537\n",
+         "t.yaml:7:22: 65537 for databases.main.statement_cache is out of range, expected 0 to "
+         "65536"},
+        {DB_HEAD "    statement_cache: -1\n",
+         "t.yaml:7:22: invalid number '-1' for databases.main.statement_cache, expected a whole "
+         "number from 0 to 65536"},
         {DB_HEAD "    pool: { max_conections: 4 }\n",
          "t.yaml:7:13: unknown key 'max_conections' in databases.main.pool, did you mean "
          "'max_connections'?"},
         {DB_HEAD "    timeouts: { first_byte: 1s }\n",
          "t.yaml:7:17: key 'first_byte' in databases.main.timeouts is not applicable to "
-         "databases, expected only: connect, total"},
-        {DB_HEAD "    timeouts: { idle: 1s }\n",
-         "t.yaml:7:17: key 'idle' in databases.main.timeouts is not applicable to databases, "
+         "databases (a query may rightly run long before its first row; total bounds it), "
          "expected only: connect, total"},
+        {DB_HEAD "    timeouts: { idle: 1s }\n",
+         "t.yaml:7:17: key 'idle' in databases.main.timeouts is not applicable to databases (a "
+         "query may rightly be silent between rows; total bounds it), expected only: connect, "
+         "total"},
         {DB_HEAD "    timeouts: { total: 0 }\n",
          "t.yaml:7:24: 0 for databases.main.timeouts.total is out of range, expected 1ms to "
          "365d"},
@@ -1553,23 +1610,34 @@ static void test_database_errors(void **state)
          "(the SQL over HTTP output depends on it), expected it removed"},
         /* retry and breaker */
         {DB_HEAD "    retry: { on: [5xx] }\n",
-         "t.yaml:7:14: key 'on' in databases.main.retry is not applicable to databases, "
-         "expected only: attempts, backoff, serialization_failures"},
-        {DB_HEAD "    retry:\n      attempts: 2\n      budget: { ratio: 10% }\n",
-         "t.yaml:9:7: key 'budget' in databases.main.retry is not applicable to databases, "
-         "expected only: attempts, backoff, serialization_failures"},
+         "t.yaml:7:14: key 'on' in databases.main.retry is not applicable to databases (only "
+         "failures that never reached Postgres are retried), expected only: attempts, backoff, "
+         "serialization_failures, budget"},
         {DB_HEAD "    retry: { methods: all }\n",
-         "t.yaml:7:14: key 'methods' in databases.main.retry is not applicable to databases, "
-         "expected only: attempts, backoff, serialization_failures"},
+         "t.yaml:7:14: key 'methods' in databases.main.retry is not applicable to databases (a "
+         "retried query never reached Postgres, whatever it does), expected only: attempts, "
+         "backoff, serialization_failures, budget"},
         {DB_HEAD "    retry: { retriable_status: [503] }\n",
          "t.yaml:7:14: key 'retriable_status' in databases.main.retry is not applicable to "
-         "databases, expected only: attempts, backoff, serialization_failures"},
+         "databases (Postgres answers have no HTTP status), expected only: attempts, backoff, "
+         "serialization_failures, budget"},
         {DB_HEAD "    retry: { max_replay_bytes: 1MiB }\n",
          "t.yaml:7:14: key 'max_replay_bytes' in databases.main.retry is not applicable to "
-         "databases, expected only: attempts, backoff, serialization_failures"},
+         "databases (the request body is read whole, up to max_request_bytes), expected only: "
+         "attempts, backoff, serialization_failures, budget"},
         {DB_HEAD "    retry: { honor_retry_after: true }\n",
          "t.yaml:7:14: key 'honor_retry_after' in databases.main.retry is not applicable to "
-         "databases, expected only: attempts, backoff, serialization_failures"},
+         "databases (Postgres sends no Retry-After), expected only: attempts, backoff, "
+         "serialization_failures, budget"},
+        {DB_HEAD "    retry:\n      attempts: 2\n      budget: { ratio: 120% }\n",
+         "t.yaml:9:24: invalid percentage '120%' for databases.main.retry.budget.ratio, expected "
+         "a percentage such as 50% or a fraction from 0 to 1 such as 0.5"},
+        {DB_HEAD "    retry: { budget: { min_per_second: 1000001 } }\n",
+         "t.yaml:7:40: 1000001 for databases.main.retry.budget.min_per_second is out of range, "
+         "expected 0 to 1000000"},
+        {DB_HEAD "    retry: { budget: { burst: 1 } }\n",
+         "t.yaml:7:24: unknown key 'burst' in databases.main.retry.budget, expected one of: "
+         "ratio, min_per_second"},
         {DB_HEAD "    retry: { serialisation_failures: true }\n",
          "t.yaml:7:14: unknown key 'serialisation_failures' in databases.main.retry, did you "
          "mean 'serialization_failures'?"},
@@ -1811,6 +1879,7 @@ static const char *const CANDIDATES[] = {
     "false",
     "round_robin",
     "all",
+    "always",
     "[5xx]",
     "[500]",
     "[\"127.0.0.1:9001\"]",

@@ -1282,6 +1282,96 @@ static void test_handover_to_a_waiter_that_left(void **state)
     assert_int_equal(bh_sem_in_use(sem), 0);
 }
 
+
+/* A key's own cap inside a shared semaphore (a Postgres user inside its database's cap): the
+ * capped pool opens no more than its cap, its extra waiters wait for its own connections without
+ * taking permits, and the other pool still gets the rest of the semaphore. */
+static void test_pool_cap_inside_shared_semaphore(void **state)
+{
+    bh_sem_t *sem = new_sem(4);
+    struct fake fa, fb;
+    bh_pool_limits_t lim = default_limits();
+    bh_pool_cap_t cap = {.max = 2};
+    fake_init(&fa, sem, &lim);
+    fa.pool.cap = &cap;
+    fake_init(&fb, sem, &lim);
+    struct rec a[3] = {0}, b[2] = {0};
+
+    get_conns(&fa, a, 2);
+    assert_int_equal(atomic_load(&cap.used), 2);
+    assert_int_equal(acquire(&fa, &a[2], NEVER), BH_POOL_QUEUED);
+    assert_int_equal(fa.open_calls, 2); /* capped: queued without opening */
+    get_conns(&fb, b, 2);               /* the rest of the semaphore is B's */
+    assert_int_equal(bh_sem_in_use(sem), 4);
+
+    bh_pool_release(a[0].conn, true, now); /* to A's own waiter */
+    assert_int_equal(a[2].calls, 1);
+    assert_int_equal(a[2].status, 0);
+    bh_pool_release(a[1].conn, false, now); /* closed: the cap and a permit come back */
+    assert_int_equal(atomic_load(&cap.used), 1);
+    assert_int_equal(bh_sem_in_use(sem), 3);
+    check(&fa);
+    check(&fb);
+    fake_finish(&fa);
+    fake_finish(&fb);
+    assert_int_equal(atomic_load(&cap.used), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
+}
+
+/* The cap is shared by the key's pools on two workers: the second worker's waiter does not open
+ * while the first holds the cap, and is woken when a unit comes back. */
+static void test_pool_cap_across_workers(void **state)
+{
+    bh_sem_t *sem = new_sem_lanes(4, 2);
+    struct worker w[2];
+    workers_init(w, 2);
+    struct fake f0, f1;
+    bh_pool_limits_t lim = default_limits();
+    bh_pool_cap_t cap = {.max = 1};
+    fake_init_on(&f0, sem, &w[0], &lim);
+    fake_init_on(&f1, sem, &w[1], &lim);
+    f0.pool.cap = f1.pool.cap = &cap;
+    struct rec r0 = {0}, r1 = {0};
+
+    get_conns(&f0, &r0, 1);
+    assert_int_equal(acquire(&f1, &r1, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(f1.open_calls, 0);
+    assert_int_equal(atomic_load(&sem->lanes[1].need), 0); /* not needy: a permit won't help */
+    int before = w[1].wakes;
+    bh_pool_release(r0.conn, false, now);
+    assert_int_equal(w[1].wakes, before + 1);
+    bh_pool_inbox_run(&w[1].in, now);
+    assert_int_equal(f1.open_calls, 1);
+    connect_last(&f1);
+    assert_int_equal(r1.status, 0);
+    assert_int_equal(atomic_load(&cap.used), 1);
+
+    /* The key's connection sits idle on worker 1 when worker 0 needs one: worker 1 is asked to
+     * close it, and worker 0 is woken to open. */
+    bh_pool_release(r1.conn, true, now);
+    assert_int_equal(f1.pool.n_idle, 1);
+    struct rec r2 = {0};
+    before = w[1].wakes;
+    assert_int_equal(acquire(&f0, &r2, NEVER), BH_POOL_QUEUED);
+    assert_int_equal(f0.open_calls, 1);
+    assert_int_equal(w[1].wakes, before + 1);
+    bh_pool_inbox_run(&w[0].in, now); /* nothing to do yet */
+    assert_int_equal(f0.open_calls, 1);
+    before = w[0].wakes;
+    bh_pool_inbox_run(&w[1].in, now);
+    assert_int_equal(f1.pool.n_idle, 0);
+    assert_int_equal(w[0].wakes, before + 1);
+    bh_pool_inbox_run(&w[0].in, now);
+    assert_int_equal(f0.open_calls, 2);
+    connect_last(&f0);
+    assert_int_equal(r2.status, 0);
+    assert_int_equal(atomic_load(&cap.used), 1);
+    fake_finish(&f0);
+    fake_finish(&f1);
+    assert_int_equal(atomic_load(&cap.used), 0);
+    assert_int_equal(bh_sem_in_use(sem), 0);
+}
+
 /* Two pools of one worker on one semaphore (two endpoints): a connection given back on one while
  * the other has an older waiter is closed for it, and the other opens from the inbox. */
 static void test_fifo_across_pools_of_one_worker(void **state)
@@ -1362,6 +1452,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_yield_only_for_needy_waiters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_handover_to_a_waiter_that_left, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fifo_across_pools_of_one_worker, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_cap_inside_shared_semaphore, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_cap_across_workers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sem_over_release_aborts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
