@@ -3,6 +3,8 @@ session is reset only when a request may have changed it (`reset: auto`), and re
 server-side prepared statements from a per-connection cache. The server connections seen are counted in
 pg_stat_activity for a role of the test's own; a pool of one makes every request use the same one.
 """
+import pytest
+
 from sqladmin import metrics, mval
 from sqlfix import SqlClient, assert_db_error, ok_json, rows_of, unique
 
@@ -201,3 +203,13 @@ def test_vacuum_after_a_state_change(sql_bulkhead, pg):
     assert ok_json(c.query("SET TimeZone = 'America/New_York'"))
     assert ok_json(c.query("VACUUM %s" % t))
     assert ok_json(c.query("VACUUM %s" % t))
+
+
+@pytest.mark.parametrize("opts", [dict(read_only=True), dict(isolation="Serializable", read_only=True,
+                                                             deferrable=True)])
+def test_read_only_batch_after_a_temp_table(sql_bulkhead, pg, opts):
+    """The reset (DISCARD TEMP among it) inside a READ ONLY (DEFERRABLE) transaction still works."""
+    c, role, pw = one_conn_client(sql_bulkhead, pg, "rro")
+    assert ok_json(c.query("CREATE TEMP TABLE rro_tmp (x int)"))
+    results = ok_json(c.batch(["SELECT count(*) AS n FROM pg_class WHERE relname = 'rro_tmp'"], **opts))
+    assert results["results"][0]["rows"] == [["0"]], results
