@@ -86,7 +86,8 @@ typedef struct bh_pg_server {
     bh_conf_pool_t pool;         /* max_connections: the entry's, over every key and worker;
                                     max_per_user (0: none): one key's, over every worker */
     uint64_t connect_timeout_ms; /* connect start -> session ready; 0 = 2000 */
-    uint64_t reset_timeout_ms;   /* unused: the reset rides in front of the next statements */
+    uint64_t reset_timeout_ms;   /* a reset at release (BH_PG_RESET_NOW); 0 =
+                                    connect_timeout_ms */
     uint32_t statement_cache;    /* prepared statements cached per connection (LRU); 0 = off */
     bool reset_auto;             /* reset only after a request that may have changed the
                                     session (reset: auto); false: before every reuse */
@@ -111,8 +112,8 @@ size_t bh_pg_shared_count(bh_pg_shared_t *s);
 /* Every pool key with a pool on some worker: its database entry's name, its user and database
  * name, its connections over every worker and its cap. Any thread; cb runs under the registry's
  * mutex (it must not call into bh_pg). */
-typedef void (*bh_pg_key_cb)(void *data, const char *database, const char *user,
-                             const char *dbname, uint32_t connections, uint32_t max);
+typedef void (*bh_pg_key_cb)(void *data, const char *database, const char *user, const char *dbname,
+                             uint32_t connections, uint32_t max);
 void bh_pg_shared_keys(bh_pg_shared_t *s, bh_pg_key_cb cb, void *data);
 
 /* ---- per-worker pools -------------------------------------------------------------------- */
@@ -262,6 +263,11 @@ BH_MUST_CHECK int bh_pg_push_reset(bh_pg_conn_t *c);
  * BH_EPG_CONN_LOST (nothing reached the server: a fresh attempt is safe; release c as not
  * reusable). One pipeline at a time. */
 BH_MUST_CHECK int bh_pg_send(bh_pg_conn_t *c, const bh_pg_pipe_cbs_t *cbs, void *data);
+
+/* True when c's last pipeline ended with BH_EPG_CONN_LOST because the session reset in front of
+ * the owner's statements failed: the server skipped them (or rolled them back with the
+ * transaction), so nothing of the owner's took effect and another connection may run them. */
+bool bh_pg_reset_failed(const bh_pg_conn_t *c);
 
 /* libpq's last error text for c (PQerrorMessage), e.g. after BH_EPG_CONN_LOST. Never NULL. */
 const char *bh_pg_conn_error_message(const bh_pg_conn_t *c);

@@ -99,6 +99,7 @@ struct bh_pg_conn {
     bool touched;      /* this owner queued a BH_PG_LEAVES_STATE statement */
     bool reset_now;    /* ... a BH_PG_RESET_NOW one: reset at release, before going idle */
     bool resetting;    /* that reset is in flight (c->timer is its timeout) */
+    bool reset_failed; /* the last pipeline failed in the reset in front of it */
     uint64_t params0;  /* params_hash of the freshly reset session */
     /* the pipeline */
     bh_pg_pipe_cbs_t cbs;
@@ -664,6 +665,7 @@ int bh_pg_send(bh_pg_conn_t *c, const bh_pg_pipe_cbs_t *cbs, void *data)
     c->cbs = *cbs;
     c->data = data;
     c->op = OP_PIPE;
+    c->reset_failed = false;
     c->head = 0;
     c->head_started = false;
     if (flush_out(c) < 0) {
@@ -771,6 +773,7 @@ static bool on_sync(bh_pg_conn_t *c, PGresult *res)
     c->head_started = false;
     if (sync_reset(c, c->head == c->n_items) < 0) {
         snprintf(c->err, sizeof(c->err), "the session reset before the statement failed");
+        c->reset_failed = true;
         pipe_finish(c, BH_EPG_CONN_LOST);
         return false;
     }
@@ -950,6 +953,11 @@ static void on_poll(uv_poll_t *h, int status, int events)
         poll_stop(c);
         return;
     }
+}
+
+bool bh_pg_reset_failed(const bh_pg_conn_t *c)
+{
+    return c->reset_failed;
 }
 
 const char *bh_pg_conn_error_message(const bh_pg_conn_t *c)

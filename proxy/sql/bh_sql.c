@@ -285,15 +285,37 @@ static bool rerun_batch(bh_sql_t *s)
     return true;
 }
 
+/* The session reset in front of the statements failed, so Postgres skipped them (or rolled them
+ * back with the batch's transaction): like a connect failure (the caller counted it so), nothing
+ * ran, and another connection may try (the failed one is discarded). */
+static bool retry_unreset(bh_sql_t *s)
+{
+    if (!schedule_retry(s, &s->last))
+        return false;
+    release_conn(s, false);
+    s->conn_lost = false;
+    if (s->error != NULL) {
+        PQclear(s->error);
+        s->error = NULL;
+    }
+    bh_sql_out_reset(&s->out);
+    return true;
+}
+
 /* Every statement ended; s->error holds the first statement error, if any. */
 static void finish_statements(bh_sql_t *s)
 {
     bool failed = s->error != NULL || s->conn_lost;
-    if (s->conn_lost)
+    if (s->conn_lost && s->conn != NULL && bh_pg_reset_failed(s->conn)) {
+        attempt_ended(s, BH_OUTCOME_CONNECT_FAILED, BH_SAFETY_NOT_SENT);
+        if (retry_unreset(s))
+            return;
+    } else if (s->conn_lost) {
         attempt_ended(s, BH_OUTCOME_RESET_BEFORE_RESPONSE, BH_SAFETY_SENT_NO_RESPONSE);
-    else
+    } else {
         attempt_ended(s, server_side_error(s->error) ? BH_OUTCOME_HTTP_5XX : BH_OUTCOME_OK,
                       BH_SAFETY_SENT_NO_RESPONSE);
+    }
     if (s->conn_lost) {
         end_call(s, &s->last);
         release_conn(s, false);
@@ -460,8 +482,7 @@ static int push_query(bh_sql_t *s, uint32_t i, bool cacheable)
  * DATABASE, ...): a reset it needs then goes first, in a round trip of its own. */
 static int push_single(bh_sql_t *s)
 {
-    if (!s->reset_alone && bh_pg_needs_reset(s->conn) &&
-        leaves_state(s->req->queries[0].text)) {
+    if (!s->reset_alone && bh_pg_needs_reset(s->conn) && leaves_state(s->req->queries[0].text)) {
         s->reset_alone = true;
         s->stage = SQL_ST_RESET;
         int rc = push_reset(s);
@@ -560,6 +581,7 @@ static void connected(bh_sql_t *s, bh_pg_conn_t *conn)
     s->phase = SQL_RUNNING;
     s->stage = SQL_ST_MAIN;
     s->reset_alone = false;
+    s->conn_lost = false;
     s->rows_begun = false;
     s->in_tx = false;
     rearm(s);

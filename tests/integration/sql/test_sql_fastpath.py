@@ -213,3 +213,26 @@ def test_read_only_batch_after_a_temp_table(sql_bulkhead, pg, opts):
     assert ok_json(c.query("CREATE TEMP TABLE rro_tmp (x int)"))
     results = ok_json(c.batch(["SELECT count(*) AS n FROM pg_class WHERE relname = 'rro_tmp'"], **opts))
     assert results["results"][0]["rows"] == [["0"]], results
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_failed_reset_runs_nothing_and_is_retried(sql_bulkhead, pg, batch):
+    """The reset fails (pg_advisory_unlock_all() made non-executable for the role): the statement
+    pipelined after it is skipped by Postgres, the session is discarded and the request runs once on a
+    fresh connection (which needs no reset)."""
+    c, role, pw = one_conn_client(sql_bulkhead, pg, "rf")
+    t = unique("trf")
+    pg.as_user("CREATE TABLE %s (id int)" % t, user=role, password=pw)
+    assert ok_json(c.query("SET TimeZone = 'America/New_York'"))  # the next request needs a reset
+    before = sessions(pg, role)
+    pg.app_sql("REVOKE EXECUTE ON FUNCTION pg_advisory_unlock_all() FROM PUBLIC")
+    try:
+        ins = "INSERT INTO %s VALUES (1)" % t
+        r = c.batch([ins, "SELECT current_setting('TimeZone') AS z"]) if batch else c.query(ins)
+        body = ok_json(r)
+        if batch:
+            assert body["results"][1]["rows"] == [["UTC"]], body
+    finally:
+        pg.app_sql("GRANT EXECUTE ON FUNCTION pg_advisory_unlock_all() TO PUBLIC")
+    assert pg.app_sql("SELECT count(*) FROM %s" % t) == [(1,)]
+    assert sessions(pg, role) != before
