@@ -78,6 +78,7 @@ struct pg_item {
 };
 
 #define NO_RERUN SIZE_MAX
+#define MAX_KEPT_ITEMS 64 /* queue entries a connection keeps between pipelines */
 
 struct bh_pg_conn {
     bh_pool_conn_t pc;
@@ -435,6 +436,11 @@ static void pipe_finish(bh_pg_conn_t *c, int status)
     void *data = c->data;
     c->op = OP_NONE;
     c->n_items = c->head = 0;
+    if (c->cap_items > MAX_KEPT_ITEMS) { /* a big batch's queue is not kept while idle */
+        bh_free(c->items);
+        c->items = NULL;
+        c->cap_items = 0;
+    }
     c->head_started = false;
     c->group_items = c->group_user = 0;
     c->rd_reset = c->rd_reset_err = c->rd_err = c->rd_commit = false;
