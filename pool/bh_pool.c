@@ -365,13 +365,10 @@ static bool wanted_elsewhere(const bh_pool_t *p)
 }
 
 /* p's dispatch may open with a spare permit of the lane if p has its oldest needy waiter. */
-static bool take_spare(bh_pool_t *p)
+static bool may_take_spare(const bh_pool_t *p)
 {
-    bh_sem_lane_t *l = p->lane;
-    if (l->spare == 0 || (l->n_pools > 1 && lane_oldest(l, NULL) != p))
-        return false;
-    l->spare--;
-    return true;
+    const bh_sem_lane_t *l = p->lane;
+    return l->spare > 0 && (l->n_pools == 1 || lane_oldest(l, NULL) == p);
 }
 
 /* The end of every top-level operation on a pool of lane l (not solo). */
@@ -486,9 +483,16 @@ static bool wants_conn(const bh_pool_t *p)
 /* 1: a connection is opening; 0: no permit (or shut); < 0: open() failed at once. */
 static int open_one(bh_pool_t *p)
 {
-    if (p->shut || !cap_take(p))
+    if (p->shut)
         return 0;
-    if (!take_spare(p) && !bh_sem_try_acquire(p->sem)) {
+    /* Before cap_take: taking the key's last unit makes p's waiters look not needy, and the
+     * spare is kept for needy waiters. */
+    bool spare = may_take_spare(p);
+    if (!cap_take(p))
+        return 0;
+    if (spare) {
+        p->lane->spare--;
+    } else if (!bh_sem_try_acquire(p->sem)) {
         cap_put(p);
         return 0;
     }

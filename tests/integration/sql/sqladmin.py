@@ -7,7 +7,7 @@ import re
 import threading
 import urllib.request
 
-from sqlfix import IO_TIMEOUT
+from sqlfix import IO_TIMEOUT, assert_proxy_error, describe, proxy_status_error
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?')
@@ -120,3 +120,13 @@ class ActivitySampler(threading.Thread):
         assert not self.errors, "the pg_stat_activity sampler failed: %r" % self.errors[:3]
         assert self.samples > 0, "pg_stat_activity was never sampled"
         return self
+
+
+def assert_unavailable(r):
+    """503 with Retry-After, Proxy-Status, the 17-key body (code "") and the CORS header."""
+    assert r is not None and r.status == 503, describe(r)
+    ra = r.header("Retry-After")
+    assert ra is not None and ra.strip().isdigit(), describe(r)
+    assert proxy_status_error(r), "no Proxy-Status error: %s" % describe(r)
+    assert_proxy_error(r, 503)
+    assert r.header("access-control-allow-origin") == "*"

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sqladmin import metrics, msum, mval
-from sqlfix import (IO_TIMEOUT, Lock, SqlClient, assert_proxy_error, describe, free_port, proxy_status_error,
+from sqladmin import assert_unavailable, metrics, msum, mval
+from sqlfix import (IO_TIMEOUT, Lock, SqlClient, describe, free_port, proxy_status_error,
                     run_bulkhead, unique, wait_until)
 
 FAST_BACKOFF = {"base": "1ms", "max": "5ms"}
@@ -29,15 +29,6 @@ NO_BREAKER = {"consecutive_failures": 0, "failure_rate": 0}
 
 def refused_server():
     return "host=127.0.0.1 port=%d" % free_port()  # nothing listens there: connection refused
-
-
-def assert_unavailable(r):
-    """503 with Retry-After, Proxy-Status and the 17-key body (code "")."""
-    assert r is not None and r.status == 503, describe(r)
-    ra = r.header("Retry-After")
-    assert ra is not None and ra.strip().isdigit(), describe(r)
-    assert proxy_status_error(r), "no Proxy-Status error: %s" % describe(r)
-    assert_proxy_error(r, 503)
 
 
 # Proxy-Status error= of the two answers (common/bh_error.h): an attempt that was refused, and the breaker

@@ -8,12 +8,11 @@ bulkhead reports every request either on a server connection or queued for one (
 the workers) before it compares the busy connections with the cap, so a cap per worker cannot pass.
 Every test counts the backends of a role of its own."""
 import json
-import re
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from sqladmin import metrics, mval
 from sqlfix import (IO_TIMEOUT, READINESS_PROBES, Lock, Poller, RawClient, SqlClient, admin_stats, describe,
                     encode_body, named, neon_headers, parent, per_worker, quiesce, rows_of, wait_until,
                     waiting_on_lock)
@@ -25,43 +24,11 @@ N = 100
 
 
 # ----------------------------------------------------------------------------------------------
-# the admin port (tests/integration/test_metrics.py has the strict parser and the format checks)
-
-def admin(bh, path):
-    with urllib.request.urlopen(bh.admin_url + path, timeout=IO_TIMEOUT) as r:
-        assert r.status == 200
-        return r.read().decode()
-
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?')
-
-
-
-
+# the admin port (sqladmin.py; tests/integration/test_metrics.py has the strict parser and the format checks)
 
 def ready(bh):
     quiesce(bh)
     return bh
-
-
-def metrics(bh):
-    """{(name, frozenset of label pairs): value} of one scrape of /metrics."""
-    out = {}
-    for line in admin(bh, "/metrics").splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        assert m, "bad sample line %r" % line
-        labels = frozenset((k, re.sub(r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), v))
-                           for k, v in _LABEL.findall(m.group(2) or ""))
-        out[(m.group(1), labels)] = float(m.group(3))
-    return out
-
-
-def mval(scrape, name, **labels):
-    return scrape.get((name, frozenset(labels.items())))
-
 
 
 
