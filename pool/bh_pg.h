@@ -216,17 +216,19 @@ typedef struct bh_pg_pipe_cbs {
 
 #define BH_PG_SKIPPED 1 /* step status: not run */
 
-/* Statement flags. */
-#define BH_PG_SINGLE_ROW 1u /* rows one by one (PQsetSingleRowMode), for bounded memory */
-#define BH_PG_CACHE                                                                                \
-    2u                        /* may run as a server-side prepared statement from the              \
-                                 connection's cache (only as the first statement after a sync      \
-                                 or after the reset: never inside an explicit transaction) */
-#define BH_PG_LEAVES_STATE 4u /* may leave session state behind: reset before the next user */
-#define BH_PG_RESET_NOW                                                                            \
-    8u /* may leave what other sessions wait for (a session advisory                               \
-          lock): reset at release, in a round trip of its own, before                              \
-          the connection goes idle */
+/* Statement flags.
+ * BH_PG_SINGLE_ROW   rows one by one (PQsetSingleRowMode), for bounded memory.
+ * BH_PG_CACHE        may run as a server-side prepared statement from the connection's cache;
+ *                    honoured only for the first statement after a sync or after the reset, never
+ *                    inside an explicit transaction (a stale plan could not be retried there).
+ * BH_PG_LEAVES_STATE may leave session state behind: the session is reset before its next owner.
+ * BH_PG_RESET_NOW    may leave what other sessions wait for or what a deferred reset cannot hide
+ *                    (a session advisory lock, LISTEN): reset at release, in a round trip of its
+ *                    own, before the connection goes idle. */
+#define BH_PG_SINGLE_ROW 1u
+#define BH_PG_CACHE 2u
+#define BH_PG_LEAVES_STATE 4u
+#define BH_PG_RESET_NOW 8u
 
 /* bh_pg_push's positive results: the statement runs prepared from the cache. */
 #define BH_PG_CACHE_HIT 1
@@ -234,14 +236,17 @@ typedef struct bh_pg_pipe_cbs {
 
 /* Queues one statement, with text parameters (values[i] NULL = SQL NULL) and text results, through
  * the extended protocol even with nparams 0 (a string with several statements fails with 42601).
- * sql and values must stay valid until done (a cached statement whose plan went stale, 0A000 or
- * 26000, runs once more unprepared without the owner noticing). Returns 0, BH_PG_CACHE_HIT,
- * BH_PG_CACHE_MISS, or BH_EPG_CONN_LOST when it could not be queued: the connection is dead
- * (release it as not reusable) and nothing of this pipeline ran. */
+ * sql and values must stay valid until done: a cached statement that fails only because it is
+ * prepared (a stale plan, 0A000 "cached plan must not change result type"; 26000; a Bind error
+ * naming the prepared statement, 08P01) runs once more unprepared without the owner noticing.
+ * Returns 0, BH_PG_CACHE_HIT, BH_PG_CACHE_MISS, or < 0 (BH_EPG_CONN_LOST, BH_ENOMEM) when it could
+ * not be queued: the connection is unusable (release it as not reusable); the transactions of
+ * this pipeline before its last sync may have reached the server (a sync flushes). */
 BH_MUST_CHECK int bh_pg_push(bh_pg_conn_t *c, uint32_t tag, const char *sql, int nparams,
                              const char *const *values, unsigned flags);
 
-/* Queues a sync: the end of the statements' implicit transaction. */
+/* Queues a sync: the end of the statements' implicit transaction. It also flushes what is
+ * queued (libpq 15), so the server may start on it before bh_pg_send. 0 or < 0 as bh_pg_push. */
 BH_MUST_CHECK int bh_pg_push_sync(bh_pg_conn_t *c, uint32_t tag);
 
 /* True when the session must be reset before the next statement (a previous owner may have
@@ -256,12 +261,12 @@ bool bh_pg_needs_reset(const bh_pg_conn_t *c);
  * (done then reports BH_EPG_CONN_LOST). A statement that cannot run inside a transaction block
  * needs the reset in a pipeline of its own (reset, sync) first. Its results are not delivered.
  * It empties the statement cache. The reset counts as done once its transaction committed.
- * Returns 1 (queued), 0 (not needed) or BH_EPG_CONN_LOST. */
+ * Returns 1 (queued), 0 (not needed) or < 0 as bh_pg_push. */
 BH_MUST_CHECK int bh_pg_push_reset(bh_pg_conn_t *c);
 
-/* Sends what was queued; the callbacks follow (never from inside this call). Returns 0 or
- * BH_EPG_CONN_LOST (nothing reached the server: a fresh attempt is safe; release c as not
- * reusable). One pipeline at a time. */
+/* Sends what was queued (the last item must be a sync); the callbacks follow, never from inside
+ * this call. Returns 0 or BH_EPG_CONN_LOST (the connection broke; what a sync flushed may have
+ * reached the server; release c as not reusable). One pipeline at a time. */
 BH_MUST_CHECK int bh_pg_send(bh_pg_conn_t *c, const bh_pg_pipe_cbs_t *cbs, void *data);
 
 /* True when c's last pipeline ended with BH_EPG_CONN_LOST because the session reset in front of

@@ -28,8 +28,11 @@
  * - A broken, cancelled or dirty connection is never reused. A reused session that may have been
  *   changed (c->needs_reset) is reset in front of its next owner's statements, in their
  *   transaction, so that a failed reset stops them; needs_reset is cleared only once a reset
- *   committed. c->cache names exactly the prepared statements bh_ps_<id> this session holds
- *   (or fewer, never more, while a reset is pending). */
+ *   committed. After a BH_PG_RESET_NOW statement the reset runs at release instead, still
+ *   BUSY (c->resetting; c->timer is its timeout), before the connection goes idle.
+ * - c->cache names prepared statements bh_ps_<id> this session holds: never one it does not
+ *   (ids are not reused), possibly fewer (a failed reset or DEALLOCATE leaves some behind until
+ *   the next reset's DEALLOCATE ALL). */
 #include "bh_pg_int.h"
 
 #include <assert.h>
