@@ -814,7 +814,13 @@ static bool refuse_copy(bh_pg_conn_t *c, ExecStatusType st)
 {
     c->dirty = true;
     int r = 1;
-    if (st == PGRES_COPY_IN)
+    /* libpq 15 ends an extended-protocol COPY FROM STDIN with a Sync of its own, which the
+     * server answers out of the pipeline's order: only harmless when the statement is the last
+     * before the final sync. Otherwise the session is given up on at once. */
+    bool last = c->head + 2 == c->n_items;
+    if (st == PGRES_COPY_IN && !last)
+        r = BH_EPG_CONN_LOST;
+    else if (st == PGRES_COPY_IN)
         r = PQputCopyEnd(c->pq, "COPY FROM STDIN is not supported here") < 0 || flush_out(c) < 0
                 ? BH_EPG_CONN_LOST
                 : 1;

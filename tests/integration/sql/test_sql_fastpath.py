@@ -236,3 +236,18 @@ def test_failed_reset_runs_nothing_and_is_retried(sql_bulkhead, pg, batch):
         pg.app_sql("GRANT EXECUTE ON FUNCTION pg_advisory_unlock_all() TO PUBLIC")
     assert pg.app_sql("SELECT count(*) FROM %s" % t) == [(1,)]
     assert sessions(pg, role) != before
+
+
+def test_copy_in_a_pipeline(sql_bulkhead, pg):
+    """COPY FROM STDIN is refused: alone, with Postgres' 57014; inside a batch (where libpq 15's own
+    Sync after the refusal would be answered out of the pipeline's order) the session is given up on
+    (502), and nothing of the batch is committed. The pool of one serves on."""
+    c, role, pw = one_conn_client(sql_bulkhead, pg, "cpy")
+    t = unique("tcpy")
+    pg.as_user("CREATE TABLE %s (id int)" % t, user=role, password=pw)
+    assert_db_error(c.query("COPY %s FROM STDIN" % t), "57014")
+    assert rows_of(c.query("SELECT 1 AS x")) == [["1"]]
+    r = c.batch(["INSERT INTO %s VALUES (1)" % t, "COPY %s FROM STDIN" % t, "SELECT 2"])
+    assert r is not None and r.status in (400, 502), r
+    assert pg.app_sql("SELECT count(*) FROM %s" % t) == [(0,)]
+    assert rows_of(c.query("SELECT 1 AS x")) == [["1"]]
