@@ -3,7 +3,7 @@
  * key of a configured database entry under the entry's one connection cap.
  *
  * A connection (bh_pg_conn_t) is CONNECTING, IDLE, BUSY or CLOSING as its pool says. While BUSY
- * it belongs to one user, who runs statements on it one at a time (bh_pg_query, bh_pg_exec) and
+ * it belongs to one user, who runs pipelines of statements on it (bh_pg_push, bh_pg_send) and
  * gives it back with bh_pg_release(). The loop never blocks on Postgres: connects are driven by
  * PQconnectPoll, statements by PQflush/PQconsumeInput/PQisBusy, cancels run on libuv's thread
  * pool. Every callback below runs on the loop's thread, never from inside the call that started
@@ -86,7 +86,11 @@ typedef struct bh_pg_server {
     bh_conf_pool_t pool;         /* max_connections: the entry's, over every key and worker;
                                     max_per_user (0: none): one key's, over every worker */
     uint64_t connect_timeout_ms; /* connect start -> session ready; 0 = 2000 */
-    uint64_t reset_timeout_ms;   /* the reset before reuse; 0 = connect_timeout_ms */
+    uint64_t reset_timeout_ms;   /* a reset at release (BH_PG_RESET_NOW); 0 =
+                                    connect_timeout_ms */
+    uint32_t statement_cache;    /* prepared statements cached per connection (LRU); 0 = off */
+    bool reset_auto;             /* reset only after a request that may have changed the
+                                    session (reset: auto); false: before every reuse */
     bh_pool_gauges_t *gauges;    /* where a pool created from it reports (single writer: set it
                                     in a per-worker copy); NULL: nowhere */
     uint64_t tag;                /* identifies the configuration it came from, for
@@ -108,8 +112,8 @@ size_t bh_pg_shared_count(bh_pg_shared_t *s);
 /* Every pool key with a pool on some worker: its database entry's name, its user and database
  * name, its connections over every worker and its cap. Any thread; cb runs under the registry's
  * mutex (it must not call into bh_pg). */
-typedef void (*bh_pg_key_cb)(void *data, const char *database, const char *user,
-                             const char *dbname, uint32_t connections, uint32_t max);
+typedef void (*bh_pg_key_cb)(void *data, const char *database, const char *user, const char *dbname,
+                             uint32_t connections, uint32_t max);
 void bh_pg_shared_keys(bh_pg_shared_t *s, bh_pg_key_cb cb, void *data);
 
 /* ---- per-worker pools -------------------------------------------------------------------- */
@@ -181,34 +185,94 @@ BH_MUST_CHECK int bh_pg_acquire(bh_pg_pool_t *p, bh_pg_waiter_t *w, uint64_t dea
 /* The owner went away while queued: no callback follows. No-op when not queued. */
 void bh_pg_acquire_cancel(bh_pg_waiter_t *w);
 
-/* ---- statements on a BUSY connection ----------------------------------------------------- */
+/* ---- statements on a BUSY connection: pipelines ---------------------------------------- */
 
-/* Each PGresult of the statement, in order. The callee owns res and must PQclear() it. A
- * PGRES_FATAL_ERROR result is the statement's error (PQresultErrorField works); the connection
- * is then still usable but must be released as not reusable (bh_pg_release does so on its own
- * when the session is left inside a failed transaction). COPY results are not delivered. */
-typedef void (*bh_pg_result_cb)(bh_pg_conn_t *c, PGresult *res, void *data);
-/* The statement is over (libpq has no more results). status 0: every result was delivered;
- * BH_EPG_CONN_LOST: the connection broke (bh_pg_conn_error_message says how; some results may
- * have been delivered; the statement may or may not have run). After done the connection can
- * take the next statement, or be released. */
-typedef void (*bh_pg_done_cb)(bh_pg_conn_t *c, int status, void *data);
+/* Every connection runs in libpq's pipeline mode. Its owner builds a pipeline (bh_pg_push,
+ * bh_pg_push_reset, bh_pg_push_sync), sends it with bh_pg_send (one round trip, however many
+ * statements), and hears back per result, per item and once at the end. Statements between two
+ * syncs form one implicit transaction on the server (unless they open an explicit one), and an
+ * error makes the server skip the rest of them up to the next sync. A pipeline ends with a sync.
+ *
+ * tag: the owner's number for a statement or sync, handed back in the callbacks. */
+typedef struct bh_pg_pipe_cbs {
+    /* Each PGresult of statement tag, in order; the callee owns res and must PQclear() it.
+     * Single-row mode gives one PGRES_SINGLE_TUPLE per row, then a PGRES_TUPLES_OK without rows
+     * carrying the command tag. A PGRES_FATAL_ERROR result is the statement's error
+     * (PQresultErrorField works); the connection stays usable and may be released as reusable:
+     * bh_pg_release discards it on its own when it was cancelled, broke or is left inside a
+     * transaction. COPY results are not delivered (COPY is refused; the session is discarded). */
+    void (*result)(bh_pg_conn_t *c, uint32_t tag, PGresult *res, void *data);
+    /* Statement or sync tag is over: status 0 (every result of it was delivered), or
+     * BH_PG_SKIPPED (the server skipped the statement after an earlier error before the same
+     * sync: no result). May be NULL. */
+    void (*step)(bh_pg_conn_t *c, uint32_t tag, int status, void *data);
+    /* The pipeline is over: status 0 (every item stepped) or BH_EPG_CONN_LOST (the connection
+     * broke, or the session reset in front failed; bh_pg_conn_error_message says how; some
+     * statements may have run, except when the reset failed: then none of the user's statements
+     * of the reset's transaction ran). The connection can take the next pipeline, or be
+     * released. */
+    void (*done)(bh_pg_conn_t *c, int status, void *data);
+} bh_pg_pipe_cbs_t;
 
-#define BH_PG_SINGLE_ROW 1u /* flags: PQsetSingleRowMode (one PGRES_SINGLE_TUPLE per row) */
+#define BH_PG_SKIPPED 1 /* step status: not run */
 
-/* One statement with PQsendQueryParams: text parameters (values[i] NULL = SQL NULL), text
- * results, even with nparams 0 (so a string with several statements fails with 42601).
- * sql and values are copied by libpq before this returns. Returns 0 (the callbacks follow) or
- * BH_EPG_CONN_LOST when it could not be queued: nothing was sent, the connection is dead
- * (release it as not reusable) and a fresh attempt is safe. One statement at a time. */
-BH_MUST_CHECK int bh_pg_query(bh_pg_conn_t *c, const char *sql, int nparams,
-                              const char *const *values, unsigned flags, bh_pg_result_cb on_result,
-                              bh_pg_done_cb on_done, void *data);
+/* Statement flags.
+ * BH_PG_SINGLE_ROW   rows one by one (PQsetSingleRowMode), for bounded memory.
+ * BH_PG_CACHE        may run as a server-side prepared statement from the connection's cache;
+ *                    honoured only for the first statement after a sync or after the reset, never
+ *                    inside an explicit transaction (a stale plan could not be retried there).
+ * BH_PG_LEAVES_STATE may leave session state behind: the session is reset before its next owner.
+ * BH_PG_RESET_NOW    may leave what other sessions wait for or what a deferred reset cannot hide
+ *                    (a session advisory lock, LISTEN): reset at release, in a round trip of its
+ *                    own, before the connection goes idle. */
+#define BH_PG_SINGLE_ROW 1u
+#define BH_PG_CACHE 2u
+#define BH_PG_LEAVES_STATE 4u
+#define BH_PG_RESET_NOW 8u
 
-/* Like bh_pg_query through the simple protocol (PQsendQuery), for BEGIN/COMMIT/ROLLBACK and
- * other fixed statements; several ';'-separated statements give several results. */
-BH_MUST_CHECK int bh_pg_exec(bh_pg_conn_t *c, const char *sql, bh_pg_result_cb on_result,
-                             bh_pg_done_cb on_done, void *data);
+/* bh_pg_push's positive results: the statement runs prepared from the cache. */
+#define BH_PG_CACHE_HIT 1
+#define BH_PG_CACHE_MISS 2 /* Parse + Bind + Execute: it is cached from now on */
+
+/* Queues one statement, with text parameters (values[i] NULL = SQL NULL) and text results, through
+ * the extended protocol even with nparams 0 (a string with several statements fails with 42601).
+ * sql and values must stay valid until done: a cached statement that fails only because it is
+ * prepared (a stale plan, 0A000 "cached plan must not change result type"; 26000; a Bind error
+ * naming the prepared statement, 08P01) runs once more unprepared without the owner noticing.
+ * Returns 0, BH_PG_CACHE_HIT, BH_PG_CACHE_MISS, or < 0 (BH_EPG_CONN_LOST, BH_ENOMEM) when it could
+ * not be queued: the connection is unusable (release it as not reusable); the transactions of
+ * this pipeline before its last sync may have reached the server (a sync flushes). */
+BH_MUST_CHECK int bh_pg_push(bh_pg_conn_t *c, uint32_t tag, const char *sql, int nparams,
+                             const char *const *values, unsigned flags);
+
+/* Queues a sync: the end of the statements' implicit transaction. It also flushes what is
+ * queued (libpq 15), so the server may start on it before bh_pg_send. 0 or < 0 as bh_pg_push. */
+BH_MUST_CHECK int bh_pg_push_sync(bh_pg_conn_t *c, uint32_t tag);
+
+/* True when the session must be reset before the next statement (a previous owner may have
+ * changed it: reset_auto saw a BH_PG_LEAVES_STATE statement or a changed ParameterStatus, or
+ * reset_auto is off). */
+bool bh_pg_needs_reset(const bh_pg_conn_t *c);
+
+/* Queues the session reset (spec 7.5: CLOSE ALL, SET SESSION AUTHORIZATION DEFAULT, RESET ALL,
+ * DEALLOCATE ALL, UNLISTEN *, pg_advisory_unlock_all(), DISCARD TEMP, DISCARD SEQUENCES) when
+ * bh_pg_needs_reset, as statements of the current transaction: put it first, or right after a
+ * BEGIN, so that a failing reset makes the server skip the owner's statements up to the sync
+ * (done then reports BH_EPG_CONN_LOST). A statement that cannot run inside a transaction block
+ * needs the reset in a pipeline of its own (reset, sync) first. Its results are not delivered.
+ * It empties the statement cache. The reset counts as done once its transaction committed.
+ * Returns 1 (queued), 0 (not needed) or < 0 as bh_pg_push. */
+BH_MUST_CHECK int bh_pg_push_reset(bh_pg_conn_t *c);
+
+/* Sends what was queued (the last item must be a sync); the callbacks follow, never from inside
+ * this call. Returns 0 or BH_EPG_CONN_LOST (the connection broke; what a sync flushed may have
+ * reached the server; release c as not reusable). One pipeline at a time. */
+BH_MUST_CHECK int bh_pg_send(bh_pg_conn_t *c, const bh_pg_pipe_cbs_t *cbs, void *data);
+
+/* True when c's last pipeline ended with BH_EPG_CONN_LOST because the session reset in front of
+ * the owner's statements failed: the server skipped them (or rolled them back with the
+ * transaction), so nothing of the owner's took effect and another connection may run them. */
+bool bh_pg_reset_failed(const bh_pg_conn_t *c);
 
 /* libpq's last error text for c (PQerrorMessage), e.g. after BH_EPG_CONN_LOST. Never NULL. */
 const char *bh_pg_conn_error_message(const bh_pg_conn_t *c);
@@ -231,13 +295,13 @@ BH_MUST_CHECK int bh_pg_cancel(bh_pg_conn_t *c, bh_pg_cancel_cb cb, void *data);
  * TCP connect timeout when the server is unreachable). */
 #define BH_PG_MAX_CANCELS 2
 
-/* Gives a BUSY connection back; no callback of its current statement or cancel follows.
+/* Gives a BUSY connection back; no callback of its current pipeline or cancel follows.
  * reusable: the caller saw the exchange complete cleanly. The connection is reused only if also:
- * no statement in flight, no cancel, no broken connection, PQtransactionStatus is IDLE, and the
- * session reset (spec 7.5: CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE
- * ALL; UNLISTEN *; pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES) then succeeds; it
- * runs asynchronously before the connection returns to the pool. Otherwise the connection is
- * closed; a statement still in flight is cancelled on the server first (client went away). */
+ * no pipeline queued or in flight, no cancel, no broken connection, PQtransactionStatus is IDLE.
+ * Otherwise it is closed; a pipeline still in flight is cancelled on the server first (client
+ * went away). A reused session is normally not reset here: it is marked for the reset, which
+ * goes in front of the next owner's statements (bh_pg_push_reset); after a BH_PG_RESET_NOW
+ * statement it is reset now, asynchronously, before it returns to the pool. */
 void bh_pg_release(bh_pg_conn_t *c, bool reusable);
 
 #endif

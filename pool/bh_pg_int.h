@@ -10,7 +10,8 @@
  *   bh_pg_params.c  what a pool connects with: libpq keyword/value arrays from the server's
  *                   conninfo and the credentials, the startup options, the key digest, the
  *                   addresses resolved for a host name
- *   bh_pg_error.c   connect error text -> code, SQLSTATE, severity, retriable */
+ *   bh_pg_error.c   connect error text -> code, SQLSTATE, severity, retriable
+ *   bh_pg_cache.c   a connection's prepared-statement cache: texts -> bh_ps_<id>, LRU */
 #ifndef BH_PG_INT_H
 #define BH_PG_INT_H
 
@@ -64,6 +65,8 @@ struct bh_pg_pool {
     bh__pg_params_t params;
     char *label; /* user@dbname, for logs */
     uint64_t connect_timeout_ms, reset_timeout_ms;
+    uint32_t statement_cache; /* the server's: prepared statements per connection */
+    bool reset_always;        /* the server's !reset_auto */
     uint64_t armed_at, retry_at;  /* what bh_pool asked for; the pre-warm backoff's end */
     uint64_t dns_until;           /* params' hostaddr is fresh until then */
     const bh_pg_error_t *failing; /* set while bh_pool_connect_failed runs */
@@ -83,6 +86,34 @@ static inline uint64_t bh__pg_now(const bh_pg_pool_t *p)
 bh_pool_conn_t *bh__pg_conn_open(bh_pool_t *bp, int *err);
 bool bh__pg_conn_alive(bh_pool_conn_t *pc);
 void bh__pg_conn_close(bh_pool_conn_t *pc);
+
+/* ---- bh_pg_cache.c: one connection's prepared statements --------------------------------- */
+
+#define BH__PG_CACHE_BUCKETS 64           /* hash chains (power of two) */
+#define BH__PG_CACHE_MAX_TEXT 8192        /* longer texts are never cached */
+#define BH__PG_CACHE_MAX_BYTES (1u << 20) /* copied texts per connection, at most */
+
+struct bh__pg_ps;
+typedef struct bh__pg_cache {
+    struct bh__pg_ps **buckets;    /* NULL until the first entry */
+    struct bh__pg_ps *head, *tail; /* LRU: head most recently used */
+    uint32_t n, next_id;
+    size_t bytes;
+} bh__pg_cache_t;
+
+/* The id of the cached statement for (sql, nparams), made the most recent; 0 when none. */
+uint32_t bh__pg_cache_find(bh__pg_cache_t *pc, const char *sql, size_t len, int nparams);
+/* Caches a copy of sql under a new id (never 0): 0 when out of memory. */
+uint32_t bh__pg_cache_add(bh__pg_cache_t *pc, const char *sql, size_t len, int nparams);
+/* True when adding a text of len bytes needs an eviction first (cap entries). */
+bool bh__pg_cache_full(const bh__pg_cache_t *pc, uint32_t cap, size_t len);
+/* Forgets the least recently used entry; returns its id (0: empty). */
+uint32_t bh__pg_cache_evict(bh__pg_cache_t *pc);
+/* Forgets the entry with this id, if any. */
+void bh__pg_cache_drop(bh__pg_cache_t *pc, uint32_t id);
+/* Forgets everything (the server's statements were deallocated). */
+void bh__pg_cache_clear(bh__pg_cache_t *pc);
+void bh__pg_cache_free(bh__pg_cache_t *pc);
 
 /* ---- bh_pg_pools.c ----------------------------------------------------------------------- */
 

@@ -490,6 +490,8 @@ static int pool_new(bh_pg_pools_t *pools, const bh_pg_server_t *srv,
     snprintf(p->label, ll, "%s@%s", user, dbname);
     p->connect_timeout_ms = srv->connect_timeout_ms ? srv->connect_timeout_ms : 2000;
     p->reset_timeout_ms = srv->reset_timeout_ms ? srv->reset_timeout_ms : p->connect_timeout_ms;
+    p->statement_cache = srv->statement_cache;
+    p->reset_always = !srv->reset_auto;
     p->armed_at = BH_TIME_NEVER;
     *out = p;
     return 0;

@@ -50,6 +50,8 @@ typedef struct bh_backend_cells {
     bh_counter_t ejections;
     bh_hist_t wait;               /* queue wait for a pooled connection */
     bh_pool_gauges_t pool;        /* databases (an upstream's are per endpoint) */
+    bh_counter_t sql_resets;      /* databases: session resets sent */
+    bh_counter_t sql_cache[2];    /* databases: prepared-statement cache hits, misses */
 } bh_backend_cells_t;
 
 typedef struct bh_endpoint_cells {

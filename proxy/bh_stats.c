@@ -295,6 +295,32 @@ static void backend_families(sb_t *b, bh_server_t *srv)
                     "Endpoints ejected by outlier detection.", CELL(bh_backend_cells_t, ejections));
 }
 
+/* The SQL gateway's own counters, per database entry. */
+static void sql_families(sb_t *b, bh_server_t *srv)
+{
+    family(b, "bulkhead_sql_resets_total", "counter",
+           "Session resets sent in front of a request on a reused server connection.");
+    FOREACH_ENTRY(e, e->kind == BH_M_DATABASE)
+    {
+        put(b, "bulkhead_sql_resets_total{");
+        label(b, "database", e->name);
+        put(b, "} %llu\n", (unsigned long long)sum(srv, e, CELL(bh_backend_cells_t, sql_resets)));
+    }
+    family(b, "bulkhead_sql_statement_cache_total", "counter",
+           "Statements run from the per-connection prepared-statement cache, by result.");
+    FOREACH_ENTRY(e, e->kind == BH_M_DATABASE)
+    {
+        for (int i = 0; i < 2; i++) {
+            put(b, "bulkhead_sql_statement_cache_total{");
+            label(b, "database", e->name);
+            put(b, ",result=\"%s\"} %llu\n", i == 0 ? "hit" : "miss",
+                (unsigned long long)sum(srv, e,
+                                        CELL(bh_backend_cells_t, sql_cache) +
+                                            (size_t)i * sizeof(bh_counter_t)));
+        }
+    }
+}
+
 static void config_families(sb_t *b, const bh_metrics_t *m)
 {
     family(b, "bulkhead_config_reloads_total", "counter",
@@ -314,6 +340,7 @@ char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
     process_families(&b, srv);
     route_families(&b, srv);
     backend_families(&b, srv);
+    sql_families(&b, srv);
     config_families(&b, &srv->metrics);
     if (b.oom) {
         bh_free(b.p);

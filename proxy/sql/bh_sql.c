@@ -18,6 +18,7 @@
 #include "bh_reply.h"
 #include "bh_sql.h"
 #include "bh_sql_proto.h"
+#include "bh_sql_scan.h"
 
 enum sql_phase {
     SQL_BODY,       /* reading the request body */
@@ -25,6 +26,13 @@ enum sql_phase {
     SQL_RUNNING,    /* statements in flight */
     SQL_BACKOFF,    /* before retrying a connect that never reached Postgres */
     SQL_DONE,       /* the reply is queued */
+};
+
+enum sql_stage {
+    SQL_ST_RESET, /* the session reset alone, before a statement that changes the session */
+    SQL_ST_MAIN,  /* a single statement (and the reset in front) */
+    SQL_ST_BATCH, /* BEGIN, the reset, the batch's statements */
+    SQL_ST_END,   /* the batch's COMMIT or ROLLBACK */
 };
 
 struct bh_sql {
@@ -52,7 +60,8 @@ struct bh_sql {
     uint64_t deadline_ms, retry_at_ms;
     uint64_t client_timeout_ms;     /* Bulkhead-Timeout, 0 when none */
     unsigned attempts;
-    size_t next_query;              /* batch: the next statement to send */
+    enum sql_stage stage;           /* which pipeline of the request is in flight */
+    bool reset_alone;               /* the reset ran in a round trip of its own */
     bool in_tx;                     /* START TRANSACTION succeeded, COMMIT not yet */
     PGresult *error;                /* the statement error that ends the request */
     bool conn_lost;
@@ -153,6 +162,8 @@ int bh_sql_db_init(bh_sql_db_t *d, const bh_conf_database_t *conf, uint64_t now_
         .n_session = conf->n_session,
         .pool = conf->pool,
         .connect_timeout_ms = conf->timeouts.connect_ms,
+        .statement_cache = conf->statement_cache,
+        .reset_auto = conf->reset == BH_DB_RESET_AUTO,
         .tag = atomic_fetch_add(&next_tag, 1),
     };
     return 0;
@@ -274,15 +285,37 @@ static bool rerun_batch(bh_sql_t *s)
     return true;
 }
 
+/* The session reset in front of the statements failed, so Postgres skipped them (or rolled them
+ * back with the batch's transaction): like a connect failure (the caller counted it so), nothing
+ * ran, and another connection may try (the failed one is discarded). */
+static bool retry_unreset(bh_sql_t *s)
+{
+    if (!schedule_retry(s, &s->last))
+        return false;
+    release_conn(s, false);
+    s->conn_lost = false;
+    if (s->error != NULL) {
+        PQclear(s->error);
+        s->error = NULL;
+    }
+    bh_sql_out_reset(&s->out);
+    return true;
+}
+
 /* Every statement ended; s->error holds the first statement error, if any. */
 static void finish_statements(bh_sql_t *s)
 {
     bool failed = s->error != NULL || s->conn_lost;
-    if (s->conn_lost)
+    if (s->conn_lost && s->conn != NULL && bh_pg_reset_failed(s->conn)) {
+        attempt_ended(s, BH_OUTCOME_CONNECT_FAILED, BH_SAFETY_NOT_SENT);
+        if (retry_unreset(s))
+            return;
+    } else if (s->conn_lost) {
         attempt_ended(s, BH_OUTCOME_RESET_BEFORE_RESPONSE, BH_SAFETY_SENT_NO_RESPONSE);
-    else
+    } else {
         attempt_ended(s, server_side_error(s->error) ? BH_OUTCOME_HTTP_5XX : BH_OUTCOME_OK,
                       BH_SAFETY_SENT_NO_RESPONSE);
+    }
     if (s->conn_lost) {
         end_call(s, &s->last);
         release_conn(s, false);
@@ -300,7 +333,10 @@ static void finish_statements(bh_sql_t *s)
         int rc = bh_sql_encode_pg_error(&s->out, s->error);
         PQclear(s->error);
         s->error = NULL;
-        release_conn(s, false);
+        /* An ordinary SQL error keeps the connection: autocommit (or the batch's ROLLBACK) left
+         * the session idle, and bh_pg_release still discards one that was cancelled, lost or
+         * left inside a transaction. A new connection costs far more than the query. */
+        release_conn(s, true);
         if (rc < 0) {
             close_conn(s);
             return;
@@ -326,32 +362,169 @@ static void finish_statements(bh_sql_t *s)
     reply(s, 200, s->req->batch ? BH_SQL_REPLY_BATCH_OK : BH_SQL_REPLY_OK, 0, 0);
 }
 
-static void on_result(bh_pg_conn_t *conn, PGresult *res, void *data)
+/* The response outgrew max_response_bytes while rows were arriving: stop here instead of reading
+ * the rest into memory. Releasing the connection mid-statement cancels the query on the server
+ * and discards the session (a batch's transaction is rolled back with it: nothing is committed
+ * that the client cannot see). The 507 is the client's doing, not the database's failure. */
+static void stop_too_large(bh_sql_t *s)
+{
+    attempt_ended(s, BH_OUTCOME_OK, BH_SAFETY_SENT_NO_RESPONSE);
+    end_call(s, &s->last);
+    if (s->error != NULL) {
+        PQclear(s->error);
+        s->error = NULL;
+    }
+    release_conn(s, false);
+    if (bh_sql_encode_too_large(&s->out, true, s->db->max_response_bytes) < 0) {
+        close_conn(s);
+        return;
+    }
+    reply(s, 507, BH_SQL_REPLY_OK, BH_ESQL_TOO_LARGE, 0);
+}
+
+/* One result of a user statement, streamed: single-row mode hands every row over as its own
+ * PGRES_SINGLE_TUPLE, then a final PGRES_TUPLES_OK without rows carries the command tag. The
+ * fields come from the first result of the statement (rows_begun says whether they were
+ * written). Returns false when the statement must stop (the reply outgrew its bound). */
+static bool encode_streamed(bh_sql_t *s, const bh_sql_query_t *q, const PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    if (!s->rows_begun) {
+        bh_sql_result_begin(&s->out, res, s->h.raw_text, bh_sql_array_mode(&s->h, q));
+        s->rows_begun = true;
+    }
+    if (st == PGRES_SINGLE_TUPLE || st == PGRES_TUPLES_OK)
+        bh_sql_result_rows(&s->out, res);
+    if (st != PGRES_SINGLE_TUPLE) {
+        bh_sql_result_end(&s->out, PQcmdStatus((PGresult *)res));
+        s->rows_begun = false;
+    }
+    if (s->out.err == BH_ESQL_TOO_LARGE)
+        return false;
+    if (s->out.err < 0)
+        bh_log_debug("sql: result not encoded: %s", bh_strerror(s->out.err));
+    return true;
+}
+
+/* Tags of the pipeline items (a user statement's tag is its index in the request). */
+#define TAG_BEGIN 0xfffffff0u
+#define TAG_END 0xfffffff1u /* COMMIT or ROLLBACK */
+#define TAG_SYNC 0xfffffff2u
+
+/* A statement that may leave session state on its server connection (reset: auto). */
+static bool leaves_state(const char *sql)
+{
+    return bh_sql_leaves_state(sql, strlen(sql));
+}
+
+static void on_result(bh_pg_conn_t *conn, uint32_t tag, PGresult *res, void *data)
 {
     bh_sql_t *s = data;
     if (s->ex->first_byte_ms == 0) /* the access log's first_byte_ms: Postgres answered */
         s->ex->first_byte_ms = now_of(s);
     ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_FATAL_ERROR || st == PGRES_NONFATAL_ERROR) {
-        if (st == PGRES_FATAL_ERROR && s->error == NULL) {
-            s->error = res;
+    if (st == PGRES_FATAL_ERROR) {
+        if (s->error == NULL) {
+            s->error = res; /* the first error ends the request (BEGIN's and COMMIT's too) */
             return;
         }
         PQclear(res);
         return;
     }
-    /* Only results of the user's statements reach here (see run_next's bookkeeping). */
-    if (s->next_query > 0 && s->next_query <= s->req->nqueries && s->error == NULL &&
-        (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY)) {
-        const bh_sql_query_t *q = &s->req->queries[s->next_query - 1];
-        if (bh_sql_encode_result(&s->out, res, s->h.raw_text, bh_sql_array_mode(&s->h, q)) < 0)
-            bh_log_debug("sql: result not encoded: %s", bh_strerror(s->out.err));
-    }
+    bool go_on = true;
+    if (tag < s->req->nqueries && s->error == NULL &&
+        (st == PGRES_SINGLE_TUPLE || st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK ||
+         st == PGRES_EMPTY_QUERY))
+        go_on = encode_streamed(s, &s->req->queries[tag], res);
     PQclear(res);
+    if (!go_on)
+        stop_too_large(s); /* may free s */
 }
 
-/* Statement states: next_query counts user statements sent; a batch is wrapped in START
- * TRANSACTION (next_query 0, in_tx false) and COMMIT (next_query == nqueries + 1). */
+static void on_done(bh_pg_conn_t *conn, int status, void *data);
+static const bh_pg_pipe_cbs_t pipe_cbs = {.result = on_result, .done = on_done};
+
+/* Queues the session reset when the connection needs one, and counts it. */
+static int push_reset(bh_sql_t *s)
+{
+    int rc = bh_pg_push_reset(s->conn);
+    if (rc > 0)
+        bh_counter_add(&s->cells->sql_resets, 1);
+    return rc < 0 ? rc : 0;
+}
+
+/* Queues one user statement: rows one by one; the cache for plain data statements outside a
+ * batch (inside one, a stale plan would abort the whole transaction). */
+static int push_query(bh_sql_t *s, uint32_t i, bool cacheable)
+{
+    const bh_sql_query_t *q = &s->req->queries[i];
+    unsigned flags = BH_PG_SINGLE_ROW;
+    if (leaves_state(q->text))
+        flags |= BH_PG_LEAVES_STATE;
+    /* A session advisory lock must not stay held by an idle pooled session while other clients
+     * wait for it, and a listening one would take notifications while idle; UNLISTEN also takes
+     * effect only when the transaction it runs in commits, so a reset in front of the next
+     * statement would not hide the channel from it. Texts naming either (conservatively:
+     * "advisory", "listen" anywhere) reset at release. */
+    if ((flags & BH_PG_LEAVES_STATE) &&
+        (strcasestr(q->text, "advisory") != NULL || strcasestr(q->text, "listen") != NULL))
+        flags |= BH_PG_RESET_NOW;
+    else if (cacheable)
+        flags |= BH_PG_CACHE;
+    int rc = bh_pg_push(s->conn, i, q->text, q->nparams, q->params, flags);
+    if (rc == BH_PG_CACHE_HIT || rc == BH_PG_CACHE_MISS)
+        bh_counter_add(&s->cells->sql_cache[rc == BH_PG_CACHE_HIT ? 0 : 1], 1);
+    return rc < 0 ? rc : 0;
+}
+
+/* A single statement: (reset +) statement + sync, one round trip. A statement that may change
+ * the session might also be one that cannot run inside a transaction block (VACUUM, CREATE
+ * DATABASE, ...): a reset it needs then goes first, in a round trip of its own. */
+static int push_single(bh_sql_t *s)
+{
+    if (!s->reset_alone && bh_pg_needs_reset(s->conn) && leaves_state(s->req->queries[0].text)) {
+        s->reset_alone = true;
+        s->stage = SQL_ST_RESET;
+        int rc = push_reset(s);
+        return rc < 0 ? rc : bh_pg_push_sync(s->conn, TAG_SYNC);
+    }
+    s->stage = SQL_ST_MAIN;
+    int rc = push_reset(s);
+    if (rc == 0)
+        rc = push_query(s, 0, true);
+    return rc < 0 ? rc : bh_pg_push_sync(s->conn, TAG_SYNC);
+}
+
+/* A batch's first round trip: BEGIN, the reset (inside the transaction, so that a failed reset
+ * stops the statements), every statement, one sync. COMMIT follows in a second one, only once
+ * every result fitted in the reply. */
+static int push_batch(bh_sql_t *s)
+{
+    char begin[BH_SQL_BEGIN_MAX];
+    bh_sql_begin_statement(&s->h, begin);
+    s->stage = SQL_ST_BATCH;
+    int rc = bh_pg_push(s->conn, TAG_BEGIN, begin, 0, NULL, 0);
+    if (rc == 0)
+        rc = push_reset(s);
+    for (uint32_t i = 0; rc == 0 && i < s->req->nqueries; i++)
+        rc = push_query(s, i, false);
+    return rc < 0 ? rc : bh_pg_push_sync(s->conn, TAG_SYNC);
+}
+
+/* COMMIT (or ROLLBACK, after an error or a reply that outgrew its bound) and a sync. */
+static void end_batch(bh_sql_t *s, bool commit)
+{
+    s->stage = SQL_ST_END;
+    s->in_tx = false;
+    if (bh_pg_push(s->conn, TAG_END, commit ? "COMMIT" : "ROLLBACK", 0, NULL, 0) < 0 ||
+        bh_pg_push_sync(s->conn, TAG_SYNC) < 0 || bh_pg_send(s->conn, &pipe_cbs, s) < 0) {
+        s->conn_lost = true;
+        finish_statements(s); /* may free s */
+    }
+}
+
+/* The pipeline states: SQL_ST_RESET (the reset alone) -> SQL_ST_MAIN (a single statement), or
+ * SQL_ST_BATCH (BEGIN and the statements) -> SQL_ST_END (COMMIT or ROLLBACK). */
 static void on_done(bh_pg_conn_t *conn, int status, void *data)
 {
     bh_sql_t *s = data;
@@ -360,61 +533,41 @@ static void on_done(bh_pg_conn_t *conn, int status, void *data)
         finish_statements(s);
         return;
     }
-    if (s->error != NULL) {
-        if (s->req->batch && s->in_tx) {
-            s->in_tx = false; /* the transaction failed: roll back, then reply with the error */
-            if (bh_pg_exec(s->conn, "ROLLBACK", on_result, on_done, s) == 0)
-                return;
-            s->conn_lost = true;
-        }
+    switch (s->stage) {
+    case SQL_ST_RESET:
+        s->stage = SQL_ST_MAIN;
+        run_next(s);
+        return;
+    case SQL_ST_BATCH:
+        /* The transaction is open, or failed: an error (or a 507 pending) rolls it back. */
+        end_batch(s, s->error == NULL && bh_sql_batch_end(&s->out) == 0);
+        return;
+    default:
         finish_statements(s);
         return;
     }
-    run_next(s);
 }
 
+/* Builds and sends the request's next pipeline. */
 static void run_next(bh_sql_t *s)
 {
-    const bh_sql_request_t *req = s->req;
     int rc;
-    if (req->batch && !s->in_tx && s->next_query == 0) {
-        char begin[BH_SQL_BEGIN_MAX];
-        bh_sql_begin_statement(&s->h, begin);
+    if (s->req->batch) {
         if (bh_sql_batch_begin(&s->out) < 0) {
             finish_statements(s);
             return;
         }
         s->in_tx = true;
-        s->next_query = SIZE_MAX; /* marker: BEGIN in flight; next time the first user statement */
-        rc = bh_pg_exec(s->conn, begin, on_result, on_done, s);
-        if (rc < 0) {
-            s->conn_lost = true;
-            finish_statements(s); /* may answer, end the exchange and free s: touch nothing after */
-        }
-        return;
+        rc = push_batch(s);
+    } else {
+        rc = push_single(s);
     }
-    if (s->next_query == SIZE_MAX)
-        s->next_query = 0;
-    if (s->next_query < req->nqueries) {
-        const bh_sql_query_t *q = &req->queries[s->next_query++];
-        rc = bh_pg_query(s->conn, q->text, q->nparams, q->params, 0, on_result, on_done, s);
-        if (rc < 0) {
-            s->conn_lost = true;
-            finish_statements(s);
-        }
-        return;
-    }
-    if (req->batch && s->in_tx) {
-        /* An encoding failure (507) undoes the batch: nothing is committed that the client
-         * cannot see. */
-        bool ok = bh_sql_batch_end(&s->out) == 0;
-        s->in_tx = false;
-        s->next_query = req->nqueries + 1;
-        if (bh_pg_exec(s->conn, ok ? "COMMIT" : "ROLLBACK", on_result, on_done, s) == 0)
-            return;
+    if (rc == 0)
+        rc = bh_pg_send(s->conn, &pipe_cbs, s);
+    if (rc < 0) {
         s->conn_lost = true;
+        finish_statements(s); /* may answer, end the exchange and free s: touch nothing after */
     }
-    finish_statements(s);
 }
 
 /* ---- connections -------------------------------------------------------------------------- */
@@ -426,7 +579,10 @@ static void connected(bh_sql_t *s, bh_pg_conn_t *conn)
         s->ex->attached_ms = now_of(s);
     s->conn = conn;
     s->phase = SQL_RUNNING;
-    s->next_query = 0;
+    s->stage = SQL_ST_MAIN;
+    s->reset_alone = false;
+    s->conn_lost = false;
+    s->rows_begun = false;
     s->in_tx = false;
     rearm(s);
     run_next(s);
@@ -600,8 +756,8 @@ static void run_request(bh_sql_t *s)
         return;
     }
     if (idx != ex->route->database_index) /* the entry's own deadline, not the route's */
-        s->deadline_ms = ex->deadline_ms = bh_deadline_for_request(
-            ex->start_ms, s->db->timeouts.total_ms, s->client_timeout_ms);
+        s->deadline_ms = ex->deadline_ms =
+            bh_deadline_for_request(ex->start_ms, s->db->timeouts.total_ms, s->client_timeout_ms);
     if (s->db->auth == BH_DB_AUTH_FIXED) {
         bh_span_t token;
         bool ok = false;
@@ -659,8 +815,8 @@ static void sql_start(bh_exchange_t *ex, const bh_request_t *req)
     for (int i = 0; i < n; i++)
         bh_sql_header(&s->h, c->w->hdrs[i].name, c->w->hdrs[i].value);
     s->client_timeout_ms = req->client_timeout_ms;
-    s->deadline_ms = bh_deadline_for_request(ex->start_ms, ex->route->timeouts.total_ms,
-                                             req->client_timeout_ms);
+    s->deadline_ms =
+        bh_deadline_for_request(ex->start_ms, ex->route->timeouts.total_ms, req->client_timeout_ms);
     ex->deadline_ms = s->deadline_ms;
     switch (bh_sql_route(req->method, req->path)) {
     case BH_SQL_ROUTE_PREFLIGHT:

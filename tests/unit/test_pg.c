@@ -452,7 +452,7 @@ typedef struct ctx {
     bh_pg_server_t server;
     bh_pg_setting_t session[2];
     bool closed;
-    uv_async_t wakeup;     /* drains inbox: the pools' messages to this thread */
+    uv_async_t wakeup; /* drains inbox: the pools' messages to this thread */
     bh_sem_inbox_t inbox;
 } ctx_t;
 
@@ -609,16 +609,31 @@ typedef struct q {
     bool done;
     int status;
     int n;
-    PGresult *res[8];
+    PGresult *res[16];
+    uint32_t tags[16];
+    int nsteps;
+    uint32_t step_tags[16];
+    int step_status[16];
 } q_t;
 
-static void on_result(bh_pg_conn_t *c, PGresult *res, void *data)
+static void on_result(bh_pg_conn_t *c, uint32_t tag, PGresult *res, void *data)
 {
     q_t *q = data;
-    if (q->n < 8)
+    if (q->n < 16) {
+        q->tags[q->n] = tag;
         q->res[q->n++] = res;
-    else
+    } else {
         PQclear(res);
+    }
+}
+
+static void on_step(bh_pg_conn_t *c, uint32_t tag, int status, void *data)
+{
+    q_t *q = data;
+    if (q->nsteps < 16) {
+        q->step_tags[q->nsteps] = tag;
+        q->step_status[q->nsteps++] = status;
+    }
 }
 
 static void on_done(bh_pg_conn_t *c, int status, void *data)
@@ -628,6 +643,8 @@ static void on_done(bh_pg_conn_t *c, int status, void *data)
     q->status = status;
 }
 
+static const bh_pg_pipe_cbs_t cbs = {.result = on_result, .step = on_step, .done = on_done};
+
 static void q_clear(q_t *q)
 {
     for (int i = 0; i < q->n; i++)
@@ -635,19 +652,43 @@ static void q_clear(q_t *q)
     memset(q, 0, sizeof(*q));
 }
 
+/* One statement (after the reset when the connection needs one) and a sync: the first error, or
+ * bh_pg_push's cache result. */
+static int send_one(bh_pg_conn_t *c, q_t *q, const char *sql, int n, const char *const *vals,
+                    unsigned flags)
+{
+    memset(q, 0, sizeof(*q));
+    int cached = 0, rc = bh_pg_push_reset(c);
+    if (rc >= 0)
+        rc = cached = bh_pg_push(c, 0, sql, n, vals, flags);
+    if (rc >= 0)
+        rc = bh_pg_push_sync(c, 100);
+    if (rc >= 0)
+        rc = bh_pg_send(c, &cbs, q);
+    return rc < 0 ? rc : cached;
+}
+
 static void query(ctx_t *x, bh_pg_conn_t *c, q_t *q, const char *sql, int n,
                   const char *const *vals)
 {
-    memset(q, 0, sizeof(*q));
-    assert_int_equal(bh_pg_query(c, sql, n, vals, 0, on_result, on_done, q), 0);
+    assert_int_equal(send_one(c, q, sql, n, vals, 0), 0);
     run_until(x, q->done, 3000);
     assert_int_equal(q->status, 0);
 }
 
+/* "; "-separated statements (no ';' inside them), tagged 0, 1, ..., in one transaction. */
 static void exec_sql(ctx_t *x, bh_pg_conn_t *c, q_t *q, const char *sql)
 {
     memset(q, 0, sizeof(*q));
-    assert_int_equal(bh_pg_exec(c, sql, on_result, on_done, q), 0);
+    assert_true(bh_pg_push_reset(c) >= 0);
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", sql);
+    uint32_t tag = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ";", &save); t != NULL;
+         t = strtok_r(NULL, ";", &save))
+        assert_int_equal(bh_pg_push(c, tag++, t, 0, NULL, 0), 0);
+    assert_int_equal(bh_pg_push_sync(c, 100), 0);
+    assert_int_equal(bh_pg_send(c, &cbs, q), 0);
     run_until(x, q->done, 3000);
     assert_int_equal(q->status, 0);
 }
@@ -745,7 +786,7 @@ static void test_connect_and_query(void **state)
     assert_string_equal(PQresultErrorField(q.res[0], PG_DIAG_SQLSTATE), "42601");
     q_clear(&q);
 
-    /* A SQL error leaves the connection usable; the simple protocol runs several statements. */
+    /* A SQL error leaves the connection usable; a pipeline runs several statements. */
     exec_sql(x, c, &q, "BEGIN; SELECT 7; COMMIT");
     assert_int_equal(q.n, 3);
     assert_int_equal(PQresultStatus(q.res[0]), PGRES_COMMAND_OK);
@@ -754,10 +795,7 @@ static void test_connect_and_query(void **state)
     q_clear(&q);
 
     /* Single-row mode: one result per row, then the final empty one. */
-    memset(&q, 0, sizeof(q));
-    assert_int_equal(bh_pg_query(c, "SELECT generate_series(1, 3)", 0, NULL, BH_PG_SINGLE_ROW,
-                                 on_result, on_done, &q),
-                     0);
+    assert_int_equal(send_one(c, &q, "SELECT generate_series(1, 3)", 0, NULL, BH_PG_SINGLE_ROW), 0);
     run_until(x, q.done, 3000);
     assert_int_equal(q.n, 4);
     assert_int_equal(PQresultStatus(q.res[0]), PGRES_SINGLE_TUPLE);
@@ -985,8 +1023,13 @@ static void test_session_reset(void **state)
     assert_int_equal(PQresultStatus(q.res[0]), PGRES_TUPLES_OK);
     assert_string_equal(PQgetvalue(q.res[0], 0, 0), "UTC");
     assert_string_equal(PQgetvalue(q.res[0], 0, 1), "5s"); /* back to the session's own */
-    for (int i = 2; i < 6; i++)
+    for (int i = 2; i < 5; i++)
         assert_string_equal(PQgetvalue(q.res[0], 0, i), "0");
+    q_clear(&q);
+    /* The reset ran in the same transaction as that statement, and UNLISTEN takes effect when
+     * it commits (notifications are only delivered between transactions anyway). */
+    query(x, c, &q, "SELECT count(*) FROM pg_listening_channels()", 0, NULL);
+    assert_string_equal(PQgetvalue(q.res[0], 0, 0), "0");
     q_clear(&q);
 
     /* An open transaction is never handed to the next user: the connection is discarded. */
@@ -1009,6 +1052,147 @@ static void test_session_reset(void **state)
     bh_pg_release(c, true);
     run_until(x, b->closed == closed + 1 && b->n_closing == 0, 3000);
     assert_int_equal(b->n_idle, 0);
+}
+
+/* Several statements in one round trip: per-statement results and steps; an error makes the
+ * server skip the rest of its transaction (BH_PG_SKIPPED) but not what follows the next sync. */
+static void test_pipeline(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    bh_pg_pool_t *p = pool_for(x, "postgres", "alice", "secret");
+    acq_t a;
+    bh_pg_conn_t *c = acquire_ok(x, p, &a);
+    q_t q;
+    memset(&q, 0, sizeof(q));
+    assert_int_equal(bh_pg_push(c, 1, "SELECT 1", 0, NULL, 0), 0);
+    assert_int_equal(bh_pg_push(c, 2, "SELECT 1/0", 0, NULL, 0), 0);
+    assert_int_equal(bh_pg_push(c, 3, "SELECT 3", 0, NULL, 0), 0);
+    assert_int_equal(bh_pg_push_sync(c, 10), 0);
+    assert_int_equal(bh_pg_push(c, 4, "SELECT 4", 0, NULL, BH_PG_SINGLE_ROW), 0);
+    assert_int_equal(bh_pg_push_sync(c, 11), 0);
+    assert_int_equal(bh_pg_send(c, &cbs, &q), 0);
+    assert_false(q.done); /* never from inside the call */
+    run_until(x, q.done, 3000);
+    assert_int_equal(q.status, 0);
+    assert_int_equal(q.n, 4);
+    assert_int_equal(q.tags[0], 1);
+    assert_int_equal(q.tags[1], 2);
+    assert_string_equal(PQresultErrorField(q.res[1], PG_DIAG_SQLSTATE), "22012");
+    assert_int_equal(q.tags[2], 4);
+    assert_int_equal(PQresultStatus(q.res[2]), PGRES_SINGLE_TUPLE);
+    assert_int_equal(PQresultStatus(q.res[3]), PGRES_TUPLES_OK);
+    uint32_t tags[] = {1, 2, 3, 10, 4, 11};
+    int st[] = {0, 0, BH_PG_SKIPPED, 0, 0, 0};
+    assert_int_equal(q.nsteps, 6);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(q.step_tags[i], tags[i]);
+        assert_int_equal(q.step_status[i], st[i]);
+    }
+    q_clear(&q);
+    bh_pg_release(c, true);
+}
+
+static int prepared_count(ctx_t *x, bh_pg_conn_t *c)
+{
+    q_t q;
+    query(x, c, &q, "SELECT count(*) FROM pg_prepared_statements", 0, NULL);
+    int n = atoi(PQgetvalue(q.res[0], 0, 0));
+    q_clear(&q);
+    return n;
+}
+
+/* The prepared-statement cache: a miss, then hits; the LRU bound; a stale plan runs once more
+ * unprepared without the caller noticing. */
+static void test_statement_cache(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    x->server.statement_cache = 2;
+    x->server.reset_auto = true;
+    bh_pg_pool_t *p = pool_for(x, "postgres", "alice", "secret");
+    acq_t a;
+    bh_pg_conn_t *c = acquire_ok(x, p, &a);
+    q_t q;
+    const char *v[] = {"5"};
+    assert_int_equal(send_one(c, &q, "SELECT $1::int * 2", 1, v, BH_PG_CACHE), BH_PG_CACHE_MISS);
+    run_until(x, q.done, 3000);
+    assert_string_equal(PQgetvalue(q.res[0], 0, 0), "10");
+    q_clear(&q);
+    assert_int_equal(send_one(c, &q, "SELECT $1::int * 2", 1, v, BH_PG_CACHE), BH_PG_CACHE_HIT);
+    run_until(x, q.done, 3000);
+    assert_string_equal(PQgetvalue(q.res[0], 0, 0), "10");
+    q_clear(&q);
+    assert_int_equal(prepared_count(x, c), 1);
+    /* A third text evicts the least recently used: never more than 2 on the server. */
+    const char *texts[] = {"SELECT 1", "SELECT 2", "SELECT 3", "SELECT 2"};
+    for (int i = 0; i < 4; i++) {
+        assert_true(send_one(c, &q, texts[i], 0, NULL, BH_PG_CACHE) > 0);
+        run_until(x, q.done, 3000);
+        assert_int_equal(q.status, 0);
+        q_clear(&q);
+        assert_true(prepared_count(x, c) <= 2);
+    }
+    /* The table changes under a cached plan: 0A000 never reaches the caller. */
+    exec_sql(x, c, &q, "CREATE TEMP TABLE bh_st(a int)");
+    q_clear(&q);
+    for (int i = 0; i < 3; i++) {
+        if (i == 2) {
+            exec_sql(x, c, &q, "ALTER TABLE bh_st ALTER COLUMN a TYPE text");
+            q_clear(&q);
+        }
+        assert_true(send_one(c, &q, "SELECT * FROM bh_st", 0, NULL, BH_PG_CACHE) > 0);
+        run_until(x, q.done, 3000);
+        assert_int_equal(q.status, 0);
+        assert_int_equal(q.n, 1);
+        assert_int_equal(PQresultStatus(q.res[0]), PGRES_TUPLES_OK);
+        assert_int_equal(PQftype(q.res[0], 0), i == 2 ? 25 : 23);
+        assert_int_equal(q.nsteps, 2);
+        q_clear(&q);
+    }
+    bh_pg_release(c, true);
+}
+
+/* reset_auto: only a statement flagged as leaving state (or a changed ParameterStatus) makes
+ * the next owner's pipeline begin with the reset. */
+static void test_reset_auto(void **state)
+{
+    SKIP_WITHOUT_PG();
+    ctx_t *x = *state;
+    x->server.reset_auto = true;
+    bh_pg_pool_t *p = pool_for(x, "postgres", "alice", "secret");
+    const bh_pool_t *b = bh_pg_pool_base(p);
+    acq_t a;
+    q_t q;
+    bh_pg_conn_t *c = acquire_ok(x, p, &a);
+    query(x, c, &q, "SELECT 1", 0, NULL);
+    q_clear(&q);
+    bh_pg_release(c, true);
+    c = acquire_ok(x, p, &a);
+    assert_false(bh_pg_needs_reset(c));
+    /* An unflagged SET is still seen through the ParameterStatus it changes. */
+    query(x, c, &q, "SET TimeZone = 'America/New_York'", 0, NULL);
+    q_clear(&q);
+    bh_pg_release(c, true);
+    c = acquire_ok(x, p, &a);
+    assert_true(bh_pg_needs_reset(c));
+    query(x, c, &q, "SELECT current_setting('TimeZone')", 0, NULL);
+    assert_string_equal(PQgetvalue(q.res[0], 0, 0), "UTC");
+    q_clear(&q);
+    assert_false(bh_pg_needs_reset(c)); /* its transaction committed */
+    assert_int_equal(send_one(c, &q, "SET statement_timeout = '1min'", 0, NULL, BH_PG_LEAVES_STATE),
+                     0);
+    run_until(x, q.done, 3000);
+    q_clear(&q);
+    bh_pg_release(c, true);
+    run_until(x, b->n_idle == 1, 3000);
+    assert_int_equal(b->opened, 1);
+    c = acquire_ok(x, p, &a);
+    assert_true(bh_pg_needs_reset(c));
+    query(x, c, &q, "SELECT current_setting('statement_timeout')", 0, NULL);
+    assert_string_equal(PQgetvalue(q.res[0], 0, 0), "5s");
+    q_clear(&q);
+    bh_pg_release(c, true);
 }
 
 static bool cancel_done;
@@ -1046,9 +1230,8 @@ static void test_cancel(void **state)
     bh_pg_conn_t *c = acquire_ok(x, p, &a);
     assert_int_equal(bh_pg_cancel(c, on_cancelled, NULL), BH_EINVAL); /* nothing running */
     q_t q;
-    memset(&q, 0, sizeof(q));
     uint64_t t0 = mono_ms();
-    assert_int_equal(bh_pg_query(c, "SELECT pg_sleep(10)", 0, NULL, 0, on_result, on_done, &q), 0);
+    assert_int_equal(send_one(c, &q, "SELECT pg_sleep(10)", 0, NULL, 0), 0);
     static uv_timer_t t; /* closed by the teardown's loop run */
     uv_timer_init(&x->loop, &t);
     t.data = c;
@@ -1069,8 +1252,7 @@ static void test_cancel(void **state)
 
     /* The user goes away mid-statement: released at once, cancelled on the server. */
     c = acquire_ok(x, p, &a);
-    memset(&q, 0, sizeof(q));
-    assert_int_equal(bh_pg_query(c, "SELECT pg_sleep(10)", 0, NULL, 0, on_result, on_done, &q), 0);
+    assert_int_equal(send_one(c, &q, "SELECT pg_sleep(10)", 0, NULL, 0), 0);
     for (uint64_t end = mono_ms() + 2000; active_sleeps() != 1 && mono_ms() < end;)
         uv_run(&x->loop, UV_RUN_NOWAIT);
     assert_int_equal(active_sleeps(), 1);
@@ -1117,8 +1299,7 @@ static void test_restart(void **state)
     uint32_t idle = b->n_idle;
     assert_int_equal(pg_ctl("restart", "immediate"), 0);
     run_until(x, b->closed >= closed + idle && b->n_idle >= 2 && b->n_connecting == 0, 3000);
-    memset(&q, 0, sizeof(q));
-    int rc = bh_pg_query(c, "SELECT 3", 0, NULL, 0, on_result, on_done, &q);
+    int rc = send_one(c, &q, "SELECT 3", 0, NULL, 0);
     if (rc == 0) {
         run_until(x, q.done, 3000);
         assert_int_equal(q.status, BH_EPG_CONN_LOST);
@@ -1147,7 +1328,7 @@ static void test_shutdown_and_sweep(void **state)
     bh_pg_conn_t *c = acquire_ok(x, p, &a);
     bh_pg_release(c, true);
     run_until(x, b->n_idle == 1, 3000);
-    run_until(x, bh_pool_empty(b), 3000); /* idle_timeout */
+    run_until(x, bh_pool_empty(b), 3000);               /* idle_timeout */
     assert_int_equal(bh_pg_shared_count(x->shared), 2); /* the database's permits, the key's cap */
     bh_pg_pools_sweep(x->pools);
     assert_int_equal(bh_pg_pools_count(x->pools), 1); /* empty once: kept */
@@ -1196,6 +1377,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resolve, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_pool_cap, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_session_reset, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_pipeline, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_statement_cache, ctx_setup, ctx_teardown),
+        cmocka_unit_test_setup_teardown(test_reset_auto, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_cancel, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_restart, ctx_setup, ctx_teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_and_sweep, ctx_setup, ctx_teardown),
