@@ -254,6 +254,15 @@ BH_MUST_CHECK int bh_pg_push_sync(bh_pg_conn_t *c, uint32_t tag);
  * reset_auto is off). */
 bool bh_pg_needs_reset(const bh_pg_conn_t *c);
 
+/* The session's application_name becomes name (NULL: the configured one) when the server's is
+ * another, by a set_config in front of what is queued next (after a reset queued in front,
+ * which brings back the configured one). The server's report is the truth, so a transaction
+ * that rolled it back, or a function that changed it, is corrected the next time. A failure
+ * counts as the reset's (bh_pg_reset_failed). 1: queued; 0: not needed; < 0 as bh_pg_push. */
+BH_MUST_CHECK int bh_pg_push_app_name(bh_pg_conn_t *c, const char *name);
+/* Whether bh_pg_push_app_name would queue anything (a reset that is needed counts as queued). */
+bool bh_pg_app_name_differs(const bh_pg_conn_t *c, const char *name);
+
 /* Queues the session reset (spec 7.5: CLOSE ALL, SET SESSION AUTHORIZATION DEFAULT, RESET ALL,
  * DEALLOCATE ALL, UNLISTEN *, pg_advisory_unlock_all(), DISCARD TEMP, DISCARD SEQUENCES) when
  * bh_pg_needs_reset, as statements of the current transaction: put it first, or right after a

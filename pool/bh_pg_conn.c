@@ -62,6 +62,8 @@ enum item_kind {
     IT_RESET,   /* one statement of the session reset */
     IT_PREPARE, /* the Parse of a cached statement, in front of its IT_STMT */
     IT_DEALLOC, /* DEALLOCATE of an evicted or stale statement, in its own transaction */
+    IT_SESSION, /* a setting of bh_pg's own (the client's application_name), after the reset:
+                   its failure counts as the reset's */
 };
 
 struct pg_item {
@@ -408,13 +410,13 @@ static const char *const RESET_STMTS[] = {
 
 /* Settings the server reports (GUC_REPORT, PostgreSQL 15) that a request could change: a
  * different value after the request means the session needs a reset (search_path is not
- * reported before PostgreSQL 18; SET is caught by the statement scan instead). */
+ * reported before PostgreSQL 18; SET is caught by the statement scan instead). Not
+ * application_name: bh_pg sets it itself to the client's (bh_pg_push_app_name). */
 static const char *const WATCHED[] = {
     "TimeZone",
     "DateStyle",
     "IntervalStyle",
     "client_encoding",
-    "application_name",
     "is_superuser",
     "session_authorization",
     "standard_conforming_strings",
@@ -653,6 +655,47 @@ static int push_reset_items(bh_pg_conn_t *c)
     return 0;
 }
 
+/* Whether a reset is queued in the pipeline being built. */
+static bool reset_queued(const bh_pg_conn_t *c)
+{
+    for (size_t i = 0; i < c->n_items; i++)
+        if (c->items[i].kind == IT_RESET)
+            return true;
+    return false;
+}
+
+static const char *app_name_wanted(const bh_pg_conn_t *c, const char *name)
+{
+    const bh__pg_params_t *pp = &c->pool->params;
+    return name != NULL ? name : pp->vals[pp->app_at];
+}
+
+bool bh_pg_app_name_differs(const bh_pg_conn_t *c, const char *name)
+{
+    const bh__pg_params_t *pp = &c->pool->params;
+    /* What the server reports now; RESET ALL in front brings back the startup one. */
+    const char *now = reset_queued(c) || c->needs_reset ? pp->vals[pp->app_at]
+                                                        : PQparameterStatus(c->pq, "application_name");
+    return now == NULL || strcmp(now, app_name_wanted(c, name)) != 0;
+}
+
+int bh_pg_push_app_name(bh_pg_conn_t *c, const char *name)
+{
+    assert(c->op == OP_NONE);
+    if (!bh_pg_app_name_differs(c, name))
+        return 0;
+    const char *want = app_name_wanted(c, name);
+    if (!pushable(c))
+        return push_failed(c, BH_EPG_CONN_LOST);
+    if (item_add(c, IT_SESSION, 0) == NULL)
+        return push_failed(c, BH_ENOMEM);
+    const char *values[1] = {want};
+    if (!PQsendQueryParams(c->pq, "SELECT pg_catalog.set_config('application_name', $1, false)", 1,
+                           NULL, values, NULL, NULL, 0))
+        return push_failed(c, BH_EPG_CONN_LOST);
+    return 1;
+}
+
 int bh_pg_push_reset(bh_pg_conn_t *c)
 {
     assert(c->op == OP_NONE);
@@ -847,6 +890,7 @@ static bool item_result(bh_pg_conn_t *c, struct pg_item *it, PGresult *res)
         c->rd_err |= failed; /* a DEALLOCATE has its own transaction */
     switch (it->kind) {
     case IT_RESET:
+    case IT_SESSION:
         c->rd_reset = true;
         c->rd_reset_err |= failed;
         break;

@@ -32,6 +32,7 @@ typedef struct bh__pg_params {
     char **kw, **vals;           /* NULL-terminated, same length */
     size_t password_at;          /* index of the password in vals (wiped when freed), or SIZE_MAX */
     size_t user_at, dbname_at;   /* indexes of the user and database name in vals */
+    size_t app_at;               /* ... and of the configured application_name */
     char *dns_name;              /* NULL: IP literal, socket path, list, or hostaddr given */
     size_t host_at, hostaddr_at; /* their slots in kw/vals, when dns_name is set */
 } bh__pg_params_t;

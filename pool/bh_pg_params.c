@@ -246,6 +246,7 @@ static void put_ours(builder_t *b, const bh_pg_server_t *srv, const char *option
     for (size_t i = 0; i < srv->n_session; i++)
         if (strcasecmp(srv->session[i].name, "application_name") == 0)
             app = srv->session[i].value;
+    b->pp->app_at = b->k;
     put(b, "application_name", app);
     put(b, "options", options);
 }

@@ -444,12 +444,15 @@ static void on_result(bh_pg_conn_t *conn, uint32_t tag, PGresult *res, void *dat
 static void on_done(bh_pg_conn_t *conn, int status, void *data);
 static const bh_pg_pipe_cbs_t pipe_cbs = {.result = on_result, .done = on_done};
 
-/* Queues the session reset when the connection needs one, and counts it. */
+/* Queues the session reset when the connection needs one, and counts it; then the client's
+ * application_name, when the session has another (the pools are not split by it). */
 static int push_reset(bh_sql_t *s)
 {
     int rc = bh_pg_push_reset(s->conn);
     if (rc > 0)
         bh_counter_add(&s->cells->sql_resets, 1);
+    if (rc >= 0)
+        rc = bh_pg_push_app_name(s->conn, s->cs.application_name);
     return rc < 0 ? rc : 0;
 }
 
@@ -479,10 +482,13 @@ static int push_query(bh_sql_t *s, uint32_t i, bool cacheable)
 
 /* A single statement: (reset +) statement + sync, one round trip. A statement that may change
  * the session might also be one that cannot run inside a transaction block (VACUUM, CREATE
- * DATABASE, ...): a reset it needs then goes first, in a round trip of its own. */
+ * DATABASE, ...): a reset or application_name it needs then goes first, in a round trip of its
+ * own. */
 static int push_single(bh_sql_t *s)
 {
-    if (!s->reset_alone && bh_pg_needs_reset(s->conn) && leaves_state(s->req->queries[0].text)) {
+    if (!s->reset_alone &&
+        (bh_pg_needs_reset(s->conn) || bh_pg_app_name_differs(s->conn, s->cs.application_name)) &&
+        leaves_state(s->req->queries[0].text)) {
         s->reset_alone = true;
         s->stage = SQL_ST_RESET;
         int rc = push_reset(s);

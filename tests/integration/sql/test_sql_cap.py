@@ -123,8 +123,9 @@ def test_cap_bounds_two_users_and_two_application_names(sql_bulkhead, pg, worker
 def test_application_name_does_not_split_the_pool(sql_bulkhead, pg, tmp_path):
     """Sequential requests of one user with two application names and none, on an entry of one
     connection: all on the same server connection (the name is not part of the pool key), whose
-    application_name stays the configured one (`bulkhead`); the client's value is on each request's
-    access-log line as `application_name` (null without one)."""
+    application_name is the current request's, seen from inside the request itself (set in front of
+    the statement when it differs; the configured `bulkhead` without one); the client's value is on
+    each request's access-log line as `application_name` (null without one)."""
     role, pw = pg.make_role("appn")
     path = tmp_path / "access.log"
     bh = sql_bulkhead(log={"level": "info", "access": str(path)}, db={"pool": {"max_connections": 1}})
@@ -132,12 +133,15 @@ def test_application_name_does_not_split_the_pool(sql_bulkhead, pg, tmp_path):
     names = [APPS[0], APPS[1], None] * 3
     pids = []
     for app in names:
-        pids.append(rows_of(c.query("SELECT pg_backend_pid() AS p", conn=conn_string(c, app)))[0][0])
+        row = rows_of(c.query("SELECT pg_backend_pid() AS p, current_setting('application_name') AS a",
+                              conn=conn_string(c, app)))[0]
+        pids.append(row[0])
+        assert row[1] == (app or "bulkhead"), "application_name seen by the query: %r for %r" % (row[1], app)
     assert len(set(pids)) == 1, "one user on one database used %d server connections for %d " \
                                 "application names: %r" % (len(set(pids)), len(set(names)), pids)
     apps = pg.sql("SELECT application_name FROM pg_stat_activity WHERE usename = %s"
                   " AND backend_type = 'client backend'", (role,))
-    assert apps == [("bulkhead",)], "server connections' application_name: %r" % apps
+    assert apps == [("bulkhead",)], "server connections' application_name after the last request: %r" % apps
 
     def lines():
         if not path.exists():

@@ -205,6 +205,32 @@ def test_vacuum_after_a_state_change(sql_bulkhead, pg):
     assert ok_json(c.query("VACUUM %s" % t))
 
 
+def test_application_names_cost_no_reset(sql_bulkhead, pg):
+    """Clients alternating application names on one server connection: each request sees its own
+    name, set in front of its statement, and no reset is ever needed for it (reset: auto)."""
+    c, role, pw = one_conn_client(sql_bulkhead, pg, "ra")
+    assert ok_json(c.query("SELECT 1 AS x"))
+    base = resets(c.bh)
+    before = sessions(pg, role)
+    for i in range(50):
+        app = "client-%d" % (i % 2)
+        r = c.query("SELECT current_setting('application_name') AS a",
+                    conn=c.url(query="application_name=" + app))
+        assert rows_of(r) == [[app]], r
+    assert resets(c.bh) == base
+    assert sessions(pg, role) == before
+
+
+def test_vacuum_with_a_new_application_name(sql_bulkhead, pg):
+    """The application_name a statement that cannot run in a transaction block needs goes first, in
+    a round trip of its own, as a reset would."""
+    c, role, pw = one_conn_client(sql_bulkhead, pg, "rva")
+    t = unique("trva")
+    pg.as_user("CREATE TABLE %s (id int)" % t, user=role, password=pw)
+    assert ok_json(c.query("VACUUM %s" % t, conn=c.url(query="application_name=vac")))
+    assert ok_json(c.query("VACUUM %s" % t))
+
+
 @pytest.mark.parametrize("opts", [dict(read_only=True), dict(isolation="Serializable", read_only=True,
                                                              deferrable=True)])
 def test_read_only_batch_after_a_temp_table(sql_bulkhead, pg, opts):
