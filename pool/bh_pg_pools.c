@@ -11,8 +11,9 @@
  * - pools->open counts the sweep timer and the pools not yet freed; the last one to go frees
  *   pools and runs the close callback.
  * - The process-wide bh_pg_shared_t holds one entry per database entry (its bh_sem_t) and one per
- *   key with a cap of its own, each counted by the pools (of every worker) attached to it. Its mutex is taken only when a pool is created or freed
- *   (and by bh_pg_shared_count), never on the request path. */
+ *   key with a cap of its own, each counted by the pools (of every worker) attached to it. Its
+ * mutex is taken only when a pool is created or freed (and by bh_pg_shared_count), never on the
+ * request path. */
 #include "bh_pg_int.h"
 
 #include <assert.h>
@@ -34,7 +35,7 @@ typedef struct bh__pg_sem_entry {
     bh_sem_t *sem;               /* a database's; NULL for a key's */
     bh_pool_cap_t cap;           /* a key's */
     unsigned refs;
-    char *database;              /* a key's: its entry's name, user and database name */
+    char *database; /* a key's: its entry's name, user and database name */
     char *user, *dbname;
 } sem_entry_t;
 
@@ -96,8 +97,7 @@ static bh_pg_pool_t *find_fast(bh_pg_pools_t *pools, uint64_t tag, uint64_t h, c
         if (p->fast_hash == h && p->tag == tag && !p->timer_closing && !p->retired &&
             strcmp(pp->vals[pp->dbname_at], dbname) == 0 &&
             strcmp(pp->vals[pp->user_at], user) == 0 &&
-            same_password(pp->password_at != SIZE_MAX ? pp->vals[pp->password_at] : NULL,
-                          password))
+            same_password(pp->password_at != SIZE_MAX ? pp->vals[pp->password_at] : NULL, password))
             return p;
     }
     return NULL;
@@ -197,8 +197,7 @@ void bh_pg_shared_free(bh_pg_shared_t *s)
     if (s == NULL)
         return;
     bh_list_t *n, *t;
-    bh_list_foreach_safe(n, t, &s->entries)
-    sem_entry_free(bh_container_of(n, sem_entry_t, link));
+    bh_list_foreach_safe(n, t, &s->entries) sem_entry_free(bh_container_of(n, sem_entry_t, link));
     pthread_mutex_destroy(&s->mu);
     bh_free(s);
 }

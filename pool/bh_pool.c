@@ -302,7 +302,8 @@ static bh_pool_t *lane_oldest(const bh_sem_lane_t *l, uint64_t *ticket)
     bh_pool_t *best = NULL;
     uint64_t bt = BH_SEM_NONE;
     const bh_list_t *it;
-    bh_list_foreach(it, &l->pools) {
+    bh_list_foreach(it, &l->pools)
+    {
         bh_pool_t *q = pool_of_lane_link((bh_list_t *)it);
         uint64_t t = needy_ticket(q);
         if (t < bt) {
@@ -323,7 +324,8 @@ static void lane_tickets(const bh_sem_lane_t *l, uint32_t skip, uint64_t *out, u
     uint64_t buf[MERGE_MAX];
     uint32_t want = skip + k < MERGE_MAX ? skip + k : MERGE_MAX, have = 0;
     const bh_list_t *it;
-    bh_list_foreach(it, &l->pools) {
+    bh_list_foreach(it, &l->pools)
+    {
         const bh_pool_t *q = pool_of_lane_link((bh_list_t *)it);
         if (needy(q) == 0)
             continue;
@@ -411,7 +413,8 @@ static uint64_t oldest_elsewhere(const bh_pool_t *p)
     uint64_t best = BH_SEM_NONE;
     if (l->n_pools > 1) {
         const bh_list_t *it;
-        bh_list_foreach(it, &l->pools) {
+        bh_list_foreach(it, &l->pools)
+        {
             bh_pool_t *q = pool_of_lane_link((bh_list_t *)it);
             uint64_t t = q != p ? needy_ticket(q) : BH_SEM_NONE;
             best = t < best ? t : best;
@@ -552,8 +555,8 @@ static bh_pool_conn_t *take_idle(bh_pool_t *p, uint64_t now_ms)
 /* Pre-warming never keeps more than max_idle, or connected() would close what it just opened. */
 static bool wants_conn(const bh_pool_t *p)
 {
-    uint32_t keep = p->limits.min_idle < p->limits.max_idle ? p->limits.min_idle
-                                                            : p->limits.max_idle;
+    uint32_t keep =
+        p->limits.min_idle < p->limits.max_idle ? p->limits.min_idle : p->limits.max_idle;
     return !p->shut && (p->n_waiters > p->n_connecting || p->n_idle + p->n_connecting < keep);
 }
 
@@ -647,8 +650,12 @@ void bh_pool_init(bh_pool_t *p, const bh_pool_ops_t *ops, bh_sem_t *sem, bh_sem_
                   const bh_pool_limits_t *limits, void *data)
 {
     assert(ops->open && ops->alive && ops->close && ops->arm);
-    *p = (bh_pool_t){.ops = ops, .sem = bh_sem_ref(sem), .lane = bh_sem_lane(sem, inbox->lane),
-                     .limits = *limits, .data = data, .armed_ms = BH_TIME_NEVER};
+    *p = (bh_pool_t){.ops = ops,
+                     .sem = bh_sem_ref(sem),
+                     .lane = bh_sem_lane(sem, inbox->lane),
+                     .limits = *limits,
+                     .data = data,
+                     .armed_ms = BH_TIME_NEVER};
     bh_list_init(&p->connecting);
     bh_list_init(&p->idle);
     bh_list_init(&p->busy);
@@ -687,7 +694,9 @@ void bh_pool_detach(bh_pool_t *p)
 void bh_pool_conn_init(bh_pool_conn_t *c, bh_pool_t *p, uint64_t now_ms)
 {
     uint64_t lifetime = p->limits.max_lifetime_ms;
-    *c = (bh_pool_conn_t){.pool = p, .state = BH_PCONN_NONE, .created_ms = now_ms,
+    *c = (bh_pool_conn_t){.pool = p,
+                          .state = BH_PCONN_NONE,
+                          .created_ms = now_ms,
                           .idle_since_ms = now_ms,
                           .expires_ms = lifetime ? add_ms(now_ms, lifetime) : BH_TIME_NEVER};
     bh_list_init(&c->link);
@@ -835,7 +844,8 @@ void bh_pool_expire(bh_pool_t *p, uint64_t now_ms)
         p->timeouts++;
         notify(p, p->heap[0], NULL, BH_EPOOL_TIMEOUT);
     }
-    bh_list_foreach_safe(n, tmp, &p->idle) {
+    bh_list_foreach_safe(n, tmp, &p->idle)
+    {
         bh_pool_conn_t *c = bh_container_of(n, bh_pool_conn_t, link);
         if (idle_deadline(p, c) <= now_ms)
             close_conn(c);
@@ -900,7 +910,8 @@ static bh_pool_conn_t *lane_coldest_idle(bh_sem_lane_t *l)
 {
     bh_pool_conn_t *best = NULL;
     bh_list_t *it, *n;
-    bh_list_foreach(it, &l->pools) {
+    bh_list_foreach(it, &l->pools)
+    {
         bh_pool_t *q = pool_of_lane_link(it);
         if ((n = bh_list_last(&q->idle)) == NULL)
             continue;
@@ -940,7 +951,8 @@ static void lane_run(bh_sem_lane_t *l, uint64_t now_ms)
     }
     bh_list_t *it, *tmp;
     /* A key at its own cap: idle connections here for its waiters on other threads. */
-    bh_list_foreach_safe(it, tmp, &l->pools) {
+    bh_list_foreach_safe(it, tmp, &l->pools)
+    {
         bh_pool_t *q = pool_of_lane_link(it);
         for (uint32_t n = cap_waiting_elsewhere(q); n > 0 && q->n_idle > 0; n--)
             close_conn(bh_container_of(bh_list_last(&q->idle), bh_pool_conn_t, link));

@@ -46,8 +46,7 @@ void bh_call_end(const bh_guard_t *g, bh_call_t *c, const bh_attempt_t *a, uint6
         bh_breaker_cancel(g->breaker, &c->ticket);
         return;
     }
-    bh_breaker_record(g->breaker, &c->ticket, bh_retry_counts_as_failure(g->count, a), now_ms,
-                      rng);
+    bh_breaker_record(g->breaker, &c->ticket, bh_retry_counts_as_failure(g->count, a), now_ms, rng);
 }
 
 void bh_call_abandon(const bh_guard_t *g, bh_call_t *c)

@@ -40,7 +40,7 @@ BH_MUST_CHECK int bh_call_begin(const bh_guard_t *g, bh_call_t *c, uint64_t now_
 /* Why a retry was not scheduled (BH_CALL_RETRY: it was, after *delay_ms). */
 typedef enum bh_call_verdict {
     BH_CALL_RETRY,
-    BH_CALL_NO,             /* the policy, an open breaker, or no time left */
+    BH_CALL_NO, /* the policy, an open breaker, or no time left */
     BH_CALL_BUDGET_EXHAUSTED,
 } bh_call_verdict_t;
 

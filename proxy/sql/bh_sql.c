@@ -21,11 +21,11 @@
 #include "bh_sql_scan.h"
 
 enum sql_phase {
-    SQL_BODY,       /* reading the request body */
-    SQL_WAITING,    /* for a pooled connection */
-    SQL_RUNNING,    /* statements in flight */
-    SQL_BACKOFF,    /* before retrying a connect that never reached Postgres */
-    SQL_DONE,       /* the reply is queued */
+    SQL_BODY,    /* reading the request body */
+    SQL_WAITING, /* for a pooled connection */
+    SQL_RUNNING, /* statements in flight */
+    SQL_BACKOFF, /* before retrying a connect that never reached Postgres */
+    SQL_DONE,    /* the reply is queued */
 };
 
 enum sql_stage {
@@ -38,10 +38,10 @@ enum sql_stage {
 struct bh_sql {
     bh_exchange_t *ex;
     const bh_conf_database_t *db;
-    bh_sql_db_t *shared;            /* the database's process-wide state (breaker, server) */
-    bh_backend_cells_t *cells;      /* this worker's metrics of the database */
+    bh_sql_db_t *shared;       /* the database's process-wide state (breaker, server) */
+    bh_backend_cells_t *cells; /* this worker's metrics of the database */
     uint64_t wait_start_ms;
-    char *head;                     /* a copy of the request head: the header spans point here */
+    char *head; /* a copy of the request head: the header spans point here */
     bh_sql_headers_t h;
     char *body;
     size_t body_len, body_cap, body_alloc;
@@ -54,16 +54,16 @@ struct bh_sql {
     bh_pg_waiter_t waiter;
     bool waiting;
     bh_pg_conn_t *conn;
-    bh_call_t call;                 /* the request's passage through breaker and budget */
-    bh_attempt_t last;              /* how the last attempt ended */
+    bh_call_t call;    /* the request's passage through breaker and budget */
+    bh_attempt_t last; /* how the last attempt ended */
     enum sql_phase phase;
     uint64_t deadline_ms, retry_at_ms;
-    uint64_t client_timeout_ms;     /* Bulkhead-Timeout, 0 when none */
+    uint64_t client_timeout_ms; /* Bulkhead-Timeout, 0 when none */
     unsigned attempts;
-    enum sql_stage stage;           /* which pipeline of the request is in flight */
-    bool reset_alone;               /* the reset ran in a round trip of its own */
-    bool in_tx;                     /* START TRANSACTION succeeded, COMMIT not yet */
-    PGresult *error;                /* the statement error that ends the request */
+    enum sql_stage stage; /* which pipeline of the request is in flight */
+    bool reset_alone;     /* the reset ran in a round trip of its own */
+    bool in_tx;           /* START TRANSACTION succeeded, COMMIT not yet */
+    PGresult *error;      /* the statement error that ends the request */
     bool conn_lost;
     bool rows_begun;
     char request_id[BH_SQL_REQUEST_ID_LEN + 1];
@@ -614,9 +614,9 @@ static void connect_failed(bh_sql_t *s, int status, const bh_pg_error_t *err)
         reply_conn_error(s, err);
         return;
     }
-    attempt_ended(s, status == BH_ECONNECT_TIMEOUT ? BH_OUTCOME_CONNECT_TIMEOUT
-                                                   : BH_OUTCOME_CONNECT_FAILED,
-                  BH_SAFETY_NOT_SENT);
+    attempt_ended(
+        s, status == BH_ECONNECT_TIMEOUT ? BH_OUTCOME_CONNECT_TIMEOUT : BH_OUTCOME_CONNECT_FAILED,
+        BH_SAFETY_NOT_SENT);
     if (bh_pg_error_retriable(status) && schedule_retry(s, &s->last))
         return;
     end_call(s, &s->last);
