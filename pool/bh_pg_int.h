@@ -3,10 +3,8 @@
  *
  * The files:
  *   bh_pg_conn.c    the connection state machine on the loop: connect (DNS, PQconnectPoll),
- *                   idle watch, I/O, cancel on the thread pool, release, close; the bh_pool ops
- *                   behind it; acquire
- *   bh_pg_pipe.c    a BUSY connection's pipelines: statements, the session reset, the statement
- *                   cache's Parse/DEALLOCATE and syncs queued, their results routed back
+ *                   idle watch, statements and results, cancel on the thread pool, reset before
+ *                   reuse, close; the bh_pool ops behind it; acquire
  *   bh_pg_pools.c   the registry: a worker's pools by key (hash buckets, and a fast index by
  *                   credentials), the process-wide permits per database entry and caps per key,
  *                   the pool timer, retire, sweep, close
@@ -151,108 +149,5 @@ int bh__pg_params_set_addresses(bh__pg_params_t *pp, const struct addrinfo *res)
 
 /* Frees what bh__pg_params_build allocated, wiping the password. */
 void bh__pg_params_free(bh__pg_params_t *pp);
-
-/* ---- bh_pg_conn.c / bh_pg_pipe.c: one connection --------------------------------------- */
-
-struct pg_poll {
-    uv_poll_t h;
-    bh_pg_conn_t *c;
-    int fd;
-};
-
-enum pg_op { OP_NONE, OP_PIPE };
-
-/* What a queued item is, as libpq's command queue has it. */
-enum item_kind {
-    IT_STMT,    /* an owner's statement (Bind + Execute of a cached one, or Parse + Bind + ...) */
-    IT_SYNC,    /* a sync: results PGRES_PIPELINE_SYNC, no NULL after it */
-    IT_RESET,   /* one statement of the session reset */
-    IT_PREPARE, /* the Parse of a cached statement, in front of its IT_STMT */
-    IT_DEALLOC, /* DEALLOCATE of an evicted or stale statement, in its own transaction */
-    IT_SESSION, /* a setting of bh_pg's own (the client's application_name), after the reset:
-                   its failure counts as the reset's */
-};
-
-struct pg_item {
-    uint8_t kind;
-    bool internal;     /* a sync of bh_pg's own: not stepped */
-    bool aborted;      /* PGRES_PIPELINE_ABORTED: the server skipped it */
-    bool errored;      /* an error result of it went to the owner (its Parse's counts) */
-    bool delivered;    /* some result of it went to the owner */
-    bool stale;        /* cached plan stale: runs again unprepared */
-    bool stale_exists; /* ... and the server still holds the prepared statement */
-    unsigned flags;
-    uint32_t tag;
-    uint32_t ps_id;  /* IT_PREPARE, or a cached IT_STMT: bh_ps_<ps_id>; else 0 */
-    const char *sql; /* IT_STMT: the owner's, for a stale rerun */
-    int nparams;
-    const char *const *values;
-};
-
-#define NO_RERUN SIZE_MAX
-#define MAX_KEPT_ITEMS 64 /* queue entries a connection keeps between pipelines */
-
-struct bh_pg_conn {
-    bh_pool_conn_t pc;
-    bh_pg_pool_t *pool;
-    PGconn *pq; /* NULL once closing */
-    struct pg_poll *poll;
-    int events;       /* what poll watches; 0 = stopped */
-    uv_timer_t timer; /* connect timeout, then the reset timeout */
-    unsigned refs;
-    enum pg_op op;
-    uv_getaddrinfo_t gai;
-    bool resolving;
-    bool start_failed; /* PQconnectStartParams failed: reported from the timer */
-    bool broken;       /* connection lost or unusable */
-    bool cancelled;    /* a cancel was sent: never reused */
-    bool dirty;        /* state the reset cannot vouch for (COPY) */
-    bool needs_reset;  /* reset before the next owner's statements */
-    bool reset_open;   /* a reset ran inside a transaction not yet committed */
-    bool touched;      /* this owner queued a BH_PG_LEAVES_STATE statement */
-    bool reset_now;    /* ... a BH_PG_RESET_NOW one: reset at release, before going idle */
-    bool resetting;    /* that reset is in flight (c->timer is its timeout) */
-    bool reset_failed; /* the last pipeline failed in the reset in front of it */
-    uint64_t params0;  /* params_hash of the freshly reset session */
-    /* the pipeline */
-    bh_pg_pipe_cbs_t cbs;
-    void *data;
-    struct pg_item *items;
-    size_t n_items, cap_items, head, rerun;
-    bool head_started;           /* single-row mode was set for items[head] */
-    uint32_t group_items;        /* items queued since the last sync */
-    uint32_t group_user;         /* ... of them statements of the owner's */
-    bool rd_reset, rd_reset_err; /* reading: the current transaction has reset items; one failed */
-    bool rd_err, rd_commit;      /* ... an error / a COMMIT of the owner's */
-    bh__pg_cache_t cache;
-    char err[64]; /* bh_pg's own error text, when not libpq's */
-    /* cancel, on the thread pool */
-    uv_work_t work;
-    PGcancel *cancel;
-    bool cancel_busy;
-    int cancel_rc;
-    bh_pg_cancel_cb cancel_cb;
-    void *cancel_data;
-    char cancel_err[256];
-};
-
-/* bh_pg_conn.c */
-int bh__pg_poll_watch(bh_pg_conn_t *c, int events);
-void bh__pg_poll_stop(bh_pg_conn_t *c);
-/* The connection broke: never reused; a pipeline in flight ends with BH_EPG_CONN_LOST. */
-void bh__pg_conn_lost(bh_pg_conn_t *c);
-
-/* bh_pg_pipe.c */
-/* A hash of the reported settings a request could change (a different one: reset needed). */
-uint64_t bh__pg_params_hash(const PGconn *pq);
-/* The pipeline is over (status 0 or BH_EPG_CONN_LOST): its done callback runs. */
-void bh__pg_pipe_finish(bh_pg_conn_t *c, int status);
-/* Flushes libpq's output. 0: all sent; 1: more to send (watching writability); < 0: lost. */
-int bh__pg_flush_out(bh_pg_conn_t *c);
-/* Routes what libpq has parsed to the items at the head, while results are complete. */
-void bh__pg_pipe_deliver(bh_pg_conn_t *c);
-int bh__pg_push_sync(bh_pg_conn_t *c, uint32_t tag, bool internal);
-/* The reset's statements, queued; the statement cache is emptied (DEALLOCATE ALL). */
-int bh__pg_push_reset_items(bh_pg_conn_t *c);
 
 #endif
