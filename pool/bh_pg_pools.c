@@ -251,12 +251,17 @@ static sem_entry_t *sem_entry_get_locked(bh_pg_shared_t *s, const uint8_t key[BH
     return e;
 }
 
+static void sem_entry_unlink_locked(bh_pg_shared_t *s, sem_entry_t *e)
+{
+    bh_list_remove(&e->link);
+    s->n--;
+}
+
 static void sem_entry_put_locked(bh_pg_shared_t *s, sem_entry_t *e, sem_entry_t **gone)
 {
     if (e == NULL || --e->refs > 0)
         return;
-    bh_list_remove(&e->link);
-    s->n--;
+    sem_entry_unlink_locked(s, e);
     *gone = e;
 }
 
@@ -272,8 +277,7 @@ static sem_entry_t *key_entry_get_locked(bh_pg_shared_t *s, const bh_pg_pool_t *
     k->user = bh_strdup(pp->vals[pp->user_at]);
     k->dbname = bh_strdup(pp->vals[pp->dbname_at]);
     if (k->database == NULL || k->user == NULL || k->dbname == NULL) {
-        bh_list_remove(&k->link);
-        s->n--;
+        sem_entry_unlink_locked(s, k);
         sem_entry_free(k);
         return NULL;
     }
@@ -313,8 +317,8 @@ static int attach_permits(bh_pg_pool_t *p, const bh_pg_server_t *srv)
     }
     sem_entry_t *gone = NULL;
     if (!ok && e != NULL && e->refs == 0) { /* created just now for nothing */
-        e->refs = 1;
-        sem_entry_put_locked(s, e, &gone);
+        sem_entry_unlink_locked(s, e);
+        gone = e;
     }
     pthread_mutex_unlock(&s->mu);
     sem_entry_free(gone);

@@ -199,10 +199,15 @@ static bh_pool_t *pool_of_lane_link(bh_list_t *n)
 
 /* ---- the pool's own cap (bh_pool_cap_t) ---------------------------------------------------- */
 
+/* The key's cap binds only below the semaphore's (else the semaphore caps first). */
+static bool cap_binds(const bh_pool_t *p)
+{
+    return p->cap != NULL && p->cap->max < p->sem->max;
+}
+
 static bool capped(const bh_pool_t *p)
 {
-    return p->cap != NULL && p->cap->max < p->sem->max &&
-           atomic_load_explicit(&p->cap->used, memory_order_relaxed) >= p->cap->max;
+    return cap_binds(p) && atomic_load_explicit(&p->cap->used, memory_order_relaxed) >= p->cap->max;
 }
 
 /* Tells the other threads to settle their pools again (their view of the cap changed). */
@@ -248,7 +253,7 @@ static void cap_put(bh_pool_t *p)
         return;
     int64_t prev = atomic_fetch_sub_explicit(&p->cap->used, 1, memory_order_acq_rel);
     assert(prev > 0);
-    if (prev >= p->cap->max && p->cap->max < p->sem->max && p->sem->n_lanes > 1 &&
+    if (prev >= p->cap->max && cap_binds(p) && p->sem->n_lanes > 1 &&
         atomic_load_explicit(&p->cap->waiting, memory_order_relaxed) > p->n_waiters)
         cap_wake_others(p);
 }

@@ -458,11 +458,11 @@ static int push_reset(bh_sql_t *s)
 
 /* Queues one user statement: rows one by one; the cache for plain data statements outside a
  * batch (inside one, a stale plan would abort the whole transaction). */
-static int push_query(bh_sql_t *s, uint32_t i, bool cacheable)
+static int push_query(bh_sql_t *s, uint32_t i, bool cacheable, bool leaves)
 {
     const bh_sql_query_t *q = &s->req->queries[i];
     unsigned flags = BH_PG_SINGLE_ROW;
-    if (leaves_state(q->text))
+    if (leaves)
         flags |= BH_PG_LEAVES_STATE;
     /* A session advisory lock must not stay held by an idle pooled session while other clients
      * wait for it, and a listening one would take notifications while idle; UNLISTEN also takes
@@ -486,9 +486,9 @@ static int push_query(bh_sql_t *s, uint32_t i, bool cacheable)
  * own. */
 static int push_single(bh_sql_t *s)
 {
-    if (!s->reset_alone &&
-        (bh_pg_needs_reset(s->conn) || bh_pg_app_name_differs(s->conn, s->cs.application_name)) &&
-        leaves_state(s->req->queries[0].text)) {
+    bool leaves = leaves_state(s->req->queries[0].text); /* scanned once per statement */
+    if (!s->reset_alone && leaves &&
+        (bh_pg_needs_reset(s->conn) || bh_pg_app_name_differs(s->conn, s->cs.application_name))) {
         s->reset_alone = true;
         s->stage = SQL_ST_RESET;
         int rc = push_reset(s);
@@ -497,7 +497,7 @@ static int push_single(bh_sql_t *s)
     s->stage = SQL_ST_MAIN;
     int rc = push_reset(s);
     if (rc == 0)
-        rc = push_query(s, 0, true);
+        rc = push_query(s, 0, true, leaves);
     return rc < 0 ? rc : bh_pg_push_sync(s->conn, TAG_SYNC);
 }
 
@@ -513,7 +513,7 @@ static int push_batch(bh_sql_t *s)
     if (rc == 0)
         rc = push_reset(s);
     for (uint32_t i = 0; rc == 0 && i < s->req->nqueries; i++)
-        rc = push_query(s, i, false);
+        rc = push_query(s, i, false, leaves_state(s->req->queries[i].text));
     return rc < 0 ? rc : bh_pg_push_sync(s->conn, TAG_SYNC);
 }
 
