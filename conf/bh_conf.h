@@ -22,9 +22,45 @@ typedef struct bh_conf_addr {
     socklen_t salen;                  /* 0 when host is a name (endpoints: resolved later) */
 } bh_conf_addr_t;
 
+/* One certificate with its private key, loaded and checked at load time (a reload reads the
+ * files again). The OpenSSL objects are owned by the snapshot and freed by bh_conf_free; the
+ * runtime only takes references (X509_up_ref / EVP_PKEY_up_ref) when it builds an SSL_CTX. */
+typedef struct bh_conf_tls_cert {
+    char *cert, *key;                 /* the file paths as written (NULL: none) */
+    struct x509_st *x509;             /* the leaf: the first certificate of the cert file */
+    struct stack_st_X509 *chain;      /* the file's further certificates (may be empty/NULL) */
+    struct evp_pkey_st *pkey;         /* matches x509 (checked at load) */
+    int64_t not_after;                /* the leaf's expiry, Unix seconds */
+    char **names;                     /* DNS names for SNI: the SAN dNSNames, else the CN; lower
+                                         case, "*.example.com" kept as written */
+    size_t n_names;
+} bh_conf_tls_cert_t;
+
+enum bh_tls_verify_client {
+    BH_VERIFY_CLIENT_OFF,             /* default */
+    BH_VERIFY_CLIENT_OPTIONAL,        /* ask; a certificate given must verify against client_ca */
+    BH_VERIFY_CLIENT_REQUIRE,         /* no verified certificate, no connection */
+};
+
+/* listeners[].tls: HTTPS on this listener. */
+typedef struct bh_conf_listener_tls {
+    bool enabled;                     /* the tls section is present */
+    bh_conf_tls_cert_t *certs;        /* certificates: at least one; certs[0] is the default */
+    size_t n_certs;
+    int min_version;                  /* TLS1_2_VERSION (default, "1.2") or TLS1_3_VERSION */
+    char *ciphers;                    /* OpenSSL cipher list for TLS 1.2 (checked at load);
+                                         NULL: the built-in AEAD-only list */
+    char *client_ca;                  /* PEM file of CAs for client certificates; NULL: none */
+    struct x509_store_st *client_store;   /* client_ca loaded (NULL when none) */
+    struct stack_st_X509_NAME *client_names; /* its subjects, for CertificateRequest */
+    enum bh_tls_verify_client verify_client; /* off; optional/require need client_ca */
+    uint64_t handshake_timeout_ms;    /* 10s */
+} bh_conf_listener_tls_t;
+
 typedef struct bh_conf_listener {
     char *name;                       /* default "listener<N>" */
     bh_conf_addr_t addr;
+    bh_conf_listener_tls_t tls;
 } bh_conf_listener_t;
 
 typedef struct bh_conf_limits {
@@ -144,10 +180,26 @@ typedef struct bh_conf_health {
     uint32_t unhealthy;               /* 3 failures in a row mark it unhealthy */
 } bh_conf_health_t;
 
+/* upstreams.<name>.tls: HTTPS to the endpoints. */
+typedef struct bh_conf_upstream_tls {
+    bool enabled;                     /* tls.enabled: true, or every endpoint written as
+                                         "https://host[:port]" (port 443 by default); mixing
+                                         https:// and plain endpoints is an error */
+    char *ca;                         /* PEM file; NULL: "system" (the OS trust store) */
+    struct x509_store_st *ca_store;   /* ca loaded; NULL for system */
+    bool verify;                      /* true; false must be written out (a warning) */
+    char *server_name;                /* SNI and the verified name; NULL: each endpoint's host
+                                         (no SNI for a numeric address, whose IP is verified) */
+    bh_conf_tls_cert_t client;        /* cert/key: the client certificate (both or neither);
+                                         client.cert == NULL: none */
+    int min_version;                  /* TLS1_2_VERSION (default) or TLS1_3_VERSION */
+} bh_conf_upstream_tls_t;
+
 typedef struct bh_conf_upstream {
     char *name;
-    bh_conf_addr_t *endpoints;        /* at least one */
+    bh_conf_addr_t *endpoints;        /* at least one (an "https://" prefix is removed) */
     size_t n_endpoints;
+    bh_conf_upstream_tls_t tls;
     bh_conf_pool_t pool;
     bh_conf_timeouts_t timeouts;
     uint64_t dns_refresh_ms;          /* 30s; 0 = resolve once */
@@ -277,6 +329,10 @@ typedef struct bh_conf {
     bh_conf_route_t *routes;
     size_t n_routes;
     bh_conf_shutdown_t shutdown;
+    char **warnings;                  /* "FILE:LINE:COL: what": valid but worth a look (verify:
+                                         false, a certificate expiring within 14 days); --check
+                                         prints them, a start or reload logs them */
+    size_t n_warnings;
 } bh_conf_t;
 
 /* Why a load failed: "FILE:LINE:COL: what is wrong, what was expected". */
