@@ -32,6 +32,10 @@
     X(UPSTREAM_HEAD_SIZE, -1028, 502, "http_response_header_section_size", "",                     \
       "upstream response head too large")                                                          \
     X(UPSTREAM_WRITE, -1029, 502, "connection_terminated", "", "error writing to the upstream")   \
+    X(TLS_CERTIFICATE, -1030, 502, "tls_certificate_error", "",                                    \
+      "the upstream's TLS certificate did not verify")                                             \
+    X(TLS_ALERT, -1031, 502, "tls_alert_received", "", "the upstream sent a TLS alert")           \
+    X(TLS_PROTOCOL, -1032, 502, "tls_protocol_error", "", "TLS handshake with the upstream failed") \
     X(NO_ROUTE, -1040, 404, "destination_not_found", "", "no route matches the request")          \
     X(BAD_REQUEST, -1041, 400, "http_request_error", "", "malformed request")                     \
     X(HEAD_TOO_LARGE, -1042, 431, "http_request_error", "", "request header section too large")   \

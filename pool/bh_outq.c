@@ -199,17 +199,9 @@ static void skip_written(bh_wreq_t *w, size_t n)
     w->nbufs -= i;
 }
 
-int bh_outq_flush(bh_outq_t *q)
+/* Writes w (taking it over): at once when libuv has nothing queued, the rest by uv_write. */
+static int submit(bh_outq_t *q, bh_wreq_t *w)
 {
-    bh_wreq_t *w = q->cur;
-    if (w == NULL)
-        return q->error;
-    q->cur = NULL;
-    if (q->error < 0) {
-        wreq_put(q->cache, w);
-        return q->error;
-    }
-    q->total += w->bytes;
     if (q->inflight == 0) {
         /* Nothing queued in libuv: write now, with writev(2) on the socket itself. A write
          * completed here needs no callback; and libuv 1.44 re-registers the socket with epoll
@@ -239,10 +231,96 @@ int bh_outq_flush(bh_outq_t *q)
     return 0;
 }
 
+static int flush_raw(bh_outq_t *q)
+{
+    bh_wreq_t *w = q->raw;
+    if (w == NULL)
+        return q->error;
+    q->raw = NULL;
+    if (q->error < 0) {
+        wreq_put(q->cache, w);
+        return q->error;
+    }
+    return submit(q, w);
+}
+
+int bh_outq_flush(bh_outq_t *q)
+{
+    bh_wreq_t *w = q->cur;
+    if (w != NULL && q->error < 0) {
+        q->cur = NULL;
+        wreq_put(q->cache, w);
+        return q->error;
+    }
+    if (q->seal != NULL) {
+        if (w != NULL) {
+            q->cur = NULL;
+            q->total += w->bytes;
+            int err = q->seal(q, w); /* gives w back */
+            if (err < 0 && q->error == 0)
+                q->error = err;
+        }
+        return flush_raw(q);
+    }
+    if (w == NULL)
+        return q->error;
+    q->cur = NULL;
+    q->total += w->bytes;
+    return submit(q, w);
+}
+
+int bh_outq_raw(bh_outq_t *q, const char *p, size_t n)
+{
+    if (q->error < 0)
+        return q->error;
+    while (n > 0) {
+        bh_wreq_t *w = q->raw;
+        if (w == NULL && (w = q->raw = wreq_get(q)) == NULL)
+            return BH_ENOMEM;
+        /* Fill the last buffer's room first: it is this request's alone. */
+        size_t room = 0;
+        if (w->nbufs > 0) {
+            bh_buf_t *b = w->refs[w->nbufs - 1];
+            room = (size_t)(b->data + b->cap - (w->bufs[w->nbufs - 1].base + w->bufs[w->nbufs - 1].len));
+        }
+        if (room == 0 && w->nbufs == BH_WREQ_BUFS) {
+            int err = flush_raw(q);
+            if (err < 0)
+                return err;
+            continue;
+        }
+        if (room == 0) {
+            bh_buf_t *b = bh_buf_get(q->bufs);
+            if (b == NULL)
+                return BH_ENOMEM;
+            w->bufs[w->nbufs] = uv_buf_init(b->data, 0);
+            w->refs[w->nbufs++] = b;
+            room = b->cap;
+        }
+        size_t k = n < room ? n : room;
+        uv_buf_t *last = &w->bufs[w->nbufs - 1];
+        memcpy(last->base + last->len, p, k);
+        last->len += (unsigned)k;
+        w->bytes += k;
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+void bh_outq_put(bh_outq_t *q, bh_wreq_t *w)
+{
+    wreq_put(q->cache, w);
+}
+
 void bh_outq_discard(bh_outq_t *q)
 {
     if (q->cur != NULL) {
         wreq_put(q->cache, q->cur);
         q->cur = NULL;
+    }
+    if (q->raw != NULL) {
+        wreq_put(q->cache, q->raw);
+        q->raw = NULL;
     }
 }

@@ -43,6 +43,11 @@ void bh_wreq_cache_destroy(bh_wreq_cache_t *c);
  * status == 0: every queued byte has been written (the queue drained). */
 typedef void (*bh_outq_cb)(bh_outq_t *q, int status);
 
+/* A transform between the queued bytes and the socket (TLS): at a flush it consumes the
+ * plaintext request `plain` (and gives it back with bh_outq_put) and appends what goes on the
+ * wire with bh_outq_raw. Returns 0 or an error (the queue then fails with it). */
+typedef int (*bh_outq_seal_cb)(bh_outq_t *q, bh_wreq_t *plain);
+
 struct bh_outq {
     uv_stream_t *stream;
     bh_wreq_cache_t *cache;
@@ -53,6 +58,9 @@ struct bh_outq {
     uint32_t inflight;               /* uv_write requests not yet completed */
     int error;                       /* first write error; sticky */
     bh_outq_cb cb;
+    bh_outq_seal_cb seal;            /* NULL: the bytes go out as queued */
+    void *seal_arg;
+    bh_wreq_t *raw;                  /* with seal: wire bytes being filled, not yet submitted */
 };
 
 void bh_outq_init(bh_outq_t *q, uv_stream_t *stream, bh_wreq_cache_t *cache, bh_bufpool_t *bufs,
@@ -68,9 +76,14 @@ BH_MUST_CHECK int bh_outq_flush(bh_outq_t *q);
 /* Drops anything queued but not submitted (the stream is being closed). */
 void bh_outq_discard(bh_outq_t *q);
 
+/* For a seal transform: appends a copy of wire bytes (they go out at the next flush, or at once
+ * when a request fills up), and gives a plaintext request back. */
+BH_MUST_CHECK int bh_outq_raw(bh_outq_t *q, const char *p, size_t n);
+void bh_outq_put(bh_outq_t *q, bh_wreq_t *w);
+
 static inline size_t bh_outq_pending(const bh_outq_t *q)
 {
-    return q->queued + (q->cur != NULL ? q->cur->bytes : 0);
+    return q->queued + (q->cur != NULL ? q->cur->bytes : 0) + (q->raw != NULL ? q->raw->bytes : 0);
 }
 
 #endif
