@@ -20,11 +20,19 @@
 
 /* ---- files and OpenSSL errors ---------------------------------------------------------- */
 
-/* The reason of the last OpenSSL error (or dflt); empties the queue. */
+/* Why the last OpenSSL call failed, in words for a message (dflt when it did not say);
+ * empties the queue. Reasons that only mean "nothing of that kind in the file" read so. */
 static const char *ssl_reason(const char *dflt)
 {
-    const char *r =
-        ERR_peek_last_error() != 0 ? ERR_reason_error_string(ERR_peek_last_error()) : NULL;
+    unsigned long e = ERR_peek_last_error();
+    const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
+
+    if (e != 0 && ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_BAD_PASSWORD_READ)
+        r = "it is encrypted, and no passphrase is asked for";
+    else if (e != 0 &&
+             ((ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) ||
+              ERR_GET_REASON(e) == ERR_R_UNSUPPORTED))
+        r = "none found";
     ERR_clear_error();
     return r != NULL ? r : dflt;
 }
