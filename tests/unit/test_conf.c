@@ -1701,7 +1701,9 @@ static void test_examples(void **state)
         bh_conf_t *c;
         bh_conf_error_t err;
 
-        if (len < 6 || strcmp(de->d_name + len - 5, ".yaml") != 0)
+        /* tls.yaml names files under /etc/bulkhead/: test_check_tls.py checks it with files */
+        if (len < 6 || strcmp(de->d_name + len - 5, ".yaml") != 0 ||
+            strcmp(de->d_name, "tls.yaml") == 0)
             continue;
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
         for (int env = 0; env < 2; env++) {
