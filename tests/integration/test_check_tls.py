@@ -2,11 +2,12 @@
 loaded; an error names FILE:LINE:COL and exits 2, a warning (a certificate expiring within 14 days,
 verify: false) is printed as FILE:LINE:COL: warning: ... and the check still passes."""
 import datetime
+import json
 import os
 import re
 import shutil
 
-from conftest import REPO, run_bulkhead
+from conftest import REPO, run_bulkhead, sighup_reload, to_yaml, upstream_entry, wait_until
 
 import certs
 
@@ -261,6 +262,38 @@ def test_verify_false_warns(tmp_path):
     assert r.returncode == 0, r.stderr
     assert warnings(r, path) == [(12, 15, "TLS verification of upstream a is off (tls.verify: false): "
                                           "its certificate and host name are not checked")], r.stderr
+
+
+def log_lines(bh, level, words):
+    """bulkhead's JSON log lines of that level whose message holds words."""
+    lines = [json.loads(ln) for ln in bh.stderr_text().splitlines() if ln.startswith("{")]
+    return [ln for ln in lines if ln.get("level") == level and words in ln.get("msg", "")]
+
+
+def test_start_and_reload_log_warnings(tmp_path, bulkhead, upstream):
+    """The warnings --check prints are logged at start and on a reload, with their position."""
+    secure = {"endpoints": ["https://127.0.0.1:9"], "tls": {"verify": False}}
+    bh = bulkhead(upstream, upstreams={"u": upstream_entry(upstream), "secure": secure})
+    (line,) = log_lines(bh, "warn", "TLS verification of upstream secure is off")
+    assert re.match(r"^%s:\d+:\d+: " % re.escape(str(bh.config_path)), line["msg"]), line
+
+    conf = dict(bh.conf)
+    conf["upstreams"] = {"u": upstream_entry(upstream), "other": secure}
+    sighup_reload(bh, conf)
+    wait_until(lambda: log_lines(bh, "warn", "TLS verification of upstream other is off"),
+               what="the reload's warning to be logged")
+
+
+def test_reload_with_a_missing_certificate_fails_and_is_counted(tmp_path, bulkhead, upstream):
+    pki = certs.Pki(tmp_path / "pki")
+    client = pki.client("bh")
+    secure = {"endpoints": ["https://127.0.0.1:9"], "tls": {"cert": client.cert, "key": client.key}}
+    bh = bulkhead(upstream, upstreams={"u": upstream_entry(upstream), "secure": secure})
+    os.unlink(client.cert)
+    s = sighup_reload(bh, to_yaml(bh.conf) + "\n", expect="failure")
+    assert s["reloads"] == {"success": 0, "failure": 1}
+    wait_until(lambda: log_lines(bh, "error", "cannot read certificate '%s'" % client.cert),
+               what="the reload's error to be logged")
 
 
 # ---- the example --------------------------------------------------------------------------------

@@ -2391,6 +2391,17 @@ static void test_tls_file_errors(void **state)
                      "t.yaml:7:11: no CA certificate in ca '@/site.key' (no certificate or crl "
                      "found), expected PEM certificates (-----BEGIN CERTIFICATE-----)");
 
+    /* verify_client: off as a plain YAML word; client_ca with it asks for nothing: a warning */
+    c = load_pki_ok(L_HEAD PAIR("@/site.crt", "@/site.key") "      verify_client: off\n"
+                                                           "      client_ca: @/ca.crt\n");
+    assert_int_equal(c->listeners[0].tls.verify_client, BH_VERIFY_CLIENT_OFF);
+    assert_non_null(c->listeners[0].tls.client_store);
+    assert_int_equal(c->n_warnings, 1);
+    assert_string_equal(c->warnings[0], "t.yaml:8:7: client_ca in listeners[0].tls has no effect "
+                                        "with verify_client: off (client certificates are not "
+                                        "asked for)");
+    bh_conf_free(c);
+
     /* expiring within 14 days: a warning at the cert, the file still loads */
     c = load_pki_ok(L_HEAD PAIR("@/soon.crt", "@/soon.key"));
     assert_int_equal(c->n_warnings, 1);
