@@ -2190,6 +2190,13 @@ static void test_tls_errors(void **state)
          "t.yaml:6:31: cannot read ca '/nonexistent/ca.pem': No such file or directory"},
         {UP_HEAD "    endpoints: [a:1]\n    tls: true\n",
          "t.yaml:6:10: upstreams.a.tls is a single value, expected a mapping"},
+    };
+    run_cases(cases, COUNT(cases));
+}
+
+static void test_tls_listener_errors(void **state)
+{
+    static const err_case_t cases[] = {
         {"listeners:\n  - address: 127.0.0.1:443\n    tls:\n",
          "t.yaml:3:9: missing required key 'certificates' in listeners[0].tls, expected a list of "
          "{cert, key}, e.g. [ { cert: /etc/bulkhead/site.crt, key: /etc/bulkhead/site.key } ]"},
@@ -2495,6 +2502,7 @@ int main(void)
         cmocka_unit_test(test_enomem),
         cmocka_unit_test(test_tls_upstream),
         cmocka_unit_test(test_tls_errors),
+        cmocka_unit_test(test_tls_listener_errors),
         cmocka_unit_test(test_tls_listener),
         cmocka_unit_test(test_tls_file_errors),
         cmocka_unit_test(test_tls_equal),
