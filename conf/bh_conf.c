@@ -156,6 +156,7 @@ int bh_conf_load_string(const char *name, const char *yaml, size_t len, bh_conf_
     if ((rc = bh__conf_yaml_load(&c, yaml, len, &doc)) != 0)
         return rc;
     conf = bh_calloc(1, sizeof *conf);
+    c.conf = conf;
     if (conf == NULL || (conf->path = bh_strdup(name)) == NULL)
         rc = bh__conf_oom(&c);
     else
@@ -235,6 +236,7 @@ static void free_strings(char **arr, size_t n)
 static void free_upstream(bh_conf_upstream_t *u)
 {
     bh_free(u->name);
+    bh__conf_tls_upstream_clear(&u->tls);
     for (size_t j = 0; j < u->n_endpoints; j++)
         bh__conf_addr_clear(&u->endpoints[j]);
     bh_free(u->endpoints);
@@ -261,6 +263,7 @@ void bh_conf_free(bh_conf_t *conf)
     for (size_t i = 0; i < conf->n_listeners; i++) {
         bh_free(conf->listeners[i].name);
         bh__conf_addr_clear(&conf->listeners[i].addr);
+        bh__conf_tls_listener_clear(&conf->listeners[i].tls);
     }
     bh_free(conf->listeners);
     bh__conf_addr_clear(&conf->admin.addr);
@@ -280,6 +283,7 @@ void bh_conf_free(bh_conf_t *conf)
         bh_free(conf->routes[i].database);
     }
     bh_free(conf->routes);
+    free_strings(conf->warnings, conf->n_warnings);
     bh_free(conf->path);
     bh_free(conf);
 }

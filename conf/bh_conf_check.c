@@ -357,9 +357,18 @@ static int check_root(ctx_t *c, yaml_node_t *map, void *base)
 typedef int (*hook_fn)(ctx_t *c, yaml_node_t *map, void *base);
 
 static const hook_fn HOOKS[S_COUNT] = {
-    [S_ROOT] = check_root,       [S_POOL] = check_pool,          [S_BACKOFF] = check_backoff,
-    [S_BREAKER] = check_breaker, [S_HEALTH] = check_health,      [S_DATABASE] = check_database,
-    [S_DB_POOL] = check_pool,    [S_DB_BREAKER] = check_breaker,
+    [S_ROOT] = check_root,
+    [S_POOL] = check_pool,
+    [S_BACKOFF] = check_backoff,
+    [S_BREAKER] = check_breaker,
+    [S_HEALTH] = check_health,
+    [S_DATABASE] = check_database,
+    [S_DB_POOL] = check_pool,
+    [S_DB_BREAKER] = check_breaker,
+    [S_UPSTREAM] = bh__conf_check_upstream,
+    [S_LISTENER_TLS] = bh__conf_check_listener_tls,
+    [S_TLS_CERT] = bh__conf_check_tls_cert,
+    [S_UPSTREAM_TLS] = bh__conf_check_upstream_tls,
 };
 
 int bh__conf_check_section(ctx_t *c, enum sec sec, yaml_node_t *map, void *base)

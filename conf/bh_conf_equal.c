@@ -6,14 +6,18 @@
  * into their own rows. Rows a section rejects (F_NA) are compared too: their defaults fill the
  * fields. What is not a row, the name of an upstream or database (the key of its name map), is
  * compared by bh_conf_upstream_equal and bh_conf_database_equal themselves. */
+#include <stddef.h>
 #include <string.h>
 #include "bh_conf_int.h"
 
 _Static_assert(sizeof(enum bh_log_level) == sizeof(int) &&
                    sizeof(enum bh_balance_policy) == sizeof(int) &&
                    sizeof(enum bh_db_auth) == sizeof(int) &&
-                   sizeof(enum bh_db_reset) == sizeof(int),
+                   sizeof(enum bh_db_reset) == sizeof(int) &&
+                   sizeof(enum bh_tls_verify_client) == sizeof(int),
                "K_ENUM fields are compared as int");
+_Static_assert(offsetof(bh_conf_tls_cert_t, cert) == 0,
+               "K_TLS_CERT: the cert row's field is the whole bh_conf_tls_cert_t");
 
 static bool rows_equal(enum sec sec, const void *a, const void *b);
 
@@ -99,6 +103,13 @@ static bool field_equal(const spec_t *k, const void *a, const void *b)
     }
     case K_SESSION:
         return session_eq(a, b);
+    case K_TLS_CA: {
+        const bh_conf_upstream_tls_t *x = a, *y = b;
+        return str_eq(x->ca, y->ca) && bh__conf_tls_store_equal(x->ca_store, y->ca_store);
+    }
+    case K_TLS_CERT:
+        return bh__conf_tls_cert_equal(CFIELD(a, k, bh_conf_tls_cert_t),
+                                       CFIELD(b, k, bh_conf_tls_cert_t));
     case K_NONE: /* not comparable (never in an upstream or database): treat as changed */
         break;
     }

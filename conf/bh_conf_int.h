@@ -12,6 +12,8 @@
  *   bh_conf_db.c     converters of databases.<name> (hosts, tokens, server, session)
  *   bh_conf_check.c  cross-field checks run after a section's keys are set; route resolution
  *   bh_conf_hint.c   typo suggestions ("did you mean") and unknown-key/word messages
+ *   bh_conf_tls.c    OpenSSL side of the tls sections: certificates, keys, CA files, cipher lists
+ *   bh_conf_tls_keys.c converters and checks of the tls sections, https:// endpoints
  *   bh_conf_equal.c  snapshot comparison for reload, derived from the key table
  *   bh_conf_parse.c  the public value parsers (bh_parse_*) the converters build on */
 #ifndef BH_CONF_INT_H
@@ -54,6 +56,9 @@ enum sec {
     S_DB_TIMEOUTS,
     S_DB_RETRY,
     S_DB_BREAKER,
+    S_LISTENER_TLS, /* listeners[].tls */
+    S_TLS_CERT,     /* listeners[].tls.certificates[]: {cert, key} */
+    S_UPSTREAM_TLS, /* upstreams.<name>.tls */
     S_COUNT
 };
 
@@ -61,7 +66,12 @@ typedef struct ctx {
     const char *name; /* file name used in messages */
     yaml_document_t *doc;
     bh_conf_error_t *err;
-    char path[256]; /* dotted path of the node being read: "upstreams.api.pool" */
+    char path[256];  /* dotted path of the node being read: "upstreams.api.pool" */
+    bh_conf_t *conf; /* the snapshot being built: bh__conf_warn appends to its warnings */
+    /* The first endpoint written "https://..." of the upstream being parsed (NULL: none), set
+     * by its endpoints' converter and read by its check (check_upstream), which both run
+     * within that upstream's section. */
+    yaml_node_t *https_endpoint;
 } ctx_t;
 
 typedef struct spec spec_t;
@@ -89,6 +99,9 @@ enum kind {
     K_DB_HOSTS,  /* the database's hosts[n_hosts] */
     K_DB_TOKENS, /* the database's tokens[n_tokens] */
     K_SESSION,   /* the database's session_keys/values[n_session] */
+    K_TLS_CA,    /* bh_conf_upstream_tls_t: ca (the path) and ca_store (its certificates) */
+    K_TLS_CERT,  /* a bh_conf_tls_cert_t at k->off (its first field, cert, is the row's):
+                    the paths, then the leaf and chain loaded (a file replaced counts) */
 };
 
 enum { T_NODE = 1, T_EMPTY_OK = 2 };
@@ -127,6 +140,10 @@ int bh__conf_parse_section(ctx_t *c, enum sec sec, yaml_node_t *map, void *base,
 __attribute__((format(printf, 3, 4))) int bh__conf_fail(ctx_t *c, const yaml_node_t *n,
                                                         const char *fmt, ...);
 int bh__conf_oom(ctx_t *c);
+/* A warning "FILE:LINE:COL: ..." at node n appended to c->conf->warnings: the file is valid
+ * but something deserves a look. Returns 0 or BH_ENOMEM. */
+__attribute__((format(printf, 3, 4))) int bh__conf_warn(ctx_t *c, const yaml_node_t *n,
+                                                        const char *fmt, ...);
 /* "<path> is a list, expected <expect>". */
 int bh__conf_type_fail(ctx_t *c, const yaml_node_t *n, const char *expect);
 /* "a mapping", "a list" or "a single value". */
@@ -233,6 +250,52 @@ int bh__conf_conv_db_tokens(ctx_t *c, const spec_t *k, yaml_node_t *n, const cha
                             void *base);
 int bh__conf_conv_server(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
 int bh__conf_conv_session(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
+
+/* bh_conf_tls_keys.c: converters of the tls sections. */
+int bh__conf_conv_listener_tls(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
+                               void *base);
+int bh__conf_conv_certs(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
+int bh__conf_conv_tls_version(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
+                              void *base);
+int bh__conf_conv_verify_client(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
+                                void *base);
+int bh__conf_conv_ciphers(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
+int bh__conf_conv_client_ca(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
+                            void *base);
+int bh__conf_conv_upstream_ca(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
+                              void *base);
+int bh__conf_conv_server_name(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
+                              void *base);
+/* bh_conf_tls_keys.c: an endpoint as written -> addr: "host:port", "[v6]:port", or
+ * "https://host[:port]" (port 443 by default; *https set), addr->text without the scheme.
+ * Returns 0, -1 (malformed: *why says how, for the message) or BH_ENOMEM. */
+int bh__conf_parse_endpoint(const char *s, bh_conf_addr_t *addr, bool *https, const char **why);
+/* bh_conf_tls_keys.c: the checks of the tls sections (bh__conf_check_section's hooks). */
+int bh__conf_check_listener_tls(ctx_t *c, yaml_node_t *map, void *base);
+int bh__conf_check_tls_cert(ctx_t *c, yaml_node_t *map, void *base);
+int bh__conf_check_upstream_tls(ctx_t *c, yaml_node_t *map, void *base);
+int bh__conf_check_upstream(ctx_t *c, yaml_node_t *map, void *base);
+
+/* bh_conf_tls.c: OpenSSL loading. Each fails with "FILE:LINE:COL: ..." at the node given.
+ * Loads the cert file (leaf, then chain) and key file named by tc->cert and tc->key, checks
+ * that they match and that the leaf is valid now (a warning when it expires within 14 days),
+ * and fills tc's x509, chain, pkey, not_after and names. */
+int bh__conf_tls_load_cert(ctx_t *c, yaml_node_t *cert_n, yaml_node_t *key_n,
+                           bh_conf_tls_cert_t *tc);
+/* A PEM file of CA certificates (what names the key, for messages) into a new store; with
+ * names, also their subjects (for a CertificateRequest). */
+int bh__conf_tls_load_ca(ctx_t *c, yaml_node_t *n, const char *what, const char *path,
+                         struct x509_store_st **store, struct stack_st_X509_NAME **names);
+/* Whether the cipher list selects any TLS 1.2 cipher (on a scratch SSL_CTX). */
+int bh__conf_tls_check_ciphers(ctx_t *c, yaml_node_t *n, const char *list);
+/* Frees what a cert holds (paths, OpenSSL objects, names) and zeroes it. */
+void bh__conf_tls_cert_clear(bh_conf_tls_cert_t *tc);
+void bh__conf_tls_listener_clear(bh_conf_listener_tls_t *t);
+void bh__conf_tls_upstream_clear(bh_conf_upstream_tls_t *t);
+/* Same paths, same leaf and chain (X509_cmp): a file replaced under the same path differs. */
+bool bh__conf_tls_cert_equal(const bh_conf_tls_cert_t *a, const bh_conf_tls_cert_t *b);
+/* Same certificates in both stores (NULL: none, the system store). */
+bool bh__conf_tls_store_equal(struct x509_store_st *a, struct x509_store_st *b);
 
 /* bh_conf_check.c: the cross-field check of section sec, run by bh__conf_parse_section once
  * the section's keys are all set (0 when sec has none). */

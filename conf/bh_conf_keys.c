@@ -71,6 +71,25 @@ static const type_t T_AUTH = {C(auth), "passthrough or fixed", 0, K_ENUM};
 static const type_t T_RESET = {C(reset), "auto or always", 0, K_ENUM};
 static const type_t T_SESSION = {C(session), "a mapping of setting names to values, e.g. "
                                              "{ TimeZone: UTC }", T_NODE, K_SESSION};
+
+/* tls sections (bh_conf_tls_keys.c) */
+static const type_t T_LISTENER_TLS = {C(listener_tls), "a mapping of certificates, min_version, "
+                                      "ciphers, client_ca, verify_client, handshake_timeout",
+                                      T_NODE, K_NONE};
+static const type_t T_CERTS = {C(certs), "a list of {cert, key}, e.g. "
+                               "[ { cert: /etc/bulkhead/site.crt, key: /etc/bulkhead/site.key } ]",
+                               T_NODE, K_NONE};
+static const type_t T_FILE = {C(str), "a file path", 0, K_STR};
+static const type_t T_CERT_FILE = {C(str), "a file path", 0, K_TLS_CERT};
+static const type_t T_TLS_VERSION = {C(tls_version), "1.2 or 1.3", 0, K_ENUM};
+static const type_t T_CIPHERS = {C(ciphers), "an OpenSSL cipher list, e.g. "
+                                             "ECDHE+AESGCM:ECDHE+CHACHA20", 0, K_STR};
+static const type_t T_CLIENT_CA = {C(client_ca), "a PEM file of CA certificates", 0, K_NONE};
+static const type_t T_VERIFY_CLIENT = {C(verify_client), "off, optional or require", 0, K_ENUM};
+static const type_t T_UPSTREAM_CA = {C(upstream_ca), "system or a PEM file of CA certificates",
+                                     0, K_TLS_CA};
+static const type_t T_SERVER_NAME = {C(server_name), "a host name such as api.example.com", 0,
+                                     K_STR};
 #undef C
 
 /* KEY(section, key, type, struct, field, default, min, max); REQ: a required key, no default;
@@ -105,7 +124,22 @@ const spec_t bh__conf_specs[] = {
 
     KEY(S_LISTENER, "name", T_STR, bh_conf_listener_t, name, NULL, 0, 0), /* "listener<N>" */
     REQ(S_LISTENER, "address", T_ADDR, bh_conf_listener_t, addr),
-    LATER(S_LISTENER, "tls"),
+    {S_LISTENER, "tls", &T_LISTENER_TLS, offsetof(bh_conf_listener_t, tls), NULL, 0, 0, 0,
+     S_LISTENER_TLS, NULL}, /* absent: plain HTTP */
+
+    REQ(S_LISTENER_TLS, "certificates", T_CERTS, bh_conf_listener_tls_t, certs),
+    KEY(S_LISTENER_TLS, "min_version", T_TLS_VERSION, bh_conf_listener_tls_t, min_version, "1.2",
+        0, 0),
+    KEY(S_LISTENER_TLS, "ciphers", T_CIPHERS, bh_conf_listener_tls_t, ciphers, NULL, 0, 0),
+    KEY(S_LISTENER_TLS, "client_ca", T_CLIENT_CA, bh_conf_listener_tls_t, client_ca, NULL, 0, 0),
+    KEY(S_LISTENER_TLS, "verify_client", T_VERIFY_CLIENT, bh_conf_listener_tls_t, verify_client,
+        "off", 0, 0), /* optional/require need client_ca: check_listener_tls */
+    KEY(S_LISTENER_TLS, "handshake_timeout", T_DUR, bh_conf_listener_tls_t, handshake_timeout_ms,
+        "10s", 1, DUR),
+
+    /* one of listeners[].tls.certificates; both files are loaded by check_tls_cert */
+    REQ(S_TLS_CERT, "cert", T_FILE, bh_conf_tls_cert_t, cert),
+    REQ(S_TLS_CERT, "key", T_FILE, bh_conf_tls_cert_t, key),
 
     KEY(S_LIMITS, "max_connections", T_U32, bh_conf_limits_t, max_connections, "10000", 1, U32MAX),
     KEY(S_LIMITS, "max_header_bytes", T_SIZE, bh_conf_limits_t, max_header_bytes, "16KiB", 1, MiB),
@@ -123,6 +157,7 @@ const spec_t bh__conf_specs[] = {
     KEY(S_LOG, "access", T_STR, bh_conf_log_t, access, "stdout", 0, 0),
 
     REQ(S_UPSTREAM, "endpoints", T_ENDPOINTS, bh_conf_upstream_t, endpoints),
+    SECTION(S_UPSTREAM, "tls", bh_conf_upstream_t, tls, S_UPSTREAM_TLS), /* check_upstream */
     SECTION(S_UPSTREAM, "pool", bh_conf_upstream_t, pool, S_POOL),
     SECTION(S_UPSTREAM, "timeouts", bh_conf_upstream_t, timeouts, S_TIMEOUTS),
     KEY(S_UPSTREAM, "dns_refresh", T_DUR, bh_conf_upstream_t, dns_refresh_ms, "30s", 0, DUR),
@@ -132,6 +167,18 @@ const spec_t bh__conf_specs[] = {
     SECTION(S_UPSTREAM, "outlier", bh_conf_upstream_t, outlier, S_OUTLIER),
     {S_UPSTREAM, "health_check", &T_HEALTH, offsetof(bh_conf_upstream_t, health_check), NULL, 0, 0,
      0, S_HEALTH, NULL}, /* absent: disabled */
+
+    /* enabled: also by https:// endpoints (check_upstream); cert and key: both or neither,
+     * loaded by check_upstream_tls */
+    KEY(S_UPSTREAM_TLS, "enabled", T_BOOL, bh_conf_upstream_tls_t, enabled, "false", 0, 0),
+    KEY(S_UPSTREAM_TLS, "ca", T_UPSTREAM_CA, bh_conf_upstream_tls_t, ca, "system", 0, 0),
+    KEY(S_UPSTREAM_TLS, "verify", T_BOOL, bh_conf_upstream_tls_t, verify, "true", 0, 0),
+    KEY(S_UPSTREAM_TLS, "server_name", T_SERVER_NAME, bh_conf_upstream_tls_t, server_name, NULL,
+        0, 0), /* NULL: each endpoint's host */
+    KEY(S_UPSTREAM_TLS, "cert", T_CERT_FILE, bh_conf_upstream_tls_t, client.cert, NULL, 0, 0),
+    KEY(S_UPSTREAM_TLS, "key", T_FILE, bh_conf_upstream_tls_t, client.key, NULL, 0, 0),
+    KEY(S_UPSTREAM_TLS, "min_version", T_TLS_VERSION, bh_conf_upstream_tls_t, min_version, "1.2",
+        0, 0),
 
     KEY(S_RETRY, "attempts", T_U32, bh_conf_retry_t, attempts, "3", 1, 10),
     KEY(S_RETRY, "on", T_RETRY_ON, bh_conf_retry_t, on,

@@ -136,11 +136,42 @@ int bh__conf_conv_routes(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *
     return parse_list(c, n, S_ROUTE, sizeof *conf->routes, conf->routes, bh__conf_check_route);
 }
 
+/* One endpoint: host:port, or https://host[:port] (every endpoint of an upstream or none, so
+ * the first one decides; check_upstream turns TLS on for them). */
+static int endpoint_item(ctx_t *c, yaml_node_t *item, bh_conf_addr_t *addr, size_t i)
+{
+    const char *why;
+    bool https;
+    char *s;
+    int rc = bh__conf_scalar_text(c, item, "host:port", 0, &s);
+
+    if (rc != 0)
+        return rc;
+    rc = bh__conf_parse_endpoint(s, addr, &https, &why);
+    if (rc == BH_ENOMEM)
+        rc = bh__conf_oom(c);
+    else if (rc != 0)
+        rc = bh__conf_fail(c, item,
+                           "invalid endpoint '%.64s' for %s%s, expected host:port, [v6]:port or "
+                           "https://host[:port], e.g. 10.0.0.5:8080 or https://api.example.com",
+                           s, c->path, why);
+    else if (i == 0)
+        c->https_endpoint = https ? item : NULL;
+    else if (https != (c->https_endpoint != NULL))
+        rc = bh__conf_fail(c, item,
+                           "endpoint '%.64s' for %s is %s but endpoints[0] is %s, expected "
+                           "every endpoint of an upstream written https:// or none",
+                           s, c->path, https ? "https://" : "plain", https ? "plain" : "https://");
+    bh_free(s);
+    return rc;
+}
+
 int bh__conf_conv_endpoints(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
 {
     bh_conf_upstream_t *u = base;
     size_t len = bh__conf_seq_len(n);
 
+    c->https_endpoint = NULL;
     if (n->type != YAML_SEQUENCE_NODE && !bh__conf_is_null(n))
         return bh__conf_type_fail(c, n, k->type->expect);
     if (len == 0)
@@ -150,22 +181,9 @@ int bh__conf_conv_endpoints(ctx_t *c, const spec_t *k, yaml_node_t *n, const cha
         return bh__conf_oom(c);
     u->n_endpoints = len;
     for (size_t i = 0; i < len; i++) {
-        yaml_node_t *item = bh__conf_item(c, n, i);
         size_t old = bh__conf_path_index(c, i);
-        char *s;
-        int rc = bh__conf_scalar_text(c, item, "host:port", 0, &s);
+        int rc = endpoint_item(c, bh__conf_item(c, n, i), &u->endpoints[i], i);
 
-        if (rc == 0) {
-            rc = bh_parse_addr(s, &u->endpoints[i]);
-            if (rc == BH_ENOMEM)
-                rc = bh__conf_oom(c);
-            else if (rc != 0)
-                rc = bh__conf_fail(c, item,
-                                   "invalid endpoint '%.64s' for %s, expected host:port or "
-                                   "[v6]:port, e.g. 10.0.0.5:8080 or api.internal:8080",
-                                   s, c->path);
-            bh_free(s);
-        }
         bh__conf_path_pop(c, old);
         if (rc != 0)
             return rc;

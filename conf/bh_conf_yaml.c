@@ -25,6 +25,27 @@ int bh__conf_fail(ctx_t *c, const yaml_node_t *n, const char *fmt, ...)
     return BH_ECONFIG;
 }
 
+int bh__conf_warn(ctx_t *c, const yaml_node_t *n, const char *fmt, ...)
+{
+    size_t line = n ? n->start_mark.line + 1 : 1, col = n ? n->start_mark.column + 1 : 1;
+    char msg[512], **grown;
+    int len = snprintf(msg, sizeof msg, "%s:%zu:%zu: ", c->name, line, col);
+    va_list ap;
+
+    va_start(ap, fmt);
+    if (len > 0 && (size_t)len < sizeof msg)
+        vsnprintf(msg + len, sizeof msg - (size_t)len, fmt, ap);
+    va_end(ap);
+    grown = bh_realloc(c->conf->warnings, (c->conf->n_warnings + 1) * sizeof *grown);
+    if (grown == NULL)
+        return bh__conf_oom(c);
+    c->conf->warnings = grown;
+    if ((grown[c->conf->n_warnings] = bh_strdup(msg)) == NULL)
+        return bh__conf_oom(c);
+    c->conf->n_warnings++;
+    return 0;
+}
+
 int bh__conf_oom(ctx_t *c)
 {
     snprintf(c->err->msg, sizeof c->err->msg, "%s: out of memory", c->name);

@@ -548,6 +548,8 @@ int bh_server_reload(bh_server_t *srv)
         bh_log_error("reload failed, still running the previous configuration: %s", err.msg);
         goto failed;
     }
+    for (size_t i = 0; i < conf->n_warnings; i++)
+        bh_log_warn("reload: %s", conf->warnings[i]);
     for (size_t i = 0; i < conf->n_listeners; i++) {
         bool known = false;
         for (size_t j = 0; j < old->n_listeners && !known; j++)

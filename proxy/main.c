@@ -30,6 +30,22 @@ static void usage(FILE *f)
                "         SIGHUP reloads the config file (an invalid one is logged and ignored).\n");
 }
 
+/* A load warning "FILE:LINE:COL: what" on stderr as "FILE:LINE:COL: warning: what". */
+static void print_warning(const char *path, const char *w)
+{
+    size_t n = strlen(path), at = 0;
+
+    if (strncmp(w, path, n) == 0 && w[n] == ':') {
+        const char *p = w + n + 1;
+        p += strspn(p, "0123456789");
+        if (*p == ':')
+            p += 1 + strspn(p + 1, "0123456789");
+        if (p[0] == ':' && p[1] == ' ')
+            at = (size_t)(p + 2 - w);
+    }
+    fprintf(stderr, "%.*swarning: %s\n", (int)at, w, w + at);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     main_ctx_t *m = s->data;
@@ -82,6 +98,8 @@ static int run(const char *path)
         return 2;
     }
     bh_log_set_level(conf->log.level);
+    for (size_t i = 0; i < conf->n_warnings; i++)
+        bh_log_warn("%s", conf->warnings[i]);
     static main_ctx_t m; /* main thread only; static to keep it off the stack */
     uv_loop_init(&m.loop);
     int rc = bh_server_init(&m.srv, conf);
@@ -171,6 +189,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s\n", err.msg);
             return 2;
         }
+        for (size_t i = 0; i < conf->n_warnings; i++)
+            print_warning(conf->path, conf->warnings[i]);
         printf("%s: ok\n", check);
         bh_conf_free(conf);
         return 0;

@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include "bh_alloc.h"
 #include "bh_conf.h"
 #include "bh_conf_int.h" /* the key table: every key of a section is covered */
@@ -703,18 +706,6 @@ static void test_did_you_mean(void **state)
     run_cases(cases, COUNT(cases));
 }
 
-static void test_unsupported_keys(void **state)
-{
-#define LATER_MSG                                                                                  \
-    "is recognised but not supported yet by this version (bulkhead " BH_VERSION                    \
-    "), expected it removed"
-    static const err_case_t cases[] = {
-        {"listeners:\n  - address: 0.0.0.0:443\n    tls: { cert: a, key: b }\n",
-         "t.yaml:3:5: key 'tls' in listeners[0] " LATER_MSG},
-    };
-    run_cases(cases, COUNT(cases));
-}
-
 static void test_errors(void **state)
 {
     static const err_case_t cases[] = {
@@ -847,8 +838,8 @@ static void test_errors(void **state)
         {MIN_HEAD "upstreams:\n  a:\n    endpoints: a:1\n",
          "t.yaml:5:16: upstreams.a.endpoints is a single value, expected a list of host:port"},
         {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1, \"b\"]\n",
-         "t.yaml:5:22: invalid endpoint 'b' for upstreams.a.endpoints[1], expected host:port or "
-         "[v6]:port, e.g. 10.0.0.5:8080 or api.internal:8080"},
+         "t.yaml:5:22: invalid endpoint 'b' for upstreams.a.endpoints[1], expected host:port, "
+         "[v6]:port or https://host[:port], e.g. 10.0.0.5:8080 or https://api.example.com"},
         {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1, [b]]\n",
          "t.yaml:5:22: upstreams.a.endpoints[1] is a list, expected host:port"},
         {MIN_HEAD "upstreams:\n  a:\n    endpoints: [a:1]\n    pool:\n      max_connections: 4\n"
@@ -1710,7 +1701,9 @@ static void test_examples(void **state)
         bh_conf_t *c;
         bh_conf_error_t err;
 
-        if (len < 6 || strcmp(de->d_name + len - 5, ".yaml") != 0)
+        /* tls.yaml names files under /etc/bulkhead/: test_check_tls.py checks it with files */
+        if (len < 6 || strcmp(de->d_name + len - 5, ".yaml") != 0 ||
+            strcmp(de->d_name, "tls.yaml") == 0)
             continue;
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
         for (int env = 0; env < 2; env++) {
@@ -1880,6 +1873,7 @@ static const char *const CANDIDATES[] = {
     "round_robin",
     "all",
     "always",
+    "1.3",
     "[5xx]",
     "[500]",
     "[\"127.0.0.1:9001\"]",
@@ -1932,11 +1926,19 @@ static void expect_key_compared(const eq_case_t *ec, const bh_conf_t *base, cons
     fail_msg("no config differing only in %s compares unequal", path);
 }
 
+static bool listed(const char *const *list, const char *s)
+{
+    for (; *list != NULL; list++)
+        if (strcmp(*list, s) == 0)
+            return true;
+    return false;
+}
+
 /* Every key of sec and of the sections nested in it (rows of the key table, so a key added
  * later is covered too), except the keys this section rejects (F_NA: never given) and those in
- * skip, which cannot change alone. */
+ * skip (NULL-terminated), which cannot change alone or need files (tested on their own). */
 static size_t expect_keys_compared(const eq_case_t *ec, const bh_conf_t *base, enum sec sec,
-                                   const char *prefix, const char *skip)
+                                   const char *prefix, const char *const *skip)
 {
     size_t n = 0;
 
@@ -1949,7 +1951,7 @@ static size_t expect_keys_compared(const eq_case_t *ec, const bh_conf_t *base, e
         snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "." : "", k->key);
         if (k->sub != S_COUNT)
             n += expect_keys_compared(ec, base, k->sub, path, skip);
-        if (k->type->kind != K_SECTION && strcmp(path, skip) != 0) {
+        if (k->type->kind != K_SECTION && !listed(skip, path)) {
             expect_key_compared(ec, base, path);
             n++;
         }
@@ -1957,14 +1959,18 @@ static size_t expect_keys_compared(const eq_case_t *ec, const bh_conf_t *base, e
     return n;
 }
 
+/* Upstream keys whose values are files: compared by test_tls_equal, with files made for it. */
+static const char *const NEED_FILES[] = {"tls.ca", "tls.cert", "tls.key", NULL};
+
 static void test_equal_upstream(void **state)
 {
     static const eq_case_t ec = {
         S_UPSTREAM,
         MIN_HEAD "upstreams:\n  u:\n",
         {{"endpoints", "[\"127.0.0.1:9000\"]"},
-         {"pool.max_idle", "8"}, /* so that max_connections does not change it */
-         {"health_check", "{}"}, /* enabled: its keys count */
+         {"pool.max_idle", "8"},  /* so that max_connections does not change it */
+         {"health_check", "{}"},  /* enabled: its keys count */
+         {"tls.enabled", "true"}, /* so that the other tls keys may be given */
          {NULL, NULL}},
         upstream0_equal,
     };
@@ -1973,11 +1979,12 @@ static void test_equal_upstream(void **state)
     assert_non_null(a);
     assert_non_null(b);
     assert_true(bh_conf_upstream_equal(&a->upstreams[0], &b->upstreams[0]));
-    assert_true(expect_keys_compared(&ec, a, S_UPSTREAM, "", "") >= 41);
+    assert_true(expect_keys_compared(&ec, a, S_UPSTREAM, "", NEED_FILES) >= 45);
 
     /* The name is the key of the upstreams mapping, not a row. */
     renamed = load_ok(MIN_HEAD "upstreams:\n  v:\n    endpoints: [\"127.0.0.1:9000\"]\n"
-                               "    pool: { max_idle: 8 }\n    health_check: {}\n");
+                               "    pool: { max_idle: 8 }\n    health_check: {}\n"
+                               "    tls: { enabled: true }\n");
     assert_false(bh_conf_upstream_equal(&a->upstreams[0], &renamed->upstreams[0]));
     bh_conf_free(renamed);
     bh_conf_free(a);
@@ -2005,7 +2012,8 @@ static void test_equal_database(void **state)
     assert_non_null(a);
     assert_non_null(b);
     assert_true(bh_conf_database_equal(&a->databases[0], &b->databases[0]));
-    assert_true(expect_keys_compared(&ec, a, S_DATABASE, "", "auth") >= 30);
+    assert_true(expect_keys_compared(&ec, a, S_DATABASE, "", (const char *const[]){"auth", NULL}) >=
+                30);
 
     /* auth cannot change alone: passthrough takes none of the fixed-only keys. */
     other =
@@ -2063,6 +2071,409 @@ static void test_enomem(void **state)
     unsetenv("BH_T_TOKEN");
 }
 
+/* ---- tls: keys without files ------------------------------------------------------------ */
+
+#define UP_HEAD MIN_HEAD "upstreams:\n  a:\n"
+
+static void test_tls_upstream(void **state)
+{
+    bh_conf_t *c = load_ok(UP_HEAD "    endpoints: [a:1]\n");
+    bh_conf_upstream_tls_t *t = &c->upstreams[0].tls;
+
+    assert_false(c->listeners[0].tls.enabled);
+    assert_false(t->enabled);
+    assert_true(t->verify);
+    assert_int_equal(t->min_version, TLS1_2_VERSION);
+    assert_null(t->ca);
+    assert_null(t->ca_store);
+    assert_null(t->server_name);
+    assert_null(t->client.cert);
+    assert_null(t->client.x509);
+    assert_int_equal(c->n_warnings, 0);
+    bh_conf_free(c);
+
+    /* https:// turns TLS on, 443 by default; the address text is host:port without the scheme */
+    c = load_ok(UP_HEAD
+                "    endpoints: [ \"https://api.example.com\", \"HTTPS://b.example:8443\",\n"
+                "                 \"https://[::1]\", \"https://10.0.0.1/\" ]\n");
+    t = &c->upstreams[0].tls;
+    assert_true(t->enabled);
+    assert_true(t->verify);
+    assert_string_equal(c->upstreams[0].endpoints[0].text, "api.example.com:443");
+    assert_string_equal(c->upstreams[0].endpoints[0].host, "api.example.com");
+    assert_int_equal(c->upstreams[0].endpoints[0].port, 443);
+    assert_int_equal(c->upstreams[0].endpoints[0].salen, 0);
+    assert_string_equal(c->upstreams[0].endpoints[1].text, "b.example:8443");
+    assert_string_equal(c->upstreams[0].endpoints[2].text, "[::1]:443");
+    assert_int_equal(c->upstreams[0].endpoints[2].salen, sizeof(struct sockaddr_in6));
+    assert_string_equal(c->upstreams[0].endpoints[3].text, "10.0.0.1:443");
+    assert_int_equal(c->upstreams[0].endpoints[3].salen, sizeof(struct sockaddr_in));
+    bh_conf_free(c);
+
+    /* tls before endpoints, enabled: true with https:// endpoints: the order does not matter */
+    c = load_ok(UP_HEAD
+                "    tls: { enabled: true, server_name: API.Example.COM, min_version: 1.3,\n"
+                "           verify: false }\n"
+                "    endpoints: [ \"https://10.0.0.1\" ]\n");
+    t = &c->upstreams[0].tls;
+    assert_true(t->enabled);
+    assert_false(t->verify);
+    assert_string_equal(t->server_name, "api.example.com");
+    assert_int_equal(t->min_version, TLS1_3_VERSION);
+    assert_int_equal(c->n_warnings, 1);
+    assert_string_equal(c->warnings[0],
+                        "t.yaml:6:20: TLS verification of upstream a is off (tls.verify: false): "
+                        "its certificate and host name are not checked");
+    bh_conf_free(c);
+
+    /* enabled: false written out keeps the settings without TLS (and without a warning) */
+    c = load_ok(UP_HEAD "    endpoints: [a:1]\n    tls: { enabled: false, verify: false,\n"
+                        "           ca: system, min_version: \"1.2\" }\n");
+    assert_false(c->upstreams[0].tls.enabled);
+    assert_null(c->upstreams[0].tls.ca);
+    assert_int_equal(c->n_warnings, 0);
+    bh_conf_free(c);
+}
+
+static void test_tls_errors(void **state)
+{
+    static const err_case_t cases[] = {
+        {UP_HEAD "    endpoints: [a:1]\n    tls: { enabled: true, min_version: \"1.1\" }\n",
+         "t.yaml:6:40: invalid TLS version '1.1' for upstreams.a.tls.min_version, expected 1.2 or "
+         "1.3 (older versions are not secure)"},
+        {UP_HEAD "    endpoints: [a:1]\n    tls: { enabled: true, min_version: 1.4 }\n",
+         "t.yaml:6:40: invalid TLS version '1.4' for upstreams.a.tls.min_version, expected 1.2 or "
+         "1.3"},
+        {UP_HEAD "    endpoints: [a:1]\n    tls:\n      enabled: true\n      cert: /x.crt\n",
+         "t.yaml:8:7: 'cert' in upstreams.a.tls needs 'key' too (a client certificate and its "
+         "private key), expected both or neither"},
+        {UP_HEAD "    endpoints: [a:1]\n    tls: { enabled: true, key: /x.key }\n",
+         "t.yaml:6:27: 'key' in upstreams.a.tls needs 'cert' too (a client certificate and its "
+         "private key), expected both or neither"},
+        {UP_HEAD "    endpoints: [ \"https://a\", \"b:80\" ]\n",
+         "t.yaml:5:31: endpoint 'b:80' for upstreams.a.endpoints[1] is plain but endpoints[0] is "
+         "https://, expected every endpoint of an upstream written https:// or none"},
+        {UP_HEAD "    endpoints: [ \"b:80\", \"https://a\" ]\n",
+         "t.yaml:5:26: endpoint 'https://a' for upstreams.a.endpoints[1] is https:// but "
+         "endpoints[0] is plain, expected every endpoint of an upstream written https:// or none"},
+        {UP_HEAD "    endpoints: [ \"https://a\" ]\n    tls: { enabled: false }\n",
+         "t.yaml:6:21: tls.enabled: false in upstreams.a contradicts its https:// endpoint at "
+         "5:18, expected true (or the endpoints without https://)"},
+        {UP_HEAD "    endpoints: [a:443]\n    tls: { server_name: a.example }\n",
+         "t.yaml:6:5: tls settings in upstreams.a apply to no endpoint: TLS is off, expected "
+         "tls.enabled: true or endpoints written https://host[:port]"},
+        {UP_HEAD "    endpoints: [a:1]\n    tls: { enabeld: true }\n",
+         "t.yaml:6:12: unknown key 'enabeld' in upstreams.a.tls, did you mean 'enabled'?"},
+        {UP_HEAD "    endpoints: [a:1]\n    tls: { verfy: true }\n",
+         "t.yaml:6:12: unknown key 'verfy' in upstreams.a.tls, did you mean 'verify'?"},
+        {"listeners:\n  - address: 127.0.0.1:443\n    tls: { certificate: [] }\n",
+         "t.yaml:3:12: unknown key 'certificate' in listeners[0].tls, did you mean "
+         "'certificates'?"},
+        {UP_HEAD "    endpoints: [ \"http://a:80\" ]\n",
+         "t.yaml:5:18: invalid endpoint 'http://a:80' for upstreams.a.endpoints[0] (https:// is "
+         "the only scheme; plain HTTP endpoints have none), expected host:port, [v6]:port or "
+         "https://host[:port], e.g. 10.0.0.5:8080 or https://api.example.com"},
+        {UP_HEAD "    endpoints: [ \"https://a/v1\" ]\n",
+         "t.yaml:5:18: invalid endpoint 'https://a/v1' for upstreams.a.endpoints[0] (an endpoint "
+         "has no path), expected host:port, [v6]:port or https://host[:port], e.g. "
+         "10.0.0.5:8080 or https://api.example.com"},
+        {UP_HEAD "    endpoints: [ \"https://\" ]\n",
+         "t.yaml:5:18: invalid endpoint 'https://' for upstreams.a.endpoints[0], expected "
+         "host:port, [v6]:port or https://host[:port], e.g. 10.0.0.5:8080 or "
+         "https://api.example.com"},
+        {UP_HEAD "    endpoints: [a:1]\n    tls: { enabled: true, server_name: \"a b\" }\n",
+         "t.yaml:6:40: invalid server name 'a b' for upstreams.a.tls.server_name, expected a "
+         "host name such as api.example.com"},
+        {UP_HEAD "    endpoints: [a:1]\n    tls: { enabled: yes }\n",
+         "t.yaml:6:21: invalid boolean 'yes' for upstreams.a.tls.enabled, expected true or false"},
+        {UP_HEAD "    endpoints: [a:1]\n    tls: { enabled: true, ca: /nonexistent/ca.pem }\n",
+         "t.yaml:6:31: cannot read ca '/nonexistent/ca.pem': No such file or directory"},
+        {UP_HEAD "    endpoints: [a:1]\n    tls: true\n",
+         "t.yaml:6:10: upstreams.a.tls is a single value, expected a mapping"},
+    };
+    run_cases(cases, COUNT(cases));
+}
+
+static void test_tls_listener_errors(void **state)
+{
+    static const err_case_t cases[] = {
+        {"listeners:\n  - address: 127.0.0.1:443\n    tls:\n",
+         "t.yaml:3:9: missing required key 'certificates' in listeners[0].tls, expected a list of "
+         "{cert, key}, e.g. [ { cert: /etc/bulkhead/site.crt, key: /etc/bulkhead/site.key } ]"},
+        {"listeners:\n  - address: 127.0.0.1:443\n    tls: { certificates: [] }\n",
+         "t.yaml:3:26: no certificates given in listeners[0].tls.certificates, expected a list "
+         "of {cert, key}, e.g. [ { cert: /etc/bulkhead/site.crt, key: /etc/bulkhead/site.key } ]"},
+        {"listeners:\n  - address: 127.0.0.1:443\n    tls: { certificates: [ { cert: /x.crt } ] "
+         "}\n",
+         "t.yaml:3:28: missing required key 'key' in listeners[0].tls.certificates[0], expected "
+         "a file path"},
+        {"listeners:\n  - address: 127.0.0.1:443\n    tls:\n"
+         "      certificates: [ { cert: /nonexistent.crt, key: /k } ]\n",
+         "t.yaml:4:31: cannot read certificate '/nonexistent.crt': No such file or directory"},
+        {"listeners:\n  - address: 127.0.0.1:443\n    tls:\n      verify_client: no\n"
+         "      certificates: [ { cert: /nonexistent.crt, key: /k } ]\n",
+         "t.yaml:4:22: unknown client verification 'no' in listeners[0].tls.verify_client, "
+         "expected off, optional or require"},
+        {"listeners:\n  - address: 127.0.0.1:443\n    tls:\n      verify_client: requir\n"
+         "      certificates: [ { cert: /nonexistent.crt, key: /k } ]\n",
+         "t.yaml:4:22: unknown client verification 'requir' in listeners[0].tls.verify_client, "
+         "did you mean 'require'?"},
+        {"listeners:\n  - address: 127.0.0.1:443\n    tls:\n      handshake_timeout: 10\n"
+         "      certificates: [ { cert: /nonexistent.crt, key: /k } ]\n",
+         "t.yaml:4:26: invalid duration '10' for listeners[0].tls.handshake_timeout, expected a "
+         "number with a unit (ms, s, m, h, d), e.g. 250ms or 5s"},
+    };
+    run_cases(cases, COUNT(cases));
+}
+
+/* ---- tls: with certificate files --------------------------------------------------------- */
+
+static char pki_dir[64]; /* made on first use by pki(), removed by main */
+
+/* Runs the shell command made from fmt; the test fails when it fails. */
+__attribute__((format(printf, 1, 2))) static void sh(const char *fmt, ...)
+{
+    char cmd[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    if (system(cmd) != 0)
+        fail_msg("command failed: %s", cmd);
+}
+
+/* A self-signed P-256 certificate <dir>/<stem>.crt with its key <stem>.key. */
+static void make_cert(const char *stem, const char *subject, const char *ext, int days)
+{
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/%s.key "
+       "-out %s/%s.crt -days %d -subj '%s' %s%s 2>/dev/null",
+       pki_dir, stem, pki_dir, stem, days, subject, ext ? "-addext " : "", ext ? ext : "");
+}
+
+/* site: SAN names; cn: a CN only; soon: 3 days left; ca, ca2: CA files; chain: site + ca. */
+static const char *pki(void)
+{
+    if (pki_dir[0] != '\0')
+        return pki_dir;
+    snprintf(pki_dir, sizeof pki_dir, "/tmp/test_conf_tls_XXXXXX");
+    if (mkdtemp(pki_dir) == NULL)
+        fail_msg("mkdtemp failed");
+    make_cert("site", "/CN=Site.Test", "subjectAltName=DNS:Site.Test,DNS:*.Site.Test,IP:127.0.0.1",
+              30);
+    make_cert("cn", "/CN=CN.Only.Test", NULL, 30);
+    make_cert("soon", "/CN=soon.test", NULL, 3);
+    make_cert("ca", "/CN=Test CA", NULL, 30);
+    make_cert("ca2", "/CN=Other CA", NULL, 30);
+    sh("cat %s/site.crt %s/ca.crt > %s/chain.crt", pki_dir, pki_dir, pki_dir);
+    return pki_dir;
+}
+
+/* tmpl with each '@' replaced by the PKI directory (malloc'd). */
+static char *with_pki(const char *tmpl)
+{
+    const char *dir = pki();
+    char *out = malloc(strlen(tmpl) * (strlen(dir) + 1) + 1), *o = out;
+
+    assert_non_null(out);
+    for (const char *p = tmpl; *p != '\0'; p++)
+        if (*p == '@')
+            o += sprintf(o, "%s", dir);
+        else
+            *o++ = *p;
+    *o = '\0';
+    return out;
+}
+
+static bh_conf_t *load_pki_ok(const char *tmpl)
+{
+    char *yaml = with_pki(tmpl);
+    bh_conf_t *c = load_ok(yaml);
+
+    free(yaml);
+    return c;
+}
+
+static void expect_pki_error(const char *tmpl, const char *msg_tmpl)
+{
+    char *yaml = with_pki(tmpl), *msg = with_pki(msg_tmpl);
+
+    expect_error_at(tmpl, yaml, msg);
+    free(yaml);
+    free(msg);
+}
+
+#define L_HEAD "listeners:\n  - address: 127.0.0.1:8443\n    tls:\n"
+#define SITE "{ cert: @/site.crt, key: @/site.key }"
+
+static void test_tls_listener(void **state)
+{
+    bh_conf_t *c = load_pki_ok(L_HEAD "      certificates: [ " SITE " ]\n");
+    bh_conf_listener_tls_t *t = &c->listeners[0].tls;
+    int64_t now = (int64_t)time(NULL);
+    char *path;
+
+    assert_true(t->enabled);
+    assert_int_equal(t->n_certs, 1);
+    assert_int_equal(t->min_version, TLS1_2_VERSION);
+    assert_null(t->ciphers);
+    assert_null(t->client_ca);
+    assert_null(t->client_store);
+    assert_null(t->client_names);
+    assert_int_equal(t->verify_client, BH_VERIFY_CLIENT_OFF);
+    assert_int_equal(t->handshake_timeout_ms, 10000);
+    assert_non_null(t->certs[0].x509);
+    assert_non_null(t->certs[0].pkey);
+    assert_int_equal(sk_X509_num(t->certs[0].chain), 0);
+    assert_true(t->certs[0].not_after > now + 29 * 86400 &&
+                t->certs[0].not_after <= now + 30 * 86400);
+    assert_int_equal(t->certs[0].n_names, 2); /* the SAN's DNS names, lower case; not the IP */
+    assert_string_equal(t->certs[0].names[0], "site.test");
+    assert_string_equal(t->certs[0].names[1], "*.site.test");
+    assert_int_equal(c->n_warnings, 0);
+    bh_conf_free(c);
+
+    c = load_pki_ok(L_HEAD "      certificates:\n"
+                           "        - { cert: @/chain.crt, key: @/site.key }\n"
+                           "        - { cert: @/cn.crt, key: @/cn.key }\n"
+                           "      min_version: \"1.3\"\n      ciphers: ECDHE+AESGCM\n"
+                           "      client_ca: @/ca.crt\n      verify_client: require\n"
+                           "      handshake_timeout: 2s\n");
+    t = &c->listeners[0].tls;
+    assert_int_equal(t->n_certs, 2);
+    assert_int_equal(sk_X509_num(t->certs[0].chain), 1); /* the file's CA after the leaf */
+    assert_string_equal(t->certs[0].names[0], "site.test");
+    assert_int_equal(t->certs[1].n_names, 1); /* no SAN: the CN */
+    assert_string_equal(t->certs[1].names[0], "cn.only.test");
+    path = with_pki("@/cn.crt");
+    assert_string_equal(t->certs[1].cert, path);
+    free(path);
+    assert_int_equal(t->min_version, TLS1_3_VERSION);
+    assert_string_equal(t->ciphers, "ECDHE+AESGCM");
+    assert_non_null(t->client_store);
+    assert_int_equal(sk_X509_NAME_num(t->client_names), 1);
+    assert_int_equal(t->verify_client, BH_VERIFY_CLIENT_REQUIRE);
+    assert_int_equal(t->handshake_timeout_ms, 2000);
+    assert_int_equal(c->n_warnings, 1); /* ciphers with TLS 1.3 only */
+    bh_conf_free(c);
+}
+
+/* Block style, so that columns do not depend on the directory's length: cert's value at 5:17,
+ * key's at 6:16; the next key is on line 7. */
+#define PAIR(cert, key) "      certificates:\n        - cert: " cert "\n          key: " key "\n"
+
+static void test_tls_file_errors(void **state)
+{
+    bh_conf_t *c;
+
+    expect_pki_error(L_HEAD PAIR("@/site.crt", "@/site.key") "      verify_client: optional\n",
+                     "t.yaml:7:22: verify_client: optional in listeners[0].tls needs client_ca "
+                     "(the CA certificates that issue client certificates), expected client_ca "
+                     "given or verify_client: off");
+    expect_pki_error(L_HEAD PAIR("@/site.crt", "@/cn.key"),
+                     "t.yaml:6:16: key '@/cn.key' does not match certificate '@/site.crt', "
+                     "expected the private key of that certificate");
+    expect_pki_error(L_HEAD PAIR("@/site.crt", "@/site.crt"),
+                     "t.yaml:6:16: no private key in '@/site.crt' (none found), expected an "
+                     "unencrypted PEM private key");
+    expect_pki_error(L_HEAD PAIR("@/site.key", "@/site.key"),
+                     "t.yaml:5:17: no certificate in '@/site.key' (none found), expected PEM "
+                     "text beginning with -----BEGIN CERTIFICATE-----");
+    expect_pki_error(L_HEAD PAIR("@/site.crt", "@/nope.key"),
+                     "t.yaml:6:16: cannot read key '@/nope.key': No such file or directory");
+    expect_pki_error(L_HEAD PAIR("@/site.crt", "@/site.key") "      ciphers: \"NOPE:NADA\"\n",
+                     "t.yaml:7:16: cipher list 'NOPE:NADA' for listeners[0].tls.ciphers matches "
+                     "no TLS 1.2 cipher, expected an OpenSSL cipher list, e.g. "
+                     "ECDHE+AESGCM:ECDHE+CHACHA20");
+    expect_pki_error(L_HEAD PAIR("@/site.crt", "@/site.key") "      client_ca: @/site.key\n",
+                     "t.yaml:7:18: no CA certificate in client_ca '@/site.key' (no certificate "
+                     "or crl found), expected PEM certificates (-----BEGIN CERTIFICATE-----)");
+    expect_pki_error(L_HEAD PAIR("@/site.crt", "@/site.key") "      client_ca: @\n",
+                     "t.yaml:7:18: cannot read client_ca '@': Is a directory");
+    expect_pki_error(UP_HEAD "    endpoints: [ \"https://a\" ]\n"
+                             "    tls:\n      cert: @/site.crt\n      key: @/cn.key\n",
+                     "t.yaml:8:12: key '@/cn.key' does not match certificate '@/site.crt', "
+                     "expected the private key of that certificate");
+    expect_pki_error(UP_HEAD "    endpoints: [ \"https://a\" ]\n    tls:\n      ca: @/site.key\n",
+                     "t.yaml:7:11: no CA certificate in ca '@/site.key' (no certificate or crl "
+                     "found), expected PEM certificates (-----BEGIN CERTIFICATE-----)");
+
+    /* verify_client: off as a plain YAML word; client_ca with it asks for nothing: a warning */
+    c = load_pki_ok(L_HEAD PAIR("@/site.crt", "@/site.key") "      verify_client: off\n"
+                                                           "      client_ca: @/ca.crt\n");
+    assert_int_equal(c->listeners[0].tls.verify_client, BH_VERIFY_CLIENT_OFF);
+    assert_non_null(c->listeners[0].tls.client_store);
+    assert_int_equal(c->n_warnings, 1);
+    assert_string_equal(c->warnings[0], "t.yaml:8:7: client_ca in listeners[0].tls has no effect "
+                                        "with verify_client: off (client certificates are not "
+                                        "asked for)");
+    bh_conf_free(c);
+
+    /* expiring within 14 days: a warning at the cert, the file still loads */
+    c = load_pki_ok(L_HEAD PAIR("@/soon.crt", "@/soon.key"));
+    assert_int_equal(c->n_warnings, 1);
+    assert_non_null(strstr(c->warnings[0], "t.yaml:5:17: certificate '"));
+    assert_non_null(strstr(c->warnings[0], "/soon.crt' expires on "));
+    if (strstr(c->warnings[0], " UTC, in ") == NULL ||
+        strstr(c->warnings[0], " days: renew it") == NULL)
+        fail_msg("%s", c->warnings[0]); /* 3 days less the seconds since pki() made it */
+    bh_conf_free(c);
+}
+
+/* An upstream's TLS files: the same path with other contents is a change (a reload must build
+ * new pools with the new certificate), so is another path with the same contents. */
+static void test_tls_equal(void **state)
+{
+    static const char up[] =
+        UP_HEAD "    endpoints: [ \"https://a\" ]\n"
+                "    tls: { ca: @/live-ca.crt, cert: @/live.crt, key: @/live.key }\n";
+    bh_conf_t *a, *b;
+
+    pki();
+    sh("cp %s/ca.crt %s/live-ca.crt && cp %s/site.crt %s/live.crt && cp %s/site.key %s/live.key",
+       pki_dir, pki_dir, pki_dir, pki_dir, pki_dir, pki_dir);
+    a = load_pki_ok(up);
+    b = load_pki_ok(up);
+    assert_true(bh_conf_upstream_equal(&a->upstreams[0], &b->upstreams[0]));
+    bh_conf_free(b);
+
+    sh("cp %s/ca2.crt %s/live-ca.crt", pki_dir, pki_dir);
+    b = load_pki_ok(up);
+    assert_false(bh_conf_upstream_equal(&a->upstreams[0], &b->upstreams[0]));
+    assert_false(bh_conf_upstream_equal(&b->upstreams[0], &a->upstreams[0]));
+    bh_conf_free(b);
+
+    sh("cp %s/ca.crt %s/live-ca.crt && cp %s/cn.crt %s/live.crt && cp %s/cn.key %s/live.key",
+       pki_dir, pki_dir, pki_dir, pki_dir, pki_dir, pki_dir);
+    b = load_pki_ok(up);
+    assert_false(bh_conf_upstream_equal(&a->upstreams[0], &b->upstreams[0]));
+    bh_conf_free(b);
+
+    b = load_pki_ok(UP_HEAD "    endpoints: [ \"https://a\" ]\n"
+                            "    tls: { ca: @/ca.crt, cert: @/site.crt, key: @/site.key }\n");
+    assert_false(bh_conf_upstream_equal(&a->upstreams[0], &b->upstreams[0])); /* other paths */
+    bh_conf_free(b);
+
+    b = load_pki_ok(UP_HEAD "    endpoints: [ \"https://a\" ]\n"
+                            "    tls: { cert: @/site.crt, key: @/site.key }\n");
+    assert_false(bh_conf_upstream_equal(&a->upstreams[0], &b->upstreams[0])); /* system CAs */
+    bh_conf_free(b);
+    bh_conf_free(a);
+}
+
+static void test_tls_enomem(void **state)
+{
+    char *yaml = with_pki(L_HEAD "      certificates:\n"
+                                 "        - { cert: @/chain.crt, key: @/site.key }\n"
+                                 "        - { cert: @/soon.crt, key: @/soon.key }\n"
+                                 "      client_ca: @/ca.crt\n      verify_client: optional\n"
+                                 "upstreams:\n  a:\n    endpoints: [ \"https://a\" ]\n"
+                                 "    tls: { ca: @/ca.crt, cert: @/cn.crt, key: @/cn.key,\n"
+                                 "           verify: false }\n");
+    check_enomem(yaml);
+    free(yaml);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2076,7 +2487,6 @@ int main(void)
         cmocka_unit_test(test_method_bit),
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_did_you_mean),
-        cmocka_unit_test(test_unsupported_keys),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_resilience_forms),
         cmocka_unit_test(test_resilience_errors),
@@ -2090,6 +2500,17 @@ int main(void)
         cmocka_unit_test(test_equal_upstream),
         cmocka_unit_test(test_equal_database),
         cmocka_unit_test(test_enomem),
+        cmocka_unit_test(test_tls_upstream),
+        cmocka_unit_test(test_tls_errors),
+        cmocka_unit_test(test_tls_listener_errors),
+        cmocka_unit_test(test_tls_listener),
+        cmocka_unit_test(test_tls_file_errors),
+        cmocka_unit_test(test_tls_equal),
+        cmocka_unit_test(test_tls_enomem),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+
+    if (pki_dir[0] != '\0')
+        sh("rm -rf %s", pki_dir);
+    return failed;
 }
