@@ -372,11 +372,6 @@ void bh_tls_env_init(bh_tls_env_t *env, uv_loop_t *loop, bh_bufpool_t *bufs)
     uv_unref((uv_handle_t *)&env->idle);
 }
 
-void bh_tls_env_close(bh_tls_env_t *env)
-{
-    uv_close((uv_handle_t *)&env->idle, NULL);
-}
-
 bool bh_tls_has_input(const bh_tls_t *t)
 {
     return t->cpos < t->clen || SSL_has_pending(t->ssl);
@@ -426,7 +421,7 @@ bool bh_tls_peer_subject(const bh_tls_t *t, char *buf, size_t size)
     BIO *m = BIO_new(BIO_s_mem());
     if (m == NULL)
         return false;
-    int n = X509_NAME_print_ex(m, X509_get_subject_name(peer), 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB);
+    int n = X509_NAME_print_ex(m, X509_get_subject_name(peer), 0, XN_FLAG_RFC2253 /* escapes controls: a safe header */);
     char *p = NULL;
     long len = BIO_get_mem_data(m, &p);
     bool ok = n >= 0 && len >= 0 && (size_t)len < size;

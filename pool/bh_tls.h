@@ -44,8 +44,6 @@ typedef struct bh_tls_env {
 } bh_tls_env_t;
 
 void bh_tls_env_init(bh_tls_env_t *env, uv_loop_t *loop, bh_bufpool_t *bufs);
-/* Closes the idle handle (the loop must run once more). */
-void bh_tls_env_close(bh_tls_env_t *env);
 
 typedef struct bh_tls bh_tls_t;
 

@@ -19,6 +19,7 @@
 #include "bh_outlier.h"
 #include "bh_pool.h"
 #include "bh_rng.h"
+#include "bh_tls.h"
 
 typedef struct bh_upstream bh_upstream_t;
 
@@ -67,6 +68,7 @@ typedef struct bh_upstream_env {
     bh_wreq_cache_t *wreqs;
     bh_rng_t *rng;                /* the worker's */
     bh_sem_inbox_t *inbox;        /* the worker's: its lane in each semaphore, its wakeup */
+    bh_tls_env_t *tls;            /* the worker's, for TLS upstreams */
 } bh_upstream_env_t;
 
 struct bh_upstream {

@@ -25,6 +25,7 @@
 #include "bh_reply.h"
 
 enum client_state {
+    CS_HANDSHAKE,/* a TLS handshake: the listener's handshake_timeout */
     CS_IDLE,     /* between requests: keepalive_timeout */
     CS_HEAD,     /* receiving a request head: header_timeout */
     CS_EXCHANGE, /* forwarding a request and its response */
@@ -57,6 +58,7 @@ typedef struct busy {
 struct bh_client {
     bh_conn_t conn; /* what the exchange sees */
     uv_tcp_t tcp;
+    bh_tls_t *tls;           /* NULL on a plain listener */
     bh_list_t link;          /* on the worker's client list */
     bh_list_t idle_link;     /* on the cache's idle list while CS_IDLE */
     busy_t *b;               /* NULL while idle */
@@ -66,6 +68,7 @@ struct bh_client {
     bool in_parse; /* parse() is on the stack */
     bool eof;      /* the client sent FIN or the read failed */
     bool counted;  /* counted in srv->clients */
+    uint32_t handshake_ms;   /* CS_HANDSHAKE: the listener's handshake_timeout */
 };
 
 /* How many busy parts a worker keeps for reuse: a floor, plus twice the requests in flight, so
@@ -273,6 +276,8 @@ static void on_tcp_closed(uv_handle_t *h)
         give_back(&w->cc, c->b); /* also off the pending list */
     bh_buf_unref(c->conn.rbuf);
     bh_list_remove(&c->link);
+    bh_free(c->tls);
+    bh_free(c->conn.cert_subject);
     bh_free(c);
     w->n_clients--;
     bh_gauge_add(&w->cells->clients, -1);
@@ -295,6 +300,11 @@ static void close_client(bh_client_t *c)
     c->state = CS_CLOSING;
     if (c->b != NULL)
         uv_timer_stop(&c->b->timer);
+    if (c->tls != NULL) {
+        if (c->conn.close_after && bh_outq_pending(&c->conn.out) == 0)
+            bh_tls_shutdown(c->tls); /* close_notify: we end on purpose, nothing is cut */
+        bh_tls_close(c->tls);
+    }
     bh_outq_discard(&c->conn.out);
     uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
 }
@@ -348,7 +358,7 @@ static void fail_request(bh_client_t *c, int err)
 
 static void drain(bh_client_t *c)
 {
-    if (c->state == CS_IDLE && c->conn.rlen == c->conn.rpos)
+    if ((c->state == CS_IDLE && c->conn.rlen == c->conn.rpos) || c->state == CS_HANDSHAKE)
         close_client(c);
     else
         c->conn.close_after = true;
@@ -381,6 +391,8 @@ static uint64_t client_due(bh_client_t *c)
     busy_t *b = c->b;
     uint64_t due = BH_TIME_NEVER;
     switch (c->state) {
+    case CS_HANDSHAKE:
+        return c->phase_start_ms + c->handshake_ms;
     case CS_HEAD:
         due = c->phase_start_ms + lim->header_timeout_ms;
         break;
@@ -405,6 +417,13 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = now_of(c);
     const bh_conf_limits_t *lim = &c->conn.w->conf->limits;
     switch (c->state) {
+    case CS_HANDSHAKE:
+        if (now >= c->phase_start_ms + c->handshake_ms) {
+            bh_log_debug("client %s: TLS handshake timed out", c->conn.ip);
+            close_client(c);
+            return;
+        }
+        break;
     case CS_HEAD:
         if (now >= c->phase_start_ms + lim->header_timeout_ms) {
             fail_request(c, BH_ECLIENT_TIMEOUT);
@@ -448,7 +467,8 @@ static void rearm_timer(bh_client_t *c)
 
 /* ---- reading ------------------------------------------------------------------------------ */
 
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+/* Where plaintext goes: the read buffer (TLS decrypts into it, plain TCP reads into it). */
+static void plain_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     bh_client_t *c = h->data;
     bh_conn_t *cn = &c->conn;
@@ -495,7 +515,25 @@ static bool compact(bh_client_t *c)
     return true;
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void plain_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    bh_client_t *c = h->data;
+    if (c->tls != NULL)
+        bh_tls_alloc(c->tls, buf);
+    else
+        plain_alloc(h, hint, buf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    bh_client_t *c = s->data;
+    if (c->tls != NULL)
+        bh_tls_input(c->tls, nread);
+    else
+        plain_read(s, nread, buf);
+}
 
 static void update_reading(bh_client_t *c)
 {
@@ -510,12 +548,12 @@ static void update_reading(bh_client_t *c)
     if (want == c->reading)
         return;
     if (want) {
-        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
+        if (bh_stream_read_start((uv_stream_t *)&c->tcp, c->tls, on_alloc, on_read) < 0) {
             close_client(c);
             return;
         }
     } else {
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        bh_stream_read_stop((uv_stream_t *)&c->tcp, c->tls);
     }
     c->reading = want;
 }
@@ -789,7 +827,7 @@ static void exchange_done(bh_client_t *c)
     resume(c);
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void plain_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     bh_client_t *c = s->data;
     if (nread == 0)
@@ -891,6 +929,47 @@ static void peer_name(bh_client_t *c)
     }
 }
 
+static void on_handshake(bh_tls_t *t, int status, const char *detail)
+{
+    bh_client_t *c = t->data;
+    if (status < 0) {
+        bh_log_debug("client %s: TLS handshake failed: %s", c->conn.ip, detail);
+        close_client(c);
+        return;
+    }
+    char subject[1024];
+    if (bh_tls_peer_subject(t, subject, sizeof(subject)) &&
+        (c->conn.cert_subject = bh_strdup(subject)) == NULL) {
+        close_client(c);
+        return;
+    }
+    enter_idle(c); /* the handshake's busy part goes back */
+}
+
+/* A connection on a TLS listener starts with the handshake, bounded by a busy part's timer. */
+static int start_tls(bh_client_t *c, SSL_CTX *ctx, const bh_conf_listener_tls_t *tc)
+{
+    bh_worker_t *w = c->conn.w;
+    bh_tls_owner_t o = {.stream = (uv_stream_t *)&c->tcp,
+                        .out = &c->conn.out,
+                        .alloc_cb = plain_alloc,
+                        .read_cb = plain_read,
+                        .handshake_cb = on_handshake};
+    if ((c->tls = bh_malloc(sizeof(*c->tls))) == NULL)
+        return BH_ENOMEM;
+    int rc = bh_tls_server(c->tls, &w->tls_env, ctx, &o);
+    if (rc < 0)
+        return rc;
+    c->tls->data = c;
+    c->conn.https = true;
+    c->handshake_ms = (uint32_t)tc->handshake_timeout_ms;
+    c->state = CS_HANDSHAKE;
+    if (attach_busy(c) == NULL)
+        return BH_ENOMEM;
+    rearm_timer(c);
+    return 0;
+}
+
 void bh_client_accept(bh_worker_t *w, uv_stream_t *listener)
 {
     bh_client_t *c = bh_calloc(1, sizeof(*c));
@@ -919,6 +998,20 @@ void bh_client_accept(bh_worker_t *w, uv_stream_t *listener)
     peer_name(c);
     int64_t n = atomic_fetch_add(&w->srv->clients, 1) + 1;
     c->counted = true;
+    const bh_conf_listener_tls_t *tc = NULL;
+    SSL_CTX *ctx = bh_listener_tls(w, listener->data, &tc);
+    if (ctx != NULL && (n > (int64_t)w->conf->limits.max_connections || w->draining)) {
+        close_client(c); /* no reply without spending a handshake on it: closed at once */
+        return;
+    }
+    if (ctx != NULL) {
+        if (start_tls(c, ctx, tc) < 0) {
+            close_client(c);
+            return;
+        }
+        update_reading(c);
+        return;
+    }
     if (n > (int64_t)w->conf->limits.max_connections || w->draining) {
         int err = w->draining ? BH_ESHUTDOWN : BH_ETOO_MANY_CONNS;
         bh_exchange_count_unrouted(&c->conn, err, c->phase_start_ms);

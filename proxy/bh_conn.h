@@ -45,6 +45,8 @@ struct bh_conn {
     bool closing;        /* the connection is closing: the exchange was aborted */
     bool close_after;    /* close once the current response is written */
     char ip[46];         /* the client's address, for X-Forwarded-For and the log */
+    bool https;          /* arrived over TLS (X-Forwarded-Proto) */
+    char *cert_subject;  /* the verified client certificate's subject (RFC 2253), or NULL */
 };
 
 static inline bool bh_conn_http11(const bh_conn_t *conn)

@@ -152,7 +152,8 @@ static bool is_protected(bh_span_t name)
 {
     static const char *const names[] = {
         "content-length",   "transfer-encoding", "host", "idempotency-key", "x-forwarded-for",
-        "x-forwarded-proto", "x-forwarded-host", "via",  "forwarded",       "bulkhead-deadline"};
+        "x-forwarded-proto", "x-forwarded-host", "via",  "forwarded",       "bulkhead-deadline",
+        "x-client-cert-subject"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (bh_span_ieqn(name, names[i], strlen(names[i])))
             return true;
@@ -264,6 +265,7 @@ bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t
             bh_span_ieq(name, "x-forwarded-for") ||
             bh_span_ieq(name, "x-forwarded-proto") || bh_span_ieq(name, "x-forwarded-host") ||
             bh_span_ieq(name, "via") || bh_span_ieq(name, "bulkhead-deadline") ||
+            bh_span_ieq(name, "x-client-cert-subject") ||
             (req->drop_expect && bh_span_ieq(name, "expect")) ||
             (req->chunked && bh_span_ieq(name, "content-length")))
             continue;
@@ -279,6 +281,11 @@ bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t
     if (host_value.p != NULL)
         put_header(w, (bh_span_t){"X-Forwarded-Host", 16}, host_value);
     put_joined(w, "Via", hdrs, nhdrs, "1.1 bulkhead");
+    if (req->cert_subject != NULL) {
+        bh_wbuf_str(w, "X-Client-Cert-Subject: ");
+        bh_wbuf_str(w, req->cert_subject);
+        bh_wbuf_put(w, "\r\n", 2);
+    }
     if (req->chunked)
         bh_wbuf_str(w, "Transfer-Encoding: chunked\r\n");
     if (req->upgrade && upgrade != NULL) {

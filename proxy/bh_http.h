@@ -65,6 +65,9 @@ typedef struct bh_fwd_req {
     bool target_slash;       /* write a '/' before target (stripping left it without one) */
     const char *client_ip;   /* appended to X-Forwarded-For */
     const char *proto;       /* "http" or "https" */
+    const char *cert_subject;/* the client certificate's verified subject: sent as
+                                X-Client-Cert-Subject (NULL: none); the client's own such
+                                header is never forwarded */
     bool chunked;            /* body forwarded with chunked framing */
     bool upgrade;            /* forward Upgrade + Connection: upgrade */
     bool drop_expect;        /* bulkhead answers Expect: 100-continue itself */

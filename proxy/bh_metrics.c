@@ -37,9 +37,8 @@ int bh_metrics_init(bh_metrics_t *m, uint32_t n_workers)
     m->n_workers = n_workers;
     bh_list_init(&m->entries);
     m->start_unix_s = (uint64_t)time(NULL);
-    size_t stride;
-    m->workers = (bh_worker_cells_t *)(void *)aligned_blocks(sizeof(bh_worker_cells_t), n_workers,
-                                                             &stride, (void **)&m->worker_mem);
+    m->workers = (bh_worker_cells_t *)(void *)aligned_blocks(
+        sizeof(bh_worker_cells_t), n_workers, &m->worker_stride, (void **)&m->worker_mem);
     if (m->workers == NULL)
         return BH_ENOMEM;
     m->no_route = bh_metrics_entry(m, BH_M_ROUTE, "", NULL);

@@ -62,6 +62,7 @@ typedef struct bh_worker_cells {
     bh_counter_t accepted;
     bh_gauge_t clients;
     bh_gauge_t generation;        /* of the snapshot it serves new requests with */
+    bh_counter_t tls[2][3];       /* TLS handshakes [enum bh_tls_side][enum bh_tls_result] */
 } bh_worker_cells_t;
 
 typedef struct bh_mentry {
@@ -78,7 +79,8 @@ typedef struct bh_metrics {
     uint32_t n_workers;
     bh_list_t entries;            /* creation order */
     char *worker_mem;
-    bh_worker_cells_t *workers;   /* per worker, each on its own cache line (stride 64) */
+    bh_worker_cells_t *workers;   /* per worker, each on cache lines of its own */
+    size_t worker_stride;
     bh_mentry_t *no_route;        /* requests that matched no route (route="") */
     uint64_t reloads_ok, reloads_failed;   /* main thread only */
     bool last_reload_failed;
@@ -99,7 +101,7 @@ static inline void *bh_mentry_cells(const bh_mentry_t *e, uint32_t worker)
 
 static inline bh_worker_cells_t *bh_metrics_worker(const bh_metrics_t *m, uint32_t worker)
 {
-    return (bh_worker_cells_t *)(void *)((char *)m->workers + (size_t)worker * 64);
+    return (bh_worker_cells_t *)(void *)((char *)m->workers + (size_t)worker * m->worker_stride);
 }
 
 /* Sums of one entry's cells over every worker. */

@@ -19,6 +19,7 @@
 #include "bh_metrics.h"
 #include "bh_sql.h"
 #include "bh_upstream.h"
+#include "bh_tls.h"
 
 /* Backpressure: stop reading one side while the other side has more than this queued. */
 #define BH_WRITE_HIGH_WATER (256 * 1024)
@@ -54,6 +55,7 @@ typedef struct bh_snap {
     bh_mentry_t **up_m;             /* ... conf->upstreams ... */
     bh_mentry_t **db_m;             /* ... conf->databases */
     bh_mentry_t ***ep_m;            /* [upstream][endpoint] */
+    SSL_CTX **listener_tls;         /* parallel to conf->listeners; NULL for a plain one */
 } bh_snap_t;
 
 typedef struct bh_server {
@@ -140,6 +142,7 @@ struct bh_worker {
     bh_wreq_cache_t wreqs;
     bh_rng_t rng;
     bh_upstream_env_t env;
+    bh_tls_env_t tls_env;
     bh_list_t clients;              /* bh_client.c's, linked through their own list node */
     bh_client_cache_t cc;
     uint32_t n_clients;
@@ -163,6 +166,9 @@ static inline const bh_conf_upstream_t *bh_ushared_conf(const bh_ushared_t *u)
 {
     return &u->origin->conf->upstreams[u->index];
 }
+
+/* The TLS context and settings of the listener l of w's current generation (NULL: plain). */
+SSL_CTX *bh_listener_tls(bh_worker_t *w, const bh_listener_t *l, const bh_conf_listener_tls_t **conf);
 
 /* bh_worker.c */
 BH_MUST_CHECK int bh_server_init(bh_server_t *srv, bh_conf_t *conf);

@@ -5,7 +5,9 @@
 #include <string.h>
 #include <uv.h>
 #include "bh_alloc.h"
+#include "bh_log.h"
 #include "bh_proxy.h"
+#include "bh_tls_ctx.h"
 
 static void cref_unref(bh_cref_t *c)
 {
@@ -62,6 +64,9 @@ void bh_snap_unref(bh_snap_t *s)
     bh_free(s->up_m);
     bh_free(s->db_m);
     bh_free(s->ep_m);
+    for (size_t i = 0; s->listener_tls != NULL && i < conf->n_listeners; i++)
+        bh_tls_ctx_free(s->listener_tls[i]);
+    bh_free(s->listener_tls);
     cref_unref(s->cref);
     bh_free(s);
 }
@@ -116,6 +121,40 @@ static bh_sql_db_t *database_for(bh_snap_t *s, size_t i, const bh_snap_t *old, u
     return d;
 }
 
+/* The listeners' TLS contexts: built anew for every snapshot, so a reload serves new connections
+ * with the certificates it loaded while open ones keep theirs. */
+static int listeners_tls(bh_snap_t *s)
+{
+    const bh_conf_t *conf = s->conf;
+    s->listener_tls = bh_calloc(conf->n_listeners ? conf->n_listeners : 1, sizeof(SSL_CTX *));
+    if (s->listener_tls == NULL)
+        return BH_ENOMEM;
+    for (size_t i = 0; i < conf->n_listeners; i++) {
+        const bh_conf_listener_t *l = &conf->listeners[i];
+        char err[256];
+        if (!l->tls.enabled)
+            continue;
+        if ((s->listener_tls[i] = bh_tls_server_ctx(&l->tls, err, sizeof(err))) == NULL) {
+            bh_log_error("listener %s: %s", l->name, err);
+            return BH_ECONFIG;
+        }
+    }
+    return 0;
+}
+
+SSL_CTX *bh_listener_tls(bh_worker_t *w, const bh_listener_t *l, const bh_conf_listener_tls_t **tc)
+{
+    const bh_conf_t *conf = w->gen->conf;
+    for (size_t i = 0; i < conf->n_listeners; i++) {
+        if (strcmp(conf->listeners[i].addr.text, l->addr) == 0) {
+            *tc = &conf->listeners[i].tls;
+            return w->gen->snap->listener_tls[i];
+        }
+    }
+    *tc = NULL;
+    return NULL;
+}
+
 int bh_snap_new(bh_server_t *srv, bh_conf_t *conf, const bh_snap_t *old, bh_snap_t **out)
 {
     *out = NULL;
@@ -167,6 +206,8 @@ int bh_snap_new(bh_server_t *srv, bh_conf_t *conf, const bh_snap_t *old, bh_snap
     for (size_t i = 0; rc == 0 && i < conf->n_routes; i++)
         if ((s->route_m[i] = bh_metrics_entry(m, BH_M_ROUTE, conf->routes[i].name, NULL)) == NULL)
             rc = BH_ENOMEM;
+    if (rc == 0)
+        rc = listeners_tls(s);
     if (rc < 0) {
         bh_snap_unref(s);
         return rc;

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 #include "bh_alloc.h"
 #include "bh_stats.h"
@@ -334,10 +335,43 @@ static void config_families(sb_t *b, const bh_metrics_t *m)
     put(b, "bulkhead_config_last_reload_successful %d\n", m->last_reload_failed ? 0 : 1);
 }
 
+static void tls_families(sb_t *b, bh_server_t *srv)
+{
+    static const char *const sides[] = {"client", "upstream"};
+    static const char *const results[] = {"ok", "failed", "resumed"};
+    const bh_metrics_t *m = &srv->metrics;
+    family(b, "bulkhead_tls_handshakes_total", "counter",
+           "TLS handshakes with clients and upstreams, by result (resumed: an abbreviated one).");
+    for (int side = 0; side < 2; side++)
+        for (int r = 0; r < 3; r++) {
+            uint64_t n = 0;
+            for (uint32_t i = 0; i < m->n_workers; i++)
+                n += bh_counter_get(&bh_metrics_worker(m, i)->tls[side][r]);
+            put(b, "bulkhead_tls_handshakes_total{side=\"%s\",result=\"%s\"} %llu\n", sides[side],
+                results[r], (unsigned long long)n);
+        }
+    family(b, "bulkhead_tls_certificate_expiry_seconds", "gauge",
+           "Seconds until a listener certificate expires (negative once expired).");
+    const bh_conf_t *conf = srv->snap->conf;
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; i < conf->n_listeners; i++) {
+        const bh_conf_listener_t *l = &conf->listeners[i];
+        for (size_t j = 0; l->tls.enabled && j < l->tls.n_certs; j++) {
+            const bh_conf_tls_cert_t *c = &l->tls.certs[j];
+            put(b, "bulkhead_tls_certificate_expiry_seconds{");
+            label(b, "listener", l->name);
+            put(b, ",");
+            label(b, "name", c->n_names > 0 ? c->names[0] : c->cert);
+            put(b, "} %lld\n", (long long)(c->not_after - now));
+        }
+    }
+}
+
 char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
 {
     sb_t b = {0};
     process_families(&b, srv);
+    tls_families(&b, srv);
     route_families(&b, srv);
     backend_families(&b, srv);
     sql_families(&b, srv);

@@ -415,8 +415,11 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     bh_wreq_cache_init(&w->wreqs, 1024);
     bh_rng_seed(&w->rng, uv_hrtime() ^ ((uint64_t)(id + 1) * 0x9e3779b97f4a7c15ull));
     w->inbox = (bh_sem_inbox_t){.lane = id, .wake = on_inbox_wake, .data = w};
+    bh_tls_env_init(&w->tls_env, &w->loop, &w->bufs);
+    w->tls_env.handshakes[BH_TLS_SERVER] = w->cells->tls[BH_TLS_SERVER];
+    w->tls_env.handshakes[BH_TLS_CLIENT] = w->cells->tls[BH_TLS_CLIENT];
     w->env = (bh_upstream_env_t){.loop = &w->loop, .bufs = &w->bufs, .wreqs = &w->wreqs,
-                                 .rng = &w->rng, .inbox = &w->inbox};
+                                 .rng = &w->rng, .inbox = &w->inbox, .tls = &w->tls_env};
     w->client_closed = on_client_closed;
     w->max_hdrs = conf->limits.max_headers + 1;
     w->hdrs = bh_calloc(w->max_hdrs, sizeof(*w->hdrs));
