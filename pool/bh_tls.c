@@ -110,17 +110,18 @@ static int seal(bh_outq_t *q, bh_wreq_t *w)
 static int tls_init(bh_tls_t *t, bh_tls_env_t *env, SSL_CTX *ctx, const bh_tls_owner_t *o)
 {
     memset(t, 0, sizeof(*t));
-    uv_once(&bio_once, bio_method_init);
-    if (bio_method == NULL)
-        return BH_ENOMEM;
     t->env = env;
     t->stream = o->stream;
     t->out = o->out;
+    bh_list_init(&t->ready_link);
+    uv_once(&bio_once, bio_method_init);
+    if (bio_method == NULL)
+        return BH_ENOMEM;
     t->alloc_cb = o->alloc_cb;
     t->read_cb = o->read_cb;
     t->handshake_cb = o->handshake_cb;
+    t->data = o->data;
     t->handshaking = true;
-    bh_list_init(&t->ready_link);
     t->ssl = SSL_new(ctx);
     BIO *bio = BIO_new(bio_method);
     if (t->ssl == NULL || bio == NULL) {
@@ -400,6 +401,10 @@ void bh_tls_shutdown(bh_tls_t *t)
 
 void bh_tls_close(bh_tls_t *t)
 {
+    /* SSL_free without a shutdown marks the session not resumable: a connection that merely
+     * ends (idle, retired, the response done) keeps its session good for the next one. */
+    if (t->ssl != NULL && !t->dead && !t->handshaking)
+        SSL_set_shutdown(t->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     t->dead = true;
     t->want_read = false;
     bh_list_remove(&t->ready_link);

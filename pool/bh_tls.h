@@ -83,6 +83,7 @@ typedef struct bh_tls_owner {
     uv_alloc_cb alloc_cb;                 /* plaintext: where it goes, what arrived */
     uv_read_cb read_cb;
     bh_tls_handshake_cb handshake_cb;
+    void *data;                           /* t->data */
 } bh_tls_owner_t;
 
 BH_MUST_CHECK int bh_tls_server(bh_tls_t *t, bh_tls_env_t *env, SSL_CTX *ctx,

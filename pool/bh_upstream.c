@@ -14,8 +14,10 @@
 #include <netdb.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <openssl/ssl.h>
 #include "bh_alloc.h"
 #include "bh_log.h"
+#include "bh_tls_ctx.h"
 #include "bh_upstream.h"
 
 #define BH_UPCONN_TRUST_IDLE_MS 100
@@ -39,6 +41,7 @@ static void on_conn_handle_closed(uv_handle_t *h)
     bh_buf_unref(uc->rbuf);
     bh_endpoint_t *ep = uc->ep;
     bh_pool_conn_closed(&uc->pc);
+    bh_free(uc->tls);
     bh_free(uc);
     if (ep->up->closing)
         close_ep_timer_if_done(ep);
@@ -48,13 +51,17 @@ static void on_conn_handle_closed(uv_handle_t *h)
 static void on_orphan_closed(uv_handle_t *h)
 {
     bh_upconn_t *uc = h->data;
-    if (--uc->open_handles == 0)
+    if (--uc->open_handles == 0) {
+        bh_free(uc->tls);
         bh_free(uc);
+    }
 }
 
 static void pool_close(bh_pool_conn_t *pc)
 {
     bh_upconn_t *uc = bh_upconn_of(pc);
+    if (uc->tls != NULL)
+        bh_tls_close(uc->tls);
     bh_outq_discard(&uc->out);
     uv_close((uv_handle_t *)&uc->tcp, on_conn_handle_closed);
     uv_close((uv_handle_t *)&uc->timer, on_conn_handle_closed);
@@ -84,23 +91,70 @@ static void on_connect_timeout(uv_timer_t *t)
         bh_pool_connect_failed(&uc->pc, BH_ECONNECT_TIMEOUT, now_ms(uc->ep));
 }
 
+static void on_handshake(bh_tls_t *t, int status, const char *detail)
+{
+    bh_upconn_t *uc = t->data;
+    if (uc->pc.state != BH_PCONN_CONNECTING)
+        return;
+    uv_timer_stop(&uc->timer);
+    if (status < 0) {
+        snprintf(uc->ep->tls_error, sizeof(uc->ep->tls_error), "%s", detail);
+        bh_log_debug("TLS handshake with %s failed: %s", uc->ep->addr->text, detail);
+        bh_pool_connect_failed(&uc->pc, status, now_ms(uc->ep));
+        return;
+    }
+    bh_pool_connected(&uc->pc, now_ms(uc->ep));
+}
+
+static void plain_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void plain_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* The handshake starts once TCP is up; timeouts.connect covers both. */
+static int start_tls(bh_upconn_t *uc)
+{
+    bh_endpoint_t *ep = uc->ep;
+    const bh_conf_upstream_tls_t *tc = &ep->up->conf->tls;
+    bh_tls_owner_t o = {.stream = (uv_stream_t *)&uc->tcp,
+                        .out = &uc->out,
+                        .alloc_cb = plain_alloc,
+                        .read_cb = plain_read,
+                        .handshake_cb = on_handshake,
+                        .data = uc};
+    const char *name = tc->server_name != NULL ? tc->server_name : ep->addr->host;
+    bool numeric = ep->addr->salen > 0 && tc->server_name == NULL; /* an IP: no SNI (RFC 6066) */
+    if ((uc->tls = bh_malloc(sizeof(*uc->tls))) == NULL)
+        return BH_ENOMEM;
+    return bh_tls_client(uc->tls, ep->up->env->tls, ep->up->shared->tls, &o, numeric ? NULL : name,
+                         tc->verify ? name : NULL, &ep->tls_session);
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     bh_upconn_t *uc = req->data;
     if (uc->pc.state != BH_PCONN_CONNECTING)
         return; /* timed out or pool shut: already closing (status is UV_ECANCELED) */
-    uv_timer_stop(&uc->timer);
     if (status < 0) {
+        uv_timer_stop(&uc->timer);
         bh_log_debug("connect to %s failed: %s", uc->ep->addr->text, uv_strerror(status));
         bh_pool_connect_failed(&uc->pc, map_connect_error(status), now_ms(uc->ep));
         return;
     }
     uv_tcp_nodelay(&uc->tcp, 1);
-    if (uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_read) < 0) {
-        bh_pool_connect_failed(&uc->pc, BH_ECONNECT_FAILED, now_ms(uc->ep));
+    bool tls = uc->ep->up->shared->tls != NULL;
+    int rc = tls ? start_tls(uc) : 0; /* a failure may end the connection through on_handshake */
+    if (uc->pc.state != BH_PCONN_CONNECTING)
+        return;
+    if (rc == 0 && bh_stream_read_start((uv_stream_t *)&uc->tcp, uc->tls, on_alloc, on_read) < 0)
+        rc = BH_ECONNECT_FAILED;
+    if (rc < 0) {
+        uv_timer_stop(&uc->timer);
+        bh_pool_connect_failed(&uc->pc, rc == BH_ENOMEM ? BH_ECONNECT_FAILED : rc, now_ms(uc->ep));
         return;
     }
-    bh_pool_connected(&uc->pc, now_ms(uc->ep));
+    if (!tls) {
+        uv_timer_stop(&uc->timer);
+        bh_pool_connected(&uc->pc, now_ms(uc->ep));
+    } /* else the connect timer keeps running through the handshake (on_handshake) */
 }
 
 /* Returns 0 or a libuv error. */
@@ -157,7 +211,7 @@ static bh_pool_conn_t *pool_open(bh_pool_t *pool, int *err)
 
 /* One read watcher for the connection's whole life (started once connected): toggling reads
  * between idle and busy would cost epoll_ctl calls on every request. */
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+static void plain_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     bh_upconn_t *uc = h->data;
     if (uc->owner == NULL) {
@@ -180,15 +234,15 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     *buf = uv_buf_init(uc->rbuf->data + uc->rlen, uc->rbuf->cap - uc->rlen);
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void plain_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     bh_upconn_t *uc = s->data;
     if (nread == 0)
         return;
     if (uc->owner == NULL) {
         /* Any byte or EOF on an idle connection makes it unusable: the peer closed it or broke
-         * HTTP. */
-        uv_read_stop(s);
+         * HTTP. (TLS records that carry no data, such as session tickets, do not get here.) */
+        bh_stream_read_stop(s, uc->tls);
         if (uc->pc.state == BH_PCONN_IDLE)
             bh_pool_idle_lost(&uc->pc, now_ms(uc->ep));
         return;
@@ -198,16 +252,42 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     uc->read_cb(uc, nread);
 }
 
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    bh_upconn_t *uc = h->data;
+    if (uc->tls != NULL)
+        bh_tls_alloc(uc->tls, buf);
+    else
+        plain_alloc(h, hint, buf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    bh_upconn_t *uc = s->data;
+    if (uc->tls != NULL)
+        bh_tls_input(uc->tls, nread);
+    else
+        plain_read(s, nread, buf);
+}
+
+/* Whether reads are on (for TLS: also delivered). */
+static bool reading(const bh_upconn_t *uc)
+{
+    return uv_is_active((const uv_handle_t *)&uc->tcp) && (uc->tls == NULL || uc->tls->want_read);
+}
+
 static bool pool_alive(bh_pool_conn_t *pc)
 {
     bh_upconn_t *uc = bh_upconn_of(pc);
     uv_os_fd_t fd;
+    if (uc->tls != NULL && bh_tls_has_input(uc->tls))
+        return false; /* bytes nobody asked for */
     /* Idle only briefly: upstreams close idle connections after seconds, and a close that
      * comes with the last response is read by the busy reader. Connections idle for longer are
      * peeked at (one recv), in case the event reporting the peer's close is queued in this
      * very loop iteration but not processed yet. */
     if (now_ms(uc->ep) - uc->pc.idle_since_ms < BH_UPCONN_TRUST_IDLE_MS)
-        return uv_is_active((uv_handle_t *)&uc->tcp);
+        return reading(uc);
     char c;
     if (uv_fileno((uv_handle_t *)&uc->tcp, &fd) < 0)
         return false;
@@ -247,14 +327,15 @@ int bh_upconn_read_start(bh_upconn_t *uc, bh_upconn_read_cb cb, void *owner)
 {
     uc->read_cb = cb;
     uc->owner = owner;
-    if (uv_is_active((uv_handle_t *)&uc->tcp))
+    if (reading(uc))
         return 0;
-    return uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_read); /* after backpressure */
+    return bh_stream_read_start((uv_stream_t *)&uc->tcp, uc->tls, on_alloc, on_read); /* after
+                                                                                   backpressure */
 }
 
 void bh_upconn_read_stop(bh_upconn_t *uc)
 {
-    uv_read_stop((uv_stream_t *)&uc->tcp);
+    bh_stream_read_stop((uv_stream_t *)&uc->tcp, uc->tls);
 }
 
 void bh_upconn_release(bh_upconn_t *uc, bool reusable)
@@ -267,7 +348,8 @@ void bh_upconn_release(bh_upconn_t *uc, bool reusable)
     uc->owner = NULL;
     uc->read_cb = NULL;
     uc->out.cb = NULL;
-    if (uc->out.error < 0 || bh_outq_pending(&uc->out) > 0 || uc->generation != ep->generation)
+    if (uc->out.error < 0 || bh_outq_pending(&uc->out) > 0 || uc->generation != ep->generation ||
+        (uc->tls != NULL && bh_tls_has_input(uc->tls)))
         reusable = false; /* (a connection to an address the name no longer has is retired) */
     if (reusable) {
         /* Retire the connection before the upstream's own keep-alive timer would close it. */
@@ -278,8 +360,8 @@ void bh_upconn_release(bh_upconn_t *uc, bool reusable)
             if (ka_end < uc->pc.expires_ms)
                 uc->pc.expires_ms = ka_end;
         }
-        if (!uv_is_active((uv_handle_t *)&uc->tcp) &&
-            uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_read) < 0)
+        if (!reading(uc) &&
+            bh_stream_read_start((uv_stream_t *)&uc->tcp, uc->tls, on_alloc, on_read) < 0)
             reusable = false; /* reads were stopped for backpressure: the watcher resumes */
     }
     bh_pool_release(&uc->pc, reusable, now);
@@ -312,7 +394,14 @@ int bh_upstream_shared_init(bh_upstream_shared_t *s, const bh_conf_upstream_t *c
     bh_breaker_init(&s->breaker, &conf->breaker, conf->timeouts.total_ms, now_ms);
     bh_budget_init(&s->budget, &conf->retry.budget);
     s->outlier = bh_outlier_new(&conf->outlier, conf->n_endpoints);
-    return s->outlier != NULL && s->sem != NULL ? 0 : BH_ENOMEM;
+    if (s->outlier == NULL || s->sem == NULL)
+        return BH_ENOMEM;
+    char err[256];
+    if (conf->tls.enabled && (s->tls = bh_tls_client_ctx(&conf->tls, err, sizeof(err))) == NULL) {
+        bh_log_error("upstream %s: %s", conf->name, err);
+        return BH_ECONFIG;
+    }
+    return 0;
 }
 
 void bh_upstream_shared_destroy(bh_upstream_shared_t *s)
@@ -321,6 +410,8 @@ void bh_upstream_shared_destroy(bh_upstream_shared_t *s)
     s->outlier = NULL;
     bh_sem_unref(s->sem); /* messages about it still queued on a worker keep it a while */
     s->sem = NULL;
+    bh_tls_ctx_free(s->tls);
+    s->tls = NULL;
 }
 
 int bh_upstream_init(bh_upstream_t *up, const bh_conf_upstream_t *conf,
@@ -534,6 +625,8 @@ void bh_upstream_retire(bh_upstream_t *up)
 static void one_closed(bh_upstream_t *up)
 {
     if (--up->pending_closes == 0) {
+        for (size_t i = 0; i < up->n_eps; i++)
+            SSL_SESSION_free(up->eps[i].tls_session);
         bh_free(up->eps);
         bh_free(up->in_flight);
         bh_free(up->eligible);

@@ -30,6 +30,7 @@ typedef struct bh_upstream_shared {
     bh_breaker_t breaker;
     bh_budget_t budget;
     bh_outlier_t *outlier;
+    SSL_CTX *tls;                 /* the upstream's TLS context (NULL: plain HTTP) */
 } bh_upstream_shared_t;
 
 /* n_workers: the threads whose pools share it (lanes of the semaphore, one per worker id).
@@ -59,6 +60,8 @@ typedef struct bh_endpoint {
     bool resolving;               /* dns is in flight */
     bh_ep_dns_t dns_state;
     uint32_t generation;          /* bumped when the name resolves to a new address */
+    SSL_SESSION *tls_session;     /* the last session the endpoint gave: new connections resume it */
+    char tls_error[160];          /* why the last TLS handshake with it failed (Proxy-Status) */
 } bh_endpoint_t;
 
 /* What a worker shares with its upstreams. */
@@ -102,6 +105,7 @@ struct bh_upconn {
     uv_connect_t connect_req;
     bh_endpoint_t *ep;
     bh_outq_t out;
+    bh_tls_t *tls;                /* NULL for plain HTTP */
     unsigned open_handles;
     uint64_t lifetime_end_ms;     /* from max_lifetime; BH_TIME_NEVER when unlimited */
     uint64_t keepalive_ms;        /* the upstream's own idle timeout (Keep-Alive: timeout=N); 0 */

@@ -954,13 +954,13 @@ static int start_tls(bh_client_t *c, SSL_CTX *ctx, const bh_conf_listener_tls_t 
                         .out = &c->conn.out,
                         .alloc_cb = plain_alloc,
                         .read_cb = plain_read,
-                        .handshake_cb = on_handshake};
+                        .handshake_cb = on_handshake,
+                        .data = c};
     if ((c->tls = bh_malloc(sizeof(*c->tls))) == NULL)
         return BH_ENOMEM;
     int rc = bh_tls_server(c->tls, &w->tls_env, ctx, &o);
     if (rc < 0)
         return rc;
-    c->tls->data = c;
     c->conn.https = true;
     c->handshake_ms = (uint32_t)tc->handshake_timeout_ms;
     c->state = CS_HANDSHAKE;

@@ -127,8 +127,8 @@ void bh_exchange_reply(bh_exchange_t *ex, int err, bool close, uint64_t retry_af
     ex->resp_started = true;
     ex->status = status;
     ex->last_err = err;
-    if (bh_reply_write(&conn->out, status, err, conn->close_after || conn->w->draining,
-                       retry_after_s) < 0) {
+    if (bh_reply_write_detail(&conn->out, status, err, ex->reply_detail,
+                              conn->close_after || conn->w->draining, retry_after_s) < 0) {
         conn->ops->close(conn);
         return;
     }

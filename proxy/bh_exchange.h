@@ -90,6 +90,8 @@ struct bh_exchange {
     char *log_target;      /* method and target for the access log (only when on) */
     unsigned attempts;
     int last_err; /* bulkhead's reply: why */
+    const char *reply_detail; /* for bh_exchange_reply's Proxy-Status details (NULL: the
+                                 cause's message); the handler's, valid during the call */
     int status;
     bool active;       /* between head received and exchange end */
     bool req_done;     /* the whole request was received */

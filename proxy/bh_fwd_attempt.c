@@ -45,6 +45,9 @@ static bh_attempt_t classify(const bh_fwd_t *f, int err)
     switch (err) {
     case BH_ECONNECT_REFUSED:
     case BH_ECONNECT_FAILED:
+    case BH_ETLS_CERTIFICATE: /* a handshake that failed: the request never went out */
+    case BH_ETLS_ALERT:
+    case BH_ETLS_PROTOCOL:
         a.outcome = BH_OUTCOME_CONNECT_FAILED;
         a.safety = BH_SAFETY_NOT_SENT;
         break;
@@ -145,6 +148,8 @@ void bh__fwd_attempt_failed(bh_fwd_t *f, int err)
     if (bh__fwd_schedule_retry(f, &a, 0))
         return;
     bh__fwd_record_request(f, &a, now);
+    if (err == BH_ETLS_CERTIFICATE || err == BH_ETLS_ALERT || err == BH_ETLS_PROTOCOL)
+        ex->reply_detail = f->up->eps[f->ep].tls_error; /* OpenSSL's reason */
     bh_exchange_reply(ex, err, !ex->req_done, 1);
 }
 

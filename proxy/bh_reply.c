@@ -9,13 +9,31 @@ int bh_reply_status(int err)
     return bh_err_status(err);
 }
 
+/* A Proxy-Status details value: a quoted-string without quotes, backslashes or controls. */
+static void quotable(char *dst, size_t size, const char *src)
+{
+    size_t n = 0;
+    for (; *src != '\0' && n + 1 < size; src++)
+        dst[n++] = (*src == '"' || *src == '\\' || (unsigned char)*src < 0x20 || *src == 0x7f)
+                       ? '\''
+                       : *src;
+    dst[n] = '\0';
+}
+
 int bh_reply_write(bh_outq_t *q, int status, int err, bool close, uint64_t retry_after_s)
 {
-    char buf[768];
+    return bh_reply_write_detail(q, status, err, NULL, close, retry_after_s);
+}
+
+int bh_reply_write_detail(bh_outq_t *q, int status, int err, const char *detail, bool close,
+                          uint64_t retry_after_s)
+{
+    char buf[1024], details[192];
     if (status == 0)
         status = bh_reply_status(err);
     const char *type = bh_err_proxy_status(err);
     const char *msg = bh_strerror(err);
+    quotable(details, sizeof(details), detail != NULL && *detail != '\0' ? detail : msg);
     char body[256];
     int blen = snprintf(body, sizeof(body), "%d %s: %s\n", status, bh_http_reason(status), msg);
     char retry[48] = "";
@@ -29,7 +47,7 @@ int bh_reply_write(bh_outq_t *q, int status, int err, bool close, uint64_t retry
                      "Proxy-Status: bulkhead; error=%s; details=\"%s\"\r\n"
                      "%s%s\r\n%s",
                      status, bh_http_reason(status), blen,
-                     type != NULL ? type : "proxy_internal_error", msg, retry,
+                     type != NULL ? type : "proxy_internal_error", details, retry,
                      close ? "Connection: close\r\n" : "", body);
     if (n < 0 || (size_t)n >= sizeof(buf))
         return BH_ENOMEM;
