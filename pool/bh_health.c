@@ -1,4 +1,5 @@
-/* Active HTTP health checks, one probe connection per endpoint at a time (Connection: close). */
+/* Active HTTP health checks, one probe connection per endpoint at a time (Connection: close),
+ * over TLS for a TLS upstream (verified like its requests). */
 #include <string.h>
 #include "bh_alloc.h"
 #include "bh_health.h"
@@ -10,6 +11,8 @@ typedef struct probe {
     uv_timer_t timer;      /* next check, then the check's timeout */
     uv_tcp_t tcp;
     uv_connect_t creq;
+    bh_outq_t out;         /* the request */
+    bh_tls_t *tls;         /* a TLS upstream's, during a check */
     bool busy;             /* a check is running: tcp is open or closing */
     bool result_given;
     uint32_t ok_streak, fail_streak;
@@ -33,6 +36,17 @@ struct bh_health {
 };
 
 static void schedule(probe_t *p);
+static void on_handle_closed(uv_handle_t *hd);
+
+static void close_probe(probe_t *p)
+{
+    if (uv_is_closing((uv_handle_t *)&p->tcp))
+        return;
+    if (p->tls != NULL)
+        bh_tls_close(p->tls);
+    bh_outq_discard(&p->out);
+    uv_close((uv_handle_t *)&p->tcp, on_handle_closed);
+}
 
 static void maybe_freed(bh_health_t *h)
 {
@@ -51,6 +65,8 @@ static void on_handle_closed(uv_handle_t *hd)
     bh_health_t *h = p->h;
     h->open_handles--;
     if ((uv_handle_t *)&p->tcp == hd) {
+        bh_free(p->tls);
+        p->tls = NULL;
         p->busy = false;
         if (!h->stopping)
             schedule(p);
@@ -85,17 +101,16 @@ static void finish(probe_t *p, bool ok, const char *why)
                         h->up->conf->endpoints[p->i].text, why);
         }
     }
-    if (!uv_is_closing((uv_handle_t *)&p->tcp))
-        uv_close((uv_handle_t *)&p->tcp, on_handle_closed);
+    close_probe(p);
 }
 
-static void on_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf)
+static void plain_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf)
 {
     probe_t *p = hd->data;
     *buf = uv_buf_init(p->buf + p->len, (unsigned)(sizeof(p->buf) - 1 - p->len));
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void plain_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     probe_t *p = s->data;
     if (nread == 0)
@@ -114,6 +129,39 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     finish(p, ok, "status is not 2xx");
 }
 
+static void on_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf)
+{
+    probe_t *p = hd->data;
+    if (p->tls != NULL)
+        bh_tls_alloc(p->tls, buf);
+    else
+        plain_alloc(hd, hint, buf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    probe_t *p = s->data;
+    if (p->tls != NULL)
+        bh_tls_input(p->tls, nread);
+    else
+        plain_read(s, nread, buf);
+}
+
+static void send_check(probe_t *p)
+{
+    if (bh_outq_copy(&p->out, p->req, p->req_len) < 0 || bh_outq_flush(&p->out) < 0)
+        finish(p, false, "cannot send the check");
+}
+
+static void on_handshake(bh_tls_t *t, int status, const char *detail)
+{
+    probe_t *p = t->data;
+    if (status < 0)
+        finish(p, false, detail);
+    else
+        send_check(p);
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     probe_t *p = req->data;
@@ -123,10 +171,25 @@ static void on_connect(uv_connect_t *req, int status)
         finish(p, false, uv_strerror(status));
         return;
     }
-    uv_buf_t b = uv_buf_init(p->req, (unsigned)p->req_len);
-    if (uv_try_write((uv_stream_t *)&p->tcp, &b, 1) != (int)p->req_len ||
-        uv_read_start((uv_stream_t *)&p->tcp, on_alloc, on_read) < 0)
-        finish(p, false, "cannot send the check");
+    bh_endpoint_t *ep = &p->h->up->eps[p->i];
+    bh_tls_owner_t o = {.stream = (uv_stream_t *)&p->tcp,
+                        .out = &p->out,
+                        .alloc_cb = plain_alloc,
+                        .read_cb = plain_read,
+                        .handshake_cb = on_handshake,
+                        .data = p};
+    if (ep->up->shared->tls != NULL && bh_endpoint_tls(ep, &o, &p->tls) < 0) {
+        finish(p, false, "cannot start TLS");
+        return;
+    }
+    if (p->result_given) /* the handshake failed at once */
+        return;
+    if (bh_stream_read_start((uv_stream_t *)&p->tcp, p->tls, on_alloc, on_read) < 0) {
+        finish(p, false, "cannot read");
+        return;
+    }
+    if (p->tls == NULL)
+        send_check(p); /* TLS: once the handshake is done */
 }
 
 static void on_timeout(uv_timer_t *t)
@@ -159,6 +222,7 @@ static void on_due(uv_timer_t *t)
     p->tcp.data = p;
     h->open_handles++;
     p->creq.data = p;
+    bh_outq_init(&p->out, (uv_stream_t *)&p->tcp, h->up->env->wreqs, h->up->env->bufs, NULL);
     uv_timer_start(&p->timer, on_timeout, h->conf->timeout_ms, 0);
     if (uv_tcp_connect(&p->creq, &p->tcp, (const struct sockaddr *)&ep->sa, on_connect) < 0)
         finish(p, false, "connect failed");
@@ -211,8 +275,8 @@ void bh_health_stop(bh_health_t *h, void (*cb)(void *data), void *data)
     h->stopped_data = data;
     for (size_t i = 0; i < h->n; i++) {
         probe_t *p = &h->probes[i];
-        if (p->busy && !uv_is_closing((uv_handle_t *)&p->tcp))
-            uv_close((uv_handle_t *)&p->tcp, on_handle_closed);
+        if (p->busy)
+            close_probe(p);
         uv_close((uv_handle_t *)&p->timer, on_handle_closed);
     }
     maybe_freed(h);

@@ -109,23 +109,27 @@ static void on_handshake(bh_tls_t *t, int status, const char *detail)
 static void plain_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void plain_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
+int bh_endpoint_tls(bh_endpoint_t *ep, const bh_tls_owner_t *o, bh_tls_t **out)
+{
+    const bh_conf_upstream_tls_t *tc = &ep->up->conf->tls;
+    const char *name = tc->server_name != NULL ? tc->server_name : ep->addr->host;
+    bool numeric = ep->addr->salen > 0 && tc->server_name == NULL; /* an IP: no SNI (RFC 6066) */
+    if ((*out = bh_malloc(sizeof(**out))) == NULL)
+        return BH_ENOMEM;
+    return bh_tls_client(*out, ep->up->env->tls, ep->up->shared->tls, o, numeric ? NULL : name,
+                         tc->verify ? name : NULL, &ep->tls_session);
+}
+
 /* The handshake starts once TCP is up; timeouts.connect covers both. */
 static int start_tls(bh_upconn_t *uc)
 {
-    bh_endpoint_t *ep = uc->ep;
-    const bh_conf_upstream_tls_t *tc = &ep->up->conf->tls;
     bh_tls_owner_t o = {.stream = (uv_stream_t *)&uc->tcp,
                         .out = &uc->out,
                         .alloc_cb = plain_alloc,
                         .read_cb = plain_read,
                         .handshake_cb = on_handshake,
                         .data = uc};
-    const char *name = tc->server_name != NULL ? tc->server_name : ep->addr->host;
-    bool numeric = ep->addr->salen > 0 && tc->server_name == NULL; /* an IP: no SNI (RFC 6066) */
-    if ((uc->tls = bh_malloc(sizeof(*uc->tls))) == NULL)
-        return BH_ENOMEM;
-    return bh_tls_client(uc->tls, ep->up->env->tls, ep->up->shared->tls, &o, numeric ? NULL : name,
-                         tc->verify ? name : NULL, &ep->tls_session);
+    return bh_endpoint_tls(uc->ep, &o, &uc->tls);
 }
 
 static void on_connect(uv_connect_t *req, int status)

@@ -143,6 +143,11 @@ void bh_upstream_unpick(bh_upstream_t *up, size_t ep);
  * started before (and their waiters) but keep no idle connection (bh_pool_retire). */
 void bh_upstream_retire(bh_upstream_t *up);
 
+/* TLS upstreams: a client connection for ep into *out (bh_malloc'd, also on failure: free it
+ * after bh_tls_close), with the upstream's SNI and verified name, resuming ep's last session.
+ * Returns 0 or an error (BH_ENOMEM, BH_ETLS_PROTOCOL). */
+BH_MUST_CHECK int bh_endpoint_tls(bh_endpoint_t *ep, const bh_tls_owner_t *o, bh_tls_t **out);
+
 /* Gets a connection to endpoint ep (see bh_pool_acquire). On 0, *out is BUSY. */
 BH_MUST_CHECK int bh_upstream_acquire(bh_upstream_t *up, size_t ep, bh_pool_waiter_t *w,
                                       uint64_t deadline_ms, bh_upconn_t **out);
