@@ -7,6 +7,9 @@
 #                                                 database demo with a table "items"; scram-sha-256
 #     build/proxy/bulkhead -c conf/examples/demo.yaml
 #                                                 127.0.0.1:8080   the proxy (admin 127.0.0.1:9901)
+#                                                 127.0.0.1:8443   the same over HTTPS, with a self-signed
+#                                                 ECDSA certificate for localhost made at start
+#                                                 ($DEMO_LOG_DIR/tls/demo.crt)
 #   waits until every port accepts, prints commands to try, and runs until Ctrl-C (SIGINT/SIGTERM), when it
 #   stops everything it started (Postgres included; its temp dir is removed). bulkhead's own output (access
 #   log) shows in this terminal.
@@ -20,7 +23,7 @@ cd "$root" || exit 2
 CONFIG=${DEMO_CONFIG:-$root/conf/examples/demo.yaml}
 BIN=${BULKHEAD_BIN:-$root/build/proxy/bulkhead}
 LOG_DIR=${DEMO_LOG_DIR:-$root/build/demo}
-PROXY_PORT=8080 UPSTREAM_PORT=8081 ADMIN_PORT=9901
+PROXY_PORT=8080 TLS_PORT=8443 UPSTREAM_PORT=8081 ADMIN_PORT=9901
 PG_BIN=${DEMO_PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_USER=demo PG_PASSWORD=demo-secret PG_DB=demo   # the role the SQL examples connect as (URL-safe password)
 
@@ -91,7 +94,7 @@ if [[ ${DEMO_SKIP_DEPS:-0} != 1 ]]; then "$root/scripts/deps.sh" || die "scripts
 if [[ ${DEMO_SKIP_BUILD:-0} != 1 ]]; then "$root/scripts/build.sh" normal || die "build failed"; fi
 [[ -x $BIN ]] || die "no binary at $BIN"
 [[ -f $CONFIG ]] || die "no config at $CONFIG (set DEMO_CONFIG)"
-for p in $PROXY_PORT $UPSTREAM_PORT $ADMIN_PORT; do
+for p in $PROXY_PORT $TLS_PORT $UPSTREAM_PORT $ADMIN_PORT; do
   port_in_use "$p" && die "port $p is already in use (another demo still running?)"
 done
 mkdir -p "$LOG_DIR"
@@ -148,6 +151,12 @@ INSERT INTO items (id, name, price, tags) VALUES
 EOF
 
 # --- 4. bulkhead -------------------------------------------------------------------------------------------
+# A self-signed certificate for the HTTPS listener (conf/examples/demo.yaml reads DEMO_TLS_CERT/KEY).
+mkdir -p "$LOG_DIR/tls"
+export DEMO_TLS_CERT=$LOG_DIR/tls/demo.crt DEMO_TLS_KEY=$LOG_DIR/tls/demo.key
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$DEMO_TLS_KEY" -out "$DEMO_TLS_CERT" \
+  >"$LOG_DIR/tls/openssl.log" 2>&1 || die "openssl could not make the demo certificate"
 say "starting $BIN -c $CONFIG"
 "$BIN" -c "$CONFIG" &
 started $! bulkhead
@@ -161,6 +170,7 @@ CONN=postgresql://$PG_USER:$PG_PASSWORD@localhost/$PG_DB
 cat <<EOF
 
   bulkhead     $P   (config $CONFIG)
+               https://localhost:$TLS_PORT   (self-signed: $DEMO_TLS_CERT)
   upstream     http://127.0.0.1:$UPSTREAM_PORT   (examples/demo-upstream.py, log $LOG_DIR/upstream.log)
   admin        http://127.0.0.1:$ADMIN_PORT$admin_note
   postgres     127.0.0.1:$PGPORT   (throwaway: $pg_dir, log $pg_dir/postgres.log)
@@ -168,6 +178,7 @@ cat <<EOF
 Try, in another terminal:
   curl -i $P/                               # proxied to the upstream over a pooled keep-alive connection
   curl -s $P/headers                        # what the upstream saw: X-Forwarded-For, X-Forwarded-Proto, Via
+  curl -s --cacert $DEMO_TLS_CERT https://localhost:$TLS_PORT/headers   # over HTTPS: X-Forwarded-Proto: https
   curl -i "$P/slow?ms=500"                  # a slow answer that fits in the timeouts
   curl -i "$P/slow?ms=20000"                # longer than timeouts.first_byte (15s in demo.yaml): 504 + Proxy-Status
   curl -i $P/status/503                     # upstream errors: retried, counted by the breaker

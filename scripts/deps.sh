@@ -14,10 +14,10 @@
 # afterwards. Tests and benchmarks start their own processes on their own ports.
 set -euo pipefail
 
-BUILD_PKGS=(build-essential meson ninja-build pkg-config libuv1-dev node-llhttp libssl-dev libpq-dev
+BUILD_PKGS=(build-essential meson ninja-build pkg-config libuv1-dev node-llhttp libssl-dev openssl libpq-dev
   libyaml-dev libjansson-dev libcmocka-dev)
 TEST_PKGS=(python3 python3-pytest python3-requests python3-websocket python3-psycopg postgresql
-  curl clang libclang-rt-14-dev netcat-openbsd iproute2 procps prometheus)
+  curl clang libclang-rt-14-dev netcat-openbsd iproute2 procps prometheus nginx)
 BENCH_PKGS=(wrk nginx haproxy pgbouncer iproute2 procps)
 RUNTIME_PKGS=(libuv1 libssl3 libpq5 libyaml-0-2 libjansson4 ca-certificates)
 

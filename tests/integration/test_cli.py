@@ -7,6 +7,7 @@ import signal
 import pytest
 import requests
 
+import certs
 from conftest import REPO, run_bulkhead, wait_until
 
 GOOD = """\
@@ -222,8 +223,10 @@ EXAMPLES = sorted(p for p in glob.glob(os.path.join(REPO, "conf", "examples", "*
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
-def test_examples_check(path):
-    r = run_bulkhead("--check", path, env={"BULKHEAD_ADMIN_TOKEN": "", "PGPASSWORD": "x"})
+def test_examples_check(path, tmp_path):
+    site = certs.Pki(tmp_path).server("localhost", "127.0.0.1")  # demo.yaml's HTTPS listener
+    r = run_bulkhead("--check", path, env={"BULKHEAD_ADMIN_TOKEN": "", "PGPASSWORD": "x",
+                                           "DEMO_TLS_CERT": site.cert, "DEMO_TLS_KEY": site.key})
     assert r.returncode == 0, r.stderr
 
 

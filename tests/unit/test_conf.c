@@ -1683,6 +1683,18 @@ static void test_database_errors(void **state)
 }
 
 /* Every example config loads, with and without its environment variables set. */
+static const char *pki(void);
+
+/* demo.yaml's HTTPS listener reads its certificate from the environment (scripts/demo.sh). */
+static void demo_tls_env(void)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/site.crt", pki());
+    setenv("DEMO_TLS_CERT", path, 1);
+    snprintf(path, sizeof path, "%s/site.key", pki());
+    setenv("DEMO_TLS_KEY", path, 1);
+}
+
 static void test_examples(void **state)
 {
     const char *dir = getenv("BH_CONF_EXAMPLES");
@@ -1692,6 +1704,7 @@ static void test_examples(void **state)
 
     if (dir == NULL)
         dir = "conf/examples"; /* run from the source root */
+    demo_tls_env();
     d = opendir(dir);
     if (d == NULL)
         fail_msg("cannot open %s: set BH_CONF_EXAMPLES or run from the source root", dir);
@@ -1731,6 +1744,7 @@ static void test_example_contents(void **state)
     bh_conf_error_t err;
 
     snprintf(path, sizeof path, "%s/demo.yaml", dir ? dir : "conf/examples");
+    demo_tls_env();
     unsetenv("PGPORT");
     assert_int_equal(bh_conf_load(path, &c, &err), 0);
     assert_int_equal(c->workers, 1);
