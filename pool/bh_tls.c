@@ -266,6 +266,8 @@ static void release_input(bh_tls_t *t)
 static void deliver(bh_tls_t *t)
 {
     while (t->want_read && !t->dead) {
+        if (!t->eof && t->cpos == t->clen && !SSL_has_pending(t->ssl))
+            return; /* nothing to decrypt: ask the owner for no buffer */
         uv_buf_t b = uv_buf_init(NULL, 0);
         t->alloc_cb((uv_handle_t *)t->stream, 65536, &b);
         if (b.base == NULL || b.len == 0) {
@@ -306,6 +308,10 @@ static void pump(bh_tls_t *t)
     if (!t->dead) {
         release_input(t);
         flush_out(t); /* what reading wrote (TLS 1.3 key updates) */
+        /* Nothing left to read: OpenSSL's record buffers go too (RELEASE_BUFFERS frees them
+         * only after application data, not after a handshake). */
+        if (t->cin == NULL && !SSL_has_pending(t->ssl))
+            SSL_free_buffers(t->ssl);
     }
     t->in_pump = false;
 }

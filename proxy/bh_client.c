@@ -830,8 +830,10 @@ static void exchange_done(bh_client_t *c)
 static void plain_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     bh_client_t *c = s->data;
-    if (nread == 0)
+    if (nread == 0) {
+        release_consumed_buffer(c); /* TLS: records that carried no data */
         return;
+    }
     if (nread < 0) {
         c->eof = true;
         if (nread != UV_EOF || c->state != CS_EXCHANGE || !c->b->ex.req_done ||
