@@ -387,7 +387,8 @@ bool bh_tls_has_input(const bh_tls_t *t)
 void bh_tls_reading(bh_tls_t *t, bool on)
 {
     t->want_read = on;
-    if (!on || t->dead || t->in_pump || bh_list_linked(&t->ready_link) || !bh_tls_has_input(t))
+    if (!on || t->dead || t->in_pump || bh_list_linked(&t->ready_link) ||
+        !(bh_tls_has_input(t) || t->eof)) /* (an end that came while paused is news too) */
         return;
     bh_list_push_back(&t->env->ready, &t->ready_link);
     uv_idle_start(&t->env->idle, on_idle);
