@@ -1,5 +1,7 @@
 /* Converters of databases.<name> (SQL over HTTP): hosts, tokens, the server conninfo and the
  * session settings. Tokens and the conninfo may hold secrets: messages never quote them. */
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include "bh_alloc.h"
@@ -87,6 +89,39 @@ static int is_space(char ch)
     return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '\f' || ch == '\v';
 }
 
+/* The TLS settings libpq reads from files or checks by name: a file that cannot be read, or an
+ * sslmode libpq does not know, would only show when the first connection fails. */
+static int check_ssl_value(ctx_t *c, yaml_node_t *n, const char *kw, size_t kwlen, const char *v,
+                           size_t vlen)
+{
+    static const char *const files[] = {"sslrootcert", "sslcert", "sslkey", "sslcrl"};
+    static const char *const modes[] = {"disable", "allow",     "prefer",
+                                        "require", "verify-ca", "verify-full"};
+    char val[512];
+    if (vlen >= sizeof(val))
+        return 0;
+    memcpy(val, v, vlen);
+    val[vlen] = '\0';
+    if (kwlen == 7 && memcmp(kw, "sslmode", 7) == 0) {
+        for (size_t i = 0; i < COUNT(modes); i++)
+            if (strcmp(val, modes[i]) == 0)
+                return 0;
+        return bh__conf_fail(c, n, "unknown sslmode '%s' in %s, expected disable, allow, prefer, "
+                             "require, verify-ca or verify-full", val, c->path);
+    }
+    for (size_t i = 0; i < COUNT(files); i++) {
+        if (strlen(files[i]) != kwlen || memcmp(kw, files[i], kwlen) != 0)
+            continue;
+        FILE *f = strcmp(val, "system") == 0 ? NULL : fopen(val, "r");
+        if (f == NULL && strcmp(val, "system") != 0)
+            return bh__conf_fail(c, n, "cannot read %s '%s' in %s: %s, expected a readable PEM file",
+                                 files[i], val, c->path, strerror(errno));
+        if (f != NULL)
+            fclose(f);
+    }
+    return 0;
+}
+
 /* server: a libpq keyword=value conninfo (values may be 'quoted' with \ escapes) that carries
  * no credentials: they come from the request (passthrough) or from user/password/dbname. The
  * text may hold secrets, so it is never quoted in messages. */
@@ -132,9 +167,12 @@ int bh__conf_conv_server(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *
                                      c->path, k->type->expect);
             p++;
         } else {
+            const char *v = p;
             for (; *p != '\0' && !is_space(*p); p++)
                 if (*p == '\\' && p[1] != '\0')
                     p++;
+            if (check_ssl_value(c, n, kw, kwlen, v, (size_t)(p - v)) < 0)
+                return -1;
         }
     }
     return bh__conf_conv_str(c, k, n, text, base);

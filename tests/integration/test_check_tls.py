@@ -327,3 +327,26 @@ def test_tls_example_names_its_missing_files():
     assert r.returncode == 2, r.stderr
     assert re.match(r"^%s:12:\d+: cannot read certificate '/etc/bulkhead/site.crt': " % re.escape(EXAMPLE),
                     r.stderr), r.stderr
+
+
+def database(server):
+    """A database entry whose server conninfo (line 5, column 13) is given."""
+    return ('listeners:\n  - address: 127.0.0.1:18080\ndatabases:\n  m:\n    server: "%s"\n'
+            '    hosts: ["*"]\nroutes:\n  - database: m\n    match: { path_prefix: /sql }\n' % server)
+
+
+def test_postgres_tls_files_are_checked(tmp_path):
+    """libpq's sslrootcert/sslcert/sslkey in a database's server are read at load: a missing one
+    would otherwise show only when the first connection fails."""
+    pki = certs.Pki(tmp_path / "pki")
+    check_ok(tmp_path, database("host=db.test sslmode=verify-full sslrootcert=%s" % pki.ca_cert))
+    check_error(tmp_path, database("host=db.test sslmode=verify-full sslrootcert=%s" % (tmp_path / "no.crt")),
+                5, 13, "cannot read sslrootcert", "no.crt")
+    client = pki.client("app")
+    check_error(tmp_path, database("host=db.test sslcert=%s sslkey=%s" % (client.cert, tmp_path / "no.key")),
+                5, 13, "cannot read sslkey")
+
+
+def test_postgres_unknown_sslmode(tmp_path):
+    check_error(tmp_path, database("host=db.test sslmode=verify-fully"), 5, 13,
+                "unknown sslmode 'verify-fully'", "verify-full")
