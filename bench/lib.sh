@@ -254,9 +254,10 @@ nginx_start() {
 }
 
 # --- haproxy -----------------------------------------------------------------------------------------------
-# haproxy_conf PORT NBTHREAD MAXCONN BACKEND_LINES [DEFAULTS_LINES] [GLOBAL_LINES] [CLIENT_TIMEOUT]: the anchor
-# haproxy of shared/bench/http-anchors.sh (http-reuse always, 60s timeouts; CLIENT_TIMEOUT sets the client
-# and keep-alive ones), one frontend on 127.0.0.1:PORT, backend "be" made of BACKEND_LINES.
+# haproxy_conf PORT NBTHREAD MAXCONN BACKEND_LINES [DEFAULTS_LINES] [GLOBAL_LINES] [CLIENT_TIMEOUT] [BIND_OPTIONS]:
+# the anchor haproxy of shared/bench/http-anchors.sh (http-reuse always, 60s timeouts; CLIENT_TIMEOUT sets the
+# client and keep-alive ones), one frontend on 127.0.0.1:PORT (BIND_OPTIONS appended to its bind line, e.g.
+# "ssl crt FILE"), backend "be" made of BACKEND_LINES.
 haproxy_conf() {
   cat <<CONF
 global
@@ -273,7 +274,7 @@ defaults
     timeout http-keep-alive ${7:-60s}${5:+
 $5}
 frontend fe
-    bind 127.0.0.1:$1 backlog 4096
+    bind 127.0.0.1:$1 backlog 4096${8:+ $8}
     default_backend be
 backend be
 $4
