@@ -363,29 +363,44 @@ fi
 # --- summary -----------------------------------------------------------------------------------------------
 {
   echo
-  echo "summary: means over the rounds (per-round rows above); ratio = bulkhead / other; n/a = not measured"
-  awk -v sat="$SATURATED" -v why="${WHY[bulkhead]:-}" '
-    function mean(k) { return (k in n) ? s[k] / n[k] : "" }
-    { k = $1 SUBSEP $2; for (i = 4; i <= 11 && i <= NF; i++) { if ($i ~ /^-?[0-9.]+$/) { s[k, i] += $i; c[k, i]++ } }
-      n[k]++ }
+  echo "summary: means over the rounds (per-round rows above); ratio = bulkhead / other, of the means; n/a = not measured;"
+  echo "  per-round bh/hap = the ratio in each round (same round, back to back), to judge the noise"
+  awk -v why="${WHY[bulkhead]:-}" '
+    { k = $1 SUBSEP $2; if ($3 + 0 > nr) nr = $3 + 0
+      for (i = 4; i <= 11 && i <= NF; i++) if ($i ~ /^-?[0-9.]+$/) { s[k, i] += $i; c[k, i]++; v[k, $3, i] = $i } }
     function m(t, test, col) { return (c[t, test, col] ? s[t, test, col] / c[t, test, col] : "") }
-    function f(v, d) { return v == "" ? "n/a" : sprintf("%." d "f", v) }
+    function f(x, d) { return x == "" ? "n/a" : sprintf("%." d "f", x) }
     function r(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
-    function line(name, test, col, d, tgt, le, lim,    a, b, h, rh, vd) {
-      a = m("bulkhead", test, col); h = m("haproxy", test, col); b = m("nginx", test, col)
+    function inv(x) { return (x + 0 > 0) ? 1e6 / x : "" }
+    # per-round bulkhead/haproxy ratios joined by "/" (cap: of 1e6/x)
+    function rounds(test, col, cap,    j, a, h, o) {
+      o = ""
+      for (j = 1; j <= nr; j++) {
+        a = (("bulkhead" SUBSEP test SUBSEP j SUBSEP col) in v) ? v["bulkhead", test, j, col] : ""
+        h = (("haproxy" SUBSEP test SUBSEP j SUBSEP col) in v) ? v["haproxy", test, j, col] : ""
+        if (cap) { a = inv(a); h = inv(h) }
+        if (a == "" || h == "") continue
+        o = o (o == "" ? "" : "/") r(a, h)
+      }
+      return o == "" ? "-" : o
+    }
+    function out(name, b, h, a, d, tgt, le, lim, rl,    rh, vd) {
       rh = r(a, h)
       vd = (tgt == "" ? "" : (rh == "n/a" ? "n/a" : ((le ? rh + 0 <= lim : rh + 0 >= lim) ? "MET" : "MISSED")))
-      printf "%-34s %10s %10s %10s %9s %9s  %-22s %s\n", name, f(b, d), f(h, d), f(a, d), rh, r(a, b), tgt, vd
+      printf "%-34s %9s %9s %9s %7s %7s  %-17s %-6s %s\n", name, f(b, d), f(h, d), f(a, d), rh, r(a, b), tgt, vd, rl
     }
-    # capacity: conns/s of one busy core = 1e6 / terminator us per conn
-    function capline(name, test,    a, b, h, rh, vd) {
-      a = m("bulkhead", test, 6); h = m("haproxy", test, 6); b = m("nginx", test, 6)
-      a = (a + 0 > 0) ? 1e6 / a : ""; h = (h + 0 > 0) ? 1e6 / h : ""; b = (b + 0 > 0) ? 1e6 / b : ""
-      rh = r(a, h); vd = (rh == "n/a" ? "n/a" : (rh + 0 >= 0.9 ? "MET" : "MISSED"))
-      printf "%-34s %10s %10s %10s %9s %9s  %-22s %s\n", name, f(b, 0), f(h, 0), f(a, 0), rh, r(a, b), ">= 0.90x HAProxy", vd
+    function line(name, test, col, d, tgt, le, lim) {
+      out(name, m("nginx", test, col), m("haproxy", test, col), m("bulkhead", test, col), d, tgt, le, lim,
+          tgt == "" ? "" : rounds(test, col, 0))
+    }
+    # capacity: the conn/s one fully busy core would give = 1e6 / terminator CPU us per conn
+    function capline(name, test) {
+      out(name, inv(m("nginx", test, 6)), inv(m("haproxy", test, 6)), inv(m("bulkhead", test, 6)), 0,
+          ">= 0.90x HAProxy", 0, 0.9, rounds(test, 6, 1))
     }
     END {
-      printf "%-34s %10s %10s %10s %9s %9s  %-22s %s\n", "figure", "nginx", "haproxy", "bulkhead", "bh/hap", "bh/ngx", "target", "verdict"
+      printf "%-34s %9s %9s %9s %7s %7s  %-17s %-6s %s\n", "figure", "nginx", "haproxy", "bulkhead", "bh/hap", "bh/ngx",
+        "target", "verdict", "per-round bh/hap"
       line("keep-alive req/s", "ka", 4, 0)
       line("keep-alive p99 us", "ka", 5, 0)
       line("keep-alive CPU us/req", "ka", 6, 1, "<= HAProxy", 1, 1.0)
