@@ -175,8 +175,8 @@ CONF
 # https_problem PORT: "" when https://127.0.0.1:PORT/ answers "hello" over TLS, else why not
 https_problem() {
   local b
-  b=$(curl -ksS --max-time 3 "https://127.0.0.1:$1/" 2>&1) || { echo "GET https:/// failed: ${b:0:200}"; return; }
-  [[ $b == hello ]] || echo "GET https:/// returned '${b:0:80}'"
+  b=$(curl -ksS --max-time 3 "https://127.0.0.1:$1/" 2>&1) || { echo "GET https://127.0.0.1:$1/ failed: ${b:0:200}"; return; }
+  [[ $b == hello ]] || echo "GET https://127.0.0.1:$1/ returned '${b:0:80}'"
 }
 
 # start_target NAME MAXCONN: start it (PID[NAME]), wait for its port and a TLS "hello"; 1 (WHY[NAME] set) if not
@@ -385,6 +385,7 @@ fi
       return o == "" ? "-" : o
     }
     function out(name, b, h, a, d, tgt, le, lim, rl,    rh, vd) {
+      if (a == "" && b == "" && h == "") return   # a test not run
       rh = r(a, h)
       vd = (tgt == "" ? "" : (rh == "n/a" ? "n/a" : ((le ? rh + 0 <= lim : rh + 0 >= lim) ? "MET" : "MISSED")))
       printf "%-34s %9s %9s %9s %7s %7s  %-17s %-6s %s\n", name, f(b, d), f(h, d), f(a, d), rh, r(a, b), tgt, vd, rl
