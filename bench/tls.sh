@@ -1,45 +1,35 @@
 #!/usr/bin/env bash
-# TLS termination benchmark (issue 11): bulkhead against HAProxy and nginx terminating HTTPS, in the same run,
-# 1 worker / thread / process each, all in front of the same plain upstream nginx (bench/upstream-nginx.sh:
-# GET / = "hello\n"), all serving one ECDSA P-256 self-signed certificate that the script makes with the
-# openssl CLI in a temp dir. Loopback only; ports are the first free ones from 18181 up:
-#   upstream  nginx, plain HTTP                  (bench/upstream-nginx.sh, 1 worker)
-#   nginx     nginx 1 worker, listen ... ssl, ssl_session_tickets on, proxy_pass to the upstream (keepalive 64)
-#   haproxy   haproxy nbthread 1, bind ... ssl crt <cert+key pem> alpn http/1.1, http-reuse always
-#   bulkhead  workers: 1, listeners: [{name: tls, address, tls: {certificates: [{cert, key}]}}], upstream pool 256
-# Phase 1 (the three running side by side, measured one after another, REPS rounds, the order rotated per round):
-#   ka      keep-alive requests over TLS: wrk -t1 -c$CONNS -d$DURATION --latency https://.../ (after a warm-up);
-#           req/s, p99, and the terminator's CPU µs per request (utime+stime of its process tree, /proc ticks).
-#   full    new connections per second, full handshakes: bench/tlsconn.c (built here with cc -O2 -lssl -lcrypto),
-#           HS_CONNS concurrent connections on HS_THREADS threads, each: connect, handshake, "GET /" with
-#           Connection: close, read to the server's close; conns/s, p99 of a whole connection, the terminator's
-#           CPU µs per connection over exactly the counted window, and the client's (tlsconn's own) CPU.
-#   resume  the same, each connection resuming the session (TLS 1.3 ticket) its slot's previous connection got;
-#           the share actually resumed (SSL_session_reused) is printed, and a warning when it is below 99%.
-#   Both handshake figures depend on the load generator keeping the terminator's core busy: with 2 cores the
-#   client (whose share of a TLS handshake costs about as much CPU as the server's) and the upstream share the
-#   other core. Each row prints the terminator's and the client's CPU (% of one core); a terminator below
-#   SATURATED% (90) of its core is marked "client-bound", and the table then also compares capacity =
-#   1e6 / (terminator CPU µs per connection), the conns/s one fully busy core would give.
-# Phase 2 (one terminator at a time, each freshly started): KiB per idle TLS client connection. Warm-up (1 s of
-#   full handshakes), then the tree's RSS (VmRSS, and PSS from smaps_rollup); tlsconn -m idle opens IDLE_N/2
-#   connections that each complete the handshake and one keep-alive GET, then sit idle; RSS; IDLE_N/2 more; RSS.
-#   KiB/conn = (RSS after - before) / IDLE_N; slope = the second batch alone.
-# Output: one row per measurement, then a table of means over the rounds with bulkhead/HAProxy and
-#   bulkhead/nginx ratios and the issue's targets with MET / MISSED: CPU per keep-alive request <= HAProxy's;
-#   full and resumed handshakes/s >= 0.9x HAProxy's; idle memory per TLS connection <= HAProxy's.
-#   Everything is appended to $RESULTS as well.
+# TLS termination benchmark (issue 11): bulkhead, HAProxy and nginx terminating HTTPS in the same run, 1 worker /
+# thread / process each, with one ECDSA P-256 self-signed certificate made here (openssl CLI, temp dir), all in
+# front of the same plain upstream (bench/upstream-nginx.sh, GET / = "hello\n"). Loopback only; ports are the
+# first free ones from PORT_BASE. nginx: listen ssl, ssl_session_tickets on, upstream keepalive 64. HAProxy:
+# bind ssl crt <cert+key>, http-reuse always. bulkhead: listeners[0].tls.certificates, upstream pool 256.
+# Phase 1, the three running side by side, measured back to back, REPS rounds (order rotated per round):
+#   ka      wrk -t1 -c$CONNS over https: req/s, p99, terminator CPU µs per request;
+#   full    bench/tlsconn.c (built here: cc -O2 ... -lssl -lcrypto): HS_CONNS concurrent connections, each
+#           connect, full TLS handshake, GET / with Connection: close, read to the close: conn/s, terminator
+#           CPU µs per connection, and the client's own CPU;
+#   resume  the same, each connection resuming with the ticket its slot's previous connection received (the
+#           share really resumed is printed).
+#   CPU = utime+stime of the terminator's process tree from /proc over exactly the measured window. The client's
+#   share of a handshake costs as much CPU as the server's or more, so on 2 cores conn/s is bound by the client
+#   (a row says "client-bound" when the terminator used < SATURATED% of its core); the "capacity" rows
+#   (1e6 / CPU µs per connection: what one busy core would give) are the comparison that holds then.
+# Phase 2, one freshly started terminator at a time: KiB per idle TLS connection. After 1 s of handshakes (one-off
+#   costs), RSS (and PSS) of the tree; tlsconn -m idle opens IDLE_N/2 connections (handshake + one keep-alive
+#   GET each, then idle); RSS; IDLE_N/2 more; RSS. KiB/conn = (after - before) / IDLE_N; slope = 2nd batch only.
+# Output: a row per measurement, then means with bulkhead/HAProxy and bulkhead/nginx ratios, per-round ratios,
+# and the issue's targets (CPU per keep-alive request <= HAProxy's; full and resumed handshakes/s >= 0.9x
+# HAProxy's; idle KiB per TLS connection <= HAProxy's) as MET / MISSED. All of it is appended to $RESULTS.
 #
-# usage: bench/tls.sh        needs scripts/deps.sh --bench (wrk nginx haproxy), openssl, cc and libssl-dev
+# usage: bench/tls.sh     needs scripts/deps.sh --bench (wrk nginx haproxy openssl) and cc + libssl-dev
 #   e.g. DURATION=5 REPS=1 SKIP_BULKHEAD=1 bench/tls.sh
-# Env (defaults): DURATION=10 (seconds per measured run, wrk and tlsconn) WARMUP=2 (seconds, not counted)
-#   REPS=2 CONNS=64 (wrk keep-alive connections) HS_CONNS=64 (concurrent handshaking connections)
-#   HS_THREADS=max(1, cores-1) (tlsconn threads) IDLE_N=2000 (idle connections) SETTLE=2 (seconds before an
-#   RSS reading) TARGETS="nginx haproxy bulkhead" TESTS="ka full resume idle" SATURATED=90
-#   BULKHEAD_BIN=build/proxy/bulkhead (copied at start) SKIP_BULKHEAD=1 (anchors only; bulkhead also drops
-#   out, printed as n/a, when it is missing, fails --check or does not answer over TLS)
-#   TLS_GROUPS (tlsconn -G, e.g. P-256; default: OpenSSL's, x25519 first) KEEP=1 (keep the temp dir)
-#   BENCH_DIR=/tmp/bulkhead-bench RESULTS=$BENCH_DIR/results.txt PORT_BASE=18181
+# Env (defaults): DURATION=10 (s per measured run) WARMUP=2 (s, not counted) REPS=2 CONNS=64 (wrk)
+#   HS_CONNS=64 HS_THREADS=max(1, cores-1) (tlsconn) IDLE_N=2000 SETTLE=2 (s before an RSS reading)
+#   TESTS="ka full resume idle" TARGETS="nginx haproxy bulkhead" SATURATED=90 PORT_BASE=18181
+#   BULKHEAD_BIN=build/proxy/bulkhead (copied at start) SKIP_BULKHEAD=1 (anchors only; bulkhead also shows n/a
+#   when it is missing, fails --check or does not answer over TLS) TLS_GROUPS (tlsconn -G, e.g. P-256; default
+#   OpenSSL's, X25519 first) KEEP=1 (keep the temp dir) BENCH_DIR=/tmp/bulkhead-bench RESULTS=$BENCH_DIR/results.txt
 # shellcheck disable=SC2059  # the row format is a variable on purpose
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
