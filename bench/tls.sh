@@ -28,7 +28,8 @@
 #   HS_CONNS=64 HS_THREADS=max(1, cores-1) (tlsconn) IDLE_N=2000 SETTLE=2 (s before an RSS reading)
 #   TESTS="ka full resume idle" TARGETS="nginx haproxy bulkhead" SATURATED=90 PORT_BASE=18181
 #   BULKHEAD_BIN=build/proxy/bulkhead (copied at start) SKIP_BULKHEAD=1 (anchors only; bulkhead also shows n/a
-#   when it is missing, fails --check or does not answer over TLS) TLS_GROUPS (tlsconn -G, e.g. P-256; default
+#   when it is missing, fails --check or does not answer over TLS) CONTROL=1 (adds haproxy2, a second identical
+#   HAProxy, and an A/A column haproxy2/haproxy: the noise of the run) TLS_GROUPS (tlsconn -G, e.g. P-256; default
 #   OpenSSL's, X25519 first) KEEP=1 (keep the temp dir) BENCH_DIR=/tmp/bulkhead-bench RESULTS=$BENCH_DIR/results.txt
 # shellcheck disable=SC2059  # the row format is a variable on purpose
 set -uo pipefail
@@ -55,7 +56,8 @@ for v in REPS CONNS HS_CONNS HS_THREADS IDLE_N SATURATED PORT_BASE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v: '${!v}' is not a positive integer"
 done
 ((IDLE_N >= 2)) || die "IDLE_N must be >= 2"
-for t in $TARGETS; do [[ $t =~ ^(nginx|haproxy|bulkhead)$ ]] || die "TARGETS: unknown target '$t'"; done
+[[ ${CONTROL:-0} == 1 && " $TARGETS " != *" haproxy2 "* ]] && TARGETS+=" haproxy2"
+for t in $TARGETS; do [[ $t =~ ^(nginx|haproxy|haproxy2|bulkhead)$ ]] || die "TARGETS: unknown target '$t'"; done
 for t in $TESTS; do [[ $t =~ ^(ka|full|resume|idle)$ ]] || die "TESTS: unknown test '$t'"; done
 [[ ${SKIP_BULKHEAD:-0} == 1 ]] && TARGETS=$(tr ' ' '\n' <<<"$TARGETS" | grep -vx bulkhead | paste -sd' ')
 
@@ -92,6 +94,7 @@ PORT[nginx]=$(free_port $((UP_PORT + 1))); TAKEN[${PORT[nginx]}]=1
 PORT[haproxy]=$(free_port $((PORT[nginx] + 1))); TAKEN[${PORT[haproxy]}]=1
 PORT[bulkhead]=$(free_port $((PORT[haproxy] + 1))); TAKEN[${PORT[bulkhead]}]=1
 BH_ADMIN=$(free_port $((PORT[bulkhead] + 1))); TAKEN[$BH_ADMIN]=1
+PORT[haproxy2]=$(free_port $((BH_ADMIN + 1))); TAKEN[${PORT[haproxy2]}]=1
 
 # --- the certificate, the client, the bulkhead copy --------------------------------------------------------
 cert=$work/cert.pem key=$work/key.pem
@@ -135,10 +138,10 @@ conf_nginx() {
         }
     }" "worker_rlimit_nofile $(ulimit -n);" > "$work/nginx-tls.conf"
 }
-conf_haproxy() {
-  haproxy_conf "${PORT[haproxy]}" 1 "$1" "    server up 127.0.0.1:$UP_PORT" "" \
+conf_haproxy() { # conf_haproxy NAME MAXCONN (haproxy2: the A/A control, the same config on its own port)
+  haproxy_conf "${PORT[$1]}" 1 "$2" "    server up 127.0.0.1:$UP_PORT" "" \
     "    ulimit-n $(ulimit -n)
-    no strict-limits" 120s "ssl crt $work/haproxy.pem alpn http/1.1" > "$work/haproxy.cfg"
+    no strict-limits" 120s "ssl crt $work/haproxy.pem alpn http/1.1" > "$work/$1.cfg"
 }
 conf_bulkhead() {
   cat > "$work/bulkhead.yaml" <<CONF
@@ -175,7 +178,7 @@ start_target() {
   [[ -n ${WHY[$t]:-} ]] && return 1
   case $t in
     nginx) conf_nginx "$2"; nginx_start "PID[nginx]" "$work" nginx-tls ;;
-    haproxy) conf_haproxy "$2"; haproxy_start "PID[haproxy]" "$work/haproxy.cfg" "$work/haproxy.log" ;;
+    haproxy|haproxy2) conf_haproxy "$t" "$2"; haproxy_start "PID[$t]" "$work/$t.cfg" "$work/$t.log" ;;
     bulkhead)
       conf_bulkhead
       if ! bulkhead_start "PID[bulkhead]" "$bin" "$work/bulkhead.yaml" "$work/bulkhead.log" 2>"$work/bulkhead.check"; then
@@ -217,7 +220,7 @@ rows=$work/rows.txt
   echo "  tlsconn -c$HS_CONNS -t$HS_THREADS${TLS_GROUPS:+ -G $TLS_GROUPS}; idle: $IDLE_N conns; ulimit -n $(ulimit -n);" \
     "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "certificate: ECDSA P-256 self-signed ($(openssl x509 -in "$cert" -noout -subject | sed 's/^subject=//'))"
-  echo "ports: upstream $UP_PORT, nginx ${PORT[nginx]}, haproxy ${PORT[haproxy]}, bulkhead ${PORT[bulkhead]} (admin $BH_ADMIN)"
+  echo "ports: upstream $UP_PORT, nginx ${PORT[nginx]}, haproxy ${PORT[haproxy]}, bulkhead ${PORT[bulkhead]} (admin $BH_ADMIN)$([[ " $TARGETS " == *" haproxy2 "* ]] && echo ", haproxy2 (A/A control) ${PORT[haproxy2]}")"
   echo "$(nginx -v 2>&1); $(haproxy -v | head -n1); $(wrk -v 2>&1 | head -n1); $(openssl version)"
   if [[ -z $bh_skip ]]; then echo "bulkhead binary: $(bin_id "$BULKHEAD_BIN" "$bin")"; else echo "bulkhead not measured: $bh_skip"; fi
 } | log
@@ -362,11 +365,11 @@ fi
     function f(x, d) { return x == "" ? "n/a" : sprintf("%." d "f", x) }
     function r(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
     function inv(x) { return (x + 0 > 0) ? 1e6 / x : "" }
-    # per-round bulkhead/haproxy ratios joined by "/" (cap: of 1e6/x)
-    function rounds(test, col, cap,    j, a, h, o) {
+    # per-round T/haproxy ratios joined by "/" (cap: of 1e6/x)
+    function rounds(t, test, col, cap,    j, a, h, o) {
       o = ""
       for (j = 1; j <= nr; j++) {
-        a = (("bulkhead" SUBSEP test SUBSEP j SUBSEP col) in v) ? v["bulkhead", test, j, col] : ""
+        a = ((t SUBSEP test SUBSEP j SUBSEP col) in v) ? v[t, test, j, col] : ""
         h = (("haproxy" SUBSEP test SUBSEP j SUBSEP col) in v) ? v["haproxy", test, j, col] : ""
         if (cap) { a = inv(a); h = inv(h) }
         if (a == "" || h == "") continue
@@ -374,24 +377,30 @@ fi
       }
       return o == "" ? "-" : o
     }
-    function out(name, b, h, a, d, tgt, le, lim, rl,    rh, vd) {
+    function out(name, b, h, a, c, d, tgt, le, lim, rl, rc,    rh, vd) {
       if (a == "" && b == "" && h == "") return   # a test not run
       rh = r(a, h)
       vd = (tgt == "" ? "" : (rh == "n/a" ? "n/a" : ((le ? rh + 0 <= lim : rh + 0 >= lim) ? "MET" : "MISSED")))
-      printf "%-34s %9s %9s %9s %7s %7s  %-17s %-6s %s\n", name, f(b, d), f(h, d), f(a, d), rh, r(a, b), tgt, vd, rl
+      printf "%-34s %9s %9s %9s %7s %7s  %-17s %-6s %-15s", name, f(b, d), f(h, d), f(a, d), rh, r(a, b), tgt, vd, rl
+      if (aa) printf " %6s %s", r(c, h), rc
+      printf "\n"
     }
     function line(name, test, col, d, tgt, le, lim) {
-      out(name, m("nginx", test, col), m("haproxy", test, col), m("bulkhead", test, col), d, tgt, le, lim,
-          tgt == "" ? "" : rounds(test, col, 0))
+      out(name, m("nginx", test, col), m("haproxy", test, col), m("bulkhead", test, col), m("haproxy2", test, col), d,
+          tgt, le, lim, tgt == "" ? "" : rounds("bulkhead", test, col, 0), tgt == "" ? "" : rounds("haproxy2", test, col, 0))
     }
     # capacity: the conn/s one fully busy core would give = 1e6 / terminator CPU us per conn
     function capline(name, test) {
-      out(name, inv(m("nginx", test, 6)), inv(m("haproxy", test, 6)), inv(m("bulkhead", test, 6)), 0,
-          ">= 0.90x HAProxy", 0, 0.9, rounds(test, 6, 1))
+      out(name, inv(m("nginx", test, 6)), inv(m("haproxy", test, 6)), inv(m("bulkhead", test, 6)),
+          inv(m("haproxy2", test, 6)), 0, ">= 0.90x HAProxy", 0, 0.9, rounds("bulkhead", test, 6, 1),
+          rounds("haproxy2", test, 6, 1))
     }
     END {
-      printf "%-34s %9s %9s %9s %7s %7s  %-17s %-6s %s\n", "figure", "nginx", "haproxy", "bulkhead", "bh/hap", "bh/ngx",
+      for (x in c) if (x ~ /^haproxy2/) aa = 1
+      printf "%-34s %9s %9s %9s %7s %7s  %-17s %-6s %-15s", "figure", "nginx", "haproxy", "bulkhead", "bh/hap", "bh/ngx",
         "target", "verdict", "per-round bh/hap"
+      if (aa) printf " %6s %s", "A/A", "per-round A/A"
+      printf "\n"
       line("keep-alive req/s", "ka", 4, 0)
       line("keep-alive p99 us", "ka", 5, 0)
       line("keep-alive CPU us/req", "ka", 6, 1, "<= HAProxy", 1, 1.0)
@@ -409,6 +418,8 @@ fi
       line("idle KiB per TLS conn (slope)", "idle", 5, 2)
       line("idle PSS KiB per TLS conn", "idle", 6, 2)
       if (why != "") print "bulkhead: n/a (" why ")"
+      if (aa) print "A/A = haproxy2 / haproxy: a second, identical HAProxy measured in the same rounds (CONTROL=1); " \
+        "its distance from 1.00 is the noise of this run"
     }' "$rows"
   # client-bound notes
   awk -v sat="$SATURATED" '($2 == "full" || $2 == "resume") && $7 + 0 < sat { cb[$2] = cb[$2] " " $1 "/r" $3 "=" $7 "%" }
