@@ -65,6 +65,7 @@ raise_nofile
 (( $(ulimit -n) >= IDLE_N + 1000 )) || die "ulimit -n is $(ulimit -n); IDLE_N=$IDLE_N needs $((IDLE_N + 1000))"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bulkhead-tls.XXXXXX") || die "mktemp failed"
+chmod 755 "$work"   # nginx workers run as another user when started by root
 ANCHORS=$work   # bench/upstream-nginx.sh keeps its files under $ANCHORS/upstream-nginx
 export ANCHORS
 ok_exit=0
@@ -89,12 +90,12 @@ free_port() {
   TAKEN[$p]=1
   echo "$p"
 }
-UP_PORT=$(free_port "$PORT_BASE"); TAKEN[$UP_PORT]=1
-PORT[nginx]=$(free_port $((UP_PORT + 1))); TAKEN[${PORT[nginx]}]=1
-PORT[haproxy]=$(free_port $((PORT[nginx] + 1))); TAKEN[${PORT[haproxy]}]=1
-PORT[bulkhead]=$(free_port $((PORT[haproxy] + 1))); TAKEN[${PORT[bulkhead]}]=1
-BH_ADMIN=$(free_port $((PORT[bulkhead] + 1))); TAKEN[$BH_ADMIN]=1
-PORT[haproxy2]=$(free_port $((BH_ADMIN + 1))); TAKEN[${PORT[haproxy2]}]=1
+UP_PORT=$(free_port "$PORT_BASE") || exit 1; TAKEN[$UP_PORT]=1
+PORT[nginx]=$(free_port $((UP_PORT + 1))) || exit 1; TAKEN[${PORT[nginx]}]=1
+PORT[haproxy]=$(free_port $((PORT[nginx] + 1))) || exit 1; TAKEN[${PORT[haproxy]}]=1
+PORT[bulkhead]=$(free_port $((PORT[haproxy] + 1))) || exit 1; TAKEN[${PORT[bulkhead]}]=1
+BH_ADMIN=$(free_port $((PORT[bulkhead] + 1))) || exit 1; TAKEN[$BH_ADMIN]=1
+PORT[haproxy2]=$(free_port $((BH_ADMIN + 1))) || exit 1; TAKEN[${PORT[haproxy2]}]=1
 
 # --- the certificate, the client, the bulkhead copy --------------------------------------------------------
 cert=$work/cert.pem key=$work/key.pem
