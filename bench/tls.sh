@@ -26,7 +26,8 @@
 #   e.g. DURATION=5 REPS=1 SKIP_BULKHEAD=1 bench/tls.sh
 # Env (defaults): DURATION=10 (s per measured run) WARMUP=2 (s, not counted) REPS=2 CONNS=64 (wrk)
 #   HS_CONNS=64 HS_THREADS=max(1, cores-1) (tlsconn) IDLE_N=2000 SETTLE=2 (s before an RSS reading)
-#   TESTS="ka full resume idle" TARGETS="nginx haproxy bulkhead" SATURATED=90 PORT_BASE=18181
+#   TESTS="ka full resume idle" TARGETS="nginx haproxy bulkhead" SATURATED=90 NOISY=50 (other CPU % that marks a
+#   round as noisy) PORT_BASE=18181
 #   BULKHEAD_BIN=build/proxy/bulkhead (copied at start) SKIP_BULKHEAD=1 (anchors only; bulkhead also shows n/a
 #   when it is missing, fails --check or does not answer over TLS) CONTROL=1 (adds haproxy2, a second identical
 #   HAProxy, and an A/A column haproxy2/haproxy: the noise of the run) TLS_GROUPS (tlsconn -G, e.g. P-256; default
@@ -50,9 +51,10 @@ IDLE_N=${IDLE_N:-2000}
 TARGETS=${TARGETS:-"nginx haproxy bulkhead"}
 TESTS=${TESTS:-"ka full resume idle"}
 SATURATED=${SATURATED:-90}
+NOISY=${NOISY:-50}
 PORT_BASE=${PORT_BASE:-18181}
 BULKHEAD_BIN=${BULKHEAD_BIN:-$BENCH_REPO/build/proxy/bulkhead}
-for v in REPS CONNS HS_CONNS HS_THREADS IDLE_N SATURATED PORT_BASE; do
+for v in REPS CONNS HS_CONNS HS_THREADS IDLE_N SATURATED NOISY PORT_BASE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v: '${!v}' is not a positive integer"
 done
 ((IDLE_N >= 2)) || die "IDLE_N must be >= 2"
@@ -269,7 +271,7 @@ if ((phase1)); then
                      o = s - w - u - p; printf "%.0f", o < 0 ? 0 : o }')
           r=$(printf "$fmt_ka" "$t" ka "$rep" "$M_RPS" "$M_P99" "${usr/-/0}" "$(pct "$M_PT" "$M_EL")" "$M_WCPU" \
             "$(pct "$M_UT" "$M_EL")" "$other" "$M_ERR")
-          row "$t" ka "$rep" "$M_RPS" "$M_P99" "${usr/-/0}" "$(pct "$M_PT" "$M_EL")" "$M_WCPU" "$M_ERR"
+          row "$t" ka "$rep" "$M_RPS" "$M_P99" "${usr/-/0}" "$(pct "$M_PT" "$M_EL")" "$M_WCPU" "$M_ERR" "$other"
           { echo "--- $t ka rep=$rep"; cat "$out"; echo "wrk user/sys s: $(cat "$out.time")"; } | raw
         else
           ropt=()
@@ -295,7 +297,7 @@ if ((phase1)); then
           [[ $test == resume ]] && awk -v r="$rpct" 'BEGIN { exit !(r < 99) }' && note+="  WARNING: only $rpct% resumed"
           ((failed > 0)) && note+="  $(head -c 200 "$work/tlsconn.err" | tr '\n' ' ')"
           r=$(printf "$fmt_hs" "$t" "$test" "$rep" "$cps" "$p99" "$sus" "$spct" "$cpct" "$cus" "$upct" "$other" "$rpct" "$failed" "$note")
-          row "$t" "$test" "$rep" "$cps" "$p99" "$sus" "$spct" "$cpct" "$cus" "$rpct" "$failed" "$info"
+          row "$t" "$test" "$rep" "$cps" "$p99" "$sus" "$spct" "$cpct" "$cus" "$rpct" "$failed" "$info" "$other"
         fi
         log "$r"
       done
@@ -358,9 +360,11 @@ fi
 {
   echo
   echo "summary: means over the rounds (per-round rows above); ratio = bulkhead / other, of the means; n/a = not measured;"
-  echo "  per-round bh/hap = the ratio in each round (same round, back to back), to judge the noise"
-  awk -v why="${WHY[bulkhead]:-}" '
+  echo "  per-round bh/hap = the ratio in each round (same round, back to back), to judge the noise; * = a round in which"
+  echo "  other work on the host took more than ${NOISY}% of a core during one of the two runs (see \"other\" in the rows)"
+  awk -v why="${WHY[bulkhead]:-}" -v noisy="$NOISY" '
     { k = $1 SUBSEP $2; if ($3 + 0 > nr) nr = $3 + 0
+      if ($2 == "ka") oth[k, $3] = $10; else if ($2 == "full" || $2 == "resume") oth[k, $3] = $13
       for (i = 4; i <= 11 && i <= NF; i++) if ($i ~ /^-?[0-9.]+$/) { s[k, i] += $i; c[k, i]++; v[k, $3, i] = $i } }
     function m(t, test, col) { return (c[t, test, col] ? s[t, test, col] / c[t, test, col] : "") }
     function f(x, d) { return x == "" ? "n/a" : sprintf("%." d "f", x) }
@@ -374,7 +378,7 @@ fi
         h = (("haproxy" SUBSEP test SUBSEP j SUBSEP col) in v) ? v["haproxy", test, j, col] : ""
         if (cap) { a = inv(a); h = inv(h) }
         if (a == "" || h == "") continue
-        o = o (o == "" ? "" : "/") r(a, h)
+        o = o (o == "" ? "" : "/") r(a, h) ((oth[t, test, j] + 0 > noisy || oth["haproxy", test, j] + 0 > noisy) ? "*" : "")
       }
       return o == "" ? "-" : o
     }
