@@ -15,9 +15,11 @@
 #   share of a handshake costs as much CPU as the server's or more, so on 2 cores conn/s is bound by the client
 #   (a row says "client-bound" when the terminator used < SATURATED% of its core); the "capacity" rows
 #   (1e6 / CPU µs per connection: what one busy core would give) are the comparison that holds then.
-# Phase 2, one freshly started terminator at a time: KiB per idle TLS connection. After 1 s of handshakes (one-off
-#   costs), RSS (and PSS) of the tree; tlsconn -m idle opens IDLE_N/2 connections (handshake + one keep-alive
-#   GET each, then idle); RSS; IDLE_N/2 more; RSS. KiB/conn = (after - before) / IDLE_N; slope = 2nd batch only.
+# Phase 2, one freshly started terminator at a time: KiB per idle TLS connection. After 1 s of handshakes at
+#   IDLE_WINDOW concurrent connections (one-off costs and the allocator's high-water mark of that many handshakes
+#   in flight), RSS (and PSS) of the tree; tlsconn -m idle opens IDLE_N/2 connections, IDLE_WINDOW at a time
+#   (handshake + one keep-alive GET each, then idle); RSS; IDLE_N/2 more; RSS.
+#   KiB/conn = (after - before) / IDLE_N; slope = the second batch alone.
 # Output: a row per measurement, then means with bulkhead/HAProxy and bulkhead/nginx ratios, per-round ratios,
 # and the issue's targets (CPU per keep-alive request <= HAProxy's; full and resumed handshakes/s >= 0.9x
 # HAProxy's; idle KiB per TLS connection <= HAProxy's) as MET / MISSED. All of it is appended to $RESULTS.
@@ -25,7 +27,7 @@
 # usage: bench/tls.sh     needs scripts/deps.sh --bench (wrk nginx haproxy openssl) and cc + libssl-dev
 #   e.g. DURATION=5 REPS=1 SKIP_BULKHEAD=1 bench/tls.sh
 # Env (defaults): DURATION=10 (s per measured run) WARMUP=2 (s, not counted) REPS=2 CONNS=64 (wrk)
-#   HS_CONNS=64 HS_THREADS=max(1, cores-1) (tlsconn) IDLE_N=2000 SETTLE=2 (s before an RSS reading)
+#   HS_CONNS=64 HS_THREADS=max(1, cores-1) (tlsconn) IDLE_N=2000 IDLE_WINDOW=100 SETTLE=2 (s before an RSS reading)
 #   TESTS="ka full resume idle" TARGETS="nginx haproxy bulkhead" SATURATED=90 NOISY=50 (other CPU % that marks a
 #   round as noisy) PORT_BASE=18181
 #   BULKHEAD_BIN=build/proxy/bulkhead (copied at start) SKIP_BULKHEAD=1 (anchors only; bulkhead also shows n/a
@@ -48,13 +50,14 @@ CONNS=${CONNS:-64}
 HS_CONNS=${HS_CONNS:-64}
 HS_THREADS=${HS_THREADS:-$(( NCPU > 1 ? NCPU - 1 : 1 ))}
 IDLE_N=${IDLE_N:-2000}
+IDLE_WINDOW=${IDLE_WINDOW:-100}
 TARGETS=${TARGETS:-"nginx haproxy bulkhead"}
 TESTS=${TESTS:-"ka full resume idle"}
 SATURATED=${SATURATED:-90}
 NOISY=${NOISY:-50}
 PORT_BASE=${PORT_BASE:-18181}
 BULKHEAD_BIN=${BULKHEAD_BIN:-$BENCH_REPO/build/proxy/bulkhead}
-for v in REPS CONNS HS_CONNS HS_THREADS IDLE_N SATURATED NOISY PORT_BASE; do
+for v in REPS CONNS HS_CONNS HS_THREADS IDLE_N IDLE_WINDOW SATURATED NOISY PORT_BASE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v: '${!v}' is not a positive integer"
 done
 ((IDLE_N >= 2)) || die "IDLE_N must be >= 2"
@@ -320,11 +323,13 @@ if [[ " $TESTS " == *" idle "* ]]; then
   log "idle: $IDLE_N TLS connections in two batches, each connection: handshake + one keep-alive GET, then idle"
   for t in $TARGETS; do
     if ! start_target "$t" $((IDLE_N + 1000)); then log "$t: idle not measured: ${WHY[$t]}"; continue; fi
-    "$tlsconn" -c 4 -d 1 -w 0 "${groups_opt[@]}" 127.0.0.1 "${PORT[$t]}" >/dev/null 2>&1   # one-off costs
+    # warm-up at the concurrency the idle client opens with: the one-off costs, and the allocator's high-water
+    # mark of IDLE_WINDOW handshakes in flight, land before the "before" reading
+    "$tlsconn" -c "$IDLE_WINDOW" -d 1 -w 0 "${groups_opt[@]}" 127.0.0.1 "${PORT[$t]}" >/dev/null 2>&1
     sleep "$SETTLE"
     read -r rb pb <<<"$(rss_kib "${PID[$t]}")"
     half=$((IDLE_N / 2))
-    { coproc IDL { exec "$tlsconn" -m idle -W 100 "${groups_opt[@]}" 127.0.0.1 "${PORT[$t]}" 2>"$work/idle.err"; }; } 2>/dev/null
+    { coproc IDL { exec "$tlsconn" -m idle -W "$IDLE_WINDOW" "${groups_opt[@]}" 127.0.0.1 "${PORT[$t]}" 2>"$work/idle.err"; }; } 2>/dev/null
     IDLE_CL=$IDL_PID
     exec {i_out}<&"${IDL[0]}" {i_in}>&"${IDL[1]}"
     echo "open $half" >&"$i_in"
@@ -420,7 +425,7 @@ fi
       line("resumed: terminator CPU %", "resume", 7, 0)
       line("resumed: share resumed %", "resume", 10, 1)
       line("idle KiB per TLS conn", "idle", 4, 2, "<= HAProxy", 1, 1.0)
-      line("idle KiB per TLS conn (slope)", "idle", 5, 2)
+      line("idle KiB per TLS conn (slope)", "idle", 5, 2, "<= HAProxy", 1, 1.0)
       line("idle PSS KiB per TLS conn", "idle", 6, 2)
       if (why != "") print "bulkhead: n/a (" why ")"
       if (aa) print "A/A = haproxy2 / haproxy: a second, identical HAProxy measured in the same rounds (CONTROL=1); " \
