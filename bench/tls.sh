@@ -367,8 +367,9 @@ fi
   echo "summary: means over the rounds (per-round rows above); ratio = bulkhead / other, of the means; n/a = not measured;"
   echo "  per-round bh/hap = the ratio in each round (same round, back to back), to judge the noise; * = a round in which"
   echo "  other work on the host took more than ${NOISY}% of a core during one of the two runs (see \"other\" in the rows)"
-  awk -v why="${WHY[bulkhead]:-}" -v noisy="$NOISY" '
+  awk -v why="${WHY[bulkhead]:-}" -v noisy="$NOISY" -v sat="$SATURATED" '
     { k = $1 SUBSEP $2; if ($3 + 0 > nr) nr = $3 + 0
+      if (($2 == "full" || $2 == "resume") && ($1 == "bulkhead" || $1 == "haproxy") && $7 + 0 < sat) bound[$2] = 1
       if ($2 == "ka") oth[k, $3] = $10; else if ($2 == "full" || $2 == "resume") oth[k, $3] = $13
       for (i = 4; i <= 11 && i <= NF; i++) if ($i ~ /^-?[0-9.]+$/) { s[k, i] += $i; c[k, i]++; v[k, $3, i] = $i } }
     function m(t, test, col) { return (c[t, test, col] ? s[t, test, col] / c[t, test, col] : "") }
@@ -392,15 +393,18 @@ fi
       rh = r(a, h)
       vd = (tgt == "" ? "" : (rh == "n/a" ? "n/a" : ((le ? rh + 0 <= lim : rh + 0 >= lim) ? "MET" : "MISSED")))
       printf "%-34s %9s %9s %9s %7s %7s  %-17s %-6s %-15s", name, f(b, d), f(h, d), f(a, d), rh, r(a, b), tgt, vd, rl
-      if (aa) printf " %6s %s", r(c, h), rc
+      if (aa) printf " %6s %-15s", r(c, h), rc
+      if (note != "") printf " %s", note
       printf "\n"
     }
     function line(name, test, col, d, tgt, le, lim) {
+      note = (tgt != "" && col == 4 && (test in bound)) ? "client-bound: read the capacity row" : ""
       out(name, m("nginx", test, col), m("haproxy", test, col), m("bulkhead", test, col), m("haproxy2", test, col), d,
           tgt, le, lim, tgt == "" ? "" : rounds("bulkhead", test, col, 0), tgt == "" ? "" : rounds("haproxy2", test, col, 0))
     }
     # capacity: the conn/s one fully busy core would give = 1e6 / terminator CPU us per conn
     function capline(name, test) {
+      note = ""
       out(name, inv(m("nginx", test, 6)), inv(m("haproxy", test, 6)), inv(m("bulkhead", test, 6)),
           inv(m("haproxy2", test, 6)), 0, ">= 0.90x HAProxy", 0, 0.9, rounds("bulkhead", test, 6, 1),
           rounds("haproxy2", test, 6, 1))
