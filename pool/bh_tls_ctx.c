@@ -274,9 +274,35 @@ static bool use_cert(SSL_CTX *ctx, const bh_conf_tls_cert_t *c)
     return SSL_CTX_use_cert_and_key(ctx, c->x509, c->pkey, c->chain, 1) == 1;
 }
 
-SSL_CTX *bh_tls_server_ctx(const bh_conf_listener_tls_t *conf, char *err, size_t errlen)
+/* The session id context: what a session resumed here must have been made under. Ticket keys
+ * are the process's, so without it a session from a listener that asks for no client
+ * certificate would resume on one that requires them (or after a reload that started to), and
+ * skip the check. It digests the listener's address, verify_client and its client CAs. */
+static bool session_context(SSL_CTX *ctx, const bh_conf_listener_tls_t *conf, const char *id)
 {
-    static const unsigned char sid_ctx[] = "bulkhead";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *h = EVP_MD_CTX_new();
+    int mode = (int)conf->verify_client;
+    bool ok = h != NULL && EVP_DigestInit_ex(h, EVP_sha256(), NULL) == 1 &&
+              EVP_DigestUpdate(h, id, strlen(id) + 1) == 1 &&
+              EVP_DigestUpdate(h, &mode, sizeof(mode)) == 1;
+    for (int i = 0; ok && conf->client_names != NULL && i < sk_X509_NAME_num(conf->client_names);
+         i++) {
+        unsigned char *der = NULL;
+        int n = i2d_X509_NAME(sk_X509_NAME_value(conf->client_names, i), &der);
+        ok = n > 0 && EVP_DigestUpdate(h, der, (size_t)n) == 1;
+        OPENSSL_free(der);
+    }
+    ok = ok && EVP_DigestFinal_ex(h, md, &mdlen) == 1 && mdlen <= SSL_MAX_SID_CTX_LENGTH &&
+         SSL_CTX_set_session_id_context(ctx, md, mdlen) == 1;
+    EVP_MD_CTX_free(h);
+    return ok;
+}
+
+SSL_CTX *bh_tls_server_ctx(const bh_conf_listener_tls_t *conf, const char *id, char *err,
+                           size_t errlen)
+{
     ERR_clear_error();
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL) {
@@ -290,13 +316,14 @@ SSL_CTX *bh_tls_server_ctx(const bh_conf_listener_tls_t *conf, char *err, size_t
         what = "certificate refused";
     else if (!server_client_auth(ctx, conf))
         what = "client CA refused";
+    else if (!session_context(ctx, conf, id))
+        what = "cannot set the session id context";
     if (what != NULL) {
         openssl_error(err, errlen, what);
         SSL_CTX_free(ctx);
         return NULL;
     }
     SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
     /* Resumption by tickets only: no per-process session cache to share or to bound. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);

@@ -14,8 +14,10 @@
 #include "bh_tls.h"
 
 /* A listener's context, or NULL (err says why) when OpenSSL refuses something the config load
- * accepted. */
-SSL_CTX *bh_tls_server_ctx(const bh_conf_listener_tls_t *conf, char *err, size_t errlen);
+ * accepted. id: the listener's address; sessions resume only on a listener with the same id,
+ * verify_client and client CAs. */
+SSL_CTX *bh_tls_server_ctx(const bh_conf_listener_tls_t *conf, const char *id, char *err,
+                           size_t errlen);
 /* An upstream's context, or NULL (err says why). */
 SSL_CTX *bh_tls_client_ctx(const bh_conf_upstream_tls_t *conf, char *err, size_t errlen);
 void bh_tls_ctx_free(SSL_CTX *ctx);

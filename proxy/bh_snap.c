@@ -134,7 +134,7 @@ static int listeners_tls(bh_snap_t *s)
         char err[256];
         if (!l->tls.enabled)
             continue;
-        if ((s->listener_tls[i] = bh_tls_server_ctx(&l->tls, err, sizeof(err))) == NULL) {
+        if ((s->listener_tls[i] = bh_tls_server_ctx(&l->tls, l->addr.text, err, sizeof(err))) == NULL) {
             bh_log_error("listener %s: %s", l->name, err);
             return BH_ECONFIG;
         }
