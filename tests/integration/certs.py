@@ -148,3 +148,23 @@ def chain_file(path, *certs):
             with open(c) as f:
                 out.write(f.read())
     return path
+
+
+def not_after(cert_path):
+    """A certificate file's notAfter as Unix seconds (what `openssl x509 -enddate` says)."""
+    import calendar
+    out = _openssl("x509", "-noout", "-enddate", "-in", cert_path).decode().strip()
+    when = datetime.datetime.strptime(out.split("=", 1)[1], "%b %d %H:%M:%S %Y %Z")
+    return calendar.timegm(when.timetuple())
+
+
+def subject_rfc2253(cert_path):
+    """A certificate file's subject in OpenSSL's RFC 2253 one-line form ("CN=alice,O=Bulkhead Tests")."""
+    out = _openssl("x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", cert_path).decode().strip()
+    return out.split("=", 1)[1].strip()
+
+
+def file_serial(cert_path):
+    """The serial (upper-case hex, no leading zeros) of the first certificate of a PEM file."""
+    with open(cert_path, "rb") as f:
+        return served_serial(f.read())
