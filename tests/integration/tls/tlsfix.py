@@ -188,8 +188,9 @@ def served_by(port, server_name):
 
 def s_client(port, *args, server_name="localhost", stdin=b"", timeout=IO_TIMEOUT):
     """openssl s_client against 127.0.0.1:port: CompletedProcess with stdout+stderr as text in .out.
-    stdin is sent after the handshake (s_client quits at its end)."""
-    cmd = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-no_ign_eof"]
+    Without stdin s_client quits after the handshake; with stdin (a request with Connection: close) it
+    sends it and reads until the server closes (-ign_eof)."""
+    cmd = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-ign_eof" if stdin else "-no_ign_eof"]
     if server_name:
         cmd += ["-servername", server_name]
     p = subprocess.run(cmd + list(args), input=stdin, capture_output=True, timeout=timeout)
