@@ -86,8 +86,9 @@ def test_20_mib_up_and_down_over_tls(tls_bulkhead, upstream, ctx):
     """20 MiB request body to /sink (length and SHA-256 as the upstream counted them) and 20 MiB response
     body from /bytes (every byte compared), on one TLS connection. Guards against TLS writes that lose or
     reorder data under backpressure (partial SSL_write, WANT_READ/WANT_WRITE mishandled)."""
-    bh = tls_bulkhead(upstream, limits={"max_body_bytes": "64MiB", "body_timeout": "60s"},
-                      timeouts={"total": "300s", "idle": "60s", "first_byte": "60s"})
+    bh = tls_bulkhead(upstreams={"u": {"endpoints": [upstream.addr],
+                                       "timeouts": {"total": "300s", "idle": "60s", "first_byte": "60s"}}},
+                      limits={"max_body_bytes": "64MiB", "body_timeout": "60s"})
     body = (bytes(range(251)) * (BIG // 251 + 1))[:BIG]  # 251: not aligned with any buffer size
     with TlsClient(bh.port, ctx) as c:
         c.request("POST", "/sink", body=body)

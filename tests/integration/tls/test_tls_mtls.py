@@ -78,6 +78,9 @@ def test_certificate_from_another_ca_is_refused(tls_bulkhead, upstream, site, pk
     mallory = other_pki.client("mallory")
     assert refused(bh.port, client_context(pki.ca_cert, cert=mallory))
     assert upstream.count() == 0
+    # the same listener serves a certificate from client_ca (so the refusal above was about mallory's)
+    with TlsClient(bh.port, client_context(pki.ca_cert, cert=pki.client("alice"))) as c:
+        assert c.get().status == 200
 
 
 def test_optional_without_certificate_is_served_with_no_subject(tls_bulkhead, upstream, site, pki):

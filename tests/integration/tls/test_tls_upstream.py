@@ -15,6 +15,8 @@ from tlsfix import (PATTERN, RawClient, admin_stats, echoed_headers, fetch, hand
 MiB = 1 << 20
 BIG = 20 * MiB
 NO_RETRY = {"attempts": 1}
+# a check timeout long enough for a TLS handshake under ASan on a loaded machine
+CHECK = {"path": "/healthz", "interval": "1s", "timeout": "1s", "healthy": 2, "unhealthy": 2}
 
 
 def up_tls(pki, **keys):
@@ -144,8 +146,7 @@ def test_health_checks_over_tls(bulkhead, front, upstream, pki):
     """health_check on an HTTPS endpoint: the checks reach the test upstream through nginx (so they
     spoke TLS: nginx refuses plain HTTP with 400) and the endpoint is healthy in /stats. Guards against
     health checks that ignore the upstream's tls section."""
-    check = {"path": "/healthz", "interval": "200ms", "timeout": "1s", "healthy": 2, "unhealthy": 2}
-    bh = start(bulkhead, front, up_tls(pki), health_check=check)
+    bh = start(bulkhead, front, up_tls(pki), health_check=CHECK)
     wait_until(lambda: upstream.count("/healthz", "GET") >= 4, what="health checks through nginx")
     checks = [x for x in front.requests() if x["request"].startswith("GET /healthz ")]
     assert checks and all(x["status"] == 200 and x["protocol"].startswith("TLSv1.") for x in checks), checks
@@ -156,15 +157,22 @@ def test_health_checks_over_tls(bulkhead, front, upstream, pki):
 
 
 def test_health_checks_fail_on_an_untrusted_certificate(bulkhead, faults_factory, other_pki, pki):
-    """health_check on a TLS server whose certificate comes from a CA nobody trusts (it would answer
-    every check 200): the endpoint turns unhealthy, and no check request was ever answered (the
-    handshakes were refused). Guards against health checks that skip verification."""
+    """Two TLS servers that answer every check 200, one with a certificate from the test CA, one from a
+    CA nobody trusts: the first stays healthy and gets the check requests, the second turns unhealthy
+    and never gets a request (its handshakes are refused). Guards against health checks that skip
+    verification (both healthy), or that do not speak TLS (neither gets a request)."""
+    good = faults_factory("serve", pki.server("localhost", "127.0.0.1", stem="hc-good"))
     bad = faults_factory("serve", other_pki.server("localhost", "127.0.0.1"))
-    check = {"path": "/healthz", "interval": "200ms", "timeout": "1s", "healthy": 2, "unhealthy": 2}
-    bh = start(bulkhead, bad, up_tls(pki), health_check=check)
-    wait_until(lambda: bad.stats()["connections"] >= 3, what="three health-check connections")
-    wait_until(lambda: named(admin_stats(bh)["upstreams"], "u")["endpoints"][0]["healthy"] is False,
-               what="the endpoint to be marked unhealthy")
+    entry = resilient_upstream(good.addr, bad.addr, retry=NO_RETRY, tls=up_tls(pki), health_check=CHECK)
+    bh = bulkhead(upstreams={"u": entry})
+    wait_until(lambda: bad.stats()["connections"] >= 3, what="three health-check connections to the bad one")
+    wait_until(lambda: good.stats()["requests"] >= 3, what="three health checks answered by the good one")
+
+    def health():
+        eps = named(admin_stats(bh)["upstreams"], "u")["endpoints"]
+        return {e["address"]: e["healthy"] for e in eps}
+    wait_until(lambda: health() == {good.addr: True, bad.addr: False},
+               what="the untrusted endpoint to be unhealthy and the other healthy")
     assert bad.stats()["requests"] == 0, bad.stats()
 
 
