@@ -175,7 +175,7 @@ def test_min_version_13_refuses_a_tls_12_client(tls_bulkhead, upstream, pki):
     only12 = client_context(pki.ca_cert, max_version=ssl.TLSVersion.TLSv1_2)
     with pytest.raises(ssl.SSLError) as e:
         TlsClient(bh.port, only12).close()
-    assert "PROTOCOL_VERSION" in str(e.value).upper() or "VERSION" in str(e.value).upper(), e.value
+    assert "TLSV1_ALERT_PROTOCOL_VERSION" in str(e.value), e.value
     with TlsClient(bh.port, client_context(pki.ca_cert, min_version=ssl.TLSVersion.TLSv1_3)) as c:
         assert c.sock.version() == "TLSv1.3"
         assert c.get().status == 200
