@@ -74,7 +74,7 @@ class Pki:
         crt = os.path.join(self.dir, stem + ".crt")
         extfile = os.path.join(self.dir, stem + ".ext")
         self._key(key, rsa)
-        _openssl("req", "-new", "-key", key, "-out", csr, "-subj", subject)
+        _openssl("req", "-new", "-utf8", "-key", key, "-out", csr, "-subj", subject)
         with open(extfile, "w") as f:
             f.write(ext)
         serial = self._next_serial()
@@ -111,8 +111,11 @@ class Pki:
         return c._replace(names=names)
 
     def client(self, cn, days=30, stem=None):
+        """A client certificate with subject O=Bulkhead Tests, CN=cn (UTF-8; "/" and "\\" in cn must be
+        escaped as the `openssl req -subj` syntax wants)."""
         ext = "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
-        return self._issue(stem or "client-" + cn, "/O=Bulkhead Tests/CN=" + cn, ext, days=days)
+        stem = stem or "client-" + "".join(ch if ch.isalnum() else "_" for ch in cn)
+        return self._issue(stem, "/O=Bulkhead Tests/CN=" + cn, ext, days=days)
 
     def expired(self, cn, *more_names):
         """A server certificate for cn that expired yesterday (valid for a day, ten days ago)."""

@@ -220,3 +220,32 @@ def test_stalled_handshake_is_closed_at_handshake_timeout(tls_bulkhead, upstream
         assert not done.readable_within(0), "the established TLS connection was closed too"
         r = done.get()
         assert r.status == 200, r
+
+
+TLS12 = dict(min_version=ssl.TLSVersion.TLSv1_2, max_version=ssl.TLSVersion.TLSv1_2)
+
+
+def test_default_tls12_ciphers_are_aead_only(tls_bulkhead, upstream, pki):
+    """The default TLS 1.2 cipher list is AEAD-only: a TLS 1.2 client offering only a CBC suite
+    (ECDHE-ECDSA-AES128-SHA256) is refused with a handshake_failure alert, one offering an AES-GCM suite
+    is served with it. Guards against OpenSSL's DEFAULT list (which has CBC suites) as the default."""
+    bh = tls_bulkhead(upstream)
+    with pytest.raises(ssl.SSLError) as e:
+        TlsClient(bh.port, client_context(pki.ca_cert, ciphers="ECDHE-ECDSA-AES128-SHA256", **TLS12)).close()
+    assert "HANDSHAKE_FAILURE" in str(e.value), e.value
+    with TlsClient(bh.port, client_context(pki.ca_cert, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256", **TLS12)) as c:
+        assert c.sock.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+        assert c.get().status == 200
+
+
+def test_configured_ciphers_are_the_only_ones(tls_bulkhead, upstream, site, pki):
+    """ciphers "ECDHE-ECDSA-CHACHA20-POLY1305": a TLS 1.2 client offering it and AES-GCM gets it; one
+    offering only AES-GCM (in the default list) is refused. Guards against the ciphers key ignored."""
+    bh = tls_bulkhead(upstream, tls=listener_tls(site, ciphers="ECDHE-ECDSA-CHACHA20-POLY1305"))
+    both = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305"
+    with TlsClient(bh.port, client_context(pki.ca_cert, ciphers=both, **TLS12)) as c:
+        assert c.sock.cipher()[0] == "ECDHE-ECDSA-CHACHA20-POLY1305"
+        assert c.get().status == 200
+    with pytest.raises(ssl.SSLError) as e:
+        TlsClient(bh.port, client_context(pki.ca_cert, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384", **TLS12)).close()
+    assert "HANDSHAKE_FAILURE" in str(e.value), e.value

@@ -117,3 +117,18 @@ def test_forged_subject_removed_on_a_plain_listener(tls_bulkhead, upstream, site
         r = c.read_response()
     assert r.status == 200, r
     assert subjects(r) == [], echoed_headers(r)
+
+
+def test_subject_is_escaped_rfc_2253(tls_bulkhead, upstream, site, pki):
+    """A subject with a comma and a non-ASCII letter (CN=Smith, José) goes upstream exactly as
+    `openssl x509 -nameopt RFC2253` prints it: the comma escaped, the UTF-8 bytes as \\XX escapes, so
+    the header is printable ASCII. Guards against a subject printed with another name format, or raw
+    UTF-8 in a header."""
+    bh = start(tls_bulkhead, upstream, site, pki, "require")
+    jose = pki.client("Smith, José")
+    want = subject_rfc2253(jose.cert)
+    assert want == "CN=Smith\\, Jos\\C3\\A9,O=Bulkhead Tests", want
+    with TlsClient(bh.port, client_context(pki.ca_cert, cert=jose)) as c:
+        r = c.get()
+    assert r.status == 200, r
+    assert subjects(r) == [want], echoed_headers(r)

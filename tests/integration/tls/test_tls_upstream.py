@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 
-from tlsfix import (PATTERN, RawClient, admin_stats, echoed_headers, fetch, handshakes, named,
+from tlsfix import (PATTERN, RawClient, TlsClient, admin_stats, echoed_headers, fetch, handshakes, named,
                     proxy_status_details, proxy_status_error, resilient_upstream, wait_until)
 
 MiB = 1 << 20
@@ -257,3 +257,56 @@ def test_forwarded_proto_is_http_for_a_plain_client_to_an_https_upstream(bulkhea
     r = fetch(bh.port, "GET", "/echo-head")
     assert r is not None and r.status == 200, r
     assert echoed_headers(r)["x-forwarded-proto"] == ["http"], echoed_headers(r)
+
+
+def test_upstream_min_version_13_refuses_a_tls_12_server(bulkhead, nginx_factory, upstream, site, pki):
+    """tls.min_version "1.3" against nginx speaking TLS 1.2 only: no connection (502 with a TLS error
+    type, nothing reaches the test upstream); the default ("1.2") is served by the same nginx. Guards
+    against the upstream min_version ignored."""
+    n = nginx_factory(site, upstream, protocols="TLSv1.2")
+    bh = start(bulkhead, n, up_tls(pki, min_version="1.3"))
+    r = fetch(bh.port, "GET", "/echo-head")
+    assert r is not None and r.status == 502, r
+    assert proxy_status_error(r) in ("tls_alert_received", "tls_protocol_error"), r.header("Proxy-Status")
+    assert upstream.count("/echo-head") == 0
+    bh2 = start(bulkhead, n, up_tls(pki))
+    r = fetch(bh2.port, "GET", "/echo-head")
+    assert r is not None and r.status == 200, r
+    (line,) = n.requests()
+    assert line["protocol"] == "TLSv1.2", line
+
+
+def test_default_ca_is_the_system_store(bulkhead, front, pki):
+    """No tls.ca: the system store, which does not hold the test CA: 502 tls_certificate_error. Guards
+    against a default that trusts any certificate."""
+    bh = start(bulkhead, front, {"enabled": True})
+    r = fetch(bh.port, "GET", "/echo-head")
+    assert r is not None and r.status == 502, r
+    assert proxy_status_error(r) == "tls_certificate_error", r.header("Proxy-Status")
+
+
+def test_system_store_honours_ssl_cert_file(bulkhead, front, pki):
+    """ca: system is OpenSSL's default store, so SSL_CERT_FILE (OpenSSL's own variable for it) pointing
+    at the test CA makes the nginx upstream trusted: 200. Guards against "system" read from a hard-coded
+    file instead of OpenSSL's default paths (X509_STORE_set_default_paths), which operators override the
+    same way."""
+    entry = resilient_upstream(front.addr, retry=NO_RETRY, tls={"enabled": True, "ca": "system"})
+    bh = bulkhead(upstreams={"u": entry}, env={"SSL_CERT_FILE": pki.ca_cert})
+    r = fetch(bh.port, "GET", "/echo-head")
+    assert r is not None and r.status == 200, r
+
+
+def test_tls_on_both_sides(tls_bulkhead, front, upstream, pki, ctx):
+    """A TLS client, bulkhead's TLS listener, nginx's HTTPS: three requests on one client connection are
+    answered, the upstream sees X-Forwarded-Proto https (the client side's), and each side counts its
+    handshakes. Guards against the two TLS sides sharing state they should not (one context, one
+    counter)."""
+    bh = tls_bulkhead(upstreams={"u": resilient_upstream(front.addr, retry=NO_RETRY, tls=up_tls(pki))})
+    with TlsClient(bh.port, ctx) as c:
+        for i in range(3):
+            r = c.get("/echo-head?i=%d" % i)
+            assert r.status == 200, r
+            assert echoed_headers(r)["x-forwarded-proto"] == ["https"], echoed_headers(r)
+    assert upstream.count("/echo-head") == 3
+    wait_until(lambda: handshakes(bh, "client")["ok"] == 1 and handshakes(bh, "upstream")["ok"] >= 1,
+               what="one handshake counted on each side")

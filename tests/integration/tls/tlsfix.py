@@ -269,7 +269,7 @@ class Nginx:
     connection ($connection). keepalive_requests 1 closes every client connection after one request."""
 
     def __init__(self, tmp_path, cert, backend, keepalive_requests=1000, tickets=True, session_cache=True,
-                 client_ca=None):
+                 client_ca=None, protocols="TLSv1.2 TLSv1.3"):
         if not os.path.exists(NGINX):
             raise RuntimeError("nginx not found at %s (Debian package nginx; scripts/deps.sh)" % NGINX)
         self.port = free_port()
@@ -295,7 +295,7 @@ class Nginx:
                 "        listen 127.0.0.1:%(port)d ssl;\n"
                 "        server_name localhost;\n"
                 "        ssl_certificate %(cert)s;\n        ssl_certificate_key %(key)s;\n"
-                "        ssl_protocols TLSv1.2 TLSv1.3;\n%(mtls)s"
+                "        ssl_protocols %(protocols)s;\n%(mtls)s"
                 "        client_max_body_size 0;\n"
                 "        location / {\n"
                 "            proxy_pass http://back;\n"
@@ -309,7 +309,7 @@ class Nginx:
                           "cache": "shared:bh:1m" if session_cache else "off",
                           "tickets": "on" if tickets else "off", "kr": keepalive_requests,
                           "backend": backend, "port": self.port, "cert": cert.cert, "key": cert.key,
-                          "mtls": mtls}
+                          "mtls": mtls, "protocols": protocols}
         self.conf_path = os.path.join(self.prefix, "nginx.conf")
         with open(self.conf_path, "w") as f:
             f.write(conf)
