@@ -33,14 +33,14 @@ def ctx(pki):
 @pytest.fixture
 def tls_bulkhead(bulkhead, site):
     """Factory: tls_bulkhead(upstream or upstreams={...}, tls={...listener tls...}, plain_listener=False,
-    **sections) -> Bulkhead whose first listener ("tls") serves HTTPS with `site` unless tls is given;
-    .port is the TLS port, .plain_port the plain listener's (or None)."""
+    env=None, **sections) -> Bulkhead whose first listener ("tls") serves HTTPS with `site` unless tls
+    is given; .port is the TLS port, .plain_port the plain listener's (or None)."""
 
-    def make(up=None, tls=None, upstreams=None, routes=None, plain_listener=False, **sections):
+    def make(up=None, tls=None, upstreams=None, routes=None, plain_listener=False, env=None, **sections):
         if upstreams is None:
             upstreams = {"u": {"endpoints": [up if isinstance(up, str) else up.addr]}}
         conf, _, plain = tls_config(tls or listener_tls(site), upstreams, routes, plain_listener, **sections)
-        bh = bulkhead(config=conf)
+        bh = bulkhead(config=conf, env=env)
         bh.plain_port = plain
         return bh
 
