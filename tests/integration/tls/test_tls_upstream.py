@@ -310,3 +310,46 @@ def test_tls_on_both_sides(tls_bulkhead, front, upstream, pki, ctx):
     assert upstream.count("/echo-head") == 3
     wait_until(lambda: handshakes(bh, "client")["ok"] == 1 and handshakes(bh, "upstream")["ok"] >= 1,
                what="one handshake counted on each side")
+
+
+def two_servers(faults_factory, pki, other_pki):
+    """Two TLS servers answering 200: one with a test-CA certificate, one with an untrusted one."""
+    good = faults_factory("serve", pki.server("localhost", "127.0.0.1", stem="pair-good"))
+    bad = faults_factory("serve", other_pki.server("localhost", "127.0.0.1"))
+    return good, bad
+
+
+def test_failed_handshake_is_retried_even_for_a_post(bulkhead, faults_factory, pki, other_pki):
+    """A failed handshake sent nothing (NOT_SENT), so even a POST is retried on the other endpoint:
+    round robin over a trusted and an untrusted server with attempts 2, ten POSTs all 200, each received
+    once by the trusted server, none by the untrusted one (which saw the handshakes). Guards against a
+    handshake failure classified as "sent, no response" (a POST would then get 502)."""
+    good, bad = two_servers(faults_factory, pki, other_pki)
+    entry = resilient_upstream(good.addr, bad.addr, balance="round_robin", tls=up_tls(pki),
+                               retry={"attempts": 2, "backoff": {"base": "1ms", "max": "5ms"}})
+    bh = bulkhead(upstreams={"u": entry})
+    for i in range(10):
+        r = fetch(bh.port, "POST", "/p?i=%d" % i, body=b"x" * (100 + i))
+        assert r is not None and r.status == 200, r
+    assert good.stats()["requests"] == 10, good.stats()
+    st = bad.stats()
+    assert st["connections"] >= 1 and st["requests"] == 0, st
+
+
+def test_failed_handshakes_eject_the_endpoint(bulkhead, faults_factory, pki, other_pki):
+    """outlier.consecutive_failures 2, no retries, round robin over a trusted and an untrusted server:
+    the untrusted one fails two handshakes (two 502 tls_certificate_error), is ejected (/stats), and
+    gets no further connection while the other serves the rest. Guards against handshake failures the
+    outlier detector does not see."""
+    good, bad = two_servers(faults_factory, pki, other_pki)
+    entry = resilient_upstream(good.addr, bad.addr, balance="round_robin", tls=up_tls(pki), retry=NO_RETRY,
+                               outlier={"consecutive_failures": 2, "eject_for": "60s", "max_ejected": "50%"})
+    bh = bulkhead(upstreams={"u": entry})
+    replies = [fetch(bh.port, "GET", "/g?i=%d" % i) for i in range(12)]
+    failed = [r for r in replies if r is None or r.status != 200]
+    assert len(failed) == 2, replies
+    assert all(r is not None and r.status == 502 and proxy_status_error(r) == "tls_certificate_error"
+               for r in failed), failed
+    assert bad.stats()["connections"] == 2, bad.stats()
+    eps = {e["address"]: e for e in named(admin_stats(bh)["upstreams"], "u")["endpoints"]}
+    assert eps[bad.addr]["ejected"] is True and eps[good.addr]["ejected"] is False, eps
