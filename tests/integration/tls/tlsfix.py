@@ -243,13 +243,14 @@ def metrics(bh):
     return out
 
 
-def mval(scrape, name, **labels):
+def mval(scrape, metric, /, **labels):
     """The sample with exactly these labels, 0 when absent (a counter not bumped yet may be absent)."""
-    return scrape.get((name, frozenset(labels.items())), 0)
+    return scrape.get((metric, frozenset(labels.items())), 0)
 
 
-def series(scrape, name):
-    return {ls: v for (n, ls), v in scrape.items() if n == name}
+def series(scrape, metric):
+    """{frozenset of label pairs: value} of every sample of one metric."""
+    return {ls: v for (n, ls), v in scrape.items() if n == metric}
 
 
 def handshakes(bh, side):
