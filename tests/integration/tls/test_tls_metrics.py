@@ -60,7 +60,7 @@ def test_upstream_full_handshakes_count_as_ok(bulkhead, nginx_factory, upstream,
     after = wait_until(lambda: (lambda h: h["ok"] - before["ok"] >= 3 and h)(handshakes(bh, "upstream")),
                        what="three upstream handshakes counted")
     assert {k: after[k] - before[k] for k in after} == {"ok": 3, "failed": 0, "resumed": 0}, (before, after)
-    assert [x["reused"] for x in n.requests()] == ["."] * 3
+    assert [x["reused"] for x in n.wait_requests(3)] == ["."] * 3
 
 
 def promtool():

@@ -51,5 +51,5 @@ def test_nginx_serves_https_and_logs_resumption(nginx_factory, upstream, site, p
     with TlsClient(n.port, ctx, session=session) as c:
         assert c.sock.session_reused
         assert c.get().status == 200
-    assert [x["reused"] for x in n.requests()] == [".", "r"], n.requests()
+    assert [x["reused"] for x in n.wait_requests(2)] == [".", "r"], n.requests()
     assert upstream.count("/echo-head") == 2

@@ -49,7 +49,7 @@ def test_request_through_nginx_over_tls(bulkhead, front, upstream, pki):
     assert r is not None and r.status == 200, r
     assert b'"target": "/echo-head?via=nginx"' in r.body, r.body
     assert upstream.count("/echo-head") == 1
-    (line,) = wait_until(lambda: front.requests(), what="nginx's access log line")
+    (line,) = front.wait_requests(1)
     assert line["protocol"].startswith("TLSv1."), line
     assert line["request"] == "GET /echo-head?via=nginx HTTP/1.1" and line["status"] == 200, line
 
@@ -132,7 +132,7 @@ def test_sessions_resumed_on_new_upstream_connections(bulkhead, nginx_factory, u
     for i in range(6):
         r = fetch(bh.port, "GET", "/echo-head?i=%d" % i)
         assert r is not None and r.status == 200, r
-    lines = wait_until(lambda: (lambda ls: len(ls) == 6 and ls)(n.requests()), what="six nginx log lines")
+    lines = n.wait_requests(6)
     assert len({x["conn"] for x in lines}) == 6, "expected one nginx connection per request: %r" % lines
     reused = [x["reused"] == "r" for x in lines]
     assert reused[0] is False and all(reused[1:]), "nginx saw resumption %r" % lines
@@ -272,7 +272,7 @@ def test_upstream_min_version_13_refuses_a_tls_12_server(bulkhead, nginx_factory
     bh2 = start(bulkhead, n, up_tls(pki))
     r = fetch(bh2.port, "GET", "/echo-head")
     assert r is not None and r.status == 200, r
-    (line,) = n.requests()
+    (line,) = n.wait_requests(1)
     assert line["protocol"] == "TLSv1.2", line
 
 

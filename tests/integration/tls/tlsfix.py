@@ -351,6 +351,14 @@ class Nginx:
                         "request": m.group(4), "status": int(m.group(5))})
         return out
 
+    def wait_requests(self, n):
+        """The access log once it has n lines (nginx writes a line after the response has gone, so a
+        client can read the response first); AssertionError if it ends up with more."""
+        lines = wait_until(lambda: (lambda ls: len(ls) >= n and ls)(self.requests()),
+                           what="%d lines in nginx's access log" % n)
+        assert len(lines) == n, lines
+        return lines
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
