@@ -3,7 +3,16 @@ listener (`tls_bulkhead`), nginx as an HTTPS upstream (`nginx_factory`) and the 
 (`faults_factory`). Helpers live in tlsfix.py (see there why not here)."""
 import pytest
 
+import tlsfix
 from tlsfix import Faults, Nginx, Pki, client_context, listener_tls, tls_config
+
+# This file and the parent's are both imported under the module name `conftest`, and pytest loads every
+# conftest.py before it imports the test modules: a test module of the parent directory that does
+# `from conftest import ...` may get this module. Re-export the parent's helpers (not its fixtures,
+# which pytest already registered from the parent) so that keeps working (as sql/conftest.py does).
+for _k, _v in vars(tlsfix.parent).items():
+    if not _k.startswith("_") and not hasattr(_v, "_pytestfixturefunction") and _k not in globals():
+        globals()[_k] = _v
 
 
 @pytest.fixture
