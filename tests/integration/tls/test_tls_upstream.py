@@ -65,7 +65,7 @@ def test_https_endpoint_form(bulkhead, front, upstream, pki):
 
 def test_server_name_is_sent_and_verified(bulkhead, nginx_factory, upstream, pki):
     """nginx with a certificate for api.test only (no IP address): with server_name api.test the
-    request goes through; without it bulkhead verifies the endpoint's address, which the certificate
+    request goes through, and nginx saw api.test as SNI; without it bulkhead verifies the endpoint's address, which the certificate
     does not name: 502 tls_certificate_error. Guards against server_name not used as the verified name,
     and against no name verification at all (X509_VERIFY_PARAM_set1_host / set1_ip missing)."""
     api = pki.server("api.test")
@@ -73,6 +73,8 @@ def test_server_name_is_sent_and_verified(bulkhead, nginx_factory, upstream, pki
     bh = start(bulkhead, n, up_tls(pki, server_name="api.test"))
     r = fetch(bh.port, "GET", "/echo-head")
     assert r is not None and r.status == 200, r
+    (line,) = n.wait_requests(1)
+    assert line["sni"] == "api.test", line
 
     bh2 = start(bulkhead, n, up_tls(pki))
     r = fetch(bh2.port, "GET", "/echo-head")

@@ -287,7 +287,7 @@ class Nginx:
                 "pid %(p)s/nginx.pid;\nerror_log %(err)s info;\n"
                 "events { worker_connections 512; }\n"
                 "http {\n"
-                "    log_format bh '$connection $ssl_session_reused $ssl_protocol \"$request\" $status';\n"
+                "    log_format bh '$connection $ssl_session_reused $ssl_protocol $ssl_server_name \"$request\" $status';\n"
                 "    access_log %(acc)s bh;\n%(temps)s"
                 "    ssl_session_cache %(cache)s;\n    ssl_session_tickets %(tickets)s;\n"
                 "    keepalive_requests %(kr)d;\n"
@@ -337,7 +337,7 @@ class Nginx:
 
     def requests(self):
         """The access log: dicts with conn (nginx's connection serial), reused ("r" or "."), protocol,
-        request line and status, oldest first."""
+        sni (the client's server name, "-" when none), request line and status, oldest first."""
         out = []
         try:
             with open(self.access_log) as f:
@@ -345,10 +345,10 @@ class Nginx:
         except FileNotFoundError:
             return out
         for line in lines:
-            m = re.match(r'^(\d+) (\S+) (\S+) "(.*)" (\d+)$', line)
+            m = re.match(r'^(\d+) (\S+) (\S+) (\S+) "(.*)" (\d+)$', line)
             assert m, "bad nginx access log line %r" % line
             out.append({"conn": int(m.group(1)), "reused": m.group(2), "protocol": m.group(3),
-                        "request": m.group(4), "status": int(m.group(5))})
+                        "sni": m.group(4), "request": m.group(5), "status": int(m.group(6))})
         return out
 
     def wait_requests(self, n):
