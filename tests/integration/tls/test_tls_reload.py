@@ -6,12 +6,13 @@ and the old certificate keeps serving.
 The listener's files live at fixed paths under tmp_path, which the tests overwrite (what an operator or
 certbot does) before the SIGHUP."""
 import shutil
+import ssl
 import time
 
 import pytest
 
-from tlsfix import (TlsClient, listener_tls, metrics, mval, not_after, served_by, sighup_reload,
-                    tls_config, to_yaml, wait_until)
+from tlsfix import (PeerClosed, TlsClient, client_context, listener_tls, metrics, mval, not_after, served_by,
+                    sighup_reload, tls_config, to_yaml, wait_until)
 
 
 class Live:
@@ -113,4 +114,36 @@ def test_good_reload_after_a_bad_one(bulkhead, upstream, live, pki, ctx):
     sighup_reload(bh, conf)
     assert served_by(bh.port, "localhost") == other.serial
     with TlsClient(bh.port, ctx) as c:
+        assert c.get().status == 200
+
+
+@pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
+def test_reload_to_verify_client_require_is_not_skipped_by_resumption(bulkhead, upstream, live, pki, version):
+    """A listener without client certificates, reloaded with verify_client require: a session made
+    before the reload, offered by a client without a certificate, is not resumed and the connection
+    is refused. Guards against sessions that outlive a change of the listener's client verification
+    (the same ticket keys and session id context before and after)."""
+    pair, first = live
+    bh, conf = start(bulkhead, upstream, pair)
+    v = getattr(ssl.TLSVersion, version.replace(".", "_"))
+    nocert = client_context(pki.ca_cert, min_version=v, max_version=v)
+    with TlsClient(bh.port, nocert) as c:
+        assert c.get().status == 200
+        session = c.sock.session
+    strict = dict(conf)
+    strict["listeners"] = [dict(conf["listeners"][0], tls=listener_tls(pair, client_ca=pki.ca_cert,
+                                                                        verify_client="require"))]
+    sighup_reload(bh, strict)
+    before = upstream.count("/echo-head")
+    resumed = served = False
+    try:
+        with TlsClient(bh.port, nocert, session=session) as c:
+            resumed = c.sock.session_reused
+            served = c.get().status == 200
+    except (ssl.SSLError, PeerClosed, ConnectionResetError, BrokenPipeError):
+        pass
+    assert not resumed and not served, "a session from before the reload got past verify_client require"
+    assert upstream.count("/echo-head") == before
+    alice = pki.client("alice")
+    with TlsClient(bh.port, client_context(pki.ca_cert, cert=alice)) as c:
         assert c.get().status == 200

@@ -6,7 +6,9 @@
 Modes of the data port (one per process):
   serve          a real TLS server with the given certificate (which may be expired, for another name,
                  or from a CA nobody trusts): HTTP/1.1 keep-alive, every request answered 200 "ok" with
-                 X-Upstream: faults; the body of a request (Content-Length) is read and counted
+                 X-Upstream: faults; the body of a request (Content-Length) is read and counted;
+                 /close-delimited?n=N answers N bytes (0..255 repeated) without Content-Length, then
+                 close_notify and close (&notify=0: no close_notify, a truncated stream)
   alert          reads the ClientHello and answers a fatal handshake_failure alert, then closes
   garbage        reads the ClientHello, answers a real ServerHello (made by the ssl module with the
                  given certificate) followed by bytes that are no TLS record, then closes
@@ -19,6 +21,7 @@ connections accepted on the data port, ClientHellos read (first record byte 0x16
 import argparse
 import http.server
 import json
+import socket
 import socketserver
 import ssl
 import threading
@@ -120,10 +123,30 @@ class Handler(socketserver.BaseRequestHandler):
                 buf += d
             buf = buf[length:]
             bump("requests")
+            target = head.split(b"\r\n", 1)[0].split(b" ")[1] if b" " in head else b"/"
+            if target.startswith(b"/close-delimited?"):
+                q = dict(kv.split(b"=", 1) for kv in target.split(b"?", 1)[1].split(b"&"))
+                self.close_delimited(tls, int(q[b"n"]), q.get(b"notify", b"1") == b"1")
+                return
             tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Upstream: faults\r\n"
                         + (b"Connection: close\r\n" if close else b"") + b"\r\nok")
             if close:
                 return
+
+
+    def close_delimited(self, tls, n, notify):
+        """200 without Content-Length: n bytes of 0..255 repeated, then close_notify (unless notify is
+        false: a truncation, as an attacker cutting the TCP connection would make it) and close."""
+        tls.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-Upstream: faults\r\n\r\n")
+        piece = bytes(range(256)) * 256
+        left = n
+        while left > 0:
+            tls.sendall(piece[:min(left, len(piece))])
+            left -= len(piece)
+        if notify:
+            tls.unwrap()
+        else:
+            tls.shutdown(socket.SHUT_RDWR)
 
 
 class Server(socketserver.ThreadingTCPServer):

@@ -126,9 +126,10 @@ def client_context(ca=None, cert=None, verify=True, alpn=None, min_version=None,
 
 class TlsClient(RawClient):
     """RawClient over TLS: exact HTTP/1.1 on one TLS connection (Python's ssl, a real peer). The
-    handshake completes in the constructor (ssl.SSLError when it fails)."""
+    handshake completes in the constructor (ssl.SSLError when it fails). recv_size: the most one read
+    takes (small: a slow reader)."""
 
-    def __init__(self, port, ctx, server_name="localhost", session=None, timeout=IO_TIMEOUT):
+    def __init__(self, port, ctx, server_name="localhost", session=None, timeout=IO_TIMEOUT, recv_size=1 << 16):
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
@@ -138,10 +139,11 @@ class TlsClient(RawClient):
             raise
         self.buf = b""
         self.timeout = timeout
+        self.recv_size = recv_size
 
     def _fill(self):
         try:
-            data = self.sock.recv(1 << 16)
+            data = self.sock.recv(self.recv_size)
         except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
             data = b""
         if not data:
@@ -288,6 +290,7 @@ class Nginx:
                 "events { worker_connections 512; }\n"
                 "http {\n"
                 "    log_format bh '$connection $ssl_session_reused $ssl_protocol $ssl_server_name \"$request\" $status';\n"
+                "    map $http_upgrade $bh_connection { default upgrade; '' ''; }\n"
                 "    access_log %(acc)s bh;\n%(temps)s"
                 "    ssl_session_cache %(cache)s;\n    ssl_session_tickets %(tickets)s;\n"
                 "    keepalive_requests %(kr)d;\n"
@@ -301,7 +304,8 @@ class Nginx:
                 "        location / {\n"
                 "            proxy_pass http://back;\n"
                 "            proxy_http_version 1.1;\n"
-                "            proxy_set_header Connection \"\";\n"
+                "            proxy_set_header Upgrade $http_upgrade;\n"
+                "            proxy_set_header Connection $bh_connection;\n"
                 "            proxy_request_buffering off;\n"
                 "            proxy_buffering off;\n"
                 "        }\n"
