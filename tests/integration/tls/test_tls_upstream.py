@@ -355,3 +355,36 @@ def test_failed_handshakes_eject_the_endpoint(bulkhead, faults_factory, pki, oth
     assert bad.stats()["connections"] == 2, bad.stats()
     eps = {e["address"]: e for e in named(admin_stats(bh)["upstreams"], "u")["endpoints"]}
     assert eps[bad.addr]["ejected"] is True and eps[good.addr]["ejected"] is False, eps
+
+
+@pytest.mark.parametrize("case", ["verify", "server_name"])
+def test_sessions_are_not_shared_by_upstreams_with_other_tls_settings(bulkhead, faults_factory, pki, other_pki,
+                                                                      case):
+    """Two upstreams on the same endpoint (a TLS server that issues session tickets): "lax" accepts
+    its certificate (verify: false; or server_name a.test, which the certificate names), "strict" must
+    refuse it (the test CA, which did not sign it; or server_name b.test, which it does not name).
+    After requests through lax (new connections, resumed), a request through strict is still 502
+    tls_certificate_error, for both TLS versions. Guards against a session cache keyed by the address alone: resuming lax's
+    session would skip strict's verification (a resumed handshake checks no certificate)."""
+    if case == "verify":
+        cert = other_pki.server("localhost", "127.0.0.1")
+        lax, strict = {"enabled": True, "verify": False}, up_tls(pki)
+    else:
+        cert = pki.server("a.test")
+        lax, strict = up_tls(pki, server_name="a.test"), up_tls(pki, server_name="b.test")
+    srv = faults_factory("serve", cert)
+    for v in ("1.2", "1.3"):
+        ups = {"lax": resilient_upstream(srv.addr, retry=NO_RETRY, tls=dict(lax, min_version=v)),
+               "strict": resilient_upstream(srv.addr, retry=NO_RETRY, tls=dict(strict, min_version=v))}
+        routes = [{"match": {"path_prefix": "/lax"}, "upstream": "lax"},
+                  {"match": {"path_prefix": "/strict"}, "upstream": "strict"}]
+        bh = bulkhead(upstreams=ups, routes=routes)
+        for _ in range(3):  # the server closes after each answer: new connections, resumed
+            r = fetch(bh.port, "GET", "/lax?close=1")
+            assert r is not None and r.status == 200, r
+        h = wait_until(lambda: (lambda h: h["ok"] + h["resumed"] >= 3 and h)(handshakes(bh, "upstream")),
+                       what="three upstream handshakes counted")
+        assert h["resumed"] == 2, "the lax upstream did not resume its sessions (the test needs it): %r" % h
+        r = fetch(bh.port, "GET", "/strict")
+        assert r is not None and r.status == 502, (v, r)
+        assert proxy_status_error(r) == "tls_certificate_error", (v, r.header("Proxy-Status"))

@@ -8,7 +8,8 @@ Modes of the data port (one per process):
                  or from a CA nobody trusts): HTTP/1.1 keep-alive, every request answered 200 "ok" with
                  X-Upstream: faults; the body of a request (Content-Length) is read and counted;
                  /close-delimited?n=N answers N bytes (0..255 repeated) without Content-Length, then
-                 close_notify and close (&notify=0: no close_notify, a truncated stream)
+                 close_notify and close (&notify=0: no close_notify, a truncated stream); close=1 in
+                 the query: answered with Connection: close, then closed
   alert          reads the ClientHello and answers a fatal handshake_failure alert, then closes
   garbage        reads the ClientHello, answers a real ServerHello (made by the ssl module with the
                  given certificate) followed by bytes that are no TLS record, then closes
@@ -116,6 +117,8 @@ class Handler(socketserver.BaseRequestHandler):
                     length = int(v.strip())
                 elif k.strip().lower() == b"connection" and v.strip().lower() == b"close":
                     close = True
+            if b"close=1" in head.split(b"\r\n", 1)[0]:
+                close = True
             while len(buf) < length:
                 d = tls.recv(65536)
                 if not d:
