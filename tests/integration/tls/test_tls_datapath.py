@@ -6,13 +6,16 @@ session resumption (a resumed session keeps its subject; a session from a listen
 certificates cannot be resumed on one that requires them)."""
 import hashlib
 import os
+import socket
 import ssl
+import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import websocket
 
-from tlsfix import (PeerClosed, TlsClient, client_context, echoed_headers, free_port, listener_tls,
-                    resilient_upstream, subject_rfc2253, tls_config, wait_until)
+from tlsfix import (PeerClosed, TlsClient, client_context, echoed_headers, free_port, handshakes, listener_tls,
+                    resilient_upstream, settled, subject_rfc2253, tls_config, wait_until)
 
 
 def test_head_in_one_byte_records(tls_bulkhead, upstream, ctx):
@@ -203,3 +206,57 @@ def test_session_from_another_listener_does_not_skip_client_certificates(bulkhea
         pass
     assert not resumed and not served, "a session from the open listener got past verify_client require"
     assert upstream.count("/echo-head") == before
+
+
+def reset(c):
+    """Closes a client connection with RST (SO_LINGER 0) instead of close_notify and FIN."""
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.sock.close()
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_client_reset_in_the_middle_of_a_body(tls_bulkhead, upstream, ctx, direction):
+    """A TLS client resets its connection 1 MiB into a 64 MiB response (or request body): bulkhead
+    closes the upstream connection of that exchange (not reusable) and serves the next TLS client. Run
+    under ASan, this is the teardown of a TLS connection with records in flight both ways. Guards
+    against a crash or leak in that teardown, and an upstream connection left open."""
+    bh = tls_bulkhead(upstream, limits={"max_body_bytes": "1GiB", "body_timeout": "60s"})
+    c = TlsClient(bh.port, ctx)
+    try:
+        if direction == "download":
+            c.request("GET", "/bytes?n=%d" % (64 << 20))
+            got = 0
+            while got < (1 << 20):
+                got += len(c.sock.recv(65536))
+        else:
+            c.send(b"POST /sink HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % (64 << 20))
+            c.send(b"u" * (1 << 20))
+            wait_until(lambda: upstream.stats()["open_connections"] == 1, what="the upload to reach the upstream")
+    finally:
+        reset(c)
+    wait_until(lambda: upstream.stats()["open_connections"] == 0,
+               what="bulkhead to close the upstream connection of the aborted exchange")
+    with TlsClient(bh.port, ctx) as c2:
+        assert c2.get().status == 200
+    assert bh.proc.poll() is None
+
+
+def test_many_handshakes_at_once(tls_bulkhead, upstream, ctx):
+    """100 TLS clients connect and ask at the same time (2 workers): every one is answered 200, and
+    bulkhead counts 100 full handshakes. Guards against handshakes that interfere with each other on
+    a worker loop (shared buffers, a callback for the wrong connection)."""
+    bh = tls_bulkhead(upstream, workers=2)
+    settled(bh)  # the readiness probe (a TCP connect, no ClientHello) counts as a failed handshake
+    before = handshakes(bh, "client")
+
+    def one(i):
+        with TlsClient(bh.port, ctx) as c:
+            r = c.get("/echo-head?i=%d" % i)
+            return r.status, b'"target": "/echo-head?i=%d"' % i in r.body
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        results = list(pool.map(one, range(100)))
+    assert results == [(200, True)] * 100, [r for r in results if r != (200, True)][:5]
+    after = wait_until(lambda: (lambda h: h["ok"] - before["ok"] >= 100 and h)(handshakes(bh, "client")),
+                       what="100 handshakes counted")
+    assert after["ok"] - before["ok"] == 100 and after["failed"] == before["failed"], (before, after)

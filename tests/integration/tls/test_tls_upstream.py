@@ -6,6 +6,7 @@ type and OpenSSL's reason, counted by the breaker as connect failures.
 
 bulkhead listens in plain HTTP here: only its upstream side speaks TLS."""
 import hashlib
+import socket
 
 import pytest
 
@@ -388,3 +389,23 @@ def test_sessions_are_not_shared_by_upstreams_with_other_tls_settings(bulkhead, 
         r = fetch(bh.port, "GET", "/strict")
         assert r is not None and r.status == 502, (v, r)
         assert proxy_status_error(r) == "tls_certificate_error", (v, r.header("Proxy-Status"))
+
+
+def test_stalled_upstream_handshake_is_a_connect_timeout(bulkhead):
+    """An endpoint that accepts TCP connections and never answers the ClientHello (a listener that
+    never accepts: the kernel completes the TCP handshake into its backlog): with timeouts.connect
+    300ms and first_byte 60s, the client gets 504 connection_timeout, so the TLS handshake is part of
+    the connect phase. Guards against a handshake with no deadline but the first-byte or total one."""
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    try:
+        addr = "127.0.0.1:%d" % lsock.getsockname()[1]
+        entry = resilient_upstream(addr, retry=NO_RETRY, tls={"enabled": True, "verify": False},
+                                   timeouts={"connect": "300ms", "first_byte": "60s", "total": "120s"})
+        bh = bulkhead(upstreams={"u": entry})
+        r = fetch(bh.port, "GET", "/x")
+        assert r is not None and r.status == 504, r
+        assert proxy_status_error(r) == "connection_timeout", r.header("Proxy-Status")
+    finally:
+        lsock.close()
