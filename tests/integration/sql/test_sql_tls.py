@@ -16,8 +16,8 @@ import pytest
 
 from certs import Pki
 from sqladmin import metrics, msum, mval
-from sqlfix import (ALICE, IO_TIMEOUT, PG_OS_USER, Postgres, SqlClient, assert_proxy_error, describe, proxy_status_error,
-                    parent, rows_of, sql_config)
+from sqlfix import (ALICE, IO_TIMEOUT, PG_OS_USER, Postgres, SqlClient, assert_proxy_error, describe, parent,
+                    proxy_status_error, rows_of, sql_config)
 
 fetch = parent.fetch
 

@@ -129,10 +129,10 @@ def close_delimited_upstream(tls_bulkhead, faults_factory, pki):
                    "closes the client connection without the last chunk (0 CRLF CRLF), plain upstreams too "
                    "(not a TLS bug; reported with issue 11's tests)")
 def test_close_delimited_response_to_a_slow_client(tls_bulkhead, faults_factory, pki, ctx):
-    """An HTTPS upstream answers 8 MiB without Content-Length and closes; the client reads it slowly
-    (4 KiB reads), so the upstream's end of stream arrives while bulkhead is not reading. The client
-    gets every byte, in whatever framing bulkhead chose (chunked, or delimited by its own close). Guards against an end of stream lost or delivered before the
-    data buffered ahead of it."""
+    """An HTTPS upstream answers 8 MiB without Content-Length and closes; the client reads it slowly (4
+    KiB reads), so the upstream's end of stream arrives while bulkhead is not reading. The client gets
+    every byte, in whatever framing bulkhead chose (chunked, or delimited by its own close). Guards
+    against an end of stream lost or delivered before the data buffered ahead of it."""
     bh = close_delimited_upstream(tls_bulkhead, faults_factory, pki)
     n = 8 << 20
     got, total = hashlib.sha256(), [0]

@@ -3,9 +3,9 @@
 Two fresh bulkheads, one listening in plain HTTP and one in HTTPS, each given N client connections that
 sent and received full-size records and stay open: the growth of VmRSS per connection is compared.
 OpenSSL's record buffers are about 17 KiB for reading and 17 KiB for writing per connection; kept while
-idle, they make an idle TLS connection cost some 34 KiB more than a plain one. This is a memory bound, not a timing one.
-Under AddressSanitizer the quarantine of freed memory would count as growth (released buffers are
-freed memory), so these instances run without it."""
+idle, they make an idle TLS connection cost some 34 KiB more than a plain one. This is a memory bound, not
+a timing one. Under AddressSanitizer the quarantine of freed memory would count as growth (released
+buffers are freed memory), so these instances run without it."""
 import os
 
 from tlsfix import RawClient, TlsClient, admin_stats, per_worker, settled, wait_until

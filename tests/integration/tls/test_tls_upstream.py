@@ -65,10 +65,11 @@ def test_https_endpoint_form(bulkhead, front, upstream, pki):
 
 
 def test_server_name_is_sent_and_verified(bulkhead, nginx_factory, upstream, pki):
-    """nginx with a certificate for api.test only (no IP address): with server_name api.test the
-    request goes through, and nginx saw api.test as SNI; without it bulkhead verifies the endpoint's address, which the certificate
-    does not name: 502 tls_certificate_error. Guards against server_name not used as the verified name,
-    and against no name verification at all (X509_VERIFY_PARAM_set1_host / set1_ip missing)."""
+    """nginx with a certificate for api.test only (no IP address): with server_name api.test the request
+    goes through, and nginx saw api.test as SNI; without it bulkhead verifies the endpoint's address,
+    which the certificate does not name: 502 tls_certificate_error. Guards against server_name not used as
+    the verified name, and against no name verification at all (X509_VERIFY_PARAM_set1_host / set1_ip
+    missing)."""
     api = pki.server("api.test")
     n = nginx_factory(api, upstream)
     bh = start(bulkhead, n, up_tls(pki, server_name="api.test"))
@@ -102,8 +103,9 @@ def test_20_mib_up_and_down_through_an_https_upstream(bulkhead, front, upstream,
     """20 MiB to /sink and 20 MiB from /bytes through nginx's HTTPS, on one client connection: the
     upstream's length and SHA-256 of what it received, and every byte of the response. Guards against
     upstream TLS writes or reads that lose data under backpressure."""
-    bh = bulkhead(upstreams={"u": resilient_upstream(front.addr, retry=NO_RETRY, tls=up_tls(pki),
-                                                     timeouts={"total": "300s", "idle": "60s", "first_byte": "60s"})},
+    timeouts = {"total": "300s", "idle": "60s", "first_byte": "60s"}
+    entry = resilient_upstream(front.addr, retry=NO_RETRY, tls=up_tls(pki), timeouts=timeouts)
+    bh = bulkhead(upstreams={"u": entry},
                   limits={"max_body_bytes": "64MiB", "body_timeout": "60s"})
     body = (bytes(range(251)) * (BIG // 251 + 1))[:BIG]
     with RawClient(bh.port) as c:
@@ -361,11 +363,11 @@ def test_failed_handshakes_eject_the_endpoint(bulkhead, faults_factory, pki, oth
 @pytest.mark.parametrize("case", ["verify", "server_name"])
 def test_sessions_are_not_shared_by_upstreams_with_other_tls_settings(bulkhead, faults_factory, pki, other_pki,
                                                                       case):
-    """Two upstreams on the same endpoint (a TLS server that issues session tickets): "lax" accepts
-    its certificate (verify: false; or server_name a.test, which the certificate names), "strict" must
-    refuse it (the test CA, which did not sign it; or server_name b.test, which it does not name).
-    After requests through lax (new connections, resumed), a request through strict is still 502
-    tls_certificate_error, for both TLS versions. Guards against a session cache keyed by the address alone: resuming lax's
+    """Two upstreams on the same endpoint (a TLS server that issues session tickets): "lax" accepts its
+    certificate (verify: false; or server_name a.test, which the certificate names), "strict" must refuse
+    it (the test CA, which did not sign it; or server_name b.test, which it does not name). After requests
+    through lax (new connections, resumed), a request through strict is still 502 tls_certificate_error,
+    for both TLS versions. Guards against a session cache keyed by the address alone: resuming lax's
     session would skip strict's verification (a resumed handshake checks no certificate)."""
     if case == "verify":
         cert = other_pki.server("localhost", "127.0.0.1")

@@ -21,7 +21,8 @@ PARENT = os.path.dirname(HERE)
 if PARENT not in sys.path:
     sys.path.insert(0, PARENT)
 
-from certs import Pki, file_serial, not_after, served_serial, subject_rfc2253  # noqa: E402,F401  (tests/integration/certs.py)
+# tests/integration/certs.py, re-exported for the tests
+from certs import Pki, file_serial, not_after, served_serial, subject_rfc2253  # noqa: E402,F401
 
 
 def _load_parent():
@@ -289,7 +290,8 @@ class Nginx:
                 "pid %(p)s/nginx.pid;\nerror_log %(err)s info;\n"
                 "events { worker_connections 512; }\n"
                 "http {\n"
-                "    log_format bh '$connection $ssl_session_reused $ssl_protocol $ssl_server_name \"$request\" $status';\n"
+                "    log_format bh '$connection $ssl_session_reused $ssl_protocol $ssl_server_name'\n"
+                "                  ' \"$request\" $status';\n"
                 "    map $http_upgrade $bh_connection { default upgrade; '' ''; }\n"
                 "    access_log %(acc)s bh;\n%(temps)s"
                 "    ssl_session_cache %(cache)s;\n    ssl_session_tickets %(tickets)s;\n"
