@@ -246,7 +246,8 @@ static bool handshake(bh_tls_t *t)
     flush_out(t); /* our alert, if any */
     t->handshaking = false;
     t->dead = true;
-    count(t, BH_TLS_FAILED);
+    if (t->heard || t->side == BH_TLS_CLIENT)
+        count(t, BH_TLS_FAILED); /* a TCP probe that connects and closes is no handshake */
     t->handshake_cb(t, status, detail);
     return false;
 }
@@ -351,6 +352,7 @@ void bh_tls_input(bh_tls_t *t, ssize_t nread)
         uv_read_stop(t->stream);
     } else {
         t->clen += (uint32_t)nread;
+        t->heard = true;
     }
     pump(t);
 }

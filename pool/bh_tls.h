@@ -69,6 +69,7 @@ struct bh_tls {
     bool want_read;                       /* the owner reads (bh_tls_read_start) */
     bool in_pump;
     bool eof;                             /* the peer closed or the read failed (read_err) */
+    bool heard;                           /* any byte came from the peer */
     bool dead;                            /* bh_tls_close: deliver nothing more */
     int read_err;
 };

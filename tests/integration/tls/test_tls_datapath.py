@@ -246,7 +246,7 @@ def test_many_handshakes_at_once(tls_bulkhead, upstream, ctx):
     bulkhead counts 100 full handshakes. Guards against handshakes that interfere with each other on
     a worker loop (shared buffers, a callback for the wrong connection)."""
     bh = tls_bulkhead(upstream, workers=2)
-    settled(bh)  # the readiness probe (a TCP connect, no ClientHello) counts as a failed handshake
+    settled(bh)  # the readiness probe (a TCP connect, no ClientHello): no handshake, not counted
     before = handshakes(bh, "client")
 
     def one(i):

@@ -5,14 +5,15 @@ bulkhead_tls_handshakes_total{side="client|upstream",result="ok|failed|resumed"}
 the upstream failures in test_tls_upstream.py."""
 import os
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from tlsfix import (IO_TIMEOUT, TlsClient, fetch, free_port, handshakes, listener_tls, metrics, not_after,
-                    resilient_upstream, series, tls_config, wait_until)
+from tlsfix import (IO_TIMEOUT, TlsClient, admin_stats, fetch, free_port, handshakes, listener_tls, metrics,
+                    not_after, per_worker, resilient_upstream, series, settled, tls_config, wait_until)
 
 EXPIRY = "bulkhead_tls_certificate_expiry_seconds"
 HANDSHAKES = "bulkhead_tls_handshakes_total"
@@ -93,3 +94,24 @@ def test_tls_families_pass_promtool(bulkhead, nginx_factory, upstream, site, pki
         d = dict(ls)
         assert set(d) == {"side", "result"}, d
         assert d["side"] in ("client", "upstream") and d["result"] in ("ok", "failed", "resumed"), d
+
+
+def test_tcp_probe_is_not_a_failed_handshake(tls_bulkhead, upstream, ctx):
+    """A TCP connect that closes without a byte (a load balancer's TCP check) is no handshake: the
+    failed counter stays, while a connection that sends garbage is counted as failed. Guards against
+    alerts on failed handshakes firing for every health check."""
+    bh = tls_bulkhead(upstream)
+    settled(bh)
+    before = handshakes(bh, "client")
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", bh.port), timeout=IO_TIMEOUT).close()
+    with socket.create_connection(("127.0.0.1", bh.port), timeout=IO_TIMEOUT) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP: closed, maybe after an alert
+        while s.recv(100):
+            pass
+    wait_until(lambda: handshakes(bh, "client")["failed"] - before["failed"] == 1,
+               what="the garbage connection counted as a failed handshake")
+    st = wait_until(lambda: (lambda s: sum(per_worker(s, "clients")) == 0 and s)(admin_stats(bh)),
+                    what="every probe connection closed")
+    assert sum(per_worker(st, "accepted")) >= 4
+    assert handshakes(bh, "client") == {**before, "failed": before["failed"] + 1}
