@@ -288,11 +288,13 @@ static void deliver(bh_tls_t *t)
             t->read_cb(t->stream, 0, &b); /* gives the buffer back, as libuv does */
             return;
         }
-        /* The peer's close_notify, or the stream's end or error. A missing close_notify is
-         * taken as an end, as on plain TCP: the HTTP framing says whether anything is missing. */
-        ssize_t status = t->read_err != 0                          ? t->read_err
-                         : e == SSL_ERROR_ZERO_RETURN || t->eof ? UV_EOF
-                                                                   : UV_EPROTO;
+        /* The peer's close_notify is the end (UV_EOF). A TCP end without one is a truncation
+         * (RFC 9112 9.8: anyone on the path can cut TCP), reported as a reset: a body delimited
+         * by the close is then incomplete, never completed with a last chunk. */
+        ssize_t status = t->read_err != 0                ? t->read_err
+                         : e == SSL_ERROR_ZERO_RETURN ? UV_EOF
+                         : t->eof                     ? UV_ECONNRESET
+                                                      : UV_EPROTO;
         t->want_read = false;
         t->read_cb(t->stream, status, &b);
         return;

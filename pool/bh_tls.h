@@ -95,7 +95,8 @@ BH_MUST_CHECK int bh_tls_client(bh_tls_t *t, bh_tls_env_t *env, SSL_CTX *ctx,
 
 /* The owner's uv callbacks on the stream hand TLS connections here: where ciphertext goes, and
  * what arrived (nread as libuv gives it). Plaintext then reaches the owner's plaintext
- * callbacks given at setup, while it reads. */
+ * callbacks given at setup, while it reads; the end as UV_EOF only after the peer's close_notify
+ * (a TCP end without one is UV_ECONNRESET: a truncation). */
 void bh_tls_alloc(bh_tls_t *t, uv_buf_t *buf);
 void bh_tls_input(bh_tls_t *t, ssize_t nread);
 /* The owner started or stopped reading (bh_stream_read_start/stop): on, with input left over,

@@ -287,7 +287,9 @@ static void on_up_read(bh_upconn_t *uc, ssize_t nread)
         bh_exchange_finish(f->ex, false);
         return;
     }
-    if (nread == UV_EOF && f->ex->resp_started && f->resp_framing == FRAME_CLOSE) {
+    /* The upstream's body ends with its close (neither a length nor chunks): that end completes
+     * it, whatever framing the client gets (chunked to an HTTP/1.1 client: the last chunk). */
+    if (nread == UV_EOF && f->ex->resp_started && !(f->rp.flags & (F_CHUNKED | F_CONTENT_LENGTH))) {
         f->rp.data = (void *)(uintptr_t)RP_PAUSE_NONE;
         if (llhttp_finish(&f->rp) == HPE_OK || (uintptr_t)f->rp.data == RP_PAUSE_MESSAGE) {
             response_done(f);

@@ -256,3 +256,19 @@ def test_slow_client_is_not_charged_to_the_upstream(bulkhead, upstream, raw):
     assert attempts.get("success") == "1", attempts
     assert re.search(r'bulkhead_outlier_ejections_total\{upstream="u"\} 0\b', text), text
     assert re.search(r'bulkhead_breaker_state\{upstream="u"\} 0\b', text), text
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_body_delimited_by_the_upstreams_close_is_complete(bh, upstream, raw, version):
+    """The upstream answers 300 KiB with neither Content-Length nor chunks and closes: its close ends
+    the body. An HTTP/1.1 client gets it re-framed as chunks, last chunk included; an HTTP/1.0 client
+    gets it delimited by bulkhead's close. Guards against the end of such a body taken as a failure
+    (the client's response cut before its last chunk)."""
+    n = 300 * 1024
+    c = raw(bh.port)
+    c.sock.sendall(("GET /until-close?n=%d %s\r\nHost: localhost\r\n\r\n" % (n, version)).encode())
+    r = c.read_response()
+    assert r.status == 200, r
+    assert len(r.body) == n, "got %d of %d bytes" % (len(r.body), n)
+    if version == "HTTP/1.1":
+        assert r.header("transfer-encoding") == "chunked", r.headers

@@ -15,6 +15,7 @@ Endpoints (any method; query parameters allowed):
   /bytes?n=N         N bytes with Content-Length, streamed in 64 KiB pieces with backpressure
   /chunked?n=N       the same N bytes as /bytes, Transfer-Encoding: chunked (&size=K, &trailer=1)
   /truncate?n=N      announces Content-Length N, sends N/2 bytes, then closes
+  /until-close?n=N   N bytes with neither Content-Length nor chunks: the close ends the body
   /sink              streams the request body: JSON {len, sha256}, never holds it all
                      (&hold=X: reads nothing until /release?id=X)
   /stall?n=N&id=X    announces Content-Length N, sends N/2 bytes, waits for /release?id=X, sends the rest
@@ -529,6 +530,14 @@ async def handle_request(conn, req, control):
         n = int(q.get("n", "1000"))
         await conn.send(conn.head(200, [("Content-Length", str(n))], req, False))
         await conn.send((PATTERN * (n // len(PATTERN) + 1))[: n // 2])
+        return False
+    elif path == "/until-close":
+        await body.read_all()
+        n = int(q.get("n", "1000"))
+        await conn.send(conn.head(200, [], req, True))
+        data = (PATTERN * (n // len(PATTERN) + 1))[:n]
+        for i in range(0, n, PIECE):
+            await conn.send(data[i:i + PIECE])
         return False
     elif path == "/stall":
         await body.read_all()

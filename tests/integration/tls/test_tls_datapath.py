@@ -125,9 +125,6 @@ def close_delimited_upstream(tls_bulkhead, faults_factory, pki):
                                                            tls={"enabled": True, "ca": pki.ca_cert})})
 
 
-@pytest.mark.xfail(strict=True, reason="bulkhead re-frames a close-delimited upstream body as chunks and then "
-                   "closes the client connection without the last chunk (0 CRLF CRLF), plain upstreams too "
-                   "(not a TLS bug; reported with issue 11's tests)")
 def test_close_delimited_response_to_a_slow_client(tls_bulkhead, faults_factory, pki, ctx):
     """An HTTPS upstream answers 8 MiB without Content-Length and closes; the client reads it slowly (4
     KiB reads), so the upstream's end of stream arrives while bulkhead is not reading. The client gets
