@@ -70,13 +70,14 @@ static bool tickets_rotate(int64_t now)
     return true;
 }
 
-/* The key to encrypt with (name == NULL) or the one called name: its index, or -1. */
-static int tickets_get(const unsigned char *name, ticket_key_t *out)
+/* The key to encrypt with (name == NULL) or the one called name at now_s: its index (0: the
+ * current one), or -1. */
+static int tickets_get(const unsigned char *name, int64_t now_s, ticket_key_t *out)
 {
     uv_once(&tickets.once, tickets_init);
     uv_mutex_lock(&tickets.lock);
     int found = -1;
-    if (tickets_rotate(wall_s())) {
+    if (tickets_rotate(now_s)) {
         for (size_t i = 0; i < tickets.n && found < 0; i++)
             if (name == NULL || memcmp(tickets.keys[i].name, name, 16) == 0)
                 found = (int)i;
@@ -87,12 +88,22 @@ static int tickets_get(const unsigned char *name, ticket_key_t *out)
     return found;
 }
 
+int bh__tls_ticket_key(const unsigned char *name, int64_t now_s, unsigned char name_out[16])
+{
+    ticket_key_t k;
+    int i = tickets_get(name, now_s, &k);
+    if (i >= 0)
+        memcpy(name_out, k.name, 16);
+    OPENSSL_cleanse(&k, sizeof(k));
+    return i;
+}
+
 static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *ectx,
                      EVP_MAC_CTX *hctx, int enc)
 {
     (void)s;
     ticket_key_t k;
-    int i = tickets_get(enc ? NULL : name, &k);
+    int i = tickets_get(enc ? NULL : name, wall_s(), &k);
     if (i < 0)
         return enc ? -1 : 0; /* an unknown key: a full handshake */
     OSSL_PARAM params[] = {

@@ -27,4 +27,9 @@ void bh_tls_ctx_free(SSL_CTX *ctx);
 #define BH_TLS_TICKET_ROTATE_S 3600
 #define BH_TLS_TICKET_KEYS 3
 
+/* For tests: the process's ticket key to encrypt with (name NULL) or the one called name, as
+ * at now_s (rotating first when due). Returns its index (0: the current key; a ticket under a
+ * key > 0 is renewed) and copies its name to name_out, or -1 when no key has that name. */
+int bh__tls_ticket_key(const unsigned char *name, int64_t now_s, unsigned char name_out[16]);
+
 #endif
