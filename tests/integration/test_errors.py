@@ -159,3 +159,29 @@ def test_every_bulkhead_response_has_proxy_status(bulkhead, upstream):
     upstream.release("e")
     r = get(bh, "/u/status/502")
     assert r.status == 502 and r.header("Proxy-Status") is None, "the upstream's own 502 is not bulkhead's"
+
+
+def test_upstream_head_too_large_502_sent_once(bulkhead, upstream):
+    """The upstream answers with a 64 KiB header: bulkhead cannot hold the head, so the client gets 502
+    http_response_header_section_size and the upstream saw the request once (a protocol error is not
+    retried: the request reached it). Guards against a head cut to fit or passed on in pieces."""
+    bh = bulkhead(upstream)
+    r = get(bh, "/big-head?n=65536")
+    assert_bulkhead_error(r, 502, "http_response_header_section_size")
+    assert upstream.stats()["requests"].get("GET /big-head") == 1, upstream.stats()["requests"]
+    assert get(bh, "/big-head?n=100").status == 200  # a head that fits goes through
+
+
+def test_upstream_half_close_before_response(bulkhead, upstream):
+    """The upstream reads a POST and shuts down its write side without answering (a FIN while it
+    keeps reading). The POST may have been acted on, so it is not retried: 502 connection_terminated,
+    and the upstream saw it exactly once. A GET is retried (reset before a response) up to the
+    attempts. Guards against a half-close taken as a complete empty response, or a POST sent twice."""
+    bh = bulkhead(upstream)
+    r = get(bh, "/half-close", method="POST", body=b"order #1")
+    assert_bulkhead_error(r, 502, "connection_terminated")
+    assert upstream.stats()["requests"].get("POST /half-close") == 1, upstream.stats()["requests"]
+    r = get(bh, "/half-close")
+    assert_bulkhead_error(r, 502, "connection_terminated")
+    assert upstream.stats()["requests"].get("GET /half-close") == 3, upstream.stats()["requests"]
+    assert get(bh, "/echo-head").status == 200

@@ -22,6 +22,9 @@ Endpoints (any method; query parameters allowed):
   /garbage           answers bytes that are not HTTP, then closes
   /bad-length        answers two different Content-Length headers, then closes
   /close-early       closes the connection without a response
+  /half-close        reads the request, shuts down its write side (FIN) without a response, and keeps the
+                     connection open for reading until the peer closes it
+  /big-head?n=N      a 200 whose head carries one header of N bytes (then a 2-byte body)
   /reset             closes with RST (SO_LINGER 0) without a response
   /stats             JSON counters (see Stats.snapshot)
   /healthz           the health endpoint: 200 "ok", or what /control?health= set (a status, or "hang")
@@ -584,6 +587,20 @@ async def handle_request(conn, req, control):
     elif path == "/close-early":
         await body.read_all()
         return False
+    elif path == "/half-close":
+        await body.read_all()
+        conn.writer.write_eof()
+        try:
+            while await conn.reader.read(65536):
+                pass
+        except (ConnectionError, OSError):
+            pass
+        return False
+    elif path == "/big-head":
+        await body.read_all()
+        n = int(q.get("n", "65536"))
+        await conn.send(conn.head(200, [("X-Big", "a" * n), ("Content-Length", "2")], req, close))
+        await conn.send(b"ok")
     elif path == "/reset":
         await body.read_all()
         rst(conn)
