@@ -388,3 +388,32 @@ def test_batch_after_the_idle_connection_was_terminated(sql_bulkhead, pg):
         assert status(r) in (200, 502), describe(r)
     r = c.batch(["SELECT 1", "SELECT 2"])
     assert status(r) == 200 and len(r.json()["results"]) == 2, describe(r)
+
+
+def test_busy_connection_terminated_mid_query(sql_bulkhead, pg):
+    """pg_terminate_backend of a connection while its query runs (an INSERT that then sleeps, in one
+    statement): the client gets an error, never a 200, the INSERT is not in the table (its transaction
+    died with the backend), nothing re-runs it, and the next query is served on a new connection.
+    Guards against a retried statement after a lost connection, or a 200 for work that was undone."""
+    role, pw = pg.make_role("termbusy")
+    t = unique("tbusy")
+    marker = unique("busy")
+    pg.as_user("CREATE TABLE %s (id int)" % t, user=role, password=pw)
+    c = SqlClient(sql_bulkhead(), pg, user=role, password=pw)
+    result = {}
+    sql = ("WITH ins AS (INSERT INTO %s VALUES (7) RETURNING id) SELECT id, pg_sleep(60), '%s' FROM ins"
+           % (t, marker))
+    th = threading.Thread(target=lambda: result.setdefault("r", c.query(sql)))
+    th.start()
+    running = "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+    pid = wait_until(lambda: (pg.sql(running, ("%" + marker + "%",)) or [[None]])[0][0],
+                     what="the statement to run")
+    pg.sql("SELECT pg_terminate_backend(%s)", (pid,))
+    th.join(IO_TIMEOUT)
+    r = result.get("r")
+    assert r is not None and r.status == 502, describe(r)
+    assert proxy_status_error(r) == "connection_terminated", describe(r)
+    assert pg.app_sql("SELECT count(*) FROM %s" % t) == [(0,)]
+    r = c.query("SELECT count(*) AS n FROM %s" % t)
+    assert status(r) == 200 and rows_of(r) == [["0"]], describe(r)
+    assert pg.app_sql("SELECT count(*) FROM %s" % t) == [(0,)]  # never re-run
