@@ -291,3 +291,52 @@ def test_client_max_connections(bulkhead, upstream):
         for c in (a, b):
             if c is not None:
                 c.close()
+
+
+def test_fd_limit_reached_then_recovers(bulkhead, upstream):
+    """RLIMIT_NOFILE lowered (prlimit) to what bulkhead uses plus 8: idle clients take the last fds,
+    further connections fail at accept (EMFILE: libuv accepts and closes them with its reserve fd, so
+    the listener does not spin), bulkhead keeps running, and once the idle clients leave a request is
+    served again. Guards against a crash, a busy loop or a listener that stays dead after EMFILE."""
+    import os
+    import socket
+    import subprocess
+    bh = bulkhead(upstream, workers=1)
+    with RawClient(bh.port) as c:  # warm: the upstream connection and the busy part exist
+        c.request("GET", "/echo-head")
+        assert c.read_response().status == 200
+    used = len(os.listdir("/proc/%d/fd" % bh.pid))
+    limit = used + 8
+    subprocess.run(["prlimit", "--pid", str(bh.pid), "--nofile=%d:%d" % (limit, limit)], check=True)
+    try:
+        idle = []
+        for _ in range(limit):  # more than fit: the last ones are closed by bulkhead at once
+            s = socket.create_connection(("127.0.0.1", bh.port), timeout=10)
+            idle.append(s)
+        wait_until(lambda: len(os.listdir("/proc/%d/fd" % bh.pid)) >= limit - 1,
+                   what="bulkhead to reach its fd limit")
+        refused = 0
+        for s in idle:
+            s.settimeout(0.2)
+            try:
+                if s.recv(1) == b"":
+                    refused += 1
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                refused += 1
+        assert refused > 0, "no connection was refused at the fd limit"
+        assert bh.proc.poll() is None, bh.stderr_text()[-2000:]
+        for s in idle:
+            s.close()
+
+        def served():
+            try:
+                with RawClient(bh.port) as c:
+                    c.request("GET", "/echo-head")
+                    return c.read_response().status == 200
+            except (OSError, AssertionError):
+                return False
+        wait_until(served, what="a request served once the fds are free")
+    finally:
+        subprocess.run(["prlimit", "--pid", str(bh.pid), "--nofile=65536:65536"], check=False)
