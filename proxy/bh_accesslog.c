@@ -29,6 +29,7 @@ void bh_accesslog_init(bh_accesslog_t *al, uv_loop_t *loop, int fd)
 {
     al->fd = fd;
     al->n = 0;
+    al->dropped = NULL;
     uv_timer_init(loop, &al->timer);
     al->timer.data = al;
     uv_unref((uv_handle_t *)&al->timer);
@@ -41,8 +42,14 @@ void bh_accesslog_flush(bh_accesslog_t *al)
         ssize_t w = write(al->fd, al->buf + off, al->n - off);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0)
-            break; /* a full or broken log loses lines; requests never wait on it */
+        if (w <= 0) { /* a full or broken log loses lines, counted; requests never wait on it */
+            uint64_t lost = 0;
+            for (size_t i = off; i < al->n; i++)
+                lost += al->buf[i] == '\n';
+            if (al->dropped != NULL)
+                bh_counter_add(al->dropped, lost);
+            break;
+        }
         off += (size_t)w;
     }
     al->n = 0;

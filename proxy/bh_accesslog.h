@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
+#include "bh_stat.h"
 
 #define BH_ACCESSLOG_BUF 4096
 
@@ -15,6 +16,7 @@ typedef struct bh_accesslog {
     int fd;                  /* shared by the workers; owned by the caller */
     size_t n;
     uv_timer_t timer;        /* flushes a partly filled buffer after a short while */
+    bh_counter_t *dropped;   /* lines a failed write lost (a full disk); may be NULL */
     char buf[BH_ACCESSLOG_BUF];
 } bh_accesslog_t;
 

@@ -63,6 +63,7 @@ typedef struct bh_worker_cells {
     bh_gauge_t clients;
     bh_gauge_t generation;        /* of the snapshot it serves new requests with */
     bh_counter_t tls[2][3];       /* TLS handshakes [enum bh_tls_side][enum bh_tls_result] */
+    bh_counter_t log_dropped;     /* access-log lines lost to a failed write */
 } bh_worker_cells_t;
 
 typedef struct bh_mentry {

@@ -207,6 +207,12 @@ static void process_families(sb_t *b, bh_server_t *srv)
     put(b, "bulkhead_client_connections %lld\n", (long long)clients);
     family(b, "bulkhead_connections_accepted_total", "counter", "Client connections accepted.");
     put(b, "bulkhead_connections_accepted_total %llu\n", (unsigned long long)accepted);
+    uint64_t dropped = 0;
+    for (uint32_t i = 0; i < m->n_workers; i++)
+        dropped += bh_counter_get(&bh_metrics_worker(m, i)->log_dropped);
+    family(b, "bulkhead_access_log_dropped_lines_total", "counter",
+           "Access-log lines lost because a write failed (a full disk); requests are served anyway.");
+    put(b, "bulkhead_access_log_dropped_lines_total %llu\n", (unsigned long long)dropped);
 }
 
 static void route_families(sb_t *b, bh_server_t *srv)

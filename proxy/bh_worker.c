@@ -434,6 +434,7 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
         if (w->alog == NULL)
             return BH_ENOMEM;
         bh_accesslog_init(w->alog, &w->loop, srv->access_fd);
+        w->alog->dropped = &w->cells->log_dropped;
     }
     w->pg_pools = bh_pg_pools_new(&w->loop, srv->pg, &w->inbox);
     if (w->pg_pools == NULL)
