@@ -5,7 +5,7 @@ import socket
 import pytest
 import requests
 
-from conftest import RawClient, free_port, proxy_status_error, wait_until
+from conftest import RawClient, free_port, proxy_status_error, resilient_upstream, wait_until
 
 
 def assert_bulkhead_error(r, status, errors):
@@ -185,3 +185,16 @@ def test_upstream_half_close_before_response(bulkhead, upstream):
     assert_bulkhead_error(r, 502, "connection_terminated")
     assert upstream.stats()["requests"].get("GET /half-close") == 3, upstream.stats()["requests"]
     assert get(bh, "/echo-head").status == 200
+
+
+@pytest.mark.parametrize("path", ["/garbage", "/bad-length"])
+def test_upstream_invalid_response_to_a_post_sent_once(bulkhead, upstream, path):
+    """An invalid answer means the request reached the upstream: a POST gets 502 http_protocol_error
+    and the upstream saw it exactly once, even with every retry condition on. Guards against a retry
+    of a request the upstream may have acted on."""
+    retry = {"attempts": 3, "methods": "all",
+             "on": ["connect-failure", "reset-before-response", "gateway-error", "5xx"]}
+    bh = bulkhead(upstreams={"u": resilient_upstream(upstream, retry=retry)})
+    r = get(bh, path, method="POST", body=b"order #2")
+    assert_bulkhead_error(r, 502, "http_protocol_error")
+    assert upstream.stats()["requests"].get("POST " + path) == 1, upstream.stats()["requests"]
