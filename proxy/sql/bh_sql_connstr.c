@@ -31,11 +31,11 @@ static long pct_decode(const char *s, size_t n, char *dst, bool form)
         if (c == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
             c = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
             i += 2;
-            if (c == '\0')
-                return -1;
         } else if (form && c == '+') {
             c = ' ';
         }
+        if (c == '\0') /* "%00" or a raw NUL byte: either would cut the C string short */
+            return -1;
         dst[o++] = c;
     }
     dst[o] = '\0';
