@@ -87,7 +87,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         enc(&w, c.password, c.password_len);
     }
     *w++ = '@';
-    bool v6 = strchr(c.host, ':') != NULL;
+    bool v6 = strchr(c.host, ':') != NULL || (c.host_ip && strspn(c.host, "0123456789.") !=
+                                                               strlen(c.host));
     w += sprintf(w, v6 ? "[%s]" : "%s", c.host);
     if (c.has_port)
         w += sprintf(w, ":%u", (unsigned)c.port);
