@@ -7,7 +7,9 @@
  * request head ending at its last byte, with the client's method and the rewritten target; at
  * most one framing header (Content-Length or Transfer-Encoding), and that framing is the one the
  * body is forwarded with (chunked, the client's length, or none); exactly one Host; no
- * hop-by-hop field except Connection/Upgrade of an accepted upgrade.
+ * hop-by-hop field except Connection/Upgrade of an accepted upgrade. And per complete message, the
+ * head with the body re-framed as bh__fwd_emit_body does (replicated; it writes to a socket
+ * queue) reads upstream as exactly one request whose body is the client's body, byte for byte.
  * The first input byte selects options: bit 0 strips the route prefix "/api", bit 1 https,
  * bit 2 a client certificate subject. */
 #include <stdint.h>
@@ -22,12 +24,58 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MAXH 128
 #define OUT_CAP (64 * 1024)
 
+static void fail(const char *what, const char *out, size_t n)
+{
+    fprintf(stderr, "fuzz_request invariant: %s\n--- upstream:\n%.*s\n---\n", what, (int)n,
+            out ? out : "");
+    abort();
+}
+
 typedef struct ctx {
     const char *base;
     size_t url_off, url_len;
     bool url_seen, head_done, msg_done;
     int heads, begins;
+    /* the message as sent upstream: head, then the body re-framed as it arrives */
+    char *up;
+    size_t up_n;
+    bool up_chunked, forwarding;
+    /* the client's body bytes, to compare with what the upstream reads */
+    char *body;
+    size_t body_n;
 } ctx_t;
+
+#define UP_CAP (4 * OUT_CAP)
+
+static void up_put(ctx_t *c, const void *p, size_t n)
+{
+    if (c->up_n + n > UP_CAP)
+        abort(); /* cannot happen: inputs are at most 32 KiB */
+    memcpy(c->up + c->up_n, p, n);
+    c->up_n += n;
+}
+
+/* bh__fwd_emit_body / bh__fwd_emit_end (bh_fwd_attempt.c), replicated: they write to a queue. */
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    ctx_t *c = p->data;
+    if (!c->forwarding)
+        return 0;
+    memcpy(c->body + c->body_n, at, len);
+    c->body_n += len;
+    if (!c->up_chunked) {
+        up_put(c, at, len);
+        return 0;
+    }
+    char hex[24];
+    bh_wbuf_t w = {hex, 0, sizeof(hex), false};
+    bh_wbuf_hex(&w, len);
+    bh_wbuf_put(&w, "\r\n", 2);
+    up_put(c, hex, w.n);
+    up_put(c, at, len);
+    up_put(c, "\r\n", 2);
+    return 0;
+}
 
 static int on_message_begin(llhttp_t *p)
 {
@@ -67,14 +115,52 @@ static const llhttp_settings_t settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
     .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
     .on_message_complete = on_message_complete,
 };
 
-static void fail(const char *what, const char *out, size_t n)
+/* The upstream's reading of the whole forwarded message: body bytes and where it ended. */
+typedef struct upctx {
+    char *body;
+    size_t body_n;
+    int done;
+} upctx_t;
+
+static int up_on_body(llhttp_t *p, const char *at, size_t len)
 {
-    fprintf(stderr, "fuzz_request invariant: %s\n--- upstream head:\n%.*s\n---\n", what, (int)n,
-            out ? out : "");
-    abort();
+    upctx_t *u = p->data;
+    memcpy(u->body + u->body_n, at, len);
+    u->body_n += len;
+    return 0;
+}
+
+static int up_on_message_complete(llhttp_t *p)
+{
+    ((upctx_t *)p->data)->done++;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t up_settings = {
+    .on_body = up_on_body,
+    .on_message_complete = up_on_message_complete,
+};
+
+/* The complete message went upstream: it must read as one request with the client's body. */
+static void check_message(const ctx_t *c)
+{
+    upctx_t u = {.body = malloc(c->up_n + 1)};
+    llhttp_t p;
+    llhttp_init(&p, HTTP_REQUEST, &up_settings);
+    p.data = &u;
+    llhttp_errno_t e = llhttp_execute(&p, c->up, c->up_n);
+    if (e != HPE_PAUSED || u.done != 1)
+        fail("the forwarded message does not end as one request", c->up, c->up_n);
+    if (llhttp_get_error_pos(&p) != c->up + c->up_n)
+        fail("bytes left after the forwarded message (a second request upstream)", c->up,
+             c->up_n);
+    if (u.body_n != c->body_n || memcmp(u.body, c->body, c->body_n) != 0)
+        fail("the upstream reads another body than the client sent", c->up, c->up_n);
+    free(u.body);
 }
 
 /* bh_exchange.c read_fields / check_request, the parts that decide forwarding. */
@@ -194,8 +280,8 @@ static void check_upstream(const char *out, size_t n, const char *method, bh_spa
 }
 
 /* One client head: returns false when bulkhead would answer it with an error and close. */
-static bool forward_head(llhttp_t *p, const char *head, size_t hlen, bh_span_t url, uint8_t opt,
-                         char *out)
+static bool forward_head(llhttp_t *p, ctx_t *c, const char *head, size_t hlen, bh_span_t url,
+                         uint8_t opt, char *out)
 {
     bh_span_t start;
     static bh_hdr_t h[MAXH];
@@ -241,6 +327,10 @@ static bool forward_head(llhttp_t *p, const char *head, size_t hlen, bh_span_t u
     if (getenv("FUZZ_REQUEST_DEBUG") != NULL) /* print what goes upstream */
         fprintf(stderr, "--- upstream:\n%.*s", (int)w.n, out);
     check_upstream(out, w.n, method, fr.target, fr.target_slash, chunked, length, upgrade);
+    c->up_n = c->body_n = 0;
+    c->up_chunked = chunked;
+    c->forwarding = !upgrade;
+    up_put(c, out, w.n);
     return !upgrade; /* an upgrade turns the connection into a tunnel */
 }
 
@@ -253,7 +343,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *s = malloc(n ? n : 1); /* exact size: reads past the input are caught */
     memcpy(s, data + 1, n);
     char *out = malloc(OUT_CAP);
-    ctx_t c = {.base = s};
+    static char up[UP_CAP]; /* one buffer for every run: a 256 KiB malloc per input is slow */
+    ctx_t c = {.base = s, .up = up, .body = malloc(n + 1)};
     llhttp_t p;
     llhttp_init(&p, HTTP_REQUEST, &settings);
     p.data = &c;
@@ -268,7 +359,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!c.url_seen)
             fail("a head without a target", s + head_start, pos - head_start);
         bh_span_t url = {s + c.url_off, c.url_len};
-        if (!forward_head(&p, s + head_start, pos - head_start, url, opt, out))
+        c.forwarding = false;
+        if (!forward_head(&p, &c, s + head_start, pos - head_start, url, opt, out))
             break;
         llhttp_resume(&p);
         if (!c.msg_done) {
@@ -277,8 +369,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
             pos = (size_t)(llhttp_get_error_pos(&p) - s);
         }
+        if (c.up_chunked)
+            up_put(&c, "0\r\n\r\n", 5);
+        check_message(&c);
+        c.forwarding = false;
         llhttp_resume(&p);
     }
+    free(c.body);
     free(out);
     free(s);
     return 0;
