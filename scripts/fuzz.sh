@@ -81,7 +81,7 @@ for t in "${targets[@]}"; do
   files=()
   [[ -d $corpus ]] && mapfile -t files < <(find "$corpus" -type f | sort)
   if ((${#files[@]})); then
-    "$bin" "${files[@]}" >"$OUTDIR/$t.regress.log" 2>&1
+    "$bin" "${files[@]}" </dev/null >"$OUTDIR/$t.regress.log" 2>&1
     rc=$?
     if ((rc != 0)); then
       res=$(classify "$OUTDIR/$t.regress.log" "$rc")
@@ -98,7 +98,7 @@ for t in "${targets[@]}"; do
   dict=()
   [[ -f $root/tests/fuzz/$t.dict ]] && dict=(-dict="$root/tests/fuzz/$t.dict")
   (cd "$work" && "$bin" -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=25 -print_final_stats=1 \
-    -artifact_prefix="$OUTDIR/$t-artifacts/" "${dict[@]}" "${extra[@]}" corpus) >"$log" 2>&1
+    -artifact_prefix="$OUTDIR/$t-artifacts/" "${dict[@]}" "${extra[@]}" corpus) </dev/null >"$log" 2>&1
   rc=$?
   res=$(classify "$log" "$rc")
   execs=$(awk -F': *' '/stat::number_of_executed_units/ {print $2}' "$log" | tail -n1)
