@@ -59,6 +59,10 @@ int bh_http_split(const char *head, size_t len, bh_span_t *start_line, bh_hdr_t 
 {
     const char *p = head, *end = head + len;
     int count = -1; /* the first line is the start line */
+    /* llhttp skips any run of CR and LF bytes before a message, "\r\r\n" included: skip the same,
+     * or a lone "\r" would become the start line and the real one a header (fuzz_response) */
+    while (p < end && (*p == '\r' || *p == '\n'))
+        p++;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *eol = nl != NULL ? nl : end;

@@ -56,6 +56,19 @@ static void put_escaped(sb_t *b, const char *s)
     }
 }
 
+char *bh__stats_escape_label(const char *s, size_t *len)
+{
+    sb_t b = {0};
+    put(&b, "%s", ""); /* allocates, so an empty value is "" rather than NULL */
+    put_escaped(&b, s);
+    if (b.oom) {
+        bh_free(b.p);
+        return NULL;
+    }
+    *len = b.n;
+    return b.p;
+}
+
 #define CELL(type, field) offsetof(type, field)
 
 static uint64_t sum(const bh_server_t *srv, const bh_mentry_t *e, size_t off)

@@ -10,4 +10,8 @@
 char *bh_stats_prometheus(bh_server_t *srv, size_t *len);
 char *bh_stats_json(bh_server_t *srv, bool draining, size_t *len);
 
+/* Internal, for tests/fuzz/fuzz_labels.c only: s (NUL-terminated) escaped as a label value is,
+ * as a bh_malloc'd NUL-terminated string of length *len; NULL when out of memory. */
+char *bh__stats_escape_label(const char *s, size_t *len);
+
 #endif

@@ -8,6 +8,8 @@
 #        unit         meson test --suite unit          counted from meson's testlog JSON (cmocka cases)
 #        integration  pytest tests/integration         counted from the junit XML
 #        compat       node --test in tests/compat      counted from the junit XML (when tests/compat exists)
+#        fuzz         scripts/fuzz.sh 20                one test per libFuzzer target (own clang build,
+#                                                      build-fuzz/; runs in the normal build only: n/a in asan)
 #   5. a table per build and suite, then the last line exactly "N passed, N failed".
 # Exit status: 0 only when nothing failed and every suite that has tests ran. A suite that could not run (build
 # failed, runner crashed, no result file, timeout) counts as a failure. A suite with no test files yet shows
@@ -15,7 +17,7 @@
 #
 # Env knobs:
 #   TEST_BUILDS="normal asan"             builds to test
-#   TEST_SUITES="unit integration compat" suites to run (a suite is a shell function suite_<name>)
+#   TEST_SUITES="unit integration compat fuzz" suites to run (a suite is a shell function suite_<name>)
 #   TEST_PARALLEL=1                       0: run the builds' suites one build after the other
 #   SUITE_TIMEOUT=1800                    seconds per suite before it is killed (counts as failed)
 #   PYTEST_ARGS="-k name -x"              extra pytest arguments (e.g. to run one test)
@@ -41,7 +43,7 @@ PY=/usr/bin/python3
 export PYTHONDONTWRITEBYTECODE=1
 
 read -r -a BUILDS <<<"${TEST_BUILDS:-normal asan}"
-read -r -a SUITES <<<"${TEST_SUITES:-unit integration compat}"
+read -r -a SUITES <<<"${TEST_SUITES:-unit integration compat fuzz}"
 OUT=${TEST_RESULTS_DIR:-$root/build-results}
 [[ $OUT == /* ]] || OUT=$root/$OUT
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-1800}
@@ -64,7 +66,7 @@ for b in "${BUILDS[@]}"; do mkdir -p "$OUT/$b"; done
 
 # ---------------------------------------------------------------------------------------------------------
 # Results: one TSV line per (build, suite): build suite status passed failed skipped seconds note
-# status: ok | FAILED | NOT RUN | no tests
+# status: ok | FAILED | NOT RUN | no tests | n/a (a suite that runs in another build only)
 record() { # record BUILD SUITE STATUS P F S SECS NOTE
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$OUT/$1/results.tsv"
 }
@@ -150,6 +152,27 @@ suite_compat() {
   [[ -n $(timeout_note "$rc") ]] && R_NOTE="$(timeout_note "$rc") $R_NOTE"
 }
 
+# libFuzzer targets (tests/fuzz) through scripts/fuzz.sh: each replays its committed corpus, then fuzzes for
+# FUZZ_SECONDS (20). The targets have their own clang build (build-fuzz/, ASan+UBSan+libFuzzer), the same
+# whichever build is tested, so the suite runs once: in the normal build, and is n/a in asan.
+suite_fuzz() {
+  local b=$1 dir=$2 log=$3 rc p f
+  compgen -G "$root/tests/fuzz/fuzz_*.c" >/dev/null || { no_tests "no tests/fuzz/fuzz_*.c"; return; }
+  if [[ $b != normal ]]; then
+    set_result "n/a" 0 0 0 "runs once, in the normal build"
+    return
+  fi
+  timeout -k 30 "$SUITE_TIMEOUT" env FUZZ_OUT="$log/fuzz-out" "$root/scripts/fuzz.sh" "${FUZZ_SECONDS:-20}" \
+    >"$log/fuzz.log" 2>&1
+  rc=$?
+  p=$(awk '$1 ~ /^fuzz_/ && $NF == "ok" {n++} END {print n + 0}' "$log/fuzz.log")
+  f=$(awk '$1 ~ /^fuzz_/ && NF >= 4 && $NF != "ok" {n++} END {print n + 0}' "$log/fuzz.log")
+  if ((p + f == 0)); then not_run "scripts/fuzz.sh exit $rc, no target ran $(timeout_note "$rc")"; return; fi
+  ((rc != 0 && f == 0)) && f=1 # fuzz.sh failed after the targets it printed (e.g. a timeout)
+  from_counts "$p $f 0 $(awk '$1 ~ /^fuzz_/ && $2 ~ /^[0-9]+$/ {e += $2} END {print e + 0}' "$log/fuzz.log") execs"
+  [[ -n $(timeout_note "$rc") ]] && R_NOTE="$(timeout_note "$rc") $R_NOTE"
+}
+
 # ---------------------------------------------------------------------------------------------------------
 # LeakSanitizer self-test: compile a program that leaks, expect a leak report. Sets LSAN_OK=1|0.
 lsan_selftest() {
@@ -199,7 +222,7 @@ run_build() {
     set_result "NOT RUN" 0 1 0 "suite function missing"
     if declare -F "suite_$s" >/dev/null; then "suite_$s" "$b" "$dir" "$log"; fi
     t1=$(date +%s)
-    [[ $b == asan && $LSAN_OK == 0 && $R_STATUS != "no tests" ]] && R_NOTE="leaks not checked; $R_NOTE"
+    [[ $b == asan && $LSAN_OK == 0 && $R_STATUS != "no tests" && $R_STATUS != n/a ]] && R_NOTE="leaks not checked; $R_NOTE"
     record "$b" "$s" "$R_STATUS" "$R_P" "$R_F" "$R_S" $((t1 - t0)) "$R_NOTE"
     say "[$b] $s: $R_STATUS, $R_P passed, $R_F failed, $R_S skipped ($((t1 - t0))s) $R_NOTE"
   done
@@ -290,7 +313,7 @@ for b in "${BUILDS[@]}"; do
     # shellcheck disable=SC2059
     printf "$fmt" "$rb" "$rs" "$st" "$p" "$f" "$s" "$secs" "$note"
     total_p=$((total_p + p)) total_f=$((total_f + f)) total_s=$((total_s + s))
-    [[ $st == ok || $st == "no tests" ]] || bad=1
+    [[ $st == ok || $st == "no tests" || $st == n/a ]] || bad=1
     if [[ $st == FAILED || $st == "NOT RUN" ]]; then
       [[ -s $OUT/$rb/$rs.log ]] && echo "$OUT/$rb/$rs.log" >>"$OUT/failed-logs.txt"
     fi

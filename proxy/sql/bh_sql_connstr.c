@@ -3,6 +3,7 @@
  * User, password and database are percent-decoded as Neon's proxy does (invalid escapes stay
  * literal); the host is lowercased, never decoded; of the query only application_name is read.
  * Errors are the 400 messages of section 6.1, in Neon's order (see bh_sql_parse_connstr). */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -31,11 +32,11 @@ static long pct_decode(const char *s, size_t n, char *dst, bool form)
         if (c == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
             c = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
             i += 2;
-            if (c == '\0')
-                return -1;
         } else if (form && c == '+') {
             c = ' ';
         }
+        if (c == '\0') /* "%00" or a raw NUL byte: either would cut the C string short */
+            return -1;
         dst[o++] = c;
     }
     dst[o] = '\0';
@@ -110,7 +111,15 @@ static const char *parse_ipv6_host(const char *hp, url_parts_t *u, const char **
     for (const char *q = u->host; q < u->host_end; q++)
         if (!(hexval(*q) >= 0 || *q == ':' || *q == '.'))
             return bad;
-    if (u->host == u->host_end)
+    /* The characters alone admit "[0]" or "[:::]": only a real IPv6 address is host_ip. */
+    char v6[INET6_ADDRSTRLEN];
+    struct in6_addr a;
+    size_t n = (size_t)(u->host_end - u->host);
+    if (n == 0 || n >= sizeof(v6))
+        return bad;
+    memcpy(v6, u->host, n);
+    v6[n] = '\0';
+    if (inet_pton(AF_INET6, v6, &a) != 1)
         return bad;
     u->v6 = true;
     if (rb + 1 < u->auth_end) {
