@@ -1171,6 +1171,17 @@ static void test_connstr_edges(void **state)
     assert_true(c.has_port);
     bh_sql_connstr_free(&c);
     connstr_fails("postgres://u@[]/d", "invalid connection string: invalid IPv6 address");
+    /* hex digits and colons alone are not an address (found by fuzz_connstr) */
+    connstr_fails("postgres://u@[0]/d", "invalid connection string: invalid IPv6 address");
+    connstr_fails("postgres://u@[:::]/d", "invalid connection string: invalid IPv6 address");
+    {
+        /* a raw NUL in the password would cut libpq's C string short, as %00 would */
+        static const char raw[] = "postgres://u:pa\0ss@h/d";
+        char err[128] = "";
+        assert_int_equal(bh_sql_parse_connstr(raw, sizeof(raw) - 1, &c, err, sizeof(err)),
+                         BH_ESQL_CONNSTR);
+        assert_null(c.mem_);
+    }
     connstr_fails("postgres://u@[::1]:x/d", "invalid connection string: invalid port number");
 
     /* IPv4: four dot-separated groups of 1-3 digits */
