@@ -137,87 +137,15 @@ void bh_exchange_reply(bh_exchange_t *ex, int err, bool close, uint64_t retry_af
 
 /* ---- the request head --------------------------------------------------------------------- */
 
-/* What the head says besides its start line. */
-typedef struct req_fields {
-    bh_span_t host;
-    int nhost;
-    int n_chunked;     /* "chunked" tokens over every Transfer-Encoding line */
-    bool other_coding; /* a transfer coding other than chunked */
-    bool conn_upgrade; /* Connection (not Proxy-Connection) lists "upgrade" */
-    bool h2c;          /* Upgrade offers h2c */
-} req_fields_t;
-
-static bh_span_t trim_ows(bh_span_t t)
+/* Reads the fields the exchange acts on (one pass; bh_http_req_fields). */
+static void read_fields(const bh_conn_t *conn, bh_request_t *req, bh_req_fields_t *f)
 {
-    while (t.n > 0 && (t.p[0] == ' ' || t.p[0] == '\t'))
-        t.p++, t.n--;
-    while (t.n > 0 && (t.p[t.n - 1] == ' ' || t.p[t.n - 1] == '\t'))
-        t.n--;
-    return t;
-}
-
-static void count_codings(bh_span_t value, req_fields_t *f)
-{
-    const char *p = value.p, *end = value.p + value.n;
-    while (p <= end) {
-        const char *comma = memchr(p, ',', (size_t)(end - p));
-        const char *e = comma != NULL ? comma : end;
-        bh_span_t tok = trim_ows((bh_span_t){p, (size_t)(e - p)});
-        if (bh_span_ieq(tok, "chunked"))
-            f->n_chunked++;
-        else if (tok.n > 0)
-            f->other_coding = true;
-        p = e + 1;
-    }
-}
-
-static void read_fields(const bh_conn_t *conn, bh_request_t *req, req_fields_t *f)
-{
-    *f = (req_fields_t){.host = {"", 0}};
-    for (int i = 0; i < req->nhdrs; i++) {
-        bh_span_t name = req->hdrs[i].name, value = req->hdrs[i].value;
-        if (bh_span_ieq(name, "host")) {
-            f->host = value;
-            f->nhost++;
-        } else if (bh_span_ieq(name, "transfer-encoding")) {
-            count_codings(value, f);
-        } else if (bh_span_ieq(name, "connection")) {
-            f->conn_upgrade = f->conn_upgrade || bh_http_has_token(value, "upgrade");
-        } else if (bh_span_ieq(name, "upgrade")) {
-            f->h2c = f->h2c || bh_http_has_token(value, "h2c");
-        } else if (bh_span_ieq(name, "expect") && bh_span_ieq(value, "100-continue")) {
-            req->expect_continue = bh_conn_http11(conn);
-        } else if (bh_span_ieq(name, "idempotency-key")) {
-            req->idempotency_key = true;
-        } else if (bh_span_ieq(name, "bulkhead-timeout")) {
-            if (bh_deadline_parse_ms(value.p, value.n, &req->client_timeout_ms) < 0)
-                req->client_timeout_ms = 0;
-        }
-    }
-}
-
-/* The checks that keep one request from being read two ways (docs/request-handling.md).
- * Returns 0 or the error to answer with (the connection is then closed). */
-static int check_request(const bh_conn_t *conn, const req_fields_t *f, const bh_target_t *t)
-{
-    const llhttp_t *p = conn->parser;
-    uint8_t m = p->method;
-    bool http11 = bh_conn_http11(conn);
-    if (p->http_major != 1 || m == HTTP_CONNECT)
-        return BH_EBAD_REQUEST;
-    if (f->nhost > 1 || (f->nhost == 0 && http11))
-        return BH_EBAD_REQUEST; /* RFC 9112 3.2: exactly one Host in HTTP/1.1 */
-    if (t->asterisk && m != HTTP_OPTIONS)
-        return BH_EBAD_TARGET;
-    if (p->flags & F_TRANSFER_ENCODING) {
-        if (!http11)
-            return BH_EBAD_FRAMING; /* RFC 9112 6.1: HTTP/1.0 with Transfer-Encoding is faulty */
-        if (f->n_chunked > 1)
-            return BH_EBAD_FRAMING; /* chunked applied twice */
-        if (f->other_coding)
-            return BH_ETE_UNSUPPORTED; /* RFC 9112 6.1: 501; re-framing would drop the coding */
-    }
-    return 0;
+    bh_http_req_fields(req->hdrs, req->nhdrs, bh_conn_http11(conn), f);
+    req->expect_continue = f->expect_continue;
+    req->idempotency_key = f->idempotency_key;
+    if (f->timeout.p != NULL &&
+        bh_deadline_parse_ms(f->timeout.p, f->timeout.n, &req->client_timeout_ms) < 0)
+        req->client_timeout_ms = 0;
 }
 
 /* The access log's "METHOD target", at most 1 KiB. */
@@ -252,7 +180,7 @@ static void begin(bh_exchange_t *ex, bh_conn_t *conn)
 
 /* Splits the head into req. Returns 0 or the error to answer with. */
 static int read_head(bh_exchange_t *ex, const char *head, size_t head_len, bh_span_t target,
-                     bh_request_t *req, req_fields_t *f)
+                     bh_request_t *req, bh_req_fields_t *f)
 {
     bh_conn_t *conn = ex->conn;
     bh_worker_t *w = conn->w;
@@ -272,7 +200,7 @@ static int read_head(bh_exchange_t *ex, const char *head, size_t head_len, bh_sp
     read_fields(conn, req, f);
     if (bh_http_parse_target(target, &req->target) < 0)
         return BH_EBAD_TARGET;
-    int err = check_request(conn, f, &req->target);
+    int err = bh_http_check_request(conn->parser, f, &req->target);
     if (err < 0)
         return err;
     req->path = req->target.asterisk ? (bh_span_t){"/", 1} : req->target.path;
@@ -290,7 +218,7 @@ void bh_exchange_start(bh_exchange_t *ex, bh_conn_t *conn, const char *head, siz
 {
     begin(ex, conn);
     bh_request_t req;
-    req_fields_t f;
+    bh_req_fields_t f;
     int err = read_head(ex, head, head_len, target, &req, &f);
     if (err < 0) {
         bh_exchange_reply(ex, err, true, 1);

@@ -1,6 +1,7 @@
 /* Head splitting and rewriting for forwarded HTTP/1.1 messages. */
 #include <string.h>
 #include <strings.h>
+#include "bh_error.h"
 #include "bh_http.h"
 
 void bh_wbuf_put(bh_wbuf_t *w, const void *p, size_t n)
@@ -387,4 +388,75 @@ long bh_http_keepalive_timeout(bh_span_t value)
         p = e + 1;
     }
     return -1;
+}
+
+/* ---- a request head's fields and checks -------------------------------------------------- */
+
+static bh_span_t trim_ows(bh_span_t t)
+{
+    while (t.n > 0 && (t.p[0] == ' ' || t.p[0] == '\t'))
+        t.p++, t.n--;
+    while (t.n > 0 && (t.p[t.n - 1] == ' ' || t.p[t.n - 1] == '\t'))
+        t.n--;
+    return t;
+}
+
+static void count_codings(bh_span_t value, bh_req_fields_t *f)
+{
+    const char *p = value.p, *end = value.p + value.n;
+    while (p <= end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *e = comma != NULL ? comma : end;
+        bh_span_t tok = trim_ows((bh_span_t){p, (size_t)(e - p)});
+        if (bh_span_ieq(tok, "chunked"))
+            f->n_chunked++;
+        else if (tok.n > 0)
+            f->other_coding = true;
+        p = e + 1;
+    }
+}
+
+void bh_http_req_fields(const bh_hdr_t *hdrs, int n, bool http11, bh_req_fields_t *f)
+{
+    *f = (bh_req_fields_t){.host = {"", 0}};
+    for (int i = 0; i < n; i++) {
+        bh_span_t name = hdrs[i].name, value = hdrs[i].value;
+        if (bh_span_ieq(name, "host")) {
+            f->host = value;
+            f->nhost++;
+        } else if (bh_span_ieq(name, "transfer-encoding")) {
+            count_codings(value, f);
+        } else if (bh_span_ieq(name, "connection")) {
+            f->conn_upgrade = f->conn_upgrade || bh_http_has_token(value, "upgrade");
+        } else if (bh_span_ieq(name, "upgrade")) {
+            f->h2c = f->h2c || bh_http_has_token(value, "h2c");
+        } else if (bh_span_ieq(name, "expect") && bh_span_ieq(value, "100-continue")) {
+            f->expect_continue = http11;
+        } else if (bh_span_ieq(name, "idempotency-key")) {
+            f->idempotency_key = true;
+        } else if (bh_span_ieq(name, "bulkhead-timeout")) {
+            f->timeout = value;
+        }
+    }
+}
+
+int bh_http_check_request(const llhttp_t *p, const bh_req_fields_t *f, const bh_target_t *t)
+{
+    uint8_t m = p->method;
+    bool http11 = p->http_major == 1 && p->http_minor >= 1;
+    if (p->http_major != 1 || m == HTTP_CONNECT)
+        return BH_EBAD_REQUEST;
+    if (f->nhost > 1 || (f->nhost == 0 && http11))
+        return BH_EBAD_REQUEST; /* RFC 9112 3.2: exactly one Host in HTTP/1.1 */
+    if (t->asterisk && m != HTTP_OPTIONS)
+        return BH_EBAD_TARGET;
+    if (p->flags & F_TRANSFER_ENCODING) {
+        if (!http11)
+            return BH_EBAD_FRAMING; /* RFC 9112 6.1: HTTP/1.0 with Transfer-Encoding is faulty */
+        if (f->n_chunked > 1)
+            return BH_EBAD_FRAMING; /* chunked applied twice */
+        if (f->other_coding)
+            return BH_ETE_UNSUPPORTED; /* RFC 9112 6.1: 501; re-framing would drop the coding */
+    }
+    return 0;
 }

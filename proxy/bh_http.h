@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <llhttp.h>
 
 typedef struct bh_span {
     const char *p;
@@ -56,6 +57,26 @@ typedef struct bh_target {
  * absolute-form target that is not http/https, has userinfo (RFC 9110 4.2.4) or an empty
  * authority, and an absolute-form path that starts with '?'. */
 int bh_http_parse_target(bh_span_t target, bh_target_t *out);
+
+/* What a request head says besides its start line, read in one pass over its fields. */
+typedef struct bh_req_fields {
+    bh_span_t host;          /* the last Host ("" when none) */
+    int nhost;
+    int n_chunked;           /* "chunked" tokens over every Transfer-Encoding line */
+    bool other_coding;       /* a transfer coding other than chunked */
+    bool conn_upgrade;       /* Connection (not Proxy-Connection) lists "upgrade" */
+    bool h2c;                /* Upgrade offers h2c */
+    bool expect_continue;    /* Expect: 100-continue on an HTTP/1.1 request */
+    bool idempotency_key;    /* an Idempotency-Key field */
+    bh_span_t timeout;       /* the last Bulkhead-Timeout value (p NULL: none) */
+} bh_req_fields_t;
+
+void bh_http_req_fields(const bh_hdr_t *hdrs, int n, bool http11, bh_req_fields_t *f);
+
+/* The checks that keep one request from being read two ways (docs/request-handling.md), on the
+ * parser's reading of the start line (p: an llhttp_t after the head). Returns 0 or the BH_E* error
+ * to answer with (the connection is then closed). */
+int bh_http_check_request(const llhttp_t *p, const bh_req_fields_t *f, const bh_target_t *t);
 
 /* What the forwarded request head needs besides the client's headers. */
 typedef struct bh_fwd_req {

@@ -1,7 +1,6 @@
 /* libFuzzer target: the request path without sockets. Client bytes go through llhttp as the
  * client reads them (strict mode, pause at each head and message end, pipelining), the head
- * checks of bh_exchange.c (read_fields / check_request, replicated here because they are static
- * and take a live connection), bh_http_split, bh_http_parse_target and bh_http_write_request,
+ * checks the exchange makes (bh_http_req_fields, bh_http_check_request), bh_http_split, bh_http_parse_target and bh_http_write_request,
  * plus the tail bh_forward.c's send_request appends (Host when missing, Bulkhead-Deadline).
  * Invariants on what goes upstream, per forwarded request: strict llhttp reads it as exactly one
  * request head ending at its last byte, with the client's method and the rewritten target; at
@@ -163,64 +162,6 @@ static void check_message(const ctx_t *c)
     free(u.body);
 }
 
-/* bh_exchange.c read_fields / check_request, the parts that decide forwarding. */
-typedef struct fields {
-    int nhost, n_chunked;
-    bool other_coding, conn_upgrade, h2c, expect;
-} fields_t;
-
-static bh_span_t trim_ows(bh_span_t t)
-{
-    while (t.n > 0 && (t.p[0] == ' ' || t.p[0] == '\t'))
-        t.p++, t.n--;
-    while (t.n > 0 && (t.p[t.n - 1] == ' ' || t.p[t.n - 1] == '\t'))
-        t.n--;
-    return t;
-}
-
-static void read_fields(const bh_hdr_t *h, int n, bool http11, fields_t *f)
-{
-    memset(f, 0, sizeof(*f));
-    for (int i = 0; i < n; i++) {
-        if (bh_span_ieq(h[i].name, "host")) {
-            f->nhost++;
-        } else if (bh_span_ieq(h[i].name, "transfer-encoding")) {
-            const char *p = h[i].value.p, *end = p + h[i].value.n;
-            while (p <= end) {
-                const char *comma = memchr(p, ',', (size_t)(end - p));
-                const char *e = comma != NULL ? comma : end;
-                bh_span_t tok = trim_ows((bh_span_t){p, (size_t)(e - p)});
-                if (bh_span_ieq(tok, "chunked"))
-                    f->n_chunked++;
-                else if (tok.n > 0)
-                    f->other_coding = true;
-                p = e + 1;
-            }
-        } else if (bh_span_ieq(h[i].name, "connection")) {
-            f->conn_upgrade = f->conn_upgrade || bh_http_has_token(h[i].value, "upgrade");
-        } else if (bh_span_ieq(h[i].name, "upgrade")) {
-            f->h2c = f->h2c || bh_http_has_token(h[i].value, "h2c");
-        } else if (bh_span_ieq(h[i].name, "expect") && bh_span_ieq(h[i].value, "100-continue")) {
-            f->expect = http11;
-        }
-    }
-}
-
-static bool request_ok(const llhttp_t *p, const fields_t *f, const bh_target_t *t)
-{
-    bool http11 = p->http_major == 1 && p->http_minor == 1;
-    if (p->http_major != 1 || p->method == HTTP_CONNECT)
-        return false;
-    if (f->nhost > 1 || (f->nhost == 0 && http11))
-        return false;
-    if (t->asterisk && p->method != HTTP_OPTIONS)
-        return false;
-    if (p->flags & F_TRANSFER_ENCODING)
-        if (!http11 || f->n_chunked > 1 || f->other_coding)
-            return false;
-    return true;
-}
-
 static int count_named(const bh_hdr_t *h, int n, const char *name)
 {
     int k = 0;
@@ -288,11 +229,11 @@ static bool forward_head(llhttp_t *p, ctx_t *c, const char *head, size_t hlen, b
     int nh = bh_http_split(head, hlen, &start, h, MAXH);
     if (nh < 0)
         return false;
-    bool http11 = p->http_major == 1 && p->http_minor == 1;
-    fields_t f;
-    read_fields(h, nh, http11, &f);
+    bool http11 = p->http_major == 1 && p->http_minor >= 1;
+    bh_req_fields_t f;
+    bh_http_req_fields(h, nh, http11, &f);
     bh_target_t t;
-    if (bh_http_parse_target(url, &t) < 0 || !request_ok(p, &f, &t))
+    if (bh_http_parse_target(url, &t) < 0 || bh_http_check_request(p, &f, &t) != 0)
         return false;
     const char *method = llhttp_method_name(llhttp_get_method(p));
     bool upgrade = llhttp_get_upgrade(p) != 0 && f.conn_upgrade && !f.h2c;
@@ -307,7 +248,7 @@ static bool forward_head(llhttp_t *p, ctx_t *c, const char *head, size_t hlen, b
         .cert_subject = (opt & 4) ? "CN=client" : NULL,
         .chunked = chunked,
         .upgrade = upgrade,
-        .drop_expect = f.expect,
+        .drop_expect = f.expect_continue,
     };
     if ((opt & 1) && !t.asterisk && t.path.n >= 4 && memcmp(t.path.p, "/api", 4) == 0) {
         fr.target = (bh_span_t){t.path.p + 4, t.path.n - 4};
