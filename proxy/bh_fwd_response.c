@@ -116,6 +116,9 @@ static int handle_response_head(bh_fwd_t *f)
     bh_upconn_t *uc = f->uc;
     bh_worker_t *w = conn_of(f)->w;
     int status = llhttp_get_status_code(&f->rp);
+    int bad = bh_http_check_response(&f->rp);
+    if (bad < 0)
+        return bad;
     bh_span_t start;
     int n = bh_http_split(uc->rbuf->data + f->resp_head_start, uc->rpos - f->resp_head_start,
                           &start, w->hdrs, w->max_hdrs);

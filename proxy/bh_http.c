@@ -460,3 +460,18 @@ int bh_http_check_request(const llhttp_t *p, const bh_req_fields_t *f, const bh_
     }
     return 0;
 }
+
+int bh_http_check_response(const llhttp_t *p)
+{
+    int status = p->status_code;
+    /* RFC 9110 15: three digits, 100 to 599. llhttp reads "HTTP/1.1 000", and even an empty code,
+     * as status 0, which must not pass for an interim response */
+    if (status < 100 || status > 599)
+        return BH_EUPSTREAM_PROTOCOL;
+    /* RFC 9110 15.2: a 1xx response ends with its head. llhttp still reads a body announced by
+     * Content-Length or Transfer-Encoding, which would become part of the final response */
+    if (status < 200 && ((p->flags & (F_CHUNKED | F_TRANSFER_ENCODING)) ||
+                         ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0)))
+        return BH_EUPSTREAM_PROTOCOL;
+    return 0;
+}

@@ -78,6 +78,10 @@ void bh_http_req_fields(const bh_hdr_t *hdrs, int n, bool http11, bh_req_fields_
  * to answer with (the connection is then closed). */
 int bh_http_check_request(const llhttp_t *p, const bh_req_fields_t *f, const bh_target_t *t);
 
+/* A response head the parser accepted but a proxy must not pass on (p: an llhttp_t after the
+ * head). Returns 0 or BH_EUPSTREAM_PROTOCOL. */
+int bh_http_check_response(const llhttp_t *p);
+
 /* What the forwarded request head needs besides the client's headers. */
 typedef struct bh_fwd_req {
     bh_span_t method;

@@ -139,6 +139,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (e == HPE_PAUSED)
             llhttp_resume(&p);
         int status = llhttp_get_status_code(&p);
+        if (bh_http_check_response(&p) < 0)
+            break; /* 502 */
+        if (getenv("FUZZ_RESPONSE_DEBUG") != NULL)
+            fprintf(stderr, "--- upstream head (status %d):\n%.*s", status, (int)(pos - head_start),
+                    s + head_start);
         bh_span_t start;
         int nh = bh_http_split(s + head_start, pos - head_start, &start, h, MAXH);
         if (nh < 0)

@@ -76,6 +76,24 @@ def test_upstream_invalid_response_502(bulkhead, upstream, path):
     assert_bulkhead_error(r, 502, "http_protocol_error")
 
 
+@pytest.mark.parametrize("code", ["", "000", "099", "600", "999"])
+def test_upstream_status_out_of_range_502(bulkhead, upstream, code):
+    """Status 0 once passed for an interim response (fuzz_response): llhttp then read its body as
+    the start of the next response. A code outside 100-599 is a broken response."""
+    bh = bulkhead(upstream)
+    r = get(bh, "/bad-status?code=" + code)
+    assert_bulkhead_error(r, 502, "http_protocol_error")
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_upstream_interim_response_with_a_body_502(bulkhead, upstream, framing):
+    """RFC 9110 15.2: a 1xx ends with its head. llhttp reads a body it announces; passing it on
+    would splice the upstream's bytes into the final response (fuzz_response)."""
+    bh = bulkhead(upstream)
+    r = get(bh, "/interim-body?framing=" + framing)
+    assert_bulkhead_error(r, 502, "http_protocol_error")
+
+
 def test_total_timeout_504(bulkhead, upstream):
     bh = bulkhead(upstream, timeouts={"first_byte": "60s", "total": "500ms"})
     r = get(bh, "/hold?id=total")

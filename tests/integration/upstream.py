@@ -20,6 +20,8 @@ Endpoints (any method; query parameters allowed):
                      (&hold=X: reads nothing until /release?id=X)
   /stall?n=N&id=X    announces Content-Length N, sends N/2 bytes, waits for /release?id=X, sends the rest
   /garbage           answers bytes that are not HTTP, then closes
+  /bad-status?code=C answers "HTTP/1.1 C Odd" with a 3-byte body (C may be empty), then closes
+  /interim-body?framing=length|chunked  a 103 that announces a body which looks like a 200, then closes
   /bad-length        answers two different Content-Length headers, then closes
   /close-early       closes the connection without a response
   /half-close        reads the request, shuts down its write side (FIN) without a response, and keeps the
@@ -559,6 +561,21 @@ async def handle_request(conn, req, control):
     elif path == "/garbage":
         await body.read_all()
         await conn.send(b"THIS IS NOT HTTP\r\n\r\n")
+        return False
+    elif path == "/bad-status":
+        await body.read_all()
+        code = q.get("code", "").encode()
+        await conn.send(b"HTTP/1.1 " + code + b" Odd\r\nContent-Length: 3\r\n\r\nabc")
+        return False
+    elif path == "/interim-body":
+        await body.read_all()
+        fake = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+        if q.get("framing") == "chunked":
+            framing = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(fake), fake)
+        else:
+            framing = b"Content-Length: %d\r\n\r\n%s" % (len(fake), fake)
+        await conn.send(b"HTTP/1.1 103 Early Hints\r\n" + framing +
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
         return False
     elif path == "/bad-length":
         await body.read_all()
