@@ -122,6 +122,9 @@ bool bh__fwd_schedule_retry(bh_fwd_t *f, const bh_attempt_t *a, uint64_t retry_a
 /* The current attempt failed with err: retried, answered with bulkhead's reply, or (a response
  * had started) the client connection is cut. The exchange may be over when it returns. */
 void bh__fwd_attempt_failed(bh_fwd_t *f, int err);
+/* The framing of a final response's body towards the client (rp: the upstream's parser after
+ * the head; http11: the client's version). Pure: the fuzzer calls it too. */
+enum fwd_framing bh__fwd_response_framing(const llhttp_t *rp, bool is_head, bool http11);
 int bh__fwd_emit_body(bh_outq_t *q, enum fwd_framing fr, bh_buf_t *b, const char *at, size_t len);
 int bh__fwd_emit_end(bh_outq_t *q, enum fwd_framing fr);
 

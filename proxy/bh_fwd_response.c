@@ -13,7 +13,7 @@
 
 static int rp_on_headers_complete(llhttp_t *p)
 {
-    if (rp_fwd(p)->is_head)
+    if (bh_http_response_is_bodiless(p->status_code, rp_fwd(p)->is_head))
         p->flags |= F_SKIPBODY; /* what returning 1 would do; we pause instead */
     p->data = (void *)(uintptr_t)RP_PAUSE_HEAD;
     return HPE_PAUSED;
@@ -65,19 +65,24 @@ static bh_span_t reason_of(bh_span_t start)
     return (bh_span_t){"", 0};
 }
 
+enum fwd_framing bh__fwd_response_framing(const llhttp_t *rp, bool is_head, bool http11)
+{
+    int status = rp->status_code;
+    if (is_head || status == 204 || status == 304)
+        return FRAME_NONE;
+    if (rp->flags & F_CHUNKED)
+        return http11 ? FRAME_CHUNKED : FRAME_CLOSE;
+    if (rp->flags & F_CONTENT_LENGTH)
+        return FRAME_LENGTH;
+    return http11 ? FRAME_CHUNKED : FRAME_CLOSE;
+}
+
 /* A final response's framing towards the client, and whether the client connection stays. */
-static void choose_framing(bh_fwd_t *f, int status, bh_fwd_resp_t *resp)
+static void choose_framing(bh_fwd_t *f, bh_fwd_resp_t *resp)
 {
     bh_conn_t *conn = conn_of(f);
     bool http11 = bh_conn_http11(conn);
-    if (f->is_head || status == 204 || status == 304)
-        f->resp_framing = FRAME_NONE;
-    else if (f->rp.flags & F_CHUNKED)
-        f->resp_framing = http11 ? FRAME_CHUNKED : FRAME_CLOSE;
-    else if (f->rp.flags & F_CONTENT_LENGTH)
-        f->resp_framing = FRAME_LENGTH;
-    else
-        f->resp_framing = http11 ? FRAME_CHUNKED : FRAME_CLOSE;
+    f->resp_framing = bh__fwd_response_framing(&f->rp, f->is_head, http11);
     bool keepalive = llhttp_should_keep_alive(conn->parser) && !conn->w->draining &&
                      f->resp_framing != FRAME_CLOSE;
     if (!keepalive)
@@ -152,7 +157,7 @@ static int handle_response_head(bh_fwd_t *f)
     }
     if (judge_response(f, status, w->hdrs, n) == BH_RETRY_SCHEDULED)
         return BH_RETRY_SCHEDULED;
-    choose_framing(f, status, &resp);
+    choose_framing(f, &resp);
     int rc = write_response_head(f, &resp, w->hdrs, (size_t)n);
     if (rc < 0)
         return rc;

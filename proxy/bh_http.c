@@ -468,8 +468,9 @@ int bh_http_check_response(const llhttp_t *p)
      * as status 0, which must not pass for an interim response */
     if (status < 100 || status > 599)
         return BH_EUPSTREAM_PROTOCOL;
-    /* RFC 9110 15.2: a 1xx response ends with its head. llhttp still reads a body announced by
-     * Content-Length or Transfer-Encoding, which would become part of the final response */
+    /* RFC 9110 15.2: a 1xx response ends with its head (the parser skips any body). An upstream
+     * that announces one on it is confused about framing: what it meant as the body would be
+     * read as the final response. Refused rather than guessed at. */
     if (status < 200 && ((p->flags & (F_CHUNKED | F_TRANSFER_ENCODING)) ||
                          ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0)))
         return BH_EUPSTREAM_PROTOCOL;

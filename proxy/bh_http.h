@@ -78,6 +78,15 @@ void bh_http_req_fields(const bh_hdr_t *hdrs, int n, bool http11, bh_req_fields_
  * to answer with (the connection is then closed). */
 int bh_http_check_request(const llhttp_t *p, const bh_req_fields_t *f, const bh_target_t *t);
 
+/* RFC 9112 6.3: a response to HEAD, and a 1xx, 204 or 304, ends with its head whatever its
+ * Content-Length or Transfer-Encoding say. llhttp knows only HEAD (F_SKIPBODY, set by the
+ * caller) and reads a body they announce, so the response parser sets F_SKIPBODY when this is
+ * true. */
+static inline bool bh_http_response_is_bodiless(int status, bool head_request)
+{
+    return head_request || (status >= 100 && status < 200) || status == 204 || status == 304;
+}
+
 /* A response head the parser accepted but a proxy must not pass on (p: an llhttp_t after the
  * head). Returns 0 or BH_EUPSTREAM_PROTOCOL. */
 int bh_http_check_response(const llhttp_t *p);

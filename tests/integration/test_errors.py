@@ -1,5 +1,6 @@
 """Upstream failures: each cause becomes bulkhead's own response with its status and Proxy-Status error
 type (RFC 9209); failures after the response head is sent close the client connection."""
+import json
 import socket
 
 import pytest
@@ -92,6 +93,23 @@ def test_upstream_interim_response_with_a_body_502(bulkhead, upstream, framing):
     bh = bulkhead(upstream)
     r = get(bh, "/interim-body?framing=" + framing)
     assert_bulkhead_error(r, 502, "http_protocol_error")
+
+
+@pytest.mark.parametrize("code", ["204", "304"])
+@pytest.mark.parametrize("extra", [False, True], ids=["no-body", "bytes-after"])
+def test_bodiless_status_with_content_length_ends_at_its_head(bulkhead, upstream, code, extra):
+    """RFC 9112 6.3: a 204 or 304 ends with its head whatever Content-Length says (a 304 carries
+    the representation's). llhttp read the announced body (fuzz_response): bulkhead waited for
+    bytes that never come, or passed bytes after the head to the client as part of its stream."""
+    bh = bulkhead(upstream)
+    with RawClient(bh.port) as c:
+        c.request("GET", "/bodiless?code=%s%s" % (code, "&extra=1" if extra else ""))
+        r = c.read_response()
+        assert r.status == int(code)
+        c.request("GET", "/echo-head")
+        r = c.read_response()
+        assert r.status == 200, r
+        assert json.loads(r.body)["path"] == "/echo-head"  # the upstream's own answer to it
 
 
 def test_total_timeout_504(bulkhead, upstream):

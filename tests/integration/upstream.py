@@ -22,6 +22,8 @@ Endpoints (any method; query parameters allowed):
   /garbage           answers bytes that are not HTTP, then closes
   /bad-status?code=C answers "HTTP/1.1 C Odd" with a 3-byte body (C may be empty), then closes
   /interim-body?framing=length|chunked  a 103 that announces a body which looks like a 200, then closes
+  /bodiless?code=C   a C (204, 304) with "Content-Length: 5" and no body, kept alive
+                     (&extra=1: 5 bytes anyway, in the same write as the head, and close)
   /bad-length        answers two different Content-Length headers, then closes
   /close-early       closes the connection without a response
   /half-close        reads the request, shuts down its write side (FIN) without a response, and keeps the
@@ -577,6 +579,14 @@ async def handle_request(conn, req, control):
         await conn.send(b"HTTP/1.1 103 Early Hints\r\n" + framing +
                         b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
         return False
+    elif path == "/bodiless":
+        await body.read_all()
+        head = b"HTTP/1.1 %s X\r\nETag: \"e\"\r\nContent-Length: 5\r\n\r\n" % q["code"].encode()
+        if q.get("extra"):  # in the same write: bulkhead reads them together
+            await conn.send(head + b"hello")
+            return False
+        await conn.send(head)
+        return True
     elif path == "/bad-length":
         await body.read_all()
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello")
