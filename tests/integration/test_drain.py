@@ -6,7 +6,7 @@ import threading
 
 import requests
 
-from conftest import STOP_TIMEOUT, can_connect, wait_until
+from conftest import STOP_TIMEOUT, RawClient, can_connect, wait_until
 
 
 def test_sigterm_finishes_in_flight_requests(bulkhead, upstream):
@@ -37,6 +37,8 @@ def test_sigterm_finishes_in_flight_requests(bulkhead, upstream):
         t.join(60)
     assert results == [(200, "released")] * n, results
     assert bh.proc.wait(timeout=STOP_TIMEOUT) == 0
+    # the upstream saw each of them once, and nothing was sent after the signal
+    assert upstream.stats()["requests"].get("GET /hold") == n
 
 
 def test_readyz_turns_503_while_draining(bulkhead, upstream):
@@ -53,3 +55,38 @@ def test_readyz_turns_503_while_draining(bulkhead, upstream):
     upstream.release("rz")
     held.join(60)
     assert bh.proc.wait(timeout=STOP_TIMEOUT) == 0
+
+
+def test_pipelined_request_behind_a_draining_one_is_never_sent(bulkhead, upstream):
+    """A client pipelines a second request behind one held upstream, then SIGTERM: the first finishes
+    with Connection: close, and the second is never sent upstream. The connection closes without an
+    answer to it, which tells the client it was not processed (RFC 9112 9.3.1), so nothing is lost."""
+    bh = bulkhead(upstream, shutdown={"drain_timeout": "30s"})
+    with RawClient(bh.port) as c:
+        c.request("GET", "/hold?id=pipe")
+        wait_until(lambda: upstream.stats()["in_flight"] == 1, what="the first request held upstream")
+        c.request("POST", "/after-drain", body=b"second")
+        bh.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: not can_connect(bh.port), what="the listener to close")
+        upstream.release("pipe")
+        r = c.read_response()
+        assert (r.status, r.body) == (200, b"released"), r
+        assert "close" in r.tokens("connection"), r
+        assert c.wait_closed()
+    assert bh.proc.wait(timeout=STOP_TIMEOUT) == 0
+    assert "POST /after-drain" not in upstream.stats()["requests"]
+
+
+def test_drain_timeout_closes_what_is_left(bulkhead, upstream):
+    """A request still held when shutdown.drain_timeout expires: its connection is closed without a
+    response, and bulkhead exits 0. The upstream saw the request once (the client can tell it may have
+    been processed: the connection closed after the request was sent)."""
+    bh = bulkhead(upstream, shutdown={"drain_timeout": "300ms"})
+    with RawClient(bh.port) as c:
+        c.request("GET", "/hold?id=late")
+        wait_until(lambda: upstream.stats()["in_flight"] == 1, what="the request held upstream")
+        bh.proc.send_signal(signal.SIGTERM)
+        assert c.wait_closed(timeout=STOP_TIMEOUT), "the connection outlived drain_timeout"
+    assert bh.proc.wait(timeout=STOP_TIMEOUT) == 0
+    assert upstream.stats()["requests"].get("GET /hold") == 1
+    upstream.release("late")

@@ -270,6 +270,8 @@ def test_client_max_connections(bulkhead, upstream):
         # now at least two slots are taken (more only while closed ones are not yet noticed)
         c3 = RawClient(bh.port)
         try:
+            # a request written at once on the refused connection must never reach the upstream
+            c3.send(b"POST /refused-probe HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
             r = c3.read_response()
             assert r.status == 503, r
             assert proxy_status_error(r) == "connection_limit_reached"
@@ -287,6 +289,7 @@ def test_client_max_connections(bulkhead, upstream):
         wait_until(new_conn_served, what="a freed client slot to be usable again")
         b.request("GET", "/echo-head")
         ok(b)
+        assert "POST /refused-probe" not in upstream.stats()["requests"], "a refused request went upstream"
     finally:
         for c in (a, b):
             if c is not None:

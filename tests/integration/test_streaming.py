@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import requests
 
-from conftest import RawClient, wait_until
+from conftest import RawClient, proxy_status_error, wait_until
 
 MiB = 1 << 20
 BIG = 100 * MiB
@@ -171,6 +171,7 @@ def test_slow_upstream_reader_backpressure(bh, upstream):
         except Exception as e:  # noqa: BLE001 - reported by the main thread
             result["error"] = e
 
+    sinks = upstream.stats()["requests"].get("POST /sink", 0)
     t = threading.Thread(target=client, daemon=True)
     t.start()
     wait_until(lambda: upstream.stats()["holding"] == 1, what="the upload to reach the upstream")
@@ -187,7 +188,52 @@ def test_slow_upstream_reader_backpressure(bh, upstream):
     r = result["resp"]
     assert r.status == 200, r
     assert r.json()["len"] == n
+    h = hashlib.sha256()
+    for _ in range(n // MiB):
+        h.update(block)
+    assert r.json()["sha256"] == h.hexdigest(), "the upstream got other bytes than the client sent"
+    assert upstream.stats()["requests"].get("POST /sink", 0) == sinks + 1, "sent more than once"
     assert bh.hwm() - before < GROWTH_BOUND
+
+
+def test_upstream_that_never_reads_an_upload_is_cut_at_the_total_timeout(bulkhead, upstream):
+    """The upstream takes the head of a 128 MiB upload and never reads the body: backpressure holds
+    the client, and timeouts.total ends it: 504 http_response_timeout (no response byte was sent
+    yet), both connections closed, and the upload was attempted once."""
+    import threading
+    bh = bulkhead(upstream, limits={"max_body_bytes": "1GiB", "body_timeout": "60s"},
+                  timeouts={"total": "1s", "idle": "60s", "first_byte": "60s"})
+    n = 128 * MiB
+    result = {}
+
+    def client():
+        c = RawClient(bh.port, timeout=60)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        try:
+            c.send(b"POST /sink?hold=never HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % n)
+            block = b"x" * MiB
+            for _ in range(n // MiB):
+                c.send(block)
+        except OSError as e:  # the close at the timeout cuts the upload short
+            result["send_error"] = e
+        try:
+            result["resp"] = c.read_response()
+            result["closed"] = c.wait_closed()
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            result["error"] = e
+        c.close()
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive()
+    assert "error" not in result, result
+    r = result["resp"]
+    assert r.status == 504 and proxy_status_error(r) == "http_response_timeout", r
+    assert result["closed"]
+    assert upstream.stats()["requests"].get("POST /sink", 0) == 1
+    upstream.release("never")
+    wait_until(lambda: upstream.stats()["holding"] == 0, what="the held upload to end")
 
 
 def test_client_abort_mid_response_closes_upstream(bh, upstream, raw):

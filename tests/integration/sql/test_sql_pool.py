@@ -62,12 +62,21 @@ def test_pool_cap_under_200_concurrent_requests(sql_bulkhead, pg):
 
 def test_waiters_get_503_after_acquire_timeout(sql_bulkhead, pg):
     """With the 4 connections held, the 196 waiters are answered 503 (Retry-After, Proxy-Status, 17-key
-    body) after acquire_timeout; the 4 holders then finish with 200."""
+    body) after acquire_timeout; the 4 holders then finish with 200. Each query also inserts its
+    number: afterwards the table holds exactly the 4 answered 200, so no refused query ran."""
     role, pw = pg.make_role("acq")
+    table = role + "_ran"
+    pg.sql("CREATE TABLE %s (i int)" % table, dbname="app")
+    pg.sql("GRANT INSERT, SELECT ON %s TO %s" % (table, role), dbname="app")
     bh = sql_bulkhead(workers=4, db={"pool": {"max_connections": 4, "max_pending": 1000, "acquire_timeout": "200ms"},
                                      "timeouts": {"connect": "2s", "total": "120s"}})
     c = SqlClient(bh, pg, user=role, password=pw)
     lock = Lock(pg)
+
+    def blocked_query(client, lock, i):
+        return client.query("WITH ran AS (INSERT INTO %s VALUES ($2::int) RETURNING i)"
+                            " SELECT pg_advisory_xact_lock_shared($1::bigint), (SELECT i FROM ran) AS i"
+                            % table, [str(lock.key), str(i)], timeout=LONG)
     poller = Poller(lambda: len(pg.backends(role)))
     poller.start()
     try:
@@ -90,6 +99,8 @@ def test_waiters_get_503_after_acquire_timeout(sql_bulkhead, pg):
     assert len(ok) == 4, [describe(r) for r in results if r is None or r.status not in (200, 503)][:3]
     for i, r in ok:
         check_200(r, i)
+    ran = sorted(row[0] for row in pg.sql("SELECT i FROM %s" % table, dbname="app"))
+    assert ran == sorted(i for i, _ in ok), "queries that ran: %r, answered 200: %r" % (ran, [i for i, _ in ok])
 
 
 def test_max_pending_overflow_is_503_at_once(sql_bulkhead, pg):

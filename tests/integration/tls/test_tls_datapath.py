@@ -119,10 +119,11 @@ def test_websocket_through_an_https_upstream(bulkhead, nginx_factory, upstream, 
     assert upstream.stats()["ws_sessions"] == 1
 
 
-def close_delimited_upstream(tls_bulkhead, faults_factory, pki):
+def close_delimited_upstream(tls_bulkhead, faults_factory, pki, with_server=False):
     srv = faults_factory("serve", pki.server("localhost", "127.0.0.1", stem="close-delim"))
-    return tls_bulkhead(upstreams={"u": resilient_upstream(srv.addr, retry={"attempts": 1},
-                                                           tls={"enabled": True, "ca": pki.ca_cert})})
+    bh = tls_bulkhead(upstreams={"u": resilient_upstream(srv.addr, retry={"attempts": 1},
+                                                         tls={"enabled": True, "ca": pki.ca_cert})})
+    return (bh, srv) if with_server else bh
 
 
 def test_close_delimited_response_to_a_slow_client(tls_bulkhead, faults_factory, pki, ctx):
@@ -151,11 +152,13 @@ def test_truncated_close_delimited_response_is_not_completed(tls_bulkhead, fault
     (an attacker can cut a TCP connection; only close_notify says the body is complete), so the
     client must not get a complete message: bulkhead closes its connection without the last chunk.
     Guards against SSL_OP_IGNORE_UNEXPECTED_EOF, or an unexpected EOF mapped to a clean end."""
-    bh = close_delimited_upstream(tls_bulkhead, faults_factory, pki)
+    bh, srv = close_delimited_upstream(tls_bulkhead, faults_factory, pki, with_server=True)
+    before = srv.stats()["requests"]
     with TlsClient(bh.port, ctx) as c:
         c.request("GET", "/close-delimited?n=100000&notify=0")
         with pytest.raises(PeerClosed):
             c.read_response()
+    assert srv.stats()["requests"] == before + 1, "a truncated response must not be retried"
 
 
 def test_resumed_session_keeps_the_client_subject(tls_bulkhead, upstream, site, pki):
