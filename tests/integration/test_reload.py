@@ -4,7 +4,9 @@ in-flight ones finish on the old; listeners are added and removed; upstreams who
 change keep their pools and breaker state."""
 import copy
 import json
+import os
 import re
+import signal
 import socket
 import threading
 
@@ -12,7 +14,7 @@ import pytest
 import requests
 
 from conftest import (NO_BREAKER, NO_OUTLIER, admin_stats, can_connect, free_port, named, proxy_status_error,
-                      sighup_reload, wait_until)
+                      sighup_reload, to_yaml, wait_until)
 
 
 def entry(*ups, **keys):
@@ -279,3 +281,59 @@ def test_replaced_upstream_pool_keeps_no_idle_connection(bulkhead, upstream):
     wait_until(lambda: upstream.stats()["open_connections"] == 0,
                what="the replaced pool's last connection to close once its request ended")
     assert upstream_of(bh) == "up"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_storm_faster_than_reloads_loses_and_repeats_nothing(bulkhead, upstream_factory, workers,
+                                                                     tmp_path):
+    """40 SIGHUPs back to back (no wait for the previous reload), the file replaced atomically
+    between them, while 4 clients send POSTs each with its own id: every POST gets 200 and reaches
+    an upstream exactly once; no reload fails; the last file is what serves at the end."""
+    a, b = upstream_factory("a"), upstream_factory("b")
+    bh = bulkhead(workers=workers, upstreams={"a": entry(a), "b": entry(b)},
+                  routes=[{"match": {"path_prefix": "/"}, "upstream": "a"}])
+    stop, sent, failures, lock = threading.Event(), [], [], threading.Lock()
+
+    def client(k):
+        with requests.Session() as s:
+            i = 0
+            while not stop.is_set():
+                rid = "%d-%d" % (k, i)
+                i += 1
+                try:
+                    r = s.post(bh.url + "/echo-head?id=" + rid, data=b"x" * 100, timeout=30)
+                    ok = r.status_code == 200
+                except requests.RequestException as e:
+                    ok, r = False, e
+                with lock:
+                    sent.append(rid)
+                    if not ok:
+                        failures.append((rid, r))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(sent) >= 50, what="load before the storm")
+        conf = copy.deepcopy(bh.conf)
+        for i in range(40):
+            conf["routes"] = [{"match": {"path_prefix": "/"}, "upstream": "ab"[i % 2]}]
+            tmp = tmp_path / "next.yaml"
+            tmp.write_text(to_yaml(conf) + "\n")
+            os.replace(tmp, bh.config_path)  # a reload reads a whole file, old or new
+            bh.proc.send_signal(signal.SIGHUP)
+        mark = len(sent)
+        wait_until(lambda: len(sent) >= mark + 100, what="load after the storm")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert failures == [], failures[:5]
+    st = admin_stats(bh)
+    assert st["reloads"]["failure"] == 0 and st["reloads"]["success"] >= 1, st["reloads"]
+    # the last file routes to b: once the last reload is applied everywhere, b answers
+    wait_until(lambda: upstream_of(bh) == "b", what="the last file to serve")
+    got = [e["target"].split("id=", 1)[1] for up in (a, b) for e in up.log()
+           if e["method"] == "POST" and "id=" in e["target"]]
+    assert sorted(got) == sorted(sent), "lost: %r, repeated: %r" % (
+        sorted(set(sent) - set(got))[:5], sorted({x for x in got if got.count(x) > 1})[:5])

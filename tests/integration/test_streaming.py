@@ -236,6 +236,24 @@ def test_upstream_that_never_reads_an_upload_is_cut_at_the_total_timeout(bulkhea
     wait_until(lambda: upstream.stats()["holding"] == 0, what="the held upload to end")
 
 
+def test_client_abort_mid_upload_closes_upstream_and_sends_nothing_again(bh, upstream):
+    """A client leaves after 3 of 100 body bytes: the upstream connection is closed (never pooled with
+    half a body on it), the upstream never gets a complete request, and nothing is retried."""
+    before = upstream.stats()
+    assert before["open_connections"] == 0
+    c = RawClient(bh.port)
+    c.send(b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    wait_until(lambda: upstream.stats()["in_flight"] == 1, what="the partial request to reach the upstream")
+    c.close()
+    wait_until(lambda: upstream.stats()["in_flight"] == 0, what="the upstream's request to end")
+    wait_until(lambda: upstream.stats()["open_connections"] == 0, what="the upstream connection to close")
+    after = upstream.stats()
+    assert after["requests"].get("POST /sink", 0) == before["requests"].get("POST /sink", 0) + 1
+    sinks = [e for e in upstream.log() if e["path"] == "/sink"]
+    assert sinks[-1]["body_len"] is None, "the upstream got a complete request: %r" % sinks[-1]
+    assert requests.get(bh.url + "/echo-head", timeout=30).status_code == 200
+
+
 def test_client_abort_mid_response_closes_upstream(bh, upstream, raw):
     """A client that goes away in the middle of a response body: the upstream connection, with the
     rest of a body on it, is closed rather than pooled; later requests work."""

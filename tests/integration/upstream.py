@@ -609,6 +609,8 @@ async def handle_request(conn, req, control):
                 break
             h.update(d)
             total += len(d)
+        if entry is not None:
+            entry["body_len"] = total  # only a complete body gets here (a truncated one raises)
         data = json.dumps({"len": total, "sha256": h.hexdigest()}).encode()
         await conn.respond(req, 200, data, [("Content-Type", "application/json")], close)
     elif path == "/close-early":
