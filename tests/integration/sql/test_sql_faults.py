@@ -13,6 +13,7 @@ import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 
 from sqlfix import (IO_TIMEOUT, Lock, Poller, RawClient, SqlClient, assert_error_shape, assert_proxy_error,
@@ -335,6 +336,40 @@ def test_too_many_connections_at_connect_is_400_53300(sql_bulkhead, pg):
                what="a request once the role's connection slot is free")
 
 
+def test_server_wide_max_connections_is_400_53300_and_recovers(sql_bulkhead, pg):
+    """The server's own max_connections (not a role's limit): every non-reserved slot is taken by
+    the test's connections, so bulkhead's connect is refused with 53300 ("remaining connection slots
+    are reserved for ... superuser connections": the slots left are the superusers'): a 400 with the
+    full body, never run. Once slots free, requests succeed, and the breaker
+    (set to open after 1000 failures) is not what decides."""
+    role, pw = pg.make_role("srvmax")
+    t = unique("srvmax")
+    pg.as_user("CREATE TABLE %s (i int)" % t, user=role, password=pw)
+    bh = sql_bulkhead(db={"breaker": {"consecutive_failures": 1000}})
+    c = SqlClient(bh, pg, user=role, password=pw)
+    max_conn = int(pg.sql("SHOW max_connections")[0][0])
+    reserved = int(pg.sql("SHOW superuser_reserved_connections")[0][0])
+    holders = []
+    try:
+        # take slots until the server refuses a non-superuser: then every ordinary slot is held
+        while len(holders) <= max_conn:
+            try:
+                holders.append(pg.connect(dbname="app", user=role, password=pw, tcp=True))
+            except psycopg.OperationalError as e:
+                assert "connection slots are reserved" in str(e) or "too many clients" in str(e), e
+                break
+        assert len(holders) <= max_conn - reserved, "took %d of %d slots" % (len(holders), max_conn)
+        body = assert_error_shape(c.query("INSERT INTO %s VALUES (1)" % t), 400)
+        assert body["code"] == "53300" and body["severity"] == "FATAL", body
+        assert "connection slots are reserved" in body["message"], body
+    finally:
+        for h in holders:
+            h.close()
+    wait_until(lambda: status(c.query("INSERT INTO %s VALUES (2)" % t)) == 200, timeout=IO_TIMEOUT,
+               interval=0.05, what="a request once server slots are free")
+    assert [r[0] for r in pg.sql("SELECT i FROM %s" % t, dbname="app")] == [2], "the refused INSERT ran"
+
+
 SERIALIZATION_DO = ("DO $$ BEGIN IF nextval('%s') = 1 THEN RAISE EXCEPTION 'could not serialize access'"
                     " USING ERRCODE = '%s'; END IF; END $$")
 
@@ -377,17 +412,28 @@ def test_batch_after_the_idle_connection_was_terminated(sql_bulkhead, pg):
     afterwards (a use after free under ASan before the fix). Every batch gets an answer (run on a new
     connection, or 502 connection lost), and bulkhead serves on."""
     role, pw = pg.make_role("term")
+    t = unique("tterm")
+    pg.as_user("CREATE TABLE %s (i int)" % t, user=role, password=pw)
     c = SqlClient(sql_bulkhead(), pg, user=role, password=pw)
-    for _ in range(3):
+    answered = {}
+    for i in range(6):
         r = c.query("SELECT 1")
         assert status(r) == 200, describe(r)  # the pool holds an idle connection of this key
         pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
         wait_until(lambda: pg.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
                                   (role,))[0][0] == 0, what="the backend to end")
-        r = c.batch(["SELECT 1", "SELECT 2"])
+        # a batch (even i) or a single query (odd i), each inserting its number
+        if i % 2 == 0:
+            r = c.batch(["INSERT INTO %s VALUES (%d)" % (t, i), "SELECT 2"])
+        else:
+            r = c.query("INSERT INTO %s VALUES (%d)" % (t, i))
         assert status(r) in (200, 502), describe(r)
+        answered[i] = status(r)
     r = c.batch(["SELECT 1", "SELECT 2"])
     assert status(r) == 200 and len(r.json()["results"]) == 2, describe(r)
+    # a 200 ran exactly once, a 502 (the connection was lost before BEGIN or the query went out) not at all
+    ran = sorted(row[0] for row in pg.sql("SELECT i FROM %s" % t, dbname="app"))
+    assert ran == sorted(i for i, st in answered.items() if st == 200), (ran, answered)
 
 
 def test_busy_connection_terminated_mid_query(sql_bulkhead, pg):
