@@ -2,7 +2,7 @@
 and bulkhead closes the connection after it."""
 import pytest
 
-from conftest import proxy_status_error, wait_until, RawClient
+from conftest import RawClient, proxy_status_error, resilient_upstream, wait_until
 
 LIMITS = {
     "max_header_bytes": "4KiB",
@@ -296,7 +296,7 @@ def test_client_max_connections(bulkhead, upstream):
                 c.close()
 
 
-def test_fd_limit_reached_then_recovers(bulkhead, upstream):
+def test_fd_limit_reached_then_recovers(bulkhead, upstream, upstream_factory):
     """RLIMIT_NOFILE lowered (prlimit) to what bulkhead uses plus 8: idle clients take the last fds,
     further connections fail at accept (EMFILE: libuv accepts and closes them with its reserve fd, so
     the listener does not spin), bulkhead keeps running, and once the idle clients leave a request is
@@ -304,10 +304,14 @@ def test_fd_limit_reached_then_recovers(bulkhead, upstream):
     import os
     import socket
     import subprocess
-    bh = bulkhead(upstream, workers=1)
-    with RawClient(bh.port) as c:  # warm: the upstream connection and the busy part exist
-        c.request("GET", "/echo-head")
-        assert c.read_response().status == 200
+    other = upstream_factory("other")
+    bh = bulkhead(workers=1, upstreams={"u": resilient_upstream(upstream, retry={"attempts": 1}),
+                                        "other": resilient_upstream(other, retry={"attempts": 1})},
+                  routes=[{"match": {"path_prefix": "/other/"}, "upstream": "other"},
+                          {"match": {"path_prefix": "/"}, "upstream": "u"}])
+    kept = RawClient(bh.port)  # accepted before the limit, kept open (keep-alive) through it
+    kept.request("GET", "/echo-head")  # warm: the upstream connection and the busy part exist
+    assert kept.read_response().status == 200
     used = len(os.listdir("/proc/%d/fd" % bh.pid))
     limit = used + 8
     subprocess.run(["prlimit", "--pid", str(bh.pid), "--nofile=%d:%d" % (limit, limit)], check=True)
@@ -330,6 +334,14 @@ def test_fd_limit_reached_then_recovers(bulkhead, upstream):
                 refused += 1
         assert refused > 0, "no connection was refused at the fd limit"
         assert bh.proc.poll() is None, bh.stderr_text()[-2000:]
+        # at the limit, a connection accepted before it is still served over the pooled connection
+        kept.request("GET", "/echo-head")
+        assert kept.read_response().status == 200
+        # and a request that needs a new upstream socket gets bulkhead's own answer, never sent
+        kept.request("GET", "/other/x")
+        r = kept.read_response()
+        assert r.status in (502, 503) and proxy_status_error(r), r
+        assert other.stats()["requests"] == {}, other.stats()["requests"]
         for s in idle:
             s.close()
 
@@ -342,4 +354,5 @@ def test_fd_limit_reached_then_recovers(bulkhead, upstream):
                 return False
         wait_until(served, what="a request served once the fds are free")
     finally:
+        kept.close()
         subprocess.run(["prlimit", "--pid", str(bh.pid), "--nofile=65536:65536"], check=False)
