@@ -20,8 +20,8 @@ import urllib.request
 import pytest
 import yaml
 
-from conftest import (BULKHEAD_BIN, REPO, STOP_TIMEOUT, Bulkhead, free_port, run_bulkhead, to_yaml,
-                      wait_until)
+from conftest import (BULKHEAD_BIN, REPO, SANITIZER_MARKERS, STOP_TIMEOUT, Bulkhead, free_port, run_bulkhead,
+                      to_yaml, wait_until)
 
 BUILD_DIR = os.path.dirname(os.path.dirname(BULKHEAD_BIN))
 KEYS_C = os.path.join(REPO, "conf", "bh_conf_keys.c")
@@ -455,6 +455,8 @@ def test_k8s_config_reloader_sends_sighup_on_change(tmp_path, upstream):
         os.kill(bh_pid, signal.SIGTERM)
         wait_until(lambda: not os.path.exists("/proc/%d" % bh_pid) or
                    open("/proc/%d/stat" % bh_pid).read().split(") ")[1][0] == "Z", what="bulkhead to exit")
+        err = (tmp_path / "bulkhead.stderr").read_text(errors="replace")
+        assert '"stopped"' in err and not any(m in err for m in SANITIZER_MARKERS), err[-4000:]
     finally:
         # the script's trap exits, the namespace goes with it, and unshare exits with it
         os.kill(shell if shell is not None else proc.pid, signal.SIGTERM)
