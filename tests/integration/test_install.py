@@ -249,7 +249,8 @@ def test_systemd_unit_runs_reloads_and_stops_bulkhead(installed):
 def test_systemd_analyze_verify(installed, tmp_path):
     """systemd-analyze verify on the installed unit. It checks that the commands exist and that the
     man pages of Documentation= open: the unit is verified with its binary paths moved into the
-    destdir (the one change) and MANPATH on the installed pages."""
+    destdir (the one change) and MANPATH on the installed pages. Then systemd-analyze security rates
+    its sandbox."""
     tool = shutil.which("systemd-analyze")
     if tool is None:
         msg = "systemd-analyze not found (Debian package systemd): the unit is not verified"
@@ -268,6 +269,12 @@ def test_systemd_analyze_verify(installed, tmp_path):
                          env=dict(os.environ, MANPATH=manpath))
     said = [line for line in (out.stdout + out.stderr).splitlines() if "bulkhead" in line]
     assert out.returncode == 0 and not said, "systemd-analyze verify:\n%s%s" % (out.stdout, out.stderr)
+    # systemd's own score of the sandbox, 0 (locked down) to 10 (none): 1.3 now; 2.0 is "OK" at most
+    out = subprocess.run([tool, "security", "--offline=yes", "--threshold=20", str(unit)],
+                         capture_output=True, text=True, timeout=120)
+    level = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout)
+    assert level, "systemd-analyze security --offline (systemd >= 250):\n%s%s" % (out.stdout, out.stderr)
+    assert out.returncode == 0 and float(level.group(1)) <= 2.0, out.stdout[-3000:]
 
 
 # ----------------------------------------------------------------------------------------------
