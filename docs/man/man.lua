@@ -11,3 +11,9 @@ function Header(h)
   end
   return h
 end
+
+-- No hyphenation: a key such as limits.max_headers split as "lim-its" reads as another name.
+function Pandoc(doc)
+  table.insert(doc.blocks, 1, pandoc.RawBlock('man', '.nh'))
+  return doc
+end
