@@ -79,17 +79,29 @@ def default_of(section, key):
     raise AssertionError("no %s %s in %s" % (section, key, KEYS_C))
 
 
-def render_man(path):
-    """The page as plain text: man -l when man-db is present, else groff; else the troff source with
-    its font escapes removed (the words are the same). No hyphenation, so words stay whole."""
+def render_man(path, use_man=True):
+    """The page as plain text laid out as man prints it (headings at columns 0 and 3, text at 7):
+    man -l when man-db is present (no hyphenation, so words stay whole); else the troff source with
+    its requests and font escapes removed, headings placed the same way."""
     env = dict(os.environ, MANWIDTH="200", MAN_KEEP_FORMATTING="", LC_ALL="C.UTF-8")
-    if shutil.which("man"):
+    if use_man and shutil.which("man"):
         out = subprocess.run(["man", "--no-hyphenation", "--no-justification", "-l", path],
                              capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 0, "man -l %s failed: %s" % (path, out.stderr)
         return re.sub(r".\x08", "", out.stdout)
+    lines = []
     with open(path) as f:
-        return re.sub(r"\\f(\[[A-Z]*\]|[A-Z])", "", f.read())
+        for line in f:
+            line = re.sub(r"\\f(\[[A-Z]*\]|[A-Z])|\\\(..|\\[&e-]", "", line.rstrip("\n"))
+            m = re.match(r'^\.(SH|Sh|SS|Ss)\s+"?(.*?)"?$', line)
+            if m:
+                lines.append(("" if m.group(1) in ("SH", "Sh") else "   ") + m.group(2))
+            elif not line.startswith((".", "'")):
+                lines.append("       " + line)
+            elif re.match(r"^\.(It|Fl|Cm|Ar|Pa|Nm|Dv|Ev|Ql)\s", line):  # mdoc macros that carry words
+                words = re.sub(r"\bFl\s+", "-", re.sub(r"^It\s+", "", line[1:]))
+                lines.append("       " + re.sub(r"\b(Fl|Ar|Cm|Pa|Dv|Ev|Ns)\s+", "", words) + " ")
+    return "\n".join(lines) + "\n"
 
 
 def man_sections(text):
@@ -162,24 +174,29 @@ def test_meson_install_puts_binary_man_pages_and_unit(installed):
     assert out.returncode == 0 and out.stdout.startswith("bulkhead "), out
 
 
-def test_man_pages_render_with_their_sections(installed):
-    eight = render_man(installed["files"]["bulkhead.8"])
+RENDERERS = pytest.mark.parametrize("use_man", [True, False], ids=["man", "source"])
+
+
+@RENDERERS
+def test_man_pages_render_with_their_sections(installed, use_man):
+    eight = render_man(installed["files"]["bulkhead.8"], use_man)
     for head in ("NAME", "SYNOPSIS", "OPTIONS", "SIGNALS", "ENVIRONMENT", "FILES", "EXIT STATUS",
                  "EXAMPLES"):
         assert re.search(r"^%s$" % head, eight, re.M), "bulkhead(8) has no %s section" % head
-    five = render_man(installed["files"]["bulkhead.yaml.5"])
+    five = render_man(installed["files"]["bulkhead.yaml.5"], use_man)
     for head in ("NAME", "SYNOPSIS", "DESCRIPTION", "KEYS", "RELOADING (SIGHUP)", "SEE ALSO"):
         assert re.search(r"^%s$" % re.escape(head), five, re.M), "bulkhead.yaml(5) has no %s" % head
 
 
-def test_bulkhead_8_documents_every_option_and_exit_status(installed):
+@RENDERERS
+def test_bulkhead_8_documents_every_option_and_exit_status(installed, use_man):
     """Every long option main.c accepts (from its getopt table) and every exit status it returns."""
     with open(os.path.join(REPO, "proxy", "main.c")) as f:
         main_c = f.read()
     options = re.findall(r'\{"([a-z-]+)",\s*(?:no|required|optional)_argument', main_c)
     assert {"config", "check", "version", "help"} <= set(options), options
     statuses = set(re.findall(r"\breturn (\d+);", main_c)) | {"1"}  # 1: _exit(1) on a second signal
-    text = render_man(installed["files"]["bulkhead.8"])
+    text = render_man(installed["files"]["bulkhead.8"], use_man)
     for opt in options:
         assert "--" + opt in text, "bulkhead(8) does not document --%s" % opt
     exit_section = text[text.index("EXIT STATUS"):text.index("EXAMPLES")]
@@ -189,7 +206,8 @@ def test_bulkhead_8_documents_every_option_and_exit_status(installed):
         assert sig in main_c and sig in text, sig
 
 
-def test_every_config_key_is_in_bulkhead_yaml_5(installed):
+@RENDERERS
+def test_every_config_key_is_in_bulkhead_yaml_5(installed, use_man):
     rows = config_keys()
     # the parse must see the whole table: a few rows from its start, middle and end
     for probe in (("S_ROOT", "workers"), ("S_POOL", "max_connections"), ("S_UPSTREAM_TLS", "server_name"),
@@ -197,7 +215,7 @@ def test_every_config_key_is_in_bulkhead_yaml_5(installed):
         assert probe in [(s, k) for s, k, _ in rows], "key table parse lost %s" % (probe,)
     assert len(rows) > 120, len(rows)
     page = installed["files"]["bulkhead.yaml.5"]
-    text = render_man(page)
+    text = render_man(page, use_man)
     missing = missing_keys(text)
     stale = os.path.getmtime(page) < os.path.getmtime(os.path.join(REPO, "docs", "configuration.md"))
     assert not missing, ("keys of %s not documented in bulkhead.yaml(5) (from docs/configuration.md)%s:\n  %s"
