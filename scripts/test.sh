@@ -203,6 +203,7 @@ run_build() {
   dir=$(builddir_of "$b")
   log=$OUT/$b
   export BULKHEAD_BIN=$dir/proxy/bulkhead BULKHEAD_BUILD=$b BULKHEAD_TEST_TMP=$log/tmp BULKHEAD_REQUIRE_PG=1
+  export BULKHEAD_REQUIRE_SYSTEMD_ANALYZE=1 # systemd is in deps.sh: test_install must not skip in CI
   mkdir -p "$BULKHEAD_TEST_TMP"
   if [[ $b == asan ]]; then
     export BULKHEAD_SANITIZED=1 BULKHEAD_PORT_BASE=30000 UBSAN_OPTIONS=$UBSAN_OPTS
