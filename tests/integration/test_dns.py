@@ -281,3 +281,99 @@ def test_request_waits_for_a_new_name_within_the_connect_timeout(dns_setup):
     assert time.monotonic() - asked < DELAY / 2
     wait_until(lambda: get_upstream_name(bh.listen) == (200, "a"), timeout=IO_TIMEOUT,
                what="the name to resolve")
+
+
+def upstream_count(host, port):
+    """GET /echo-head requests an upstream process has answered (its /stats is not counted)."""
+    import json
+    import urllib.request
+    with urllib.request.urlopen("http://%s:%d/stats" % (host, port), timeout=IO_TIMEOUT) as r:
+        return json.loads(r.read())["requests"].get("GET /echo-head", 0)
+
+
+class DnsLoad:
+    """n threads sending GET /echo-head until stopped; by: answers per X-Upstream, failures: the rest."""
+
+    def __init__(self, listen, n=4):
+        self.listen, self.stop, self.by, self.failures = listen, threading.Event(), {}, []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                status, name = get_upstream_name(self.listen)
+            except OSError as e:
+                status, name = repr(e), None
+            with self.lock:
+                if status == 200:
+                    self.by[name] = self.by.get(name, 0) + 1
+                else:
+                    self.failures.append(status)
+
+    def total(self):
+        with self.lock:
+            return sum(self.by.values())
+
+    def end(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def only_b_for(listen, n, asked):
+    for _ in range(n):
+        asked[0] += 1
+        if get_upstream_name(listen) != (200, "b"):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("change", ["moves", "disappears"])
+def test_name_change_under_load_loses_nothing(dns_setup, change):
+    """While 4 clients send GETs, the name moves to the other address (one endpoint), or stops
+    resolving (a second endpoint is a literal address): every request is answered 200, and the two
+    upstreams together answered exactly as many requests as the clients got."""
+    port, hosts, start_bulkhead = dns_setup
+    endpoints = ["%s:%d" % (NAME, port)] + (["127.0.0.2:%d" % port] if change == "disappears" else [])
+    listen = start_bulkhead(endpoints).listen
+    before = upstream_count("127.0.0.1", port) + upstream_count("127.0.0.2", port)
+    load = DnsLoad(listen)
+    try:
+        wait_until(lambda: load.total() >= 100, what="load before the change")
+        write_hosts(hosts, "127.0.0.2 %s" % NAME if change == "moves" else "# %s removed" % NAME)
+        asked = [0]
+        wait_until(lambda: only_b_for(listen, 10, asked), what="the traffic to leave 127.0.0.1")
+        mark = load.total()
+        wait_until(lambda: load.total() >= mark + 100, what="load after the change")
+    finally:
+        load.end()
+    assert load.failures == [], load.failures[:5]
+    assert set(load.by) == {"a", "b"}, load.by
+    served = upstream_count("127.0.0.1", port) + upstream_count("127.0.0.2", port) - before
+    assert served == load.total() + asked[0], (served, load.by, asked)
+
+
+def test_only_name_gone_keeps_its_last_address(dns_setup):
+    """The only endpoint's name stops resolving: there is no better endpoint to drain it to, so its
+    last address keeps serving (a DNS outage does not take down an upstream whose address still
+    answers; Envoy keeps a STRICT_DNS host on a failed lookup the same way). Every request 200, all
+    of them at that address; once the name resolves again, to another address, the traffic moves."""
+    port, hosts, start_bulkhead = dns_setup
+    listen = start_bulkhead(["%s:%d" % (NAME, port)]).listen
+    assert get_upstream_name(listen) == (200, "a")
+    before = upstream_count("127.0.0.1", port)
+    load = DnsLoad(listen)
+    try:
+        wait_until(lambda: load.total() >= 50, what="load before the change")
+        write_hosts(hosts, "# %s removed" % NAME)
+        mark = load.total()
+        wait_until(lambda: load.total() >= mark + 200, what="load after the name is gone")  # 20 periods
+    finally:
+        load.end()
+    assert load.failures == [] and set(load.by) == {"a"}, (load.failures[:5], load.by)
+    assert upstream_count("127.0.0.1", port) - before == load.total()
+    write_hosts(hosts, "127.0.0.2 %s" % NAME)
+    wait_until(lambda: get_upstream_name(listen) == (200, "b"), what="the name to resolve again")
