@@ -17,7 +17,7 @@ set -euo pipefail
 BUILD_PKGS=(build-essential meson ninja-build pkg-config libuv1-dev node-llhttp libssl-dev openssl libpq-dev
   libyaml-dev libjansson-dev libcmocka-dev)
 TEST_PKGS=(python3 python3-pytest python3-requests python3-websocket python3-psycopg postgresql
-  curl clang libclang-rt-14-dev netcat-openbsd iproute2 procps prometheus nginx)
+  curl clang libclang-rt-14-dev netcat-openbsd iproute2 procps prometheus nginx chromium)
 BENCH_PKGS=(wrk nginx haproxy pgbouncer iproute2 procps)
 RUNTIME_PKGS=(libuv1 libssl3 libpq5 libyaml-0-2 libjansson4 ca-certificates)
 
