@@ -1,5 +1,6 @@
 /* Admin endpoints and the dashboard page. Requests are tiny and rare: each connection reads one
- * request head (up to 8 KiB), answers it and closes; nothing here is on the proxy's request path. */
+ * request head (up to 8 KiB), answers it and closes; nothing here is on the proxy's request
+ * path. */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>

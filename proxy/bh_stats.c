@@ -436,8 +436,7 @@ static void json_pool(sb_t *b, bh_server_t *srv, const bh_mentry_t *e)
     put(b, "},\"waiters\":%lld", (long long)pool_waiters(srv, e));
     const bh_conf_pool_t *pc = pool_conf_of(srv, e);
     if (pc != NULL)
-        put(b, ",\"pool_max\":%u,\"pool_max_pending\":%u", pc->max_connections,
-            pc->max_pending);
+        put(b, ",\"pool_max\":%u,\"pool_max_pending\":%u", pc->max_connections, pc->max_pending);
 }
 
 struct keys_of {
@@ -478,8 +477,9 @@ static void json_breaker(sb_t *b, bh_breaker_t *br)
 {
     bh_breaker_stats_t st;
     bh_breaker_stats(br, uv_hrtime() / 1000000, &st);
-    put(b, ",\"breaker\":\"%s\",\"breaker_half_open_in_ms\":%llu,\"breaker_opens\":%llu,"
-           "\"breaker_rejections\":%llu",
+    put(b,
+        ",\"breaker\":\"%s\",\"breaker_half_open_in_ms\":%llu,\"breaker_opens\":%llu,"
+        "\"breaker_rejections\":%llu",
         bh_breaker_state_name(bh_breaker_state(br)), (unsigned long long)st.open_remaining_ms,
         (unsigned long long)st.opens, (unsigned long long)st.rejections);
 }
@@ -598,8 +598,8 @@ static void json_process(sb_t *b, bh_server_t *srv, bool draining)
         put(b, "%s%g", i ? "," : "", le[i]);
     put(b, "],\"workers\":[");
     for (uint32_t i = 0; i < m->n_workers; i++)
-        put(b, "%s{\"id\":%u,\"generation\":%lld,\"accepted\":%llu,\"clients\":%lld}",
-            i ? "," : "", i, (long long)bh_gauge_get(&bh_metrics_worker(m, i)->generation),
+        put(b, "%s{\"id\":%u,\"generation\":%lld,\"accepted\":%llu,\"clients\":%lld}", i ? "," : "",
+            i, (long long)bh_gauge_get(&bh_metrics_worker(m, i)->generation),
             (unsigned long long)bh_counter_get(&bh_metrics_worker(m, i)->accepted),
             (long long)bh_gauge_get(&bh_metrics_worker(m, i)->clients));
     put(b, "]");

@@ -45,6 +45,9 @@ class Browser:
         import websocket  # python3-websocket
         self.profile = tmp_path / "chromium-profile"
         self.log_path = tmp_path / "chromium.log"
+        port_file = self.profile / "DevToolsActivePort"
+        if port_file.exists():  # a profile used before: the port of an earlier Chromium
+            port_file.unlink()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [chromium_path(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -55,7 +58,6 @@ class Browser:
                 stdout=log, stderr=log)
         self.next_id = 0
         try:
-            port_file = self.profile / "DevToolsActivePort"
             port = wait_until(lambda: self._alive() and port_file.exists()
                               and (port_file.read_text().split("\n")[0].strip() or None),
                               what="chromium's DevTools port")
