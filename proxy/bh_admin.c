@@ -1,5 +1,6 @@
-/* Admin endpoints. Requests are tiny and rare: each connection reads one request head (up to
- * 8 KiB), answers it and closes; nothing here is on the proxy's request path. */
+/* Admin endpoints and the dashboard page. Requests are tiny and rare: each connection reads one
+ * request head (up to 8 KiB), answers it and closes; nothing here is on the proxy's request
+ * path. */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -57,10 +58,11 @@ static void on_written(uv_write_t *req, int status)
     conn_close(req->data);
 }
 
-static void reply_typed(admin_conn_t *c, int status, const char *reason, const char *type,
-                        const char *body, size_t blen)
+/* extra: more header lines, each ending in CRLF ("" for none). */
+static void reply_with(admin_conn_t *c, int status, const char *reason, const char *type,
+                       const char *extra, const char *body, size_t blen)
 {
-    size_t cap = blen + 256;
+    size_t cap = blen + strlen(extra) + 256;
     c->out = bh_malloc(cap);
     if (c->out == NULL) {
         conn_close(c);
@@ -68,8 +70,8 @@ static void reply_typed(admin_conn_t *c, int status, const char *reason, const c
     }
     int n = snprintf(c->out, cap,
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                     "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                     status, reason, type, blen);
+                     "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
+                     status, reason, type, blen, extra);
     if (!c->head_only) {
         memcpy(c->out + n, body, blen);
         n += (int)blen;
@@ -79,6 +81,12 @@ static void reply_typed(admin_conn_t *c, int status, const char *reason, const c
     uv_read_stop((uv_stream_t *)&c->tcp);
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0)
         conn_close(c);
+}
+
+static void reply_typed(admin_conn_t *c, int status, const char *reason, const char *type,
+                        const char *body, size_t blen)
+{
+    reply_with(c, status, reason, type, "", body, blen);
 }
 
 static void reply(admin_conn_t *c, int status, const char *reason, const char *body)
@@ -99,6 +107,17 @@ static void stats(admin_conn_t *c, bool json)
                 json ? "application/json" : "text/plain; version=0.0.4; charset=utf-8", body,
                 len);
     bh_free(body);
+}
+
+/* The page itself holds no data: it is served without the token, and asks for one (then sends it
+ * as a bearer token) when /stats answers 401. The policy lets it load nothing from elsewhere. */
+static void dashboard(admin_conn_t *c)
+{
+    reply_with(c, 200, "OK", "text/html; charset=utf-8",
+               "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
+               "style-src 'unsafe-inline'; connect-src 'self'; img-src data:\r\n"
+               "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n",
+               bh_admin_dashboard, bh_admin_dashboard_len);
 }
 
 /* 200 when serving; 503 while draining or when an upstream with health checks has no healthy
@@ -167,6 +186,10 @@ static void handle(admin_conn_t *c)
         reply(c, 200, "OK", "ok\n");
         return;
     }
+    if (strcmp(path, "/") == 0) {
+        dashboard(c);
+        return;
+    }
     if (!authorized(c, c->buf)) {
         reply(c, 401, "Unauthorized", "admin token required\n");
         return;
@@ -178,7 +201,7 @@ static void handle(admin_conn_t *c)
     else if (strcmp(path, "/stats") == 0)
         stats(c, true);
     else
-        reply(c, 404, "Not Found", "not found: /healthz /readyz /metrics /stats\n");
+        reply(c, 404, "Not Found", "not found: / /healthz /readyz /metrics /stats\n");
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -249,7 +272,7 @@ bh_admin_t *bh_admin_start(uv_loop_t *loop, bh_server_t *srv)
         uv_close((uv_handle_t *)&a->listener, on_listener_closed);
         return NULL;
     }
-    bh_log_info("admin listening on %s (/healthz /readyz /metrics /stats)", addr->text);
+    bh_log_info("admin listening on %s (/ /healthz /readyz /metrics /stats)", addr->text);
     return a;
 }
 

@@ -145,6 +145,20 @@ static bh_breaker_t *breaker_of(bh_server_t *srv, const bh_mentry_t *e)
     return NULL;
 }
 
+/* The pool settings of a backend entry in the current snapshot; NULL when the config no longer
+ * has it. */
+static const bh_conf_pool_t *pool_conf_of(bh_server_t *srv, const bh_mentry_t *e)
+{
+    const bh_snap_t *s = srv->snap;
+    for (size_t i = 0; e->kind == BH_M_UPSTREAM && i < s->conf->n_upstreams; i++)
+        if (s->up_m[i] == e)
+            return &s->conf->upstreams[i].pool;
+    for (size_t i = 0; e->kind == BH_M_DATABASE && i < s->conf->n_databases; i++)
+        if (s->db_m[i] == e)
+            return &s->conf->databases[i].pool;
+    return NULL;
+}
+
 #define FOREACH_ENTRY(e, kind_test)                                                                \
     for (bh_list_t *l_ = srv->metrics.entries.next; l_ != &srv->metrics.entries; l_ = l_->next)    \
         for (const bh_mentry_t *e = bh_container_of(l_, bh_mentry_t, link);                        \
@@ -412,6 +426,7 @@ static void jstr(sb_t *b, const char *key, const char *value)
     put(b, "\"");
 }
 
+/* A backend's pool counts, with its configured bounds while the current config has it. */
 static void json_pool(sb_t *b, bh_server_t *srv, const bh_mentry_t *e)
 {
     put(b, "\"pool\":{");
@@ -419,6 +434,9 @@ static void json_pool(sb_t *b, bh_server_t *srv, const bh_mentry_t *e)
         put(b, "%s\"%s\":%lld", k ? "," : "", pool_states[k].name,
             (long long)pool_state(srv, e, pool_states[k].state));
     put(b, "},\"waiters\":%lld", (long long)pool_waiters(srv, e));
+    const bh_conf_pool_t *pc = pool_conf_of(srv, e);
+    if (pc != NULL)
+        put(b, ",\"pool_max\":%u,\"pool_max_pending\":%u", pc->max_connections, pc->max_pending);
 }
 
 struct keys_of {
@@ -453,6 +471,19 @@ static void json_db_keys(sb_t *b, bh_server_t *srv, const bh_mentry_t *e)
     put(b, "]");
 }
 
+/* The breaker's state word, the time left until it may go half-open (0 unless open), and its
+ * monotonic counters. */
+static void json_breaker(sb_t *b, bh_breaker_t *br)
+{
+    bh_breaker_stats_t st;
+    bh_breaker_stats(br, uv_hrtime() / 1000000, &st);
+    put(b,
+        ",\"breaker\":\"%s\",\"breaker_half_open_in_ms\":%llu,\"breaker_opens\":%llu,"
+        "\"breaker_rejections\":%llu",
+        bh_breaker_state_name(bh_breaker_state(br)), (unsigned long long)st.open_remaining_ms,
+        (unsigned long long)st.opens, (unsigned long long)st.rejections);
+}
+
 static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *first)
 {
     put(b, "%s{", *first ? "" : ",");
@@ -461,7 +492,7 @@ static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *
     bh_breaker_t *br = breaker_of(srv, e);
     put(b, ",\"configured\":%s", br != NULL ? "true" : "false");
     if (br != NULL)
-        put(b, ",\"breaker\":\"%s\"", bh_breaker_state_name(bh_breaker_state(br)));
+        json_breaker(b, br);
     put(b, ",\"retries\":%llu,\"retry_budget_exhausted\":%llu,\"outlier_ejections\":%llu,",
         (unsigned long long)sum(srv, e, CELL(bh_backend_cells_t, retries)),
         (unsigned long long)sum(srv, e, CELL(bh_backend_cells_t, budget_exhausted)),
@@ -502,44 +533,87 @@ static void json_backend(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *
     put(b, "]}");
 }
 
+/* A histogram as cumulative bucket counts (the bounds are the top-level duration_buckets_le,
+ * then +Inf: the last one is the count), like /metrics' _bucket series. */
+static void json_hist(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, size_t off)
+{
+    uint64_t cum = 0;
+    put(b, "{\"buckets\":[");
+    for (int i = 0; i < BH_HIST_N; i++) {
+        cum += sum(srv, e, off + CELL(bh_hist_t, bucket) + (size_t)i * sizeof(bh_counter_t));
+        put(b, "%s%llu", i ? "," : "", (unsigned long long)cum);
+    }
+    put(b, "],\"sum_seconds\":%.6f,\"count\":%llu}",
+        (double)sum(srv, e, off + CELL(bh_hist_t, sum_us)) / 1e6, (unsigned long long)cum);
+}
+
+static void json_route(sb_t *b, bh_server_t *srv, const bh_mentry_t *e, bool *first)
+{
+    uint64_t total = 0, errors = 0;
+    put(b, "%s{", *first ? "" : ",");
+    *first = false;
+    jstr(b, "name", e->name);
+    put(b, ",\"codes\":{");
+    bool fc = true;
+    for (int code = BH_STATUS_MIN; code <= BH_STATUS_MAX; code++) {
+        uint64_t n = code_count(srv, e, code);
+        if (n == 0)
+            continue;
+        put(b, "%s\"%d\":%llu", fc ? "" : ",", code, (unsigned long long)n);
+        fc = false;
+        total += n;
+        errors += code >= 500 ? n : 0;
+    }
+    put(b, "},\"requests\":%llu,\"errors\":%llu,\"duration\":", (unsigned long long)total,
+        (unsigned long long)errors);
+    json_hist(b, srv, e, CELL(bh_route_cells_t, duration));
+    put(b, "}");
+}
+
+/* The process: version, uptime, config generation and reloads, workers and their clients. */
+static void json_process(sb_t *b, bh_server_t *srv, bool draining)
+{
+    static const double le[BH_HIST_N - 1] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                             0.25,  0.5,    1,     2.5,  5,     10};
+    const bh_metrics_t *m = &srv->metrics;
+    uint64_t now = (uint64_t)time(NULL);
+    int64_t clients = 0;
+    for (uint32_t i = 0; i < m->n_workers; i++)
+        clients += bh_gauge_get(&bh_metrics_worker(m, i)->clients);
+    put(b, "{\"version\":\"%s\",\"uptime_seconds\":%llu,\"start_time\":%llu,\"draining\":%s,",
+        BH_VERSION, (unsigned long long)(now - m->start_unix_s),
+        (unsigned long long)m->start_unix_s, draining ? "true" : "false");
+    put(b, "\"config\":\"");
+    put_escaped(b, srv->snap->conf->path != NULL ? srv->snap->conf->path : "");
+    put(b,
+        "\",\"generation\":%llu,\"reloads\":{\"success\":%llu,\"failure\":%llu},"
+        "\"last_reload\":\"%s\",\"clients\":%lld,\"duration_buckets_le\":[",
+        (unsigned long long)srv->snap->generation, (unsigned long long)m->reloads_ok,
+        (unsigned long long)m->reloads_failed,
+        m->reloads_ok + m->reloads_failed == 0 ? "none"
+        : m->last_reload_failed                ? "failure"
+                                               : "success",
+        (long long)clients);
+    for (int i = 0; i < BH_HIST_N - 1; i++)
+        put(b, "%s%g", i ? "," : "", le[i]);
+    put(b, "],\"workers\":[");
+    for (uint32_t i = 0; i < m->n_workers; i++)
+        put(b, "%s{\"id\":%u,\"generation\":%lld,\"accepted\":%llu,\"clients\":%lld}", i ? "," : "",
+            i, (long long)bh_gauge_get(&bh_metrics_worker(m, i)->generation),
+            (unsigned long long)bh_counter_get(&bh_metrics_worker(m, i)->accepted),
+            (long long)bh_gauge_get(&bh_metrics_worker(m, i)->clients));
+    put(b, "]");
+}
+
 char *bh_stats_json(bh_server_t *srv, bool draining, size_t *len)
 {
     sb_t b = {0};
-    const bh_metrics_t *m = &srv->metrics;
-    uint64_t now = (uint64_t)time(NULL);
-    put(&b, "{\"version\":\"%s\",\"uptime_seconds\":%llu,\"draining\":%s,", BH_VERSION,
-        (unsigned long long)(now - m->start_unix_s), draining ? "true" : "false");
-    put(&b, "\"config\":\"");
-    put_escaped(&b, srv->snap->conf->path != NULL ? srv->snap->conf->path : "");
-    put(&b,
-        "\",\"generation\":%llu,\"reloads\":{\"success\":%llu,\"failure\":%llu},"
-        "\"workers\":[",
-        (unsigned long long)srv->snap->generation, (unsigned long long)m->reloads_ok,
-        (unsigned long long)m->reloads_failed);
-    for (uint32_t i = 0; i < m->n_workers; i++)
-        put(&b, "%s{\"id\":%u,\"generation\":%lld,\"accepted\":%llu,\"clients\":%lld}",
-            i ? "," : "", i, (long long)bh_gauge_get(&bh_metrics_worker(m, i)->generation),
-            (unsigned long long)bh_counter_get(&bh_metrics_worker(m, i)->accepted),
-            (long long)bh_gauge_get(&bh_metrics_worker(m, i)->clients));
-    put(&b, "],\"routes\":[");
+    json_process(&b, srv, draining);
+    put(&b, ",\"routes\":[");
     bool first = true;
     FOREACH_ENTRY(e, e->kind == BH_M_ROUTE)
     {
-        uint64_t total = 0;
-        put(&b, "%s{", first ? "" : ",");
-        first = false;
-        jstr(&b, "name", e->name);
-        put(&b, ",\"codes\":{");
-        bool fc = true;
-        for (int code = BH_STATUS_MIN; code <= BH_STATUS_MAX; code++) {
-            uint64_t n = code_count(srv, e, code);
-            if (n == 0)
-                continue;
-            put(&b, "%s\"%d\":%llu", fc ? "" : ",", code, (unsigned long long)n);
-            fc = false;
-            total += n;
-        }
-        put(&b, "},\"requests\":%llu}", (unsigned long long)total);
+        json_route(&b, srv, e, &first);
     }
     put(&b, "],\"upstreams\":[");
     first = true;

@@ -18,8 +18,9 @@ BUILD_PKGS=(build-essential meson ninja-build pkg-config libuv1-dev node-llhttp 
   libyaml-dev libjansson-dev libcmocka-dev)
 # pandoc: bulkhead.yaml(5) is generated from docs/configuration.md when the build finds it (meson option
 # man=auto, so the Docker build stage needs none); tests/integration/test_install.py checks the installed page.
+# chromium: tests/integration/test_dashboard.py renders the admin dashboard headless.
 TEST_PKGS=(python3 python3-pytest python3-requests python3-websocket python3-psycopg python3-yaml postgresql
-  curl clang libclang-rt-14-dev netcat-openbsd iproute2 procps prometheus nginx pandoc systemd)
+  curl clang libclang-rt-14-dev netcat-openbsd iproute2 procps prometheus nginx pandoc systemd chromium)
 BENCH_PKGS=(wrk nginx haproxy pgbouncer iproute2 procps)
 RUNTIME_PKGS=(libuv1 libssl3 libpq5 libyaml-0-2 libjansson4 ca-certificates)
 

@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from conftest import (IO_TIMEOUT, READINESS_PROBES, RawClient, can_connect, fetch, free_port, per_worker,
-                      proxy_status_error, quiesce, resilient_upstream, run_bulkhead, wait_until)
+from conftest import (IO_TIMEOUT, READINESS_PROBES, RawClient, can_connect, fetch, free_port, named,
+                      per_worker, proxy_status_error, quiesce, resilient_upstream, run_bulkhead,
+                      wait_until)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, math.inf]
@@ -697,3 +698,77 @@ def test_config_reloads_are_counted(bulkhead, upstream):
         bh.config_path.write_text(good)
     assert stats(bh)["reloads"] == {"success": 1, "failure": 1}
     assert fetch(bh.port, "GET", "/echo-head").status == 200
+
+
+# ----------------------------------------------------------------------------------------------
+# /stats fields the dashboard reads (issue 13): each compared with /metrics where both exist
+
+def test_stats_route_histogram_and_errors_match_metrics(bulkhead, upstream):
+    """A route's duration histogram in /stats (cumulative buckets over duration_buckets_le, then +Inf)
+    is the one /metrics exposes, and its errors are its 5xx replies."""
+    bh = admin_ready(bulkhead(upstream))
+    statuses = [fetch(bh.port, "GET", path).status
+                for path in ("/echo-head", "/delay?ms=30", "/status/503", "/status/404", "/status/500")]
+    assert statuses == [200, 200, 503, 404, 500], statuses
+    exp = settle(bh, bulkhead_request_duration_seconds_count=[({"route": "*/"}, 5)])
+    st = stats(bh)
+    assert st["duration_buckets_le"] == BUCKETS[:-1], st["duration_buckets_le"]
+    route = named(st["routes"], "*/")
+    count, total, buckets = exp.histogram("bulkhead_request_duration_seconds", route="*/")
+    assert route["duration"]["buckets"] == [v for _, v in buckets], (route, buckets)
+    assert route["duration"]["count"] == count == 5
+    assert route["duration"]["sum_seconds"] == pytest.approx(total, abs=1e-6)
+    assert route["duration"]["sum_seconds"] >= 0.030  # the delayed one alone took 30 ms
+    fivexx = sum(v for lab, v in exp.series("bulkhead_requests_total")
+                 if lab["route"] == "*/" and lab["code"].startswith("5"))
+    assert route["errors"] == fivexx == 2, route
+    assert route["requests"] == 5
+
+
+def test_stats_breaker_time_to_half_open(bulkhead, upstream):
+    """An open breaker says how long until it may go half-open (at most its open_for plus the 10%
+    jitter), how often it opened and how many requests it refused; closed ones say 0."""
+    entry = resilient_upstream(upstream, retry={"attempts": 1},
+                               breaker={"consecutive_failures": 2, "open_for": "60s", "max_open_for": "60s"})
+    bh = admin_ready(bulkhead(upstreams={"u": entry}))
+    u = ups_of(stats(bh), "u")
+    assert (u["breaker"], u["breaker_half_open_in_ms"], u["breaker_opens"], u["breaker_rejections"]) == (
+        "closed", 0, 0, 0), u
+    upstream.set_mode("fail-500")
+    for _ in range(2):
+        assert fetch(bh.port, "GET", "/x").status == 500
+    for _ in range(3):
+        assert fetch(bh.port, "GET", "/x").status == 503
+    exp = settle(bh, bulkhead_requests_total=[({"route": "*/", "code": "503"}, 3)])
+    u = ups_of(stats(bh), "u")
+    assert exp.get("bulkhead_breaker_state", upstream="u") == 1 and u["breaker"] == "open", u
+    assert 0 < u["breaker_half_open_in_ms"] <= 66000, u
+    assert (u["breaker_opens"], u["breaker_rejections"]) == (1, 3), u
+
+
+def test_stats_pool_bounds_clients_start_and_last_reload(bulkhead, upstream):
+    """pool_max and pool_max_pending are the configured bounds; clients, start_time and the last
+    reload's result agree with /metrics."""
+    bh = admin_ready(bulkhead(upstream, pool={"max_connections": 7, "max_pending": 11}, workers=2))
+    with RawClient(bh.port) as c:
+        c.request("GET", "/echo-head")
+        assert c.read_response().status == 200
+        exp = settle(bh, bulkhead_client_connections=[({}, 1)])
+        st = stats(bh)
+        assert st["clients"] == 1 == sum(per_worker(st, "clients"))
+    assert st["start_time"] == exp.get("bulkhead_start_time_seconds")
+    u = ups_of(st, "u")
+    assert (u["pool_max"], u["pool_max_pending"]) == (7, 11), u
+    assert st["last_reload"] == "none"
+    bh.proc.send_signal(signal.SIGHUP)
+    settle(bh, bulkhead_config_reloads_total=[({"result": "success"}, 1)])
+    assert stats(bh)["last_reload"] == "success"
+    good = bh.config_path.read_text()
+    bh.config_path.write_text(good + "not yaml: [\n")
+    try:
+        bh.proc.send_signal(signal.SIGHUP)
+        exp = settle(bh, bulkhead_config_reloads_total=[({"result": "failure"}, 1)])
+    finally:
+        bh.config_path.write_text(good)
+    assert exp.get("bulkhead_config_last_reload_successful") == 0
+    assert stats(bh)["last_reload"] == "failure"
