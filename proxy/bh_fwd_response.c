@@ -53,17 +53,6 @@ static int write_response_head(bh_fwd_t *f, bh_fwd_resp_t *resp, const bh_hdr_t 
 
 static void start_tunnel(bh_fwd_t *f);
 
-/* "HTTP/1.1 200 OK": the reason phrase starts after the second space. */
-static bh_span_t reason_of(bh_span_t start)
-{
-    const char *sp = memchr(start.p, ' ', start.n);
-    if (sp != NULL) {
-        const char *sp2 = memchr(sp + 1, ' ', start.n - (size_t)(sp + 1 - start.p));
-        if (sp2 != NULL)
-            return (bh_span_t){sp2 + 1, start.n - (size_t)(sp2 + 1 - start.p)};
-    }
-    return (bh_span_t){"", 0};
-}
 
 enum fwd_framing bh__fwd_response_framing(const llhttp_t *rp, bool is_head, bool http11)
 {
@@ -136,7 +125,7 @@ static int handle_response_head(bh_fwd_t *f)
                 uc->keepalive_ms = (uint64_t)t * 1000;
         }
     }
-    bh_fwd_resp_t resp = {.status = status, .reason = reason_of(start)};
+    bh_fwd_resp_t resp = {.status = status, .reason = bh_http_reason_phrase(start)};
     if (ex->first_byte_ms == 0)
         ex->first_byte_ms = now_of(f);
     if (status < 200 && status != 101) {

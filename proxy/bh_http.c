@@ -476,3 +476,14 @@ int bh_http_check_response(const llhttp_t *p)
         return BH_EUPSTREAM_PROTOCOL;
     return 0;
 }
+
+bh_span_t bh_http_reason_phrase(bh_span_t start)
+{
+    const char *sp = memchr(start.p, ' ', start.n);
+    if (sp != NULL) {
+        const char *sp2 = memchr(sp + 1, ' ', start.n - (size_t)(sp + 1 - start.p));
+        if (sp2 != NULL)
+            return (bh_span_t){sp2 + 1, start.n - (size_t)(sp2 + 1 - start.p)};
+    }
+    return (bh_span_t){"", 0};
+}

@@ -87,6 +87,9 @@ static inline bool bh_http_response_is_bodiless(int status, bool head_request)
     return head_request || (status >= 100 && status < 200) || status == 204 || status == 304;
 }
 
+/* The reason phrase of a status line ("HTTP/1.1 200 OK": after the second space; empty if none). */
+bh_span_t bh_http_reason_phrase(bh_span_t status_line);
+
 /* A response head the parser accepted but a proxy must not pass on (p: an llhttp_t after the
  * head). Returns 0 or BH_EUPSTREAM_PROTOCOL. */
 int bh_http_check_response(const llhttp_t *p);

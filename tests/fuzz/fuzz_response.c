@@ -49,10 +49,10 @@ static void bytes_add(bytes_t *b, const char *p, size_t n)
 typedef struct ctx {
     bool head_done, skip_body, msg_done;
     int heads;
-    bytes_t body;          /* body bytes as this parser decoded them */
-    bh_outq_t *q;          /* upstream side: re-frame each body piece into q */
+    bytes_t body; /* body bytes as this parser decoded them */
+    bh_outq_t *q; /* upstream side: re-frame each body piece into q */
     enum fwd_framing fr;
-    bh_buf_t *buf;         /* the upstream bytes, which q's slices point into */
+    bh_buf_t *buf; /* the upstream bytes, which q's slices point into */
 } ctx_t;
 
 static int on_headers_complete(llhttp_t *p)
@@ -103,8 +103,8 @@ static int count_named(const bh_hdr_t *h, int n, const char *name)
 
 #define FRAME_INTERIM_ ((enum fwd_framing)(FRAME_CLOSE + 1)) /* a 1xx: no body, not final */
 
-static void check_client(const char *out, size_t n, int status, enum fwd_framing fr, uint64_t length,
-                         bool head_req, bool upgrade)
+static void check_client(const char *out, size_t n, int status, enum fwd_framing fr,
+                         uint64_t length, bool head_req, bool upgrade)
 {
     ctx_t c = {.skip_body = head_req};
     llhttp_t p;
@@ -146,8 +146,7 @@ static void check_client(const char *out, size_t n, int status, enum fwd_framing
         break;
     case FRAME_CLOSE:
         if (nte != 0 || ncl != 0 || nconn != 1)
-            fail("close-delimited body with a framing header or without Connection: close", out,
-                 n);
+            fail("close-delimited body with a framing header or without Connection: close", out, n);
         break;
     default: /* FRAME_NONE, FRAME_INTERIM_ */
         if (nte != 0)
@@ -224,7 +223,8 @@ static void relay_body(llhttp_t *up, ctx_t *uc, const char *s, size_t pos, size_
         e = finished(&cp, &cc) ? HPE_PAUSED : HPE_INVALID_EOF_STATE;
     if (e != HPE_OK && e != HPE_PAUSED)
         fail(llhttp_errno_name(e), wire.p, wire.n); /* the client cannot read it */
-    if (cc.body.n != uc->body.n || (uc->body.n > 0 && memcmp(cc.body.p, uc->body.p, uc->body.n) != 0))
+    if (cc.body.n != uc->body.n ||
+        (uc->body.n > 0 && memcmp(cc.body.p, uc->body.p, uc->body.n) != 0))
         fail("the client reads another body than the upstream sent", wire.p, wire.n);
     if (complete != cc.msg_done)
         fail("the response ends elsewhere for the client", wire.p, wire.n);
@@ -270,15 +270,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int nh = bh_http_split(s + head_start, pos - head_start, &start, h, MAXH);
         if (nh < 0)
             break; /* 502 */
-        /* reason_of: after the second space of the status line */
-        bh_span_t reason = {"", 0};
-        const char *sp = memchr(start.p, ' ', start.n);
-        if (sp != NULL) {
-            const char *sp2 = memchr(sp + 1, ' ', start.n - (size_t)(sp + 1 - start.p));
-            if (sp2 != NULL)
-                reason = (bh_span_t){sp2 + 1, start.n - (size_t)(sp2 + 1 - start.p)};
-        }
-        bh_fwd_resp_t resp = {.status = status, .reason = reason};
+        bh_fwd_resp_t resp = {.status = status, .reason = bh_http_reason_phrase(start)};
         enum fwd_framing fr = FRAME_NONE;
         bool interim = false;
         if (status < 200 && status != 101) {
