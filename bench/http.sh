@@ -25,6 +25,9 @@
 #     bh-alog; ACCESS_LOG_AXIS=off skips it) ACCESS_LOG_WORKERS=1 (the W at which bh-alog runs)
 #   UPSTREAM_WORKERS=1 BENCH_DIR=/tmp/bulkhead-bench RESULTS=$BENCH_DIR/results.txt
 #   NO_BULKHEAD=1 measures the anchors only.
+#   BH_VARIANTS="name=BIN ..." more bulkhead binaries (other build types: bench/buildtype.sh), each one more
+#     target with bulkhead's config, in the same rounds (ports 18100, 18102, ...); the summary gives each one's
+#     ratios to haproxy like bulkhead's.
 # Output: one row per wrk run (column wk = the worker count of its round); a per-(target, wk) summary; the
 #   req/s per worker count side by side; bulkhead vs HAProxy per worker count against the targets
 #   CPU/request <= 0.85x HAProxy, req/s >= 1.15x HAProxy, p99 <= HAProxy; and bulkhead with the access log
@@ -72,9 +75,12 @@ dir=$ANCHORS/http
 mkdir -p "$dir/tmp"
 alog=$dir/access.log
 UP_PID="" NGX_PID="" HAP_PID="" BH_PID="" AL_PID=""
+VAR_PIDS=()
 stop_proxies() {
+  local p
+  for p in "${VAR_PIDS[@]}"; do stop_pid "$p"; done
   stop_pid "$AL_PID"; stop_pid "$BH_PID"; stop_pid "$HAP_PID"; stop_pid "$NGX_PID"
-  AL_PID="" BH_PID="" HAP_PID="" NGX_PID=""
+  AL_PID="" BH_PID="" HAP_PID="" NGX_PID="" VAR_PIDS=()
 }
 cleanup() {
   trap - EXIT INT TERM
@@ -95,6 +101,11 @@ else
   copy_bin "$BULKHEAD_BIN" "$bin"
 fi
 ((alog_on)) && [[ -n $bh_skip ]] && { alog_on=0; alog_note="bulkhead not measured"; }
+read -r -a VARIANTS <<<"${BH_VARIANTS:-}"
+for v in "${VARIANTS[@]}"; do
+  [[ $v == ?*=?* && -x ${v#*=} ]] || die "BH_VARIANTS: '$v' is not name=EXECUTABLE"
+  copy_bin "${v#*=}" "$dir/variant-${v%%=*}"
+done
 
 # --- upstream (one for the whole run) ----------------------------------------
 UP_PID=$("$here/upstream-nginx.sh" | tail -n1) || die "upstream failed to start"
@@ -115,6 +126,19 @@ wrk_report_lua "$lua"
   echo "$(nginx -v 2>&1); $(haproxy -v | head -n1); $(wrk -v 2>&1 | head -n1)"
   if [[ -z $bh_skip ]]; then echo "bulkhead binary: $(bin_id "$BULKHEAD_BIN" "$bin")"; else echo "bulkhead not measured: $bh_skip"; fi
 } | log
+
+# start_variants W BODY: each BH_VARIANTS binary with bulkhead's config on its own ports, as one more target
+start_variants() {
+  local k pid port name
+  for k in "${!VARIANTS[@]}"; do
+    name=${VARIANTS[k]%%=*} port=$((18100 + 2 * k))
+    bulkhead_conf bench/http.sh "$1" $port $((port + 1)) off "$2" > "$dir/$name.yaml"
+    bulkhead_start pid "$dir/variant-$name" "$dir/$name.yaml" "$dir/$name.log" || die "$name: config rejected"
+    VAR_PIDS+=("$pid")
+    wait_port $port 10 || die "$name did not listen on :$port (see $dir/$name.log)"
+    names+=("$name"); urls+=("http://127.0.0.1:$port"); cpids+=("$pid")
+  done
+}
 
 # start_proxies W: nginx, haproxy and bulkhead (and bh-alog at ACCESS_LOG_WORKERS) with W workers; sets the
 # target lists names/urls/cpids and bh_why (why bulkhead is not measured at this W, or "")
@@ -156,6 +180,8 @@ start_proxies() {
   cpids=("" "$NGX_PID" "$HAP_PID")
   if [[ -n $BH_PID ]]; then names+=(bulkhead); urls+=("http://127.0.0.1:$BH_PORT"); cpids+=("$BH_PID"); fi
   if [[ -n $AL_PID ]] && ((al)); then names+=(bh-alog); urls+=("http://127.0.0.1:$AL_PORT"); cpids+=("$AL_PID"); fi
+
+  start_variants "$w" "$body"
 
   # sanity: every target returns the right bodies (bulkhead is dropped, loudly, when it does not)
   for i in "${!names[@]}"; do
