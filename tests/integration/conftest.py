@@ -81,6 +81,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stop_process(proc, timeout=STOP_TIMEOUT):
+    """SIGTERM, a bounded wait, then SIGKILL: a helper process never outlives its test."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_until(pred, timeout=START_TIMEOUT, interval=0.01, what="condition"):
     """Polls pred() until it returns a truthy value (returned) or the bound passes (AssertionError)."""
     deadline = time.monotonic() + timeout
@@ -273,13 +284,7 @@ class Upstream:
         return self.count(stats=st) - self.count("/healthz", stats=st)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from conftest import (IO_TIMEOUT, STOP_TIMEOUT, fetch, named, resilient_upstream, wait_until)
+from conftest import IO_TIMEOUT, fetch, named, resilient_upstream, stop_process, wait_until
 
 TOKEN = "dash-t0ken"
 PAGE_LIMIT = 50 * 1024
@@ -113,13 +113,7 @@ class Browser:
         ws = getattr(self, "ws", None)
         if ws is not None:
             ws.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture

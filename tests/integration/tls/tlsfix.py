@@ -58,6 +58,7 @@ READINESS_PROBES = parent.READINESS_PROBES
 IO_TIMEOUT = parent.IO_TIMEOUT
 START_TIMEOUT = parent.START_TIMEOUT
 STOP_TIMEOUT = parent.STOP_TIMEOUT
+stop_process = parent.stop_process
 PYTHON = parent.PYTHON
 
 NGINX = os.environ.get("BH_NGINX", "/usr/sbin/nginx")
@@ -366,13 +367,7 @@ class Nginx:
         return lines
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._out.close()
 
 
@@ -408,11 +403,5 @@ class Faults:
             return json.loads(r.read())
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
