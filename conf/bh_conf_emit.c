@@ -312,10 +312,8 @@ static void w_addr(emit_t *e, const spec_t *k, const void *base, int ind)
 
 /* These mirror the loader's tables (bh_conf_conv.c, bh_conf_tls_keys.c): a word written here
  * that the loader does not take fails every round-trip test. */
-static const name_bit_t LEVELS[] = {{"error", BH_LOG_ERROR},
-                                    {"warn", BH_LOG_WARN},
-                                    {"info", BH_LOG_INFO},
-                                    {"debug", BH_LOG_DEBUG}};
+static const name_bit_t LEVELS[] = {
+    {"error", BH_LOG_ERROR}, {"warn", BH_LOG_WARN}, {"info", BH_LOG_INFO}, {"debug", BH_LOG_DEBUG}};
 static const name_bit_t BALANCES[] = {{"round_robin", BH_BALANCE_ROUND_ROBIN},
                                       {"least_request", BH_BALANCE_LEAST_REQUEST},
                                       {"random", BH_BALANCE_RANDOM}};
@@ -326,13 +324,12 @@ static const name_bit_t VERIFY_CLIENTS[] = {{"off", BH_VERIFY_CLIENT_OFF},
                                             {"optional", BH_VERIFY_CLIENT_OPTIONAL},
                                             {"require", BH_VERIFY_CLIENT_REQUIRE}};
 static const name_bit_t TLS_VERSIONS[] = {{"1.2", TLS1_2_VERSION}, {"1.3", TLS1_3_VERSION}};
-static const name_bit_t RETRY_ON[] = {
-    {"connect-failure", BH_RETRY_ON_CONNECT_FAILURE},
-    {"reset-before-response", BH_RETRY_ON_RESET_BEFORE_RESPONSE},
-    {"first-byte-timeout", BH_RETRY_ON_FIRST_BYTE_TIMEOUT},
-    {"gateway-error", BH_RETRY_ON_GATEWAY_ERROR},
-    {"5xx", BH_RETRY_ON_5XX},
-    {"retriable-status", BH_RETRY_ON_RETRIABLE_STATUS}};
+static const name_bit_t RETRY_ON[] = {{"connect-failure", BH_RETRY_ON_CONNECT_FAILURE},
+                                      {"reset-before-response", BH_RETRY_ON_RESET_BEFORE_RESPONSE},
+                                      {"first-byte-timeout", BH_RETRY_ON_FIRST_BYTE_TIMEOUT},
+                                      {"gateway-error", BH_RETRY_ON_GATEWAY_ERROR},
+                                      {"5xx", BH_RETRY_ON_5XX},
+                                      {"retriable-status", BH_RETRY_ON_RETRIABLE_STATUS}};
 static const name_bit_t COUNTS[] = {{"connect-failure", BH_COUNT_CONNECT_FAILURE},
                                     {"timeout", BH_COUNT_TIMEOUT},
                                     {"5xx", BH_COUNT_5XX},

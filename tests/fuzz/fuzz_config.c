@@ -102,10 +102,12 @@ static void round_trip(const bh_conf_t *a, const uint8_t *data, size_t size)
         fail_trip("the emitted config loads with other counts", data, size, t1, NULL);
     for (size_t i = 0; i < a->n_upstreams; i++)
         if (!bh_conf_upstream_equal(&a->upstreams[i], &b->upstreams[i]))
-            fail_trip("an upstream differs after the round trip", data, size, t1, a->upstreams[i].name);
+            fail_trip("an upstream differs after the round trip", data, size, t1,
+                      a->upstreams[i].name);
     for (size_t i = 0; i < a->n_databases; i++)
         if (!bh_conf_database_equal(&a->databases[i], &b->databases[i]))
-            fail_trip("a database differs after the round trip", data, size, t1, a->databases[i].name);
+            fail_trip("a database differs after the round trip", data, size, t1,
+                      a->databases[i].name);
     for (size_t i = 0; i < a->n_routes; i++)
         if (a->routes[i].upstream_index != b->routes[i].upstream_index ||
             a->routes[i].database_index != b->routes[i].database_index)
