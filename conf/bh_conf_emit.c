@@ -195,6 +195,25 @@ static void put_server(emit_t *e, const char *s)
     bh_free(r.p);
 }
 
+/* A mapping key that is data (an upstream or database name, a session setting), quoted, then ':'.
+ * YAML caps an implicit key at 1024 characters: a longer one is written as an explicit key
+ * ("? key" then ':' on the next line), which the loader took it as. */
+static void put_data_key(emit_t *e, int ind, const char *key)
+{
+    emit_t q = {0};
+
+    put_str(&q, key);
+    e->oom |= q.oom;
+    if (q.len < 1000)
+        putf(e, "%*s%s:", ind, "", q.p != NULL ? q.p : "\"\"");
+    else {
+        putf(e, "%*s? ", ind, "");
+        put(e, q.p, q.len);
+        putf(e, "\n%*s:", ind, "");
+    }
+    bh_free(q.p);
+}
+
 /* ---- scalar writers: one per converter ----------------------------------------------------- */
 
 typedef void (*put_fn)(emit_t *e, const spec_t *k, const void *base, int ind);
@@ -474,9 +493,8 @@ static void w_session(emit_t *e, const spec_t *k, const void *base, int ind)
     put_key(e, ind, k->key);
     puts_(e, d->n_session ? "\n" : " {}\n");
     for (size_t i = 0; i < d->n_session; i++) {
-        putf(e, "%*s", ind + 2, "");
-        put_str(e, d->session_keys[i]);
-        puts_(e, ": ");
+        put_data_key(e, ind + 2, d->session_keys[i]);
+        puts_(e, " ");
         put_str(e, d->session_values[i]);
         puts_(e, "\n");
     }
@@ -549,9 +567,8 @@ static void put_named(emit_t *e, const char *key, int ind, enum sec sec, const v
     puts_(e, "\n");
     for (size_t i = 0; i < n; i++) {
         const char *elem = (const char *)arr + i * size;
-        putf(e, "%*s", ind + 2, "");
-        put_str(e, *(char *const *)(elem + name_off));
-        puts_(e, ":\n");
+        put_data_key(e, ind + 2, *(char *const *)(elem + name_off));
+        puts_(e, "\n");
         emit_rows(e, sec, elem, ind + 4);
     }
 }
