@@ -103,9 +103,9 @@ static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
 }
 
 /* s as a YAML double-quoted scalar that loads back to s after ${VAR} substitution: '"' and '\'
- * escaped, '$' doubled, control characters, C1 controls and the characters YAML reads as line
- * breaks or a byte order mark (U+0085, U+2028, U+2029, U+FEFF) escaped; bytes that are not UTF-8
- * are written \xNN (lossy, see the top). */
+ * escaped, '$' doubled; escaped too: control characters, C1 controls, the characters YAML reads
+ * as line breaks or a byte order mark (U+0085, U+2028, U+2029, U+FEFF) and the two it refuses
+ * raw (U+FFFE, U+FFFF); bytes that are not UTF-8 are written \xNN (lossy, see the top). */
 static void put_str(emit_t *e, const char *str)
 {
     const unsigned char *s = (const unsigned char *)str;
@@ -138,7 +138,7 @@ static void put_str(emit_t *e, const char *str)
         } else if (cp <= 0x9F) {
             putf(e, "\\x%02X", (unsigned)cp);
             i += len;
-        } else if (cp == 0x2028 || cp == 0x2029 || cp == 0xFEFF) {
+        } else if (cp == 0x2028 || cp == 0x2029 || cp == 0xFEFF || cp == 0xFFFE || cp == 0xFFFF) {
             putf(e, "\\u%04X", (unsigned)cp);
             i += len;
         } else {

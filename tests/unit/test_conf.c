@@ -2634,7 +2634,7 @@ static void test_emit_strings(void **state)
     static const char yaml[] =
         MIN_HEAD "admin: { token: \"  lead and trail  \" }\n"
                  "log: { access: \"/tmp/a \\\"q\\\" \\\\ # x: y $$HOME ${NOPE:-d} \\t\\x01\\x7f"
-                 "\\x85\\u2028\\u2029\\ufeff\\x9f\\u00e9\\u4e2d\\U0001F600 '\" }\n"
+                 "\\x85\\u2028\\u2029\\ufeff\\x9f\\u00e9\\u4e2d\\U0001F600 '\\uFFFE\\uFFFF\" }\n"
                  "upstreams:\n  \"null\":\n    endpoints: [ \"[::1]:80\" ]\n"
                  "databases:\n  \"-\":\n    hosts: [ \"*\" ]\n"
                  "    server: \"host=/tmp application_name='x \\\\' y' options='-c a=b'\"\n"
@@ -2647,7 +2647,7 @@ static void test_emit_strings(void **state)
     assert_string_equal(c->admin.token, "  lead and trail  ");
     assert_string_equal(c->log.access, "/tmp/a \"q\" \\ # x: y $HOME d \t\x01\x7f\xc2\x85"
                                        "\xe2\x80\xa8\xe2\x80\xa9\xef\xbb\xbf\xc2\x9f\xc3\xa9"
-                                       "\xe4\xb8\xad\xf0\x9f\x98\x80 '");
+                                       "\xe4\xb8\xad\xf0\x9f\x98\x80 '\xef\xbf\xbe\xef\xbf\xbf");
     text = round_trip(c);
     bh_conf_t *b = load_ok(text);
     assert_string_equal(b->admin.token, c->admin.token);
