@@ -2724,6 +2724,34 @@ static void test_emit_redact(void **state)
     bh_conf_free(c);
 }
 
+/* Out of memory at any allocation: BH_ENOMEM and nothing returned (no leak under ASan). */
+static void test_emit_enomem(void **state)
+{
+    bh_conf_t *c = load_ok(FULL);
+
+    for (unsigned flags = 0; flags <= BH_CONF_EMIT_REDACT; flags++) {
+        unsigned long nth;
+        for (nth = 1;; nth++) {
+            char *text = (char *)1;
+            size_t len = 1;
+            int rc;
+
+            bh_alloc_fail_after(nth);
+            rc = bh_conf_emit(c, flags, &text, &len);
+            bh_alloc_fail_after(0);
+            if (rc == 0) {
+                bh_free(text);
+                break;
+            }
+            assert_int_equal(rc, BH_ENOMEM);
+            assert_null(text);
+            assert_int_equal(len, 0);
+        }
+        assert_true(nth > 1);
+    }
+    bh_conf_free(c);
+}
+
 /* A route without a name is named "<host><prefix>#<index>" when "<host><prefix>" is taken; when
  * an earlier route was given that name too, the name takes a further ".<n>": two routes never
  * share a name (once they did, and the emitted config did not load). */
@@ -2777,6 +2805,7 @@ int main(void)
         cmocka_unit_test(test_emit_strings),
         cmocka_unit_test(test_emit_every_key),
         cmocka_unit_test(test_emit_redact),
+        cmocka_unit_test(test_emit_enomem),
         cmocka_unit_test(test_route_name_taken),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
