@@ -59,6 +59,7 @@ static void puts_(emit_t *e, const char *s)
     put(e, s, strlen(s));
 }
 
+/* Short formatted pieces only (numbers, schema keys, words): at most 127 bytes are kept. */
 __attribute__((format(printf, 2, 3))) static void putf(emit_t *e, const char *fmt, ...)
 {
     char buf[128];
@@ -204,13 +205,12 @@ static void put_data_key(emit_t *e, int ind, const char *key)
 
     put_str(&q, key);
     e->oom |= q.oom;
+    putf(e, "%*s%s", ind, "", q.len < 1000 ? "" : "? ");
+    put(e, q.p, q.len);
     if (q.len < 1000)
-        putf(e, "%*s%s:", ind, "", q.p != NULL ? q.p : "\"\"");
-    else {
-        putf(e, "%*s? ", ind, "");
-        put(e, q.p, q.len);
+        puts_(e, ":");
+    else
         putf(e, "\n%*s:", ind, "");
-    }
     bh_free(q.p);
 }
 
