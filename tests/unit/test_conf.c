@@ -2662,6 +2662,35 @@ static void test_emit_strings(void **state)
     bh_conf_free(c);
 }
 
+/* Keys that are data (names, session settings) of any length: YAML caps an implicit key at 1024
+ * characters, and the writer once cut keys at 127 bytes. */
+static void test_emit_long_keys(void **state)
+{
+    static const size_t lens[] = {1, 126, 127, 128, 300, 998, 999, 1000, 1024, 1100, 5000};
+
+    for (size_t i = 0; i < COUNT(lens); i++) {
+        char *name = malloc(lens[i] + 1), *yaml = malloc(3 * lens[i] + 512), *text;
+        bh_conf_t *c;
+
+        assert_non_null(name);
+        assert_non_null(yaml);
+        memset(name, 'k', lens[i]);
+        name[lens[i]] = '\0';
+        sprintf(yaml,
+                MIN_HEAD "upstreams:\n  ? %s\n  : { endpoints: [ \"127.0.0.1:2\" ] }\n"
+                         "databases:\n  d:\n    hosts: [ \"*\" ]\n    server: \"host=/tmp\"\n"
+                         "    session:\n      ? s%s\n      : v\n",
+                name, name);
+        c = load_ok(yaml);
+        assert_string_equal(c->upstreams[0].name, name);
+        text = round_trip(c);
+        bh_free(text);
+        bh_conf_free(c);
+        free(yaml);
+        free(name);
+    }
+}
+
 /* Every key of the table is written: each row of each section appears in the text of a config
  * that gives every section (a row without a writer fails bh_conf_emit with BH_EINVAL). */
 static void test_emit_every_key(void **state)
@@ -2803,6 +2832,7 @@ int main(void)
         cmocka_unit_test(test_tls_enomem),
         cmocka_unit_test(test_emit_examples),
         cmocka_unit_test(test_emit_strings),
+        cmocka_unit_test(test_emit_long_keys),
         cmocka_unit_test(test_emit_every_key),
         cmocka_unit_test(test_emit_redact),
         cmocka_unit_test(test_emit_enomem),
