@@ -358,6 +358,21 @@ void bh_conf_free(bh_conf_t *conf);
 bool bh_conf_upstream_equal(const bh_conf_upstream_t *a, const bh_conf_upstream_t *b);
 bool bh_conf_database_equal(const bh_conf_database_t *a, const bh_conf_database_t *b);
 
+/* bh_conf_emit flags. BH_CONF_EMIT_REDACT writes secrets as "<redacted>": admin.token, a
+ * database's password and tokens, and the value of any keyword naming a password (sslpassword)
+ * in a database's server conninfo. Paths (TLS keys included) are not secrets. */
+#define BH_CONF_EMIT_REDACT 1u
+
+/* Writes conf back as YAML that bh_conf_load_string accepts: every key of every section with its
+ * effective value (defaults filled in, ${VAR} written as resolved, derived names and limits
+ * written out), durations and sizes with units, strings double-quoted and escaped ('$' as "$$").
+ * Without redaction, loading the text gives a snapshot equal to conf (bh_conf_*_equal), and
+ * emitting that one gives the same text; the forms it cannot keep as written are listed at the
+ * top of bh_conf_emit.c (workers: auto is written as the number it resolved to). On success
+ * returns 0 and a NUL-terminated text in *out (bh_malloc'd: free it with bh_free) of *len bytes;
+ * BH_ENOMEM, or BH_EINVAL when the key table has a type this writer does not know (*out NULL). */
+BH_MUST_CHECK int bh_conf_emit(const bh_conf_t *conf, unsigned flags, char **out, size_t *len);
+
 /* Value parsers, exposed for tests and for reuse. Each returns 0 or -1 on malformed input.
  * Durations: "250ms", "5s", "2m", "1h", "1d", or a bare "0"; bare numbers other than 0 are
  * rejected (unit required). Sizes: "512", "16KiB", "10MiB", "1GiB", also "KB/MB/GB" (powers of

@@ -158,8 +158,17 @@ int bh__conf_check_listener(ctx_t *c, yaml_node_t *item, void *array, size_t i)
     return 0;
 }
 
+/* Whether a route before i is named name. */
+static bool route_name_taken(const bh_conf_route_t *all, size_t i, const char *name)
+{
+    for (size_t j = 0; j < i; j++)
+        if (strcmp(all[j].name, name) == 0)
+            return true;
+    return false;
+}
+
 /* A route's name: a given one must be unique; without one it is "<host or *><path_prefix>",
- * made unique with "#<index>". */
+ * made unique with "#<index>" (or "#<index>.<n>" when a route before it was given that name). */
 static int route_name(ctx_t *c, yaml_node_t *item, bh_conf_route_t *all, size_t i)
 {
     bh_conf_route_t *r = &all[i];
@@ -175,15 +184,14 @@ static int route_name(ctx_t *c, yaml_node_t *item, bh_conf_route_t *all, size_t 
     }
     const char *host = r->host != NULL ? r->host : "*";
     const char *prefix = r->path_prefix != NULL ? r->path_prefix : "/";
-    size_t n = strlen(host) + strlen(prefix) + 24;
+    size_t n = strlen(host) + strlen(prefix) + 48;
     if ((r->name = bh_malloc(n)) == NULL)
         return bh__conf_oom(c);
     snprintf(r->name, n, "%s%s", host, prefix);
-    for (size_t j = 0; j < i; j++)
-        if (strcmp(all[j].name, r->name) == 0) {
-            snprintf(r->name, n, "%s%s#%zu", host, prefix, i);
-            break;
-        }
+    if (route_name_taken(all, i, r->name))
+        snprintf(r->name, n, "%s%s#%zu", host, prefix, i);
+    for (size_t k = 2; route_name_taken(all, i, r->name); k++)
+        snprintf(r->name, n, "%s%s#%zu.%zu", host, prefix, i, k);
     return 0;
 }
 

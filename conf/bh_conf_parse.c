@@ -1,6 +1,7 @@
 /* Value parsers for the config: durations, sizes, percentages, addresses, HTTP method names. */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <stdlib.h>
 #include <netinet/in.h>
 #include <string.h>
 #include "bh_alloc.h"
@@ -81,26 +82,27 @@ int bh_parse_size(const char *s, uint64_t *out_bytes)
     return parse_with_unit(s, SIZE_UNITS, sizeof SIZE_UNITS / sizeof SIZE_UNITS[0], out_bytes);
 }
 
+/* The form is checked by hand (digits, optionally '.' and digits, optionally '%'); the value is
+ * strtod's, the double nearest the decimal written, so "0.3" is 0.3 and a value written back with
+ * enough digits reads back to the same double. */
 int bh_parse_percent(const char *s, double *out_fraction)
 {
-    uint64_t whole;
-    size_t i = parse_digits(s, &whole);
-    double v, scale = 0.1;
+    size_t i = strspn(s, "0123456789");
+    double v;
 
     if (i == 0)
         return -1;
-    v = (double)whole;
     if (s[i] == '.') {
         if (!isdigit((unsigned char)s[++i]))
             return -1;
-        for (; isdigit((unsigned char)s[i]); i++, scale /= 10)
-            v += (s[i] - '0') * scale;
+        i += strspn(s + i, "0123456789");
     }
-    if (s[i] == '%') {
+    if (s[i] != '\0' && !(s[i] == '%' && s[i + 1] == '\0'))
+        return -1;
+    v = strtod(s, NULL); /* stops at '%'; the C locale: '.' is the decimal point */
+    if (s[i] == '%')
         v /= 100;
-        i++;
-    }
-    if (s[i] != '\0' || v > 1.0)
+    if (!(v <= 1.0))
         return -1;
     *out_fraction = v;
     return 0;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
+#include "bh_alloc.h"
 #include "bh_admin.h"
 #include "bh_conf.h"
 #include "bh_log.h"
@@ -23,6 +24,9 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: bulkhead -c FILE       run with the config file\n"
                "       bulkhead --check FILE  validate the config file and exit (0 ok, 2 invalid)\n"
+               "       bulkhead --check FILE --print\n"
+               "                              ... and print the effective config (every key with its\n"
+               "                              value in force, secrets redacted) as YAML on stdout\n"
                "       bulkhead --version\n"
                "       bulkhead --help\n"
                "Signals: SIGTERM/SIGINT drain in-flight requests and exit 0 (a second one exits "
@@ -148,15 +152,44 @@ static int run(const char *path)
     return rc < 0 ? 1 : 0;
 }
 
+/* --check FILE [--print]: 0 when the file is valid (with --print, its effective config, redacted,
+ * is the only output on stdout), 2 when it is not. */
+static int check_config(const char *path, int print)
+{
+    bh_conf_t *conf = NULL;
+    bh_conf_error_t err;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = 0;
+
+    if (bh_conf_load(path, &conf, &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 2;
+    }
+    for (size_t i = 0; i < conf->n_warnings; i++)
+        print_warning(conf->path, conf->warnings[i]);
+    if (!print) {
+        printf("%s: ok\n", path);
+    } else if (bh_conf_emit(conf, BH_CONF_EMIT_REDACT, &text, &len) != 0) {
+        fprintf(stderr, "bulkhead: cannot print the config of %s\n", path);
+        rc = 1;
+    } else if (fwrite(text, 1, len, stdout) != len || fflush(stdout) != 0) {
+        rc = 1;
+    }
+    bh_free(text);
+    bh_conf_free(conf);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"check", required_argument, NULL, 'k'},
         {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"print", no_argument, NULL, 'p'},        {NULL, 0, NULL, 0},
     };
     const char *config = NULL, *check = NULL;
-    int opt;
+    int opt, print = 0;
     while ((opt = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
@@ -164,6 +197,9 @@ int main(int argc, char **argv)
             break;
         case 'k':
             check = optarg;
+            break;
+        case 'p':
+            print = 1;
             break;
         case 'V':
             printf("bulkhead %s (libuv %s, llhttp %d.%d.%d)\n", BH_VERSION, uv_version_string(),
@@ -182,19 +218,13 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (check != NULL) {
-        bh_conf_t *conf = NULL;
-        bh_conf_error_t err;
-        if (bh_conf_load(check, &conf, &err) < 0) {
-            fprintf(stderr, "%s\n", err.msg);
-            return 2;
-        }
-        for (size_t i = 0; i < conf->n_warnings; i++)
-            print_warning(conf->path, conf->warnings[i]);
-        printf("%s: ok\n", check);
-        bh_conf_free(conf);
-        return 0;
+    if (print && check == NULL) {
+        fprintf(stderr, "bulkhead: --print goes with --check FILE\n");
+        usage(stderr);
+        return 2;
     }
+    if (check != NULL)
+        return check_config(check, print);
     if (config == NULL) {
         usage(stderr);
         return 2;

@@ -215,6 +215,57 @@ def test_check_env_unset_without_default(tmp_path):
     check_error(tmp_path, text, line, words=["BH_TEST_SURELY_UNSET_VARIABLE"])
 
 
+# --check FILE --print: the effective config, secrets redacted, alone on stdout.
+PRINTED = GOOD.replace("  access: off\n", "  access: off\n  # a comment\n").replace(
+    "admin:\n  address: 127.0.0.1:19901\n",
+    "admin:\n  address: 127.0.0.1:19901\n  token: ${BH_TEST_ADMIN_TOKEN}\n") + """\
+databases:
+  main:
+    hosts: [ "db.example.com" ]
+    server: "host=127.0.0.1 port=5432 sslpassword=${BH_TEST_SSL_PASSWORD}"
+    auth: fixed
+    user: app
+    password: "${BH_TEST_DB_PASSWORD}"
+    dbname: app
+    tokens: [ "${BH_TEST_SQL_TOKEN}" ]
+"""
+SECRETS = {"BH_TEST_ADMIN_TOKEN": "adm1n-t0ken-xyz", "BH_TEST_DB_PASSWORD": "pg-pa55word-xyz",
+           "BH_TEST_SSL_PASSWORD": "ssl-pa55word-xyz", "BH_TEST_SQL_TOKEN": "sql-t0ken-xyz"}
+
+
+def test_check_print_is_the_effective_config_redacted(tmp_path):
+    r = run_bulkhead("--check", str(write(tmp_path, PRINTED)), "--print", env=SECRETS)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for name, secret in SECRETS.items():
+        assert secret not in out, "%s printed:\n%s" % (name, out)
+    assert out.count('"<redacted>"') >= 3 and "sslpassword=<redacted>" in out, out
+    # effective values: given ones, defaults, resolved names; no ${VAR} left
+    assert "  max_headers: 50\n" in out and "  max_body_bytes: 10MiB\n" in out, out
+    assert "  max_lifetime: 10m\n" in out and "  dns_refresh: 30s\n" in out, out  # defaults
+    assert 'name: "api.example.com/v1/"' in out, out
+    assert "${" not in out and "a comment" not in out, out
+    assert ": ok" not in out, "stdout must be the config alone: %r" % out
+
+    # the printed text passes --check again, and prints the same text again
+    again = write(tmp_path, out, "printed.yaml")
+    r2 = run_bulkhead("--check", str(again), "--print")
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout == out
+
+
+def test_check_print_invalid_file_prints_nothing(tmp_path):
+    r = run_bulkhead("--check", str(write(tmp_path, GOOD.replace("5s", "5 s"))), "--print")
+    assert r.returncode == 2
+    assert r.stdout == "" and ":" in r.stderr
+
+
+def test_print_without_check_is_a_usage_error(tmp_path):
+    r = run_bulkhead("-c", str(write(tmp_path, GOOD)), "--print")
+    assert r.returncode == 2
+    assert "--print" in r.stderr
+
+
 # tls.yaml names certificate files under /etc/bulkhead/: test_check_tls.py checks it with files made
 # for the test.
 EXAMPLES = sorted(p for p in glob.glob(os.path.join(REPO, "conf", "examples", "*.yaml"))

@@ -525,6 +525,16 @@ static void test_percent(void **state)
     for (size_t i = 0; i < COUNT(bad); i++)
         if (bh_parse_percent(bad[i], &v) != -1)
             fail_msg("percentage '%s' was accepted", bad[i]);
+    /* The nearest double to the decimal written, not a sum of scaled digits (which read "0.3" as
+     * 0.30000000000000004): a value written back (bh_conf_emit) reads back the same. */
+    static const char *const exact[] = {"0.3", "0.1", "0.7", "0.33", "0.123456789", "0.999"};
+    for (size_t i = 0; i < COUNT(exact); i++) {
+        assert_int_equal(bh_parse_percent(exact[i], &v), 0);
+        if (v != strtod(exact[i], NULL))
+            fail_msg("percentage '%s' read as %.17g", exact[i], v);
+    }
+    assert_int_equal(bh_parse_percent("33%", &v), 0);
+    assert_true(v == 0.33);
 }
 
 static void test_addr(void **state)
@@ -2488,6 +2498,305 @@ static void test_tls_enomem(void **state)
     free(yaml);
 }
 
+/* ---- bh_conf_emit: the round trip ------------------------------------------------------------ */
+
+/* emit(a) loads to a snapshot equal to a, and emitting that gives the same text. Returns the
+ * text (malloc'd by bh_malloc: bh_free it). */
+static char *round_trip(const bh_conf_t *a)
+{
+    char *t1 = NULL, *t2 = NULL;
+    size_t len1, len2;
+    bh_conf_t *b = NULL;
+    bh_conf_error_t err;
+
+    assert_int_equal(bh_conf_emit(a, 0, &t1, &len1), 0);
+    assert_int_equal(strlen(t1), len1);
+    if (bh_conf_load_string("emitted.yaml", t1, len1, &b, &err) != 0)
+        fail_msg("the emitted config does not load: %s\n%s", err.msg, t1);
+    assert_int_equal(b->n_listeners, a->n_listeners);
+    assert_int_equal(b->n_upstreams, a->n_upstreams);
+    assert_int_equal(b->n_databases, a->n_databases);
+    assert_int_equal(b->n_routes, a->n_routes);
+    assert_int_equal(b->n_warnings, a->n_warnings);
+    for (size_t i = 0; i < a->n_upstreams; i++)
+        if (!bh_conf_upstream_equal(&a->upstreams[i], &b->upstreams[i]))
+            fail_msg("upstream %s differs after the round trip:\n%s", a->upstreams[i].name, t1);
+    for (size_t i = 0; i < a->n_databases; i++)
+        if (!bh_conf_database_equal(&a->databases[i], &b->databases[i]))
+            fail_msg("database %s differs after the round trip:\n%s", a->databases[i].name, t1);
+    assert_int_equal(bh_conf_emit(b, 0, &t2, &len2), 0);
+    if (len1 != len2 || strcmp(t1, t2) != 0)
+        fail_msg("the second emission differs:\n%s\n--- second ---\n%s", t1, t2);
+    bh_free(t2);
+    bh_conf_free(b);
+    return t1;
+}
+
+/* The example files' ${VARS}, set for the demo (its HTTPS certificate, PGPORT) and the docker
+ * example (every variable, so that no default applies). */
+static void examples_env(int set)
+{
+    demo_tls_env();
+    if (set) {
+        setenv("PGPORT", "6543", 1);
+        setenv("BULKHEAD_WORKERS", "3", 1);
+        setenv("BULKHEAD_ADMIN_TOKEN", "admin-$ecret", 1);
+        setenv("BULKHEAD_LOG_LEVEL", "debug", 1);
+        setenv("UPSTREAM", "10.9.8.7:8081", 1);
+    } else {
+        unsetenv("PGPORT");
+        unsetenv("BULKHEAD_WORKERS");
+        unsetenv("BULKHEAD_ADMIN_TOKEN");
+        unsetenv("BULKHEAD_LOG_LEVEL");
+        unsetenv("UPSTREAM");
+    }
+}
+
+/* tls.yaml names files under /etc/bulkhead/: the same names made in the PKI directory. */
+static char *tls_example_here(const char *path)
+{
+    static const char *const copies[][2] = {
+        {"site", "site"},   {"other", "cn"},       {"client", "cn"},
+        {"clients-ca", "ca"}, {"internal-ca", "ca2"}, {"pg-ca", "ca"},
+    };
+    const char *dir = pki();
+    FILE *f = fopen(path, "r");
+    char *text, *out, *o;
+    long n;
+
+    assert_non_null(f);
+    for (size_t i = 0; i < COUNT(copies); i++)
+        if (strcmp(copies[i][0], copies[i][1]) != 0)
+            sh("cp %s/%s.crt %s/%s.crt && cp %s/%s.key %s/%s.key", dir, copies[i][1], dir,
+               copies[i][0], dir, copies[i][1], dir, copies[i][0]);
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    rewind(f);
+    text = calloc(1, (size_t)n + 1);
+    assert_non_null(text);
+    assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    out = o = calloc(1, (size_t)n * 4 + 1);
+    assert_non_null(out);
+    for (const char *p = text; *p != '\0';)
+        if (strncmp(p, "/etc/bulkhead", 13) == 0) {
+            o += sprintf(o, "%s", dir);
+            p += 13;
+        } else {
+            *o++ = *p++;
+        }
+    free(text);
+    return out;
+}
+
+/* Every example file round-trips, with its variables unset (defaults) and set. */
+static void test_emit_examples(void **state)
+{
+    const char *dir = getenv("BH_CONF_EXAMPLES");
+    static const char *const files[] = {"demo.yaml", "docker.yaml", "tls.yaml"};
+    char path[1024];
+
+    for (int set = 0; set < 2; set++) {
+        examples_env(set);
+        for (size_t i = 0; i < COUNT(files); i++) {
+            bh_conf_t *c;
+            bh_conf_error_t err;
+            char *text;
+            int rc;
+
+            snprintf(path, sizeof path, "%s/%s", dir ? dir : "conf/examples", files[i]);
+            if (strcmp(files[i], "tls.yaml") == 0) {
+                char *yaml = tls_example_here(path);
+                rc = bh_conf_load_string(path, yaml, strlen(yaml), &c, &err);
+                free(yaml);
+            } else {
+                rc = bh_conf_load(path, &c, &err);
+            }
+            if (rc != 0)
+                fail_msg("%s", err.msg);
+            text = round_trip(c);
+            if (set && strcmp(files[i], "docker.yaml") == 0) { /* resolved values, not ${VARS} */
+                assert_non_null(strstr(text, "token: \"admin-$$ecret\"\n"));
+                assert_non_null(strstr(text, "workers: 3\n"));
+                assert_non_null(strstr(text, "\"10.9.8.7:8081\""));
+            }
+            assert_null(strstr(text, "${"));
+            bh_free(text);
+            bh_conf_free(c);
+        }
+    }
+    examples_env(0);
+}
+
+/* Strings with every byte YAML or ${VAR} substitution could read otherwise survive. */
+static void test_emit_strings(void **state)
+{
+    static const char yaml[] =
+        MIN_HEAD "admin: { token: \"  lead and trail  \" }\n"
+                 "log: { access: \"/tmp/a \\\"q\\\" \\\\ # x: y $$HOME ${NOPE:-d} \\t\\x01\\x7f"
+                 "\\x85\\u2028\\u2029\\ufeff\\x9f\\u00e9\\u4e2d\\U0001F600 '\\uFFFE\\uFFFF\" }\n"
+                 "upstreams:\n  \"null\":\n    endpoints: [ \"[::1]:80\" ]\n"
+                 "databases:\n  \"-\":\n    hosts: [ \"*\" ]\n"
+                 "    server: \"host=/tmp application_name='x \\\\' y' options='-c a=b'\"\n"
+                 "    session: { search_path: \": #\", \"TimeZone\": \"\" }\n"
+                 "routes:\n  - { name: \"- ? : [] {} & * ! | > % @ `\", upstream: \"null\",\n"
+                 "      match: { host: \"*.Ex$$ample.com\", path_prefix: \"/a b#c\" } }\n";
+    bh_conf_t *c = load_ok(yaml);
+    char *text;
+
+    assert_string_equal(c->admin.token, "  lead and trail  ");
+    assert_string_equal(c->log.access, "/tmp/a \"q\" \\ # x: y $HOME d \t\x01\x7f\xc2\x85"
+                                       "\xe2\x80\xa8\xe2\x80\xa9\xef\xbb\xbf\xc2\x9f\xc3\xa9"
+                                       "\xe4\xb8\xad\xf0\x9f\x98\x80 '\xef\xbf\xbe\xef\xbf\xbf");
+    text = round_trip(c);
+    bh_conf_t *b = load_ok(text);
+    assert_string_equal(b->admin.token, c->admin.token);
+    assert_string_equal(b->log.access, c->log.access);
+    assert_string_equal(b->routes[0].name, c->routes[0].name);
+    assert_string_equal(b->routes[0].host, "*.ex$ample.com");
+    assert_string_equal(b->routes[0].path_prefix, "/a b#c");
+    assert_string_equal(b->databases[0].session_values[0], ": #");
+    assert_string_equal(b->databases[0].session_values[1], "");
+    bh_conf_free(b);
+    bh_free(text);
+    bh_conf_free(c);
+}
+
+/* Keys that are data (names, session settings) of any length: YAML caps an implicit key at 1024
+ * characters, and the writer once cut keys at 127 bytes. */
+static void test_emit_long_keys(void **state)
+{
+    static const size_t lens[] = {1, 126, 127, 128, 300, 998, 999, 1000, 1024, 1100, 5000};
+
+    for (size_t i = 0; i < COUNT(lens); i++) {
+        char *name = malloc(lens[i] + 1), *yaml = malloc(3 * lens[i] + 512), *text;
+        bh_conf_t *c;
+
+        assert_non_null(name);
+        assert_non_null(yaml);
+        memset(name, 'k', lens[i]);
+        name[lens[i]] = '\0';
+        sprintf(yaml,
+                MIN_HEAD "upstreams:\n  ? %s\n  : { endpoints: [ \"127.0.0.1:2\" ] }\n"
+                         "databases:\n  d:\n    hosts: [ \"*\" ]\n    server: \"host=/tmp\"\n"
+                         "    session:\n      ? s%s\n      : v\n",
+                name, name);
+        c = load_ok(yaml);
+        assert_string_equal(c->upstreams[0].name, name);
+        text = round_trip(c);
+        bh_free(text);
+        bh_conf_free(c);
+        free(yaml);
+        free(name);
+    }
+}
+
+/* Every key of the table is written: each row of each section appears in the text of a config
+ * that gives every section (a row without a writer fails bh_conf_emit with BH_EINVAL). */
+static void test_emit_every_key(void **state)
+{
+    static const char yaml[] =
+        "listeners:\n  - address: 127.0.0.1:8080\n"
+        "upstreams:\n  a:\n    endpoints: [ \"127.0.0.1:9000\" ]\n    health_check: {}\n"
+        "    tls: { enabled: false, server_name: a.test }\n"
+        "databases:\n  d:\n    hosts: [ \"*\" ]\n    server: \"host=/tmp\"\n"
+        "    auth: fixed\n    user: u\n    password: p\n    dbname: n\n    tokens: [ t ]\n"
+        "routes:\n  - { upstream: a, match: { host: a.test }, retry: { attempts: 1 } }\n"
+        "  - { database: d }\n";
+    bh_conf_t *c = load_ok(yaml);
+    char *text = round_trip(c), key[64];
+
+    for (const spec_t *k = bh__conf_specs; k < bh__conf_specs + bh__conf_n_specs; k++) {
+        /* not keys of this file: unsupported, rejected (F_NA), TLS certificate files */
+        if (k->type == NULL || (k->flags & F_NA) || k->sec == S_LISTENER_TLS ||
+            k->sec == S_TLS_CERT || (k->sec == S_LISTENER && strcmp(k->key, "tls") == 0) ||
+            (k->sec == S_UPSTREAM_TLS &&
+             (strcmp(k->key, "cert") == 0 || strcmp(k->key, "key") == 0)))
+            continue;
+        snprintf(key, sizeof key, "\n%*s%s:", k->sec == S_ROOT ? 0 : 1, "", k->key);
+        if (strstr(text, key) == NULL && strstr(text, key + 1) == NULL) {
+            fprintf(stderr, "%s\n", text);
+            fail_msg("key '%s' (section %d) is not written", k->key, (int)k->sec);
+        }
+    }
+    bh_free(text);
+    bh_conf_free(c);
+}
+
+/* BH_CONF_EMIT_REDACT: no secret in the text, which still loads. */
+static void test_emit_redact(void **state)
+{
+    static const char yaml[] =
+        MIN_HEAD "admin: { token: adm1n-t0ken }\n"
+                 "databases:\n  d:\n    hosts: [ \"*\" ]\n"
+                 "    server: \"host=/tmp sslpassword='pa ss' sslmode=disable\"\n"
+                 "    auth: fixed\n    user: u\n    password: s3cret-pw\n    dbname: n\n"
+                 "    tokens: [ b3arer-1, b3arer-2 ]\n";
+    static const char *const secrets[] = {"adm1n-t0ken", "pa ss", "s3cret-pw", "b3arer"};
+    bh_conf_t *c = load_ok(yaml), *r;
+    char *text;
+    size_t len;
+
+    assert_int_equal(bh_conf_emit(c, BH_CONF_EMIT_REDACT, &text, &len), 0);
+    for (size_t i = 0; i < COUNT(secrets); i++)
+        if (strstr(text, secrets[i]) != NULL)
+            fail_msg("'%s' is in the redacted text:\n%s", secrets[i], text);
+    assert_non_null(strstr(text, "sslmode=disable"));
+    r = load_ok(text);
+    assert_string_equal(r->admin.token, "<redacted>");
+    assert_string_equal(r->databases[0].password, "<redacted>");
+    assert_int_equal(r->databases[0].n_tokens, 2);
+    assert_string_equal(r->databases[0].server,
+                        "host=/tmp sslpassword=<redacted> sslmode=disable");
+    bh_conf_free(r);
+    bh_free(text);
+    bh_conf_free(c);
+}
+
+/* Out of memory at any allocation: BH_ENOMEM and nothing returned (no leak under ASan). */
+static void test_emit_enomem(void **state)
+{
+    bh_conf_t *c = load_ok(FULL);
+
+    for (unsigned flags = 0; flags <= BH_CONF_EMIT_REDACT; flags++) {
+        unsigned long nth;
+        for (nth = 1;; nth++) {
+            char *text = (char *)1;
+            size_t len = 1;
+            int rc;
+
+            bh_alloc_fail_after(nth);
+            rc = bh_conf_emit(c, flags, &text, &len);
+            bh_alloc_fail_after(0);
+            if (rc == 0) {
+                bh_free(text);
+                break;
+            }
+            assert_int_equal(rc, BH_ENOMEM);
+            assert_null(text);
+            assert_int_equal(len, 0);
+        }
+        assert_true(nth > 1);
+    }
+    bh_conf_free(c);
+}
+
+/* A route without a name is named "<host><prefix>#<index>" when "<host><prefix>" is taken; when
+ * an earlier route was given that name too, the name takes a further ".<n>": two routes never
+ * share a name (once they did, and the emitted config did not load). */
+static void test_route_name_taken(void **state)
+{
+    bh_conf_t *c = load_ok(MIN_HEAD "upstreams: { a: { endpoints: [ \"127.0.0.1:2\" ] } }\n"
+                                    "routes:\n  - { name: \"*/#2\", upstream: a }\n"
+                                    "  - { upstream: a }\n  - { upstream: a }\n");
+
+    assert_string_equal(c->routes[0].name, "*/#2");
+    assert_string_equal(c->routes[1].name, "*/");
+    assert_string_equal(c->routes[2].name, "*/#2.2");
+    bh_free(round_trip(c));
+    bh_conf_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2521,6 +2830,13 @@ int main(void)
         cmocka_unit_test(test_tls_file_errors),
         cmocka_unit_test(test_tls_equal),
         cmocka_unit_test(test_tls_enomem),
+        cmocka_unit_test(test_emit_examples),
+        cmocka_unit_test(test_emit_strings),
+        cmocka_unit_test(test_emit_long_keys),
+        cmocka_unit_test(test_emit_every_key),
+        cmocka_unit_test(test_emit_redact),
+        cmocka_unit_test(test_emit_enomem),
+        cmocka_unit_test(test_route_name_taken),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
 
