@@ -127,15 +127,19 @@ int bh__conf_conv_bool(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *te
     return 0;
 }
 
+static const name_bit_t LEVEL_NAMES[] = {
+    {"error", BH_LOG_ERROR},
+    {"warn", BH_LOG_WARN},
+    {"info", BH_LOG_INFO},
+    {"debug", BH_LOG_DEBUG},
+};
+const word_set_t bh__conf_levels = {LEVEL_NAMES, COUNT(LEVEL_NAMES)};
+
 int bh__conf_conv_level(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
 {
-    static const char *const names[] = {[BH_LOG_ERROR] = "error",
-                                        [BH_LOG_WARN] = "warn",
-                                        [BH_LOG_INFO] = "info",
-                                        [BH_LOG_DEBUG] = "debug"};
-    for (size_t i = 0; i < COUNT(names); i++)
-        if (strcmp(text, names[i]) == 0) {
-            *FIELD(base, k, enum bh_log_level) = (enum bh_log_level)i;
+    for (size_t i = 0; i < COUNT(LEVEL_NAMES); i++)
+        if (strcmp(text, LEVEL_NAMES[i].name) == 0) {
+            *FIELD(base, k, enum bh_log_level) = (enum bh_log_level)LEVEL_NAMES[i].bit;
             return 0;
         }
     return bh__conf_fail(c, n, "invalid log level '%.64s' for %s, expected %s", text, c->path,
@@ -243,12 +247,18 @@ static const name_bit_t COUNT_NAMES[] = {
     {"reset", BH_COUNT_RESET},
 };
 
+const word_set_t bh__conf_balances = {BALANCE_NAMES, COUNT(BALANCE_NAMES)};
+const word_set_t bh__conf_retry_on = {RETRY_ON_NAMES, COUNT(RETRY_ON_NAMES)};
+const word_set_t bh__conf_counts = {COUNT_NAMES, COUNT(COUNT_NAMES)};
+
 static const name_bit_t RETRY_METHOD_NAMES[] = {{"idempotent", 0}, {"all", 1}};
 
 static const name_bit_t AUTH_NAMES[] = {
     {"passthrough", BH_DB_AUTH_PASSTHROUGH},
     {"fixed", BH_DB_AUTH_FIXED},
 };
+
+const word_set_t bh__conf_auths = {AUTH_NAMES, COUNT(AUTH_NAMES)};
 
 int bh__conf_conv_balance(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
 {
@@ -287,6 +297,8 @@ static const name_bit_t RESET_NAMES[] = {
     {"auto", BH_DB_RESET_AUTO},
     {"always", BH_DB_RESET_ALWAYS},
 };
+
+const word_set_t bh__conf_resets = {RESET_NAMES, COUNT(RESET_NAMES)};
 
 int bh__conf_conv_reset(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base)
 {

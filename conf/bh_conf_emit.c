@@ -329,58 +329,28 @@ static void w_addr(emit_t *e, const spec_t *k, const void *base, int ind)
 
 /* ---- words of a closed set ----------------------------------------------------------------- */
 
-/* These mirror the loader's tables (bh_conf_conv.c, bh_conf_tls_keys.c): a word written here
- * that the loader does not take fails every round-trip test. */
-static const name_bit_t LEVELS[] = {
-    {"error", BH_LOG_ERROR}, {"warn", BH_LOG_WARN}, {"info", BH_LOG_INFO}, {"debug", BH_LOG_DEBUG}};
-static const name_bit_t BALANCES[] = {{"round_robin", BH_BALANCE_ROUND_ROBIN},
-                                      {"least_request", BH_BALANCE_LEAST_REQUEST},
-                                      {"random", BH_BALANCE_RANDOM}};
-static const name_bit_t AUTHS[] = {{"passthrough", BH_DB_AUTH_PASSTHROUGH},
-                                   {"fixed", BH_DB_AUTH_FIXED}};
-static const name_bit_t RESETS[] = {{"auto", BH_DB_RESET_AUTO}, {"always", BH_DB_RESET_ALWAYS}};
-static const name_bit_t VERIFY_CLIENTS[] = {{"off", BH_VERIFY_CLIENT_OFF},
-                                            {"optional", BH_VERIFY_CLIENT_OPTIONAL},
-                                            {"require", BH_VERIFY_CLIENT_REQUIRE}};
-static const name_bit_t TLS_VERSIONS[] = {{"1.2", TLS1_2_VERSION}, {"1.3", TLS1_3_VERSION}};
-static const name_bit_t RETRY_ON[] = {{"connect-failure", BH_RETRY_ON_CONNECT_FAILURE},
-                                      {"reset-before-response", BH_RETRY_ON_RESET_BEFORE_RESPONSE},
-                                      {"first-byte-timeout", BH_RETRY_ON_FIRST_BYTE_TIMEOUT},
-                                      {"gateway-error", BH_RETRY_ON_GATEWAY_ERROR},
-                                      {"5xx", BH_RETRY_ON_5XX},
-                                      {"retriable-status", BH_RETRY_ON_RETRIABLE_STATUS}};
-static const name_bit_t COUNTS[] = {{"connect-failure", BH_COUNT_CONNECT_FAILURE},
-                                    {"timeout", BH_COUNT_TIMEOUT},
-                                    {"5xx", BH_COUNT_5XX},
-                                    {"reset", BH_COUNT_RESET}};
-static const name_bit_t METHODS[] = {
-    {"GET", BH_M_GET},         {"HEAD", BH_M_HEAD},     {"POST", BH_M_POST},
-    {"PUT", BH_M_PUT},         {"DELETE", BH_M_DELETE}, {"CONNECT", BH_M_CONNECT},
-    {"OPTIONS", BH_M_OPTIONS}, {"TRACE", BH_M_TRACE},   {"PATCH", BH_M_PATCH}};
-
-static void put_word(emit_t *e, const spec_t *k, int ind, uint32_t v, const name_bit_t *names,
-                     size_t n)
+static void put_word(emit_t *e, const spec_t *k, int ind, uint32_t v, const word_set_t *set)
 {
-    for (size_t i = 0; i < n; i++)
-        if (names[i].bit == v) {
+    for (size_t i = 0; i < set->n; i++)
+        if (set->names[i].bit == v) {
             put_key(e, ind, k->key);
-            putf(e, " %s\n", names[i].name);
+            putf(e, " %s\n", set->names[i].name);
             return;
         }
     e->bad = 1;
 }
 
-#define WORD(fn, names)                                                                            \
+#define WORD(fn, set)                                                                              \
     static void fn(emit_t *e, const spec_t *k, const void *base, int ind)                          \
     {                                                                                              \
-        put_word(e, k, ind, (uint32_t)*CFIELD(base, k, int), names, COUNT(names));                 \
+        put_word(e, k, ind, (uint32_t)*CFIELD(base, k, int), &(set));                              \
     }
-WORD(w_level, LEVELS)
-WORD(w_balance, BALANCES)
-WORD(w_auth, AUTHS)
-WORD(w_reset, RESETS)
-WORD(w_verify_client, VERIFY_CLIENTS)
-WORD(w_tls_version, TLS_VERSIONS)
+WORD(w_level, bh__conf_levels)
+WORD(w_balance, bh__conf_balances)
+WORD(w_auth, bh__conf_auths)
+WORD(w_reset, bh__conf_resets)
+WORD(w_verify_client, bh__conf_verify_clients)
+WORD(w_tls_version, bh__conf_tls_versions)
 
 static void w_retry_methods(emit_t *e, const spec_t *k, const void *base, int ind)
 {
@@ -389,9 +359,10 @@ static void w_retry_methods(emit_t *e, const spec_t *k, const void *base, int in
 }
 
 /* A set of bits as a flow list of their words ("[]" for none). */
-static void put_bits(emit_t *e, const spec_t *k, int ind, uint32_t v, const name_bit_t *names,
-                     size_t n)
+static void put_bits(emit_t *e, const spec_t *k, int ind, uint32_t v, const word_set_t *set)
 {
+    const name_bit_t *names = set->names;
+    size_t n = set->n;
     uint32_t known = 0;
     int first = 1;
 
@@ -411,12 +382,12 @@ static void put_bits(emit_t *e, const spec_t *k, int ind, uint32_t v, const name
 
 static void w_retry_on(emit_t *e, const spec_t *k, const void *base, int ind)
 {
-    put_bits(e, k, ind, *CFIELD(base, k, uint32_t), RETRY_ON, COUNT(RETRY_ON));
+    put_bits(e, k, ind, *CFIELD(base, k, uint32_t), &bh__conf_retry_on);
 }
 
 static void w_count(emit_t *e, const spec_t *k, const void *base, int ind)
 {
-    put_bits(e, k, ind, *CFIELD(base, k, uint32_t), COUNTS, COUNT(COUNTS));
+    put_bits(e, k, ind, *CFIELD(base, k, uint32_t), &bh__conf_counts);
 }
 
 /* methods: "*" for every method (BH_M_ALL takes in the other tokens too), else the names. */
@@ -429,7 +400,7 @@ static void w_methods(emit_t *e, const spec_t *k, const void *base, int ind)
         puts_(e, " \"*\"\n");
         return;
     }
-    put_bits(e, k, ind, v, METHODS, COUNT(METHODS));
+    put_bits(e, k, ind, v, &bh__conf_methods);
 }
 
 /* retriable_status: the row's field is the whole retry struct. */

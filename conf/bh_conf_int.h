@@ -194,6 +194,17 @@ typedef struct name_bit {
     const char *name;
     uint32_t bit;
 } name_bit_t;
+/* The words of a closed set. The loader reads them and bh_conf_emit.c writes them from these same
+ * tables, so what is written is always what is read. */
+typedef struct word_set {
+    const name_bit_t *names;
+    size_t n;
+} word_set_t;
+extern const word_set_t bh__conf_balances, bh__conf_retry_on, bh__conf_counts, bh__conf_auths,
+    bh__conf_resets, bh__conf_levels;                                   /* bh_conf_conv.c */
+extern const word_set_t bh__conf_verify_clients, bh__conf_tls_versions; /* bh_conf_tls_keys.c */
+extern const word_set_t bh__conf_methods;                               /* bh_conf_parse.c */
+
 /* bh_conf_hint.c: an unknown word among names[]: a suggestion when one is close, else the whole
  * list. what names the kind of word ("balance policy"). */
 int bh__conf_word_fail(ctx_t *c, const yaml_node_t *n, const char *what, const char *text,

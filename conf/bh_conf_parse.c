@@ -6,6 +6,7 @@
 #include <string.h>
 #include "bh_alloc.h"
 #include "bh_conf.h"
+#include "bh_conf_int.h"
 
 typedef struct unit {
     const char *name;
@@ -182,14 +183,12 @@ int bh_parse_addr(const char *s, bh_conf_addr_t *addr)
     return 0;
 }
 
-static const struct {
-    const char *name;
-    uint32_t bit;
-} METHODS[] = {
+static const name_bit_t METHODS[] = {
     {"GET", BH_M_GET},         {"HEAD", BH_M_HEAD},     {"POST", BH_M_POST},
     {"PUT", BH_M_PUT},         {"DELETE", BH_M_DELETE}, {"CONNECT", BH_M_CONNECT},
     {"OPTIONS", BH_M_OPTIONS}, {"TRACE", BH_M_TRACE},   {"PATCH", BH_M_PATCH},
 };
+const word_set_t bh__conf_methods = {METHODS, sizeof METHODS / sizeof METHODS[0]};
 
 /* RFC 9110 tchar. */
 static int is_tchar(unsigned char ch)

@@ -68,6 +68,8 @@ static const name_bit_t VERIFY_CLIENT_NAMES[] = {
     {"require", BH_VERIFY_CLIENT_REQUIRE},
 };
 
+const word_set_t bh__conf_verify_clients = {VERIFY_CLIENT_NAMES, COUNT(VERIFY_CLIENT_NAMES)};
+
 /* off | optional | require: plain words (YAML 1.1 would read off as a boolean; libyaml keeps
  * the text, and only these three are taken). */
 int bh__conf_conv_verify_client(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
@@ -129,22 +131,22 @@ int bh__conf_check_listener_tls(ctx_t *c, yaml_node_t *map, void *base)
 
 /* ---- both sides ------------------------------------------------------------------------ */
 
+static const name_bit_t TLS_VERSION_NAMES[] = {{"1.2", TLS1_2_VERSION}, {"1.3", TLS1_3_VERSION}};
+const word_set_t bh__conf_tls_versions = {TLS_VERSION_NAMES, COUNT(TLS_VERSION_NAMES)};
+
 int bh__conf_conv_tls_version(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
                               void *base)
 {
-    int *v = FIELD(base, k, int);
-
-    if (strcmp(text, "1.2") == 0)
-        *v = TLS1_2_VERSION;
-    else if (strcmp(text, "1.3") == 0)
-        *v = TLS1_3_VERSION;
-    else
-        return bh__conf_fail(c, n, "invalid TLS version '%.64s' for %s, expected 1.2 or 1.3%s",
+    for (size_t i = 0; i < COUNT(TLS_VERSION_NAMES); i++)
+        if (strcmp(text, TLS_VERSION_NAMES[i].name) == 0) {
+            *FIELD(base, k, int) = (int)TLS_VERSION_NAMES[i].bit;
+            return 0;
+        }
+    return bh__conf_fail(c, n, "invalid TLS version '%.64s' for %s, expected 1.2 or 1.3%s",
                              text, c->path,
                              strcmp(text, "1.0") == 0 || strcmp(text, "1.1") == 0
                                  ? " (older versions are not secure)"
                                  : "");
-    return 0;
 }
 
 /* ---- upstreams.<name>.tls -------------------------------------------------------------- */
