@@ -12,8 +12,9 @@ same port; `reset` (RST after reading the request) and `reset-after-head` (a 200
 the next few requests of one endpoint. Responses are sent in two halves some milliseconds apart, so a
 kill -9 lands mid-body for the requests in flight.
 
-SQL half: POST /sql INSERTs of unique ids into a table WITHOUT a unique constraint (a constraint would
-turn a second insert into an error and hide it), on a private Postgres (never the session's one), while
+SQL half: POST /sql INSERTs of unique ids (every 4th request a batch of two INSERTs of its id, parts 1
+and 2, which must land together or not at all) into a table WITHOUT a unique constraint (a constraint
+would turn a second insert into an error and hide it), on a private Postgres (never the session's one), while
 the injector restarts it (`-m fast`, sometimes `-m immediate`) or terminates bulkhead's backends.
 Duplicates are counted with GROUP BY id HAVING count(*) > 1. synchronous_commit is turned back on in
 the private cluster: with it off (the suite's default, for speed) a crash may forget a committed row,
@@ -34,8 +35,8 @@ The load is env-tunable for a longer run by hand. It is counted in successful re
 answered at once (an open breaker) would use up any fixed number of requests in a moment: the faults
 come every SIZE // (FAULTS + 1) successes, counted from the end of the previous fault, so a run has
 about SIZE successes plus those during the faults, and the errors on top. BH_NOTHING_LOST_REQUESTS (the
-HTTP SIZE, default 2000), BH_NOTHING_LOST_SQL_REQUESTS (default 1000), BH_NOTHING_LOST_FAULTS (faults
-per half, default 30).
+HTTP SIZE, default 2000), BH_NOTHING_LOST_FAULTS (HTTP faults, default 30), BH_NOTHING_LOST_SQL_REQUESTS
+(default 400), BH_NOTHING_LOST_SQL_FAULTS (default 6).
 """
 import collections
 import json
@@ -56,14 +57,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sql
 import sqlfix  # noqa: E402  (the SQL helpers: a throwaway Postgres, the Neon client)
 
 N_HTTP = int(os.environ.get("BH_NOTHING_LOST_REQUESTS", "2000"))
-N_SQL = int(os.environ.get("BH_NOTHING_LOST_SQL_REQUESTS", "1000"))
+N_SQL = int(os.environ.get("BH_NOTHING_LOST_SQL_REQUESTS", "400"))
 FAULTS = int(os.environ.get("BH_NOTHING_LOST_FAULTS", "30"))
+SQL_FAULTS = int(os.environ.get("BH_NOTHING_LOST_SQL_FAULTS", "6"))  # a restart takes 1-3 s
 CLIENTS = 8
+BACKOFF = 0.05  # seconds a client waits after a 503 unless another client succeeds (see Load)
 
 # Proxy-Status error types of bulkhead's replies, by what they say about the request.
 SENT_TYPES = {  # it may have reached the upstream: the client can tell the outcome is unknown
     "connection_terminated", "http_response_timeout", "connection_read_timeout", "http_protocol_error",
-    "http_response_header_section_size", "http_response_incomplete"}
+    "http_response_header_section_size"}
 NOT_SENT_TYPES = {  # answered before anything was written upstream
     "connection_refused", "destination_unavailable", "connection_timeout", "connection_limit_reached",
     "tls_certificate_error", "tls_alert_received", "tls_protocol_error"}
@@ -154,7 +157,8 @@ class Load:
     one(id) -> result (a dict with "kind"), until stopped or `cap` were sent. Results are counted
     under a condition, so the injector waits for progress without sleeping."""
 
-    def __init__(self, one, cap):
+    def __init__(self, one, cap, refused=lambda res: False):
+        self.refused = refused
         self.token = uuid.uuid4().hex[:8]
         self.cap = cap
         self.one = one
@@ -186,6 +190,13 @@ class Load:
                 self.results[rid] = res
                 self.ok += res["kind"] == "ok"
                 self.cond.notify_all()
+                if self.refused(res):
+                    # Client backoff, as a client honouring Retry-After would: after an answer that
+                    # the service is unavailable, wait until some client succeeds again, at most
+                    # BACKOFF seconds. Without it, the fast 503s of an open breaker would be most
+                    # of the load while a backend restarts (thousands a second).
+                    ok = self.ok
+                    self.cond.wait_for(lambda: self.ok > ok or self.stopped, timeout=BACKOFF)
 
     def _over(self):
         return (self.stopped or len(self.ids) >= self.cap) and len(self.results) == len(self.ids)
@@ -216,16 +227,16 @@ class Load:
         assert not any(t.is_alive() for t in self.threads), "client threads still running"
 
 
-def run_with_faults(load, faults, size):
-    """Runs the load with FAULTS faults (faults[k % len] in turn), each after another
-    size // (FAULTS + 1) successes counted from the end of the previous fault (so that faults are
+def run_with_faults(load, faults, size, nfaults):
+    """Runs the load with nfaults faults (faults[k % len] in turn), each after another
+    size // (nfaults + 1) successes counted from the end of the previous fault (so that faults are
     apart by real traffic, however long a restart takes), and as many successes after the last.
     Returns the names of the faults applied, in order."""
-    step = max(1, size // (FAULTS + 1))
+    step = max(1, size // (nfaults + 1))
     applied = []
     load.start()
     try:
-        for k in range(FAULTS):
+        for k in range(nfaults):
             if not load.wait_more_ok(step):
                 break
             name, fn = faults[k % len(faults)]
@@ -269,7 +280,10 @@ def post_record(port, rid, pause_ms, pad):
         try:
             data = c._read_exact(int(r.header("Content-Length") or "0"))
         except (PeerClosed, ConnectionResetError):
-            return {"kind": "cut", "status": status, "ptype": ptype}
+            # /record's own head has a Content-Type, the reset-after-head mode's has none: a cut
+            # /record body is a kill -9 that landed between the two halves of the answer
+            why = "kill -9 mid-body" if r.header("Content-Type") else "reset-after-head"
+            return {"kind": "cut", "status": status, "ptype": ptype, "why": why}
     if 200 <= status < 300:
         if data != rid.encode() + b"\n" + b"p" * pad:
             return {"kind": "wrong-body", "status": status, "body": data[:100].decode("latin-1")}
@@ -281,7 +295,7 @@ def http_label(res):
     if res["kind"] == "error":
         return "%d %s" % (res["status"], res["ptype"])
     if res["kind"] == "cut":
-        return "cut after a %d head" % res["status"]
+        return "cut after a %d head (%s)" % (res["status"], res["why"])
     return res["kind"]
 
 
@@ -308,7 +322,8 @@ def test_http_posts_nothing_lost_nothing_sent_twice(bulkhead, tmp_path, capsys):
             "endpoints": [a.addr, b.addr], "retry": retry, "timeouts": {"connect": "1s", "total": "10s"},
             "breaker": {"open_for": "100ms", "max_open_for": "400ms", "half_open_probes": 1},
             "outlier": {"eject_for": "200ms"}}})
-        load = Load(lambda rid: post_record(bh.port, rid, *shape(rid)), cap=20 * N_HTTP)
+        load = Load(lambda rid: post_record(bh.port, rid, *shape(rid)), cap=20 * N_HTTP,
+                    refused=lambda r: r.get("status") == 503)
 
         def kill(*which):
             def fn():
@@ -329,7 +344,7 @@ def test_http_posts_nothing_lost_nothing_sent_twice(bulkhead, tmp_path, capsys):
                   ("kill -9 b", kill(b)), ("reset-after-head a", lambda: a.set_mode("reset-after-head", 3)),
                   ("kill -9 a and b", kill(a, b)), ("reset a", lambda: a.set_mode("reset", 3)),
                   ("reset-after-head b", lambda: b.set_mode("reset-after-head", 3))]
-        applied = run_with_faults(load, faults, N_HTTP)
+        applied = run_with_faults(load, faults, N_HTTP, FAULTS)
     finally:
         for u in ups:
             u.stop()
@@ -356,6 +371,8 @@ def test_http_posts_nothing_lost_nothing_sent_twice(bulkhead, tmp_path, capsys):
         "errors_maybe_sent": sum(1 for r in errs.values() if may_have_been_sent(r)),
         "errors_never_sent": sum(1 for r in errs.values() if never_sent(r)),
         "errors_maybe_sent_seen_at_backend": len(err_seen_ok),
+        "errors_maybe_sent_not_at_backend": sum(1 for rid, r in errs.items()
+                                                if may_have_been_sent(r) and not seen[rid]),
         "ids_seen_by_upstreams": len(seen), "requests_recorded_by_upstream": by_upstream,
         "ids_seen_twice": len(twice), "2xx_missing_at_backend": len(missing),
         "errors_never_sent_seen_at_backend": len(err_seen_bad), "unclassified_errors": len(unclassified),
@@ -372,7 +389,8 @@ def test_http_posts_nothing_lost_nothing_sent_twice(bulkhead, tmp_path, capsys):
         (rid, errs[rid]) for rid in err_seen_bad[:10]]
     assert not unclassified, "errors the client cannot place: %s" % [(rid, errs[rid]) for rid in unclassified[:10]]
     # the faults ran: every kind was applied, and some request was sent and then failed
-    assert set(applied) == {name for name, _ in faults}, applied
+    assert len(applied) == FAULTS and set(applied) == {name for name, _ in faults}, (
+        "not every fault ran (the load reached its cap of %d requests first): %s" % (load.cap, applied))
     assert counts["errors_maybe_sent"] > 0, counts
 
 
@@ -416,8 +434,21 @@ def sql_never_ran(res):
     return res["status"] == 400 and res["code"] in SQL_AT_CONNECT
 
 
+def is_batch(rid):
+    """Every 4th request is a batch of two INSERTs (parts 1 and 2), the others one INSERT (part 0)."""
+    return int(rid.rsplit("-", 1)[1]) % 4 == 3
+
+
+def expected_parts(rid):
+    return [1, 2] if is_batch(rid) else [0]
+
+
 def insert_one(client, table, rid):
-    r = client.query("INSERT INTO %s (id) VALUES ($1)" % table, [rid])
+    ins = "INSERT INTO %s (id, part) VALUES ($1, $2)" % table
+    if is_batch(rid):
+        r = client.batch([{"query": ins, "params": [rid, "1"]}, {"query": ins, "params": [rid, "2"]}])
+    else:
+        r = client.query(ins, [rid, "0"])
     if r is None:
         return {"kind": "no-response"}
     if r.status == 200:
@@ -433,13 +464,17 @@ def insert_one(client, table, rid):
 def test_sql_inserts_nothing_lost_nothing_run_twice(bulkhead, private_pg, tmp_path, capsys):
     pg = private_pg
     table = "lost_ids"
-    pg.as_user("CREATE TABLE %s (id text NOT NULL)" % table)  # no unique constraint: see the docstring
+    # no unique constraint: see the module docstring
+    pg.as_user("CREATE TABLE %s (id text NOT NULL, part int NOT NULL)" % table)
     conf = sqlfix.sql_config(pg, db={"pool": {"max_connections": 4, "acquire_timeout": "5s"},
                                      "timeouts": {"connect": "2s", "total": "10s"},
-                                     "retry": {"attempts": 3}})
+                                     "retry": {"attempts": 3},
+                                     "breaker": {"open_for": "100ms", "max_open_for": "400ms",
+                                                 "half_open_probes": 1}})
     bh = bulkhead(workers=2, **conf)
     client = sqlfix.SqlClient(bh, pg)
-    load = Load(lambda rid: insert_one(client, table, rid), cap=20 * N_SQL)
+    load = Load(lambda rid: insert_one(client, table, rid), cap=20 * N_SQL,
+                refused=lambda r: r.get("status") == 503)
 
     def terminate():
         pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
@@ -448,14 +483,17 @@ def test_sql_inserts_nothing_lost_nothing_run_twice(bulkhead, private_pg, tmp_pa
     faults = [("restart -m fast", lambda: pg.restart("fast")), ("terminate backends", terminate),
               ("restart -m fast", lambda: pg.restart("fast")), ("restart -m immediate",
                                                                  lambda: pg.restart("immediate"))]
-    applied = run_with_faults(load, faults, N_SQL)
+    applied = run_with_faults(load, faults, N_SQL, SQL_FAULTS)
     pg.ensure_running()
-    rows = pg.app_sql("SELECT id, count(*) FROM %s GROUP BY id" % table)
-    in_table = {rid: n for rid, n in rows}
-    twice = pg.app_sql("SELECT id, count(*) FROM %s GROUP BY id HAVING count(*) > 1" % table)
+    in_table = collections.defaultdict(list)  # id -> its parts, sorted (a part twice if inserted twice)
+    for rid, part in pg.app_sql("SELECT id, part FROM %s ORDER BY id, part" % table):
+        in_table[rid].append(part)
+    twice = pg.app_sql("SELECT id, part, count(*) FROM %s GROUP BY id, part HAVING count(*) > 1" % table)
     results, ids = load.results, load.ids
     ok = [rid for rid, r in results.items() if r["kind"] == "ok"]
-    missing = sorted(rid for rid in ok if in_table.get(rid) != 1)
+    missing = sorted(rid for rid in ok if in_table.get(rid) != expected_parts(rid))
+    # a batch runs in one transaction: all of its rows or none, whatever the answer
+    half_batches = sorted(rid for rid, parts in in_table.items() if parts != expected_parts(rid))
     errs = {rid: r for rid, r in results.items() if r["kind"] != "ok"}
     err_in = [rid for rid in errs if rid in in_table]
     err_in_bad = sorted(rid for rid in err_in if not sql_may_have_run(errs[rid]))
@@ -467,19 +505,24 @@ def test_sql_inserts_nothing_lost_nothing_run_twice(bulkhead, private_pg, tmp_pa
         "errors_may_have_run": sum(1 for r in errs.values() if sql_may_have_run(r)),
         "errors_never_ran": sum(1 for r in errs.values() if sql_never_ran(r)),
         "errors_may_have_run_in_table": len(err_in) - len(err_in_bad),
-        "rows": sum(in_table.values()), "ids_in_table": len(in_table),
+        "batches_sent": sum(1 for rid in ids if is_batch(rid)),
+        "rows": sum(len(p) for p in in_table.values()), "ids_in_table": len(in_table),
         "ids_twice": len(twice), "2xx_missing_in_table": len(missing),
+        "ids_with_wrong_rows": len(half_batches),
         "errors_never_ran_in_table": len(err_in_bad), "unclassified_errors": len(unclassified),
         "faults": dict(collections.Counter(applied)), "bulkhead_workers": 2,
     }
     summary_line(capsys, "sql", counts, tmp_path / "nothing-lost-sql.json")
     assert len(results) == len(ids)
     assert not twice, "ids inserted twice: %s (%r)" % (twice[:10], [results.get(r[0]) for r in twice[:10]])
-    assert not missing, "2xx ids not in the table exactly once: %s" % [
+    assert not missing, "2xx ids without exactly their rows in the table: %s" % [
         (rid, in_table.get(rid)) for rid in missing[:10]]
+    assert not half_batches, "ids with other rows than their request's: %s" % [
+        (rid, in_table[rid], results.get(rid)) for rid in half_batches[:10]]
     assert not unknown, unknown[:10]
     assert not err_in_bad, "errors answered as never run, yet in the table: %s" % [
         (rid, errs[rid]) for rid in err_in_bad[:10]]
     assert not unclassified, "errors the client cannot place: %s" % [(rid, errs[rid]) for rid in unclassified[:10]]
-    assert set(applied) == {name for name, _ in faults}, applied
+    assert len(applied) == SQL_FAULTS and set(applied) == {name for name, _ in faults}, (
+        "not every fault ran (the load reached its cap of %d requests first): %s" % (load.cap, applied))
     assert counts["errors"], "no fault reached a client: the test did not test anything"
