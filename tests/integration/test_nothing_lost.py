@@ -388,6 +388,10 @@ def test_http_posts_nothing_lost_nothing_sent_twice(bulkhead, tmp_path, capsys):
     assert not err_seen_bad, "errors answered as never sent, yet received: %s" % [
         (rid, errs[rid]) for rid in err_seen_bad[:10]]
     assert not unclassified, "errors the client cannot place: %s" % [(rid, errs[rid]) for rid in unclassified[:10]]
+    # a response head comes only after the id was recorded: each cut id is on record, once
+    cut_unrecorded = sorted(rid for rid, r in errs.items() if r["kind"] == "cut" and seen[rid] != 1)
+    assert not cut_unrecorded, "ids cut after a head, not on record once: %s" % [
+        (rid, seen[rid], errs[rid]) for rid in cut_unrecorded[:10]]
     # the faults ran: every kind was applied, and some request was sent and then failed
     assert len(applied) == FAULTS and set(applied) == {name for name, _ in faults}, (
         "not every fault ran (the load reached its cap of %d requests first): %s" % (load.cap, applied))
