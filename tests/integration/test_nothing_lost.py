@@ -6,17 +6,18 @@ HTTP half: POST /record to an upstream of two endpoints (real `upstream.py` proc
 every id it receives to its own log file, flushed per line, so the record survives a kill -9). Retries
 are configured the way an operator would (on, attempts 3, methods: the default, idempotent only), so
 what is exercised is bulkhead's rule: a POST that may have reached the upstream is never sent again;
-one that provably did not (connect refused) is retried on the other endpoint. The injector, paced by
-the number of completed requests: kill -9 of one endpoint (and of both at once), each restarted on the
+one that provably did not (connect refused) is retried on the other endpoint. The fault injector (the
+test's own thread, while CLIENTS threads send), paced by the number of successful requests: kill -9 of
+one endpoint (and of both at once), each restarted on the
 same port; `reset` (RST after reading the request) and `reset-after-head` (a 200 head, then RST) on
 the next few requests of one endpoint. Responses are sent in two halves some milliseconds apart, so a
 kill -9 lands mid-body for the requests in flight.
 
 SQL half: POST /sql INSERTs of unique ids (every 4th request a batch of two INSERTs of its id, parts 1
 and 2, which must land together or not at all) into a table WITHOUT a unique constraint (a constraint
-would turn a second insert into an error and hide it), on a private Postgres (never the session's one), while
-the injector restarts it (`-m fast`, sometimes `-m immediate`) or terminates bulkhead's backends.
-Duplicates are counted with GROUP BY id HAVING count(*) > 1. synchronous_commit is turned back on in
+would turn a second insert into an error and hide it), on a private Postgres (never the session's
+one), while the injector restarts it (`-m fast`, sometimes `-m immediate`) or terminates bulkhead's backends.
+Duplicates are counted with GROUP BY id, part HAVING count(*) > 1. synchronous_commit is turned back on in
 the private cluster: with it off (the suite's default, for speed) a crash may forget a committed row,
 which would be Postgres's loss, not bulkhead's.
 
@@ -46,6 +47,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 import uuid
 
 import pytest
@@ -115,7 +117,6 @@ class RecordingUpstream:
         return "requests" in json.loads(self.control("/stats"))
 
     def control(self, path, body=None):
-        import urllib.request
         req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.control_port, path),
                                      data=None if body is None else json.dumps(body).encode(),
                                      method="GET" if body is None else "POST")
@@ -222,6 +223,7 @@ class Load:
     def stop(self):
         with self.cond:
             self.stopped = True
+            self.cond.notify_all()
         for t in self.threads:
             t.join(max(120, IO_TIMEOUT * 4))
         assert not any(t.is_alive() for t in self.threads), "client threads still running"
@@ -364,7 +366,8 @@ def test_http_posts_nothing_lost_nothing_sent_twice(bulkhead, tmp_path, capsys):
     err_seen = [rid for rid in errs if seen[rid]]
     err_seen_ok = [rid for rid in err_seen if may_have_been_sent(errs[rid])]
     err_seen_bad = sorted(rid for rid in err_seen if not may_have_been_sent(errs[rid]))
-    unclassified = sorted(rid for rid, r in errs.items() if not may_have_been_sent(r) and not never_sent(r))
+    unclassified = sorted(rid for rid, r in errs.items()
+                          if not may_have_been_sent(r) and not never_sent(r))
     counts = {
         "sent": len(ids), "answered": len(results), "2xx": len(ok),
         "errors": dict(collections.Counter(http_label(r) for r in errs.values())),
@@ -387,7 +390,8 @@ def test_http_posts_nothing_lost_nothing_sent_twice(bulkhead, tmp_path, capsys):
     assert not unknown, unknown[:10]
     assert not err_seen_bad, "errors answered as never sent, yet received: %s" % [
         (rid, errs[rid]) for rid in err_seen_bad[:10]]
-    assert not unclassified, "errors the client cannot place: %s" % [(rid, errs[rid]) for rid in unclassified[:10]]
+    assert not unclassified, "errors the client cannot place: %s" % [
+        (rid, errs[rid]) for rid in unclassified[:10]]
     # a response head comes only after the id was recorded: each cut id is on record, once
     cut_unrecorded = sorted(rid for rid, r in errs.items() if r["kind"] == "cut" and seen[rid] != 1)
     assert not cut_unrecorded, "ids cut after a head, not on record once: %s" % [
@@ -501,7 +505,8 @@ def test_sql_inserts_nothing_lost_nothing_run_twice(bulkhead, private_pg, tmp_pa
     errs = {rid: r for rid, r in results.items() if r["kind"] != "ok"}
     err_in = [rid for rid in errs if rid in in_table]
     err_in_bad = sorted(rid for rid in err_in if not sql_may_have_run(errs[rid]))
-    unclassified = sorted(rid for rid, r in errs.items() if not sql_may_have_run(r) and not sql_never_ran(r))
+    unclassified = sorted(rid for rid, r in errs.items()
+                          if not sql_may_have_run(r) and not sql_never_ran(r))
     unknown = sorted(rid for rid in in_table if rid not in results)
     counts = {
         "sent": len(ids), "answered": len(results), "2xx": len(ok),
@@ -518,7 +523,8 @@ def test_sql_inserts_nothing_lost_nothing_run_twice(bulkhead, private_pg, tmp_pa
     }
     summary_line(capsys, "sql", counts, tmp_path / "nothing-lost-sql.json")
     assert len(results) == len(ids)
-    assert not twice, "ids inserted twice: %s (%r)" % (twice[:10], [results.get(r[0]) for r in twice[:10]])
+    assert not twice, "ids inserted twice: %s (%r)" % (
+        twice[:10], [results.get(r[0]) for r in twice[:10]])
     assert not missing, "2xx ids without exactly their rows in the table: %s" % [
         (rid, in_table.get(rid)) for rid in missing[:10]]
     assert not half_batches, "ids with other rows than their request's: %s" % [
@@ -526,7 +532,8 @@ def test_sql_inserts_nothing_lost_nothing_run_twice(bulkhead, private_pg, tmp_pa
     assert not unknown, unknown[:10]
     assert not err_in_bad, "errors answered as never run, yet in the table: %s" % [
         (rid, errs[rid]) for rid in err_in_bad[:10]]
-    assert not unclassified, "errors the client cannot place: %s" % [(rid, errs[rid]) for rid in unclassified[:10]]
+    assert not unclassified, "errors the client cannot place: %s" % [
+        (rid, errs[rid]) for rid in unclassified[:10]]
     assert len(applied) == SQL_FAULTS and set(applied) == {name for name, _ in faults}, (
         "not every fault ran (the load reached its cap of %d requests first): %s" % (load.cap, applied))
     assert counts["errors"], "no fault reached a client: the test did not test anything"
