@@ -54,6 +54,13 @@ Control port only (not counted):
                      before a mode's answer was written (null otherwise)
 --announce-keepalive N adds "Keep-Alive: timeout=N" to every keep-alive response.
   /ws                WebSocket echo (RFC 6455): text, binary, ping->pong, close echo
+  /record            (POST, with --record-log FILE and an X-Record-Id header) the nothing-lost test's route:
+                     the id is appended to FILE ("<id> <name> <conn> <req>\n", flushed per line, so it
+                     survives a kill -9) as soon as the request head arrives, before any /control mode
+                     applies, so a request answered with a reset or never answered is still on record;
+                     then 200 with body "<id>\n" plus &pad=N bytes; &pause_ms=M sends the head and half
+                     of the body, waits M ms, then the rest (a kill -9 then lands mid-body). A body
+                     {"id": ...} that names another id than the header is a 400
   /100               reports the Expect header seen and the body length (sends 100 Continue first)
   anything else      like /echo-head (handy for routing tests: the path the upstream saw)
 ?close=1 on any endpoint answers with "Connection: close" and closes afterwards.
@@ -131,6 +138,7 @@ ARGS = None
 CONN_SERIAL = 0
 LOG = []
 LOG_MAX = 20000
+RECORD = None  # the --record-log file (append, line-buffered by flush), or None
 # the switchable failure mode (set through /control on the control port)
 CONTROL = {"mode": "ok", "count": None, "retry_after": None, "health": "200", "delay_ms": None}
 CONTROL_CHANGED = None  # asyncio.Event, replaced on every change (wakes "hang")
@@ -403,6 +411,8 @@ async def handle_request(conn, req, control):
         LOG.append(entry)
         if len(LOG) > LOG_MAX:
             del LOG[:len(LOG) - LOG_MAX]
+        if path == "/record":
+            record_id(conn, req)
     else:
         entry = None
 
@@ -651,6 +661,8 @@ async def handle_request(conn, req, control):
                 STATS.holding -= 1
         rst(conn)
         return False
+    elif path == "/record":
+        await answer_record(conn, req, await body.read_all(), close)
     elif path == "/100":
         data = await body.read_all()
         info = {"expect": req.header("expect"), "body_len": len(data),
@@ -670,6 +682,37 @@ async def handle_request(conn, req, control):
         await conn.respond(req, 200, json.dumps(info).encode(),
                            [("Content-Type", "application/json")], close)
     return not close
+
+
+def record_id(conn, req):
+    """Appends the X-Record-Id of a /record request to the --record-log file, flushed at once (what a
+    kill -9 cannot take back: the line is in the kernel's page cache)."""
+    rid = req.header("x-record-id")
+    if RECORD is None or not rid:
+        return
+    RECORD.write("%s %s %d %d\n" % (rid, ARGS.name, conn.serial, conn.nreq))
+    RECORD.flush()
+
+
+async def answer_record(conn, req, data, close):
+    """/record's answer: 200, "<id>\n" + pad bytes, in two halves pause_ms apart."""
+    rid = req.header("x-record-id") or ""
+    if data.strip():
+        try:
+            named = json.loads(data).get("id")
+        except (ValueError, AttributeError):
+            raise BadRequest("/record body is not a JSON object")
+        if named != rid:
+            raise BadRequest("/record body names id %r, header %r" % (named, rid))
+    q = req.query
+    payload = rid.encode() + b"\n" + b"p" * int(q.get("pad", "0"))
+    half = len(payload) // 2
+    await conn.send(conn.head(200, [("Content-Length", str(len(payload))),
+                                    ("Content-Type", "text/plain")], req, close) + payload[:half])
+    pause = int(q.get("pause_ms", "0"))
+    if pause > 0:
+        await asyncio.sleep(pause / 1000.0)
+    await conn.send(payload[half:])
 
 
 def rst(conn):
@@ -838,7 +881,7 @@ async def serve(reader, writer, control):
 
 
 async def main():
-    global ARGS
+    global ARGS, RECORD
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--control-port", type=int, default=0)
@@ -848,7 +891,11 @@ async def main():
                    help="close idle keep-alive connections after this many seconds")
     p.add_argument("--announce-keepalive", type=float, default=None,
                    help="announce Keep-Alive: timeout=N on keep-alive responses")
+    p.add_argument("--record-log", default=None,
+                   help="append the X-Record-Id of every /record request to this file")
     ARGS = p.parse_args()
+    if ARGS.record_log:
+        RECORD = open(ARGS.record_log, "a")
     control_update({})
     servers = [await asyncio.start_server(lambda r, w: serve(r, w, False), ARGS.host, ARGS.port,
                                           limit=MAX_HEAD, backlog=4096, reuse_address=True)]
