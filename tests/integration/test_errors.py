@@ -223,6 +223,23 @@ def test_upstream_half_close_before_response(bulkhead, upstream):
     assert get(bh, "/echo-head").status == 200
 
 
+def test_upstream_half_close_after_a_complete_response(bulkhead, upstream):
+    """The upstream answers a complete keep-alive response, then shuts down its write side: that
+    connection must not carry the next request. A POST then goes on a new connection, once."""
+    bh = bulkhead(upstream)
+    with RawClient(bh.port) as c:
+        c.request("GET", "/fin-after-response")
+        r = c.read_response()
+        assert (r.status, r.body) == (200, b"done"), r
+        wait_until(lambda: upstream.stats()["open_connections"] == 0, what="the half-closed connection to go")
+        c.request("POST", "/echo-head", body=b"order #3")
+        assert c.read_response().status == 200
+    log = upstream.log()
+    first = [e for e in log if e["path"] == "/fin-after-response"]
+    post = [e for e in log if e["method"] == "POST"]
+    assert len(post) == 1 and post[0]["conn"] != first[0]["conn"], (first, post)
+
+
 @pytest.mark.parametrize("path", ["/garbage", "/bad-length"])
 def test_upstream_invalid_response_to_a_post_sent_once(bulkhead, upstream, path):
     """An invalid answer means the request reached the upstream: a POST gets 502 http_protocol_error

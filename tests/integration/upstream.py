@@ -28,6 +28,7 @@ Endpoints (any method; query parameters allowed):
   /close-early       closes the connection without a response
   /half-close        reads the request, shuts down its write side (FIN) without a response, and keeps the
                      connection open for reading until the peer closes it
+  /fin-after-response  a complete keep-alive 200, then a FIN (write side shut down), reading on until closed
   /big-head?n=N      a 200 whose head carries one header of N bytes (then a 2-byte body)
   /reset             closes with RST (SO_LINGER 0) without a response
   /stats             JSON counters (see Stats.snapshot)
@@ -625,6 +626,16 @@ async def handle_request(conn, req, control):
         await conn.respond(req, 200, data, [("Content-Type", "application/json")], close)
     elif path == "/close-early":
         await body.read_all()
+        return False
+    elif path == "/fin-after-response":
+        await body.read_all()
+        await conn.respond(req, 200, b"done", close=False)  # a keep-alive response, then a FIN
+        conn.writer.write_eof()
+        try:
+            while await conn.reader.read(65536):
+                pass
+        except (ConnectionError, OSError):
+            pass
         return False
     elif path == "/half-close":
         await body.read_all()
