@@ -57,7 +57,8 @@ poll() {
 }
 in_ns() { ip netns exec "$NS" "$@"; }
 step() { # step NAME CMD...: a timed setup step, its output in $OUT/NAME.log
-  local t=$(date +%s) rc
+  local t rc
+  t=$(date +%s)
   "${@:2}" >"$OUT/$1.log" 2>&1
   rc=$?
   say "$1: $([[ $rc == 0 ]] && echo ok || echo "FAILED (exit $rc)") ($(($(date +%s) - t))s)"
@@ -106,9 +107,11 @@ EOF
   export CONTAINERS_CONF=$CONF_DIR/containers.conf
   podman info >"$OUT/podman-info.log" 2>&1 ||
     { WHY="podman info fails: $(tail -n 2 "$OUT/podman-info.log" | tr '\n' ' ')"; return 1; }
-  ip netns add "$NS" 2>"$OUT/netns.log" && ip -n "$NS" link set lo up && ip netns add "$CNS" &&
-    ip -n "$CNS" link set lo up 2>>"$OUT/netns.log" ||
-    { WHY="cannot make a network namespace (ip netns add): $(cat "$OUT/netns.log")"; return 1; }
+  if ! { ip netns add "$NS" && ip -n "$NS" link set lo up && ip netns add "$CNS" && ip -n "$CNS" link set lo up; } \
+    2>"$OUT/netns.log"; then
+    WHY="cannot make a network namespace (ip netns add): $(cat "$OUT/netns.log")"
+    return 1
+  fi
   step base-image "$root/scripts/docker/base-image.sh" ${DOCKER_REBUILD_BASE:+--rebuild} ||
     { WHY="no debian:12-slim: $(tail -n 3 "$OUT/base-image.log" | tr '\n' ' ')"; return 1; }
   # the runtime works at all: the smallest container, in the private namespace
@@ -126,11 +129,13 @@ build_standin() {
     -f "$dir/Dockerfile" -t "$tag" .
 }
 build_image() { # niced: under scripts/test.sh the asan build's suites run at the same time
-  nice -n 10 buildah bud --isolation chroot --pull=never --layers --format docker \
-    --ignorefile docker/Dockerfile.dockerignore ${BUILDTYPE:+--build-arg "BUILDTYPE=$BUILDTYPE"} \
-    -f docker/Dockerfile -t bulkhead:local .
+  local -a bud=(nice -n 10 buildah bud --isolation chroot --pull=never --layers --format docker
+    --ignorefile docker/Dockerfile.dockerignore ${BUILDTYPE:+--build-arg "BUILDTYPE=$BUILDTYPE"} -f docker/Dockerfile)
+  # The build stage gets a tag of its own, so that the prune below keeps it as the next run's cache while
+  # the stages and images of earlier runs (untagged now) go: the store does not grow run after run.
+  "${bud[@]}" --target build -t bulkhead-build:cache . && "${bud[@]}" -t bulkhead:local . &&
+    podman image prune -f
 }
-
 WHY=""
 if ! preflight; then
   result preflight FAILED "this machine cannot run the containers: $WHY"
@@ -212,7 +217,7 @@ if podman exec -e BULKHEAD_ADMIN_PORT=1 "$CT" "${hcargv[@]}" >/dev/null 2>&1; th
 else result healthcheck_fails_when_down ok; fi
 
 # sql_query NETNS CONNSTRING: POST /sql via bulkhead on 127.0.0.1:8080 in NETNS; prints the JSON answer
-sql_query() {
+sql_query() { # shellcheck disable=SC2016  # $1 is the SQL parameter, not a shell variable
   ip netns exec "$1" curl -s -X POST "http://127.0.0.1:8080/sql" -H "Neon-Connection-String: $2" \
     -H 'Neon-Raw-Text-Output: true' -H 'Neon-Array-Mode: true' -H 'Content-Type: text/plain;charset=UTF-8' \
     --data-binary '{"query":"SELECT $1::int + 1 AS answer, current_database() AS db","params":[41]}'

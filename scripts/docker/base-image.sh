@@ -19,8 +19,8 @@ mirror=$("$here/apt-mirror.py" --suite bookworm)
 work=${WORK:-$(mktemp -d /var/tmp/bulkhead-base.XXXXXX)}
 rootfs=$work/rootfs
 cleanup() { # debootstrap mounts /proc and /sys inside the root fs: unmount before deleting, never cross into them
-  local m
-  for m in $(awk -v r="$rootfs" 'index($2, r "/") == 1 {print $2}' /proc/mounts | sort -r); do umount -l "$m" || true; done
+  awk -v r="$rootfs" 'index($2, r "/") == 1 {print $2}' /proc/mounts | sort -r |
+    while read -r m; do umount -l "$m" || true; done
   rm -rf --one-file-system "$rootfs"
 }
 trap cleanup EXIT

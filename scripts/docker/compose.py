@@ -151,7 +151,7 @@ class Project:
                 if k in os.environ:
                     args += ["-e", "%s=%s" % (k, os.environ[k])]
                 continue
-            args += ["-e", "%s=%s" % (k, "" if v is None else str(v).lower() if isinstance(v, bool) else v)]
+            args += ["-e", "%s=%s" % (k, str(v).lower() if isinstance(v, bool) else v)]
         for v in spec.get("volumes") or []:
             parts = v.split(":")
             if not parts[0].startswith((".", "/")):
