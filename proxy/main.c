@@ -24,6 +24,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: bulkhead -c FILE       run with the config file\n"
                "       bulkhead --check FILE  validate the config file and exit (0 ok, 2 invalid)\n"
+               "       bulkhead -c FILE --check  the same for the -c file (the container entrypoint's form)\n"
                "       bulkhead --check FILE --print\n"
                "                              ... and print the effective config (every key with its\n"
                "                              value in force, secrets redacted) as YAML on stdout\n"
@@ -184,18 +185,19 @@ static int check_config(const char *path, int print)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"check", required_argument, NULL, 'k'},
+        {"config", required_argument, NULL, 'c'}, {"check", optional_argument, NULL, 'k'},
         {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
         {"print", no_argument, NULL, 'p'},        {NULL, 0, NULL, 0},
     };
     const char *config = NULL, *check = NULL;
-    int opt, print = 0;
+    int opt, print = 0, check_mode = 0;
     while ((opt = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             config = optarg;
             break;
-        case 'k':
+        case 'k': /* --check=FILE, or --check with FILE as the positional argument or the -c file */
+            check_mode = 1;
             check = optarg;
             break;
         case 'p':
@@ -212,6 +214,15 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+    }
+    if (check_mode && check == NULL && optind < argc)
+        check = argv[optind++];
+    if (check_mode && check == NULL)
+        check = config;
+    if (check_mode && check == NULL) {
+        fprintf(stderr, "bulkhead: --check needs a FILE (--check FILE, or -c FILE --check)\n");
+        usage(stderr);
+        return 2;
     }
     if (optind < argc) {
         fprintf(stderr, "bulkhead: unexpected argument '%s'\n", argv[optind]);

@@ -2,9 +2,12 @@
 # Install, as root, every Debian 12 package bulkhead needs. Idempotent and quick: packages are checked with
 # dpkg-query first; apt-get update + install run only when something is missing.
 #
-# usage: scripts/deps.sh [--bench] [--build-only | --runtime] [--check]
+# usage: scripts/deps.sh [--bench] [--docker] [--build-only | --runtime] [--check]
 #   (default)     build + test packages
 #   --bench       also the benchmark peers: wrk nginx haproxy pgbouncer (+ iproute2 for ss)
+#   --docker      also what the docker suite (scripts/docker-test.sh) needs: podman, buildah and runc to build
+#                 and run the image as root without a registry, debootstrap for the local debian:12-slim,
+#                 iproute2 for its private network namespace, python3-yaml for scripts/docker/compose.py
 #   --build-only  only what compiling needs (Docker build stage)
 #   --runtime     only the shared libraries the binary links (Docker runtime stage)
 #   --check       install nothing; list what is missing, exit 1 if anything is
@@ -22,16 +25,18 @@ BUILD_PKGS=(build-essential meson ninja-build pkg-config libuv1-dev node-llhttp 
 TEST_PKGS=(python3 python3-pytest python3-requests python3-websocket python3-psycopg python3-yaml postgresql
   curl clang libclang-rt-14-dev netcat-openbsd iproute2 procps prometheus nginx pandoc systemd chromium)
 BENCH_PKGS=(wrk nginx haproxy pgbouncer iproute2 procps)
+DOCKER_PKGS=(podman buildah runc debootstrap iproute2 curl python3 python3-yaml)
 RUNTIME_PKGS=(libuv1 libssl3 libpq5 libyaml-0-2 libjansson4 ca-certificates)
 
-mode=default bench=0 check=0
+mode=default bench=0 docker=0 check=0
 for a in "$@"; do
   case $a in
     --bench) bench=1 ;;
+    --docker) docker=1 ;;
     --build-only) mode=build ;;
     --runtime) mode=runtime ;;
     --check) check=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "deps.sh: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -42,6 +47,7 @@ case $mode in
   runtime) want=("${RUNTIME_PKGS[@]}") ;;
 esac
 ((bench)) && want+=("${BENCH_PKGS[@]}")
+((docker)) && want+=("${DOCKER_PKGS[@]}")
 
 missing=()
 for p in "${want[@]}"; do

@@ -28,7 +28,7 @@ if ! command -v clang >/dev/null 2>&1; then
 fi
 if [[ ! -f $BUILD/build.ninja ]]; then
   rm -rf "$BUILD"
-  if ! CC=clang CXX=clang++ meson setup "$BUILD" -Dfuzz=true -Dtests=false >"$root/.fuzz-setup.log" 2>&1; then
+  if ! CC=clang CXX=clang++ meson setup "$BUILD" -Dbuildtype=debugoptimized -Dfuzz=true -Dtests=false >"$root/.fuzz-setup.log" 2>&1; then
     cat "$root/.fuzz-setup.log" >&2; rm -f "$root/.fuzz-setup.log"
     echo "fuzz: meson setup failed" >&2
     exit 2

@@ -10,6 +10,8 @@
 #        compat       node --test in tests/compat      counted from the junit XML (when tests/compat exists)
 #        fuzz         scripts/fuzz.sh 20                one test per libFuzzer target (own clang build,
 #                                                      build-fuzz/; runs in the normal build only: n/a in asan)
+#        docker       scripts/docker-test.sh            one test per check of the container image (podman,
+#                                                      buildah; normal build only: n/a in asan)
 #   5. a table per build and suite, then the last line exactly "N passed, N failed".
 # Exit status: 0 only when nothing failed and every suite that has tests ran. A suite that could not run (build
 # failed, runner crashed, no result file, timeout) counts as a failure. A suite with no test files yet shows
@@ -17,7 +19,7 @@
 #
 # Env knobs:
 #   TEST_BUILDS="normal asan"             builds to test
-#   TEST_SUITES="unit integration compat fuzz" suites to run (a suite is a shell function suite_<name>)
+#   TEST_SUITES="unit integration compat fuzz docker" suites to run (a suite is a shell function suite_<name>)
 #   TEST_PARALLEL=1                       0: run the builds' suites one build after the other
 #   SUITE_TIMEOUT=1800                    seconds per suite before it is killed (counts as failed)
 #   PYTEST_ARGS="-k name -x"              extra pytest arguments (e.g. to run one test)
@@ -43,7 +45,7 @@ PY=/usr/bin/python3
 export PYTHONDONTWRITEBYTECODE=1
 
 read -r -a BUILDS <<<"${TEST_BUILDS:-normal asan}"
-read -r -a SUITES <<<"${TEST_SUITES:-unit integration compat fuzz}"
+read -r -a SUITES <<<"${TEST_SUITES:-unit integration compat fuzz docker}"
 OUT=${TEST_RESULTS_DIR:-$root/build-results}
 [[ $OUT == /* ]] || OUT=$root/$OUT
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-1800}
@@ -170,6 +172,27 @@ suite_fuzz() {
   if ((p + f == 0)); then not_run "scripts/fuzz.sh exit $rc, no target ran $(timeout_note "$rc")"; return; fi
   ((rc != 0 && f == 0)) && f=1 # fuzz.sh failed after the targets it printed (e.g. a timeout)
   from_counts "$p $f 0 $(awk '$1 ~ /^fuzz_/ && $2 ~ /^[0-9]+$/ {e += $2} END {print e + 0}' "$log/fuzz.log") execs"
+  [[ -n $(timeout_note "$rc") ]] && R_NOTE="$(timeout_note "$rc") $R_NOTE"
+}
+
+# The container image (docker/Dockerfile) built with buildah and checked with podman by scripts/docker-test.sh,
+# which prints "check NAME ok|FAILED ..." per check. The image builds its own binary, whichever build is tested,
+# so the suite runs once: in the normal build, and is n/a in asan. A machine that cannot run containers fails
+# the "preflight" check, with the reason.
+suite_docker() {
+  local b=$1 dir=$2 log=$3 rc p f
+  if [[ $b != normal ]]; then
+    set_result "n/a" 0 0 0 "runs once, in the normal build"
+    return
+  fi
+  timeout -k 30 "$SUITE_TIMEOUT" env DOCKER_TEST_OUT="$log/docker" DOCKER_PORT_BASE=$((BULKHEAD_PORT_BASE + 6000)) \
+    "$root/scripts/docker-test.sh" >"$log/docker.log" 2>&1
+  rc=$?
+  p=$(awk '$1 == "check" && $3 == "ok" {n++} END {print n + 0}' "$log/docker.log")
+  f=$(awk '$1 == "check" && $3 != "ok" {n++} END {print n + 0}' "$log/docker.log")
+  if ((p + f == 0)); then not_run "scripts/docker-test.sh exit $rc, no check ran $(timeout_note "$rc")"; return; fi
+  ((rc != 0 && f == 0)) && f=1 # docker-test.sh failed after the checks it printed (e.g. a timeout)
+  from_counts "$p $f 0 $(awk '$1 == "check" && $3 != "ok" {printf "%s%s", (n++ ? "," : ""), $2}' "$log/docker.log")"
   [[ -n $(timeout_note "$rc") ]] && R_NOTE="$(timeout_note "$rc") $R_NOTE"
 }
 

@@ -312,3 +312,20 @@ def _serves_new_request(port):
             return s.recv(12).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
+
+
+def test_check_without_file_checks_the_c_config(tmp_path):
+    """`-c FILE --check` (what docker/entrypoint.sh runs for `docker run IMAGE --check`) checks the -c file:
+    ok for a good one, exit 2 for a bad one; `--check` with no file at all is a usage error."""
+    good = write(tmp_path, GOOD)
+    r = run_bulkhead("-c", str(good), "--check")
+    assert r.returncode == 0, r.stderr
+    assert str(good) in r.stdout and "ok" in r.stdout, r.stdout
+    bad = write(tmp_path, GOOD + "no_such_key: 1\n", name="bad.yaml")
+    r = run_bulkhead("-c", str(bad), "--check")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "bad.yaml" in r.stderr, r.stderr
+    r = run_bulkhead("--check", "-c", str(bad), str(good))     # an explicit FILE wins over -c
+    assert r.returncode == 0, r.stderr
+    r = run_bulkhead("--check")
+    assert r.returncode == 2 and "--check" in r.stderr, r.stderr
