@@ -4,7 +4,8 @@
 #
 # usage: scripts/deps.sh [--bench] [--build-only | --runtime] [--check]
 #   (default)     build + test packages
-#   --bench       also the benchmark peers: wrk nginx haproxy pgbouncer (+ iproute2 for ss)
+#   --bench       also the benchmark peers: wrk nginx haproxy pgbouncer (+ iproute2 for ss, gnuplot-nox for
+#                 bench/soak.sh's plot)
 #   --build-only  only what compiling needs (Docker build stage)
 #   --runtime     only the shared libraries the binary links (Docker runtime stage)
 #   --check       install nothing; list what is missing, exit 1 if anything is
@@ -18,7 +19,7 @@ BUILD_PKGS=(build-essential meson ninja-build pkg-config libuv1-dev node-llhttp 
   libyaml-dev libjansson-dev libcmocka-dev)
 TEST_PKGS=(python3 python3-pytest python3-requests python3-websocket python3-psycopg postgresql
   curl clang libclang-rt-14-dev netcat-openbsd iproute2 procps prometheus nginx)
-BENCH_PKGS=(wrk nginx haproxy pgbouncer iproute2 procps)
+BENCH_PKGS=(wrk nginx haproxy pgbouncer iproute2 procps gnuplot-nox)
 RUNTIME_PKGS=(libuv1 libssl3 libpq5 libyaml-0-2 libjansson4 ca-certificates)
 
 mode=default bench=0 check=0
