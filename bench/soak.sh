@@ -238,11 +238,12 @@ curl -s --max-time 5 "$url/sql" -H "Neon-Connection-String: $CONNSTR" \
 T0=$(date +%s)
 END=$((T0 + DUR_S))
 TICKS0_ALL=$(proc_ticks $$) TICKS0_BH=$(proc_ticks "$BH_PID")
-# wrk_part NAME DELAY_MS ARGS...: a paced wrk for the whole run, its output in $dir/wrk-NAME.out
+# wrk_part NAME DELAY_MS ARGS...: a paced wrk for the whole run (5 s more, so the last sample still sees the
+# full load), its output in $dir/wrk-NAME.out
 wrk_part() {
   local name=$1 pause=$2; shift 2
   SOAK_PART=$name SOAK_DELAY_MS=$pause SQL_CONNSTR=$CONNSTR \
-    wrk -t1 -d"${DUR_S}s" --timeout 10s "$@" >"$dir/wrk-$name.out" 2>&1 &
+    wrk -t1 -d"$((DUR_S + 5))s" --timeout 10s "$@" >"$dir/wrk-$name.out" 2>&1 &
   PIDS+=($!)
 }
 has keepalive && wrk_part keepalive 10 -c8 -s "$here/soak-http.lua" "$url/"
@@ -370,7 +371,7 @@ half_t=$(awk -F, 'NR > 1 { t[++n] = $1 } END { print t[int(n / 2) + 1] + 0 }' "$
        BEGIN { printf "  attempts by upstream/outcome:" } END { printf "\n" }' "$dir/metrics-end.txt"
   awk '/^bulkhead_(retries_total|retry_budget_exhausted_total|config_reloads_total)/ && $2 > 0 { printf "  %s %s\n", $1, $2 }' "$dir/metrics-end.txt"
   echo "  CPU over the run (100 % = one core): bulkhead $(pct "$ticks_bh" "$el") %, everything the soak started (load, upstreams, Postgres, bulkhead) $(pct "$ticks_all" "$el") %"
-  echo "  reloads sent: $(wc -l < "$dir/reloads.txt" 2>/dev/null || echo 0); bulkhead alive at the end: $alive"
+  echo "  reloads sent: $(wc -l 2>/dev/null < "$dir/reloads.txt" || echo 0); bulkhead alive at the end: $alive"
   awk -F, 'NR > 1 { n++; for (i = 2; i <= 7; i++) { if (n == 1 || $i < mn[i]) mn[i] = $i; if (n == 1 || $i > mx[i]) mx[i] = $i }
                     if (n == 1) first = $2; last = $2 }
            NR == 1 { for (i = 2; i <= 7; i++) h[i] = $i }
