@@ -4,7 +4,8 @@
 #
 # usage: scripts/deps.sh [--bench] [--docker] [--build-only | --runtime] [--check]
 #   (default)     build + test packages
-#   --bench       also the benchmark peers: wrk nginx haproxy pgbouncer (+ iproute2 for ss)
+#   --bench       also the benchmark peers: wrk nginx haproxy pgbouncer (+ iproute2 for ss, gnuplot-nox for
+#                 bench/soak.sh's plot)
 #   --docker      also what the docker suite (scripts/docker-test.sh) needs: podman, buildah and runc to build
 #                 and run the image as root without a registry, debootstrap for the local debian:12-slim,
 #                 iproute2 for its private network namespace, python3-yaml for scripts/docker/compose.py
@@ -24,7 +25,7 @@ BUILD_PKGS=(build-essential meson ninja-build pkg-config libuv1-dev node-llhttp 
 # chromium: tests/integration/test_dashboard.py renders the admin dashboard headless.
 TEST_PKGS=(python3 python3-pytest python3-requests python3-websocket python3-psycopg python3-yaml postgresql
   curl clang libclang-rt-14-dev netcat-openbsd iproute2 procps prometheus nginx pandoc systemd chromium)
-BENCH_PKGS=(wrk nginx haproxy pgbouncer iproute2 procps)
+BENCH_PKGS=(wrk nginx haproxy pgbouncer iproute2 procps gnuplot-nox)
 DOCKER_PKGS=(podman buildah runc debootstrap iproute2 curl python3 python3-yaml)
 RUNTIME_PKGS=(libuv1 libssl3 libpq5 libyaml-0-2 libjansson4 ca-certificates)
 
