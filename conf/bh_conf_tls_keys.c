@@ -142,11 +142,10 @@ int bh__conf_conv_tls_version(ctx_t *c, const spec_t *k, yaml_node_t *n, const c
             *FIELD(base, k, int) = (int)TLS_VERSION_NAMES[i].bit;
             return 0;
         }
-    return bh__conf_fail(c, n, "invalid TLS version '%.64s' for %s, expected 1.2 or 1.3%s",
-                             text, c->path,
-                             strcmp(text, "1.0") == 0 || strcmp(text, "1.1") == 0
-                                 ? " (older versions are not secure)"
-                                 : "");
+    return bh__conf_fail(
+        c, n, "invalid TLS version '%.64s' for %s, expected 1.2 or 1.3%s", text, c->path,
+        strcmp(text, "1.0") == 0 || strcmp(text, "1.1") == 0 ? " (older versions are not secure)"
+                                                             : "");
 }
 
 /* ---- upstreams.<name>.tls -------------------------------------------------------------- */

@@ -56,7 +56,8 @@ static bh_list_t *state_list(bh_pool_t *p, enum bh_pool_conn_state s, uint32_t *
 }
 
 #define BIT(s) (1u << (s))
-#ifndef NDEBUG /* only set_state's assert reads it: a release build (-DNDEBUG) would warn it unused */
+#ifndef NDEBUG /* only set_state's assert reads it: a release build (-DNDEBUG) would warn it       \
+                  unused */
 static const unsigned legal_moves[] = {
     [BH_PCONN_NONE] = BIT(BH_PCONN_CONNECTING),
     [BH_PCONN_CONNECTING] = BIT(BH_PCONN_BUSY) | BIT(BH_PCONN_IDLE) | BIT(BH_PCONN_CLOSING),

@@ -53,7 +53,6 @@ static int write_response_head(bh_fwd_t *f, bh_fwd_resp_t *resp, const bh_hdr_t 
 
 static void start_tunnel(bh_fwd_t *f);
 
-
 enum fwd_framing bh__fwd_response_framing(const llhttp_t *rp, bool is_head, bool http11)
 {
     int status = rp->status_code;

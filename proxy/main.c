@@ -22,17 +22,19 @@ typedef struct main_ctx {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: bulkhead -c FILE       run with the config file\n"
-               "       bulkhead --check FILE  validate the config file and exit (0 ok, 2 invalid)\n"
-               "       bulkhead -c FILE --check  the same for the -c file (the container entrypoint's form)\n"
-               "       bulkhead --check FILE --print\n"
-               "                              ... and print the effective config (every key with its\n"
-               "                              value in force, secrets redacted) as YAML on stdout\n"
-               "       bulkhead --version\n"
-               "       bulkhead --help\n"
-               "Signals: SIGTERM/SIGINT drain in-flight requests and exit 0 (a second one exits "
-               "at once);\n"
-               "         SIGHUP reloads the config file (an invalid one is logged and ignored).\n");
+    fprintf(f,
+            "usage: bulkhead -c FILE       run with the config file\n"
+            "       bulkhead --check FILE  validate the config file and exit (0 ok, 2 invalid)\n"
+            "       bulkhead -c FILE --check  the same for the -c file (the container entrypoint's "
+            "form)\n"
+            "       bulkhead --check FILE --print\n"
+            "                              ... and print the effective config (every key with its\n"
+            "                              value in force, secrets redacted) as YAML on stdout\n"
+            "       bulkhead --version\n"
+            "       bulkhead --help\n"
+            "Signals: SIGTERM/SIGINT drain in-flight requests and exit 0 (a second one exits "
+            "at once);\n"
+            "         SIGHUP reloads the config file (an invalid one is logged and ignored).\n");
 }
 
 /* A load warning "FILE:LINE:COL: what" on stderr as "FILE:LINE:COL: warning: what". */
