@@ -394,6 +394,16 @@ def echo_info(req, body):
     }
 
 
+async def half_close(conn):
+    """Shuts down the write side (a FIN) and reads on until the peer closes."""
+    conn.writer.write_eof()
+    try:
+        while await conn.reader.read(65536):
+            pass
+    except (ConnectionError, OSError):
+        pass
+
+
 async def handle_request(conn, req, control):
     """Handles one request. Returns True to keep the connection open."""
     body = Body(conn.reader, req)
@@ -630,21 +640,11 @@ async def handle_request(conn, req, control):
     elif path == "/fin-after-response":
         await body.read_all()
         await conn.respond(req, 200, b"done", close=False)  # a keep-alive response, then a FIN
-        conn.writer.write_eof()
-        try:
-            while await conn.reader.read(65536):
-                pass
-        except (ConnectionError, OSError):
-            pass
+        await half_close(conn)
         return False
     elif path == "/half-close":
         await body.read_all()
-        conn.writer.write_eof()
-        try:
-            while await conn.reader.read(65536):
-                pass
-        except (ConnectionError, OSError):
-            pass
+        await half_close(conn)
         return False
     elif path == "/big-head":
         await body.read_all()
