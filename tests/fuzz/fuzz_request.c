@@ -1,21 +1,22 @@
 /* libFuzzer target: the request path without sockets. Client bytes go through llhttp as the
  * client reads them (strict mode, pause at each head and message end, pipelining), the head
- * checks the exchange makes (bh_http_req_fields, bh_http_check_request), bh_http_split, bh_http_parse_target and bh_http_write_request,
- * plus the tail bh_forward.c's send_request appends (Host when missing, Bulkhead-Deadline).
- * Invariants on what goes upstream, per forwarded request: strict llhttp reads it as exactly one
- * request head ending at its last byte, with the client's method and the rewritten target; at
- * most one framing header (Content-Length or Transfer-Encoding), and that framing is the one the
- * body is forwarded with (chunked, the client's length, or none); exactly one Host; no
- * hop-by-hop field except Connection/Upgrade of an accepted upgrade. And per complete message, the
- * head with the body re-framed as bh__fwd_emit_body does (replicated; it writes to a socket
- * queue) reads upstream as exactly one request whose body is the client's body, byte for byte.
- * The first input byte selects options: bit 0 strips the route prefix "/api", bit 1 https,
- * bit 2 a client certificate subject. */
+ * checks the exchange makes (bh_http_req_fields, bh_http_check_request), bh_http_split,
+ * bh_http_parse_target and bh_http_write_request, plus the tail bh_forward.c's send_request appends
+ * (Host when missing, Bulkhead-Deadline). Invariants on what goes upstream, per forwarded request:
+ * strict llhttp reads it as exactly one request head ending at its last byte, with the client's
+ * method and the rewritten target; at most one framing header (Content-Length or
+ * Transfer-Encoding), and that framing is the one the body is forwarded with (chunked, the client's
+ * length, or none); exactly one Host; no hop-by-hop field except Connection/Upgrade of an accepted
+ * upgrade. And per complete message, the head with the body re-framed as bh__fwd_emit_body does
+ * (replicated; it writes to a socket queue) reads upstream as exactly one request whose body is the
+ * client's body, byte for byte. The first input byte selects options: bit 0 strips the route prefix
+ * "/api", bit 1 https, bit 2 a client certificate subject. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "bh_http.h"
+#include "fuzz_http.h"
 #include "llhttp.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -25,9 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void fail(const char *what, const char *out, size_t n)
 {
-    fprintf(stderr, "fuzz_request invariant: %s\n--- upstream:\n%.*s\n---\n", what, (int)n,
-            out ? out : "");
-    abort();
+    fuzz_fail("fuzz_request", "upstream", what, out, n);
 }
 
 typedef struct ctx {
@@ -155,20 +154,10 @@ static void check_message(const ctx_t *c)
     if (e != HPE_PAUSED || u.done != 1)
         fail("the forwarded message does not end as one request", c->up, c->up_n);
     if (llhttp_get_error_pos(&p) != c->up + c->up_n)
-        fail("bytes left after the forwarded message (a second request upstream)", c->up,
-             c->up_n);
+        fail("bytes left after the forwarded message (a second request upstream)", c->up, c->up_n);
     if (u.body_n != c->body_n || memcmp(u.body, c->body, c->body_n) != 0)
         fail("the upstream reads another body than the client sent", c->up, c->up_n);
     free(u.body);
-}
-
-static int count_named(const bh_hdr_t *h, int n, const char *name)
-{
-    int k = 0;
-    for (int i = 0; i < n; i++)
-        if (bh_span_ieqn(h[i].name, name, strlen(name)))
-            k++;
-    return k;
 }
 
 /* Checks one upstream head. */
@@ -198,15 +187,16 @@ static void check_upstream(const char *out, size_t n, const char *method, bh_spa
     int nh = bh_http_split(out, n, &start, h, MAXH + 8);
     if (nh < 0)
         fail("upstream head does not split", out, n);
-    int ncl = count_named(h, nh, "content-length"), nte = count_named(h, nh, "transfer-encoding");
+    int ncl = fuzz_count_named(h, nh, "content-length"),
+        nte = fuzz_count_named(h, nh, "transfer-encoding");
     if (ncl + nte > 1)
         fail("more than one framing header", out, n);
-    if (count_named(h, nh, "host") != 1)
+    if (fuzz_count_named(h, nh, "host") != 1)
         fail("not exactly one Host", out, n);
-    if (count_named(h, nh, "keep-alive") || count_named(h, nh, "proxy-connection") ||
-        count_named(h, nh, "te") || count_named(h, nh, "trailer"))
+    if (fuzz_count_named(h, nh, "keep-alive") || fuzz_count_named(h, nh, "proxy-connection") ||
+        fuzz_count_named(h, nh, "te") || fuzz_count_named(h, nh, "trailer"))
         fail("a hop-by-hop field went upstream", out, n);
-    if (!upgrade && (count_named(h, nh, "connection") || count_named(h, nh, "upgrade")))
+    if (!upgrade && (fuzz_count_named(h, nh, "connection") || fuzz_count_named(h, nh, "upgrade")))
         fail("Connection/Upgrade without an upgrade", out, n);
     if (chunked) {
         if (nte != 1 || !(p.flags & F_CHUNKED))
@@ -260,7 +250,7 @@ static bool forward_head(llhttp_t *p, ctx_t *c, const char *head, size_t hlen, b
         return false; /* 431 */
     if (w.n < 4 || memcmp(out + w.n - 4, "\r\n\r\n", 4) != 0)
         fail("head does not end with an empty line", out, w.n);
-    w.n -= 2;                      /* send_request: the tail goes before the blank line */
+    w.n -= 2; /* send_request: the tail goes before the blank line */
     w.cap = OUT_CAP;
     if (add_host)
         bh_wbuf_str(&w, "Host: 10.0.0.1:8080\r\n");

@@ -20,6 +20,7 @@
 #include <string.h>
 #include "bh_forward_int.h"
 #include "bh_http.h"
+#include "fuzz_http.h"
 #include "bh_outq.h"
 #include "llhttp.h"
 
@@ -87,18 +88,7 @@ static const llhttp_settings_t settings = {.on_headers_complete = on_headers_com
 
 static void fail(const char *what, const char *out, size_t n)
 {
-    fprintf(stderr, "fuzz_response invariant: %s\n--- client head:\n%.*s\n---\n", what, (int)n,
-            out ? out : "");
-    abort();
-}
-
-static int count_named(const bh_hdr_t *h, int n, const char *name)
-{
-    int k = 0;
-    for (int i = 0; i < n; i++)
-        if (bh_span_ieqn(h[i].name, name, strlen(name)))
-            k++;
-    return k;
+    fuzz_fail("fuzz_response", "client head", what, out, n);
 }
 
 #define FRAME_INTERIM_ ((enum fwd_framing)(FRAME_CLOSE + 1)) /* a 1xx: no body, not final */
@@ -124,16 +114,17 @@ static void check_client(const char *out, size_t n, int status, enum fwd_framing
     int nh = bh_http_split(out, n, &start, h, MAXH + 8);
     if (nh < 0)
         fail("client head does not split", out, n);
-    int ncl = count_named(h, nh, "content-length"), nte = count_named(h, nh, "transfer-encoding");
-    int nconn = count_named(h, nh, "connection");
+    int ncl = fuzz_count_named(h, nh, "content-length"),
+        nte = fuzz_count_named(h, nh, "transfer-encoding");
+    int nconn = fuzz_count_named(h, nh, "connection");
     if (ncl + nte > 1)
         fail("more than one framing header", out, n);
     if (nconn > 1)
         fail("more than one Connection", out, n);
-    if (count_named(h, nh, "keep-alive") || count_named(h, nh, "proxy-connection") ||
-        count_named(h, nh, "te") || count_named(h, nh, "trailer"))
+    if (fuzz_count_named(h, nh, "keep-alive") || fuzz_count_named(h, nh, "proxy-connection") ||
+        fuzz_count_named(h, nh, "te") || fuzz_count_named(h, nh, "trailer"))
         fail("a hop-by-hop field reached the client", out, n);
-    if (!upgrade && count_named(h, nh, "upgrade"))
+    if (!upgrade && fuzz_count_named(h, nh, "upgrade"))
         fail("Upgrade without an upgrade", out, n);
     switch (fr) {
     case FRAME_CHUNKED:
