@@ -1,12 +1,12 @@
-/* Passive outlier ejection. Per endpoint: the failure run, the ejection count and the end of the
- * last ejection (0 = never ejected; "ejected" means now < until). */
+/* Passive outlier ejection. Per endpoint: the failure run, the ejection count, and the start and
+ * end of the last ejection (0 = never ejected; "ejected" means now < until). */
 #include "bh_alloc.h"
 #include "bh_outlier.h"
 
 typedef struct ep {
     _Atomic uint32_t run;
     _Atomic uint32_t ejections;
-    _Atomic uint64_t until_ms;
+    _Atomic uint64_t since_ms, until_ms;
     _Atomic bool healthy;
 } ep_t;
 
@@ -15,7 +15,7 @@ struct bh_outlier {
     size_t n;
     size_t max_ejectable;
     atomic_flag deciding;
-    _Atomic uint64_t ejections, skipped;
+    _Atomic uint64_t ejections, skipped, released;
     ep_t ep[];
 };
 
@@ -36,9 +36,11 @@ bh_outlier_t *bh_outlier_new(const bh_conf_outlier_t *conf, size_t n_endpoints)
     atomic_flag_clear(&o->deciding);
     atomic_init(&o->ejections, 0);
     atomic_init(&o->skipped, 0);
+    atomic_init(&o->released, 0);
     for (size_t i = 0; i < n_endpoints; i++) {
         atomic_init(&o->ep[i].run, 0);
         atomic_init(&o->ep[i].ejections, 0);
+        atomic_init(&o->ep[i].since_ms, 0);
         atomic_init(&o->ep[i].until_ms, 0);
         atomic_init(&o->ep[i].healthy, true);
     }
@@ -73,7 +75,41 @@ static size_t count_ejected(bh_outlier_t *o, uint64_t now_ms)
     return n;
 }
 
-/* Endpoint i reached its failure threshold: eject it if max_ejected allows. */
+/* The ejected endpoint whose evidence is oldest (ejected first), o->n when none is ejected. */
+static size_t stalest_ejected(bh_outlier_t *o, uint64_t now_ms)
+{
+    size_t best = o->n;
+    uint64_t best_since = UINT64_MAX;
+
+    for (size_t i = 0; i < o->n; i++) {
+        uint64_t since = atomic_load_explicit(&o->ep[i].since_ms, memory_order_relaxed);
+        if (now_ms < until_of(o, i) && since < best_since) {
+            best = i;
+            best_since = since;
+        }
+    }
+    return best;
+}
+
+/* Makes room under max_ejected for a new ejection: the endpoint ejected first comes back now.
+ * Its evidence is older than the failure run that just ended, and it may well have recovered
+ * (a rolling restart); keeping it out would leave the traffic on the endpoint known to fail.
+ * Its multiplier is kept, so if it still fails it goes out again, for longer. */
+static bool make_room(bh_outlier_t *o, uint64_t now_ms)
+{
+    if (count_ejected(o, now_ms) < o->max_ejectable)
+        return true;
+    size_t j = stalest_ejected(o, now_ms);
+    if (j == o->n) { /* max_ejectable is 0 */
+        atomic_fetch_add_explicit(&o->skipped, 1, memory_order_relaxed);
+        return false;
+    }
+    atomic_store_explicit(&o->ep[j].until_ms, now_ms, memory_order_relaxed);
+    atomic_fetch_add_explicit(&o->released, 1, memory_order_relaxed);
+    return true;
+}
+
+/* Endpoint i reached its failure threshold: eject it, within max_ejected. */
 static bool try_eject(bh_outlier_t *o, size_t i, uint64_t now_ms)
 {
     ep_t *e = &o->ep[i];
@@ -86,19 +122,16 @@ static bool try_eject(bh_outlier_t *o, size_t i, uint64_t now_ms)
     if (now_ms < until_of(o, i)) {
         atomic_store_explicit(&e->run, 0,
                               memory_order_relaxed); /* late failures of an ejected one */
-    } else {
-        if (count_ejected(o, now_ms) + 1 > o->max_ejectable) {
-            atomic_fetch_add_explicit(&o->skipped, 1, memory_order_relaxed);
-        } else {
-            times = atomic_load_explicit(&e->ejections, memory_order_relaxed) + 1;
-            d = o->conf.eject_for_ms;
-            d = d > BH_OUTLIER_MAX_EJECT_MS / times ? BH_OUTLIER_MAX_EJECT_MS : d * times;
-            atomic_store_explicit(&e->ejections, times, memory_order_relaxed);
-            atomic_store_explicit(&e->until_ms, now_ms + d, memory_order_relaxed);
-            atomic_store_explicit(&e->run, 0, memory_order_relaxed);
-            atomic_fetch_add_explicit(&o->ejections, 1, memory_order_relaxed);
-            ejected = true;
-        }
+    } else if (make_room(o, now_ms)) {
+        times = atomic_load_explicit(&e->ejections, memory_order_relaxed) + 1;
+        d = o->conf.eject_for_ms;
+        d = d > BH_OUTLIER_MAX_EJECT_MS / times ? BH_OUTLIER_MAX_EJECT_MS : d * times;
+        atomic_store_explicit(&e->ejections, times, memory_order_relaxed);
+        atomic_store_explicit(&e->since_ms, now_ms, memory_order_relaxed);
+        atomic_store_explicit(&e->until_ms, now_ms + d, memory_order_relaxed);
+        atomic_store_explicit(&e->run, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&o->ejections, 1, memory_order_relaxed);
+        ejected = true;
     }
     atomic_flag_clear_explicit(&o->deciding, memory_order_release);
     return ejected;
@@ -175,4 +208,5 @@ void bh_outlier_stats(bh_outlier_t *o, uint64_t now_ms, bh_outlier_stats_t *out)
     }
     out->ejections = atomic_load_explicit(&o->ejections, memory_order_relaxed);
     out->ejections_skipped = atomic_load_explicit(&o->skipped, memory_order_relaxed);
+    out->ejections_released = atomic_load_explicit(&o->released, memory_order_relaxed);
 }

@@ -1,9 +1,13 @@
 /* Passive outlier detection per endpoint of one upstream, shared by every worker thread.
  *
  * `consecutive_failures` failures in a row on one endpoint eject it for eject_for x (the number
- * of times it has been ejected), capped at BH_OUTLIER_MAX_EJECT_MS. An ejection is skipped (and
- * counted) when it would leave more than floor(max_ejected x endpoints) ejected at once; the
- * failure run is kept, so the next failure tries again. An endpoint that stays back for
+ * of times it has been ejected), capped at BH_OUTLIER_MAX_EJECT_MS. At most floor(max_ejected x
+ * endpoints) are ejected at once. When that many are out and another endpoint reaches the
+ * threshold, the one ejected first comes back early (released, counted) to make room: the fresh
+ * failure run is better evidence than the old one, which may have recovered meanwhile (a rolling
+ * restart), and the loss this risks is bounded by consecutive_failures where keeping the old one
+ * out could cost eject_for x its multiplier of traffic sent to a dead endpoint. With a cap of 0 the
+ * ejection is skipped (counted) and the run kept. An endpoint that stays back for
  * BH_OUTLIER_MAX_EJECT_MS after its last ejection and then succeeds starts over at x1.
  * Active health checks (when configured) feed bh_outlier_set_healthy; an unhealthy endpoint is
  * not eligible either. When no endpoint is eligible, every endpoint is (panic mode): traffic goes
@@ -29,12 +33,13 @@ typedef struct bh_outlier bh_outlier_t;
 
 typedef struct bh_outlier_stats {
     size_t endpoints;
-    size_t ejected;             /* ejected at now (in use of max_ejectable) */
-    size_t max_ejectable;       /* floor(max_ejected x endpoints) */
-    size_t unhealthy;           /* marked unhealthy by active checks */
-    size_t eligible;            /* not ejected and healthy (0 = panic) */
-    uint64_t ejections;         /* since creation (monotonic) */
-    uint64_t ejections_skipped; /* refused by max_ejected (monotonic) */
+    size_t ejected;              /* ejected at now (in use of max_ejectable) */
+    size_t max_ejectable;        /* floor(max_ejected x endpoints) */
+    size_t unhealthy;            /* marked unhealthy by active checks */
+    size_t eligible;             /* not ejected and healthy (0 = panic) */
+    uint64_t ejections;          /* since creation (monotonic) */
+    uint64_t ejections_skipped;  /* refused by max_ejected 0 (monotonic) */
+    uint64_t ejections_released; /* ended early to make room under max_ejected (monotonic) */
 } bh_outlier_stats_t;
 
 /* A detector for n_endpoints endpoints (all healthy, none ejected), conf copied. Returns NULL

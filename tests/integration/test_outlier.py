@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from conftest import fetch, free_port, proxy_status_error, resilient_upstream, wait_until
+from conftest import (admin_stats, can_connect, fetch, free_port, proxy_status_error, named, resilient_upstream,
+                      wait_until)
 
 
 def start(bulkhead, ups, retry=None, balance="round_robin", **outlier):
@@ -71,23 +72,46 @@ def test_ejection_ends_after_eject_for(bulkhead, upstream_factory):
                what="the ejected endpoint to get traffic again")
 
 
+def ejected(bh):
+    """The addresses of the upstream's endpoints that /stats shows ejected."""
+    wait_until(lambda: can_connect(bh.admin_port), what="the admin listener")
+    eps = named(admin_stats(bh)["upstreams"], "u")["endpoints"]
+    return sorted(e["address"] for e in eps if e["ejected"])
+
+
 def test_never_more_than_max_ejected(bulkhead, upstream_factory):
-    """Three of four endpoints fail; max_ejected 50% ejects at most two of them, so one failing endpoint
-    keeps its share of the traffic."""
+    """Three of four endpoints fail; max_ejected 50% keeps at most two of them out at once, so the
+    third failing endpoint and d share the traffic. Which two are out rotates: when the third reaches
+    its threshold, the one ejected first comes back to make room."""
     ups = [upstream_factory(n) for n in ("a", "b", "c", "d")]
     for u in ups[:3]:
         u.set_mode("fail-503")
     bh = start(bulkhead, ups, consecutive_failures=3, max_ejected="50%")
-    send(bh, 60)
-    before = traffic(ups)
-    send(bh, 20)
-    after = traffic(ups)
-    served = [y - x for x, y in zip(before, after)]
-    ejected = [u.name for u, n in zip(ups[:3], served[:3]) if n == 0]
-    # each failing endpoint reaches 3 consecutive failures within the first 12 requests (round robin)
-    # and an ejection lasts 30 s: exactly the cap, 2, are out; the third failing one and d still serve
-    assert len(ejected) == 2, "ejected %s out of 4 endpoints with max_ejected 50%%: %r" % (ejected, served)
-    assert all(n > 0 for u, n in zip(ups, served) if u.name not in ejected), served
+    seen = set()
+    for _ in range(8):
+        replies = send(bh, 10)
+        out = ejected(bh)
+        assert len(out) == 2 and ups[3].addr not in out, "ejected %r with max_ejected 50%% of 4" % out
+        seen.add(tuple(out))
+        assert all(r.status == 200 for r in replies if r.header("X-Upstream") == "d"), replies
+    assert len(seen) > 1, "the ejected pair never changed: %r" % seen
+
+
+def test_released_endpoint_takes_the_traffic_of_a_failing_one(bulkhead, upstream_factory):
+    """A rolling restart: a fails and is ejected for a minute, comes back healthy, then b fails. With
+    max_ejected 50% only one of two may be out: b's failure run brings a back early (its evidence is
+    the older) instead of leaving every request on b until a's minute is over."""
+    a, b = upstream_factory("a"), upstream_factory("b")
+    a.set_mode("fail-503")
+    bh = start(bulkhead, [a, b], consecutive_failures=3, eject_for="60s", max_ejected="50%")
+    send(bh, 10)
+    assert a.traffic() == 3 and ejected(bh) == [a.addr]
+    a.set_mode("ok")
+    b.set_mode("fail-503")
+    replies = send(bh, 10)
+    got = [(r.status, r.header("X-Upstream")) for r in replies]
+    assert got == [(503, "b")] * 3 + [(200, "a")] * 7, got
+    assert ejected(bh) == [b.addr]
 
 
 def test_all_ejected_panic_sends_to_all(bulkhead, upstream_factory):

@@ -716,28 +716,46 @@ static void test_outlier_max_ejected(void **state)
     bh_conf_outlier_t conf = outlier_conf();
     bh_outlier_t *o = bh_outlier_new(&conf, 4);
     bh_outlier_stats_t s;
+    uint64_t until;
     bool el[4];
 
     fail_n(o, 0, 5, 0);
     fail_n(o, 1, 5, 10 * SEC);
-    /* a third would be 3 of 4 > 50%: skipped, counted, and the run kept */
+    /* a third would be 3 of 4 > 50%: endpoint 0, ejected first, comes back early to make room */
     fail_n(o, 2, 5, 20 * SEC);
-    assert_false(bh_outlier_is_ejected(o, 2, 20 * SEC, NULL));
+    assert_true(bh_outlier_is_ejected(o, 2, 20 * SEC, NULL));
+    assert_true(bh_outlier_is_ejected(o, 1, 20 * SEC, NULL));
+    assert_false(bh_outlier_is_ejected(o, 0, 20 * SEC, NULL));
     bh_outlier_stats(o, 20 * SEC, &s);
     assert_int_equal(s.ejected, 2);
-    assert_int_equal(s.ejections_skipped, 1);
+    assert_int_equal(s.ejections, 3);
+    assert_int_equal(s.ejections_released, 1);
+    assert_int_equal(s.ejections_skipped, 0);
     assert_int_equal(bh_outlier_eligible(o, 20 * SEC, el, NULL), 2);
-    /* endpoint 0 comes back at 30 s: the next failure of endpoint 2 ejects it */
-    bh_outlier_record(o, 2, true, 30 * SEC);
-    assert_true(bh_outlier_is_ejected(o, 2, 30 * SEC, NULL));
-    bh_outlier_stats(o, 30 * SEC, &s);
+    assert_true(el[0] && !el[1] && !el[2] && el[3]);
+    /* endpoint 0 still fails: out again, for 2 x 30 s, and now endpoint 1 (ejected at 10 s) makes
+     * room; its multiplier is kept */
+    fail_n(o, 0, 5, 21 * SEC);
+    assert_true(bh_outlier_is_ejected(o, 0, 21 * SEC, &until));
+    assert_int_equal(until, 21 * SEC + 60 * SEC);
+    assert_false(bh_outlier_is_ejected(o, 1, 21 * SEC, NULL));
+    assert_int_equal(bh_outlier_ejections(o, 1), 1);
+    /* an ejection that ends by itself makes room without a release */
+    fail_n(o, 1, 5, 50 * SEC); /* endpoint 2's ended at 50 s */
+    bh_outlier_stats(o, 50 * SEC, &s);
     assert_int_equal(s.ejected, 2);
+    assert_int_equal(s.ejections_released, 2);
+    assert_true(bh_outlier_is_ejected(o, 1, 50 * SEC, &until));
+    assert_int_equal(until, 50 * SEC + 60 * SEC);
     bh_outlier_free(o);
 
-    /* one endpoint at 50%: floor(0.5) = 0, never ejected */
+    /* one endpoint at 50%: floor(0.5) = 0, never ejected, nothing to release */
     o = bh_outlier_new(&conf, 1);
     fail_n(o, 0, 50, 0);
     assert_false(bh_outlier_is_ejected(o, 0, 0, NULL));
+    bh_outlier_stats(o, 0, &s);
+    assert_int_equal(s.ejections_skipped, 46);
+    assert_int_equal(s.ejections_released, 0);
     bh_outlier_free(o);
 }
 
