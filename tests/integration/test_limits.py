@@ -1,5 +1,7 @@
 """Downstream limits and strict parsing: each bad request gets its 4xx with a Proxy-Status error type,
 and bulkhead closes the connection after it."""
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from conftest import RawClient, proxy_status_error, resilient_upstream, wait_until
@@ -294,6 +296,67 @@ def test_client_max_connections(bulkhead, upstream):
         for c in (a, b):
             if c is not None:
                 c.close()
+
+
+def test_client_max_connections_under_load(bulkhead, upstream):
+    """Row 41 under load, across 2 workers. First every slot is held by a request the upstream keeps:
+    then each of 16 threads x 20 new connections, each writing a POST at once, is refused with 503
+    connection_limit_reached and none of those POSTs reaches the upstream. Then the holds are released
+    and the same load runs again: a POST answered 200 reached the upstream exactly once, a refused one
+    never, and the upstream never had more than the limit in flight."""
+    limit, threads, per_thread = 6, 16, 20
+    bh = bulkhead(upstream, limits={"max_connections": limit}, workers=2)
+    held = []
+
+    def hold_one():
+        c = RawClient(bh.port)
+        c.request("GET", "/hold?id=full")
+        held_now = wait_until(lambda: ("held" if upstream.stats()["holding"] > len(held) else
+                                       "answered" if c.readable_within(0) else None),
+                              what="the request held at the upstream, or an answer")
+        if held_now == "held":
+            return c
+        c.close()  # refused: a slot of a closed connection was not given back yet
+        return None
+
+    def post(tag, k, i):
+        path = "/%s-%d-%d" % (tag, k, i)
+        with RawClient(bh.port) as c:
+            c.send(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi" % path.encode())
+            r = c.read_response()
+            assert r.status in (200, 503), r
+            if r.status == 503:
+                assert proxy_status_error(r) == "connection_limit_reached", r
+                assert c.wait_closed()
+            return path, r.status
+
+    def load(tag):
+        with ThreadPoolExecutor(threads) as ex:
+            futs = [ex.submit(lambda k: [post(tag, k, i) for i in range(per_thread)], k) for k in range(threads)]
+            return [x for f in futs for x in f.result()]
+
+    try:
+        while len(held) < limit:
+            c = wait_until(hold_one, what="a connection whose request the upstream holds")
+            held.append(c)
+        full = load("full")
+        assert {s for _, s in full} == {503}, "a connection beyond the limit was served"
+        seen = upstream.stats()["requests"]
+        assert not [p for p, _ in full if "POST " + p in seen], "a refused POST reached the upstream"
+        upstream.release("full")
+        for c in held:
+            assert c.read_response().status == 200
+            c.close()
+        mixed = load("mixed")
+        seen = upstream.stats()["requests"]
+        served = [p for p, s in mixed if s == 200]
+        assert served, "no connection was served once the slots were free"
+        assert all(seen.get("POST " + p) == 1 for p in served), "a 200 POST did not reach the upstream once"
+        assert not [p for p, s in mixed if s == 503 and "POST " + p in seen], "a refused POST reached it"
+        assert upstream.stats()["max_in_flight"] <= limit
+    finally:
+        for c in held:
+            c.close()
 
 
 def test_fd_limit_reached_then_recovers(bulkhead, upstream, upstream_factory):

@@ -19,6 +19,7 @@ import pytest
 from sqlfix import (IO_TIMEOUT, Lock, Poller, RawClient, SqlClient, assert_error_shape, assert_proxy_error,
                     build_request, describe, encode_body, neon_headers, proxy_status_error, rows_of, unique,
                     wait_until, waiting_on_lock)
+from sqladmin import metrics, mval
 
 RECOVERY_TIMEOUT = max(60, IO_TIMEOUT)  # covers a breaker's open period after a restart
 
@@ -334,6 +335,53 @@ def test_too_many_connections_at_connect_is_400_53300(sql_bulkhead, pg):
         holder.close()
     wait_until(lambda: status(c.query("SELECT 1 AS x")) == 200, timeout=IO_TIMEOUT, interval=0.05,
                what="a request once the role's connection slot is free")
+
+
+@pytest.mark.parametrize("attempts", [1, 3], ids=["no-retry", "retried"])
+def test_role_connection_limit_under_load_nothing_lost(sql_bulkhead, pg, attempts):
+    """Row 25 under load: bulkhead's cap for the database (8, 2 workers) is above what Postgres lets
+    the role open (CONNECTION LIMIT 3), so with 8 clients inserting at once some of bulkhead's
+    connects are refused with 53300. Without retries such a refusal reaches its client as that 400;
+    with them (a refused connect never ran, so even an INSERT may be retried) it is retried. Every
+    answer is a 200 or that 400; an id answered 200 is in the table exactly once, and an id answered
+    53300 is not in it at all."""
+    role, pw = pg.make_role("limload")
+    from psycopg import sql as S
+    pg.sql(S.SQL("ALTER ROLE {} CONNECTION LIMIT 3").format(S.Identifier(role)))
+    t = unique("limload")
+    pg.as_user("CREATE TABLE %s (id int)" % t, user=role, password=pw)
+    bh = sql_bulkhead(db={"pool": {"max_connections": 8}, "breaker": {"consecutive_failures": 100000},
+                          "retry": {"attempts": attempts, "backoff": {"base": "1ms", "max": "5ms"}}},
+                      workers=2)
+    c = SqlClient(bh, pg, user=role, password=pw)
+
+    def client(k):
+        out = []
+        for i in range(25):
+            rid = k * 1000 + i
+            r = c.query("INSERT INTO %s VALUES ($1)" % t, [str(rid)])
+            assert r is not None, "no answer to id %d" % rid
+            if r.status != 200:
+                body = assert_error_shape(r, 400)
+                assert body["code"] == "53300", body
+            out.append((rid, r.status))
+        return out
+
+    with ThreadPoolExecutor(8) as ex:
+        results = [x for xs in ex.map(client, range(8)) for x in xs]
+    counts = dict(pg.sql("SELECT id, count(*) FROM %s GROUP BY id" % t, dbname="app"))
+    ok = {i for i, s in results if s == 200}
+    refused = {i for i, s in results if s == 400}
+    failed = mval(metrics(bh), "bulkhead_upstream_attempts_total", upstream="main", outcome="connect_failed")
+    print("row 25 under load, attempts %d: %d answered 200, %d answered 53300, %d connects refused"
+          % (attempts, len(ok), len(refused), failed))
+    assert failed, "the role's limit was never reached: the test proved nothing"
+    if attempts == 1:
+        assert len(refused) == failed, "a refused connect is one 400, and only it"
+    assert ok, "nothing was served"
+    assert [i for i in ok if counts.get(i) != 1] == [], "a 200 id not in the table exactly once"
+    assert refused.isdisjoint(counts), "an id refused with 53300 ran"
+    assert set(counts) == ok
 
 
 def test_server_wide_max_connections_is_400_53300_and_recovers(sql_bulkhead, pg):
