@@ -36,7 +36,7 @@ int bh_metrics_init(bh_metrics_t *m, uint32_t n_workers)
     memset(m, 0, sizeof(*m));
     m->n_workers = n_workers;
     bh_list_init(&m->entries);
-    m->start_unix_s = (uint64_t)time(NULL);
+    m->start_unix_s = m->last_load_ok_unix_s = (uint64_t)time(NULL);
     m->workers = (bh_worker_cells_t *)(void *)aligned_blocks(
         sizeof(bh_worker_cells_t), n_workers, &m->worker_stride, (void **)&m->worker_mem);
     if (m->workers == NULL)

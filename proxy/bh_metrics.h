@@ -83,8 +83,11 @@ typedef struct bh_metrics {
     bh_worker_cells_t *workers;   /* per worker, each on cache lines of its own */
     size_t worker_stride;
     bh_mentry_t *no_route;        /* requests that matched no route (route="") */
-    uint64_t reloads_ok, reloads_failed;   /* main thread only */
+    uint64_t reloads_ok, reloads_failed;   /* main thread only, as the four below */
     bool last_reload_failed;
+    uint64_t last_reload_unix_s;  /* 0 = none tried */
+    uint64_t last_load_ok_unix_s; /* the config now running was read (start or reload) */
+    char last_reload_error[256];  /* "" unless the last reload failed */
     uint64_t start_unix_s;
 } bh_metrics_t;
 

@@ -366,6 +366,10 @@ static void config_families(sb_t *b, const bh_metrics_t *m)
     family(b, "bulkhead_config_last_reload_successful", "gauge",
            "1 when the last reload succeeded (or none was tried), 0 when it failed.");
     put(b, "bulkhead_config_last_reload_successful %d\n", m->last_reload_failed ? 0 : 1);
+    family(b, "bulkhead_config_last_reload_success_timestamp_seconds", "gauge",
+           "When the configuration now running was loaded (at start or by a reload), Unix time.");
+    put(b, "bulkhead_config_last_reload_success_timestamp_seconds %llu\n",
+        (unsigned long long)m->last_load_ok_unix_s);
 }
 
 static void tls_families(sb_t *b, bh_server_t *srv)
@@ -587,13 +591,17 @@ static void json_process(sb_t *b, bh_server_t *srv, bool draining)
     put_escaped(b, srv->snap->conf->path != NULL ? srv->snap->conf->path : "");
     put(b,
         "\",\"generation\":%llu,\"reloads\":{\"success\":%llu,\"failure\":%llu},"
-        "\"last_reload\":\"%s\",\"clients\":%lld,\"duration_buckets_le\":[",
+        "\"last_reload\":\"%s\",\"last_reload_time\":%llu,\"last_load_time\":%llu,"
+        "\"clients\":%lld,\"last_reload_error\":\"",
         (unsigned long long)srv->snap->generation, (unsigned long long)m->reloads_ok,
         (unsigned long long)m->reloads_failed,
         m->reloads_ok + m->reloads_failed == 0 ? "none"
         : m->last_reload_failed                ? "failure"
                                                : "success",
+        (unsigned long long)m->last_reload_unix_s, (unsigned long long)m->last_load_ok_unix_s,
         (long long)clients);
+    put_escaped(b, m->last_reload_error);
+    put(b, "\",\"duration_buckets_le\":[");
     for (int i = 0; i < BH_HIST_N - 1; i++)
         put(b, "%s%g", i ? "," : "", le[i]);
     put(b, "],\"workers\":[");

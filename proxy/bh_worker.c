@@ -3,8 +3,11 @@
  * frozen config and the atomic counters of bh_server_t (connection caps). */
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include "bh_alloc.h"
 #include "bh_log.h"
@@ -542,16 +545,34 @@ static void keep_restart_only(const bh_conf_t *old, bh_conf_t *conf)
     conf->limits.max_headers = old->limits.max_headers;
 }
 
+/* Counts a failed reload, keeps its reason for /stats and logs it. Returns BH_ECONFIG. */
+static int reload_failed(bh_server_t *srv, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int reload_failed(bh_server_t *srv, const char *fmt, ...)
+{
+    bh_metrics_t *m = &srv->metrics;
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(m->last_reload_error, sizeof m->last_reload_error, fmt, ap);
+    va_end(ap);
+    bh_log_error("reload failed, still running the previous configuration: %s",
+                 m->last_reload_error);
+    m->reloads_failed++;
+    m->last_reload_failed = true;
+    m->last_reload_unix_s = (uint64_t)time(NULL);
+    return BH_ECONFIG;
+}
+
 int bh_server_reload(bh_server_t *srv)
 {
     const bh_conf_t *old = srv->snap->conf;
     bh_conf_t *conf = NULL;
     bh_conf_error_t err;
     int rc = bh_conf_load(old->path, &conf, &err);
-    if (rc < 0) {
-        bh_log_error("reload failed, still running the previous configuration: %s", err.msg);
-        goto failed;
-    }
+    if (rc < 0)
+        return reload_failed(srv, "%s", err.msg);
     for (size_t i = 0; i < conf->n_warnings; i++)
         bh_log_warn("reload: %s", conf->warnings[i]);
     for (size_t i = 0; i < conf->n_listeners; i++) {
@@ -559,21 +580,17 @@ int bh_server_reload(bh_server_t *srv)
         for (size_t j = 0; j < old->n_listeners && !known; j++)
             known = strcmp(conf->listeners[i].addr.text, old->listeners[j].addr.text) == 0;
         if (!known && (rc = bh_listener_probe(&conf->listeners[i].addr)) < 0) {
-            bh_log_error("reload failed, still running the previous configuration: listener %s "
-                         "(%s): %s",
-                         conf->listeners[i].name, conf->listeners[i].addr.text, uv_strerror(rc));
+            reload_failed(srv, "listener %s (%s): %s", conf->listeners[i].name,
+                          conf->listeners[i].addr.text, uv_strerror(rc));
             bh_conf_free(conf);
-            goto failed;
+            return BH_ECONFIG;
         }
     }
     keep_restart_only(old, conf);
     bh_log_set_level(conf->log.level);
     bh_snap_t *snap;
-    if ((rc = bh_snap_new(srv, conf, srv->snap, &snap)) < 0) {
-        bh_log_error("reload failed, still running the previous configuration: %s",
-                     bh_strerror(rc));
-        goto failed;
-    }
+    if ((rc = bh_snap_new(srv, conf, srv->snap, &snap)) < 0)
+        return reload_failed(srv, "%s", bh_strerror(rc));
     size_t kept = 0;
     for (size_t i = 0; i < snap->conf->n_upstreams; i++)
         for (size_t j = 0; j < old->n_upstreams; j++)
@@ -587,11 +604,9 @@ int bh_server_reload(bh_server_t *srv)
     bh_server_publish(srv, snap);
     srv->metrics.reloads_ok++;
     srv->metrics.last_reload_failed = false;
+    srv->metrics.last_reload_error[0] = '\0';
+    srv->metrics.last_reload_unix_s = srv->metrics.last_load_ok_unix_s = (uint64_t)time(NULL);
     return 0;
-failed:
-    srv->metrics.reloads_failed++;
-    srv->metrics.last_reload_failed = true;
-    return rc < 0 ? rc : BH_ECONFIG;
 }
 
 void bh_server_publish(bh_server_t *srv, bh_snap_t *snap)

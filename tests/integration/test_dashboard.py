@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import urllib.request
@@ -313,6 +314,19 @@ def test_dashboard_shows_traffic_open_breaker_and_pools(bulkhead, upstream_facto
         st = stats(bh)
         assert d["process"]["workers"] == "2" and d["process"]["generation"] == str(st["generation"]), d
         assert d["process"]["last-reload"] == "none", d["process"]
+        assert "reload-error" not in d["process"], d["process"]
+
+        # a failed reload: the page says so, with the reason, while the old config keeps serving
+        good = bh.config_path.read_text()
+        bh.config_path.write_text(good + "not yaml: [\n")
+        try:
+            bh.proc.send_signal(signal.SIGHUP)
+            d = wait_until(lambda: (lambda p: p["process"].get("last-reload") == "failure" and p)(dom(browser)),
+                           what="the page to show the failed reload")
+        finally:
+            bh.config_path.write_text(good)
+        err = stats(bh)["last_reload_error"]
+        assert err.startswith(str(bh.config_path) + ":") and d["process"]["reload-error"] == err, d["process"]
     finally:
         codes = traffic.stop()
         held.release("h")

@@ -41,6 +41,7 @@ FAMILIES = {
     "bulkhead_retry_budget_exhausted_total": "counter",
     "bulkhead_outlier_ejections_total": "counter",
     "bulkhead_config_reloads_total": "counter",
+    "bulkhead_config_last_reload_success_timestamp_seconds": "gauge",
 }
 HELD_WAITERS_S = 0.05  # how long test_busy_and_waiters keeps its two waiters queued at least
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -760,9 +761,16 @@ def test_stats_pool_bounds_clients_start_and_last_reload(bulkhead, upstream):
     u = ups_of(st, "u")
     assert (u["pool_max"], u["pool_max_pending"]) == (7, 11), u
     assert st["last_reload"] == "none"
+    assert (st["last_reload_time"], st["last_reload_error"]) == (0, "")
+    assert st["last_load_time"] == st["start_time"] == exp.get(
+        "bulkhead_config_last_reload_success_timestamp_seconds")
+    before = int(time.time())
     bh.proc.send_signal(signal.SIGHUP)
-    settle(bh, bulkhead_config_reloads_total=[({"result": "success"}, 1)])
-    assert stats(bh)["last_reload"] == "success"
+    exp = settle(bh, bulkhead_config_reloads_total=[({"result": "success"}, 1)])
+    st = stats(bh)
+    assert st["last_reload"] == "success" and st["last_reload_error"] == ""
+    assert before <= st["last_reload_time"] == st["last_load_time"] <= time.time()
+    assert exp.get("bulkhead_config_last_reload_success_timestamp_seconds") == st["last_load_time"]
     good = bh.config_path.read_text()
     bh.config_path.write_text(good + "not yaml: [\n")
     try:
@@ -771,4 +779,10 @@ def test_stats_pool_bounds_clients_start_and_last_reload(bulkhead, upstream):
     finally:
         bh.config_path.write_text(good)
     assert exp.get("bulkhead_config_last_reload_successful") == 0
-    assert stats(bh)["last_reload"] == "failure"
+    failed = stats(bh)
+    assert failed["last_reload"] == "failure"
+    # the reason, as --check gives it (file:line:column), and the config that still runs keeps its time
+    assert failed["last_reload_error"].startswith(str(bh.config_path) + ":"), failed["last_reload_error"]
+    assert failed["last_reload_time"] >= st["last_reload_time"]
+    assert failed["last_load_time"] == st["last_load_time"]
+    assert exp.get("bulkhead_config_last_reload_success_timestamp_seconds") == st["last_load_time"]
