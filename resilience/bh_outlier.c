@@ -75,7 +75,8 @@ static size_t count_ejected(bh_outlier_t *o, uint64_t now_ms)
     return n;
 }
 
-/* The ejected endpoint whose evidence is oldest (ejected first), o->n when none is ejected. */
+/* The ejected endpoint whose evidence is oldest (ejected first), o->n when none is. One that
+ * fails its active health checks is passed over: releasing it would not make it eligible. */
 static size_t stalest_ejected(bh_outlier_t *o, uint64_t now_ms)
 {
     size_t best = o->n;
@@ -83,7 +84,8 @@ static size_t stalest_ejected(bh_outlier_t *o, uint64_t now_ms)
 
     for (size_t i = 0; i < o->n; i++) {
         uint64_t since = atomic_load_explicit(&o->ep[i].since_ms, memory_order_relaxed);
-        if (now_ms < until_of(o, i) && since < best_since) {
+        if (now_ms < until_of(o, i) && since < best_since &&
+            atomic_load_explicit(&o->ep[i].healthy, memory_order_relaxed)) {
             best = i;
             best_since = since;
         }
@@ -100,7 +102,7 @@ static bool make_room(bh_outlier_t *o, uint64_t now_ms)
     if (count_ejected(o, now_ms) < o->max_ejectable)
         return true;
     size_t j = stalest_ejected(o, now_ms);
-    if (j == o->n) { /* max_ejectable is 0 */
+    if (j == o->n) { /* max_ejectable is 0, or each ejected one is unhealthy too */
         atomic_fetch_add_explicit(&o->skipped, 1, memory_order_relaxed);
         return false;
     }

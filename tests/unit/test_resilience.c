@@ -749,6 +749,23 @@ static void test_outlier_max_ejected(void **state)
     assert_int_equal(until, 50 * SEC + 60 * SEC);
     bh_outlier_free(o);
 
+    /* an ejected endpoint that also fails its health checks is not released: it would get no
+     * traffic, and the one failing now would be ejected for nothing (panic, with 2 endpoints) */
+    o = bh_outlier_new(&conf, 2);
+    fail_n(o, 0, 5, 0);
+    bh_outlier_set_healthy(o, 0, false);
+    fail_n(o, 1, 5, SEC);
+    assert_true(bh_outlier_is_ejected(o, 0, SEC, NULL));
+    assert_false(bh_outlier_is_ejected(o, 1, SEC, NULL));
+    bh_outlier_stats(o, SEC, &s);
+    assert_int_equal(s.ejections_skipped, 1);
+    assert_int_equal(s.ejections_released, 0);
+    bh_outlier_set_healthy(o, 0, true); /* healthy again: the next failure releases it */
+    bh_outlier_record(o, 1, true, 2 * SEC);
+    assert_false(bh_outlier_is_ejected(o, 0, 2 * SEC, NULL));
+    assert_true(bh_outlier_is_ejected(o, 1, 2 * SEC, NULL));
+    bh_outlier_free(o);
+
     /* one endpoint at 50%: floor(0.5) = 0, never ejected, nothing to release */
     o = bh_outlier_new(&conf, 1);
     fail_n(o, 0, 50, 0);
