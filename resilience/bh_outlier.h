@@ -8,11 +8,11 @@
  * restart), and the loss this risks is bounded by consecutive_failures where keeping the old one
  * out could cost eject_for x its multiplier of traffic sent to a dead endpoint. An ejected endpoint
  * that fails its active health checks is not released (it would not get traffic). When none can
- * be (a cap of 0), the ejection is skipped (counted) and the run kept. An endpoint that stays back for
- * BH_OUTLIER_MAX_EJECT_MS after its last ejection and then succeeds starts over at x1.
- * Active health checks (when configured) feed bh_outlier_set_healthy; an unhealthy endpoint is
- * not eligible either. When no endpoint is eligible, every endpoint is (panic mode): traffic goes
- * to all of them rather than none.
+ * be (a cap of 0), the ejection is skipped (counted) and the run kept. An endpoint that stays back
+ * for BH_OUTLIER_MAX_EJECT_MS after its last ejection and then succeeds starts over at x1. Active
+ * health checks (when configured) feed bh_outlier_set_healthy; an unhealthy endpoint is not
+ * eligible either. When no endpoint is eligible, every endpoint is (panic mode): traffic goes to
+ * all of them rather than none.
  *
  * Which outcomes are failures is the caller's decision (e.g. bh_retry_counts_as_failure with the
  * upstream's breaker `count` set). Thread-safety: every function except new/free is lock-free and
