@@ -88,8 +88,18 @@ void bh__fwd_record_attempt(bh_fwd_t *f, const bh_attempt_t *a, uint64_t now)
     if (a->outcome == BH_OUTCOME_LOCAL || a->outcome == BH_OUTCOME_TOTAL_TIMEOUT)
         return; /* not the endpoint's doing */
     bool failed = bh_retry_counts_as_failure(f->up->conf->breaker.count, a);
-    if (bh_outlier_record(f->up->shared->outlier, f->ep, failed, now))
-        bh_counter_add(&f->ex->up_cells->ejections, 1);
+    bh_outlier_event_t ev;
+    if (!bh_outlier_record_ev(f->up->shared->outlier, f->ep, failed, now, &ev))
+        return;
+    bh_counter_add(&f->ex->up_cells->ejections, 1);
+    const bh_upstream_t *up = f->up;
+    bh_log_warn("upstream %s: endpoint %s ejected for %llu ms (ejection %u, %u failures in a "
+                "row)%s%s%s",
+                up->conf->name, up->eps[f->ep].addr->text, (unsigned long long)ev.eject_ms,
+                ev.times, up->conf->outlier.consecutive_failures,
+                ev.released < up->n_eps ? "; endpoint " : "",
+                ev.released < up->n_eps ? up->eps[ev.released].addr->text : "",
+                ev.released < up->n_eps ? " comes back early to stay within max_ejected" : "");
 }
 
 /* ...and the request's final outcome for the upstream (the breaker). Counting attempts would let

@@ -97,8 +97,9 @@ static size_t stalest_ejected(bh_outlier_t *o, uint64_t now_ms)
  * Its evidence is older than the failure run that just ended, and it may well have recovered
  * (a rolling restart); keeping it out would leave the traffic on the endpoint known to fail.
  * Its multiplier is kept, so if it still fails it goes out again, for longer. */
-static bool make_room(bh_outlier_t *o, uint64_t now_ms)
+static bool make_room(bh_outlier_t *o, uint64_t now_ms, size_t *released)
 {
+    *released = o->n;
     if (count_ejected(o, now_ms) < o->max_ejectable)
         return true;
     size_t j = stalest_ejected(o, now_ms);
@@ -108,15 +109,17 @@ static bool make_room(bh_outlier_t *o, uint64_t now_ms)
     }
     atomic_store_explicit(&o->ep[j].until_ms, now_ms, memory_order_relaxed);
     atomic_fetch_add_explicit(&o->released, 1, memory_order_relaxed);
+    *released = j;
     return true;
 }
 
 /* Endpoint i reached its failure threshold: eject it, within max_ejected. */
-static bool try_eject(bh_outlier_t *o, size_t i, uint64_t now_ms)
+static bool try_eject(bh_outlier_t *o, size_t i, uint64_t now_ms, bh_outlier_event_t *ev)
 {
     ep_t *e = &o->ep[i];
     uint32_t times;
     uint64_t d;
+    size_t released;
     bool ejected = false;
 
     if (atomic_flag_test_and_set_explicit(&o->deciding, memory_order_acquire))
@@ -124,7 +127,7 @@ static bool try_eject(bh_outlier_t *o, size_t i, uint64_t now_ms)
     if (now_ms < until_of(o, i)) {
         atomic_store_explicit(&e->run, 0,
                               memory_order_relaxed); /* late failures of an ejected one */
-    } else if (make_room(o, now_ms)) {
+    } else if (make_room(o, now_ms, &released)) {
         times = atomic_load_explicit(&e->ejections, memory_order_relaxed) + 1;
         d = o->conf.eject_for_ms;
         d = d > BH_OUTLIER_MAX_EJECT_MS / times ? BH_OUTLIER_MAX_EJECT_MS : d * times;
@@ -133,13 +136,16 @@ static bool try_eject(bh_outlier_t *o, size_t i, uint64_t now_ms)
         atomic_store_explicit(&e->until_ms, now_ms + d, memory_order_relaxed);
         atomic_store_explicit(&e->run, 0, memory_order_relaxed);
         atomic_fetch_add_explicit(&o->ejections, 1, memory_order_relaxed);
+        if (ev != NULL)
+            *ev = (bh_outlier_event_t){.eject_ms = d, .times = times, .released = released};
         ejected = true;
     }
     atomic_flag_clear_explicit(&o->deciding, memory_order_release);
     return ejected;
 }
 
-bool bh_outlier_record(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms)
+bool bh_outlier_record_ev(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms,
+                          bh_outlier_event_t *ev)
 {
     ep_t *e;
     uint32_t run;
@@ -157,7 +163,7 @@ bool bh_outlier_record(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms)
     }
     run = atomic_fetch_add_explicit(&e->run, 1, memory_order_relaxed) + 1;
     if (o->conf.consecutive_failures > 0 && run >= o->conf.consecutive_failures)
-        return try_eject(o, i, now_ms);
+        return try_eject(o, i, now_ms, ev);
     return false;
 }
 

@@ -43,13 +43,25 @@ typedef struct bh_outlier_stats {
     uint64_t ejections_released; /* ended early to make room under max_ejected (monotonic) */
 } bh_outlier_stats_t;
 
+/* What a failure that ejected its endpoint did. */
+typedef struct bh_outlier_event {
+    uint64_t eject_ms; /* for how long */
+    uint32_t times;    /* the endpoint's ejections so far, this one included (its multiplier) */
+    size_t released;   /* the endpoint brought back early to make room, or n_endpoints: none */
+} bh_outlier_event_t;
+
 /* A detector for n_endpoints endpoints (all healthy, none ejected), conf copied. Returns NULL
  * when out of memory. Free with bh_outlier_free once no thread uses it. */
 bh_outlier_t *bh_outlier_new(const bh_conf_outlier_t *conf, size_t n_endpoints);
 void bh_outlier_free(bh_outlier_t *o);
 /* Records the outcome of one attempt on endpoint i (< n_endpoints) at now_ms. True when this
- * failure ejected the endpoint. */
-bool bh_outlier_record(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms);
+ * failure ejected the endpoint; then *ev (when not NULL) says how. */
+bool bh_outlier_record_ev(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms,
+                          bh_outlier_event_t *ev);
+static inline bool bh_outlier_record(bh_outlier_t *o, size_t i, bool failed, uint64_t now_ms)
+{
+    return bh_outlier_record_ev(o, i, failed, now_ms, NULL);
+}
 /* Active health check result for endpoint i. */
 void bh_outlier_set_healthy(bh_outlier_t *o, size_t i, bool healthy);
 /* The last active health check result for endpoint i (true until one fails). */
