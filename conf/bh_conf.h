@@ -76,6 +76,7 @@ typedef struct bh_conf_limits {
 typedef struct bh_conf_admin {
     bh_conf_addr_t addr;              /* 127.0.0.1:9901 */
     char *token;                      /* NULL or "" = no token */
+    uint32_t max_connections;         /* 64; open admin connections, 503 beyond */
 } bh_conf_admin_t;
 
 typedef struct bh_conf_log {

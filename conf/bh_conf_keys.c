@@ -152,6 +152,7 @@ const spec_t bh__conf_specs[] = {
 
     KEY(S_ADMIN, "address", T_ADDR, bh_conf_admin_t, addr, "127.0.0.1:9901", 0, 0),
     KEY(S_ADMIN, "token", T_OPT_STR, bh_conf_admin_t, token, "${BULKHEAD_ADMIN_TOKEN:-}", 0, 0),
+    KEY(S_ADMIN, "max_connections", T_U32, bh_conf_admin_t, max_connections, "64", 1, 10000),
 
     KEY(S_LOG, "level", T_LEVEL, bh_conf_log_t, level, "info", 0, 0),
     KEY(S_LOG, "access", T_STR, bh_conf_log_t, access, "stdout", 0, 0),

@@ -1,12 +1,17 @@
 /* Admin endpoints and the dashboard page. Requests are tiny and rare: each connection reads one
  * request head (up to 8 KiB), answers it and closes; nothing here is on the proxy's request
- * path. */
+ * path. What a client can hold is bounded all the same: admin.max_connections connections (503
+ * beyond), each given limits.header_timeout to send its head (408) and as long again to take the
+ * answer. */
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include "bh_admin.h"
 #include "bh_alloc.h"
+#include "bh_error.h"
 #include "bh_log.h"
+#include "bh_reply.h"
 #include "bh_stats.h"
 
 #define ADMIN_HEAD_MAX 8192
@@ -15,16 +20,19 @@ struct bh_admin {
     uv_tcp_t listener;
     bh_server_t *srv;
     bh_list_t conns;
+    uint32_t n_conns;
     bool draining, stopping;
     unsigned open_handles;
 };
 
 typedef struct admin_conn {
     uv_tcp_t tcp;
+    uv_timer_t timer; /* the head, then the answer's write */
     bh_admin_t *a;
     bh_list_t link;
     uv_write_t wreq;
     size_t len;
+    int handles; /* not yet closed: tcp, timer */
     bool head_only;
     char *out;
     char buf[ADMIN_HEAD_MAX];
@@ -39,8 +47,11 @@ static void maybe_free(bh_admin_t *a)
 static void on_conn_closed(uv_handle_t *h)
 {
     admin_conn_t *c = h->data;
+    if (--c->handles > 0)
+        return;
     bh_admin_t *a = c->a;
     bh_list_remove(&c->link);
+    a->n_conns--;
     bh_free(c->out);
     bh_free(c);
     a->open_handles--;
@@ -49,13 +60,52 @@ static void on_conn_closed(uv_handle_t *h)
 
 static void conn_close(admin_conn_t *c)
 {
-    if (!uv_is_closing((uv_handle_t *)&c->tcp))
-        uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    if (uv_is_closing((uv_handle_t *)&c->tcp))
+        return;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
 }
 
 static void on_written(uv_write_t *req, int status)
 {
     conn_close(req->data);
+}
+
+static uint64_t timeout_ms(const admin_conn_t *c)
+{
+    return c->a->srv->snap->conf->limits.header_timeout_ms;
+}
+
+static void on_write_timeout(uv_timer_t *t)
+{
+    conn_close(t->data); /* the client does not take its answer */
+}
+
+/* Writes c->out[0..n) and closes once it is written, or when that takes longer than the head
+ * was given. */
+static void send_out(admin_conn_t *c, size_t n)
+{
+    uv_buf_t b = uv_buf_init(c->out, (unsigned)n);
+    c->wreq.data = c;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_timer_start(&c->timer, on_write_timeout, timeout_ms(c), 0);
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0)
+        conn_close(c);
+}
+
+/* bulkhead's own error answer for cause err (Proxy-Status, as on the proxy's listeners). */
+static void reply_error(admin_conn_t *c, int status, int err, const char *detail)
+{
+    c->out = bh_malloc(BH_REPLY_MAX);
+    int n = c->out == NULL ? BH_ENOMEM
+                           : bh_reply_format(c->out, BH_REPLY_MAX, status, err, detail, true, 1);
+    if (n < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->head_only) /* the head is all there is, body after the blank line */
+        n = (int)(strstr(c->out, "\r\n\r\n") + 4 - c->out);
+    send_out(c, (size_t)n);
 }
 
 /* extra: more header lines, each ending in CRLF ("" for none). */
@@ -76,11 +126,7 @@ static void reply_with(admin_conn_t *c, int status, const char *reason, const ch
         memcpy(c->out + n, body, blen);
         n += (int)blen;
     }
-    uv_buf_t b = uv_buf_init(c->out, (unsigned)n);
-    c->wreq.data = c;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0)
-        conn_close(c);
+    send_out(c, (size_t)n);
 }
 
 static void reply_typed(admin_conn_t *c, int status, const char *reason, const char *type,
@@ -100,7 +146,7 @@ static void stats(admin_conn_t *c, bool json)
     char *body = json ? bh_stats_json(c->a->srv, c->a->draining, &len)
                       : bh_stats_prometheus(c->a->srv, &len);
     if (body == NULL) {
-        reply(c, 500, "Internal Server Error", "out of memory\n");
+        reply_error(c, 0, BH_ENOMEM, NULL);
         return;
     }
     reply_typed(c, 200, "OK",
@@ -160,9 +206,11 @@ static bool authorized(admin_conn_t *c, const char *head)
         const char *v = p + 16;
         while (*v == ' ' || *v == '\t')
             v++;
-        size_t tl = strlen(token);
-        return strncasecmp(v, "Bearer ", 7) == 0 && strncmp(v + 7, token, tl) == 0 &&
-               (v[7 + tl] == '\r' || v[7 + tl] == ' ');
+        if (strncasecmp(v, "Bearer ", 7) != 0)
+            return false;
+        v += 7;
+        size_t vl = strcspn(v, " \t\r"), tl = strlen(token);
+        return vl == tl && CRYPTO_memcmp(v, token, tl) == 0; /* in constant time */
     }
     return false;
 }
@@ -171,17 +219,17 @@ static void handle(admin_conn_t *c)
 {
     char method[8], path[256];
     if (sscanf(c->buf, "%7s %255s HTTP/1.", method, path) != 2) {
-        reply(c, 400, "Bad Request", "bad request\n");
+        reply_error(c, 0, BH_EBAD_REQUEST, NULL);
         return;
     }
     char *q = strchr(path, '?');
     if (q != NULL)
         *q = '\0';
-    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
-        reply(c, 405, "Method Not Allowed", "GET only\n");
+    c->head_only = strcmp(method, "HEAD") == 0;
+    if (strcmp(method, "GET") != 0 && !c->head_only) {
+        reply_error(c, 405, BH_EBAD_REQUEST, "the admin endpoints answer GET and HEAD only");
         return;
     }
-    c->head_only = strcmp(method, "HEAD") == 0;
     if (strcmp(path, "/healthz") == 0) {
         reply(c, 200, "OK", "ok\n");
         return;
@@ -191,7 +239,7 @@ static void handle(admin_conn_t *c)
         return;
     }
     if (!authorized(c, c->buf)) {
-        reply(c, 401, "Unauthorized", "admin token required\n");
+        reply_error(c, 401, BH_ESQL_AUTH, "admin token required");
         return;
     }
     if (strcmp(path, "/readyz") == 0)
@@ -201,7 +249,7 @@ static void handle(admin_conn_t *c)
     else if (strcmp(path, "/stats") == 0)
         stats(c, true);
     else
-        reply(c, 404, "Not Found", "not found: / /healthz /readyz /metrics /stats\n");
+        reply_error(c, 404, BH_ENO_ROUTE, "admin endpoints: / /healthz /readyz /metrics /stats");
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -224,7 +272,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (strstr(c->buf, "\r\n\r\n") != NULL)
         handle(c);
     else if (c->len >= sizeof(c->buf) - 1)
-        reply(c, 431, "Request Header Fields Too Large", "too large\n");
+        reply_error(c, 0, BH_EHEAD_TOO_LARGE, NULL);
+}
+
+static void on_head_timeout(uv_timer_t *t)
+{
+    admin_conn_t *c = t->data;
+    reply_error(c, 0, BH_ECLIENT_TIMEOUT, "no complete request head within limits.header_timeout");
 }
 
 static void on_connection(uv_stream_t *l, int status)
@@ -237,12 +291,21 @@ static void on_connection(uv_stream_t *l, int status)
         return;
     c->a = a;
     uv_tcp_init(l->loop, &c->tcp);
-    c->tcp.data = c;
+    uv_timer_init(l->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->handles = 2;
     bh_list_push_back(&a->conns, &c->link);
+    a->n_conns++;
     a->open_handles++;
-    if (uv_accept(l, (uv_stream_t *)&c->tcp) < 0 ||
-        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0)
+    if (uv_accept(l, (uv_stream_t *)&c->tcp) < 0) {
         conn_close(c);
+    } else if (a->n_conns > a->srv->snap->conf->admin.max_connections) {
+        reply_error(c, 0, BH_ETOO_MANY_CONNS, "admin.max_connections reached");
+    } else if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
+        conn_close(c);
+    } else {
+        uv_timer_start(&c->timer, on_head_timeout, timeout_ms(c), 0);
+    }
 }
 
 static void on_listener_closed(uv_handle_t *h)

@@ -3,11 +3,20 @@
 #define BH_REPLY_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include "bh_outq.h"
 
 /* The status bulkhead answers with for a failure cause (BH_E*): the error table's. */
 int bh_reply_status(int err);
+
+/* The longest response bh_reply_format writes. */
+#define BH_REPLY_MAX 1024
+
+/* Writes the complete response for cause err into buf (see bh_reply_write_detail); returns its
+ * length, or BH_ENOMEM when it does not fit in size. */
+int bh_reply_format(char *buf, size_t size, int status, int err, const char *detail, bool close,
+                    uint64_t retry_after_s);
 
 /* Queues a complete response for cause err (status from bh_reply_status unless status != 0).
  * close: adds "Connection: close". 503s carry Retry-After: retry_after_s (at least 1). */

@@ -661,11 +661,12 @@ def test_stats_document(bulkhead, upstream):
 @pytest.mark.parametrize("path", ["/metrics", "/stats"])
 def test_admin_token(bulkhead, upstream, path):
     bh = admin_ready(bulkhead(upstream, admin={"token": "s3cret-t0ken"}))
-    for auth in (None, "Bearer wrong", "Bearer s3cret-t0ken-and-more", "Basic czNjcmV0LXQwa2Vu",
-                 "Bearer", "s3cret-t0ken"):
-        status, _, body = admin_get(bh, path, auth=auth)
+    for auth in (None, "Bearer wrong", "Bearer s3cret-t0ken-and-more", "Bearer s3cret-t0ke",
+                 "Basic czNjcmV0LXQwa2Vu", "Bearer", "s3cret-t0ken"):
+        status, headers, body = admin_get(bh, path, auth=auth)
         assert status == 401, (auth, status, body[:200])
         assert b"bulkhead_" not in body and b"upstreams" not in body, body[:200]
+        assert headers["proxy-status"].startswith("bulkhead; error=http_request_denied"), headers
     status, headers, body = admin_get(bh, path, token="s3cret-t0ken")
     assert status == 200, (status, body[:200])
     if path == "/metrics":
@@ -673,6 +674,64 @@ def test_admin_token(bulkhead, upstream, path):
         assert Exposition(body.decode()).get("bulkhead_client_connections") is not None
     else:
         assert ups_of(json.loads(body), "u")["name"] == "u"
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    (b"POST /stats HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+    (b"garbage\r\n\r\n", 400),
+    (b"GET /stats HTTP/1.1\r\nX-Pad: " + b"a" * 9000, 431),
+], ids=["404", "405", "400", "431"])
+def test_admin_errors_carry_proxy_status(bulkhead, upstream, raw, status):
+    """An error the admin listener answers itself names its cause, as the proxy's listeners do."""
+    bh = admin_ready(bulkhead(upstream))
+    with RawClient(bh.admin_port) as c:
+        c.send(raw)
+        r = c.read_response()
+        assert r.status == status, r
+        assert proxy_status_error(r) == {404: "destination_not_found"}.get(status, "http_request_error"), r
+        assert c.wait_closed()
+
+
+def test_admin_slow_head_is_408_and_closed(bulkhead, upstream):
+    """A client that never finishes its request head on the admin port gets 408 at
+    limits.header_timeout and is closed: it cannot hold the connection (and its 8 KiB) for ever."""
+    bh = admin_ready(bulkhead(upstream, limits={"header_timeout": "300ms"}))
+    with RawClient(bh.admin_port) as c:
+        c.send(b"GET /stats HTTP/1.1\r\nHost: x\r\n")
+        r = c.read_response()
+        assert r.status == 408, r
+        assert proxy_status_error(r) == "http_request_error", r
+        assert c.wait_closed()
+
+
+def test_admin_max_connections(bulkhead, upstream):
+    """admin.max_connections 3: with three connections open (heads not finished), a fourth gets 503
+    connection_limit_reached and is closed; the three are still served when they finish, and then a
+    new connection is served again."""
+    bh = admin_ready(bulkhead(upstream, admin={"max_connections": 3}))
+
+    def fill():
+        held = [RawClient(bh.admin_port) for _ in range(3)]
+        try:
+            for c in held:
+                c.send(b"GET /healthz HTTP/1.1\r\n")
+            with RawClient(bh.admin_port) as extra:
+                extra.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                r = extra.read_response()
+            for c in held:
+                c.send(b"Host: x\r\n\r\n")
+            held_status = [c.read_response().status for c in held]
+            # a closed connection not yet reaped (the readiness probe) may take a slot: then try again
+            return (r, held_status) if r.status == 503 and held_status == [200] * 3 else None
+        finally:
+            for c in held:
+                c.close()
+
+    r, _ = wait_until(fill, what="three held admin connections and a fourth refused")
+    assert proxy_status_error(r) == "connection_limit_reached", r
+    assert r.header("Retry-After") == "1", r
+    wait_until(lambda: admin_get(bh, "/healthz")[0] == 200, what="an admin connection served again")
 
 
 def test_without_token_metrics_are_open(bulkhead, upstream):
