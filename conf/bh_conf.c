@@ -269,6 +269,7 @@ void bh_conf_free(bh_conf_t *conf)
     bh__conf_addr_clear(&conf->admin.addr);
     bh_free(conf->admin.token);
     bh_free(conf->log.access);
+    bh_free(conf->request_id.header);
     for (size_t i = 0; i < conf->n_upstreams; i++)
         free_upstream(&conf->upstreams[i]);
     bh_free(conf->upstreams);

@@ -79,6 +79,12 @@ typedef struct bh_conf_admin {
     uint32_t max_connections;         /* 64; open admin connections, 503 beyond */
 } bh_conf_admin_t;
 
+/* Request ids: every request gets one, sent upstream in the header and written to the access log. */
+typedef struct bh_conf_request_id {
+    char *header;                     /* "X-Request-Id"; NULL ("" in the file) = no request ids */
+    bool from_client;                 /* true: keep a well-formed id the client sent */
+} bh_conf_request_id_t;
+
 typedef struct bh_conf_log {
     enum bh_log_level level;          /* info */
     char *access;                     /* "stdout", "off" or a file path; default "stdout" */
@@ -322,6 +328,7 @@ typedef struct bh_conf {
     size_t n_listeners;
     bh_conf_limits_t limits;
     bh_conf_admin_t admin;
+    bh_conf_request_id_t request_id;
     bh_conf_log_t log;
     bh_conf_upstream_t *upstreams;
     size_t n_upstreams;

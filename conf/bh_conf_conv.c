@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include "bh_alloc.h"
 #include "bh_conf_int.h"
@@ -326,6 +327,33 @@ int bh__conf_conv_path(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *te
     if (text[0] != '/' || strpbrk(text, " \t\r\n") != NULL)
         return bh__conf_fail(c, n, "invalid path '%.64s' for %s, expected %s", text, c->path,
                              k->type->expect);
+    return bh__conf_conv_str(c, k, n, text, base);
+}
+
+/* RFC 9110 5.1: a field name is a token. One that carries the message's framing or routing, is
+ * hop-by-hop, or is one bulkhead sets or reads itself cannot be given to bulkhead to set. */
+int bh__conf_conv_header_name(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
+                              void *base)
+{
+    /* clang-format off */
+    static const char *const taken[] = {
+        "content-length", "transfer-encoding", "host", "connection", "keep-alive", "te", "trailer",
+        "upgrade", "proxy-connection", "expect", "via", "forwarded", "x-forwarded-for",
+        "x-forwarded-proto", "x-forwarded-host", "bulkhead-deadline", "bulkhead-timeout",
+        "x-client-cert-subject", "idempotency-key", "authorization", "cookie", "proxy-status"};
+    /* clang-format on */
+    size_t len = strlen(text);
+
+    if (len > 64 || strspn(text, "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                 "abcdefghijklmnopqrstuvwxyz") != len)
+        return bh__conf_fail(c, n, "invalid header name '%.64s' for %s, expected %s", text, c->path,
+                             k->type->expect);
+    for (size_t i = 0; i < sizeof taken / sizeof taken[0]; i++)
+        if (strcasecmp(text, taken[i]) == 0)
+            return bh__conf_fail(c, n, "header '%s' for %s is one bulkhead cannot set: %s", text,
+                                 c->path,
+                                 "it frames, routes or authenticates the request, or "
+                                 "bulkhead sets it itself");
     return bh__conf_conv_str(c, k, n, text, base);
 }
 

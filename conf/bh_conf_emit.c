@@ -605,6 +605,7 @@ static const struct {
     {C(prefix), w_str},
     {C(host), w_str},
     {C(path), w_str},
+    {C(header_name), w_str},
     {C(server_name), w_str},
     {C(ciphers), w_str},
     {C(client_ca), w_str},

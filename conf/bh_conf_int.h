@@ -39,6 +39,7 @@ enum sec {
     S_LIMITS,
     S_ADMIN,
     S_LOG,
+    S_REQUEST_ID,
     S_UPSTREAM,
     S_POOL,
     S_TIMEOUTS,
@@ -225,6 +226,8 @@ int bh__conf_conv_host(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *te
 int bh__conf_conv_addr(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
 int bh__conf_conv_percent(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
 int bh__conf_conv_path(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
+int bh__conf_conv_header_name(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
+                              void *base);
 int bh__conf_conv_balance(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text, void *base);
 int bh__conf_conv_retry_methods(ctx_t *c, const spec_t *k, yaml_node_t *n, const char *text,
                                 void *base);

@@ -50,6 +50,8 @@ static const type_t T_COUNT = {C(count), "a list of connect-failure, timeout, 5x
 static const type_t T_STATUSES = {C(statuses), "a list of HTTP statuses, e.g. [503]", T_NODE,
                                   K_STATUSES};
 static const type_t T_PATH = {C(path), "a path starting with '/', e.g. /healthz", 0, K_STR};
+static const type_t T_HEADER_NAME = {C(header_name), "a header field name, e.g. X-Request-Id, "
+                                     "or \"\" for none", T_EMPTY_OK, K_STR};
 static const type_t T_HEALTH = {C(health), "a mapping of path, interval, timeout, healthy, "
                                            "unhealthy", T_NODE, K_HEALTH};
 static const type_t T_ROUTE_RETRY = {C(route_retry), "a mapping of retry settings (attempts, "
@@ -117,6 +119,7 @@ const spec_t bh__conf_specs[] = {
     SECTION(S_ROOT, "limits", bh_conf_t, limits, S_LIMITS),
     SECTION(S_ROOT, "admin", bh_conf_t, admin, S_ADMIN),
     SECTION(S_ROOT, "log", bh_conf_t, log, S_LOG),
+    SECTION(S_ROOT, "request_id", bh_conf_t, request_id, S_REQUEST_ID),
     KEY(S_ROOT, "upstreams", T_UPSTREAMS, bh_conf_t, upstreams, NULL, 0, 0),
     KEY(S_ROOT, "databases", T_DATABASES, bh_conf_t, databases, NULL, 0, 0),
     KEY(S_ROOT, "routes", T_ROUTES, bh_conf_t, routes, NULL, 0, 0),
@@ -156,6 +159,9 @@ const spec_t bh__conf_specs[] = {
 
     KEY(S_LOG, "level", T_LEVEL, bh_conf_log_t, level, "info", 0, 0),
     KEY(S_LOG, "access", T_STR, bh_conf_log_t, access, "stdout", 0, 0),
+
+    KEY(S_REQUEST_ID, "header", T_HEADER_NAME, bh_conf_request_id_t, header, "X-Request-Id", 0, 0),
+    KEY(S_REQUEST_ID, "from_client", T_BOOL, bh_conf_request_id_t, from_client, "true", 0, 0),
 
     REQ(S_UPSTREAM, "endpoints", T_ENDPOINTS, bh_conf_upstream_t, endpoints),
     SECTION(S_UPSTREAM, "tls", bh_conf_upstream_t, tls, S_UPSTREAM_TLS), /* check_upstream */

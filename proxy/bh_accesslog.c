@@ -106,6 +106,8 @@ void bh_accesslog_write(bh_accesslog_t *al, const bh_accesslog_rec_t *r)
     n += (size_t)snprintf(line, cap, "{\"time\":\"%s\",\"worker\":%u", ts, r->worker);
     put_str(line, cap, &n, "client", r->client);
     put_str(line, cap, &n, "request", r->request);
+    if (r->request_id != NULL)
+        put_str(line, cap, &n, "request_id", r->request_id);
     put_str(line, cap, &n, "route", r->route);
     n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"status\":%d,\"bytes\":%llu", r->status,
                           (unsigned long long)r->bytes);

@@ -44,6 +44,7 @@ typedef struct bh_accesslog_rec {
     uint64_t total_ms;
     const char *error;       /* the Proxy-Status error type of bulkhead's own reply */
     bool aborted;
+    const char *request_id;  /* request_id.header's value (NULL: off) */
     const char *application_name; /* an SQL client's (from its connection string); the key is
                                      written only when it is not NULL */
 } bh_accesslog_rec_t;

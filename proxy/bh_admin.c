@@ -97,8 +97,9 @@ static void send_out(admin_conn_t *c, size_t n)
 static void reply_error(admin_conn_t *c, int status, int err, const char *detail)
 {
     c->out = bh_malloc(BH_REPLY_MAX);
-    int n = c->out == NULL ? BH_ENOMEM
-                           : bh_reply_format(c->out, BH_REPLY_MAX, status, err, detail, true, 1);
+    int n = c->out == NULL
+                ? BH_ENOMEM
+                : bh_reply_format(c->out, BH_REPLY_MAX, status, err, detail, NULL, true, 1);
     if (n < 0) {
         conn_close(c);
         return;

@@ -58,6 +58,7 @@ static void log_exchange(const bh_exchange_t *ex, bool aborted, int status)
         .error = ex->local && ex->last_err < 0 ? bh_err_proxy_status(ex->last_err) : NULL,
         .aborted = aborted,
         .application_name = ex->app_name,
+        .request_id = ex->request_id[0] != '\0' ? ex->request_id : NULL,
     };
     bh_accesslog_write(w->alog, &r);
 }
@@ -127,7 +128,10 @@ void bh_exchange_reply(bh_exchange_t *ex, int err, bool close, uint64_t retry_af
     ex->resp_started = true;
     ex->status = status;
     ex->last_err = err;
-    if (bh_reply_write_detail(&conn->out, status, err, ex->reply_detail,
+    char rid[BH_REQUEST_ID_MAX + 96] = "";
+    if (ex->request_id[0] != '\0')
+        snprintf(rid, sizeof rid, "%s: %s\r\n", ex->gen->conf->request_id.header, ex->request_id);
+    if (bh_reply_write_detail(&conn->out, status, err, ex->reply_detail, rid,
                               conn->close_after || conn->w->draining, retry_after_s) < 0) {
         conn->ops->close(conn);
         return;
@@ -178,6 +182,48 @@ static void begin(bh_exchange_t *ex, bh_conn_t *conn)
     ex->deadline_ms = BH_DEADLINE_NONE;
 }
 
+/* A request id a client may choose: 1 to BH_REQUEST_ID_MAX letters, digits and - _ . : / + = (a
+ * UUID, a W3C trace id, base64), nothing that could break a log line or a header. */
+static bool request_id_ok(bh_span_t v)
+{
+    static const char ok[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:/+=";
+    if (v.n == 0 || v.n > BH_REQUEST_ID_MAX)
+        return false;
+    for (size_t i = 0; i < v.n; i++)
+        if (v.p[i] == '\0' || strchr(ok, v.p[i]) == NULL)
+            return false;
+    return true;
+}
+
+/* The request's id (request_id.header; "" when off): the client's, when it sent exactly one and
+ * request_id.from_client allows it and it is well-formed; otherwise the worker's random prefix and
+ * its next count, 32 hex digits, unique without a lookup. req NULL: the head was unreadable. */
+static void choose_request_id(bh_exchange_t *ex, const bh_request_t *req)
+{
+    const bh_conf_request_id_t *conf = &ex->gen->conf->request_id;
+    if (conf->header == NULL)
+        return;
+    if (req != NULL && conf->from_client) {
+        const bh_hdr_t *found = NULL;
+        size_t name_len = strlen(conf->header), seen = 0;
+        for (int i = 0; i < req->nhdrs; i++)
+            if (bh_span_ieqn(req->hdrs[i].name, conf->header, name_len) && ++seen == 1)
+                found = &req->hdrs[i];
+        if (seen == 1 && request_id_ok(found->value)) {
+            memcpy(ex->request_id, found->value.p, found->value.n);
+            ex->request_id[found->value.n] = '\0';
+            return;
+        }
+    }
+    static const char hex[] = "0123456789abcdef";
+    bh_worker_t *w = ex->conn->w;
+    uint64_t parts[2] = {w->rid_prefix, w->rid_next++};
+    for (int i = 0; i < 32; i++)
+        ex->request_id[i] = hex[(parts[i / 16] >> (60 - 4 * (i % 16))) & 15];
+    ex->request_id[32] = '\0';
+}
+
 /* Splits the head into req. Returns 0 or the error to answer with. */
 static int read_head(bh_exchange_t *ex, const char *head, size_t head_len, bh_span_t target,
                      bh_request_t *req, bh_req_fields_t *f)
@@ -217,9 +263,10 @@ void bh_exchange_start(bh_exchange_t *ex, bh_conn_t *conn, const char *head, siz
                        bh_span_t target)
 {
     begin(ex, conn);
-    bh_request_t req;
+    bh_request_t req = {0};
     bh_req_fields_t f;
     int err = read_head(ex, head, head_len, target, &req, &f);
+    choose_request_id(ex, req.hdrs == NULL ? NULL : &req);
     if (err < 0) {
         bh_exchange_reply(ex, err, true, 1);
         return;

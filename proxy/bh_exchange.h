@@ -70,6 +70,9 @@ typedef struct bh_handler {
  * made an upcall can still look at it to find out whether the exchange went on. */
 #define BH_EXCHANGE_STATE_BYTES 512
 
+/* The longest request id taken from a client (a longer one is replaced). */
+#define BH_REQUEST_ID_MAX 64
+
 struct bh_exchange {
     bh_conn_t *conn;
     const bh_handler_t *handler; /* NULL until routed, and for bulkhead's own replies */
@@ -88,6 +91,7 @@ struct bh_exchange {
     uint64_t body_limit;   /* 413 beyond: limits.max_body_bytes (none for /sql) */
     uint64_t out_at_start; /* conn->out.total when the request began */
     char *log_target;      /* method and target for the access log (only when on) */
+    char request_id[BH_REQUEST_ID_MAX + 1]; /* request_id.header's value; "" when off */
     unsigned attempts;
     int last_err; /* bulkhead's reply: why */
     const char *reply_detail; /* for bh_exchange_reply's Proxy-Status details (NULL: the

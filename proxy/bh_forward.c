@@ -175,6 +175,8 @@ static int build_head(bh_fwd_t *f, const bh_request_t *req)
         .client_ip = conn->ip,
         .proto = conn->https ? "https" : "http",
         .cert_subject = conn->cert_subject,
+        .id_name = ex->request_id[0] != '\0' ? ex->gen->conf->request_id.header : NULL,
+        .id = ex->request_id,
         .chunked = f->req_framing == FRAME_CHUNKED,
         .upgrade = f->upgrade,
         .drop_expect = f->expect_continue,

@@ -250,6 +250,7 @@ bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t
 {
     bool has_conn = has_connection_header(hdrs, nhdrs);
     const bh_hdr_t *host = NULL, *upgrade = NULL;
+    size_t id_name_len = req->id_name != NULL ? strlen(req->id_name) : 0;
 
     bh_wbuf_span(w, req->method);
     bh_wbuf_put(w, req->target_slash ? " /" : " ", req->target_slash ? 2 : 1);
@@ -267,11 +268,11 @@ bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t
         if (bh_span_ieq(name, "upgrade"))
             upgrade = &hdrs[i];
         if (skip_field(name, hdrs, nhdrs, has_conn) || bh_span_ieq(name, "trailer") ||
-            bh_span_ieq(name, "x-forwarded-for") ||
-            bh_span_ieq(name, "x-forwarded-proto") || bh_span_ieq(name, "x-forwarded-host") ||
-            bh_span_ieq(name, "via") || bh_span_ieq(name, "bulkhead-deadline") ||
-            bh_span_ieq(name, "x-client-cert-subject") ||
+            bh_span_ieq(name, "x-forwarded-for") || bh_span_ieq(name, "x-forwarded-proto") ||
+            bh_span_ieq(name, "x-forwarded-host") || bh_span_ieq(name, "via") ||
+            bh_span_ieq(name, "bulkhead-deadline") || bh_span_ieq(name, "x-client-cert-subject") ||
             (req->drop_expect && bh_span_ieq(name, "expect")) ||
+            (id_name_len > 0 && bh_span_ieqn(name, req->id_name, id_name_len)) ||
             (req->chunked && bh_span_ieq(name, "content-length")))
             continue;
         put_header(w, name, hdrs[i].value);
@@ -286,6 +287,12 @@ bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t
     if (host_value.p != NULL)
         put_header(w, (bh_span_t){"X-Forwarded-Host", 16}, host_value);
     put_joined(w, "Via", hdrs, nhdrs, "1.1 bulkhead");
+    if (id_name_len > 0) {
+        bh_wbuf_str(w, req->id_name);
+        bh_wbuf_put(w, ": ", 2);
+        bh_wbuf_str(w, req->id);
+        bh_wbuf_put(w, "\r\n", 2);
+    }
     if (req->cert_subject != NULL) {
         bh_wbuf_str(w, "X-Client-Cert-Subject: ");
         bh_wbuf_str(w, req->cert_subject);

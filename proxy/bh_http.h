@@ -105,6 +105,9 @@ typedef struct bh_fwd_req {
     const char *cert_subject;/* the client certificate's verified subject: sent as
                                 X-Client-Cert-Subject (NULL: none); the client's own such
                                 header is never forwarded */
+    const char *id_name;     /* request_id.header: the client's fields of that name are not
+                                forwarded, and "id_name: id" is sent (NULL: none) */
+    const char *id;
     bool chunked;            /* body forwarded with chunked framing */
     bool upgrade;            /* forward Upgrade + Connection: upgrade */
     bool drop_expect;        /* bulkhead answers Expect: 100-continue itself */

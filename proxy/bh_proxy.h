@@ -141,6 +141,7 @@ struct bh_worker {
     bh_bufpool_t bufs;
     bh_wreq_cache_t wreqs;
     bh_rng_t rng;
+    uint64_t rid_prefix, rid_next;  /* request ids: a random prefix per worker, then a counter */
     bh_upstream_env_t env;
     bh_tls_env_t tls_env;
     bh_list_t clients;              /* bh_client.c's, linked through their own list node */

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -417,6 +418,9 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     bh_bufpool_init(&w->bufs, (uint32_t)cap, 1024);
     bh_wreq_cache_init(&w->wreqs, 1024);
     bh_rng_seed(&w->rng, uv_hrtime() ^ ((uint64_t)(id + 1) * 0x9e3779b97f4a7c15ull));
+    if (getrandom(&w->rid_prefix, sizeof w->rid_prefix, GRND_NONBLOCK) !=
+        (ssize_t)sizeof w->rid_prefix)
+        w->rid_prefix = bh_rng_next(&w->rng) ^ (uint64_t)getpid() << 32;
     w->inbox = (bh_sem_inbox_t){.lane = id, .wake = on_inbox_wake, .data = w};
     bh_tls_env_init(&w->tls_env, &w->loop, &w->bufs);
     w->tls_env.handshakes[BH_TLS_SERVER] = w->cells->tls[BH_TLS_SERVER];

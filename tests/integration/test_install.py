@@ -33,7 +33,7 @@ CONFIG_PATH = "/etc/bulkhead/bulkhead.yaml"
 # until it is), and its keys documented under that heading of docs/configuration.md.
 SECTION_HEADING = {
     "S_LISTENER": "listeners", "S_LISTENER_TLS": "listeners", "S_TLS_CERT": "listeners",
-    "S_LIMITS": "limits", "S_ADMIN": "admin", "S_LOG": "log",
+    "S_LIMITS": "limits", "S_ADMIN": "admin", "S_LOG": "log", "S_REQUEST_ID": "request_id",
     "S_UPSTREAM": "upstreams", "S_POOL": "upstreams", "S_TIMEOUTS": "upstreams", "S_RETRY": "upstreams",
     "S_BACKOFF": "upstreams", "S_BUDGET": "upstreams", "S_BREAKER": "upstreams", "S_OUTLIER": "upstreams",
     "S_HEALTH": "upstreams", "S_UPSTREAM_TLS": "upstreams.<name>.tls",

@@ -699,7 +699,7 @@ static void test_did_you_mean(void **state)
          "t.yaml:6:5: unknown key 'balanse' in upstreams.a, did you mean 'balance'?"},
         {MIN_HEAD "colour: red\n",
          "t.yaml:3:1: unknown key 'colour' at top level, expected one of: workers, listeners, "
-         "limits, admin, log, upstreams, databases, routes, shutdown"},
+         "limits, admin, log, request_id, upstreams, databases, routes, shutdown"},
         {MIN_HEAD "upstreams:\n  api:\n    endpoints: [a:1]\nroutes:\n  - upstream: apx\n",
          "t.yaml:7:15: unknown upstream 'apx' for routes[0].upstream, did you mean 'api'?"},
         {MIN_HEAD "upstreams:\n  api:\n    endpoints: [a:1]\nroutes:\n  - upstream: web\n",

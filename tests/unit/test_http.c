@@ -96,6 +96,35 @@ static void test_request_rewrite(void **state)
                              "\r\n");
 }
 
+/* The request id field is bulkhead's: every client field of that name is dropped (any case, named
+ * by Connection or not) and the chosen id is written once. */
+static void test_request_id_field(void **state)
+{
+    char out[2048];
+    bh_fwd_req_t req = {.method = {"GET", 3},
+                        .target = {"/", 1},
+                        .client_ip = "10.0.0.9",
+                        .proto = "http",
+                        .id_name = "X-Request-Id",
+                        .id = "abc-1"};
+    write_req("GET / HTTP/1.1\r\n"
+              "Host: h\r\n"
+              "X-Request-Id: one\r\n"
+              "x-request-ID: two\r\n"
+              "Connection: X-Request-Id\r\n"
+              "X-Request-Idx: kept\r\n\r\n",
+              &req, out, sizeof(out));
+    assert_string_equal(out, "GET / HTTP/1.1\r\n"
+                             "Host: h\r\n"
+                             "X-Request-Idx: kept\r\n"
+                             "X-Forwarded-For: 10.0.0.9\r\n"
+                             "X-Forwarded-Proto: http\r\n"
+                             "X-Forwarded-Host: h\r\n"
+                             "Via: 1.1 bulkhead\r\n"
+                             "X-Request-Id: abc-1\r\n"
+                             "\r\n");
+}
+
 static void test_request_chunked_upgrade_strip(void **state)
 {
     char out[2048];
@@ -306,6 +335,7 @@ int main(void)
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_tokens),
         cmocka_unit_test(test_request_rewrite),
+        cmocka_unit_test(test_request_id_field),
         cmocka_unit_test(test_request_chunked_upgrade_strip),
         cmocka_unit_test(test_response_rewrite),
         cmocka_unit_test(test_connection_cannot_remove_protected),
