@@ -35,3 +35,29 @@ def test_sql_request_is_logged_with_attempts_and_queue_time(sql_bulkhead, pg, tm
 def test_sql_request_is_logged_with_its_first_byte_time(sql_bulkhead, pg, tmp_path):
     entry = logged_query(sql_bulkhead, pg, tmp_path, "SELECT pg_sleep(0.04)")
     assert entry["first_byte_ms"] >= 40, entry
+
+
+@pytest.mark.parametrize("sent", [None, "client-trace-7"])
+def test_sql_reply_carries_the_request_id_of_its_log_line(sql_bulkhead, pg, tmp_path, sent):
+    """A /sql reply, a 200 or an SQL error (400), carries X-Request-Id: the access log line's id (the
+    client's when it sent a well-formed one), beside the protocol's own neon-request-id."""
+    path = tmp_path / "access.log"
+    bh = sql_bulkhead(log={"level": "info", "access": str(path)})
+    c = SqlClient(bh, pg)
+    headers = [] if sent is None else [("X-Request-Id", sent)]
+    replies = [c.query("SELECT 1 AS x", headers=headers), c.query("SELECT nope", headers=headers)]
+    assert [r.status for r in replies] == [200, 400], replies
+
+    def lines():
+        if not path.exists():
+            return None
+        got = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return got if len(got) == 2 else None
+    logged = [e["request_id"] for e in wait_until(lines, what="two access log lines")]
+    ids = [r.header("X-Request-Id") for r in replies]
+    assert sorted(ids) == sorted(logged), (ids, logged)
+    assert all(r.header("neon-request-id") for r in replies)
+    if sent is not None:
+        assert ids == [sent, sent]
+    else:
+        assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids), ids
