@@ -88,6 +88,7 @@ typedef struct bh_conf_request_id {
 typedef struct bh_conf_log {
     enum bh_log_level level;          /* info */
     char *access;                     /* "stdout", "off" or a file path; default "stdout" */
+    uint64_t access_buffer;           /* 1 MiB; lines waiting for a slow destination */
 } bh_conf_log_t;
 
 typedef struct bh_conf_pool {

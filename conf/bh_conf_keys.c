@@ -159,6 +159,7 @@ const spec_t bh__conf_specs[] = {
 
     KEY(S_LOG, "level", T_LEVEL, bh_conf_log_t, level, "info", 0, 0),
     KEY(S_LOG, "access", T_STR, bh_conf_log_t, access, "stdout", 0, 0),
+    KEY(S_LOG, "access_buffer", T_SIZE, bh_conf_log_t, access_buffer, "1MiB", 4096, GiB),
 
     KEY(S_REQUEST_ID, "header", T_HEADER_NAME, bh_conf_request_id_t, header, "X-Request-Id", 0, 0),
     KEY(S_REQUEST_ID, "from_client", T_BOOL, bh_conf_request_id_t, from_client, "true", 0, 0),

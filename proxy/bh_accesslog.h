@@ -1,6 +1,9 @@
-/* The access log: one JSON object per finished request, buffered per worker and written with
- * write(2) in pieces of at most PIPE_BUF bytes that end on a line, so lines from several workers
- * never interleave on a pipe or an O_APPEND file. `log.access: off` creates no writer at all. */
+/* The access log: one JSON object per finished request, buffered per worker in pieces of at most
+ * 4 KiB that end on a line. Full pieces go to the process's one writer thread (bh_logwriter_t),
+ * which writes them in order, so lines never interleave and a slow or stalled destination (a pipe
+ * nobody reads: a container's stdout whose reader is stuck) never blocks a worker: at most
+ * log.access_buffer bytes wait for it, and the lines beyond are dropped and counted. `log.access:
+ * off` creates no writer at all. */
 #ifndef BH_ACCESSLOG_H
 #define BH_ACCESSLOG_H
 
@@ -11,12 +14,28 @@
 #include "bh_stat.h"
 
 #define BH_ACCESSLOG_BUF 4096
+/* How long the exit waits for a stalled access-log destination to take the last lines. */
+#define BH_ACCESSLOG_EXIT_MS 2000
+
+typedef struct bh_logwriter bh_logwriter_t;
+
+/* Starts the writer thread for fd (owned by the caller, open until bh_logwriter_stop returned),
+ * keeping at most cap bytes queued. NULL when out of memory or threads. */
+bh_logwriter_t *bh_logwriter_start(int fd, size_t cap);
+/* Hands n bytes of whole lines to the writer. Returns false (nothing queued) when that would
+ * exceed its cap or memory is short: the caller counts the lines as dropped. Any thread. */
+bool bh_logwriter_put(bh_logwriter_t *lw, const char *data, size_t n);
+/* Lines lost to failed writes (a full disk, a closed pipe) so far. Any thread. */
+uint64_t bh_logwriter_lost(const bh_logwriter_t *lw);
+/* Writes what is queued, waiting at most timeout_ms for a stalled destination, then stops the
+ * thread and frees the writer (a writer still stuck in write(2) is left to the process's exit). */
+void bh_logwriter_stop(bh_logwriter_t *lw, uint64_t timeout_ms);
 
 typedef struct bh_accesslog {
-    int fd;                  /* shared by the workers; owned by the caller */
+    bh_logwriter_t *writer;  /* shared by the workers; owned by the caller */
     size_t n;
     uv_timer_t timer;        /* flushes a partly filled buffer after a short while */
-    bh_counter_t *dropped;   /* lines a failed write lost (a full disk); may be NULL */
+    bh_counter_t *dropped;   /* lines the writer's full queue refused; may be NULL */
     char buf[BH_ACCESSLOG_BUF];
 } bh_accesslog_t;
 
@@ -24,7 +43,7 @@ typedef struct bh_accesslog {
  * the fd, -1 for "off", or a negative errno on failure (below -1). */
 int bh_accesslog_open(const char *access);
 
-void bh_accesslog_init(bh_accesslog_t *al, uv_loop_t *loop, int fd);
+void bh_accesslog_init(bh_accesslog_t *al, uv_loop_t *loop, bh_logwriter_t *writer);
 /* Appends one line (without its newline; one is added). Lines longer than the buffer are cut. */
 void bh_accesslog_line(bh_accesslog_t *al, const char *line, size_t n);
 void bh_accesslog_flush(bh_accesslog_t *al);

@@ -237,8 +237,11 @@ static void process_families(sb_t *b, bh_server_t *srv)
     uint64_t dropped = 0;
     for (uint32_t i = 0; i < m->n_workers; i++)
         dropped += bh_counter_get(&bh_metrics_worker(m, i)->log_dropped);
+    if (srv->alog_writer != NULL)
+        dropped += bh_logwriter_lost(srv->alog_writer);
     family(b, "bulkhead_access_log_dropped_lines_total", "counter",
-           "Access-log lines lost because a write failed (a full disk); requests are served anyway.");
+           "Access-log lines lost: the destination was too slow (log.access_buffer full) or a "
+           "write failed (a full disk); requests are served anyway.");
     put(b, "bulkhead_access_log_dropped_lines_total %llu\n", (unsigned long long)dropped);
 }
 

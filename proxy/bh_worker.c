@@ -436,11 +436,11 @@ static int worker_init(bh_worker_t *w, bh_server_t *srv, uint32_t id)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
-    if (srv->access_fd >= 0) {
+    if (srv->alog_writer != NULL) {
         w->alog = bh_malloc(sizeof(*w->alog));
         if (w->alog == NULL)
             return BH_ENOMEM;
-        bh_accesslog_init(w->alog, &w->loop, srv->access_fd);
+        bh_accesslog_init(w->alog, &w->loop, srv->alog_writer);
         w->alog->dropped = &w->cells->log_dropped;
     }
     w->pg_pools = bh_pg_pools_new(&w->loop, srv->pg, &w->inbox);
@@ -515,6 +515,9 @@ int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
         bh_log_error("access log %s: %s", conf->log.access, strerror(-srv->access_fd - 1));
         return BH_ECONFIG;
     }
+    if (srv->access_fd >= 0 &&
+        (srv->alog_writer = bh_logwriter_start(srv->access_fd, conf->log.access_buffer)) == NULL)
+        return BH_ENOMEM;
     srv->pg = bh_pg_shared_new(n_workers);
     if (srv->pg == NULL)
         return BH_ENOMEM;
@@ -530,7 +533,7 @@ int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
 /* Settings that need a restart keep their running values; says which ones were ignored. */
 static void keep_restart_only(const bh_conf_t *old, bh_conf_t *conf)
 {
-    const char *what[5];
+    const char *what[6];
     int n = 0;
     if (conf->workers != old->workers)
         what[n++] = "workers";
@@ -538,6 +541,8 @@ static void keep_restart_only(const bh_conf_t *old, bh_conf_t *conf)
         what[n++] = "admin.address";
     if (strcmp(conf->log.access, old->log.access) != 0)
         what[n++] = "log.access";
+    if (conf->log.access_buffer != old->log.access_buffer)
+        what[n++] = "log.access_buffer";
     if (conf->limits.max_header_bytes != old->limits.max_header_bytes)
         what[n++] = "limits.max_header_bytes";
     if (conf->limits.max_headers != old->limits.max_headers)
@@ -663,6 +668,8 @@ void bh_server_destroy(bh_server_t *srv)
     bh_free(srv->workers);
     bh_snap_unref(srv->snap);
     srv->snap = NULL;
+    if (srv->alog_writer != NULL) /* the workers' last lines are queued: write them */
+        bh_logwriter_stop(srv->alog_writer, BH_ACCESSLOG_EXIT_MS);
     if (srv->access_fd > STDERR_FILENO)
         close(srv->access_fd);
     if (srv->pg != NULL)

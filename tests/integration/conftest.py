@@ -332,7 +332,7 @@ def base_config(port, admin_port, upstreams, routes, **sections):
 
 
 class Bulkhead:
-    def __init__(self, tmp_path, conf, env=None, port=None, admin_port=None, wait=True):
+    def __init__(self, tmp_path, conf, env=None, port=None, admin_port=None, wait=True, pipe_stdout=False):
         self.tmp_path = tmp_path
         self.conf = conf
         self.port = port
@@ -348,7 +348,9 @@ class Bulkhead:
         if not os.path.exists(BULKHEAD_BIN):
             pytest.fail("bulkhead binary not found at %s (set BULKHEAD_BIN)" % BULKHEAD_BIN)
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen([BULKHEAD_BIN, "-c", str(self.config_path)], stdout=out,
+            # pipe_stdout: stdout is a pipe that the test reads (self.proc.stdout), or does not
+            self.proc = subprocess.Popen([BULKHEAD_BIN, "-c", str(self.config_path)],
+                                         stdout=subprocess.PIPE if pipe_stdout else out,
                                          stderr=err, env=full_env)
         self.pid = self.proc.pid
         self.returncode = None
@@ -434,7 +436,8 @@ def bulkhead(tmp_path):
     At teardown: SIGTERM, bounded wait, exit code 0 and no sanitizer report in stderr."""
     started = []
 
-    def make(up=None, pool=None, timeouts=None, config=None, env=None, wait=True, **sections):
+    def make(up=None, pool=None, timeouts=None, config=None, env=None, wait=True, pipe_stdout=False,
+             **sections):
         port, admin_port = free_port(), free_port()
         if config is None:
             upstreams = sections.pop("upstreams", None)
@@ -450,7 +453,8 @@ def bulkhead(tmp_path):
             config.setdefault("workers", 1)
             port = int(config["listeners"][0]["address"].rsplit(":", 1)[1])
             admin_port = int(config["admin"]["address"].rsplit(":", 1)[1])
-        bh = Bulkhead(tmp_path, config, env=env, port=port, admin_port=admin_port, wait=wait)
+        bh = Bulkhead(tmp_path, config, env=env, port=port, admin_port=admin_port, wait=wait,
+                      pipe_stdout=pipe_stdout)
         started.append(bh)
         return bh
 

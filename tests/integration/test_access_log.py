@@ -163,3 +163,38 @@ def test_access_log_disk_full_keeps_serving(bulkhead, upstream, tmp_path):
         assert all(e["status"] == 200 for e in written)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_stalled_log_reader_never_holds_up_requests(bulkhead, upstream):
+    """log.access is a pipe nobody reads (a container's stdout whose reader is stuck): requests are
+    served all the same, at most log.access_buffer bytes wait, and every line is either written once
+    the reader comes back or counted in bulkhead_access_log_dropped_lines_total: none is lost
+    silently. (Writing from the worker would block it on the full pipe, and every client with it.)"""
+    import threading
+    from test_metrics import admin_ready, scrape
+
+    bh = admin_ready(bulkhead(upstream, log={"access": "stdout", "access_buffer": "16KiB"}, workers=2,
+                              pipe_stdout=True))
+    n = 800  # ~250 bytes of log each: 200 KB, three times what a pipe (64 KiB) and the buffer hold
+    with requests.Session() as s:
+        for i in range(n):
+            assert s.get(bh.url + "/echo-head?i=%d" % i, timeout=30).status_code == 200
+    dropped = wait_until(lambda: scrape(bh).get("bulkhead_access_log_dropped_lines_total"),
+                         what="lines counted as dropped")
+    # the reader comes back: what waited is written, and new lines flow again
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(bh.proc.stdout), daemon=True)
+    reader.start()
+    assert requests.get(bh.url + "/echo-head?last=1", timeout=30).status_code == 200
+    wait_until(lambda: any(b"last=1" in line for line in got), what="the line of a request made after")
+
+    def written():
+        return [json.loads(x)["request"] for x in list(got) if x.startswith(b"{\"time\"") and b"i=" in x]
+    # every line of the n requests is accounted for: written, or counted (once the workers' buffers
+    # have all been handed over, which their 200 ms flush does)
+    wait_until(lambda: len(written()) + scrape(bh).get("bulkhead_access_log_dropped_lines_total") == n,
+               what="every line written or counted as dropped")
+    assert len(set(written())) == len(written()), "a line was written twice"
+    assert dropped > 0
+    bh.check_clean_exit()
+    reader.join(30)
