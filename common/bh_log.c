@@ -5,8 +5,11 @@
 #include <string.h>
 #include <time.h>
 #include "bh_log.h"
+#include "bh_logwriter.h"
 
 static atomic_int log_level = BH_LOG_INFO;
+static _Atomic(bh_logwriter_t *) log_writer;
+static _Atomic uint64_t log_dropped;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
@@ -18,6 +21,16 @@ void bh_log_set_level(enum bh_log_level level)
 enum bh_log_level bh_log_get_level(void)
 {
     return atomic_load_explicit(&log_level, memory_order_relaxed);
+}
+
+void bh_log_set_writer(bh_logwriter_t *w)
+{
+    atomic_store_explicit(&log_writer, w, memory_order_release);
+}
+
+uint64_t bh_log_dropped(void)
+{
+    return atomic_load_explicit(&log_dropped, memory_order_relaxed);
 }
 
 void bh_json_escape(char *out, size_t cap, size_t *len, const char *s, size_t n)
@@ -77,5 +90,9 @@ void bh_log(enum bh_log_level level, const char *fmt, ...)
                                   tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, level_names[level]);
     bh_json_escape(line, sizeof(line) - 4, &len, msg, (size_t)n);
     memcpy(line + len, "\"}\n", 4);
-    fputs(line, stderr);
+    bh_logwriter_t *w = atomic_load_explicit(&log_writer, memory_order_acquire);
+    if (w == NULL)
+        fputs(line, stderr);
+    else if (!bh_logwriter_put(w, line, len + 3))
+        atomic_fetch_add_explicit(&log_dropped, 1, memory_order_relaxed);
 }

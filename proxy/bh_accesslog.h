@@ -11,25 +11,14 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
+#include "bh_logwriter.h"
 #include "bh_stat.h"
 
 #define BH_ACCESSLOG_BUF 4096
-/* How long the exit waits for a stalled access-log destination to take the last lines. */
+/* How long the exit waits for a stalled log destination to take the last lines. */
 #define BH_ACCESSLOG_EXIT_MS 2000
-
-typedef struct bh_logwriter bh_logwriter_t;
-
-/* Starts the writer thread for fd (owned by the caller, open until bh_logwriter_stop returned),
- * keeping at most cap bytes queued. NULL when out of memory or threads. */
-bh_logwriter_t *bh_logwriter_start(int fd, size_t cap);
-/* Hands n bytes of whole lines to the writer. Returns false (nothing queued) when that would
- * exceed its cap or memory is short: the caller counts the lines as dropped. Any thread. */
-bool bh_logwriter_put(bh_logwriter_t *lw, const char *data, size_t n);
-/* Lines lost to failed writes (a full disk, a closed pipe) so far. Any thread. */
-uint64_t bh_logwriter_lost(const bh_logwriter_t *lw);
-/* Writes what is queued, waiting at most timeout_ms for a stalled destination, then stops the
- * thread and frees the writer (a writer still stuck in write(2) is left to the process's exit). */
-void bh_logwriter_stop(bh_logwriter_t *lw, uint64_t timeout_ms);
+/* Error-log bytes that may wait for a stalled stderr (lines beyond are dropped and counted). */
+#define BH_ERRLOG_BUFFER (256 * 1024)
 
 typedef struct bh_accesslog {
     bh_logwriter_t *writer;  /* shared by the workers; owned by the caller */

@@ -64,6 +64,7 @@ typedef struct bh_server {
     bh_metrics_t metrics;
     int access_fd;                  /* log.access destination; -1: off */
     bh_logwriter_t *alog_writer;    /* writes the workers' access-log lines to access_fd */
+    bh_logwriter_t *elog_writer;    /* writes every thread's error-log lines to stderr */
     bh_worker_t *workers;
     uint32_t n_workers;
     _Atomic int64_t clients;        /* open client connections, all workers (limits.max_connections) */

@@ -239,6 +239,12 @@ static void process_families(sb_t *b, bh_server_t *srv)
         dropped += bh_counter_get(&bh_metrics_worker(m, i)->log_dropped);
     if (srv->alog_writer != NULL)
         dropped += bh_logwriter_lost(srv->alog_writer);
+    uint64_t edropped = bh_log_dropped();
+    if (srv->elog_writer != NULL)
+        edropped += bh_logwriter_lost(srv->elog_writer);
+    family(b, "bulkhead_error_log_dropped_lines_total", "counter",
+           "Error-log lines lost: stderr did not keep up (256 KiB waiting) or a write failed.");
+    put(b, "bulkhead_error_log_dropped_lines_total %llu\n", (unsigned long long)edropped);
     family(b, "bulkhead_access_log_dropped_lines_total", "counter",
            "Access-log lines lost: the destination was too slow (log.access_buffer full) or a "
            "write failed (a full disk); requests are served anyway.");

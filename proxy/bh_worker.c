@@ -521,6 +521,9 @@ int bh_server_init(bh_server_t *srv, bh_conf_t *conf)
     srv->pg = bh_pg_shared_new(n_workers);
     if (srv->pg == NULL)
         return BH_ENOMEM;
+    if ((srv->elog_writer = bh_logwriter_start(STDERR_FILENO, BH_ERRLOG_BUFFER)) == NULL)
+        return BH_ENOMEM;
+    bh_log_set_writer(srv->elog_writer);
     for (uint32_t i = 0; i < n_workers; i++) {
         srv->n_workers++;
         rc = worker_init(&srv->workers[i], srv, i);
@@ -675,4 +678,8 @@ void bh_server_destroy(bh_server_t *srv)
     if (srv->pg != NULL)
         bh_pg_shared_free(srv->pg);
     bh_metrics_destroy(&srv->metrics);
+    if (srv->elog_writer != NULL) { /* every other thread has ended: log directly again */
+        bh_log_set_writer(NULL);
+        bh_logwriter_stop(srv->elog_writer, BH_ACCESSLOG_EXIT_MS);
+    }
 }

@@ -66,6 +66,7 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     if (++m->signals > 1) {
+        bh_log_set_writer(NULL); /* written before _exit, not queued */
         bh_log_warn("second signal: exiting at once");
         _exit(1);
     }

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -332,7 +333,8 @@ def base_config(port, admin_port, upstreams, routes, **sections):
 
 
 class Bulkhead:
-    def __init__(self, tmp_path, conf, env=None, port=None, admin_port=None, wait=True, pipe_stdout=False):
+    def __init__(self, tmp_path, conf, env=None, port=None, admin_port=None, wait=True, pipe_stdout=False,
+                 pipe_stderr=False):
         self.tmp_path = tmp_path
         self.conf = conf
         self.port = port
@@ -351,7 +353,8 @@ class Bulkhead:
             # pipe_stdout: stdout is a pipe that the test reads (self.proc.stdout), or does not
             self.proc = subprocess.Popen([BULKHEAD_BIN, "-c", str(self.config_path)],
                                          stdout=subprocess.PIPE if pipe_stdout else out,
-                                         stderr=err, env=full_env)
+                                         stderr=subprocess.PIPE if pipe_stderr else err, env=full_env)
+        self.stderr_reader = None  # pipe_stderr: read_stderr() starts it; until then nobody reads
         self.pid = self.proc.pid
         self.returncode = None
         if wait:
@@ -369,7 +372,19 @@ class Bulkhead:
         # probe of the proxy port suffices (tests that count accepted connections rely on one).
         return can_connect(self.admin_port) and can_connect(self.port)
 
+    def read_stderr(self):
+        """With pipe_stderr: from now on a thread reads stderr into the file stderr_text() reads."""
+        def pump():
+            with open(self.stderr_path, "ab") as f:
+                for line in self.proc.stderr:
+                    f.write(line)
+                    f.flush()
+        self.stderr_reader = threading.Thread(target=pump, daemon=True)
+        self.stderr_reader.start()
+
     def stderr_text(self):
+        if self.stderr_reader is not None and self.proc.poll() is not None:
+            self.stderr_reader.join(IO_TIMEOUT)  # the process is gone: read to its EOF first
         return self.stderr_path.read_text(errors="replace")
 
     def stdout_text(self):
@@ -437,7 +452,7 @@ def bulkhead(tmp_path):
     started = []
 
     def make(up=None, pool=None, timeouts=None, config=None, env=None, wait=True, pipe_stdout=False,
-             **sections):
+             pipe_stderr=False, **sections):
         port, admin_port = free_port(), free_port()
         if config is None:
             upstreams = sections.pop("upstreams", None)
@@ -454,7 +469,7 @@ def bulkhead(tmp_path):
             port = int(config["listeners"][0]["address"].rsplit(":", 1)[1])
             admin_port = int(config["admin"]["address"].rsplit(":", 1)[1])
         bh = Bulkhead(tmp_path, config, env=env, port=port, admin_port=admin_port, wait=wait,
-                      pipe_stdout=pipe_stdout)
+                      pipe_stdout=pipe_stdout, pipe_stderr=pipe_stderr)
         started.append(bh)
         return bh
 

@@ -198,3 +198,27 @@ def test_a_stalled_log_reader_never_holds_up_requests(bulkhead, upstream):
     assert dropped > 0
     bh.check_clean_exit()
     reader.join(30)
+
+
+def test_a_stalled_stderr_never_holds_up_requests(bulkhead):
+    """The error log's stderr is a pipe nobody reads, and log.level debug writes a line per failed
+    attempt: requests are answered all the same (at most 256 KiB of error log waits; the lines beyond
+    are counted), and once stderr is read again, lines flow: a reload's line arrives."""
+    import signal
+    from test_metrics import admin_ready, scrape
+
+    dead = "127.0.0.1:%d" % free_port()  # refuses: a debug line per attempt
+    bh = admin_ready(bulkhead(upstreams={"u": resilient_upstream(dead, retry={"attempts": 1})},
+                              log={"level": "debug", "access": "off"}, pipe_stderr=True))
+    with requests.Session() as s:
+        for i in range(4000):  # a debug line (~130 bytes) each: 500 KB, beyond the pipe and the queue
+            assert s.get(bh.url + "/echo-head?i=%d" % i, timeout=30).status_code == 502
+    assert wait_until(lambda: scrape(bh).get("bulkhead_error_log_dropped_lines_total"),
+                      what="error-log lines counted as dropped") > 0
+    bh.read_stderr()
+
+    def reload_logged():  # a line logged while the queue is still full is dropped: try again
+        bh.proc.send_signal(signal.SIGHUP)
+        return "reloaded " in bh.stderr_text()
+    wait_until(reload_logged, interval=0.2, what="a reload's line on stderr")
+    assert "attempt 1: " in bh.stderr_text()

@@ -274,7 +274,8 @@ def test_start_and_reload_log_warnings(tmp_path, bulkhead, upstream):
     """The warnings --check prints are logged at start and on a reload, with their position."""
     secure = {"endpoints": ["https://127.0.0.1:9"], "tls": {"verify": False}}
     bh = bulkhead(upstream, upstreams={"u": upstream_entry(upstream), "secure": secure})
-    (line,) = log_lines(bh, "warn", "TLS verification of upstream secure is off")
+    (line,) = wait_until(lambda: log_lines(bh, "warn", "TLS verification of upstream secure is off"),
+                         what="the warning at start")
     assert re.match(r"^%s:\d+:\d+: " % re.escape(str(bh.config_path)), line["msg"]), line
 
     conf = dict(bh.conf)
