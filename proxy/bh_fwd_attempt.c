@@ -93,6 +93,8 @@ void bh__fwd_record_attempt(bh_fwd_t *f, const bh_attempt_t *a, uint64_t now)
         return;
     bh_counter_add(&f->ex->up_cells->ejections, 1);
     const bh_upstream_t *up = f->up;
+    if (ev.released < up->n_eps)
+        bh_counter_add(&f->ex->up_cells->releases, 1);
     bh_log_warn("upstream %s: endpoint %s ejected for %llu ms (ejection %u, %u failures in a "
                 "row)%s%s%s",
                 up->conf->name, up->eps[f->ep].addr->text, (unsigned long long)ev.eject_ms,

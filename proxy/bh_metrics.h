@@ -48,6 +48,7 @@ typedef struct bh_backend_cells {
     bh_counter_t retries;
     bh_counter_t budget_exhausted;
     bh_counter_t ejections;
+    bh_counter_t releases;     /* ejected endpoints brought back early (max_ejected full) */
     bh_hist_t wait;               /* queue wait for a pooled connection */
     bh_pool_gauges_t pool;        /* databases (an upstream's are per endpoint) */
     bh_counter_t sql_resets;      /* databases: session resets sent */

@@ -336,6 +336,10 @@ static void backend_families(sb_t *b, bh_server_t *srv)
                     CELL(bh_backend_cells_t, budget_exhausted));
     backend_counter(b, srv, "bulkhead_outlier_ejections_total",
                     "Endpoints ejected by outlier detection.", CELL(bh_backend_cells_t, ejections));
+    backend_counter(b, srv, "bulkhead_outlier_releases_total",
+                    "Ejected endpoints brought back early to make room under max_ejected: more "
+                    "endpoints were failing than it allows out at once.",
+                    CELL(bh_backend_cells_t, releases));
 }
 
 /* The SQL gateway's own counters, per database entry. */

@@ -40,6 +40,7 @@ FAMILIES = {
     "bulkhead_retries_total": "counter",
     "bulkhead_retry_budget_exhausted_total": "counter",
     "bulkhead_outlier_ejections_total": "counter",
+    "bulkhead_outlier_releases_total": "counter",
     "bulkhead_config_reloads_total": "counter",
     "bulkhead_config_last_reload_success_timestamp_seconds": "gauge",
 }

@@ -6,6 +6,7 @@ in the middle of the traffic, clients see no error.
 Round-robin balancing makes "which endpoint gets the next request" predictable; the breaker is kept
 out of the way (resilient_upstream's default)."""
 import threading
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -117,6 +118,9 @@ def test_released_endpoint_takes_the_traffic_of_a_failing_one(bulkhead, upstream
     second = ("upstream u: endpoint %s ejected for 60000 ms (ejection 1, 3 failures in a row); endpoint %s "
               "comes back early to stay within max_ejected" % (b.addr, a.addr))
     wait_until(lambda: first in bh.stderr_text() and second in bh.stderr_text(), what="both ejections logged")
+    metrics = urllib.request.urlopen(bh.admin_url + "/metrics", timeout=30).read().decode()
+    assert 'bulkhead_outlier_ejections_total{upstream="u"} 2\n' in metrics
+    assert 'bulkhead_outlier_releases_total{upstream="u"} 1\n' in metrics
 
 
 def test_all_ejected_panic_sends_to_all(bulkhead, upstream_factory):
