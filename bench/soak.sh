@@ -33,7 +33,9 @@
 # (SOAK_PNG, default docs/img/soak.png, via bench/soak-plot.gp) and the verdict of bench/soak-judge.py: a
 # least-squares line over the second half of the samples; RSS or fds growing by >= SOAK_LIMIT_PCT (2) % of
 # their mean over that half fails (exit 1). Exit 2 when the setup fails or the run is too short to judge.
-# Env: BULKHEAD_BIN, SOAK_PARTS, SOAK_SAMPLE, SOAK_PORT_BASE, SOAK_PNG, SOAK_LIMIT_PCT, BENCH_DIR
+# Env: BULKHEAD_BIN, SOAK_PARTS, SOAK_SAMPLE, SOAK_PORT_BASE, SOAK_PNG, SOAK_LIMIT_PCT, BENCH_DIR,
+#   SOAK_ACCESS_LOG (log.access; default /dev/null: every line goes through the access-log writer thread and
+#   its queue, and costs no disk)
 #   (/tmp/bulkhead-bench), RESULTS ($BENCH_DIR/results.txt; the summary is appended to it), KEEP_DATA=1.
 # shellcheck disable=SC2317  # cleanup and the loops run from traps and in the background
 set -uo pipefail
@@ -64,6 +66,7 @@ PARTS=" ${SOAK_PARTS:-keepalive close slow bodies flaky sql reload} "
 SAMPLE=${SOAK_SAMPLE:-10}
 LIMIT_PCT=${SOAK_LIMIT_PCT:-2}
 BASE=${SOAK_PORT_BASE:-45000}
+SOAK_ACCESS_LOG=${SOAK_ACCESS_LOG:-/dev/null}
 # odd offsets: Linux gives outgoing connections even ephemeral ports first, so odd ones are seldom held by
 # another program's connection (a TIME-WAIT of a client socket blocks a bind() to its port)
 BH_PORT=$((BASE + 1)) ADMIN_PORT=$((BASE + 3))
@@ -167,7 +170,7 @@ PIDS+=("$pid")
 # client keep-alive timeout, so each reload really starts those two pools afresh and changes the limits
 soak_conf() {
   local v=$1
-  bulkhead_conf bench/soak.sh 2 "$BH_PORT" "$ADMIN_PORT" off "$(cat <<CONF
+  bulkhead_conf bench/soak.sh 2 "$BH_PORT" "$ADMIN_PORT" "$SOAK_ACCESS_LOG" "$(cat <<CONF
 upstreams:
   fast:
     endpoints: [ "127.0.0.1:$FAST_PORT" ]
