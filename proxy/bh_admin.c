@@ -31,6 +31,7 @@ typedef struct admin_conn {
     bh_admin_t *a;
     bh_list_t link;
     uv_write_t wreq;
+    uv_shutdown_t sreq;
     size_t len;
     int handles; /* not yet closed: tcp, timer */
     bool head_only;
@@ -66,9 +67,34 @@ static void conn_close(admin_conn_t *c)
     uv_close((uv_handle_t *)&c->timer, on_conn_closed);
 }
 
+/* After the answer: what the client still sends is read and dropped until it closes (or the
+ * timer ends it), so that closing with its bytes unread cannot reset the connection and take the
+ * answer with it (the client of a 431, or of a 503 refused at accept, may still be writing). */
+static void on_discard_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    admin_conn_t *c = h->data;
+    *buf = uv_buf_init(c->buf, sizeof(c->buf));
+}
+
+static void on_discard(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    if (nread < 0)
+        conn_close(s->data);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    admin_conn_t *c = req->data;
+    if (status < 0 || uv_read_start((uv_stream_t *)&c->tcp, on_discard_alloc, on_discard) < 0)
+        conn_close(c);
+}
+
 static void on_written(uv_write_t *req, int status)
 {
-    conn_close(req->data);
+    admin_conn_t *c = req->data;
+    c->sreq.data = c;
+    if (status < 0 || uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
+        conn_close(c);
 }
 
 static uint64_t timeout_ms(const admin_conn_t *c)
@@ -81,8 +107,8 @@ static void on_write_timeout(uv_timer_t *t)
     conn_close(t->data); /* the client does not take its answer */
 }
 
-/* Writes c->out[0..n) and closes once it is written, or when that takes longer than the head
- * was given. */
+/* Writes c->out[0..n), then lingers (on_written); the timer ends both when they take longer
+ * than the head was given. */
 static void send_out(admin_conn_t *c, size_t n)
 {
     uv_buf_t b = uv_buf_init(c->out, (unsigned)n);
