@@ -23,54 +23,34 @@
 #include <openssl/ssl.h>
 #include "bh_alloc.h"
 #include "bh_conf_int.h"
+#include "bh_sbuf.h"
 
 #define REDACTED "<redacted>"
 
-/* The output being built; oom and bad stick once set. */
+/* The output being built; bad sticks once set (and s.oom, as bh_sbuf's does). */
 typedef struct emit {
-    char *p;
-    size_t len, cap;
+    bh_sbuf_t s;
     unsigned flags;
-    int oom;
     int bad; /* a row whose converter has no writer, or a value outside its word set */
 } emit_t;
 
 static void put(emit_t *e, const char *s, size_t n)
 {
-    if (e->oom || n == 0)
-        return;
-    if (e->len + n + 1 > e->cap) {
-        size_t cap = (e->len + n + 1) * 2;
-        char *p = bh_realloc(e->p, cap);
-        if (p == NULL) {
-            e->oom = 1;
-            return;
-        }
-        e->p = p;
-        e->cap = cap;
-    }
-    memcpy(e->p + e->len, s, n);
-    e->len += n;
-    e->p[e->len] = '\0';
+    bh_sbuf_put(&e->s, s, n);
 }
 
 static void puts_(emit_t *e, const char *s)
 {
-    put(e, s, strlen(s));
+    bh_sbuf_puts(&e->s, s);
 }
 
-/* Short formatted pieces only (numbers, schema keys, words): at most 127 bytes are kept. */
 __attribute__((format(printf, 2, 3))) static void putf(emit_t *e, const char *fmt, ...)
 {
-    char buf[128];
     va_list ap;
-    int n;
 
     va_start(ap, fmt);
-    n = vsnprintf(buf, sizeof buf, fmt, ap);
+    bh_sbuf_vprintf(&e->s, fmt, ap);
     va_end(ap);
-    if (n > 0)
-        put(e, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 }
 
 /* "<ind spaces>key:" */
@@ -191,9 +171,9 @@ static void put_server(emit_t *e, const char *s)
         p += strspn(p, " \t\r\n\f\v");
         put(&r, v, (size_t)(p - v));
     }
-    e->oom |= r.oom;
-    put_str(e, r.p != NULL ? r.p : "");
-    bh_free(r.p);
+    e->s.oom |= r.s.oom;
+    put_str(e, r.s.p != NULL ? r.s.p : "");
+    bh_free(r.s.p);
 }
 
 /* A mapping key that is data (an upstream or database name, a session setting), quoted, then ':'.
@@ -204,14 +184,14 @@ static void put_data_key(emit_t *e, int ind, const char *key)
     emit_t q = {0};
 
     put_str(&q, key);
-    e->oom |= q.oom;
-    putf(e, "%*s%s", ind, "", q.len < 1000 ? "" : "? ");
-    put(e, q.p, q.len);
-    if (q.len < 1000)
+    e->s.oom |= q.s.oom;
+    putf(e, "%*s%s", ind, "", q.s.len < 1000 ? "" : "? ");
+    put(e, q.s.p, q.s.len);
+    if (q.s.len < 1000)
         puts_(e, ":");
     else
         putf(e, "\n%*s:", ind, "");
-    bh_free(q.p);
+    bh_free(q.s.p);
 }
 
 /* ---- scalar writers: one per converter ----------------------------------------------------- */
@@ -500,10 +480,10 @@ static void put_section_list(emit_t *e, const char *key, int ind, enum sec sec, 
     put_key(e, ind, key);
     puts_(e, n ? "\n" : " []\n");
     for (size_t i = 0; i < n; i++) {
-        size_t at = e->len;
+        size_t at = e->s.len;
         emit_rows(e, sec, (const char *)arr + i * size, ind + 4);
-        if (!e->oom && e->len > at + (size_t)ind + 2)
-            e->p[at + (size_t)ind + 2] = '-';
+        if (!e->s.oom && e->s.len > at + (size_t)ind + 2)
+            e->s.p[at + (size_t)ind + 2] = '-';
     }
 }
 
@@ -694,11 +674,10 @@ int bh_conf_emit(const bh_conf_t *conf, unsigned flags, char **out, size_t *len)
     *len = 0;
     puts_(&e, "# bulkhead: the effective configuration (every key with its value in force)\n");
     emit_rows(&e, S_ROOT, conf, 0);
-    if (e.oom || e.bad) {
-        bh_free(e.p);
-        return e.oom ? BH_ENOMEM : BH_EINVAL;
+    if (e.s.oom || e.bad) {
+        bh_free(e.s.p);
+        return e.s.oom ? BH_ENOMEM : BH_EINVAL;
     }
-    *out = e.p;
-    *len = e.len;
+    *out = bh_sbuf_take(&e.s, len);
     return 0;
 }

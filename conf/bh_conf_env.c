@@ -4,31 +4,7 @@
 #include <string.h>
 #include "bh_alloc.h"
 #include "bh_conf_int.h"
-
-/* A growing string; oom sticks once an allocation failed (later puts do nothing). */
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf_t;
-
-static void sb_put(sbuf_t *b, const char *s, size_t n)
-{
-    if (b->oom || n == 0)
-        return;
-    if (b->len + n > b->cap) {
-        size_t cap = (b->len + n) * 2;
-        char *p = bh_realloc(b->p, cap);
-        if (p == NULL) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
+#include "bh_sbuf.h"
 
 static int valid_env_name(const char *s, size_t n)
 {
@@ -43,8 +19,8 @@ static int valid_env_name(const char *s, size_t n)
 
 /* One "${...}" whose name starts at name (just after "${"); end is the end of the input. Puts
  * the variable's value (or the default) into b and sets *next just after the closing '}'. */
-static int expand_var(ctx_t *c, const yaml_node_t *n, const char *name, const char *end, sbuf_t *b,
-                      const char **next)
+static int expand_var(ctx_t *c, const yaml_node_t *n, const char *name, const char *end,
+                      bh_sbuf_t *b, const char **next)
 {
     const char *close = memchr(name, '}', (size_t)(end - name)), *dash, *val;
     char var[128];
@@ -66,9 +42,9 @@ static int expand_var(ctx_t *c, const yaml_node_t *n, const char *name, const ch
     var[nlen] = '\0';
     val = getenv(var);
     if (val != NULL && (val[0] != '\0' || dash == NULL))
-        sb_put(b, val, strlen(val));
+        bh_sbuf_put(b, val, strlen(val));
     else if (dash != NULL)
-        sb_put(b, dash + 2, (size_t)(close - dash - 2));
+        bh_sbuf_put(b, dash + 2, (size_t)(close - dash - 2));
     else
         return bh__conf_fail(c, n,
                              "environment variable '%s' is not set (used by %s), expected it "
@@ -80,7 +56,7 @@ static int expand_var(ctx_t *c, const yaml_node_t *n, const char *name, const ch
 
 int bh__conf_subst(ctx_t *c, const yaml_node_t *n, const char *s, size_t len, char **out)
 {
-    sbuf_t b = {0};
+    bh_sbuf_t b = {0};
     size_t i = 0;
     int rc = 0;
 
@@ -88,10 +64,10 @@ int bh__conf_subst(ctx_t *c, const yaml_node_t *n, const char *s, size_t len, ch
         if (s[i] != '$' || i + 1 == len || (s[i + 1] != '$' && s[i + 1] != '{')) {
             const char *next = memchr(s + i + 1, '$', len - i - 1);
             size_t j = next ? (size_t)(next - s) : len;
-            sb_put(&b, s + i, j - i);
+            bh_sbuf_put(&b, s + i, j - i);
             i = j;
         } else if (s[i + 1] == '$') {
-            sb_put(&b, "$", 1);
+            bh_sbuf_put(&b, "$", 1);
             i += 2;
         } else {
             const char *next = NULL;
@@ -100,13 +76,13 @@ int bh__conf_subst(ctx_t *c, const yaml_node_t *n, const char *s, size_t len, ch
                 i = (size_t)(next - s);
         }
     }
-    sb_put(&b, "", 1);
-    if (rc == 0 && b.oom)
+    char *str = bh_sbuf_take(&b, NULL);
+    if (rc == 0 && str == NULL)
         rc = bh__conf_oom(c);
     if (rc != 0) {
-        bh_free(b.p);
+        bh_free(str);
         return rc;
     }
-    *out = b.p;
+    *out = str;
     return 0;
 }

@@ -19,6 +19,14 @@ void bh_wbuf_str(bh_wbuf_t *w, const char *s)
     bh_wbuf_put(w, s, strlen(s));
 }
 
+void bh_wbuf_field(bh_wbuf_t *w, const char *name, const char *value)
+{
+    bh_wbuf_str(w, name);
+    bh_wbuf_put(w, ": ", 2);
+    bh_wbuf_str(w, value);
+    bh_wbuf_put(w, "\r\n", 2);
+}
+
 void bh_wbuf_u64(bh_wbuf_t *w, uint64_t v)
 {
     char tmp[20];
@@ -281,23 +289,14 @@ bool bh_http_write_request(bh_wbuf_t *w, const bh_fwd_req_t *req, const bh_hdr_t
                            : host != NULL      ? host->value
                                                : (bh_span_t){NULL, 0};
     put_joined(w, "X-Forwarded-For", hdrs, nhdrs, req->client_ip);
-    bh_wbuf_str(w, "X-Forwarded-Proto: ");
-    bh_wbuf_str(w, req->proto);
-    bh_wbuf_put(w, "\r\n", 2);
+    bh_wbuf_field(w, "X-Forwarded-Proto", req->proto);
     if (host_value.p != NULL)
         put_header(w, (bh_span_t){"X-Forwarded-Host", 16}, host_value);
     put_joined(w, "Via", hdrs, nhdrs, "1.1 bulkhead");
-    if (id_name_len > 0) {
-        bh_wbuf_str(w, req->id_name);
-        bh_wbuf_put(w, ": ", 2);
-        bh_wbuf_str(w, req->id);
-        bh_wbuf_put(w, "\r\n", 2);
-    }
-    if (req->cert_subject != NULL) {
-        bh_wbuf_str(w, "X-Client-Cert-Subject: ");
-        bh_wbuf_str(w, req->cert_subject);
-        bh_wbuf_put(w, "\r\n", 2);
-    }
+    if (id_name_len > 0)
+        bh_wbuf_field(w, req->id_name, req->id);
+    if (req->cert_subject != NULL)
+        bh_wbuf_field(w, "X-Client-Cert-Subject", req->cert_subject);
     if (req->chunked)
         bh_wbuf_str(w, "Transfer-Encoding: chunked\r\n");
     if (req->upgrade && upgrade != NULL) {

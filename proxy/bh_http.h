@@ -31,6 +31,8 @@ static inline void bh_wbuf_span(bh_wbuf_t *w, bh_span_t s)
     bh_wbuf_put(w, s.p, s.n);
 }
 void bh_wbuf_str(bh_wbuf_t *w, const char *s);
+/* "name: value\r\n" */
+void bh_wbuf_field(bh_wbuf_t *w, const char *name, const char *value);
 void bh_wbuf_u64(bh_wbuf_t *w, uint64_t v);
 void bh_wbuf_hex(bh_wbuf_t *w, uint64_t v);
 

@@ -7,39 +7,17 @@
 #include <time.h>
 #include <uv.h>
 #include "bh_alloc.h"
+#include "bh_sbuf.h"
 #include "bh_stats.h"
 
-typedef struct sb {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sb_t;
+typedef bh_sbuf_t sb_t;
 
 __attribute__((format(printf, 2, 3))) static void put(sb_t *b, const char *fmt, ...)
 {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        size_t room = b->cap - b->n;
-        int k = b->p != NULL ? vsnprintf(b->p + b->n, room, fmt, ap) : -1;
-        va_end(ap);
-        if (k >= 0 && (size_t)k < room) {
-            b->n += (size_t)k;
-            return;
-        }
-        if (b->oom)
-            return;
-        size_t cap = b->cap ? b->cap * 2 : 16384;
-        while (k >= 0 && cap - b->n <= (size_t)k)
-            cap *= 2;
-        char *p = bh_realloc(b->p, cap);
-        if (p == NULL) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    bh_sbuf_vprintf(b, fmt, ap);
+    va_end(ap);
 }
 
 /* A label value (Prometheus) or a JSON string body: backslash, quote and newline escaped, other
@@ -59,14 +37,8 @@ static void put_escaped(sb_t *b, const char *s)
 char *bh__stats_escape_label(const char *s, size_t *len)
 {
     sb_t b = {0};
-    put(&b, "%s", ""); /* allocates, so an empty value is "" rather than NULL */
     put_escaped(&b, s);
-    if (b.oom) {
-        bh_free(b.p);
-        return NULL;
-    }
-    *len = b.n;
-    return b.p;
+    return bh_sbuf_take(&b, len);
 }
 
 #define CELL(type, field) offsetof(type, field)
@@ -426,12 +398,7 @@ char *bh_stats_prometheus(bh_server_t *srv, size_t *len)
     backend_families(&b, srv);
     sql_families(&b, srv);
     config_families(&b, &srv->metrics);
-    if (b.oom) {
-        bh_free(b.p);
-        return NULL;
-    }
-    *len = b.n;
-    return b.p;
+    return bh_sbuf_take(&b, len);
 }
 
 /* ---- JSON --------------------------------------------------------------------------------- */
@@ -649,10 +616,5 @@ char *bh_stats_json(bh_server_t *srv, bool draining, size_t *len)
         json_backend(&b, srv, e, &first);
     }
     put(&b, "]}\n");
-    if (b.oom) {
-        bh_free(b.p);
-        return NULL;
-    }
-    *len = b.n;
-    return b.p;
+    return bh_sbuf_take(&b, len);
 }

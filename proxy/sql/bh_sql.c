@@ -192,12 +192,8 @@ static void reply(bh_sql_t *s, int status, bh_sql_reply_t kind, int err, uint64_
     bh_wbuf_str(&w, bh_http_reason(status));
     bh_wbuf_put(&w, "\r\n", 2);
     bh_sql_write_headers(&w, kind, kind == BH_SQL_REPLY_BATCH_OK ? &s->h : NULL, s->request_id);
-    if (ex->request_id[0] != '\0') { /* the access log's id; neon-request-id is the protocol's */
-        bh_wbuf_str(&w, ex->gen->conf->request_id.header);
-        bh_wbuf_put(&w, ": ", 2);
-        bh_wbuf_str(&w, ex->request_id);
-        bh_wbuf_put(&w, "\r\n", 2);
-    }
+    if (ex->request_id[0] != '\0') /* the access log's id; neon-request-id is the protocol's */
+        bh_wbuf_field(&w, ex->gen->conf->request_id.header, ex->request_id);
     if (kind != BH_SQL_REPLY_PREFLIGHT || len > 0) {
         bh_wbuf_str(&w, "Content-Length: ");
         bh_wbuf_u64(&w, len);

@@ -213,11 +213,8 @@ void bh_sql_write_headers(bh_wbuf_t *w, bh_sql_reply_t kind, const bh_sql_header
         bh_wbuf_str(w, "content-type: application/json\r\n"
                        "access-control-allow-origin: *\r\n");
     }
-    if (request_id != NULL) {
-        bh_wbuf_str(w, "neon-request-id: ");
-        bh_wbuf_str(w, request_id);
-        bh_wbuf_str(w, "\r\n");
-    }
+    if (request_id != NULL)
+        bh_wbuf_field(w, "neon-request-id", request_id);
     if (kind == BH_SQL_REPLY_BATCH_OK && h != NULL) {
         if (h->read_only)
             bh_wbuf_str(w, "neon-batch-read-only: true\r\n");
